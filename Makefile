@@ -1,0 +1,59 @@
+# medtl - transfer learning on medical images inside PostgreSQL (PGXS build)
+
+EXTENSION = medtl
+EXTVERSION = 0.1.0
+
+MODULE_big = medtl
+OBJS = \
+	src/core/mt_common.o \
+	src/core/blas.o \
+	src/core/ops_cpu.o \
+	src/core/graph.o \
+	src/nn/zoo.o \
+	src/io/image.o \
+	src/io/safetensors.o \
+	src/pg/medtl.o \
+	src/pg/weights.o \
+	src/pg/model.o
+
+DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
+
+# pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
+REGRESS = setup images import predict bad_input privileges
+REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
+
+OPTFLAGS = -O3
+WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
+	-Wno-missing-field-initializers -Werror
+PG_CPPFLAGS = -Isrc -DMEDTL_VERSION=\"$(EXTVERSION)\"
+PG_CFLAGS = -std=gnu11 $(OPTFLAGS) $(WARNFLAGS)
+# OpenBLAS is dlopen()ed at first use (src/core/blas.c), not linked.
+SHLIB_LINK = -ljpeg -lpng -lz -ldl -lm
+
+EXTRA_CLEAN = test/bin results regression.diffs regression.out
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# --- engine unit tests (no PostgreSQL): make unittest -----------------------
+ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c \
+	src/core/graph.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
+UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
+UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit
+
+test/bin/%: test/unit/%.c $(ENGINE_SRC) $(wildcard src/*/*.h)
+	@mkdir -p test/bin
+	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm
+
+unittest: $(UNIT_TESTS)
+
+# fuzz targets built as replay drivers with the system compiler
+FUZZ_TARGETS = $(patsubst test/fuzz/fuzz_%.c,test/bin/fuzz_%,$(filter-out test/fuzz/fuzz_main.c,$(wildcard test/fuzz/fuzz_*.c)))
+test/bin/fuzz_%: test/fuzz/fuzz_%.c test/fuzz/fuzz_main.c $(ENGINE_SRC)
+	@mkdir -p test/bin
+	$(CC) $(UNIT_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< test/fuzz/fuzz_main.c $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm
+
+fuzz: $(FUZZ_TARGETS)
+
+.PHONY: unittest fuzz

@@ -1,0 +1,326 @@
+-- medtl 0.1.0: install script (the one editable script; upgrades are frozen deltas)
+\echo Use "CREATE EXTENSION medtl" to load this file. \quit
+
+GRANT USAGE ON SCHEMA medtl TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Registry: models and their weights as rows
+------------------------------------------------------------------------------
+
+CREATE TABLE medtl.models (
+    model_id    bigserial PRIMARY KEY,
+    name        text NOT NULL UNIQUE
+                CHECK (char_length(name) BETWEEN 1 AND 200),
+    arch        text NOT NULL,
+    task        text NOT NULL DEFAULT 'classification'
+                CHECK (task IN ('classification', 'segmentation')),
+    labels      text[],
+    num_classes int NOT NULL CHECK (num_classes >= 1),
+    input_size  int NOT NULL DEFAULT 224 CHECK (input_size BETWEEN 16 AND 4096),
+    mean        real[] NOT NULL DEFAULT '{0.485,0.456,0.406}'
+                CHECK (cardinality(mean) = 3),
+    std         real[] NOT NULL DEFAULT '{0.229,0.224,0.225}'
+                CHECK (cardinality(std) = 3 AND 0 < ALL (std)),
+    padding     text NOT NULL DEFAULT 'symmetric'
+                CHECK (padding IN ('symmetric', 'tf_same')),
+    parent_id   bigint REFERENCES medtl.models (model_id) ON DELETE SET NULL,
+    source      text,
+    sha256      text,
+    metadata    jsonb NOT NULL DEFAULT '{}',
+    owner       name NOT NULL DEFAULT current_user,
+    readers     name[] NOT NULL DEFAULT '{}',
+    generation  bigint NOT NULL DEFAULT 1,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CHECK (labels IS NULL OR cardinality(labels) = num_classes)
+);
+COMMENT ON TABLE medtl.models IS 'One row per model: architecture, task, labels, preprocessing, lineage and owner.';
+COMMENT ON COLUMN medtl.models.readers IS 'Roles (or ''public'') that may see and score this model besides its owner.';
+COMMENT ON COLUMN medtl.models.generation IS 'Bumped on every change to the model or its weights; backends reload cached models when it changes.';
+
+CREATE TABLE medtl.weights (
+    model_id    bigint NOT NULL REFERENCES medtl.models (model_id) ON DELETE CASCADE,
+    tensor      text NOT NULL,
+    shape       int[] NOT NULL,
+    dtype       text NOT NULL CHECK (dtype IN ('F32', 'I64')),
+    data        bytea NOT NULL,
+    PRIMARY KEY (model_id, tensor)
+);
+COMMENT ON TABLE medtl.weights IS 'One row per tensor of a model, named as in the torchvision state_dict; data is little-endian.';
+
+SELECT pg_catalog.pg_extension_config_dump('medtl.models', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.models_model_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.weights', '');
+
+-- Any change to a model row or its weights bumps generation.
+CREATE FUNCTION medtl._model_touched() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.generation := OLD.generation + 1;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER models_touched BEFORE UPDATE ON medtl.models
+    FOR EACH ROW EXECUTE FUNCTION medtl._model_touched();
+
+CREATE FUNCTION medtl._weights_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE medtl.models m SET generation = m.generation + 1
+     WHERE m.model_id IN (SELECT c.model_id FROM changed c);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER weights_inserted AFTER INSERT ON medtl.weights
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION medtl._weights_changed();
+CREATE TRIGGER weights_updated AFTER UPDATE ON medtl.weights
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION medtl._weights_changed();
+CREATE TRIGGER weights_deleted AFTER DELETE ON medtl.weights
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION medtl._weights_changed();
+
+------------------------------------------------------------------------------
+-- Privileges: table grants plus row-level security.  A role sees a model it
+-- owns (or whose owner role it is a member of) or that lists it (or 'public')
+-- in readers; only the owner side may change or delete it.
+------------------------------------------------------------------------------
+
+-- Whether the current user has the privileges of role r (false for a dropped role).
+CREATE FUNCTION medtl._is_member(r name) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT r = current_user
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
+                    WHERE g.rolname = r AND pg_catalog.pg_has_role(g.oid, 'USAGE'))
+$$;
+
+CREATE FUNCTION medtl._may_read(owner name, readers name[]) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT medtl._is_member(owner)
+        OR 'public' = ANY (readers)
+        OR EXISTS (SELECT 1 FROM pg_catalog.unnest(readers) u(r) WHERE medtl._is_member(u.r))
+$$;
+
+ALTER TABLE medtl.models ENABLE ROW LEVEL SECURITY;
+CREATE POLICY models_read ON medtl.models FOR SELECT
+    USING (medtl._may_read(owner, readers));
+CREATE POLICY models_insert ON medtl.models FOR INSERT
+    WITH CHECK (medtl._is_member(owner));
+CREATE POLICY models_update ON medtl.models FOR UPDATE
+    USING (medtl._is_member(owner)) WITH CHECK (medtl._is_member(owner));
+CREATE POLICY models_delete ON medtl.models FOR DELETE
+    USING (medtl._is_member(owner));
+
+ALTER TABLE medtl.weights ENABLE ROW LEVEL SECURITY;
+CREATE POLICY weights_read ON medtl.weights FOR SELECT
+    USING (EXISTS (SELECT 1 FROM medtl.models m WHERE m.model_id = weights.model_id));
+CREATE POLICY weights_write ON medtl.weights FOR ALL
+    USING (EXISTS (SELECT 1 FROM medtl.models m
+                    WHERE m.model_id = weights.model_id AND medtl._is_member(m.owner)))
+    WITH CHECK (EXISTS (SELECT 1 FROM medtl.models m
+                    WHERE m.model_id = weights.model_id AND medtl._is_member(m.owner)));
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON medtl.models, medtl.weights TO PUBLIC;
+GRANT USAGE ON SEQUENCE medtl.models_model_id_seq TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Engine functions (C)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION medtl.runtime_info() RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'medtl_runtime_info' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.runtime_info() IS 'What the engine runs on: CPU features, BLAS library and kernel set, threads, device.';
+
+CREATE FUNCTION medtl.image_info(image bytea,
+    OUT format text, OUT width int, OUT height int, OUT channels int, OUT bit_depth int)
+    AS 'MODULE_PATHNAME', 'medtl_image_info' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.image_info(bytea) IS 'Format, size, channels and bit depth of a JPEG or PNG, read from its header.';
+
+CREATE FUNCTION medtl.safetensors_info(weights bytea, arch text DEFAULT NULL) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'medtl_safetensors_info' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.safetensors_info(bytea, text) IS 'Tensor count and metadata of a safetensors file; with arch, also checks every tensor against that architecture.';
+
+CREATE FUNCTION medtl._weight_rows(weights bytea, arch text,
+    OUT tensor text, OUT shape int[], OUT dtype text, OUT data bytea)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'medtl_weight_rows' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl._weight_rows(bytea, text) IS 'The tensors of a safetensors file, checked against arch, one row each (used by import_model).';
+
+CREATE FUNCTION medtl.read_server_file(path text) RETURNS bytea
+    AS 'MODULE_PATHNAME', 'medtl_read_server_file' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.read_server_file(text) IS 'Bytes of a file on the database server; only for roles with the privileges of pg_read_server_files.';
+
+CREATE FUNCTION medtl.predict(model text, image bytea) RETURNS text
+    AS 'MODULE_PATHNAME', 'medtl_predict' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.predict(text, bytea) IS 'The most probable label of an image.';
+
+CREATE FUNCTION medtl.predict_proba(model text, image bytea) RETURNS real[]
+    AS 'MODULE_PATHNAME', 'medtl_predict_proba' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.predict_proba(text, bytea) IS 'Class probabilities (softmax) of an image, in label order.';
+
+CREATE FUNCTION medtl.logits(model text, image bytea) RETURNS real[]
+    AS 'MODULE_PATHNAME', 'medtl_logits' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.logits(text, bytea) IS 'Raw class scores (before softmax) of an image, in label order.';
+
+CREATE FUNCTION medtl.embed(model text, image bytea) RETURNS real[]
+    AS 'MODULE_PATHNAME', 'medtl_embed' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.embed(text, bytea) IS 'Pooled backbone features of an image (e.g. 1280 for mobilenet_v2, 512 for resnet18); cast to a pgvector vector if wanted.';
+
+CREATE FUNCTION medtl.predict_topk(model text, image bytea, k int DEFAULT 5,
+    OUT rank int, OUT class_index int, OUT label text, OUT probability real)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'medtl_predict_topk' LANGUAGE C STABLE STRICT PARALLEL SAFE ROWS 5;
+COMMENT ON FUNCTION medtl.predict_topk(text, bytea, int) IS 'The k most probable labels of an image with their probabilities.';
+
+------------------------------------------------------------------------------
+-- Registering models
+------------------------------------------------------------------------------
+
+-- float4[] from a metadata value such as '[0.485, 0.456, 0.406]'; NULL if absent or malformed.
+CREATE FUNCTION medtl._meta_floats(v text) RETURNS real[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF v IS NULL THEN RETURN NULL; END IF;
+    RETURN ARRAY(SELECT e::real FROM jsonb_array_elements_text(v::jsonb) e);
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION medtl.import_model(
+    name text,
+    arch text,
+    weights bytea,
+    labels text[] DEFAULT NULL,
+    input_size int DEFAULT NULL,
+    mean real[] DEFAULT NULL,
+    std real[] DEFAULT NULL,
+    padding text DEFAULT NULL,
+    task text DEFAULT 'classification',
+    source text DEFAULT NULL,
+    replace boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    info jsonb;
+    meta jsonb;
+    ncls int;
+    id bigint;
+    v_mean real[];
+    v_std real[];
+    v_labels text[];
+BEGIN
+    IF name IS NULL OR arch IS NULL OR weights IS NULL THEN
+        RAISE EXCEPTION 'name, arch and weights must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- parses and checks every tensor against the architecture
+    info := medtl.safetensors_info(weights, arch);
+    meta := info->'metadata';
+    ncls := (info->>'num_classes')::int;
+
+    v_labels := labels;
+    IF v_labels IS NULL AND meta ? 'labels' THEN
+        BEGIN
+            v_labels := ARRAY(SELECT jsonb_array_elements_text((meta->>'labels')::jsonb));
+        EXCEPTION WHEN others THEN
+            v_labels := NULL;       -- a note, not a JSON list of labels
+        END;
+        IF cardinality(v_labels) IS DISTINCT FROM ncls THEN
+            v_labels := NULL;
+        END IF;
+    END IF;
+    IF v_labels IS NOT NULL AND cardinality(v_labels) <> ncls THEN
+        RAISE EXCEPTION 'model has % classes but % labels were given', ncls, cardinality(v_labels)
+            USING ERRCODE = 'data_exception',
+                  HINT = format('The head tensor of %s has %s outputs; pass one label per output.', arch, ncls);
+    END IF;
+
+    v_mean := coalesce(mean, medtl._meta_floats(meta->>'mean'), '{0.485,0.456,0.406}');
+    v_std := coalesce(std, medtl._meta_floats(meta->>'std'), '{0.229,0.224,0.225}');
+    IF cardinality(v_mean) <> 3 OR cardinality(v_std) <> 3 OR NOT (0 < ALL (v_std)) THEN
+        RAISE EXCEPTION 'mean and std must each have 3 values, std all positive'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    IF replace THEN
+        DELETE FROM medtl.models m WHERE m.name = import_model.name;
+    ELSIF EXISTS (SELECT 1 FROM medtl.models m WHERE m.name = import_model.name) THEN
+        RAISE EXCEPTION 'model "%" already exists', import_model.name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Pass replace => true to replace it, or choose another name.';
+    END IF;
+
+    INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std,
+                              padding, source, sha256, metadata)
+    VALUES (import_model.name, import_model.arch, coalesce(task, 'classification'), v_labels, ncls,
+            coalesce(input_size, (meta->>'input_size')::int, 224), v_mean, v_std,
+            coalesce(padding, meta->>'padding', 'symmetric'),
+            coalesce(source, meta->>'source', 'import_model'),
+            encode(sha256(weights), 'hex'), meta)
+    RETURNING model_id INTO id;
+
+    INSERT INTO medtl.weights (model_id, tensor, shape, dtype, data)
+    SELECT id, w.tensor, w.shape, w.dtype, w.data FROM medtl._weight_rows(weights, arch) w;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION medtl.import_model(text, text, bytea, text[], int, real[], real[], text, text, text, boolean)
+    IS 'Register a pretrained model from safetensors bytes; every tensor is checked against the architecture and stored as a row.';
+
+CREATE FUNCTION medtl.import_model_file(
+    name text, arch text, path text,
+    labels text[] DEFAULT NULL, input_size int DEFAULT NULL,
+    mean real[] DEFAULT NULL, std real[] DEFAULT NULL, padding text DEFAULT NULL,
+    task text DEFAULT 'classification', replace boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE sql VOLATILE AS $$
+    SELECT medtl.import_model(name, arch, medtl.read_server_file(path), labels, input_size,
+                              mean, std, padding, task, 'file:' || path, replace)
+$$;
+COMMENT ON FUNCTION medtl.import_model_file(text, text, text, text[], int, real[], real[], text, text, boolean)
+    IS 'import_model from a safetensors file on the server; needs the privileges of pg_read_server_files.';
+
+CREATE FUNCTION medtl.share_model(model text, reader name) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    UPDATE medtl.models m SET readers = array_append(m.readers, reader)
+     WHERE m.name = model AND NOT reader = ANY (m.readers);
+    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM medtl.models m
+                                  WHERE m.name = model AND medtl._is_member(m.owner)) THEN
+        RAISE EXCEPTION 'model "%" does not exist or is not yours', model
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION medtl.share_model(text, name) IS 'Let a role (or ''public'') see and score one of your models.';
+
+CREATE FUNCTION medtl.unshare_model(model text, reader name) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    UPDATE medtl.models m SET readers = array_remove(m.readers, reader)
+     WHERE m.name = model AND medtl._is_member(m.owner);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" does not exist or is not yours', model
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION medtl.unshare_model(text, name) IS 'Withdraw a role''s read access to one of your models.';
+
+CREATE FUNCTION medtl.drop_model(model text) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    DELETE FROM medtl.models m WHERE m.name = model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" does not exist or is not yours', model
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION medtl.drop_model(text) IS 'Delete one of your models and its weights.';
+
+COMMENT ON FUNCTION medtl._model_touched() IS 'Trigger: bump generation on any change to a model row.';
+COMMENT ON FUNCTION medtl._weights_changed() IS 'Trigger: bump the generation of models whose weights changed.';
+COMMENT ON FUNCTION medtl._is_member(name) IS 'Whether the current user has the privileges of a role (false for unknown roles).';
+COMMENT ON FUNCTION medtl._may_read(name, name[]) IS 'Row-level security: whether the current user may see a model.';
+COMMENT ON FUNCTION medtl._meta_floats(text) IS 'Parse a JSON list of numbers from safetensors metadata.';

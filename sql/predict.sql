@@ -1,0 +1,87 @@
+-- predict: the pretrained MobileNetV2 scores real images in plain SELECTs
+SET search_path = public, medtl;
+
+-- the network inputs (224x224): top-1 and the shipped reference logits
+SELECT name, predict('mobilenet_v2_imagenet', image) AS label
+  FROM samples WHERE name LIKE '%\_224.png' ORDER BY name;
+WITH l AS MATERIALIZED (
+    SELECT name, logits('mobilenet_v2_imagenet', image) AS lg
+      FROM samples WHERE name LIKE '%\_224.png')
+SELECT l.name, count(*) AS logits,
+       max(abs(l.lg[e.class_index + 1] - e.logit)) < 1e-3 AS within_1e3,
+       max(abs(l.lg[e.class_index + 1] - e.logit)) < 1e-4 AS within_1e4
+  FROM l JOIN expected_logits e ON e.image = l.name AND e.padding = 'tf_same'
+ GROUP BY l.name ORDER BY l.name;
+-- the symmetric-padding twin matches torchvision's own module
+WITH l AS MATERIALIZED (
+    SELECT name, logits('mobilenet_v2_symmetric', image) AS lg
+      FROM samples WHERE name LIKE '%\_224.png')
+SELECT l.name, max(abs(l.lg[e.class_index + 1] - e.logit)) < 1e-3 AS within_1e3
+  FROM l JOIN expected_logits e ON e.image = l.name AND e.padding = 'torch_symmetric'
+ GROUP BY l.name ORDER BY l.name;
+
+-- top-5 with probabilities (reference: chickadee .981, Egyptian cat .778, military uniform .927)
+SELECT name, t.rank, t.class_index, t.label, round(t.probability::numeric, 3) AS p
+  FROM samples, predict_topk('mobilenet_v2_imagenet', image, 3) t
+ WHERE name LIKE '%\_224.png' ORDER BY name, t.rank;
+
+-- original sizes go through medtl's own resize
+SELECT name, predict('mobilenet_v2_imagenet', image) AS label,
+       round((predict_proba('mobilenet_v2_imagenet', image))[1 + 19]::numeric, 2) AS p_chickadee
+  FROM samples WHERE name NOT LIKE '%\_224.png' ORDER BY name;
+
+-- probabilities sum to one; embeddings are 1280 pooled features
+SELECT name, cardinality(p) AS n, round(s::numeric, 4) AS sum
+  FROM (SELECT name, predict_proba('mobilenet_v2_imagenet', image) AS p FROM samples) x,
+       LATERAL (SELECT sum(v) AS s FROM unnest(p) v) y ORDER BY name;
+SELECT name, cardinality(e) AS dim, (SELECT min(v) >= 0 FROM unnest(e) v) AS relu6_nonneg
+  FROM (SELECT name, embed('mobilenet_v2_imagenet', image) AS e FROM samples) x ORDER BY name;
+-- similar images have similar embeddings: the bird at two sizes vs the cat
+WITH e AS (SELECT name, embed('mobilenet_v2_imagenet', image) AS v FROM samples),
+cos AS (
+    SELECT a.name AS a, b.name AS b,
+           (SELECT sum(x * y) FROM unnest(a.v, b.v) u(x, y)) /
+           sqrt((SELECT sum(x * x) FROM unnest(a.v) x) * (SELECT sum(y * y) FROM unnest(b.v) y)) AS c
+      FROM e a, e b WHERE a.name = 'bird.png' AND b.name IN ('bird_224.png', 'cat.png'))
+SELECT (SELECT c FROM cos WHERE b = 'bird_224.png') > (SELECT c FROM cos WHERE b = 'cat.png') AS bird_closer;
+
+-- in any query: chest X-rays through an ImageNet model (not a diagnosis)
+SELECT count(*) AS scored, count(DISTINCT predict('mobilenet_v2_imagenet', image)) > 0 AS labelled
+  FROM xrays;
+
+-- the functions are strict and parallel safe
+SELECT predict('mobilenet_v2_imagenet', NULL) IS NULL AS null_image;
+SELECT proname, proparallel, provolatile, proisstrict FROM pg_proc
+ WHERE pronamespace = 'medtl'::regnamespace
+   AND proname IN ('predict', 'predict_proba', 'logits', 'embed') ORDER BY proname;
+
+-- a parallel plan scores in workers
+SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+SELECT label, predict('mobilenet_v2_imagenet', image) IS NOT NULL AS ok, count(*)
+  FROM xrays GROUP BY 1, 2 ORDER BY 1;
+RESET parallel_setup_cost; RESET parallel_tuple_cost; RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+
+-- the per-backend cache notices changed weights: zero the head's bias
+-- and push one class up, and the prediction follows
+SELECT (runtime_info()->>'models_cached')::int > 0 AS cached;
+UPDATE medtl.weights w SET data = overlay(data placing '\x0000c842'::bytea from 1 + 4 * 400)
+  FROM medtl.models m
+ WHERE w.model_id = m.model_id AND m.name = 'mobilenet_v2_symmetric' AND w.tensor = 'classifier.1.bias';
+SELECT predict('mobilenet_v2_symmetric', image) AS after_bias_change FROM samples WHERE name = 'bird_224.png';
+-- changing the model row (its labels) is seen too
+UPDATE medtl.models SET labels[401] = 'edited label' WHERE name = 'mobilenet_v2_symmetric';
+SELECT predict('mobilenet_v2_symmetric', image) AS after_label_change FROM samples WHERE name = 'bird_224.png';
+-- a rolled-back change leaves the committed model in force
+BEGIN;
+DELETE FROM medtl.weights w USING medtl.models m
+ WHERE w.model_id = m.model_id AND m.name = 'mobilenet_v2_symmetric' AND w.tensor = 'classifier.1.bias';
+SELECT predict('mobilenet_v2_symmetric', image) FROM samples WHERE name = 'bird_224.png';
+ROLLBACK;
+SELECT predict('mobilenet_v2_symmetric', image) AS after_rollback FROM samples WHERE name = 'bird_224.png';
+-- threads are a GUC
+SET medtl.threads = 1;
+SELECT (runtime_info()->>'threads')::int AS threads, predict('mobilenet_v2_imagenet', image) AS label
+  FROM samples WHERE name = 'cat_224.png';
+RESET medtl.threads;

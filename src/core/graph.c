@@ -1,0 +1,647 @@
+/*
+ * graph.c - parameters, batch-norm folding and the forward pass of a model.
+ */
+#include "graph.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+mt_model *
+mt_model_alloc(const char *arch, int max_nodes, int max_params, mt_err *err)
+{
+	mt_model   *m = mt_calloc(1, sizeof(mt_model));
+
+	if (m == NULL)
+	{
+		mt_seterr(err, MT_ERR_NOMEM, "out of memory building model");
+		return NULL;
+	}
+	snprintf(m->arch, sizeof(m->arch), "%s", arch);
+	m->nodes = mt_calloc(max_nodes, sizeof(mt_node));
+	m->params = mt_calloc(max_params, sizeof(mt_param));
+	m->cap_nodes = max_nodes;
+	m->cap_params = max_params;
+	m->features_node = m->logits_node = -1;
+	m->backend = &mt_cpu_backend;
+	if (m->nodes == NULL || m->params == NULL)
+	{
+		mt_model_free(m);
+		mt_seterr(err, MT_ERR_NOMEM, "out of memory building model");
+		return NULL;
+	}
+	return m;
+}
+
+/* Returns the parameter index, or -1 when the table is full. */
+int
+mt_model_add_param(mt_model *m, const char *name, int ndim,
+				   const int64_t *shape, int is_counter)
+{
+	mt_param   *p;
+
+	if (m->n_params >= m->cap_params || ndim > MT_MAX_DIMS)
+		return -1;
+	p = &m->params[m->n_params];
+	snprintf(p->name, sizeof(p->name), "%s", name);
+	p->ndim = ndim;
+	p->numel = 1;
+	for (int i = 0; i < ndim; i++)
+	{
+		p->shape[i] = shape[i];
+		p->numel *= (size_t) shape[i];
+	}
+	p->is_counter = is_counter;
+	return m->n_params++;
+}
+
+mt_node
+mt_node_init(mt_node_kind kind, int in0)
+{
+	mt_node		n;
+
+	memset(&n, 0, sizeof(n));
+	n.kind = kind;
+	n.in0 = in0;
+	n.in1 = -1;
+	n.p_weight = n.p_bias = -1;
+	n.p_bn_weight = n.p_bn_bias = n.p_bn_mean = n.p_bn_var = -1;
+	n.sh = n.sw = n.dh = n.dw = n.groups = 1;
+	n.eps = 1e-5f;
+	return n;
+}
+
+/* Returns the node index, or -1 when the table is full. */
+int
+mt_model_add_node(mt_model *m, const mt_node *proto)
+{
+	if (m->n_nodes >= m->cap_nodes)
+		return -1;
+	m->nodes[m->n_nodes] = *proto;
+	return m->n_nodes++;
+}
+
+int
+mt_model_find_param(const mt_model *m, const char *name)
+{
+	for (int i = 0; i < m->n_params; i++)
+		if (strcmp(m->params[i].name, name) == 0)
+			return i;
+	return -1;
+}
+
+/* Format a shape as "[a, b, c]". */
+static void
+format_shape(char *buf, size_t len, int ndim, const int64_t *shape)
+{
+	size_t		off = 0;
+
+	off += snprintf(buf + off, len - off, "[");
+	for (int i = 0; i < ndim && off < len; i++)
+		off += snprintf(buf + off, len - off, "%s%lld", i ? ", " : "", (long long) shape[i]);
+	if (off < len)
+		snprintf(buf + off, len - off, "]");
+}
+
+int
+mt_model_set_param(mt_model *m, const char *name, int is_int64, int ndim,
+				   const int64_t *shape, const void *bytes, size_t nbytes,
+				   mt_err *err)
+{
+	int			idx = mt_model_find_param(m, name);
+	mt_param   *p;
+	char		want[96],
+				got[96];
+	int			same;
+
+	if (idx < 0)
+		return mt_seterr(err, MT_ERR_SHAPE, "unexpected tensor \"%s\" for architecture %s",
+						 name, m->arch);
+	p = &m->params[idx];
+	same = (ndim == p->ndim);
+	for (int i = 0; same && i < ndim; i++)
+		same = (shape[i] == p->shape[i]);
+	if (!same)
+	{
+		format_shape(want, sizeof(want), p->ndim, p->shape);
+		format_shape(got, sizeof(got), ndim, shape);
+		return mt_seterr(err, MT_ERR_SHAPE, "tensor \"%s\" has shape %s, %s expects %s",
+						 name, got, m->arch, want);
+	}
+	if (p->is_counter)
+	{
+		/* num_batches_tracked: int64 (or float) scalar, value unused */
+		p->loaded = 1;
+		return MT_OK;
+	}
+	if (is_int64)
+		return mt_seterr(err, MT_ERR_SHAPE, "tensor \"%s\" must be float32, not int64", name);
+	if (nbytes != p->numel * sizeof(float))
+		return mt_seterr(err, MT_ERR_SHAPE, "tensor \"%s\" holds %zu bytes, expected %zu",
+						 name, nbytes, p->numel * sizeof(float));
+	if (p->data == NULL)
+	{
+		p->data = mt_malloc(nbytes);
+		if (p->data == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory loading tensor \"%s\"", name);
+	}
+	memcpy(p->data, bytes, nbytes);
+	for (size_t i = 0; i < p->numel; i++)
+		if (!isfinite(p->data[i]))
+			return mt_seterr(err, MT_ERR_CORRUPT, "tensor \"%s\" holds a NaN or infinite value at %zu",
+							 name, i);
+	p->loaded = 1;
+	m->prepared = 0;
+	return MT_OK;
+}
+
+int
+mt_model_check_complete(const mt_model *m, mt_err *err)
+{
+	int			missing = 0;
+	char		list[400] = "";
+	size_t		off = 0;
+
+	for (int i = 0; i < m->n_params; i++)
+		if (!m->params[i].loaded)
+		{
+			if (missing < 5 && off < sizeof(list))
+				off += snprintf(list + off, sizeof(list) - off, "%s\"%s\"",
+								missing ? ", " : "", m->params[i].name);
+			missing++;
+		}
+	if (missing == 0)
+		return MT_OK;
+	mt_seterr(err, MT_ERR_SHAPE, "%d tensor%s missing for architecture %s",
+			  missing, missing == 1 ? "" : "s", m->arch);
+	mt_setdetail(err, "Missing: %s%s.", list, missing > 5 ? ", ..." : "");
+	return MT_ERR_SHAPE;
+}
+
+/* How many nodes read node i. */
+static int
+consumers(const mt_model *m, int i)
+{
+	int			c = 0;
+
+	for (int j = i + 1; j < m->n_nodes; j++)
+		c += (m->nodes[j].in0 == i) + (m->nodes[j].in1 == i);
+	if (i == m->features_node || i == m->logits_node)
+		c++;
+	return c;
+}
+
+/* The node right after i if it is of kind k and reads only i, else -1. */
+static int
+single_follower(const mt_model *m, int i, mt_node_kind k)
+{
+	if (i + 1 >= m->n_nodes || consumers(m, i) != 1)
+		return -1;
+	if (m->nodes[i + 1].kind != k || m->nodes[i + 1].in0 != i || m->nodes[i + 1].in1 >= 0)
+		return -1;
+	return i + 1;
+}
+
+/* Per-channel scale and shift of an inference batch norm. */
+static void
+bn_scale_shift(const mt_model *m, const mt_node *bn, int c, float *scale, float *shift)
+{
+	const float *g = m->params[bn->p_bn_weight].data;
+	const float *b = m->params[bn->p_bn_bias].data;
+	const float *mu = m->params[bn->p_bn_mean].data;
+	const float *var = m->params[bn->p_bn_var].data;
+
+	for (int j = 0; j < c; j++)
+	{
+		double		s = (double) g[j] / sqrt((double) var[j] + bn->eps);
+
+		scale[j] = (float) s;
+		shift[j] = (float) ((double) b[j] - (double) mu[j] * s);
+	}
+}
+
+static void
+free_packed(mt_model *m)
+{
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		mt_free(m->nodes[i].packed);
+		mt_free(m->nodes[i].packed_bias);
+		m->nodes[i].packed = m->nodes[i].packed_bias = NULL;
+		m->nodes[i].folded = 0;
+	}
+	m->prepared = 0;
+}
+
+/* A conv descriptor with symmetric padding (the SAME case is resolved later). */
+static mt_conv_desc
+conv_desc(const mt_node *n)
+{
+	mt_conv_desc d;
+
+	memset(&d, 0, sizeof(d));
+	d.cin = n->cin;
+	d.cout = n->cout;
+	d.kh = n->kh;
+	d.kw = n->kw;
+	d.sh = n->sh;
+	d.sw = n->sw;
+	d.dh = n->dh;
+	d.dw = n->dw;
+	d.groups = n->groups;
+	d.pad_t = d.pad_b = n->pad_h;
+	d.pad_l = d.pad_r = n->pad_w;
+	d.act = n->act;
+	return d;
+}
+
+int
+mt_model_prepare(mt_model *m, mt_err *err)
+{
+	int			rc;
+
+	if (m->prepared)
+		return MT_OK;
+	if ((rc = mt_model_check_complete(m, err)) != MT_OK)
+		return rc;
+	free_packed(m);
+
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		mt_node    *n = &m->nodes[i];
+
+		if (n->folded)
+			continue;
+		if (n->kind == MT_NODE_CONV)
+		{
+			mt_conv_desc d = conv_desc(n);
+			size_t		sz = mt_conv_packed_size(&d);
+			int			bn = single_follower(m, i, MT_NODE_BN);
+			int			last = i;
+			float	   *w = mt_malloc(sz * sizeof(float));
+			float	   *bias = mt_calloc(n->cout, sizeof(float));
+
+			n->packed = w;
+			n->packed_bias = bias;
+			if (w == NULL || bias == NULL)
+				goto nomem;
+			if (n->p_bias >= 0)
+				memcpy(bias, m->params[n->p_bias].data, sizeof(float) * n->cout);
+			if (bn >= 0)
+			{
+				/* fold: w' = w * s[o], b' = b * s[o] + t[o] */
+				const float *src = m->params[n->p_weight].data;
+				size_t		per_out = sz / n->cout;
+				float	   *scale = mt_malloc(sizeof(float) * n->cout);
+				float	   *shift = mt_malloc(sizeof(float) * n->cout);
+				float	   *tmp = mt_malloc(sz * sizeof(float));
+
+				if (scale == NULL || shift == NULL || tmp == NULL)
+				{
+					mt_free(scale);
+					mt_free(shift);
+					mt_free(tmp);
+					goto nomem;
+				}
+				bn_scale_shift(m, &m->nodes[bn], n->cout, scale, shift);
+				for (int o = 0; o < n->cout; o++)
+				{
+					for (size_t k = 0; k < per_out; k++)
+						tmp[o * per_out + k] = src[o * per_out + k] * scale[o];
+					bias[o] = bias[o] * scale[o] + shift[o];
+				}
+				mt_conv_pack_oihw(&d, tmp, w);
+				mt_free(scale);
+				mt_free(shift);
+				mt_free(tmp);
+				m->nodes[bn].folded = 1;
+				last = bn;
+			}
+			else
+				mt_conv_pack_oihw(&d, m->params[n->p_weight].data, w);
+			if (n->act == MT_ACT_NONE)
+			{
+				int			a = single_follower(m, last, MT_NODE_ACT);
+
+				if (a >= 0)
+				{
+					n->act = m->nodes[a].act;
+					m->nodes[a].folded = 1;
+				}
+			}
+		}
+		else if (n->kind == MT_NODE_BN)
+		{
+			int			c = m->params[n->p_bn_weight].shape[0];
+			int			a = single_follower(m, i, MT_NODE_ACT);
+
+			n->packed = mt_malloc(sizeof(float) * c);
+			n->packed_bias = mt_malloc(sizeof(float) * c);
+			if (n->packed == NULL || n->packed_bias == NULL)
+				goto nomem;
+			bn_scale_shift(m, n, c, n->packed, n->packed_bias);
+			if (a >= 0 && n->act == MT_ACT_NONE)
+			{
+				n->act = m->nodes[a].act;
+				m->nodes[a].folded = 1;
+			}
+		}
+		else if (n->kind == MT_NODE_ADD && n->act == MT_ACT_NONE)
+		{
+			int			a = single_follower(m, i, MT_NODE_ACT);
+
+			if (a >= 0)
+			{
+				n->act = m->nodes[a].act;
+				m->nodes[a].folded = 1;
+			}
+		}
+	}
+	m->prepared = 1;
+	return MT_OK;
+
+nomem:
+	free_packed(m);
+	return mt_seterr(err, MT_ERR_NOMEM, "out of memory preparing model %s", m->arch);
+}
+
+/* Shape of one activation (N is the batch, shared by all). */
+typedef struct shape3
+{
+	int			h,
+				w,
+				c;
+} shape3;
+
+/* The conv descriptor with padding resolved for an h x w input. */
+static mt_conv_desc
+conv_desc_for(const mt_model *m, const mt_node *n, int h, int w)
+{
+	mt_conv_desc d = conv_desc(n);
+
+	if (m->padding_same)
+	{
+		mt_same_padding(h, d.kh, d.sh, d.dh, &d.pad_t, &d.pad_b);
+		mt_same_padding(w, d.kw, d.sw, d.dw, &d.pad_l, &d.pad_r);
+	}
+	return d;
+}
+
+static mt_pool_desc
+pool_desc(const mt_node *n)
+{
+	mt_pool_desc p;
+
+	memset(&p, 0, sizeof(p));
+	p.kh = p.kw = n->pool_k;
+	p.sh = p.sw = n->pool_s;
+	p.pad_t = p.pad_b = p.pad_l = p.pad_r = n->pool_p;
+	p.count_include_pad = 1;
+	return p;
+}
+
+int
+mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
+				 float *logits, float *features, mt_err *err)
+{
+	const mt_backend *be = m->backend;
+	shape3	   *shp = NULL;
+	int		   *owner = NULL;
+	int		   *last_use = NULL;
+	float	  **buf = NULL;
+	float	   *scratch = NULL;
+	size_t		scratch_len = 0;
+	int			rc = MT_OK;
+
+	if ((rc = mt_model_prepare(m, err)) != MT_OK)
+		return rc;
+	if (n <= 0 || h <= 0 || w <= 0)
+		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
+
+	shp = mt_calloc(m->n_nodes, sizeof(shape3));
+	owner = mt_calloc(m->n_nodes, sizeof(int));
+	last_use = mt_calloc(m->n_nodes, sizeof(int));
+	buf = mt_calloc(m->n_nodes, sizeof(float *));
+	if (!shp || !owner || !last_use || !buf)
+	{
+		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass");
+		goto done;
+	}
+
+	/* shapes, buffer owners (folded nodes alias their input), lifetimes */
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		mt_node    *nd = &m->nodes[i];
+		shape3		in = nd->in0 >= 0 ? shp[nd->in0] : (shape3) {h, w, 3};
+
+		owner[i] = nd->folded ? owner[nd->in0] : i;
+		last_use[i] = i;
+		if (nd->in0 >= 0 && last_use[owner[nd->in0]] < i)
+			last_use[owner[nd->in0]] = i;
+		if (nd->in1 >= 0 && last_use[owner[nd->in1]] < i)
+			last_use[owner[nd->in1]] = i;
+		switch (nd->kind)
+		{
+			case MT_NODE_INPUT:
+				shp[i] = (shape3) {h, w, 3};
+				break;
+			case MT_NODE_CONV:
+				{
+					mt_conv_desc d = conv_desc_for(m, nd, in.h, in.w);
+					size_t		s = mt_conv_scratch_size(&d, in.h, in.w);
+
+					shp[i].h = mt_out_size(in.h, d.kh, d.sh, d.dh, d.pad_t, d.pad_b);
+					shp[i].w = mt_out_size(in.w, d.kw, d.sw, d.dw, d.pad_l, d.pad_r);
+					shp[i].c = nd->cout;
+					if (in.c != nd->cin)
+					{
+						rc = mt_seterr(err, MT_ERR_SHAPE, "node %d: %d input channels, expected %d",
+									   i, in.c, nd->cin);
+						goto done;
+					}
+					if (s > scratch_len)
+						scratch_len = s;
+					break;
+				}
+			case MT_NODE_MAXPOOL:
+			case MT_NODE_AVGPOOL:
+				shp[i].h = mt_out_size(in.h, nd->pool_k, nd->pool_s, 1, nd->pool_p, nd->pool_p);
+				shp[i].w = mt_out_size(in.w, nd->pool_k, nd->pool_s, 1, nd->pool_p, nd->pool_p);
+				shp[i].c = in.c;
+				break;
+			case MT_NODE_GAP:
+				shp[i] = (shape3) {1, 1, in.c};
+				break;
+			case MT_NODE_LINEAR:
+				shp[i] = (shape3) {1, 1, nd->out_features};
+				if (in.h * in.w * in.c != nd->in_features)
+				{
+					rc = mt_seterr(err, MT_ERR_SHAPE, "linear layer expects %d features, got %d",
+								   nd->in_features, in.h * in.w * in.c);
+					goto done;
+				}
+				break;
+			default:
+				shp[i] = in;
+				break;
+		}
+		if (shp[i].h <= 0 || shp[i].w <= 0)
+		{
+			rc = mt_seterr(err, MT_ERR_SHAPE, "input of %dx%d is too small for %s",
+						   h, w, m->arch);
+			goto done;
+		}
+	}
+	if (m->features_node >= 0)
+		last_use[owner[m->features_node]] = m->n_nodes;
+	if (m->logits_node >= 0)
+		last_use[owner[m->logits_node]] = m->n_nodes;
+
+	if (scratch_len > 0 && (scratch = mt_malloc(scratch_len * sizeof(float))) == NULL)
+	{
+		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass");
+		goto done;
+	}
+
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		mt_node    *nd = &m->nodes[i];
+		shape3		in = nd->in0 >= 0 ? shp[nd->in0] : (shape3) {h, w, 3};
+		const float *a = nd->in0 >= 0 ? buf[owner[nd->in0]] : x;
+		size_t		out_len = (size_t) n * shp[i].h * shp[i].w * shp[i].c;
+		float	   *y;
+
+		if (mt_interrupted())
+		{
+			rc = mt_seterr(err, MT_ERR_CANCELLED, "canceled");
+			goto done;
+		}
+		if (nd->folded)
+			continue;
+		if (nd->kind == MT_NODE_INPUT)
+		{
+			y = mt_malloc(out_len * sizeof(float));
+			if (y == NULL)
+				goto nomem;
+			memcpy(y, x, out_len * sizeof(float));
+			buf[i] = y;
+			continue;
+		}
+		y = mt_malloc(out_len * sizeof(float));
+		if (y == NULL)
+			goto nomem;
+		buf[i] = y;
+		switch (nd->kind)
+		{
+			case MT_NODE_CONV:
+				{
+					mt_conv_desc d = conv_desc_for(m, nd, in.h, in.w);
+
+					rc = be->conv2d(&d, n, in.h, in.w, a, nd->packed, nd->packed_bias,
+									y, scratch, err);
+					if (rc != MT_OK)
+						goto done;
+					break;
+				}
+			case MT_NODE_BN:
+				be->channel_affine((size_t) n * in.h * in.w, in.c, a, nd->packed,
+								   nd->packed_bias, nd->act, y);
+				break;
+			case MT_NODE_ACT:
+				be->act(out_len, a, nd->act, y);
+				break;
+			case MT_NODE_ADD:
+				be->add_act(out_len, a, buf[owner[nd->in1]], nd->act, y);
+				break;
+			case MT_NODE_MAXPOOL:
+				{
+					mt_pool_desc p = pool_desc(nd);
+
+					be->max_pool2d(&p, n, in.h, in.w, in.c, a, y);
+					break;
+				}
+			case MT_NODE_AVGPOOL:
+				{
+					mt_pool_desc p = pool_desc(nd);
+
+					be->avg_pool2d(&p, n, in.h, in.w, in.c, a, y);
+					break;
+				}
+			case MT_NODE_GAP:
+				be->global_avg_pool(n, in.h, in.w, in.c, a, y);
+				break;
+			case MT_NODE_LINEAR:
+				be->linear(n, nd->in_features, nd->out_features, a,
+						   m->params[nd->p_weight].data,
+						   nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL, y);
+				break;
+			default:
+				break;
+		}
+		/* release inputs whose last reader this was */
+		for (int k = 0; k < 2; k++)
+		{
+			int			src = k == 0 ? nd->in0 : nd->in1;
+
+			if (src >= 0 && last_use[owner[src]] == i && buf[owner[src]] != NULL)
+			{
+				mt_free(buf[owner[src]]);
+				buf[owner[src]] = NULL;
+			}
+		}
+	}
+
+	if (features != NULL && m->features_node >= 0)
+		memcpy(features, buf[owner[m->features_node]],
+			   sizeof(float) * n * shp[m->features_node].c);
+	if (logits != NULL && m->logits_node >= 0)
+		memcpy(logits, buf[owner[m->logits_node]],
+			   sizeof(float) * n * shp[m->logits_node].c);
+	goto done;
+
+nomem:
+	rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass of %s", m->arch);
+done:
+	if (buf != NULL)
+		for (int i = 0; i < m->n_nodes; i++)
+			mt_free(buf[i]);
+	mt_free(buf);
+	mt_free(scratch);
+	mt_free(shp);
+	mt_free(owner);
+	mt_free(last_use);
+	return rc;
+}
+
+void
+mt_model_free(mt_model *m)
+{
+	if (m == NULL)
+		return;
+	if (m->nodes != NULL)
+		free_packed(m);
+	if (m->params != NULL)
+		for (int i = 0; i < m->n_params; i++)
+			mt_free(m->params[i].data);
+	mt_free(m->nodes);
+	mt_free(m->params);
+	mt_free(m);
+}
+
+size_t
+mt_model_memory(const mt_model *m)
+{
+	size_t		total = 0;
+
+	for (int i = 0; i < m->n_params; i++)
+		if (m->params[i].data != NULL)
+			total += m->params[i].numel * sizeof(float);
+	for (int i = 0; i < m->n_nodes; i++)
+		if (m->nodes[i].packed != NULL && m->nodes[i].kind == MT_NODE_CONV)
+		{
+			mt_conv_desc d = conv_desc(&m->nodes[i]);
+
+			total += (mt_conv_packed_size(&d) + m->nodes[i].cout) * sizeof(float);
+		}
+	return total;
+}

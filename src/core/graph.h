@@ -1,0 +1,137 @@
+/*
+ * graph.h - a model as a list of layers (nodes) over named parameters.
+ *
+ * Parameters carry torchvision's state_dict names and shapes, so a checkpoint
+ * loads 1:1.  Nodes are in execution order; each reads the outputs of earlier
+ * nodes.  For inference mt_model_prepare() folds batch norm into the
+ * preceding convolution and fuses activations, then mt_model_forward() runs
+ * the nodes through a backend (ops.h).
+ */
+#ifndef MT_GRAPH_H
+#define MT_GRAPH_H
+
+#include "ops.h"
+
+#define MT_NAME_MAX 128
+#define MT_MAX_DIMS 4
+
+typedef enum mt_node_kind
+{
+	MT_NODE_INPUT = 0,
+	MT_NODE_CONV,
+	MT_NODE_BN,
+	MT_NODE_ACT,
+	MT_NODE_ADD,
+	MT_NODE_MAXPOOL,
+	MT_NODE_AVGPOOL,
+	MT_NODE_GAP,				/* global average pool, N x C output */
+	MT_NODE_LINEAR
+} mt_node_kind;
+
+typedef struct mt_param
+{
+	char		name[MT_NAME_MAX];
+	int			ndim;
+	int64_t		shape[MT_MAX_DIMS];
+	size_t		numel;
+	int			is_counter;		/* int64 num_batches_tracked: accepted, unused */
+	int			loaded;
+	float	   *data;			/* numel floats once loaded */
+} mt_param;
+
+typedef struct mt_node
+{
+	mt_node_kind kind;
+	int			in0,
+				in1;			/* input node indices, -1 if unused */
+	mt_act		act;			/* activation applied by this node */
+
+	/* convolution */
+	int			cin,
+				cout,
+				kh,
+				kw,
+				sh,
+				sw,
+				dh,
+				dw,
+				groups,
+				pad_h,
+				pad_w;
+	int			p_weight,
+				p_bias;			/* conv / linear parameters, -1 if none */
+
+	/* batch norm */
+	int			p_bn_weight,
+				p_bn_bias,
+				p_bn_mean,
+				p_bn_var;
+	float		eps;
+
+	/* pooling */
+	int			pool_k,
+				pool_s,
+				pool_p;
+
+	/* linear */
+	int			in_features,
+				out_features;
+
+	/* filled by mt_model_prepare */
+	int			folded;			/* computed by its producer; aliases in0 */
+	float	   *packed;			/* conv: packed weights (BN folded); BN: scale */
+	float	   *packed_bias;	/* conv: bias (BN folded); BN: shift */
+} mt_node;
+
+typedef struct mt_model
+{
+	char		arch[32];
+	int			num_classes;
+	int			padding_same;	/* TF "SAME" padding for every convolution */
+	int			n_nodes,
+				cap_nodes;
+	mt_node    *nodes;
+	int			n_params,
+				cap_params;
+	mt_param   *params;
+	int			features_node;	/* pooled backbone features */
+	int			logits_node;
+	int			feature_dim;
+	int			prepared;
+	const mt_backend *backend;
+} mt_model;
+
+/* Building (used by the model zoo). */
+mt_model   *mt_model_alloc(const char *arch, int max_nodes, int max_params, mt_err *err);
+int			mt_model_add_param(mt_model *m, const char *name, int ndim,
+							   const int64_t *shape, int is_counter);
+int			mt_model_add_node(mt_model *m, const mt_node *proto);
+mt_node		mt_node_init(mt_node_kind kind, int in0);
+
+/* Loading. */
+int			mt_model_find_param(const mt_model *m, const char *name);
+/*
+ * Copy one tensor's data into the parameter of that name.  is_int64 marks an
+ * int64 tensor (only num_batches_tracked counters may be int64); float data
+ * is little-endian float32.  Errors name the tensor.
+ */
+int			mt_model_set_param(mt_model *m, const char *name, int is_int64,
+							   int ndim, const int64_t *shape,
+							   const void *bytes, size_t nbytes, mt_err *err);
+/* MT_ERR_SHAPE naming the missing tensors if any parameter was not loaded. */
+int			mt_model_check_complete(const mt_model *m, mt_err *err);
+
+/* Inference. */
+int			mt_model_prepare(mt_model *m, mt_err *err);
+/*
+ * x is n x h x w x 3 (NHWC, normalised).  logits (n x num_classes) and
+ * features (n x feature_dim) may each be NULL.
+ */
+int			mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
+							 float *logits, float *features, mt_err *err);
+void		mt_model_free(mt_model *m);
+
+/* Bytes of float data held (parameters and packed copies). */
+size_t		mt_model_memory(const mt_model *m);
+
+#endif

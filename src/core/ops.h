@@ -1,0 +1,107 @@
+/*
+ * ops.h - tensor operations and the backend boundary.
+ *
+ * Activations are float32 NHWC: element (n, y, x, c) of an N x H x W x C
+ * tensor is at ((n * H + y) * W + x) * C + c.  In this layout a 1x1
+ * convolution is a plain GEMM and every other convolution is im2col + GEMM
+ * with contiguous channel runs.
+ *
+ * Layers (src/core/graph.c) call operations only through an mt_backend, a
+ * table of function pointers, so a CUDA backend or a different CPU kernel set
+ * slots in without touching the layers.
+ */
+#ifndef MT_OPS_H
+#define MT_OPS_H
+
+#include "mt_common.h"
+
+typedef enum mt_act
+{
+	MT_ACT_NONE = 0,
+	MT_ACT_RELU,
+	MT_ACT_RELU6
+} mt_act;
+
+/* A convolution with its padding resolved for one input size. */
+typedef struct mt_conv_desc
+{
+	int			cin,
+				cout,
+				kh,
+				kw,
+				sh,
+				sw,
+				dh,
+				dw,
+				groups;
+	int			pad_t,
+				pad_l,
+				pad_b,
+				pad_r;
+	mt_act		act;			/* applied after the bias */
+} mt_conv_desc;
+
+/* A pooling window with its padding resolved. */
+typedef struct mt_pool_desc
+{
+	int			kh,
+				kw,
+				sh,
+				sw;
+	int			pad_t,
+				pad_l,
+				pad_b,
+				pad_r;
+	int			count_include_pad;	/* for average pooling, as torch's default */
+} mt_pool_desc;
+
+/* Output size of a window op: floor((in + pads - dil*(k-1) - 1) / s) + 1. */
+int			mt_out_size(int in, int k, int s, int d, int pad_before, int pad_after);
+
+/*
+ * Padding.  Symmetric: pad on each side as given.  TF "SAME": out =
+ * ceil(in / s), total padding split with the smaller half before (so a
+ * stride-2 3x3 convolution on an even size pads 0 top/left, 1 bottom/right).
+ */
+void		mt_same_padding(int in, int k, int s, int d, int *before, int *after);
+
+/*
+ * Packed convolution weights.  Dense/grouped: for each group a K x cout_g
+ * row-major matrix, K = kh * kw * cin_g ordered (ky, kx, ci) to match im2col.
+ * Depthwise (groups == cin == cout): kh x kw x C.
+ */
+int			mt_conv_is_depthwise(const mt_conv_desc *d);
+size_t		mt_conv_packed_size(const mt_conv_desc *d);
+/* Pack from PyTorch's OIHW [cout][cin_g][kh][kw]. */
+void		mt_conv_pack_oihw(const mt_conv_desc *d, const float *oihw, float *packed);
+/* Floats of scratch conv2d needs for one input of h x w. */
+size_t		mt_conv_scratch_size(const mt_conv_desc *d, int h, int w);
+
+typedef struct mt_backend
+{
+	const char *name;
+	/* y = act(conv(x, w) + bias); bias may be NULL */
+	int			(*conv2d) (const mt_conv_desc *d, int n, int h, int w,
+						   const float *x, const float *packed_w, const float *bias,
+						   float *y, float *scratch, mt_err *err);
+	void		(*max_pool2d) (const mt_pool_desc *p, int n, int h, int w, int c,
+							   const float *x, float *y);
+	void		(*avg_pool2d) (const mt_pool_desc *p, int n, int h, int w, int c,
+							   const float *x, float *y);
+	void		(*global_avg_pool) (int n, int h, int w, int c, const float *x, float *y);
+	/* y[n x c] = x * scale[c] + shift[c], then act (inference batch norm) */
+	void		(*channel_affine) (size_t rows, int c, const float *x,
+								   const float *scale, const float *shift,
+								   mt_act act, float *y);
+	/* y = act(a + b) elementwise */
+	void		(*add_act) (size_t len, const float *a, const float *b, mt_act act, float *y);
+	void		(*act) (size_t len, const float *x, mt_act act, float *y);
+	/* y[n x out] = x[n x in] * W^T + b, W is [out][in] as in PyTorch */
+	void		(*linear) (int n, int in, int out, const float *x, const float *w,
+						   const float *b, float *y);
+	void		(*softmax) (int n, int c, const float *x, float *y);
+} mt_backend;
+
+extern const mt_backend mt_cpu_backend;
+
+#endif

@@ -1,0 +1,430 @@
+/*
+ * ops_cpu.c - the CPU backend: im2col + OpenBLAS GEMM for convolutions,
+ * direct kernels for depthwise convolution, pooling and elementwise ops.
+ */
+#include "ops.h"
+#include "blas.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+/* Hot loops get AVX-512 and AVX2 clones picked at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MT_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MT_HOT
+#endif
+
+int
+mt_out_size(int in, int k, int s, int d, int pad_before, int pad_after)
+{
+	int			span = d * (k - 1) + 1;
+	int			padded = in + pad_before + pad_after;
+
+	if (s <= 0 || padded < span)
+		return 0;
+	return (padded - span) / s + 1;
+}
+
+void
+mt_same_padding(int in, int k, int s, int d, int *before, int *after)
+{
+	int			out = (in + s - 1) / s;
+	int			total = (out - 1) * s + d * (k - 1) + 1 - in;
+
+	if (total < 0)
+		total = 0;
+	*before = total / 2;
+	*after = total - total / 2;
+}
+
+int
+mt_conv_is_depthwise(const mt_conv_desc *d)
+{
+	return d->groups > 1 && d->groups == d->cin && d->cout == d->cin;
+}
+
+size_t
+mt_conv_packed_size(const mt_conv_desc *d)
+{
+	return (size_t) d->cout * (d->cin / d->groups) * d->kh * d->kw;
+}
+
+void
+mt_conv_pack_oihw(const mt_conv_desc *d, const float *oihw, float *packed)
+{
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	size_t		k = (size_t) d->kh * d->kw * cin_g;
+
+	if (mt_conv_is_depthwise(d))
+	{
+		for (int c = 0; c < d->cout; c++)
+			for (int ky = 0; ky < d->kh; ky++)
+				for (int kx = 0; kx < d->kw; kx++)
+					packed[((size_t) ky * d->kw + kx) * d->cout + c] =
+						oihw[((size_t) c * d->kh + ky) * d->kw + kx];
+		return;
+	}
+	for (int g = 0; g < d->groups; g++)
+		for (int o = 0; o < cout_g; o++)
+			for (int ci = 0; ci < cin_g; ci++)
+				for (int ky = 0; ky < d->kh; ky++)
+					for (int kx = 0; kx < d->kw; kx++)
+					{
+						size_t		row = ((size_t) ky * d->kw + kx) * cin_g + ci;
+						size_t		src = (((size_t) (g * cout_g + o) * cin_g + ci) * d->kh + ky) * d->kw + kx;
+
+						packed[(size_t) g * k * cout_g + row * cout_g + o] = oihw[src];
+					}
+}
+
+/* Whether the convolution is a plain GEMM on the input (1x1, stride 1, no pad). */
+static int
+conv_is_pointwise(const mt_conv_desc *d)
+{
+	return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 &&
+		d->pad_t == 0 && d->pad_l == 0 && d->pad_b == 0 && d->pad_r == 0;
+}
+
+size_t
+mt_conv_scratch_size(const mt_conv_desc *d, int h, int w)
+{
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+
+	if (mt_conv_is_depthwise(d) || (conv_is_pointwise(d) && d->groups == 1))
+		return 0;
+	return (size_t) oh * ow * d->kh * d->kw * (d->cin / d->groups);
+}
+
+/* Apply bias and activation to rows x c values in place. */
+MT_HOT static void
+bias_act_rows(size_t rows, int c, const float *bias, mt_act act, float *y)
+{
+	for (size_t r = 0; r < rows; r++)
+	{
+		float	   *row = y + r * c;
+
+		if (bias != NULL)
+			for (int j = 0; j < c; j++)
+				row[j] += bias[j];
+		if (act == MT_ACT_RELU)
+			for (int j = 0; j < c; j++)
+				row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+		else if (act == MT_ACT_RELU6)
+			for (int j = 0; j < c; j++)
+				row[j] = fminf(fmaxf(row[j], 0.0f), 6.0f);
+	}
+}
+
+/* im2col for one image and one group, NHWC: rows (oy, ox), columns (ky, kx, ci). */
+static void
+im2col_nhwc(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
+			const float *x, float *col)
+{
+	int			cin_g = d->cin / d->groups;
+	size_t		kcols = (size_t) d->kh * d->kw * cin_g;
+
+	for (int oy = 0; oy < oh; oy++)
+		for (int ox = 0; ox < ow; ox++)
+		{
+			float	   *dst = col + ((size_t) oy * ow + ox) * kcols;
+
+			for (int ky = 0; ky < d->kh; ky++)
+			{
+				int			iy = oy * d->sh - d->pad_t + ky * d->dh;
+
+				for (int kx = 0; kx < d->kw; kx++)
+				{
+					int			ix = ox * d->sw - d->pad_l + kx * d->dw;
+
+					if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+						memset(dst, 0, sizeof(float) * cin_g);
+					else
+						memcpy(dst, x + ((size_t) iy * w + ix) * d->cin + (size_t) g * cin_g,
+							   sizeof(float) * cin_g);
+					dst += cin_g;
+				}
+			}
+		}
+}
+
+/* Depthwise convolution for one image, vectorised over channels. */
+MT_HOT static void
+depthwise_image(const mt_conv_desc *d, int h, int w, int oh, int ow,
+				const float *x, const float *wt, const float *bias, float *y)
+{
+	int			c = d->cin;
+
+	for (int oy = 0; oy < oh; oy++)
+		for (int ox = 0; ox < ow; ox++)
+		{
+			float	   *out = y + ((size_t) oy * ow + ox) * c;
+
+			if (bias != NULL)
+				memcpy(out, bias, sizeof(float) * c);
+			else
+				memset(out, 0, sizeof(float) * c);
+			for (int ky = 0; ky < d->kh; ky++)
+			{
+				int			iy = oy * d->sh - d->pad_t + ky * d->dh;
+
+				if (iy < 0 || iy >= h)
+					continue;
+				for (int kx = 0; kx < d->kw; kx++)
+				{
+					int			ix = ox * d->sw - d->pad_l + kx * d->dw;
+					const float *in;
+					const float *k;
+
+					if (ix < 0 || ix >= w)
+						continue;
+					in = x + ((size_t) iy * w + ix) * c;
+					k = wt + ((size_t) ky * d->kw + kx) * c;
+					for (int j = 0; j < c; j++)
+						out[j] += in[j] * k[j];
+				}
+			}
+		}
+}
+
+static int
+cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
+		   const float *packed_w, const float *bias, float *y, float *scratch,
+		   mt_err *err)
+{
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img = (size_t) h * w * d->cin;
+	size_t		out_img = (size_t) oh * ow * d->cout;
+
+	if (oh <= 0 || ow <= 0)
+		return mt_seterr(err, MT_ERR_SHAPE,
+						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+
+	if (mt_conv_is_depthwise(d))
+	{
+		for (int i = 0; i < n; i++)
+			depthwise_image(d, h, w, oh, ow, x + i * in_img, packed_w, bias, y + i * out_img);
+		if (d->act != MT_ACT_NONE)
+			bias_act_rows((size_t) n * oh * ow, d->cout, NULL, d->act, y);
+		return MT_OK;
+	}
+
+	if (conv_is_pointwise(d) && d->groups == 1)
+	{
+		/* the whole batch is one GEMM: [n*h*w x cin] * [cin x cout] */
+		mt_sgemm(0, 0, n * h * w, d->cout, d->cin, 1.0f, x, d->cin,
+				 packed_w, d->cout, 0.0f, y, d->cout);
+	}
+	else
+	{
+		for (int i = 0; i < n; i++)
+			for (int g = 0; g < d->groups; g++)
+			{
+				im2col_nhwc(d, h, w, oh, ow, g, x + i * in_img, scratch);
+				mt_sgemm(0, 0, oh * ow, cout_g, k, 1.0f, scratch, k,
+						 packed_w + (size_t) g * k * cout_g, cout_g, 0.0f,
+						 y + i * out_img + (size_t) g * cout_g, d->cout);
+			}
+	}
+	bias_act_rows((size_t) n * oh * ow, d->cout, bias, d->act, y);
+	return MT_OK;
+}
+
+/* Max pooling; padded positions never win (as -inf). */
+static void
+cpu_max_pool2d(const mt_pool_desc *p, int n, int h, int w, int c,
+			   const float *x, float *y)
+{
+	int			oh = mt_out_size(h, p->kh, p->sh, 1, p->pad_t, p->pad_b);
+	int			ow = mt_out_size(w, p->kw, p->sw, 1, p->pad_l, p->pad_r);
+
+	for (int i = 0; i < n; i++)
+		for (int oy = 0; oy < oh; oy++)
+			for (int ox = 0; ox < ow; ox++)
+			{
+				float	   *out = y + (((size_t) i * oh + oy) * ow + ox) * c;
+
+				for (int j = 0; j < c; j++)
+					out[j] = -FLT_MAX;
+				for (int ky = 0; ky < p->kh; ky++)
+				{
+					int			iy = oy * p->sh - p->pad_t + ky;
+
+					if (iy < 0 || iy >= h)
+						continue;
+					for (int kx = 0; kx < p->kw; kx++)
+					{
+						int			ix = ox * p->sw - p->pad_l + kx;
+						const float *in;
+
+						if (ix < 0 || ix >= w)
+							continue;
+						in = x + (((size_t) i * h + iy) * w + ix) * c;
+						for (int j = 0; j < c; j++)
+							out[j] = in[j] > out[j] ? in[j] : out[j];
+					}
+				}
+			}
+}
+
+/* Average pooling, counting padded positions or not. */
+static void
+cpu_avg_pool2d(const mt_pool_desc *p, int n, int h, int w, int c,
+			   const float *x, float *y)
+{
+	int			oh = mt_out_size(h, p->kh, p->sh, 1, p->pad_t, p->pad_b);
+	int			ow = mt_out_size(w, p->kw, p->sw, 1, p->pad_l, p->pad_r);
+
+	for (int i = 0; i < n; i++)
+		for (int oy = 0; oy < oh; oy++)
+			for (int ox = 0; ox < ow; ox++)
+			{
+				float	   *out = y + (((size_t) i * oh + oy) * ow + ox) * c;
+				int			count = 0;
+
+				memset(out, 0, sizeof(float) * c);
+				for (int ky = 0; ky < p->kh; ky++)
+				{
+					int			iy = oy * p->sh - p->pad_t + ky;
+
+					if (iy < 0 || iy >= h)
+						continue;
+					for (int kx = 0; kx < p->kw; kx++)
+					{
+						int			ix = ox * p->sw - p->pad_l + kx;
+						const float *in;
+
+						if (ix < 0 || ix >= w)
+							continue;
+						in = x + (((size_t) i * h + iy) * w + ix) * c;
+						for (int j = 0; j < c; j++)
+							out[j] += in[j];
+						count++;
+					}
+				}
+				if (p->count_include_pad)
+				{
+					/* the window clipped to the padded input, as torch does */
+					int			y0 = oy * p->sh - p->pad_t,
+								x0 = ox * p->sw - p->pad_l;
+					int			y1 = y0 + p->kh,
+								x1 = x0 + p->kw;
+
+					if (y1 > h + p->pad_b)
+						y1 = h + p->pad_b;
+					if (x1 > w + p->pad_r)
+						x1 = w + p->pad_r;
+					count = (y1 - y0) * (x1 - x0);
+				}
+				for (int j = 0; j < c && count > 0; j++)
+					out[j] /= (float) count;
+			}
+}
+
+MT_HOT static void
+cpu_global_avg_pool(int n, int h, int w, int c, const float *x, float *y)
+{
+	size_t		hw = (size_t) h * w;
+
+	for (int i = 0; i < n; i++)
+	{
+		float	   *out = y + (size_t) i * c;
+
+		memset(out, 0, sizeof(float) * c);
+		for (size_t p = 0; p < hw; p++)
+		{
+			const float *in = x + ((size_t) i * hw + p) * c;
+
+			for (int j = 0; j < c; j++)
+				out[j] += in[j];
+		}
+		for (int j = 0; j < c; j++)
+			out[j] /= (float) hw;
+	}
+}
+
+MT_HOT static void
+cpu_channel_affine(size_t rows, int c, const float *x, const float *scale,
+				   const float *shift, mt_act act, float *y)
+{
+	for (size_t r = 0; r < rows; r++)
+		for (int j = 0; j < c; j++)
+			y[r * c + j] = x[r * c + j] * scale[j] + shift[j];
+	bias_act_rows(rows, c, NULL, act, y);
+}
+
+MT_HOT static void
+cpu_act(size_t len, const float *x, mt_act act, float *y)
+{
+	for (size_t i = 0; i < len; i++)
+	{
+		float		v = x[i];
+
+		if (act == MT_ACT_RELU)
+			v = v > 0.0f ? v : 0.0f;
+		else if (act == MT_ACT_RELU6)
+			v = fminf(fmaxf(v, 0.0f), 6.0f);
+		y[i] = v;
+	}
+}
+
+MT_HOT static void
+cpu_add_act(size_t len, const float *a, const float *b, mt_act act, float *y)
+{
+	for (size_t i = 0; i < len; i++)
+		y[i] = a[i] + b[i];
+	if (act != MT_ACT_NONE)
+		cpu_act(len, y, act, y);
+}
+
+static void
+cpu_linear(int n, int in, int out, const float *x, const float *w,
+		   const float *b, float *y)
+{
+	mt_sgemm(0, 1, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+	if (b != NULL)
+		bias_act_rows((size_t) n, out, b, MT_ACT_NONE, y);
+}
+
+/* Numerically stable softmax over each row. */
+static void
+cpu_softmax(int n, int c, const float *x, float *y)
+{
+	for (int i = 0; i < n; i++)
+	{
+		const float *in = x + (size_t) i * c;
+		float	   *out = y + (size_t) i * c;
+		float		mx = -FLT_MAX;
+		double		sum = 0.0;
+
+		for (int j = 0; j < c; j++)
+			mx = in[j] > mx ? in[j] : mx;
+		for (int j = 0; j < c; j++)
+		{
+			out[j] = expf(in[j] - mx);
+			sum += out[j];
+		}
+		for (int j = 0; j < c; j++)
+			out[j] = (float) (out[j] / sum);
+	}
+}
+
+const mt_backend mt_cpu_backend = {
+	.name = "cpu",
+	.conv2d = cpu_conv2d,
+	.max_pool2d = cpu_max_pool2d,
+	.avg_pool2d = cpu_avg_pool2d,
+	.global_avg_pool = cpu_global_avg_pool,
+	.channel_affine = cpu_channel_affine,
+	.add_act = cpu_add_act,
+	.act = cpu_act,
+	.linear = cpu_linear,
+	.softmax = cpu_softmax,
+};

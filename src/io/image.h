@@ -1,0 +1,62 @@
+/*
+ * image.h - decode JPEG and PNG bytes into float RGB, resize as PIL does,
+ * normalise.  Engine code: no postgres.h, errors as mt_err.
+ */
+#ifndef MT_IMAGE_H
+#define MT_IMAGE_H
+
+#include "../core/mt_common.h"
+
+/* Header facts about an encoded image, read without decoding pixels. */
+typedef struct mt_image_info
+{
+	const char *format;			/* "jpeg" or "png" (static string) */
+	int			width;
+	int			height;
+	int			channels;		/* as stored: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA */
+	int			bit_depth;		/* 8 or 16 (PNG may also be 1, 2, 4) */
+} mt_image_info;
+
+/* A decoded image: height x width x 3 floats (HWC, RGB), values in [0, 1]. */
+typedef struct mt_image
+{
+	int			width;
+	int			height;
+	float	   *data;			/* mt_malloc'd; free with mt_image_free */
+} mt_image;
+
+/* Default bound on width*height accepted by the decoders (about 16k x 16k). */
+#define MT_IMAGE_MAX_PIXELS ((size_t) 268435456)
+#define MT_IMAGE_MAX_SIDE 65500
+
+/*
+ * Read the header only.  Returns MT_OK, or MT_ERR_CORRUPT for bytes that
+ * are not a JPEG/PNG or are truncated before the size is known.
+ */
+int			mt_image_probe(const uint8_t *buf, size_t len, mt_image_info *info,
+						   mt_err *err);
+
+/*
+ * Decode to RGB floats in [0, 1]: 8-bit samples / 255, 16-bit / 65535; gray
+ * is replicated to 3 channels; alpha is dropped (like PIL's convert("RGB")).
+ * Images whose width*height exceed max_pixels (0 = MT_IMAGE_MAX_PIXELS) or
+ * whose width or height is 0 are refused with MT_ERR_LIMIT before any pixel
+ * buffer is allocated.  Truncated or corrupt data gives MT_ERR_CORRUPT.
+ */
+int			mt_image_decode(const uint8_t *buf, size_t len, size_t max_pixels,
+							mt_image *out, mt_err *err);
+
+void		mt_image_free(mt_image *img);
+
+/*
+ * Resize to out_w x out_h with PIL's Image.BILINEAR (a triangle filter whose
+ * support widens when shrinking, i.e. antialiased), separably: horizontal
+ * pass first, then vertical, as PIL does.
+ */
+int			mt_image_resize(const mt_image *in, int out_w, int out_h,
+							mt_image *out, mt_err *err);
+
+/* In place: x = (x - mean[c]) / std[c]. */
+void		mt_image_normalize(mt_image *img, const float mean[3], const float std[3]);
+
+#endif

@@ -1,0 +1,328 @@
+/*
+ * zoo.c - MobileNetV2 and ResNet-18/34/50 as in torchvision 0.14.
+ */
+#include "zoo.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Builder state: the model and a sticky failure flag (table overflow). */
+typedef struct builder
+{
+	mt_model   *m;
+	int			failed;
+} builder;
+
+static int
+add_param(builder *b, const char *name, int ndim, int64_t d0, int64_t d1,
+		  int64_t d2, int64_t d3)
+{
+	int64_t		shape[4] = {d0, d1, d2, d3};
+	int			i = mt_model_add_param(b->m, name, ndim, shape, 0);
+
+	if (i < 0)
+		b->failed = 1;
+	return i;
+}
+
+static int
+add_node(builder *b, const mt_node *n)
+{
+	int			i = mt_model_add_node(b->m, n);
+
+	if (i < 0)
+		b->failed = 1;
+	return i;
+}
+
+/* Conv2d "prefix.weight" [cout, cin/groups, k, k] (+ "prefix.bias"). */
+static int
+conv(builder *b, const char *prefix, int in, int cin, int cout, int k,
+	 int stride, int pad, int groups, int bias)
+{
+	mt_node		n = mt_node_init(MT_NODE_CONV, in);
+	char		name[MT_NAME_MAX];
+
+	n.cin = cin;
+	n.cout = cout;
+	n.kh = n.kw = k;
+	n.sh = n.sw = stride;
+	n.pad_h = n.pad_w = pad;
+	n.groups = groups;
+	snprintf(name, sizeof(name), "%s.weight", prefix);
+	n.p_weight = add_param(b, name, 4, cout, cin / groups, k, k);
+	if (bias)
+	{
+		snprintf(name, sizeof(name), "%s.bias", prefix);
+		n.p_bias = add_param(b, name, 1, cout, 0, 0, 0);
+	}
+	return add_node(b, &n);
+}
+
+/* BatchNorm2d "prefix.{weight,bias,running_mean,running_var,num_batches_tracked}". */
+static int
+bn(builder *b, const char *prefix, int in, int c)
+{
+	mt_node		n = mt_node_init(MT_NODE_BN, in);
+	char		name[MT_NAME_MAX];
+	int64_t		none[1] = {0};
+
+	snprintf(name, sizeof(name), "%s.weight", prefix);
+	n.p_bn_weight = add_param(b, name, 1, c, 0, 0, 0);
+	snprintf(name, sizeof(name), "%s.bias", prefix);
+	n.p_bn_bias = add_param(b, name, 1, c, 0, 0, 0);
+	snprintf(name, sizeof(name), "%s.running_mean", prefix);
+	n.p_bn_mean = add_param(b, name, 1, c, 0, 0, 0);
+	snprintf(name, sizeof(name), "%s.running_var", prefix);
+	n.p_bn_var = add_param(b, name, 1, c, 0, 0, 0);
+	snprintf(name, sizeof(name), "%s.num_batches_tracked", prefix);
+	if (mt_model_add_param(b->m, name, 0, none, 1) < 0)
+		b->failed = 1;
+	return add_node(b, &n);
+}
+
+static int
+act(builder *b, int in, mt_act kind)
+{
+	mt_node		n = mt_node_init(MT_NODE_ACT, in);
+
+	n.act = kind;
+	return add_node(b, &n);
+}
+
+static int
+add(builder *b, int x, int y)
+{
+	mt_node		n = mt_node_init(MT_NODE_ADD, x);
+
+	n.in1 = y;
+	return add_node(b, &n);
+}
+
+static int
+linear(builder *b, const char *prefix, int in, int fin, int fout)
+{
+	mt_node		n = mt_node_init(MT_NODE_LINEAR, in);
+	char		name[MT_NAME_MAX];
+
+	n.in_features = fin;
+	n.out_features = fout;
+	snprintf(name, sizeof(name), "%s.weight", prefix);
+	n.p_weight = add_param(b, name, 2, fout, fin, 0, 0);
+	snprintf(name, sizeof(name), "%s.bias", prefix);
+	n.p_bias = add_param(b, name, 1, fout, 0, 0, 0);
+	return add_node(b, &n);
+}
+
+/* Conv + BN + activation, torchvision's Conv2dNormActivation: prefix.0, prefix.1. */
+static int
+conv_bn_act(builder *b, const char *prefix, int in, int cin, int cout, int k,
+			int stride, int groups, mt_act a)
+{
+	char		name[MT_NAME_MAX];
+	int			x;
+
+	snprintf(name, sizeof(name), "%s.0", prefix);
+	x = conv(b, name, in, cin, cout, k, stride, (k - 1) / 2, groups, 0);
+	snprintf(name, sizeof(name), "%s.1", prefix);
+	x = bn(b, name, x, cout);
+	return a == MT_ACT_NONE ? x : act(b, x, a);
+}
+
+/* torchvision's MobileNetV2 (width 1.0): features.0..18, classifier.1. */
+static void
+build_mobilenet_v2(builder *b, int num_classes)
+{
+	static const int cfg[7][4] = {	/* t, c, n, s */
+		{1, 16, 1, 1}, {6, 24, 2, 2}, {6, 32, 3, 2}, {6, 64, 4, 2},
+		{6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}
+	};
+	mt_node		inp = mt_node_init(MT_NODE_INPUT, -1);
+	mt_node		gap;
+	int			x = add_node(b, &inp);
+	int			cin = 32;
+	int			idx = 1;
+	char		p[MT_NAME_MAX];
+
+	x = conv_bn_act(b, "features.0", x, 3, 32, 3, 2, 1, MT_ACT_RELU6);
+	for (int s = 0; s < 7; s++)
+		for (int r = 0; r < cfg[s][2]; r++, idx++)
+		{
+			int			t = cfg[s][0],
+						cout = cfg[s][1];
+			int			stride = r == 0 ? cfg[s][3] : 1;
+			int			hidden = cin * t;
+			int			y = x,
+						j = 0;
+
+			if (t != 1)
+			{
+				snprintf(p, sizeof(p), "features.%d.conv.%d", idx, j++);
+				y = conv_bn_act(b, p, y, cin, hidden, 1, 1, 1, MT_ACT_RELU6);
+			}
+			snprintf(p, sizeof(p), "features.%d.conv.%d", idx, j++);
+			y = conv_bn_act(b, p, y, hidden, hidden, 3, stride, hidden, MT_ACT_RELU6);
+			snprintf(p, sizeof(p), "features.%d.conv.%d", idx, j++);
+			y = conv(b, p, y, hidden, cout, 1, 1, 0, 1, 0);
+			snprintf(p, sizeof(p), "features.%d.conv.%d", idx, j++);
+			y = bn(b, p, y, cout);
+			x = (stride == 1 && cin == cout) ? add(b, x, y) : y;
+			cin = cout;
+		}
+	x = conv_bn_act(b, "features.18", x, cin, 1280, 1, 1, 1, MT_ACT_RELU6);
+	gap = mt_node_init(MT_NODE_GAP, x);
+	x = add_node(b, &gap);
+	b->m->features_node = x;
+	b->m->feature_dim = 1280;
+	b->m->logits_node = linear(b, "classifier.1", x, 1280, num_classes);
+}
+
+/* torchvision's ResNet with BasicBlock (18, 34) or Bottleneck (50). */
+static void
+build_resnet(builder *b, const int blocks[4], int bottleneck, int num_classes)
+{
+	mt_node		inp = mt_node_init(MT_NODE_INPUT, -1);
+	mt_node		pool = mt_node_init(MT_NODE_MAXPOOL, -1);
+	mt_node		gap;
+	int			expansion = bottleneck ? 4 : 1;
+	int			x = add_node(b, &inp);
+	int			cin = 64;
+	char		p[MT_NAME_MAX];
+
+	x = conv(b, "conv1", x, 3, 64, 7, 2, 3, 1, 0);
+	x = bn(b, "bn1", x, 64);
+	x = act(b, x, MT_ACT_RELU);
+	pool.in0 = x;
+	pool.pool_k = 3;
+	pool.pool_s = 2;
+	pool.pool_p = 1;
+	x = add_node(b, &pool);
+
+	for (int l = 0; l < 4; l++)
+	{
+		int			width = 64 << l;
+
+		for (int r = 0; r < blocks[l]; r++)
+		{
+			int			stride = (r == 0 && l > 0) ? 2 : 1;
+			int			cout = width * expansion;
+			int			identity = x,
+						y;
+
+			if (bottleneck)
+			{
+				snprintf(p, sizeof(p), "layer%d.%d.conv1", l + 1, r);
+				y = conv(b, p, x, cin, width, 1, 1, 0, 1, 0);
+				snprintf(p, sizeof(p), "layer%d.%d.bn1", l + 1, r);
+				y = act(b, bn(b, p, y, width), MT_ACT_RELU);
+				snprintf(p, sizeof(p), "layer%d.%d.conv2", l + 1, r);
+				y = conv(b, p, y, width, width, 3, stride, 1, 1, 0);
+				snprintf(p, sizeof(p), "layer%d.%d.bn2", l + 1, r);
+				y = act(b, bn(b, p, y, width), MT_ACT_RELU);
+				snprintf(p, sizeof(p), "layer%d.%d.conv3", l + 1, r);
+				y = conv(b, p, y, width, cout, 1, 1, 0, 1, 0);
+				snprintf(p, sizeof(p), "layer%d.%d.bn3", l + 1, r);
+				y = bn(b, p, y, cout);
+			}
+			else
+			{
+				snprintf(p, sizeof(p), "layer%d.%d.conv1", l + 1, r);
+				y = conv(b, p, x, cin, width, 3, stride, 1, 1, 0);
+				snprintf(p, sizeof(p), "layer%d.%d.bn1", l + 1, r);
+				y = act(b, bn(b, p, y, width), MT_ACT_RELU);
+				snprintf(p, sizeof(p), "layer%d.%d.conv2", l + 1, r);
+				y = conv(b, p, y, width, width, 3, 1, 1, 1, 0);
+				snprintf(p, sizeof(p), "layer%d.%d.bn2", l + 1, r);
+				y = bn(b, p, y, width);
+			}
+			if (stride != 1 || cin != cout)
+			{
+				snprintf(p, sizeof(p), "layer%d.%d.downsample.0", l + 1, r);
+				identity = conv(b, p, x, cin, cout, 1, stride, 0, 1, 0);
+				snprintf(p, sizeof(p), "layer%d.%d.downsample.1", l + 1, r);
+				identity = bn(b, p, identity, cout);
+			}
+			x = act(b, add(b, y, identity), MT_ACT_RELU);
+			cin = cout;
+		}
+	}
+	gap = mt_node_init(MT_NODE_GAP, x);
+	x = add_node(b, &gap);
+	b->m->features_node = x;
+	b->m->feature_dim = cin;
+	b->m->logits_node = linear(b, "fc", x, cin, num_classes);
+}
+
+static const struct
+{
+	const char *arch;
+	const char *head;
+}			zoo[] = {
+	{"mobilenet_v2", "classifier.1.weight"},
+	{"resnet18", "fc.weight"},
+	{"resnet34", "fc.weight"},
+	{"resnet50", "fc.weight"},
+};
+
+int
+mt_zoo_known(const char *arch)
+{
+	return mt_zoo_head_weight(arch) != NULL;
+}
+
+const char *
+mt_zoo_head_weight(const char *arch)
+{
+	for (size_t i = 0; i < sizeof(zoo) / sizeof(zoo[0]); i++)
+		if (strcmp(zoo[i].arch, arch) == 0)
+			return zoo[i].head;
+	return NULL;
+}
+
+const char *
+mt_zoo_list(void)
+{
+	return "mobilenet_v2, resnet18, resnet34, resnet50";
+}
+
+mt_model *
+mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
+{
+	static const int r18[4] = {2, 2, 2, 2};
+	static const int r34[4] = {3, 4, 6, 3};
+	builder		b;
+
+	if (!mt_zoo_known(arch))
+	{
+		mt_seterr(err, MT_ERR_INVALID, "unknown architecture \"%s\"", arch);
+		mt_setdetail(err, "Known architectures: %s.", mt_zoo_list());
+		return NULL;
+	}
+	if (num_classes < 1 || num_classes > 1000000)
+	{
+		mt_seterr(err, MT_ERR_INVALID, "number of classes must be between 1 and 1000000, not %d",
+				  num_classes);
+		return NULL;
+	}
+	b.failed = 0;
+	b.m = mt_model_alloc(arch, 512, 1024, err);
+	if (b.m == NULL)
+		return NULL;
+	b.m->num_classes = num_classes;
+	b.m->padding_same = padding_same;
+	if (strcmp(arch, "mobilenet_v2") == 0)
+		build_mobilenet_v2(&b, num_classes);
+	else if (strcmp(arch, "resnet18") == 0)
+		build_resnet(&b, r18, 0, num_classes);
+	else if (strcmp(arch, "resnet34") == 0)
+		build_resnet(&b, r34, 0, num_classes);
+	else
+		build_resnet(&b, r34, 1, num_classes);
+	if (b.failed)
+	{
+		mt_model_free(b.m);
+		mt_seterr(err, MT_ERR_INTERNAL, "model table overflow building %s", arch);
+		return NULL;
+	}
+	return b.m;
+}

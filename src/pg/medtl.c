@@ -1,0 +1,238 @@
+/*
+ * medtl.c - module initialisation, GUCs, engine glue (allocation, interrupts,
+ * errors), and the functions that describe images and the runtime.
+ */
+#include "medtl_pg.h"
+
+#include "access/parallel.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+#include <jpeglib.h>
+#include <png.h>
+
+#include "core/blas.h"
+#include "io/image.h"
+
+PG_MODULE_MAGIC;
+
+int			medtl_threads = 0;
+int			medtl_worker_threads = 1;
+int			medtl_max_image_pixels = 64 * 1024 * 1024;
+int			medtl_model_cache_size = 8;
+char	   *medtl_blas_core = NULL;
+
+static int	applied_threads = -1;
+
+void		_PG_init(void);
+
+/* Engine allocations go to the current memory context; NULL on failure. */
+static void *
+pg_engine_malloc(size_t size)
+{
+	return MemoryContextAllocExtended(CurrentMemoryContext, size,
+									  MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+}
+
+static void
+pg_engine_free(void *ptr)
+{
+	pfree(ptr);
+}
+
+/* Tell the engine to stop when a cancel or termination is pending. */
+static int
+pg_engine_interrupted(void)
+{
+	return InterruptPending && (QueryCancelPending || ProcDiePending);
+}
+
+/*
+ * Module load: GUCs and engine hooks only.  OpenBLAS and its threads are
+ * started lazily in the backend, never here (the postmaster may load us
+ * through shared_preload_libraries and then fork).
+ */
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("medtl.threads",
+							"Threads used by one backend for medtl's math (0 = one per CPU core).",
+							"Parallel workers use medtl.worker_threads instead.",
+							&medtl_threads, 0, 0, 1024, PGC_USERSET, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("medtl.worker_threads",
+							"Threads used by each parallel worker for medtl's math.",
+							"Keep workers x threads at or below the number of cores.",
+							&medtl_worker_threads, 1, 1, 1024, PGC_USERSET, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("medtl.max_image_pixels",
+							"Largest image (width x height) medtl decodes.",
+							NULL, &medtl_max_image_pixels, 64 * 1024 * 1024,
+							1, INT_MAX, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("medtl.model_cache_size",
+							"Models kept decoded in each backend's cache.",
+							NULL, &medtl_model_cache_size, 8, 1, 1000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("medtl.blas_core",
+							   "OpenBLAS kernel set: auto (from CPU features), env (OPENBLAS_CORETYPE), or a core name.",
+							   "Read when OpenBLAS is first used in a backend.",
+							   &medtl_blas_core, "auto", PGC_SUSET, 0,
+							   NULL, NULL, NULL);
+	MarkGUCPrefixReserved("medtl");
+
+	mt_set_allocator(pg_engine_malloc, pg_engine_free);
+	mt_set_interrupt(pg_engine_interrupted);
+}
+
+void
+medtl_raise(const mt_err *err, const char *what)
+{
+	int			sqlstate;
+
+	switch (err->code)
+	{
+		case MT_ERR_NOMEM:
+			sqlstate = ERRCODE_OUT_OF_MEMORY;
+			break;
+		case MT_ERR_INVALID:
+			sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
+			break;
+		case MT_ERR_CORRUPT:
+			sqlstate = ERRCODE_INVALID_BINARY_REPRESENTATION;
+			break;
+		case MT_ERR_SHAPE:
+			sqlstate = ERRCODE_DATA_EXCEPTION;
+			break;
+		case MT_ERR_LIMIT:
+			sqlstate = ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+			break;
+		case MT_ERR_UNSUPPORTED:
+			sqlstate = ERRCODE_FEATURE_NOT_SUPPORTED;
+			break;
+		case MT_ERR_CANCELLED:
+			CHECK_FOR_INTERRUPTS();
+			sqlstate = ERRCODE_QUERY_CANCELED;
+			break;
+		default:
+			sqlstate = ERRCODE_INTERNAL_ERROR;
+			break;
+	}
+	ereport(ERROR,
+			(errcode(sqlstate),
+			 what ? errmsg("%s: %s", what, err->msg) : errmsg("%s", err->msg),
+			 err->detail[0] ? errdetail("%s", err->detail) : 0));
+	pg_unreachable();
+}
+
+void
+medtl_engine_enter(void)
+{
+	mt_err		err;
+	int			want;
+
+	if (mt_blas_init(medtl_blas_core, &err) != MT_OK)
+		medtl_raise(&err, NULL);
+	want = IsParallelWorker() ? medtl_worker_threads :
+		(medtl_threads > 0 ? medtl_threads : mt_cpu_count());
+	if (want != applied_threads)
+	{
+		mt_blas_set_threads(want);
+		applied_threads = want;
+	}
+}
+
+float *
+medtl_image_tensor(bytea *image, int size, const float mean[3], const float std[3])
+{
+	mt_err		err;
+	mt_image	img,
+				resized;
+	const uint8_t *buf = (const uint8_t *) VARDATA_ANY(image);
+	size_t		len = VARSIZE_ANY_EXHDR(image);
+
+	if (mt_image_decode(buf, len, (size_t) medtl_max_image_pixels, &img, &err) != MT_OK)
+	{
+		if (err.code == MT_ERR_LIMIT && err.detail[0] == '\0')
+			mt_setdetail(&err, "medtl.max_image_pixels is %d.", medtl_max_image_pixels);
+		medtl_raise(&err, "invalid image");
+	}
+	if (img.width != size || img.height != size)
+	{
+		if (mt_image_resize(&img, size, size, &resized, &err) != MT_OK)
+			medtl_raise(&err, "could not resize image");
+		mt_image_free(&img);
+		img = resized;
+	}
+	mt_image_normalize(&img, mean, std);
+	return img.data;
+}
+
+/* medtl.image_info(image bytea): format, width, height, channels, bit depth. */
+PG_FUNCTION_INFO_V1(medtl_image_info);
+Datum
+medtl_image_info(PG_FUNCTION_ARGS)
+{
+	bytea	   *image = PG_GETARG_BYTEA_PP(0);
+	mt_image_info info;
+	mt_err		err;
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (mt_image_probe((const uint8_t *) VARDATA_ANY(image),
+					   VARSIZE_ANY_EXHDR(image), &info, &err) != MT_OK)
+		medtl_raise(&err, "invalid image");
+	values[0] = CStringGetTextDatum(info.format);
+	values[1] = Int32GetDatum(info.width);
+	values[2] = Int32GetDatum(info.height);
+	values[3] = Int32GetDatum(info.channels);
+	values[4] = Int32GetDatum(info.bit_depth);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* Append "key": "value" (escaped) to a JSON object being built. */
+static void
+json_kv(StringInfo s, const char *key, const char *value, bool first)
+{
+	if (!first)
+		appendStringInfoString(s, ", ");
+	escape_json(s, key);
+	appendStringInfoString(s, ": ");
+	escape_json(s, value);
+}
+
+/* medtl.runtime_info(): CPU features, BLAS library and kernel set, threads, device. */
+PG_FUNCTION_INFO_V1(medtl_runtime_info);
+Datum
+medtl_runtime_info(PG_FUNCTION_ARGS)
+{
+	StringInfoData s;
+
+	medtl_engine_enter();
+	initStringInfo(&s);
+	appendStringInfoChar(&s, '{');
+	json_kv(&s, "version", MEDTL_VERSION, true);
+	json_kv(&s, "cpu_features", mt_cpu_features(), false);
+	appendStringInfo(&s, ", \"cpu_cores\": %d", mt_cpu_count());
+	json_kv(&s, "blas_library", mt_blas_library(), false);
+	json_kv(&s, "blas_core", mt_blas_corename(), false);
+	json_kv(&s, "blas_core_choice", mt_blas_core_requested(), false);
+	json_kv(&s, "blas_config", mt_blas_config(), false);
+	appendStringInfo(&s, ", \"threads\": %d", mt_blas_threads());
+	appendStringInfo(&s, ", \"parallel_worker\": %s", IsParallelWorker() ? "true" : "false");
+	json_kv(&s, "device", "cpu", false);
+	appendStringInfoString(&s, ", \"cuda_built\": false");
+	appendStringInfo(&s, ", \"jpeg_lib_version\": %d", JPEG_LIB_VERSION);
+	json_kv(&s, "libpng", PNG_LIBPNG_VER_STRING, false);
+	appendStringInfo(&s, ", \"models_cached\": %d", medtl_cached_models());
+	appendStringInfoChar(&s, '}');
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(s.data)));
+}

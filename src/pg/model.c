@@ -1,0 +1,511 @@
+/*
+ * model.c - the per-backend model cache and scoring: predict, predict_proba,
+ * logits, embed, predict_topk.
+ *
+ * A model is read from medtl.models / medtl.weights through SPI with the
+ * caller's privileges (so row-level security decides who may score with it),
+ * decoded once, and kept in a backend-local cache keyed by name.  The first
+ * call of each query re-checks the row (model_id, generation, xmin); any
+ * change to the model or its weights bumps generation, so a changed model is
+ * reloaded.  Least recently used entries are evicted beyond
+ * medtl.model_cache_size.
+ */
+#include "medtl_pg.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "io/image.h"
+#include "nn/zoo.h"
+
+#define MODEL_NAME_MAX 256
+
+typedef struct CacheEntry
+{
+	char		key[MODEL_NAME_MAX];	/* hash key: model name */
+	int64		generation;
+	TransactionId xmin;
+	uint64		last_used;
+	MemoryContext cxt;
+	MedtlModel *model;
+} CacheEntry;
+
+/* What a query remembers between rows (in fn_extra). */
+typedef struct CallCache
+{
+	char		name[MODEL_NAME_MAX];
+	int64		model_id;
+	int64		generation;
+	TransactionId xmin;
+} CallCache;
+
+static HTAB *model_cache = NULL;
+static uint64 use_clock = 0;
+
+/* Identity of a model row as read now. */
+typedef struct ModelRow
+{
+	int64		model_id;
+	int64		generation;
+	TransactionId xmin;
+} ModelRow;
+
+static void
+init_cache(void)
+{
+	HASHCTL		ctl;
+
+	if (model_cache != NULL)
+		return;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = MODEL_NAME_MAX;
+	ctl.entrysize = sizeof(CacheEntry);
+	ctl.hcxt = TopMemoryContext;
+	model_cache = hash_create("medtl model cache", 16, &ctl,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+int
+medtl_cached_models(void)
+{
+	return model_cache ? (int) hash_get_num_entries(model_cache) : 0;
+}
+
+static void
+evict(CacheEntry *e)
+{
+	bool		found;
+
+	if (e->cxt != NULL)
+		MemoryContextDelete(e->cxt);
+	hash_search(model_cache, e->key, HASH_REMOVE, &found);
+}
+
+/* Evict least recently used entries until there is room for one more. */
+static void
+make_room(void)
+{
+	while (hash_get_num_entries(model_cache) >= medtl_model_cache_size)
+	{
+		HASH_SEQ_STATUS seq;
+		CacheEntry *e,
+				   *oldest = NULL;
+
+		hash_seq_init(&seq, model_cache);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (oldest == NULL || e->last_used < oldest->last_used)
+				oldest = e;
+		if (oldest == NULL)
+			break;
+		evict(oldest);
+	}
+}
+
+static void
+unknown_model(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("model \"%s\" does not exist", name),
+			 errhint("Models are listed in medtl.models (only those you own or were granted are visible); register one with medtl.import_model().")));
+}
+
+/* Read float4[3] from an array datum into out. */
+static void
+read_float3(Datum d, float out[3], const char *what, const char *name)
+{
+	ArrayType  *a = DatumGetArrayTypeP(d);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	deconstruct_array(a, FLOAT4OID, 4, true, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n != 3)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("model \"%s\" has %d %s values, expected 3", name, n, what)));
+	for (int i = 0; i < 3; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("model \"%s\" has a NULL %s value", name, what)));
+		out[i] = DatumGetFloat4(elems[i]);
+	}
+}
+
+/* SELECT the identity of the named model's row; false if not visible. */
+static bool
+read_model_row(const char *name, ModelRow *row)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(name)};
+	bool		isnull;
+	bool		found = false;
+	int			rc;
+
+	rc = SPI_execute_with_args("SELECT model_id, generation, xmin::text::bigint "
+							   "FROM medtl.models WHERE name OPERATOR(pg_catalog.=) $1",
+							   1, argtypes, args, NULL, true, 2);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 1)
+	{
+		HeapTuple	t = SPI_tuptable->vals[0];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+
+		row->model_id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		row->generation = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
+		row->xmin = (TransactionId) DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+		found = true;
+	}
+	return found;
+}
+
+/* Load the model's description and weights into cxt (SPI connected). */
+static MedtlModel *
+load_model(const char *name, const ModelRow *row, MemoryContext cxt)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(row->model_id)};
+	MedtlModel *mm;
+	MemoryContext old;
+	HeapTuple	t;
+	TupleDesc	d;
+	bool		isnull;
+	char	   *padding;
+	int			num_classes;
+	Portal		portal;
+	SPIPlanPtr	plan;
+	mt_err		err;
+	int			rc;
+
+	rc = SPI_execute_with_args("SELECT arch, task, labels, input_size, mean, std, padding, "
+							   "num_classes FROM medtl.models "
+							   "WHERE model_id OPERATOR(pg_catalog.=) $1",
+							   1, argtypes, args, NULL, true, 2);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		unknown_model(name);
+	t = SPI_tuptable->vals[0];
+	d = SPI_tuptable->tupdesc;
+
+	old = MemoryContextSwitchTo(cxt);
+	mm = palloc0(sizeof(MedtlModel));
+	mm->model_id = row->model_id;
+	mm->name = pstrdup(name);
+	mm->arch = TextDatumGetCString(SPI_getbinval(t, d, 1, &isnull));
+	mm->task = TextDatumGetCString(SPI_getbinval(t, d, 2, &isnull));
+	{
+		Datum		labels = SPI_getbinval(t, d, 3, &isnull);
+
+		if (!isnull)
+		{
+			Datum	   *elems;
+			bool	   *nulls;
+
+			deconstruct_array(DatumGetArrayTypeP(labels), TEXTOID, -1, false,
+							  TYPALIGN_INT, &elems, &nulls, &mm->n_labels);
+			mm->labels = palloc0(sizeof(char *) * Max(mm->n_labels, 1));
+			for (int i = 0; i < mm->n_labels; i++)
+				mm->labels[i] = nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
+		}
+	}
+	mm->input_size = DatumGetInt32(SPI_getbinval(t, d, 4, &isnull));
+	read_float3(SPI_getbinval(t, d, 5, &isnull), mm->mean, "mean", name);
+	read_float3(SPI_getbinval(t, d, 6, &isnull), mm->std, "std", name);
+	padding = TextDatumGetCString(SPI_getbinval(t, d, 7, &isnull));
+	num_classes = DatumGetInt32(SPI_getbinval(t, d, 8, &isnull));
+
+	mm->net = mt_zoo_build(mm->arch, num_classes, strcmp(padding, "tf_same") == 0, &err);
+	if (mm->net == NULL)
+		medtl_raise(&err, NULL);
+	MemoryContextSwitchTo(old);
+
+	/* stream the weight rows through a cursor, a few tensors at a time */
+	plan = SPI_prepare("SELECT tensor, dtype, shape, data FROM medtl.weights "
+					   "WHERE model_id OPERATOR(pg_catalog.=) $1", 1, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 16);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	wt = SPI_tuptable->vals[i];
+			TupleDesc	wd = SPI_tuptable->tupdesc;
+			char	   *tensor = TextDatumGetCString(SPI_getbinval(wt, wd, 1, &isnull));
+			char	   *dtype = TextDatumGetCString(SPI_getbinval(wt, wd, 2, &isnull));
+			ArrayType  *shape = DatumGetArrayTypeP(SPI_getbinval(wt, wd, 3, &isnull));
+			bytea	   *data = DatumGetByteaPP(SPI_getbinval(wt, wd, 4, &isnull));
+			Datum	   *dims;
+			bool	   *dnulls;
+			int			ndim;
+			int64_t		shp[MT_MAX_DIMS];
+
+			deconstruct_array(shape, INT4OID, 4, true, TYPALIGN_INT, &dims, &dnulls, &ndim);
+			if (ndim > MT_MAX_DIMS)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("tensor \"%s\" of model \"%s\" has %d dimensions", tensor, name, ndim)));
+			for (int k = 0; k < ndim; k++)
+				shp[k] = DatumGetInt32(dims[k]);
+			old = MemoryContextSwitchTo(cxt);
+			rc = mt_model_set_param(mm->net, tensor, strcmp(dtype, "I64") == 0, ndim, shp,
+									VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), &err);
+			MemoryContextSwitchTo(old);
+			if (rc != MT_OK)
+				medtl_raise(&err, "stored weights are invalid");
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	SPI_freeplan(plan);
+
+	old = MemoryContextSwitchTo(cxt);
+	rc = mt_model_prepare(mm->net, &err);
+	MemoryContextSwitchTo(old);
+	if (rc != MT_OK)
+		medtl_raise(&err, "could not prepare model");
+	return mm;
+}
+
+MedtlModel *
+medtl_get_model(FunctionCallInfo fcinfo, text *name_text)
+{
+	char	   *name = text_to_cstring(name_text);
+	CallCache  *cc = (CallCache *) fcinfo->flinfo->fn_extra;
+	CacheEntry *e;
+	ModelRow	row;
+	bool		found;
+
+	if (strlen(name) >= MODEL_NAME_MAX)
+		unknown_model(name);
+	init_cache();
+	e = hash_search(model_cache, name, HASH_FIND, &found);
+
+	/* within one query, trust what its first row checked */
+	if (cc != NULL && e != NULL && strcmp(cc->name, name) == 0 &&
+		cc->generation == e->generation && cc->xmin == e->xmin &&
+		cc->model_id == e->model->model_id)
+	{
+		e->last_used = ++use_clock;
+		return e->model;
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!read_model_row(name, &row))
+		unknown_model(name);
+	if (e == NULL || e->model->model_id != row.model_id ||
+		e->generation != row.generation || e->xmin != row.xmin)
+	{
+		MemoryContext cxt;
+		MedtlModel *mm;
+
+		if (e != NULL)
+			evict(e);
+		cxt = AllocSetContextCreate(TopMemoryContext, "medtl model",
+									ALLOCSET_DEFAULT_SIZES);
+		PG_TRY();
+		{
+			mm = load_model(name, &row, cxt);
+		}
+		PG_CATCH();
+		{
+			MemoryContextDelete(cxt);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		make_room();
+		e = hash_search(model_cache, name, HASH_ENTER, &found);
+		e->generation = row.generation;
+		e->xmin = row.xmin;
+		e->cxt = cxt;
+		e->model = mm;
+	}
+	SPI_finish();
+
+	if (cc == NULL)
+		cc = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(CallCache));
+	strlcpy(cc->name, name, sizeof(cc->name));
+	cc->model_id = row.model_id;
+	cc->generation = row.generation;
+	cc->xmin = row.xmin;
+	fcinfo->flinfo->fn_extra = cc;
+	e->last_used = ++use_clock;
+	return e->model;
+}
+
+/* Run the model on one image: logits and/or features (palloc'd). */
+static void
+score_image(MedtlModel *mm, bytea *image, float **logits, float **features)
+{
+	float	   *x;
+	mt_err		err;
+	int			rc;
+
+	medtl_engine_enter();
+	x = medtl_image_tensor(image, mm->input_size, mm->mean, mm->std);
+	if (logits)
+		*logits = palloc(sizeof(float) * mm->net->num_classes);
+	if (features)
+		*features = palloc(sizeof(float) * mm->net->feature_dim);
+	rc = mt_model_forward(mm->net, x, 1, mm->input_size, mm->input_size,
+						  logits ? *logits : NULL, features ? *features : NULL, &err);
+	pfree(x);
+	if (rc != MT_OK)
+		medtl_raise(&err, "inference failed");
+}
+
+static void
+softmax_inplace(float *v, int n)
+{
+	mt_cpu_backend.softmax(1, n, v, v);
+}
+
+static ArrayType *
+float_array(const float *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * n);
+
+	for (int i = 0; i < n; i++)
+		d[i] = Float4GetDatum(v[i]);
+	return construct_array(d, n, FLOAT4OID, 4, true, TYPALIGN_INT);
+}
+
+/* The label of class k (its index as text when the model has no labels). */
+static text *
+label_text(MedtlModel *mm, int k)
+{
+	if (mm->labels != NULL && k < mm->n_labels)
+		return cstring_to_text(mm->labels[k]);
+	return cstring_to_text(psprintf("%d", k));
+}
+
+static void
+require_classifier(MedtlModel *mm)
+{
+	if (strcmp(mm->task, "classification") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("model \"%s\" is a %s model, not a classifier", mm->name, mm->task)));
+}
+
+static int
+argmax(const float *v, int n)
+{
+	int			best = 0;
+
+	for (int i = 1; i < n; i++)
+		if (v[i] > v[best])
+			best = i;
+	return best;
+}
+
+/* medtl.predict(model text, image bytea) -> text: the most probable label. */
+PG_FUNCTION_INFO_V1(medtl_predict);
+Datum
+medtl_predict(PG_FUNCTION_ARGS)
+{
+	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
+	float	   *logits;
+
+	require_classifier(mm);
+	score_image(mm, PG_GETARG_BYTEA_PP(1), &logits, NULL);
+	PG_RETURN_TEXT_P(label_text(mm, argmax(logits, mm->net->num_classes)));
+}
+
+/* medtl.predict_proba(model text, image bytea) -> real[]: softmax probabilities. */
+PG_FUNCTION_INFO_V1(medtl_predict_proba);
+Datum
+medtl_predict_proba(PG_FUNCTION_ARGS)
+{
+	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
+	float	   *logits;
+
+	require_classifier(mm);
+	score_image(mm, PG_GETARG_BYTEA_PP(1), &logits, NULL);
+	softmax_inplace(logits, mm->net->num_classes);
+	PG_RETURN_ARRAYTYPE_P(float_array(logits, mm->net->num_classes));
+}
+
+/* medtl.logits(model text, image bytea) -> real[]: raw class scores. */
+PG_FUNCTION_INFO_V1(medtl_logits);
+Datum
+medtl_logits(PG_FUNCTION_ARGS)
+{
+	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
+	float	   *logits;
+
+	require_classifier(mm);
+	score_image(mm, PG_GETARG_BYTEA_PP(1), &logits, NULL);
+	PG_RETURN_ARRAYTYPE_P(float_array(logits, mm->net->num_classes));
+}
+
+/* medtl.embed(model text, image bytea) -> real[]: pooled backbone features. */
+PG_FUNCTION_INFO_V1(medtl_embed);
+Datum
+medtl_embed(PG_FUNCTION_ARGS)
+{
+	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
+	float	   *features;
+
+	score_image(mm, PG_GETARG_BYTEA_PP(1), NULL, &features);
+	PG_RETURN_ARRAYTYPE_P(float_array(features, mm->net->feature_dim));
+}
+
+/*
+ * medtl.predict_topk(model text, image bytea, k int DEFAULT 5) -> setof
+ * (rank, class_index, label, probability).
+ */
+PG_FUNCTION_INFO_V1(medtl_predict_topk);
+Datum
+medtl_predict_topk(PG_FUNCTION_ARGS)
+{
+	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
+	int			k = PG_GETARG_INT32(2);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	float	   *p;
+	int			n;
+	bool	   *taken;
+
+	require_classifier(mm);
+	if (k < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("k must be at least 1")));
+	score_image(mm, PG_GETARG_BYTEA_PP(1), &p, NULL);
+	n = mm->net->num_classes;
+	softmax_inplace(p, n);
+	InitMaterializedSRF(fcinfo, 0);
+	taken = palloc0(sizeof(bool) * n);
+	for (int r = 0; r < k && r < n; r++)
+	{
+		int			best = -1;
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		for (int i = 0; i < n; i++)
+			if (!taken[i] && (best < 0 || p[i] > p[best]))
+				best = i;
+		taken[best] = true;
+		values[0] = Int32GetDatum(r + 1);
+		values[1] = Int32GetDatum(best);
+		values[2] = PointerGetDatum(label_text(mm, best));
+		values[3] = Float4GetDatum(p[best]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

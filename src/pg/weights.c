@@ -1,0 +1,232 @@
+/*
+ * weights.c - weight files as data: reading safetensors bytes into rows,
+ * checking them against an architecture, and reading server-side files for
+ * roles that hold pg_read_server_files.
+ */
+#include "medtl_pg.h"
+
+#include <sys/stat.h>
+
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+
+#include "io/safetensors.h"
+#include "nn/zoo.h"
+
+/* Parse safetensors bytes or raise ERROR (22P03) saying what is wrong. */
+static void
+parse_or_raise(bytea *weights, mt_safetensors *st)
+{
+	mt_err		err;
+
+	if (mt_st_parse((const uint8_t *) VARDATA_ANY(weights),
+					VARSIZE_ANY_EXHDR(weights), st, &err) != MT_OK)
+		medtl_raise(&err, "invalid safetensors file");
+}
+
+/*
+ * Check every tensor of st against arch: names, shapes, dtypes, finite
+ * values, nothing missing.  Returns the number of classes of the head.
+ */
+static int
+check_against_arch(const mt_safetensors *st, const uint8_t *base, const char *arch)
+{
+	const char *head = mt_zoo_head_weight(arch);
+	const mt_st_tensor *h;
+	mt_model   *m;
+	mt_err		err;
+	int			num_classes;
+
+	if (head == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown architecture \"%s\"", arch),
+				 errhint("Known architectures: %s.", mt_zoo_list())));
+	h = mt_st_find(st, head);
+	if (h == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("weights have no tensor \"%s\", the classifier head of %s", head, arch),
+				 errhint("Check that the file holds a %s state_dict.", arch)));
+	if (h->ndim != 2 || h->shape[0] < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("tensor \"%s\" must be a 2-d [classes, features] matrix", head)));
+	num_classes = (int) h->shape[0];
+
+	m = mt_zoo_build(arch, num_classes, 0, &err);
+	if (m == NULL)
+		medtl_raise(&err, NULL);
+	for (int i = 0; i < st->n_tensors; i++)
+	{
+		const mt_st_tensor *t = &st->tensors[i];
+
+		if (t->dtype != MT_F32 && t->dtype != MT_I64)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("tensor \"%s\" has dtype %s; medtl imports F32 weights",
+							t->name, mt_dtype_name(t->dtype)),
+					 errhint("Save the state_dict as float32, e.g. model.float().")));
+		if (mt_model_set_param(m, t->name, t->dtype == MT_I64, t->ndim, t->shape,
+							   base + t->offset, t->nbytes, &err) != MT_OK)
+			medtl_raise(&err, "weights do not fit the architecture");
+	}
+	if (mt_model_check_complete(m, &err) != MT_OK)
+		medtl_raise(&err, "weights do not fit the architecture");
+	mt_model_free(m);
+	return num_classes;
+}
+
+/*
+ * medtl.safetensors_info(weights bytea, arch text DEFAULT NULL) -> jsonb:
+ * tensor count, metadata, and (with arch) the validated class count.
+ */
+PG_FUNCTION_INFO_V1(medtl_safetensors_info);
+Datum
+medtl_safetensors_info(PG_FUNCTION_ARGS)
+{
+	bytea	   *weights = PG_GETARG_BYTEA_PP(0);
+	mt_safetensors st;
+	StringInfoData s;
+	size_t		total = 0;
+
+	parse_or_raise(weights, &st);
+	initStringInfo(&s);
+	for (int i = 0; i < st.n_tensors; i++)
+		total += st.tensors[i].nbytes;
+	appendStringInfo(&s, "{\"tensors\": %d, \"data_bytes\": %zu", st.n_tensors, total);
+	if (!PG_ARGISNULL(1))
+	{
+		char	   *arch = text_to_cstring(PG_GETARG_TEXT_PP(1));
+		int			k = check_against_arch(&st, (const uint8_t *) VARDATA_ANY(weights), arch);
+
+		appendStringInfoString(&s, ", \"arch\": ");
+		escape_json(&s, arch);
+		appendStringInfo(&s, ", \"num_classes\": %d", k);
+	}
+	appendStringInfoString(&s, ", \"metadata\": {");
+	for (int i = 0; i < st.n_meta; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&s, ", ");
+		escape_json(&s, st.meta_keys[i]);
+		appendStringInfoString(&s, ": ");
+		escape_json(&s, st.meta_vals[i]);
+	}
+	appendStringInfoString(&s, "}}");
+	mt_st_free(&st);
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(s.data)));
+}
+
+/* An int4[] datum of a tensor shape. */
+static Datum
+shape_datum(const mt_st_tensor *t)
+{
+	Datum		d[MT_ST_MAX_DIMS];
+
+	for (int i = 0; i < t->ndim; i++)
+	{
+		if (t->shape[i] > PG_INT32_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("tensor \"%s\" has a dimension over 2^31", t->name)));
+		d[i] = Int32GetDatum((int32) t->shape[i]);
+	}
+	return PointerGetDatum(construct_array(d, t->ndim, INT4OID, 4, true, TYPALIGN_INT));
+}
+
+/*
+ * medtl._weight_rows(weights bytea, arch text) -> setof (tensor, shape, dtype,
+ * data): the tensors of a safetensors file checked against arch, one row each.
+ */
+PG_FUNCTION_INFO_V1(medtl_weight_rows);
+Datum
+medtl_weight_rows(PG_FUNCTION_ARGS)
+{
+	bytea	   *weights = PG_GETARG_BYTEA_PP(0);
+	char	   *arch = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	const uint8_t *base = (const uint8_t *) VARDATA_ANY(weights);
+	mt_safetensors st;
+
+	InitMaterializedSRF(fcinfo, 0);
+	parse_or_raise(weights, &st);
+	(void) check_against_arch(&st, base, arch);
+	for (int i = 0; i < st.n_tensors; i++)
+	{
+		const mt_st_tensor *t = &st.tensors[i];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		bytea	   *data = palloc(VARHDRSZ + t->nbytes);
+
+		SET_VARSIZE(data, VARHDRSZ + t->nbytes);
+		memcpy(VARDATA(data), base + t->offset, t->nbytes);
+		values[0] = CStringGetTextDatum(t->name);
+		values[1] = shape_datum(t);
+		values[2] = CStringGetTextDatum(mt_dtype_name(t->dtype));
+		values[3] = PointerGetDatum(data);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		pfree(data);
+		CHECK_FOR_INTERRUPTS();
+	}
+	mt_st_free(&st);
+	return (Datum) 0;
+}
+
+/*
+ * medtl.read_server_file(path text) -> bytea: a file of the server's file
+ * system, for roles that hold pg_read_server_files (or superuser).
+ */
+PG_FUNCTION_INFO_V1(medtl_read_server_file);
+Datum
+medtl_read_server_file(PG_FUNCTION_ARGS)
+{
+	char	   *path = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	struct stat sb;
+	FILE	   *f;
+	bytea	   *out;
+	size_t		got;
+
+	if (!has_privs_of_role(GetUserId(), ROLE_PG_READ_SERVER_FILES))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to read server files"),
+				 errdetail("Only roles with privileges of the \"pg_read_server_files\" role may read files on the server."),
+				 errhint("Pass the file's bytes instead, e.g. from the client.")));
+	if (!is_absolute_path(path))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("path must be absolute: \"%s\"", path)));
+	f = AllocateFile(path, PG_BINARY_R);
+	if (f == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\" for reading: %m", path)));
+	if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" is not a regular file", path)));
+	if ((uint64) sb.st_size > MaxAllocSize - VARHDRSZ)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("file \"%s\" is too large (%lld bytes)", path, (long long) sb.st_size),
+				 errdetail("A bytea value holds at most 1 GB.")));
+	out = palloc(VARHDRSZ + sb.st_size);
+	got = fread(VARDATA(out), 1, sb.st_size, f);
+	if (ferror(f) || got != (size_t) sb.st_size)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read file \"%s\": %m", path)));
+	FreeFile(f);
+	SET_VARSIZE(out, VARHDRSZ + got);
+	PG_RETURN_BYTEA_P(out);
+}

@@ -1,0 +1,318 @@
+#!/usr/bin/python3
+"""PyTorch parity test for medtl (run by test/run with Debian's /usr/bin/python3).
+
+For resnet18, resnet34, resnet50 and mobilenet_v2 (torchvision 0.14) it builds
+a seeded model with randomised batch-norm statistics and affine parameters (so
+that BN folding is exercised), writes its state_dict as safetensors with a
+small hand-written writer, writes seeded random 224x224 RGB PNG images, and
+compares medtl.logits / medtl.embed / medtl.predict against the same forward
+pass in torch (float32, eval mode).  mobilenet_v2 is also checked with
+padding => 'tf_same', emulated in torch by F.pad(x, (0,1,0,1)) before every
+stride-2 3x3 conv whose own padding is set to 0.
+
+Error measure: max |medtl - torch| / max |torch| over the output vector; it
+must be <= 1e-4.
+
+Environment (set by test/run): PGHOST, PGPORT, PGUSER, PGDATABASE for psql and
+MEDTL_WORK, a directory the server (user postgres) can read.
+
+Output: one "ok: ..." or "FAIL: ..." line per check and, as the last line,
+"parity: N passed, M failed".  Exit status 1 when M > 0.
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import traceback
+
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+DB = "medtl_parity"
+TOL = 1e-4
+SEED = 20240517
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# (name in medtl, arch, num_classes, padding, mean/std passed to import_model_file or None)
+CASES = [
+    ("p_resnet18", "resnet18", 5, "symmetric", None),
+    ("p_resnet34", "resnet34", 1000, "symmetric", None),
+    ("p_resnet50", "resnet50", 5, "symmetric", None),
+    ("p_mobilenet_v2", "mobilenet_v2", 5, "symmetric", None),
+    # same weights file as above, TF SAME padding, explicit mean/std overriding the metadata
+    ("p_mobilenet_v2_tf", "mobilenet_v2", 5, "tf_same", ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])),
+]
+N_IMAGES = {"resnet50": 2}          # default 3
+
+passed = 0
+failed = 0
+
+
+def report(ok, msg):
+    global passed, failed
+    if ok:
+        passed += 1
+        print("ok: " + msg, flush=True)
+    else:
+        failed += 1
+        print("FAIL: " + msg, flush=True)
+
+
+def finish():
+    print("parity: %d passed, %d failed" % (passed, failed), flush=True)
+    sys.exit(1 if failed else 0)
+
+
+def psql(sql, db=DB):
+    """Run SQL through psql; returns stdout lines (unaligned, tuples only, '|' separated)."""
+    r = subprocess.run([PSQL, "-X", "-At", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+                       input=sql, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("psql failed (rc %d): %s\nSQL: %s" % (r.returncode, r.stderr.strip(), sql[:500]))
+    return [l for l in r.stdout.split("\n") if l != ""]
+
+
+def sql_lit(s):
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def sql_real_array(v):
+    return "ARRAY[%s]::real[]" % ",".join(repr(float(x)) for x in v)
+
+
+def sql_text_array(v):
+    return "ARRAY[%s]::text[]" % ",".join(sql_lit(x) for x in v)
+
+
+def parse_real_array(s):
+    s = s.strip()
+    if not (s.startswith("{") and s.endswith("}")):
+        raise ValueError("not an array: %r" % s[:80])
+    body = s[1:-1]
+    return [float(x) for x in body.split(",")] if body else []
+
+
+def write_safetensors(path, state_dict, metadata):
+    """Plain safetensors writer: 8-byte LE header length, JSON header padded with
+    spaces to a multiple of 8, raw little-endian data in state_dict order."""
+    import numpy as np
+    import torch
+    header = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
+    chunks = []
+    off = 0
+    for name, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.float32:
+            dtype, data = "F32", t.numpy().astype("<f4").tobytes()
+        elif t.dtype == torch.int64:
+            dtype, data = "I64", t.numpy().astype("<i8").tobytes()
+        else:
+            raise ValueError("unexpected dtype %s for %s" % (t.dtype, name))
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
+        chunks.append(data)
+        off += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * ((-len(text)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for c in chunks:
+            f.write(c)
+    os.chmod(path, 0o644)
+
+
+def build_model(arch, num_classes, seed):
+    import torch
+    import torchvision
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(num_classes=num_classes)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)     # U(0.5, 2)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)                 # U(0.5, 1.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                m.num_batches_tracked.fill_(int(torch.randint(0, 1000, (1,), generator=g)))
+    model.eval()
+    return model
+
+
+class TfSamePadding:
+    """Emulate TF 'SAME' padding on stride-2 3x3 convs (even inputs: 0 top/left,
+    1 bottom/right) with forward pre-hooks; undo() restores the model."""
+
+    def __init__(self, model):
+        import torch
+        import torch.nn.functional as F
+        self.saved = []
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.Conv2d) and tuple(m.stride) == (2, 2) and tuple(m.kernel_size) == (3, 3):
+                h = m.register_forward_pre_hook(lambda mod, inp: (F.pad(inp[0], (0, 1, 0, 1)),))
+                self.saved.append((name, m, m.padding, h))
+                m.padding = (0, 0)
+
+    def names(self):
+        return [s[0] for s in self.saved]
+
+    def undo(self):
+        for _, m, pad, h in self.saved:
+            h.remove()
+            m.padding = pad
+
+
+def torch_forward(model, x):
+    """Logits and pooled features (the input of the final Linear layer)."""
+    import torch
+    head = model.fc if hasattr(model, "fc") else model.classifier
+    box = {}
+    h = head.register_forward_pre_hook(lambda mod, inp: box.__setitem__("feat", inp[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        h.remove()
+    return logits[0].numpy(), box["feat"][0].reshape(-1).numpy()
+
+
+def rel_err(got, want):
+    import numpy as np
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return float("inf"), "shape %s vs torch %s" % (got.shape, want.shape)
+    scale = float(np.max(np.abs(want)))
+    diff = float(np.max(np.abs(got - want)))
+    return (diff / scale if scale > 0 else diff), "max|diff|=%.3g max|torch|=%.3g" % (diff, scale)
+
+
+def run_case(case, files, images):
+    import numpy as np
+    import torch
+    name, arch, ncls, padding, norm = case
+    model = files[arch]["model"]
+    mean, std = norm if norm else (IMAGENET_MEAN, IMAGENET_STD)
+    labels = ["class_%d" % i for i in range(ncls)]
+    args = ["%s, %s, %s" % (sql_lit(name), sql_lit(arch), sql_lit(files[arch]["path"])),
+            "labels => " + sql_text_array(labels), "padding => " + sql_lit(padding),
+            "replace => true"]
+    if norm:
+        args += ["mean => " + sql_real_array(mean), "std => " + sql_real_array(std)]
+    psql("SELECT medtl.import_model_file(%s);" % ", ".join(args))
+    row = psql("SELECT num_classes, mean, std, padding FROM medtl.models WHERE name = %s;" % sql_lit(name))
+    report(row == ["%d|%s|%s|%s" % (ncls, "{" + ",".join("%g" % v for v in mean) + "}",
+                                    "{" + ",".join("%g" % v for v in std) + "}", padding)],
+           "%s import (%s, %d classes, padding %s): models row %s" % (name, arch, ncls, padding, row))
+
+    hooks = TfSamePadding(model) if padding == "tf_same" else None
+    if hooks is not None:
+        print("   (torch oracle: TF SAME emulated on %s)" % ", ".join(hooks.names()), flush=True)
+    try:
+        n = N_IMAGES.get(arch, 3)
+        for img_name, img_path, pixels in images[:n]:
+            x = (pixels.astype(np.float32) / np.float32(255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+            x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+            t_logits, t_feat = torch_forward(model, x)
+            out = psql("SELECT medtl.logits(%s, img), medtl.embed(%s, img), medtl.predict(%s, img) "
+                       "FROM (SELECT medtl.read_server_file(%s) AS img) s;"
+                       % (sql_lit(name), sql_lit(name), sql_lit(name), sql_lit(img_path)))
+            if len(out) != 1 or out[0].count("|") != 2:
+                raise RuntimeError("unexpected psql output: %r" % out[:2])
+            s_logits, s_embed, s_pred = out[0].split("|")
+            m_logits = parse_real_array(s_logits)
+            m_embed = parse_real_array(s_embed)
+            e, detail = rel_err(m_logits, t_logits)
+            report(e <= TOL, "%s %s logits[%d]: rel err %.3g (%s)" % (name, img_name, len(t_logits), e, detail))
+            e, detail = rel_err(m_embed, t_feat)
+            report(e <= TOL, "%s %s embed[%d]: rel err %.3g (%s)" % (name, img_name, len(t_feat), e, detail))
+            top = int(np.argmax(t_logits))
+            ok = s_pred == labels[top]
+            if not ok and s_pred in labels:
+                # a near-tie within the tolerance is not a failure
+                gap = float(t_logits[top] - t_logits[labels.index(s_pred)])
+                ok = gap <= TOL * float(np.max(np.abs(t_logits)))
+            report(ok, "%s %s predict: medtl %s, torch argmax %s (logit %.5g)"
+                   % (name, img_name, s_pred, labels[top], float(t_logits[top])))
+    finally:
+        if hooks is not None:
+            hooks.undo()
+
+
+def main():
+    try:
+        import numpy as np
+        import torch
+        import torchvision
+        from PIL import Image
+    except ImportError as e:
+        print("FAIL: PyTorch parity needs torch, torchvision, numpy and PIL (Debian python3-torch, "
+              "python3-torchvision, python3-numpy, python3-pil; run with /usr/bin/python3): %s" % e)
+        global failed
+        failed += 1
+        finish()
+
+    print("torch %s, torchvision %s, threads %d" % (torch.__version__, torchvision.__version__,
+                                                    torch.get_num_threads()), flush=True)
+    base = os.environ.get("MEDTL_WORK") or tempfile.mkdtemp(prefix="medtl_parity_")
+    work = os.path.join(base, "parity")
+    os.makedirs(work, exist_ok=True)
+    if not os.environ.get("MEDTL_WORK"):
+        os.chmod(base, 0o755)           # the server (user postgres) must read the files
+    os.chmod(work, 0o755)
+
+    db_created = False
+    try:
+        psql("DROP DATABASE IF EXISTS %s;" % DB, db="postgres")
+        psql("CREATE DATABASE %s;" % DB, db="postgres")
+        db_created = True
+        psql("CREATE EXTENSION medtl;")
+
+        rng = np.random.default_rng(SEED)
+        images = []
+        for i in range(3):
+            pixels = rng.integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+            path = os.path.join(work, "rand%d.png" % i)
+            Image.fromarray(pixels, "RGB").save(path)
+            os.chmod(path, 0o644)
+            back = np.asarray(Image.open(path).convert("RGB"))
+            assert np.array_equal(back, pixels)
+            images.append(("rand%d" % i, path, pixels))
+
+        files = {}
+        for k, (name, arch, ncls, padding, norm) in enumerate(CASES):
+            try:
+                if arch not in files:
+                    model = build_model(arch, ncls, SEED + 17 * k)
+                    path = os.path.join(work, "%s.safetensors" % arch)
+                    write_safetensors(path, model.state_dict(), {
+                        "arch": arch, "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD)})
+                    files[arch] = {"model": model, "path": path}
+                run_case(CASES[k], files, images)
+            except Exception:
+                report(False, "%s (%s): exception\n%s" % (name, arch, traceback.format_exc().rstrip()))
+    except Exception:
+        report(False, "setup: exception\n%s" % traceback.format_exc().rstrip())
+    finally:
+        if db_created:
+            try:
+                psql("DROP DATABASE IF EXISTS %s;" % DB, db="postgres")
+            except Exception as e:
+                print("warning: could not drop database %s: %s" % (DB, e), flush=True)
+        if "--keep" not in sys.argv:
+            shutil.rmtree(work, ignore_errors=True)
+    finish()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SystemExit:
+        raise
+    except BaseException:
+        failed += 1
+        traceback.print_exc()
+        finish()

@@ -1,0 +1,426 @@
+/*
+ * test_engine.c - the engine against independent references: BLAS GEMM vs
+ * plain loops, every convolution/pooling variant vs a direct NCHW-indexed
+ * loop nest, and the pretrained MobileNetV2 vs the logits shipped with it.
+ *
+ *   make unittest && test/bin/test_engine ../shared
+ */
+#include "core/blas.h"
+#include "core/graph.h"
+#include "core/ops.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "nn/zoo.h"
+#include "mt_test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static unsigned rng_state = 12345;
+
+static float
+frand(void)
+{
+	rng_state = rng_state * 1103515245u + 12345u;
+	return ((rng_state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static float *
+rand_buf(size_t n)
+{
+	float	   *p = malloc(n * sizeof(float));
+
+	for (size_t i = 0; i < n; i++)
+		p[i] = frand();
+	return p;
+}
+
+static double
+max_abs_diff(const float *a, const float *b, size_t n)
+{
+	double		m = 0;
+
+	for (size_t i = 0; i < n; i++)
+	{
+		double		d = fabs((double) a[i] - b[i]);
+
+		if (d > m)
+			m = d;
+	}
+	return m;
+}
+
+static void
+test_gemm(void)
+{
+	static const int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 96, 128}, {300, 17, 211}};
+
+	for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+		for (int ta = 0; ta < 2; ta++)
+			for (int tb = 0; tb < 2; tb++)
+			{
+				int			m = shapes[s][0],
+							n = shapes[s][1],
+							k = shapes[s][2];
+				float	   *a = rand_buf((size_t) m * k),
+						   *b = rand_buf((size_t) k * n);
+				float	   *c1 = rand_buf((size_t) m * n),
+						   *c2 = malloc(sizeof(float) * m * n);
+
+				memcpy(c2, c1, sizeof(float) * m * n);
+				mt_sgemm(ta, tb, m, n, k, 0.5f, a, ta ? m : k, b, tb ? k : n, 0.25f, c1, n);
+				mt_sgemm_ref(ta, tb, m, n, k, 0.5f, a, ta ? m : k, b, tb ? k : n, 0.25f, c2, n);
+				CHECK(max_abs_diff(c1, c2, (size_t) m * n) < 1e-4 * (1 + k),
+					  "sgemm %dx%dx%d ta=%d tb=%d: diff %g", m, n, k, ta, tb,
+					  max_abs_diff(c1, c2, (size_t) m * n));
+				free(a);
+				free(b);
+				free(c1);
+				free(c2);
+			}
+}
+
+/* Direct convolution, reading OIHW weights, writing NHWC, double accumulation. */
+static void
+conv_ref(const mt_conv_desc *d, int n, int h, int w, const float *x,
+		 const float *oihw, const float *bias, float *y)
+{
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	int			cin_g = d->cin / d->groups,
+				cout_g = d->cout / d->groups;
+
+	for (int b = 0; b < n; b++)
+		for (int oy = 0; oy < oh; oy++)
+			for (int ox = 0; ox < ow; ox++)
+				for (int o = 0; o < d->cout; o++)
+				{
+					int			g = o / cout_g;
+					double		s = bias ? bias[o] : 0.0;
+
+					for (int ci = 0; ci < cin_g; ci++)
+						for (int ky = 0; ky < d->kh; ky++)
+							for (int kx = 0; kx < d->kw; kx++)
+							{
+								int			iy = oy * d->sh - d->pad_t + ky * d->dh;
+								int			ix = ox * d->sw - d->pad_l + kx * d->dw;
+
+								if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+									continue;
+								s += (double) x[(((size_t) b * h + iy) * w + ix) * d->cin + g * cin_g + ci] *
+									oihw[(((size_t) o * cin_g + ci) * d->kh + ky) * d->kw + kx];
+							}
+					if (d->act == MT_ACT_RELU && s < 0)
+						s = 0;
+					if (d->act == MT_ACT_RELU6)
+						s = s < 0 ? 0 : (s > 6 ? 6 : s);
+					y[(((size_t) b * oh + oy) * ow + ox) * d->cout + o] = (float) s;
+				}
+}
+
+static void
+check_conv(const char *what, mt_conv_desc d, int n, int h, int w)
+{
+	int			oh = mt_out_size(h, d.kh, d.sh, d.dh, d.pad_t, d.pad_b);
+	int			ow = mt_out_size(w, d.kw, d.sw, d.dw, d.pad_l, d.pad_r);
+	size_t		xs = (size_t) n * h * w * d.cin,
+				ys = (size_t) n * oh * ow * d.cout;
+	float	   *x = rand_buf(xs),
+			   *wt = rand_buf(mt_conv_packed_size(&d)),
+			   *bias = rand_buf(d.cout);
+	float	   *packed = malloc(sizeof(float) * mt_conv_packed_size(&d));
+	float	   *scratch = malloc(sizeof(float) * (mt_conv_scratch_size(&d, h, w) + 1));
+	float	   *y1 = malloc(sizeof(float) * ys),
+			   *y2 = malloc(sizeof(float) * ys);
+	mt_err		err;
+
+	mt_conv_pack_oihw(&d, wt, packed);
+	CHECK(mt_cpu_backend.conv2d(&d, n, h, w, x, packed, bias, y1, scratch, &err) == MT_OK,
+		  "%s runs", what);
+	conv_ref(&d, n, h, w, x, wt, bias, y2);
+	CHECK(max_abs_diff(y1, y2, ys) < 1e-4, "%s: max diff %g", what, max_abs_diff(y1, y2, ys));
+	free(x);
+	free(wt);
+	free(bias);
+	free(packed);
+	free(scratch);
+	free(y1);
+	free(y2);
+}
+
+static mt_conv_desc
+desc(int cin, int cout, int k, int s, int d, int g, int pt, int pl, int pb, int pr, mt_act a)
+{
+	mt_conv_desc c = {cin, cout, k, k, s, s, d, d, g, pt, pl, pb, pr, a};
+
+	return c;
+}
+
+static void
+test_conv(void)
+{
+	int			b,
+				a;
+
+	check_conv("3x3 s1 p1", desc(5, 7, 3, 1, 1, 1, 1, 1, 1, 1, MT_ACT_NONE), 2, 9, 8);
+	check_conv("3x3 s2 p1", desc(4, 6, 3, 2, 1, 1, 1, 1, 1, 1, MT_ACT_RELU), 1, 10, 10);
+	check_conv("7x7 s2 p3", desc(3, 8, 7, 2, 1, 1, 3, 3, 3, 3, MT_ACT_NONE), 1, 17, 15);
+	check_conv("1x1 s1 (plain GEMM)", desc(16, 24, 1, 1, 1, 1, 0, 0, 0, 0, MT_ACT_RELU6), 3, 5, 6);
+	check_conv("1x1 s2", desc(8, 12, 1, 2, 1, 1, 0, 0, 0, 0, MT_ACT_NONE), 1, 9, 9);
+	check_conv("depthwise 3x3 s1", desc(32, 32, 3, 1, 1, 32, 1, 1, 1, 1, MT_ACT_RELU6), 2, 7, 7);
+	check_conv("depthwise 3x3 s2", desc(19, 19, 3, 2, 1, 19, 1, 1, 1, 1, MT_ACT_NONE), 1, 8, 8);
+	check_conv("depthwise 5x5 dilation 2", desc(8, 8, 5, 1, 2, 8, 4, 4, 4, 4, MT_ACT_NONE), 1, 11, 11);
+	check_conv("grouped 3x3 g=2", desc(6, 10, 3, 1, 1, 2, 1, 1, 1, 1, MT_ACT_NONE), 2, 6, 5);
+	check_conv("depth multiplier 2 (g=cin, cout=2cin)", desc(4, 8, 3, 1, 1, 4, 1, 1, 1, 1, MT_ACT_NONE), 1, 6, 6);
+	check_conv("3x3 dilation 2", desc(3, 4, 3, 1, 2, 1, 2, 2, 2, 2, MT_ACT_NONE), 1, 9, 9);
+	mt_same_padding(224, 3, 2, 1, &b, &a);
+	CHECK(b == 0 && a == 1, "SAME 224 k3 s2: %d/%d, want 0/1", b, a);
+	mt_same_padding(112, 3, 1, 1, &b, &a);
+	CHECK(b == 1 && a == 1, "SAME 112 k3 s1: %d/%d, want 1/1", b, a);
+	mt_same_padding(7, 3, 2, 1, &b, &a);
+	CHECK(b == 1 && a == 1, "SAME 7 k3 s2: %d/%d, want 1/1", b, a);
+	mt_same_padding(224, 1, 2, 1, &b, &a);
+	CHECK(b == 0 && a == 0, "SAME 224 k1 s2: %d/%d, want 0/0", b, a);
+	check_conv("TF SAME asymmetric 3x3 s2 (0 top/left, 1 bottom/right)",
+			   desc(3, 5, 3, 2, 1, 1, 0, 0, 1, 1, MT_ACT_RELU6), 1, 12, 12);
+	check_conv("TF SAME asymmetric depthwise s2", desc(7, 7, 3, 2, 1, 7, 0, 0, 1, 1, MT_ACT_NONE), 1, 10, 10);
+}
+
+static void
+test_pool(void)
+{
+	mt_pool_desc p = {3, 3, 2, 2, 1, 1, 1, 1, 1};
+	int			n = 1,
+				h = 9,
+				w = 8,
+				c = 5;
+	int			oh = mt_out_size(h, 3, 2, 1, 1, 1),
+				ow = mt_out_size(w, 3, 2, 1, 1, 1);
+	float	   *x = rand_buf((size_t) h * w * c);
+	float	   *y = malloc(sizeof(float) * oh * ow * c);
+	float	   *g = malloc(sizeof(float) * c);
+	double		worst_max = 0,
+				worst_avg = 0,
+				worst_gap = 0;
+
+	mt_cpu_backend.max_pool2d(&p, n, h, w, c, x, y);
+	for (int oy = 0; oy < oh; oy++)
+		for (int ox = 0; ox < ow; ox++)
+			for (int j = 0; j < c; j++)
+			{
+				float		m = -1e30f;
+
+				for (int ky = 0; ky < 3; ky++)
+					for (int kx = 0; kx < 3; kx++)
+					{
+						int			iy = oy * 2 - 1 + ky,
+									ix = ox * 2 - 1 + kx;
+
+						if (iy >= 0 && iy < h && ix >= 0 && ix < w && x[(iy * w + ix) * c + j] > m)
+							m = x[(iy * w + ix) * c + j];
+					}
+				worst_max = fmax(worst_max, fabs(m - y[(oy * ow + ox) * c + j]));
+			}
+	CHECK(worst_max == 0, "max pool exact (diff %g)", worst_max);
+
+	mt_cpu_backend.avg_pool2d(&p, n, h, w, c, x, y);
+	for (int oy = 0; oy < oh; oy++)
+		for (int ox = 0; ox < ow; ox++)
+			for (int j = 0; j < c; j++)
+			{
+				double		s = 0;
+
+				for (int ky = 0; ky < 3; ky++)
+					for (int kx = 0; kx < 3; kx++)
+					{
+						int			iy = oy * 2 - 1 + ky,
+									ix = ox * 2 - 1 + kx;
+
+						if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+							s += x[(iy * w + ix) * c + j];
+					}
+				/* count_include_pad: always 9 for a 3x3 window inside the padded input */
+				worst_avg = fmax(worst_avg, fabs(s / 9 - y[(oy * ow + ox) * c + j]));
+			}
+	CHECK(worst_avg < 1e-6, "avg pool (count_include_pad) diff %g", worst_avg);
+
+	mt_cpu_backend.global_avg_pool(1, h, w, c, x, g);
+	for (int j = 0; j < c; j++)
+	{
+		double		s = 0;
+
+		for (int i = 0; i < h * w; i++)
+			s += x[i * c + j];
+		worst_gap = fmax(worst_gap, fabs(s / (h * w) - g[j]));
+	}
+	CHECK(worst_gap < 1e-6, "global average pool diff %g", worst_gap);
+	free(x);
+	free(y);
+	free(g);
+}
+
+static uint8_t *
+read_file(const char *path, size_t *len)
+{
+	FILE	   *f = fopen(path, "rb");
+	uint8_t    *buf;
+	long		n;
+
+	if (f == NULL)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = malloc(n > 0 ? n : 1);
+	*len = fread(buf, 1, n, f);
+	fclose(f);
+	return buf;
+}
+
+static mt_model *
+load_mobilenet(const char *shared, int same)
+{
+	char		path[1024];
+	size_t		len;
+	uint8_t    *buf;
+	mt_safetensors st;
+	mt_model   *m;
+	mt_err		err;
+	int			ok = 1;
+
+	snprintf(path, sizeof(path), "%s/models/mobilenet_v2_imagenet/mobilenet_v2_imagenet.safetensors", shared);
+	buf = read_file(path, &len);
+	CHECK(buf != NULL, "read %s", path);
+	if (buf == NULL)
+		return NULL;
+	CHECK(mt_st_parse(buf, len, &st, &err) == MT_OK, "parse: %s", err.msg);
+	m = mt_zoo_build("mobilenet_v2", 1000, same, &err);
+	for (int i = 0; i < st.n_tensors && ok; i++)
+	{
+		mt_st_tensor *t = &st.tensors[i];
+
+		ok = mt_model_set_param(m, t->name, t->dtype == MT_I64, t->ndim, t->shape,
+								buf + t->offset, t->nbytes, &err) == MT_OK;
+		CHECK(ok, "load %s: %s", t->name, err.msg);
+	}
+	CHECK(mt_model_check_complete(m, &err) == MT_OK, "complete: %s", err.msg);
+	CHECK(mt_model_prepare(m, &err) == MT_OK, "prepare: %s", err.msg);
+	mt_st_free(&st);
+	free(buf);
+	return m;
+}
+
+static int	cancel_now = 0;
+
+static int
+fake_interrupt(void)
+{
+	return cancel_now;
+}
+
+static void
+test_mobilenet(const char *shared)
+{
+	static const char *const images[3] = {"bird_224.png", "cat_224.png", "grace_hopper_224.png"};
+	static const int top1[3] = {19, 285, 652};
+	static const float half[3] = {0.5f, 0.5f, 0.5f};
+	char		path[1024];
+	float		expected[2][3][1000];
+	FILE	   *f;
+	char		line[256];
+
+	snprintf(path, sizeof(path), "%s/models/mobilenet_v2_imagenet/samples/expected_logits.csv", shared);
+	f = fopen(path, "r");
+	CHECK(f != NULL, "open %s", path);
+	if (f == NULL)
+		return;
+	while (fgets(line, sizeof(line), f))
+	{
+		char		img[64],
+					pad[32];
+		int			k;
+		float		v;
+
+		if (sscanf(line, "%63[^,],%31[^,],%d,%f", img, pad, &k, &v) != 4 || k < 0 || k >= 1000)
+			continue;
+		for (int i = 0; i < 3; i++)
+			if (strcmp(img, images[i]) == 0)
+				expected[strcmp(pad, "tf_same") == 0 ? 0 : 1][i][k] = v;
+	}
+	fclose(f);
+
+	for (int same = 1; same >= 0; same--)
+	{
+		mt_model   *m = load_mobilenet(shared, same);
+		float	   *batch = malloc(sizeof(float) * 3 * 224 * 224 * 3);
+		float		logits[3][1000],
+					single[1000];
+		mt_err		err;
+
+		if (m == NULL)
+			return;
+		for (int i = 0; i < 3; i++)
+		{
+			size_t		len;
+			uint8_t    *buf;
+			mt_image	img;
+
+			snprintf(path, sizeof(path), "%s/models/mobilenet_v2_imagenet/samples/%s", shared, images[i]);
+			buf = read_file(path, &len);
+			CHECK(mt_image_decode(buf, len, 0, &img, &err) == MT_OK, "decode %s", images[i]);
+			mt_image_normalize(&img, half, half);
+			memcpy(batch + (size_t) i * 224 * 224 * 3, img.data, sizeof(float) * 224 * 224 * 3);
+			mt_image_free(&img);
+			free(buf);
+		}
+		/* a batch of three, and the first alone: same numbers */
+		CHECK(mt_model_forward(m, batch, 3, 224, 224, &logits[0][0], NULL, &err) == MT_OK,
+			  "forward: %s", err.msg);
+		CHECK(mt_model_forward(m, batch, 1, 224, 224, single, NULL, &err) == MT_OK, "forward 1");
+		CHECK(max_abs_diff(single, logits[0], 1000) < 1e-5, "batch of 1 = row of batch of 3 (%g)",
+			  max_abs_diff(single, logits[0], 1000));
+		for (int i = 0; i < 3; i++)
+		{
+			int			best = 0;
+			double		d = max_abs_diff(logits[i], expected[same ? 0 : 1][i], 1000);
+
+			for (int k = 1; k < 1000; k++)
+				if (logits[i][k] > logits[i][best])
+					best = k;
+			CHECK(best == top1[i], "%s %s top-1 %d, want %d", images[i],
+				  same ? "tf_same" : "symmetric", best, top1[i]);
+			CHECK(d < 1e-3, "%s %s logits within 1e-3 of the reference (max diff %g)",
+				  images[i], same ? "tf_same" : "symmetric", d);
+			printf("mobilenet_v2 %s %-20s max |logit - reference| = %.2e\n",
+				   same ? "tf_same  " : "symmetric", images[i], d);
+		}
+		/* cancellation between layers frees everything and says so */
+		cancel_now = 1;
+		mt_set_interrupt(fake_interrupt);
+		CHECK(mt_model_forward(m, batch, 1, 224, 224, single, NULL, &err) == MT_ERR_CANCELLED,
+			  "forward stops when interrupted");
+		mt_set_interrupt(NULL);
+		cancel_now = 0;
+		/* an empty input is an error, not a crash; 1x1 runs as in torch */
+		CHECK(mt_model_forward(m, batch, 1, 0, 5, single, NULL, &err) == MT_ERR_INVALID, "0x5 input refused");
+		CHECK(mt_model_forward(m, batch, 1, 1, 1, single, NULL, &err) == MT_OK, "1x1 input runs");
+		mt_model_free(m);
+		free(batch);
+	}
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *shared = argc > 1 ? argv[1] : "../shared";
+	mt_err		err;
+
+	CHECK(mt_blas_init("auto", &err) == MT_OK, "OpenBLAS loads: %s", err.msg);
+	printf("BLAS: %s, core %s (%s), cpu: %s\n", mt_blas_library(), mt_blas_corename(),
+		   mt_blas_core_requested(), mt_cpu_features());
+	test_gemm();
+	test_conv();
+	test_pool();
+	test_mobilenet(shared);
+	return TEST_SUMMARY("engine");
+}
