@@ -64,10 +64,10 @@ $$;
 SELECT medtl.safetensors_info('\x10000000000000007b7d'::bytea);
 -- a valid file whose tensor has the wrong shape for the architecture
 SELECT medtl.import_model('x', 'mobilenet_v2',
-    st_file('{"classifier.1.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}', '\x' || repeat('00', 24)));
+    st_file('{"classifier.1.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}', decode(repeat('00', 24), 'hex')));
 -- two tensors sharing bytes
 SELECT medtl.safetensors_info(st_file('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}',
-                                      '\x' || repeat('00', 8)));
+                                      decode(repeat('00', 8), 'hex')));
 -- an unknown dtype, a shape that does not fit its bytes, offsets past the end
 SELECT medtl.safetensors_info(st_file('{"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}', '\x00000000'));
 SELECT medtl.safetensors_info(st_file('{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,4]}}', '\x00000000'));

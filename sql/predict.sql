@@ -58,6 +58,8 @@ SELECT proname, proparallel, provolatile, proisstrict FROM pg_proc
 -- a parallel plan scores in workers
 SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
 SET max_parallel_workers_per_gather = 2;
+EXPLAIN (COSTS OFF) SELECT label, predict('mobilenet_v2_imagenet', image) IS NOT NULL AS ok, count(*)
+  FROM xrays GROUP BY 1, 2 ORDER BY 1;
 SELECT label, predict('mobilenet_v2_imagenet', image) IS NOT NULL AS ok, count(*)
   FROM xrays GROUP BY 1, 2 ORDER BY 1;
 RESET parallel_setup_cost; RESET parallel_tuple_cost; RESET min_parallel_table_scan_size;

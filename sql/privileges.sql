@@ -1,5 +1,7 @@
 -- privileges: grants and row-level security decide who sees, scores, changes
 -- and deletes a model; server files need pg_read_server_files
+\getenv shared MEDTL_SHARED
+\set pfile :shared '/models/mobilenet_v2_imagenet/labels.txt'
 SET search_path = public, medtl;
 CREATE ROLE medtl_alice LOGIN;
 CREATE ROLE medtl_bob LOGIN;
@@ -40,6 +42,9 @@ UPDATE medtl.models SET labels = NULL WHERE name = 'alice_net';
 WITH d AS (DELETE FROM medtl.weights RETURNING 1) SELECT count(*) AS deleted FROM d;
 SELECT name FROM medtl.models;
 RESET ROLE;
+SELECT cardinality(labels) AS labels_untouched,
+       (SELECT count(*) FROM medtl.weights JOIN medtl.models USING (model_id) WHERE name = 'alice_net') AS tensors
+  FROM medtl.models WHERE name = 'alice_net';
 
 -- withdrawn again: bob's next query no longer sees it
 SET ROLE medtl_alice;
@@ -48,6 +53,13 @@ RESET ROLE;
 SET ROLE medtl_bob;
 SELECT predict('alice_net', image) FROM samples WHERE name = 'cat_224.png';
 RESET ROLE;
+
+-- a role granted pg_read_server_files may import server files
+GRANT pg_read_server_files TO medtl_bob;
+SET ROLE medtl_bob;
+SELECT octet_length(read_server_file(:'pfile')) > 0 AS bob_reads;
+RESET ROLE;
+REVOKE pg_read_server_files FROM medtl_bob;
 
 -- EXECUTE can be revoked like any function's: only granted roles score
 REVOKE EXECUTE ON FUNCTION predict(text, bytea) FROM PUBLIC;

@@ -123,23 +123,64 @@ def write_safetensors(path, state_dict, metadata):
     os.chmod(path, 0o644)
 
 
-def build_model(arch, num_classes, seed):
+def make_image(rng, i):
+    """A seeded 224x224 RGB uint8 image with structure at several scales (smooth
+    blobs, a gradient, edges and pixel noise), different for each i, so that the
+    outputs depend on the image and on border handling, not just on averages."""
+    import numpy as np
+    from PIL import Image
+    yy, xx = np.mgrid[0:224, 0:224].astype(np.float32) / 223.0
+    low = rng.random((4 + 3 * i, 4 + 3 * i, 3)).astype(np.float32) * 255.0
+    low = np.stack([np.asarray(Image.fromarray(low[:, :, c], "F").resize((224, 224), Image.BICUBIC))
+                    for c in range(3)], axis=2)
+    grad = 255.0 * np.stack([xx, yy, 1.0 - xx * yy], axis=2)
+    img = 0.5 * low + 0.3 * grad
+    img[(xx * 223).astype(int) % (16 + 8 * i) < 3] = 255.0 * (i % 2)     # stripes with edges
+    img += rng.normal(0.0, 12.0 + 10.0 * i, size=img.shape)              # pixel noise
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def build_model(arch, num_classes, seed, calib):
+    """A seeded torchvision model whose batch-norm layers hold nontrivial values.
+
+    Freshly initialised BN layers are identities (mean 0, var 1, weight 1,
+    bias 0), which would leave BN folding untested; purely random statistics
+    make a deep random network's output nearly independent of its input, which
+    would leave everything before the head untested.  So the statistics are
+    first measured on calibration images (as training would), then perturbed:
+    var *= U(0.5, 2), mean += N(0, 0.1) * std, weight ~ U(0.5, 1.5),
+    bias ~ N(0, 0.1)."""
     import torch
     import torchvision
     torch.manual_seed(seed)
     model = getattr(torchvision.models, arch)(num_classes=num_classes)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                      # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(calib)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)     # U(0.5, 2)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)                 # U(0.5, 1.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-                m.num_batches_tracked.fill_(int(torch.randint(0, 1000, (1,), generator=g)))
+        for m in bns:
+            c = m.num_features
+            m.momentum = 0.1
+            m.running_var.mul_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            m.running_mean.add_(torch.randn(c, generator=g) * 0.1 * m.running_var.sqrt())
+            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+            m.num_batches_tracked.fill_(int(torch.randint(0, 1000, (1,), generator=g)))
     model.eval()
     return model
+
+
+def to_input(pixels, mean, std):
+    """(pixel/255 - mean)/std in float32, NCHW."""
+    import numpy as np
+    import torch
+    x = (pixels.astype(np.float32) / np.float32(255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
 
 class TfSamePadding:
@@ -208,14 +249,17 @@ def run_case(case, files, images):
                                     "{" + ",".join("%g" % v for v in std) + "}", padding)],
            "%s import (%s, %d classes, padding %s): models row %s" % (name, arch, ncls, padding, row))
 
+    n = N_IMAGES.get(arch, 3)
+    inputs = [(img_name, img_path, to_input(pixels, mean, std)) for img_name, img_path, pixels in images[:n]]
+    # oracle without the TF SAME emulation, to show the test tells the paddings apart
+    sym_logits = [torch_forward(model, x)[0] for _, _, x in inputs] if padding == "tf_same" else None
+    seen = []
+
     hooks = TfSamePadding(model) if padding == "tf_same" else None
     if hooks is not None:
         print("   (torch oracle: TF SAME emulated on %s)" % ", ".join(hooks.names()), flush=True)
     try:
-        n = N_IMAGES.get(arch, 3)
-        for img_name, img_path, pixels in images[:n]:
-            x = (pixels.astype(np.float32) / np.float32(255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-            x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+        for i, (img_name, img_path, x) in enumerate(inputs):
             t_logits, t_feat = torch_forward(model, x)
             out = psql("SELECT medtl.logits(%s, img), medtl.embed(%s, img), medtl.predict(%s, img) "
                        "FROM (SELECT medtl.read_server_file(%s) AS img) s;"
@@ -227,6 +271,7 @@ def run_case(case, files, images):
             m_embed = parse_real_array(s_embed)
             e, detail = rel_err(m_logits, t_logits)
             report(e <= TOL, "%s %s logits[%d]: rel err %.3g (%s)" % (name, img_name, len(t_logits), e, detail))
+            seen.append((t_logits, m_logits))
             e, detail = rel_err(m_embed, t_feat)
             report(e <= TOL, "%s %s embed[%d]: rel err %.3g (%s)" % (name, img_name, len(t_feat), e, detail))
             top = int(np.argmax(t_logits))
@@ -240,6 +285,15 @@ def run_case(case, files, images):
     finally:
         if hooks is not None:
             hooks.undo()
+    # The checks above mean something only if the outputs depend on the image
+    # (and, for tf_same, on the padding) by far more than the tolerance.
+    spread = max(rel_err(seen[0][0], t)[0] for t, _ in seen[1:])
+    report(spread > 100 * TOL, "%s oracle sanity: torch logits differ between images by rel %.3g (> %.0e)"
+           % (name, spread, 100 * TOL))
+    if sym_logits is not None:
+        d = min(rel_err(m, s)[0] for (_, m), s in zip(seen, sym_logits))
+        report(d > 100 * TOL, "%s padding sanity: medtl tf_same logits differ from torch symmetric-padding "
+               "logits by rel >= %.3g (> %.0e)" % (name, d, 100 * TOL))
 
 
 def main():
@@ -274,7 +328,7 @@ def main():
         rng = np.random.default_rng(SEED)
         images = []
         for i in range(3):
-            pixels = rng.integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+            pixels = make_image(rng, i)
             path = os.path.join(work, "rand%d.png" % i)
             Image.fromarray(pixels, "RGB").save(path)
             os.chmod(path, 0o644)
@@ -282,11 +336,14 @@ def main():
             assert np.array_equal(back, pixels)
             images.append(("rand%d" % i, path, pixels))
 
+        crng = np.random.default_rng(SEED + 1)
+        calib = torch.cat([to_input(make_image(crng, i % 3), IMAGENET_MEAN, IMAGENET_STD) for i in range(4)])
+
         files = {}
         for k, (name, arch, ncls, padding, norm) in enumerate(CASES):
             try:
                 if arch not in files:
-                    model = build_model(arch, ncls, SEED + 17 * k)
+                    model = build_model(arch, ncls, SEED + 17 * k, calib)
                     path = os.path.join(work, "%s.safetensors" % arch)
                     write_safetensors(path, model.state_dict(), {
                         "arch": arch, "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD)})
