@@ -26,6 +26,10 @@ RESET medtl.max_image_pixels;
 SELECT predict('no_such_model', image) FROM samples WHERE name = 'bird.png';
 SELECT embed('', image) FROM samples WHERE name = 'bird.png';
 SELECT predict_topk('mobilenet_v2_imagenet', image, 0) FROM samples WHERE name = 'bird.png';
+-- statement_timeout (and cancel) stop a long scoring query between layers
+SET statement_timeout = 50;
+SELECT count(predict('mobilenet_v2_imagenet', image)) FROM xrays, generate_series(1, 20);
+RESET statement_timeout;
 -- the backend is still here and still scores
 \set VERBOSITY default
 SELECT predict('mobilenet_v2_imagenet', image) AS still_up FROM samples WHERE name = 'bird_224.png';

@@ -231,7 +231,30 @@ def rel_err(got, want):
     return (diff / scale if scale > 0 else diff), "max|diff|=%.3g max|torch|=%.3g" % (diff, scale)
 
 
-def run_case(case, files, images):
+def check_resize(name, model, mean, std, resized):
+    """Images that are not input_size x input_size are resized with PIL BILINEAR
+    semantics.  PIL on an RGB image rounds the result to uint8, PIL on float
+    planes does not; medtl passes if it matches either oracle."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    for img_name, img_path, pixels in resized:
+        src = Image.fromarray(pixels, "RGB")
+        u8 = np.asarray(src.resize((224, 224), Image.BILINEAR))
+        fl = np.stack([np.asarray(Image.fromarray(pixels[:, :, c].astype(np.float32), "F")
+                                  .resize((224, 224), Image.BILINEAR)) for c in range(3)], axis=2)
+        t_u8 = torch_forward(model, to_input(u8, mean, std))[0]
+        t_fl = torch_forward(model, to_input(fl, mean, std))[0]
+        out = psql("SELECT medtl.logits(%s, medtl.read_server_file(%s));" % (sql_lit(name), sql_lit(img_path)))
+        m = parse_real_array(out[0])
+        e_u8, d_u8 = rel_err(m, t_u8)
+        e_fl, d_fl = rel_err(m, t_fl)
+        report(min(e_u8, e_fl) <= TOL,
+               "%s %s (%dx%d -> 224x224) logits: rel err %.3g vs PIL uint8 resize (%s), %.3g vs PIL float resize (%s)"
+               % (name, img_name, pixels.shape[1], pixels.shape[0], e_u8, d_u8, e_fl, d_fl))
+
+
+def run_case(case, files, images, resized):
     import numpy as np
     import torch
     name, arch, ncls, padding, norm = case
@@ -285,6 +308,8 @@ def run_case(case, files, images):
     finally:
         if hooks is not None:
             hooks.undo()
+    if arch == "resnet18":
+        check_resize(name, model, mean, std, resized)
     # The checks above mean something only if the outputs depend on the image
     # (and, for tf_same, on the padding) by far more than the tolerance.
     spread = max(rel_err(seen[0][0], t)[0] for t, _ in seen[1:])
@@ -336,6 +361,14 @@ def main():
             assert np.array_equal(back, pixels)
             images.append(("rand%d" % i, path, pixels))
 
+        resized = []
+        for i, (w, h) in enumerate([(300, 260), (150, 180)]):
+            pixels = np.asarray(Image.fromarray(make_image(rng, i)).resize((w, h), Image.BICUBIC))
+            path = os.path.join(work, "resize%dx%d.png" % (w, h))
+            Image.fromarray(pixels, "RGB").save(path)
+            os.chmod(path, 0o644)
+            resized.append(("resize%dx%d" % (w, h), path, pixels))
+
         crng = np.random.default_rng(SEED + 1)
         calib = torch.cat([to_input(make_image(crng, i % 3), IMAGENET_MEAN, IMAGENET_STD) for i in range(4)])
 
@@ -348,7 +381,7 @@ def main():
                     write_safetensors(path, model.state_dict(), {
                         "arch": arch, "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD)})
                     files[arch] = {"model": model, "path": path}
-                run_case(CASES[k], files, images)
+                run_case(CASES[k], files, images, resized)
             except Exception:
                 report(False, "%s (%s): exception\n%s" % (name, arch, traceback.format_exc().rstrip()))
     except Exception:
