@@ -14,12 +14,13 @@ OBJS = \
 	src/io/safetensors.o \
 	src/pg/medtl.o \
 	src/pg/weights.o \
-	src/pg/model.o
+	src/pg/model.o \
+	src/pg/metrics.o
 
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import predict bad_input privileges
+REGRESS = setup images import predict evaluate bad_input privileges
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3

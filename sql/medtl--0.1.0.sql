@@ -324,3 +324,331 @@ COMMENT ON FUNCTION medtl._weights_changed() IS 'Trigger: bump the generation of
 COMMENT ON FUNCTION medtl._is_member(name) IS 'Whether the current user has the privileges of a role (false for unknown roles).';
 COMMENT ON FUNCTION medtl._may_read(name, name[]) IS 'Row-level security: whether the current user may see a model.';
 COMMENT ON FUNCTION medtl._meta_floats(text) IS 'Parse a JSON list of numbers from safetensors metadata.';
+
+------------------------------------------------------------------------------
+-- Metrics: aggregates usable with GROUP BY
+------------------------------------------------------------------------------
+
+CREATE FUNCTION medtl._auc_accum(internal, float8, boolean) RETURNS internal
+    AS 'MODULE_PATHNAME', 'medtl_auc_accum' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION medtl._auc_final(internal) RETURNS float8
+    AS 'MODULE_PATHNAME', 'medtl_auc_final' LANGUAGE C PARALLEL SAFE;
+CREATE AGGREGATE medtl.auc(score float8, positive boolean) (
+    SFUNC = medtl._auc_accum, STYPE = internal, FINALFUNC = medtl._auc_final,
+    PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.auc(float8, boolean) IS 'Exact area under the ROC curve of scores against a positive flag (ties count one half); NULL unless both classes occur.';
+COMMENT ON FUNCTION medtl._auc_accum(internal, float8, boolean) IS 'Transition function of medtl.auc.';
+COMMENT ON FUNCTION medtl._auc_final(internal) IS 'Final function of medtl.auc.';
+
+------------------------------------------------------------------------------
+-- Training runs and evaluations as data
+------------------------------------------------------------------------------
+
+CREATE TABLE medtl.runs (
+    run_id      bigserial PRIMARY KEY,
+    model_id    bigint NOT NULL REFERENCES medtl.models (model_id) ON DELETE CASCADE,
+    source      text NOT NULL,
+    params      jsonb NOT NULL DEFAULT '{}',
+    resolved    jsonb NOT NULL DEFAULT '{}',
+    status      text NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
+    n_train     int,
+    n_val       int,
+    seed        bigint,
+    owner       name NOT NULL DEFAULT current_user,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    seconds     float8
+);
+COMMENT ON TABLE medtl.runs IS 'One row per training run: model, source, parameters as given and as resolved, row counts, status, timing.';
+
+CREATE TABLE medtl.epochs (
+    run_id          bigint NOT NULL REFERENCES medtl.runs (run_id) ON DELETE CASCADE,
+    phase           int NOT NULL DEFAULT 1,
+    epoch           int NOT NULL,
+    lr              float8,
+    train_loss      float8,
+    train_accuracy  float8,
+    val_loss        float8,
+    val_accuracy    float8,
+    val_auc         float8,
+    seconds         float8,
+    PRIMARY KEY (run_id, phase, epoch)
+);
+COMMENT ON TABLE medtl.epochs IS 'One row per epoch and phase of a run: learning rate, training and validation metrics, time.';
+
+CREATE TABLE medtl.evaluations (
+    evaluation_id     bigserial PRIMARY KEY,
+    model_id          bigint NOT NULL REFERENCES medtl.models (model_id) ON DELETE CASCADE,
+    source            text NOT NULL,
+    n                 int NOT NULL,
+    positive_label    text,
+    accuracy          float8,
+    balanced_accuracy float8,
+    auc               float8,
+    f1                float8,
+    f1_macro          float8,
+    precision         float8,
+    recall            float8,
+    specificity       float8,
+    log_loss          float8,
+    dice              float8,
+    iou               float8,
+    owner             name NOT NULL DEFAULT current_user,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE medtl.evaluations IS 'One row per evaluation of a model on a labelled set; binary metrics are of positive_label, multi-class ones macro averages.';
+
+CREATE TABLE medtl.confusion (
+    evaluation_id   bigint NOT NULL REFERENCES medtl.evaluations (evaluation_id) ON DELETE CASCADE,
+    truth_index     int NOT NULL,
+    predicted_index int NOT NULL,
+    truth           text NOT NULL,
+    predicted       text NOT NULL,
+    n               int NOT NULL,
+    PRIMARY KEY (evaluation_id, truth_index, predicted_index)
+);
+COMMENT ON TABLE medtl.confusion IS 'Confusion matrix of an evaluation, one row per (truth, predicted) pair (0-based class indexes); every cell up to 32 classes, only non-empty cells beyond.';
+
+CREATE TABLE medtl.roc_points (
+    evaluation_id bigint NOT NULL REFERENCES medtl.evaluations (evaluation_id) ON DELETE CASCADE,
+    class_index   int NOT NULL,
+    class         text NOT NULL,
+    threshold     float8 NOT NULL,
+    fpr           float8 NOT NULL,
+    tpr           float8 NOT NULL
+);
+CREATE INDEX ON medtl.roc_points (evaluation_id, class_index);
+COMMENT ON TABLE medtl.roc_points IS 'ROC curve points (one-vs-rest per class; the positive class for binary models); threshold +Infinity is the (0, 0) corner.';
+
+CREATE TABLE medtl.class_metrics (
+    evaluation_id bigint NOT NULL REFERENCES medtl.evaluations (evaluation_id) ON DELETE CASCADE,
+    class_index   int NOT NULL,
+    class         text NOT NULL,
+    support       int NOT NULL,
+    precision     float8,
+    recall        float8,
+    f1            float8,
+    specificity   float8,
+    auc           float8,
+    PRIMARY KEY (evaluation_id, class_index)
+);
+COMMENT ON TABLE medtl.class_metrics IS 'Per-class metrics of an evaluation (one-vs-rest).';
+
+SELECT pg_catalog.pg_extension_config_dump('medtl.runs', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.runs_run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.epochs', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.evaluations', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.evaluations_evaluation_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.confusion', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.roc_points', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.class_metrics', '');
+
+-- Runs and evaluations are visible with their model; written by its owner side.
+ALTER TABLE medtl.runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY runs_read ON medtl.runs FOR SELECT
+    USING (EXISTS (SELECT 1 FROM medtl.models m WHERE m.model_id = runs.model_id));
+CREATE POLICY runs_write ON medtl.runs FOR ALL
+    USING (medtl._is_member(owner)) WITH CHECK (medtl._is_member(owner));
+ALTER TABLE medtl.evaluations ENABLE ROW LEVEL SECURITY;
+CREATE POLICY evaluations_read ON medtl.evaluations FOR SELECT
+    USING (EXISTS (SELECT 1 FROM medtl.models m WHERE m.model_id = evaluations.model_id));
+-- anyone who may score a model may evaluate it and keep the result
+CREATE POLICY evaluations_write ON medtl.evaluations FOR ALL
+    USING (medtl._is_member(owner))
+    WITH CHECK (medtl._is_member(owner)
+                AND EXISTS (SELECT 1 FROM medtl.models m WHERE m.model_id = evaluations.model_id));
+ALTER TABLE medtl.epochs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY epochs_all ON medtl.epochs FOR ALL
+    USING (EXISTS (SELECT 1 FROM medtl.runs r WHERE r.run_id = epochs.run_id))
+    WITH CHECK (EXISTS (SELECT 1 FROM medtl.runs r WHERE r.run_id = epochs.run_id AND medtl._is_member(r.owner)));
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['confusion', 'roc_points', 'class_metrics'] LOOP
+        EXECUTE format('ALTER TABLE medtl.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('CREATE POLICY %I ON medtl.%I FOR ALL
+            USING (EXISTS (SELECT 1 FROM medtl.evaluations e WHERE e.evaluation_id = %I.evaluation_id))
+            WITH CHECK (EXISTS (SELECT 1 FROM medtl.evaluations e
+                                 WHERE e.evaluation_id = %I.evaluation_id AND medtl._is_member(e.owner)))',
+                       t || '_all', t, t, t);
+    END LOOP;
+END
+$$;
+GRANT SELECT, INSERT, UPDATE, DELETE ON medtl.runs, medtl.epochs, medtl.evaluations,
+    medtl.confusion, medtl.roc_points, medtl.class_metrics TO PUBLIC;
+GRANT USAGE ON SEQUENCE medtl.runs_run_id_seq, medtl.evaluations_evaluation_id_seq TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Evaluation
+------------------------------------------------------------------------------
+
+-- The FROM item for a source: a query in parentheses, or a table/view name.
+CREATE FUNCTION medtl._source_from(source text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF source ~* '^\s*\(?\s*(select|with|values|table)\M' THEN
+        RETURN '(' || source || ')';
+    END IF;
+    RETURN source::regclass::text;
+END
+$$;
+COMMENT ON FUNCTION medtl._source_from(text) IS 'Turn a source (a query, or a table or view name) into a FROM item.';
+
+-- 1-based index of the largest element (the first on ties).
+CREATE FUNCTION medtl._argmax(v real[]) RETURNS int
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT i::int FROM unnest(v) WITH ORDINALITY u(x, i) ORDER BY x DESC, i LIMIT 1
+$$;
+COMMENT ON FUNCTION medtl._argmax(real[]) IS '1-based index of the largest element, the first on ties.';
+
+CREATE FUNCTION medtl.evaluate(
+    model text,
+    source text,
+    image_column text DEFAULT 'image',
+    label_column text DEFAULT 'label',
+    positive text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    m medtl.models;
+    labels text[];
+    k int;
+    pos int;
+    n_rows bigint;
+    n_bad bigint;
+    bad_label text;
+    eid bigint;
+BEGIN
+    SELECT * INTO m FROM medtl.models WHERE name = model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
+    END IF;
+    IF m.task <> 'classification' THEN
+        RAISE EXCEPTION 'model "%" is a % model; evaluate scores classifiers', model, m.task
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    labels := coalesce(m.labels, ARRAY(SELECT g::text FROM generate_series(0, m.num_classes - 1) g));
+    k := cardinality(labels);
+    IF positive IS NOT NULL THEN
+        pos := array_position(labels, positive);
+        IF pos IS NULL THEN
+            RAISE EXCEPTION 'positive label "%" is not a label of model "%"', positive, model
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    ELSIF k = 2 THEN
+        pos := 2;
+    END IF;
+
+    IF to_regclass('pg_temp._medtl_eval') IS NOT NULL THEN
+        DROP TABLE pg_temp._medtl_eval;
+    END IF;
+    CREATE TEMP TABLE _medtl_eval (label text, truth int, p real[]);
+    EXECUTE format('INSERT INTO pg_temp._medtl_eval
+                    SELECT t.%2$I::text, array_position($2, t.%2$I::text), medtl.predict_proba($1, t.%1$I)
+                      FROM %3$s t WHERE t.%2$I IS NOT NULL',
+                   image_column, label_column, medtl._source_from(source))
+        USING model, labels;
+    GET DIAGNOSTICS n_rows = ROW_COUNT;
+    IF n_rows = 0 THEN
+        RAISE EXCEPTION 'source has no labelled rows' USING ERRCODE = 'no_data_found',
+            DETAIL = format('Source: %s', source);
+    END IF;
+    SELECT count(*), min(label) INTO n_bad, bad_label FROM pg_temp._medtl_eval WHERE truth IS NULL;
+    IF n_bad > 0 THEN
+        RAISE EXCEPTION '% row(s) have labels that model "%" does not know, e.g. "%"', n_bad, model, bad_label
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = CASE WHEN k <= 20 THEN format('The model''s labels are %s.', labels::text)
+                              ELSE format('The model has %s labels, listed in medtl.models.labels.', k) END;
+    END IF;
+    SELECT count(*) INTO n_bad FROM pg_temp._medtl_eval WHERE p IS NULL;
+    IF n_bad > 0 THEN
+        RAISE EXCEPTION '% row(s) have a NULL image', n_bad USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Filter them out of the source, e.g. WHERE image IS NOT NULL.';
+    END IF;
+
+    ALTER TABLE pg_temp._medtl_eval ADD COLUMN pred int;
+    UPDATE pg_temp._medtl_eval SET pred = medtl._argmax(p);
+
+    INSERT INTO medtl.evaluations (model_id, source, n, positive_label)
+    VALUES (m.model_id, source, n_rows, labels[pos])
+    RETURNING evaluation_id INTO eid;
+
+    IF k <= 32 THEN
+        INSERT INTO medtl.confusion (evaluation_id, truth_index, predicted_index, truth, predicted, n)
+        SELECT eid, t - 1, q - 1, labels[t], labels[q], count(e.label)::int
+          FROM generate_series(1, k) t CROSS JOIN generate_series(1, k) q
+          LEFT JOIN pg_temp._medtl_eval e ON e.truth = t AND e.pred = q
+         GROUP BY t, q;
+    ELSE
+        INSERT INTO medtl.confusion (evaluation_id, truth_index, predicted_index, truth, predicted, n)
+        SELECT eid, truth - 1, pred - 1, labels[truth], labels[pred], count(*)::int
+          FROM pg_temp._medtl_eval GROUP BY truth, pred;
+    END IF;
+
+    INSERT INTO medtl.class_metrics (evaluation_id, class_index, class, support, precision, recall, f1, specificity, auc)
+    SELECT eid, c - 1, labels[c], s.support,
+           s.tp::float8 / nullif(s.tp + s.fp, 0),
+           s.tp::float8 / nullif(s.tp + s.fn, 0),
+           2.0 * s.tp / nullif(2 * s.tp + s.fp + s.fn, 0),
+           s.tn::float8 / nullif(s.tn + s.fp, 0),
+           s.auc
+      FROM generate_series(1, k) c,
+           LATERAL (SELECT count(*) FILTER (WHERE truth = c)::int AS support,
+                           count(*) FILTER (WHERE truth = c AND pred = c) AS tp,
+                           count(*) FILTER (WHERE truth <> c AND pred = c) AS fp,
+                           count(*) FILTER (WHERE truth = c AND pred <> c) AS fn,
+                           count(*) FILTER (WHERE truth <> c AND pred <> c) AS tn,
+                           medtl.auc(p[c], truth = c) AS auc
+                      FROM pg_temp._medtl_eval) s;
+
+    -- ROC curves of the positive class (binary) or of every class that occurs
+    INSERT INTO medtl.roc_points (evaluation_id, class_index, class, threshold, fpr, tpr)
+    SELECT eid, c - 1, labels[c], 'Infinity', 0, 0
+      FROM generate_series(1, k) c
+     WHERE (pos IS NULL OR c = pos) AND EXISTS (SELECT 1 FROM pg_temp._medtl_eval WHERE truth = c)
+    UNION ALL
+    SELECT eid, c - 1, labels[c], g.score,
+           sum(g.fp) OVER w / nullif(sum(g.fp) OVER (PARTITION BY c), 0),
+           sum(g.tp) OVER w / nullif(sum(g.tp) OVER (PARTITION BY c), 0)
+      FROM (SELECT c, p[c]::float8 AS score,
+                   count(*) FILTER (WHERE truth = c)::float8 AS tp,
+                   count(*) FILTER (WHERE truth <> c)::float8 AS fp
+              FROM pg_temp._medtl_eval, generate_series(1, k) c
+             WHERE (pos IS NULL OR c = pos) AND c IN (SELECT truth FROM pg_temp._medtl_eval)
+             GROUP BY c, p[c]) g
+    WINDOW w AS (PARTITION BY c ORDER BY g.score DESC);
+
+    UPDATE medtl.evaluations v SET
+        accuracy = x.accuracy,
+        balanced_accuracy = x.balanced_accuracy,
+        log_loss = x.log_loss,
+        auc = CASE WHEN pos IS NOT NULL THEN (SELECT cm.auc FROM medtl.class_metrics cm
+                                              WHERE cm.evaluation_id = eid AND cm.class_index = pos - 1)
+                   ELSE (SELECT avg(cm.auc) FROM medtl.class_metrics cm WHERE cm.evaluation_id = eid) END,
+        f1_macro = (SELECT avg(coalesce(cm.f1, 0)) FROM medtl.class_metrics cm
+                     WHERE cm.evaluation_id = eid AND cm.support > 0),
+        f1 = x.f1, precision = x.prec, recall = x.rec, specificity = x.spec
+      FROM (SELECT avg((truth = pred)::int)::float8 AS accuracy,
+                   (SELECT avg(cm.recall) FROM medtl.class_metrics cm
+                     WHERE cm.evaluation_id = eid AND cm.support > 0) AS balanced_accuracy,
+                   avg(-ln(greatest(p[truth], 1e-15)::float8)) AS log_loss,
+                   (SELECT CASE WHEN pos IS NOT NULL THEN max(cm.f1) FILTER (WHERE cm.class_index = pos - 1)
+                                ELSE avg(coalesce(cm.f1, 0)) END
+                      FROM medtl.class_metrics cm WHERE cm.evaluation_id = eid AND (pos IS NOT NULL OR cm.support > 0)) AS f1,
+                   (SELECT CASE WHEN pos IS NOT NULL THEN max(cm.precision) FILTER (WHERE cm.class_index = pos - 1)
+                                ELSE avg(coalesce(cm.precision, 0)) END
+                      FROM medtl.class_metrics cm WHERE cm.evaluation_id = eid AND (pos IS NOT NULL OR cm.support > 0)) AS prec,
+                   (SELECT CASE WHEN pos IS NOT NULL THEN max(cm.recall) FILTER (WHERE cm.class_index = pos - 1)
+                                ELSE avg(cm.recall) END
+                      FROM medtl.class_metrics cm WHERE cm.evaluation_id = eid AND (pos IS NOT NULL OR cm.support > 0)) AS rec,
+                   (SELECT CASE WHEN pos IS NOT NULL THEN max(cm.specificity) FILTER (WHERE cm.class_index = pos - 1)
+                                ELSE avg(cm.specificity) END
+                      FROM medtl.class_metrics cm WHERE cm.evaluation_id = eid AND (pos IS NOT NULL OR cm.support > 0)) AS spec
+              FROM pg_temp._medtl_eval) x
+     WHERE v.evaluation_id = eid;
+    DROP TABLE pg_temp._medtl_eval;
+    RETURN eid;
+END
+$$;
+COMMENT ON FUNCTION medtl.evaluate(text, text, text, text, text) IS 'Score a labelled set (a table name or a query); accuracy, AUC, F1, precision, recall, specificity, log loss, confusion matrix, ROC points and per-class metrics become rows. Returns the evaluation id.';
