@@ -12,6 +12,7 @@ OBJS = \
 	src/nn/zoo.o \
 	src/io/image.o \
 	src/io/safetensors.o \
+	src/io/augment.o \
 	src/pg/medtl.o \
 	src/pg/weights.o \
 	src/pg/model.o \
@@ -38,7 +39,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
-ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c \
+ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c src/io/augment.c \
 	src/core/graph.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit

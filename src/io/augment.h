@@ -1,0 +1,37 @@
+/*
+ * augment.h - training-time augmentation of images already at the model's
+ * input size: random resized crop, horizontal flip, rotation, brightness and
+ * contrast, then normalisation.  Engine code: no postgres.h.
+ */
+#ifndef MT_AUGMENT_H
+#define MT_AUGMENT_H
+
+#include "../core/mt_common.h"
+#include "../core/rng.h"
+
+typedef struct mt_augment
+{
+	int			hflip;			/* flip left-right with probability 1/2 */
+	float		rotate_deg;		/* rotate by U(-r, r) degrees; 0 = off */
+	float		brightness;		/* multiply by U(1-b, 1+b); 0 = off */
+	float		contrast;		/* blend with the mean gray by U(1-c, 1+c); 0 = off */
+	float		crop_min_area;	/* random resized crop of area U(a, 1), aspect 3/4..4/3; 1 = off */
+} mt_augment;
+
+/* Whether any augmentation is switched on. */
+int			mt_augment_enabled(const mt_augment *a);
+
+/*
+ * dst (size x size x 3 floats, normalised with mean/std) from src (size x
+ * size x 3 bytes, RGB) under one random draw of the augmentations.  The
+ * geometric ones are composed into one affine map sampled bilinearly, with
+ * black outside the image, as torchvision does.
+ */
+void		mt_augment_image(const uint8_t *src, int size, const mt_augment *a, mt_rng *rng,
+							 const float mean[3], const float std[3], float *dst);
+
+/* dst = (src / 255 - mean) / std for n pixels of 3 channels. */
+void		mt_normalize_u8(const uint8_t *src, size_t n, const float mean[3],
+							const float std[3], float *dst);
+
+#endif
