@@ -9,6 +9,7 @@ OBJS = \
 	src/core/blas.o \
 	src/core/ops_cpu.o \
 	src/core/graph.o \
+	src/core/metrics.o \
 	src/nn/zoo.o \
 	src/io/image.o \
 	src/io/safetensors.o \
@@ -40,7 +41,7 @@ include $(PGXS)
 
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
 ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c src/io/augment.c \
-	src/core/graph.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
+	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit
 

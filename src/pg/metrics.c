@@ -10,17 +10,14 @@
 #include "fmgr.h"
 #include "utils/memutils.h"
 
-typedef struct ScorePair
-{
-	double		score;
-	bool		positive;
-} ScorePair;
+#include "core/metrics.h"
 
 typedef struct AucState
 {
 	int64		n;
 	int64		cap;
-	ScorePair  *pairs;
+	double	   *scores;
+	uint8	   *positive;
 } AucState;
 
 /* Transition: remember (score, positive); NULLs and NaN scores are skipped. */
@@ -39,7 +36,8 @@ medtl_auc_accum(PG_FUNCTION_ARGS)
 	{
 		st = MemoryContextAllocZero(aggcxt, sizeof(AucState));
 		st->cap = 256;
-		st->pairs = MemoryContextAllocHuge(aggcxt, sizeof(ScorePair) * st->cap);
+		st->scores = MemoryContextAllocHuge(aggcxt, sizeof(double) * st->cap);
+		st->positive = MemoryContextAllocHuge(aggcxt, st->cap);
 	}
 	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		PG_RETURN_POINTER(st);
@@ -49,21 +47,13 @@ medtl_auc_accum(PG_FUNCTION_ARGS)
 	if (st->n == st->cap)
 	{
 		st->cap *= 2;
-		st->pairs = repalloc_huge(st->pairs, sizeof(ScorePair) * st->cap);
+		st->scores = repalloc_huge(st->scores, sizeof(double) * st->cap);
+		st->positive = repalloc_huge(st->positive, st->cap);
 	}
-	st->pairs[st->n].score = score;
-	st->pairs[st->n].positive = PG_GETARG_BOOL(2);
+	st->scores[st->n] = score;
+	st->positive[st->n] = PG_GETARG_BOOL(2);
 	st->n++;
 	PG_RETURN_POINTER(st);
-}
-
-static int
-cmp_score(const void *a, const void *b)
-{
-	double		x = ((const ScorePair *) a)->score;
-	double		y = ((const ScorePair *) b)->score;
-
-	return (x > y) - (x < y);
 }
 
 /* Final: rank-sum AUC with average ranks for ties; NULL without both classes. */
@@ -72,32 +62,12 @@ Datum
 medtl_auc_final(PG_FUNCTION_ARGS)
 {
 	AucState   *st = PG_ARGISNULL(0) ? NULL : (AucState *) PG_GETARG_POINTER(0);
-	double		rank_sum = 0.0;
-	int64		npos = 0,
-				nneg;
-	int64		i = 0;
+	double		auc;
 
 	if (st == NULL || st->n == 0)
 		PG_RETURN_NULL();
-	qsort(st->pairs, st->n, sizeof(ScorePair), cmp_score);
-	while (i < st->n)
-	{
-		int64		j = i;
-		int64		pos_in_tie = 0;
-		double		avg_rank;
-
-		while (j < st->n && st->pairs[j].score == st->pairs[i].score)
-		{
-			pos_in_tie += st->pairs[j].positive;
-			j++;
-		}
-		avg_rank = (double) (i + 1 + j) / 2.0;	/* ranks i+1 .. j */
-		rank_sum += avg_rank * pos_in_tie;
-		npos += pos_in_tie;
-		i = j;
-	}
-	nneg = st->n - npos;
-	if (npos == 0 || nneg == 0)
+	auc = mt_auc(st->scores, st->positive, st->n);
+	if (isnan(auc))
 		PG_RETURN_NULL();
-	PG_RETURN_FLOAT8((rank_sum - (double) npos * (npos + 1) / 2.0) / ((double) npos * nneg));
+	PG_RETURN_FLOAT8(auc);
 }
