@@ -9,6 +9,8 @@ OBJS = \
 	src/core/blas.o \
 	src/core/ops_cpu.o \
 	src/core/graph.o \
+	src/core/train.o \
+	src/core/ops_cpu_train.o \
 	src/core/metrics.o \
 	src/nn/zoo.o \
 	src/io/image.o \
@@ -17,7 +19,9 @@ OBJS = \
 	src/pg/medtl.o \
 	src/pg/weights.o \
 	src/pg/model.o \
-	src/pg/metrics.o
+	src/pg/metrics.o \
+	src/pg/dataset.o \
+	src/pg/train.o
 
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
@@ -40,7 +44,8 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
-ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c src/io/augment.c \
+ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c \
+	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
 	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit
@@ -60,3 +65,13 @@ test/bin/fuzz_%: test/fuzz/fuzz_%.c test/fuzz/fuzz_main.c $(ENGINE_SRC)
 fuzz: $(FUZZ_TARGETS)
 
 .PHONY: unittest fuzz
+
+# --- command-line tools over the engine (benchmarks, parity drivers): make tools
+TOOLS = $(patsubst test/tools/%.c,test/bin/%,$(wildcard test/tools/*.c))
+test/bin/%: test/tools/%.c $(ENGINE_SRC) $(wildcard src/*/*.h)
+	@mkdir -p test/bin
+	$(CC) $(UNIT_CFLAGS) -O3 -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm
+
+tools: $(TOOLS)
+
+.PHONY: tools

@@ -652,3 +652,333 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION medtl.evaluate(text, text, text, text, text) IS 'Score a labelled set (a table name or a query); accuracy, AUC, F1, precision, recall, specificity, log loss, confusion matrix, ROC points and per-class metrics become rows. Returns the evaluation id.';
+
+------------------------------------------------------------------------------
+-- Training
+------------------------------------------------------------------------------
+
+CREATE FUNCTION medtl._train_run(
+    run_id bigint, model text, source text, image_column text, label_column text,
+    group_column text, validation_source text, phase int, epochs int, batch_size int,
+    lr float8, optimizer text, weight_decay float8, momentum float8, schedule text,
+    warmup_epochs int, step_size int, gamma float8, freeze text,
+    flip boolean, rotation float8, brightness float8, contrast float8, crop_scale float8,
+    class_weights text, class_weight real[], focal_gamma float8, label_smoothing float8,
+    validation float8, keep_best text, patience int, seed bigint, skip_bad_rows boolean)
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'medtl_train_run' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean)
+    IS 'One phase of a training run (called by medtl.train and medtl.fine_tune).';
+
+-- Check the training options shared by train() and fine_tune(); raise on nonsense.
+CREATE FUNCTION medtl._check_train_options(
+    epochs int, batch_size int, lr float8, optimizer text, schedule text,
+    class_weights text, loss text, validation float8, keep_best text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF epochs IS NULL OR epochs < 1 OR epochs > 100000 THEN
+        RAISE EXCEPTION 'epochs must be between 1 and 100000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 4096 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 4096' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF lr IS NULL OR NOT (lr > 0 AND lr < 100) THEN
+        RAISE EXCEPTION 'lr must be positive' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF optimizer NOT IN ('sgd', 'adam', 'adamw') THEN
+        RAISE EXCEPTION 'optimizer must be sgd, adam or adamw, not "%"', optimizer
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF schedule NOT IN ('constant', 'step', 'cosine') THEN
+        RAISE EXCEPTION 'schedule must be constant, step or cosine, not "%"', schedule
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF class_weights NOT IN ('none', 'balanced') THEN
+        RAISE EXCEPTION 'class_weights must be none or balanced (or give class_weight real[]), not "%"', class_weights
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF loss NOT IN ('cross_entropy', 'focal') THEN
+        RAISE EXCEPTION 'loss must be cross_entropy or focal, not "%"', loss
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF validation IS NULL OR validation < 0 OR validation > 0.9 THEN
+        RAISE EXCEPTION 'validation must be a fraction between 0 and 0.9' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF keep_best NOT IN ('val_auc', 'val_accuracy', 'val_loss', 'none') THEN
+        RAISE EXCEPTION 'keep_best must be val_auc, val_accuracy, val_loss or none, not "%"', keep_best
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION medtl._check_train_options(int, int, float8, text, text, text, text, float8, text) IS 'Validate training options.';
+
+-- Lock the model row for training: it must exist and be the caller's to change.
+CREATE FUNCTION medtl._lock_model_for_training(model text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    id bigint;
+BEGIN
+    SELECT m.model_id INTO id FROM medtl.models m WHERE m.name = model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT m.model_id INTO id FROM medtl.models m
+     WHERE m.model_id = id AND medtl._is_member(m.owner) FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'permission denied to train model "%"', model
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Only the model''s owner may train it.';
+    END IF;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION medtl._lock_model_for_training(text) IS 'Lock a model for a training run; only its owner side may train it.';
+
+CREATE FUNCTION medtl.train(
+    model text,
+    source text,
+    image_column text DEFAULT 'image',
+    label_column text DEFAULT 'label',
+    epochs int DEFAULT 10,
+    batch_size int DEFAULT 32,
+    lr float8 DEFAULT NULL,
+    optimizer text DEFAULT 'adamw',
+    weight_decay float8 DEFAULT NULL,
+    momentum float8 DEFAULT 0.9,
+    schedule text DEFAULT 'cosine',
+    warmup_epochs int DEFAULT 0,
+    step_size int DEFAULT 5,
+    gamma float8 DEFAULT 0.1,
+    freeze text DEFAULT 'backbone',
+    augment boolean DEFAULT NULL,
+    flip boolean DEFAULT true,
+    rotation float8 DEFAULT 10,
+    brightness float8 DEFAULT 0.2,
+    contrast float8 DEFAULT 0.2,
+    crop_scale float8 DEFAULT 0.8,
+    class_weights text DEFAULT 'none',
+    class_weight real[] DEFAULT NULL,
+    loss text DEFAULT 'cross_entropy',
+    focal_gamma float8 DEFAULT 2.0,
+    label_smoothing float8 DEFAULT 0,
+    validation float8 DEFAULT 0.1,
+    validation_source text DEFAULT NULL,
+    group_column text DEFAULT NULL,
+    keep_best text DEFAULT 'val_auc',
+    patience int DEFAULT NULL,
+    seed bigint DEFAULT 42,
+    skip_bad_rows boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    mid bigint;
+    rid bigint;
+    v_lr float8 := coalesce(lr, CASE WHEN optimizer = 'sgd' THEN 0.01 ELSE 1e-3 END);
+    v_wd float8 := coalesce(weight_decay, CASE WHEN optimizer = 'adamw' THEN 0.01 ELSE 0 END);
+    v_aug boolean := coalesce(augment, train.freeze IS DISTINCT FROM 'backbone');
+    v_val float8 := CASE WHEN validation_source IS NULL THEN validation ELSE 0 END;
+    given jsonb;
+    resolved jsonb;
+    summary jsonb;
+BEGIN
+    PERFORM medtl._check_train_options(epochs, batch_size, v_lr, optimizer, schedule,
+                                       class_weights, loss, validation, keep_best);
+    mid := medtl._lock_model_for_training(model);
+    given := jsonb_strip_nulls(jsonb_build_object(
+        'image_column', image_column, 'label_column', label_column, 'epochs', epochs,
+        'batch_size', batch_size, 'lr', lr, 'optimizer', optimizer, 'weight_decay', weight_decay,
+        'momentum', momentum, 'schedule', schedule, 'warmup_epochs', warmup_epochs,
+        'step_size', step_size, 'gamma', gamma, 'freeze', train.freeze, 'augment', augment,
+        'flip', flip, 'rotation', rotation, 'brightness', brightness, 'contrast', contrast,
+        'crop_scale', crop_scale, 'class_weights', class_weights, 'class_weight', class_weight,
+        'loss', loss, 'focal_gamma', focal_gamma, 'label_smoothing', label_smoothing,
+        'validation', validation, 'validation_source', validation_source,
+        'group_column', group_column, 'keep_best', keep_best, 'patience', patience,
+        'seed', seed, 'skip_bad_rows', skip_bad_rows));
+    resolved := given || jsonb_build_object('lr', v_lr, 'weight_decay', v_wd, 'augment', v_aug,
+                                            'validation', v_val,
+                                            'focal_gamma', CASE WHEN loss = 'focal' THEN focal_gamma ELSE 0 END);
+    INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
+    VALUES (mid, source, given, resolved, seed) RETURNING run_id INTO rid;
+
+    summary := medtl._train_run(rid, model, source, image_column, label_column, group_column,
+        validation_source, 1, epochs, batch_size, v_lr, optimizer, v_wd, momentum, schedule,
+        warmup_epochs, step_size, gamma, coalesce(train.freeze, 'none'),
+        v_aug AND flip, CASE WHEN v_aug THEN rotation ELSE 0 END,
+        CASE WHEN v_aug THEN brightness ELSE 0 END, CASE WHEN v_aug THEN contrast ELSE 0 END,
+        CASE WHEN v_aug THEN crop_scale ELSE 1 END,
+        class_weights, class_weight, CASE WHEN loss = 'focal' THEN focal_gamma ELSE 0 END,
+        label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows);
+
+    UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
+           seconds = extract(epoch FROM clock_timestamp() - r.started_at),
+           n_train = (summary->>'n_train')::int, n_val = (summary->>'n_val')::int,
+           resolved = r.resolved || jsonb_build_object('phases', jsonb_build_array(summary))
+     WHERE r.run_id = rid;
+    RETURN rid;
+END
+$$;
+COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean)
+    IS 'Fine-tune a model on the rows of a table or query; per-epoch metrics go to medtl.epochs, the run to medtl.runs, and the trained weights replace the model''s rows when the run completes. Returns the run id.';
+
+CREATE FUNCTION medtl.fine_tune(
+    model text,
+    source text,
+    image_column text DEFAULT 'image',
+    label_column text DEFAULT 'label',
+    head_epochs int DEFAULT 3,
+    head_lr float8 DEFAULT 1e-3,
+    epochs int DEFAULT 5,
+    lr float8 DEFAULT 1e-4,
+    freeze text DEFAULT 'none',
+    batch_size int DEFAULT 32,
+    optimizer text DEFAULT 'adamw',
+    weight_decay float8 DEFAULT NULL,
+    augment boolean DEFAULT true,
+    class_weights text DEFAULT 'balanced',
+    loss text DEFAULT 'cross_entropy',
+    validation float8 DEFAULT 0.1,
+    validation_source text DEFAULT NULL,
+    group_column text DEFAULT NULL,
+    keep_best text DEFAULT 'val_auc',
+    seed bigint DEFAULT 42,
+    skip_bad_rows boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    mid bigint;
+    rid bigint;
+    v_wd float8 := coalesce(weight_decay, CASE WHEN optimizer = 'adamw' THEN 0.01 ELSE 0 END);
+    v_val float8 := CASE WHEN validation_source IS NULL THEN validation ELSE 0 END;
+    given jsonb;
+    s1 jsonb;
+    s2 jsonb;
+BEGIN
+    PERFORM medtl._check_train_options(greatest(head_epochs, 1), batch_size, head_lr, optimizer,
+                                       'cosine', class_weights, loss, validation, keep_best);
+    PERFORM medtl._check_train_options(greatest(epochs, 1), batch_size, lr, optimizer,
+                                       'cosine', class_weights, loss, validation, keep_best);
+    mid := medtl._lock_model_for_training(model);
+    given := jsonb_strip_nulls(jsonb_build_object(
+        'recipe', 'fine_tune', 'image_column', image_column, 'label_column', label_column,
+        'head_epochs', head_epochs, 'head_lr', head_lr, 'epochs', epochs, 'lr', lr,
+        'freeze', fine_tune.freeze, 'batch_size', batch_size, 'optimizer', optimizer,
+        'weight_decay', weight_decay, 'augment', augment, 'class_weights', class_weights,
+        'loss', loss, 'validation', validation, 'validation_source', validation_source,
+        'group_column', group_column, 'keep_best', keep_best, 'seed', seed,
+        'skip_bad_rows', skip_bad_rows));
+    INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
+    VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val), seed)
+    RETURNING run_id INTO rid;
+
+    -- phase 1: the new head alone on the frozen backbone (features computed once)
+    IF head_epochs > 0 THEN
+        s1 := medtl._train_run(rid, model, source, image_column, label_column, group_column,
+            validation_source, 1, head_epochs, batch_size, head_lr, optimizer, v_wd, 0.9, 'cosine',
+            0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, class_weights, NULL,
+            CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed, skip_bad_rows);
+    END IF;
+    -- phase 2: every layer (or those after freeze) at the low learning rate
+    IF epochs > 0 THEN
+        s2 := medtl._train_run(rid, model, source, image_column, label_column, group_column,
+            validation_source, 2, epochs, batch_size, lr, optimizer, v_wd, 0.9, 'cosine',
+            0, 5, 0.1, fine_tune.freeze, augment, CASE WHEN augment THEN 10 ELSE 0 END,
+            CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
+            CASE WHEN augment THEN 0.8 ELSE 1 END, class_weights, NULL,
+            CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed + 1, skip_bad_rows);
+    END IF;
+    UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
+           seconds = extract(epoch FROM clock_timestamp() - r.started_at),
+           n_train = (coalesce(s2, s1)->>'n_train')::int, n_val = (coalesce(s2, s1)->>'n_val')::int,
+           resolved = r.resolved || jsonb_build_object('phases', jsonb_strip_nulls(jsonb_build_array(s1, s2)))
+     WHERE r.run_id = rid;
+    RETURN rid;
+END
+$$;
+COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean)
+    IS 'The standard transfer-learning recipe in one call: the new head alone on the frozen backbone, then all layers (or those after freeze) at a low learning rate, with augmentation. Returns the run id.';
+
+------------------------------------------------------------------------------
+-- Models derived from backbones
+------------------------------------------------------------------------------
+
+CREATE FUNCTION medtl._init_rows(arch text, num_classes int, seed bigint, all_layers boolean,
+    OUT tensor text, OUT shape int[], OUT dtype text, OUT data bytea)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'medtl_init_rows' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl._init_rows(text, int, bigint, boolean) IS 'Freshly initialised tensors of an architecture: the classifier head, or all of them.';
+
+CREATE FUNCTION medtl.create_model(
+    name text,
+    backbone text,
+    labels text[],
+    seed bigint DEFAULT 42,
+    pretrained boolean DEFAULT true,
+    input_size int DEFAULT NULL,
+    mean real[] DEFAULT NULL,
+    std real[] DEFAULT NULL,
+    task text DEFAULT 'classification',
+    replace boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    b medtl.models;
+    v_arch text;
+    id bigint;
+    k int := cardinality(labels);
+    head text[];
+BEGIN
+    IF task <> 'classification' THEN
+        RAISE EXCEPTION 'task "%" is not supported yet; create_model makes classifiers', task
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF k IS NULL OR k < 2 THEN
+        RAISE EXCEPTION 'a classifier needs at least two labels' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_position(labels, NULL) IS NOT NULL
+       OR (SELECT count(DISTINCT l) FROM unnest(labels) l) <> k THEN
+        RAISE EXCEPTION 'labels must be distinct and not NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO b FROM medtl.models m WHERE m.name = backbone;
+    IF FOUND THEN
+        v_arch := b.arch;
+    ELSIF NOT pretrained THEN
+        v_arch := backbone;             -- from scratch: an architecture name will do
+    ELSE
+        RAISE EXCEPTION 'backbone model "%" does not exist', backbone USING ERRCODE = 'undefined_object',
+            HINT = 'Register one with medtl.import_model(), or pass pretrained => false and an architecture name.';
+    END IF;
+    IF replace THEN
+        DELETE FROM medtl.models m WHERE m.name = create_model.name;
+    ELSIF EXISTS (SELECT 1 FROM medtl.models m WHERE m.name = create_model.name) THEN
+        RAISE EXCEPTION 'model "%" already exists', create_model.name USING ERRCODE = 'duplicate_object',
+            HINT = 'Pass replace => true to replace it, or choose another name.';
+    END IF;
+
+    INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std, padding,
+                              parent_id, source, metadata)
+    VALUES (create_model.name, v_arch, task, labels, k,
+            coalesce(input_size, b.input_size, 224),
+            coalesce(mean, b.mean, '{0.485,0.456,0.406}'), coalesce(std, b.std, '{0.229,0.224,0.225}'),
+            coalesce(b.padding, 'symmetric'),
+            CASE WHEN pretrained THEN b.model_id END,
+            CASE WHEN pretrained THEN 'create_model from ' || backbone ELSE 'create_model from scratch' END,
+            jsonb_build_object('seed', seed, 'pretrained', pretrained, 'backbone', backbone))
+    RETURNING model_id INTO id;
+
+    IF pretrained THEN
+        head := ARRAY(SELECT r.tensor FROM medtl._init_rows(v_arch, k, seed, false) r);
+        INSERT INTO medtl.weights (model_id, tensor, shape, dtype, data)
+        SELECT id, w.tensor, w.shape, w.dtype, w.data
+          FROM medtl.weights w WHERE w.model_id = b.model_id AND w.tensor <> ALL (head);
+        INSERT INTO medtl.weights (model_id, tensor, shape, dtype, data)
+        SELECT id, r.tensor, r.shape, r.dtype, r.data FROM medtl._init_rows(v_arch, k, seed, false) r;
+    ELSE
+        INSERT INTO medtl.weights (model_id, tensor, shape, dtype, data)
+        SELECT id, r.tensor, r.shape, r.dtype, r.data FROM medtl._init_rows(v_arch, k, seed, true) r;
+    END IF;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION medtl.create_model(text, text, text[], bigint, boolean, int, real[], real[], text, boolean)
+    IS 'A new classifier for labels: the backbone''s weights with a fresh, seeded head (its parent is recorded), or, with pretrained => false, an architecture initialised from scratch.';

@@ -2,6 +2,7 @@
  * graph.c - parameters, batch-norm folding and the forward pass of a model.
  */
 #include "graph.h"
+#include "train.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -52,6 +53,7 @@ mt_model_add_param(mt_model *m, const char *name, int ndim,
 		p->numel *= (size_t) shape[i];
 	}
 	p->is_counter = is_counter;
+	p->trainable = !is_counter;
 	return m->n_params++;
 }
 
@@ -71,13 +73,28 @@ mt_node_init(mt_node_kind kind, int in0)
 	return n;
 }
 
-/* Returns the node index, or -1 when the table is full. */
+/*
+ * Returns the node index, or -1 when the table is full.  A batch norm's
+ * running statistics become buffers (never trainable).
+ */
 int
 mt_model_add_node(mt_model *m, const mt_node *proto)
 {
 	if (m->n_nodes >= m->cap_nodes)
 		return -1;
 	m->nodes[m->n_nodes] = *proto;
+	m->nodes[m->n_nodes].run_act = proto->act;
+	if (proto->kind == MT_NODE_BN)
+	{
+		int			stats[2] = {proto->p_bn_mean, proto->p_bn_var};
+
+		for (int k = 0; k < 2; k++)
+			if (stats[k] >= 0 && stats[k] < m->n_params)
+			{
+				m->params[stats[k]].is_buffer = 1;
+				m->params[stats[k]].trainable = 0;
+			}
+	}
 	return m->n_nodes++;
 }
 
@@ -229,13 +246,14 @@ free_packed(mt_model *m)
 		mt_free(m->nodes[i].packed_bias);
 		m->nodes[i].packed = m->nodes[i].packed_bias = NULL;
 		m->nodes[i].folded = 0;
+		m->nodes[i].run_act = m->nodes[i].act;
 	}
 	m->prepared = 0;
 }
 
 /* A conv descriptor with symmetric padding (the SAME case is resolved later). */
 static mt_conv_desc
-conv_desc(const mt_node *n)
+conv_desc(const mt_node *n, mt_act act)
 {
 	mt_conv_desc d;
 
@@ -251,7 +269,7 @@ conv_desc(const mt_node *n)
 	d.groups = n->groups;
 	d.pad_t = d.pad_b = n->pad_h;
 	d.pad_l = d.pad_r = n->pad_w;
-	d.act = n->act;
+	d.act = act;
 	return d;
 }
 
@@ -274,7 +292,7 @@ mt_model_prepare(mt_model *m, mt_err *err)
 			continue;
 		if (n->kind == MT_NODE_CONV)
 		{
-			mt_conv_desc d = conv_desc(n);
+			mt_conv_desc d = conv_desc(n, n->act);
 			size_t		sz = mt_conv_packed_size(&d);
 			int			bn = single_follower(m, i, MT_NODE_BN);
 			int			last = i;
@@ -319,13 +337,13 @@ mt_model_prepare(mt_model *m, mt_err *err)
 			}
 			else
 				mt_conv_pack_oihw(&d, m->params[n->p_weight].data, w);
-			if (n->act == MT_ACT_NONE)
+			if (n->run_act == MT_ACT_NONE)
 			{
 				int			a = single_follower(m, last, MT_NODE_ACT);
 
 				if (a >= 0)
 				{
-					n->act = m->nodes[a].act;
+					n->run_act = m->nodes[a].act;
 					m->nodes[a].folded = 1;
 				}
 			}
@@ -340,19 +358,19 @@ mt_model_prepare(mt_model *m, mt_err *err)
 			if (n->packed == NULL || n->packed_bias == NULL)
 				goto nomem;
 			bn_scale_shift(m, n, c, n->packed, n->packed_bias);
-			if (a >= 0 && n->act == MT_ACT_NONE)
+			if (a >= 0 && n->run_act == MT_ACT_NONE)
 			{
-				n->act = m->nodes[a].act;
+				n->run_act = m->nodes[a].act;
 				m->nodes[a].folded = 1;
 			}
 		}
-		else if (n->kind == MT_NODE_ADD && n->act == MT_ACT_NONE)
+		else if (n->kind == MT_NODE_ADD && n->run_act == MT_ACT_NONE)
 		{
 			int			a = single_follower(m, i, MT_NODE_ACT);
 
 			if (a >= 0)
 			{
-				n->act = m->nodes[a].act;
+				n->run_act = m->nodes[a].act;
 				m->nodes[a].folded = 1;
 			}
 		}
@@ -365,19 +383,11 @@ nomem:
 	return mt_seterr(err, MT_ERR_NOMEM, "out of memory preparing model %s", m->arch);
 }
 
-/* Shape of one activation (N is the batch, shared by all). */
-typedef struct shape3
-{
-	int			h,
-				w,
-				c;
-} shape3;
-
 /* The conv descriptor with padding resolved for an h x w input. */
-static mt_conv_desc
-conv_desc_for(const mt_model *m, const mt_node *n, int h, int w)
+mt_conv_desc
+mt_node_conv_desc(const mt_model *m, const mt_node *n, int h, int w, mt_act act)
 {
-	mt_conv_desc d = conv_desc(n);
+	mt_conv_desc d = conv_desc(n, act);
 
 	if (m->padding_same)
 	{
@@ -387,8 +397,9 @@ conv_desc_for(const mt_model *m, const mt_node *n, int h, int w)
 	return d;
 }
 
-static mt_pool_desc
-pool_desc(const mt_node *n)
+/* The pooling descriptor of a pooling node. */
+mt_pool_desc
+mt_node_pool_desc(const mt_node *n)
 {
 	mt_pool_desc p;
 
@@ -400,12 +411,123 @@ pool_desc(const mt_node *n)
 	return p;
 }
 
+/* Output shapes of all nodes and the largest convolution scratch. */
+int
+mt_model_shapes(const mt_model *m, int h, int w, mt_shape3 *shp,
+				size_t *scratch_len, mt_err *err)
+{
+	*scratch_len = 0;
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+		mt_shape3	in = nd->in0 >= 0 ? shp[nd->in0] : (mt_shape3) {h, w, 3};
+
+		switch (nd->kind)
+		{
+			case MT_NODE_INPUT:
+				shp[i] = (mt_shape3) {h, w, 3};
+				break;
+			case MT_NODE_CONV:
+				{
+					mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, MT_ACT_NONE);
+					size_t		s = mt_conv_scratch_size(&d, in.h, in.w);
+
+					shp[i].h = mt_out_size(in.h, d.kh, d.sh, d.dh, d.pad_t, d.pad_b);
+					shp[i].w = mt_out_size(in.w, d.kw, d.sw, d.dw, d.pad_l, d.pad_r);
+					shp[i].c = nd->cout;
+					if (in.c != nd->cin)
+						return mt_seterr(err, MT_ERR_SHAPE, "node %d: %d input channels, expected %d",
+										 i, in.c, nd->cin);
+					if (s > *scratch_len)
+						*scratch_len = s;
+					break;
+				}
+			case MT_NODE_MAXPOOL:
+			case MT_NODE_AVGPOOL:
+				shp[i].h = mt_out_size(in.h, nd->pool_k, nd->pool_s, 1, nd->pool_p, nd->pool_p);
+				shp[i].w = mt_out_size(in.w, nd->pool_k, nd->pool_s, 1, nd->pool_p, nd->pool_p);
+				shp[i].c = in.c;
+				break;
+			case MT_NODE_GAP:
+				shp[i] = (mt_shape3) {1, 1, in.c};
+				break;
+			case MT_NODE_LINEAR:
+				shp[i] = (mt_shape3) {1, 1, nd->out_features};
+				if (in.h * in.w * in.c != nd->in_features)
+					return mt_seterr(err, MT_ERR_SHAPE, "linear layer expects %d features, got %d",
+									 nd->in_features, in.h * in.w * in.c);
+				break;
+			default:
+				shp[i] = in;
+				break;
+		}
+		if (shp[i].h <= 0 || shp[i].w <= 0)
+			return mt_seterr(err, MT_ERR_SHAPE, "input of %dx%d is too small for %s",
+							 h, w, m->arch);
+	}
+	return MT_OK;
+}
+
+/* Run one prepared node (folded weights, fused activations). */
+int
+mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
+					 const float *a, const float *b, float *y, float *scratch,
+					 mt_err *err)
+{
+	const mt_backend *be = m->backend;
+
+	switch (nd->kind)
+	{
+		case MT_NODE_CONV:
+			{
+				mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, nd->run_act);
+
+				return be->conv2d(&d, n, in.h, in.w, a, nd->packed, nd->packed_bias,
+								  y, scratch, err);
+			}
+		case MT_NODE_BN:
+			be->channel_affine((size_t) n * in.h * in.w, in.c, a, nd->packed,
+							   nd->packed_bias, nd->run_act, y);
+			break;
+		case MT_NODE_ACT:
+			be->act((size_t) n * in.h * in.w * in.c, a, nd->act, y);
+			break;
+		case MT_NODE_ADD:
+			be->add_act((size_t) n * in.h * in.w * in.c, a, b, nd->run_act, y);
+			break;
+		case MT_NODE_MAXPOOL:
+			{
+				mt_pool_desc p = mt_node_pool_desc(nd);
+
+				be->max_pool2d(&p, n, in.h, in.w, in.c, a, y);
+				break;
+			}
+		case MT_NODE_AVGPOOL:
+			{
+				mt_pool_desc p = mt_node_pool_desc(nd);
+
+				be->avg_pool2d(&p, n, in.h, in.w, in.c, a, y);
+				break;
+			}
+		case MT_NODE_GAP:
+			be->global_avg_pool(n, in.h, in.w, in.c, a, y);
+			break;
+		case MT_NODE_LINEAR:
+			be->linear(n, nd->in_features, nd->out_features, a,
+					   m->params[nd->p_weight].data,
+					   nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL, y);
+			break;
+		default:
+			break;
+	}
+	return MT_OK;
+}
+
 int
 mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 				 float *logits, float *features, mt_err *err)
 {
-	const mt_backend *be = m->backend;
-	shape3	   *shp = NULL;
+	mt_shape3  *shp = NULL;
 	int		   *owner = NULL;
 	int		   *last_use = NULL;
 	float	  **buf = NULL;
@@ -418,7 +540,7 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 	if (n <= 0 || h <= 0 || w <= 0)
 		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
 
-	shp = mt_calloc(m->n_nodes, sizeof(shape3));
+	shp = mt_calloc(m->n_nodes, sizeof(mt_shape3));
 	owner = mt_calloc(m->n_nodes, sizeof(int));
 	last_use = mt_calloc(m->n_nodes, sizeof(int));
 	buf = mt_calloc(m->n_nodes, sizeof(float *));
@@ -427,12 +549,13 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass");
 		goto done;
 	}
+	if ((rc = mt_model_shapes(m, h, w, shp, &scratch_len, err)) != MT_OK)
+		goto done;
 
-	/* shapes, buffer owners (folded nodes alias their input), lifetimes */
+	/* buffer owners (folded nodes alias their input), lifetimes */
 	for (int i = 0; i < m->n_nodes; i++)
 	{
 		mt_node    *nd = &m->nodes[i];
-		shape3		in = nd->in0 >= 0 ? shp[nd->in0] : (shape3) {h, w, 3};
 
 		owner[i] = nd->folded ? owner[nd->in0] : i;
 		last_use[i] = i;
@@ -440,57 +563,6 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 			last_use[owner[nd->in0]] = i;
 		if (nd->in1 >= 0 && last_use[owner[nd->in1]] < i)
 			last_use[owner[nd->in1]] = i;
-		switch (nd->kind)
-		{
-			case MT_NODE_INPUT:
-				shp[i] = (shape3) {h, w, 3};
-				break;
-			case MT_NODE_CONV:
-				{
-					mt_conv_desc d = conv_desc_for(m, nd, in.h, in.w);
-					size_t		s = mt_conv_scratch_size(&d, in.h, in.w);
-
-					shp[i].h = mt_out_size(in.h, d.kh, d.sh, d.dh, d.pad_t, d.pad_b);
-					shp[i].w = mt_out_size(in.w, d.kw, d.sw, d.dw, d.pad_l, d.pad_r);
-					shp[i].c = nd->cout;
-					if (in.c != nd->cin)
-					{
-						rc = mt_seterr(err, MT_ERR_SHAPE, "node %d: %d input channels, expected %d",
-									   i, in.c, nd->cin);
-						goto done;
-					}
-					if (s > scratch_len)
-						scratch_len = s;
-					break;
-				}
-			case MT_NODE_MAXPOOL:
-			case MT_NODE_AVGPOOL:
-				shp[i].h = mt_out_size(in.h, nd->pool_k, nd->pool_s, 1, nd->pool_p, nd->pool_p);
-				shp[i].w = mt_out_size(in.w, nd->pool_k, nd->pool_s, 1, nd->pool_p, nd->pool_p);
-				shp[i].c = in.c;
-				break;
-			case MT_NODE_GAP:
-				shp[i] = (shape3) {1, 1, in.c};
-				break;
-			case MT_NODE_LINEAR:
-				shp[i] = (shape3) {1, 1, nd->out_features};
-				if (in.h * in.w * in.c != nd->in_features)
-				{
-					rc = mt_seterr(err, MT_ERR_SHAPE, "linear layer expects %d features, got %d",
-								   nd->in_features, in.h * in.w * in.c);
-					goto done;
-				}
-				break;
-			default:
-				shp[i] = in;
-				break;
-		}
-		if (shp[i].h <= 0 || shp[i].w <= 0)
-		{
-			rc = mt_seterr(err, MT_ERR_SHAPE, "input of %dx%d is too small for %s",
-						   h, w, m->arch);
-			goto done;
-		}
 	}
 	if (m->features_node >= 0)
 		last_use[owner[m->features_node]] = m->n_nodes;
@@ -506,7 +578,7 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 	for (int i = 0; i < m->n_nodes; i++)
 	{
 		mt_node    *nd = &m->nodes[i];
-		shape3		in = nd->in0 >= 0 ? shp[nd->in0] : (shape3) {h, w, 3};
+		mt_shape3	in = nd->in0 >= 0 ? shp[nd->in0] : (mt_shape3) {h, w, 3};
 		const float *a = nd->in0 >= 0 ? buf[owner[nd->in0]] : x;
 		size_t		out_len = (size_t) n * shp[i].h * shp[i].w * shp[i].c;
 		float	   *y;
@@ -518,66 +590,20 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 		}
 		if (nd->folded)
 			continue;
-		if (nd->kind == MT_NODE_INPUT)
-		{
-			y = mt_malloc(out_len * sizeof(float));
-			if (y == NULL)
-				goto nomem;
-			memcpy(y, x, out_len * sizeof(float));
-			buf[i] = y;
-			continue;
-		}
 		y = mt_malloc(out_len * sizeof(float));
 		if (y == NULL)
 			goto nomem;
 		buf[i] = y;
-		switch (nd->kind)
+		if (nd->kind == MT_NODE_INPUT)
 		{
-			case MT_NODE_CONV:
-				{
-					mt_conv_desc d = conv_desc_for(m, nd, in.h, in.w);
-
-					rc = be->conv2d(&d, n, in.h, in.w, a, nd->packed, nd->packed_bias,
-									y, scratch, err);
-					if (rc != MT_OK)
-						goto done;
-					break;
-				}
-			case MT_NODE_BN:
-				be->channel_affine((size_t) n * in.h * in.w, in.c, a, nd->packed,
-								   nd->packed_bias, nd->act, y);
-				break;
-			case MT_NODE_ACT:
-				be->act(out_len, a, nd->act, y);
-				break;
-			case MT_NODE_ADD:
-				be->add_act(out_len, a, buf[owner[nd->in1]], nd->act, y);
-				break;
-			case MT_NODE_MAXPOOL:
-				{
-					mt_pool_desc p = pool_desc(nd);
-
-					be->max_pool2d(&p, n, in.h, in.w, in.c, a, y);
-					break;
-				}
-			case MT_NODE_AVGPOOL:
-				{
-					mt_pool_desc p = pool_desc(nd);
-
-					be->avg_pool2d(&p, n, in.h, in.w, in.c, a, y);
-					break;
-				}
-			case MT_NODE_GAP:
-				be->global_avg_pool(n, in.h, in.w, in.c, a, y);
-				break;
-			case MT_NODE_LINEAR:
-				be->linear(n, nd->in_features, nd->out_features, a,
-						   m->params[nd->p_weight].data,
-						   nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL, y);
-				break;
-			default:
-				break;
+			memcpy(y, x, out_len * sizeof(float));
+			continue;
 		}
+		rc = mt_node_run_prepared(m, nd, n, in, a,
+								  nd->in1 >= 0 ? buf[owner[nd->in1]] : NULL,
+								  y, scratch, err);
+		if (rc != MT_OK)
+			goto done;
 		/* release inputs whose last reader this was */
 		for (int k = 0; k < 2; k++)
 		{
@@ -618,11 +644,15 @@ mt_model_free(mt_model *m)
 {
 	if (m == NULL)
 		return;
+	mt_model_train_release(m);
 	if (m->nodes != NULL)
 		free_packed(m);
 	if (m->params != NULL)
 		for (int i = 0; i < m->n_params; i++)
+		{
 			mt_free(m->params[i].data);
+			mt_free(m->params[i].grad);
+		}
 	mt_free(m->nodes);
 	mt_free(m->params);
 	mt_free(m);
@@ -639,7 +669,7 @@ mt_model_memory(const mt_model *m)
 	for (int i = 0; i < m->n_nodes; i++)
 		if (m->nodes[i].packed != NULL && m->nodes[i].kind == MT_NODE_CONV)
 		{
-			mt_conv_desc d = conv_desc(&m->nodes[i]);
+			mt_conv_desc d = conv_desc(&m->nodes[i], MT_ACT_NONE);
 
 			total += (mt_conv_packed_size(&d) + m->nodes[i].cout) * sizeof(float);
 		}

@@ -35,8 +35,13 @@ typedef struct mt_param
 	int64_t		shape[MT_MAX_DIMS];
 	size_t		numel;
 	int			is_counter;		/* int64 num_batches_tracked: accepted, unused */
+	int			is_buffer;		/* batch-norm running statistics: never trained */
 	int			loaded;
 	float	   *data;			/* numel floats once loaded */
+
+	/* training (train.h) */
+	int			trainable;		/* receives gradients and optimizer updates */
+	float	   *grad;			/* numel floats, allocated by the first backward */
 } mt_param;
 
 typedef struct mt_node
@@ -44,7 +49,7 @@ typedef struct mt_node
 	mt_node_kind kind;
 	int			in0,
 				in1;			/* input node indices, -1 if unused */
-	mt_act		act;			/* activation applied by this node */
+	mt_act		act;			/* activation applied by this node (as built) */
 
 	/* convolution */
 	int			cin,
@@ -79,9 +84,19 @@ typedef struct mt_node
 
 	/* filled by mt_model_prepare */
 	int			folded;			/* computed by its producer; aliases in0 */
+	mt_act		run_act;		/* act, or the activation fused into it */
 	float	   *packed;			/* conv: packed weights (BN folded); BN: scale */
 	float	   *packed_bias;	/* conv: bias (BN folded); BN: shift */
 } mt_node;
+
+/* How mt_model_init_head initialises a linear classifier (train.h). */
+typedef enum mt_head_init
+{
+	MT_HEAD_INIT_LINEAR = 0,	/* nn.Linear's default: U(+-1/sqrt(in)) */
+	MT_HEAD_INIT_NORMAL			/* normal(0, 0.01), zero bias (MobileNetV2) */
+} mt_head_init;
+
+struct mt_train_state;
 
 typedef struct mt_model
 {
@@ -99,6 +114,11 @@ typedef struct mt_model
 	int			feature_dim;
 	int			prepared;
 	const mt_backend *backend;
+
+	/* training (train.h) */
+	mt_head_init head_init;
+	int			bn_train_frozen;	/* frozen BN layers use batch statistics too */
+	struct mt_train_state *train;	/* kept by mt_model_forward_train */
 } mt_model;
 
 /* Building (used by the model zoo). */
@@ -133,5 +153,33 @@ void		mt_model_free(mt_model *m);
 
 /* Bytes of float data held (parameters and packed copies). */
 size_t		mt_model_memory(const mt_model *m);
+
+/*
+ * Engine-internal helpers shared by graph.c and train.c.
+ */
+typedef struct mt_shape3
+{
+	int			h,
+				w,
+				c;
+} mt_shape3;
+
+/*
+ * Output shape of every node for an n x h x w x 3 input, and the largest
+ * convolution scratch (floats) any node needs.  MT_ERR_SHAPE on mismatch.
+ */
+int			mt_model_shapes(const mt_model *m, int h, int w, mt_shape3 *shp,
+							size_t *scratch_len, mt_err *err);
+/* A node's convolution with padding resolved for an h x w input. */
+mt_conv_desc mt_node_conv_desc(const mt_model *m, const mt_node *n, int h, int w,
+							   mt_act act);
+mt_pool_desc mt_node_pool_desc(const mt_node *n);
+/*
+ * Run one prepared (folded) node for inference: a and b are its inputs
+ * (b only for MT_NODE_ADD), y its output.
+ */
+int			mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n,
+								 mt_shape3 in, const float *a, const float *b,
+								 float *y, float *scratch, mt_err *err);
 
 #endif

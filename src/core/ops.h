@@ -74,7 +74,12 @@ int			mt_conv_is_depthwise(const mt_conv_desc *d);
 size_t		mt_conv_packed_size(const mt_conv_desc *d);
 /* Pack from PyTorch's OIHW [cout][cin_g][kh][kw]. */
 void		mt_conv_pack_oihw(const mt_conv_desc *d, const float *oihw, float *packed);
-/* Floats of scratch conv2d needs for one input of h x w. */
+/* Add packed-layout weights (e.g. a gradient) into PyTorch's OIHW layout. */
+void		mt_conv_unpack_add_oihw(const mt_conv_desc *d, const float *packed, float *oihw);
+/*
+ * Floats of scratch conv2d needs for one input of h x w; the backward
+ * entries need the same.
+ */
 size_t		mt_conv_scratch_size(const mt_conv_desc *d, int h, int w);
 
 typedef struct mt_backend
@@ -100,6 +105,67 @@ typedef struct mt_backend
 	void		(*linear) (int n, int in, int out, const float *x, const float *w,
 						   const float *b, float *y);
 	void		(*softmax) (int n, int c, const float *x, float *y);
+
+	/*
+	 * Training (backward passes and optimizer updates).  Every backward
+	 * entry ADDS into its gradient outputs, which the caller zeroes first;
+	 * outputs documented "may be NULL" are then skipped.  Activations fused
+	 * into a node are the caller's business (act_backward): the conv
+	 * backward entries ignore d->act.
+	 */
+	/* dx (n x h x w x cin) += gradient of the convolution w.r.t. its input */
+	int			(*conv2d_backward_data) (const mt_conv_desc *d, int n, int h, int w,
+										 const float *dy, const float *packed_w,
+										 float *dx, float *scratch, mt_err *err);
+	/* packed_dw (layout of mt_conv_pack_oihw) += gradient w.r.t. the weights */
+	int			(*conv2d_backward_weight) (const mt_conv_desc *d, int n, int h, int w,
+										   const float *x, const float *dy,
+										   float *packed_dw, float *scratch, mt_err *err);
+	/* db[j] += sum over rows of dy[r][j] (bias gradient) */
+	void		(*bias_backward) (size_t rows, int c, const float *dy, float *db);
+	/* dx = dy * act'(x), from the activation's OUTPUT y; overwrites, dx may be dy */
+	void		(*act_backward) (size_t len, const float *y, const float *dy,
+								 mt_act act, float *dx);
+	/* per-channel mean and biased variance of x (rows x c) */
+	void		(*channel_stats) (size_t rows, int c, const float *x,
+								  float *mean, float *var);
+	/*
+	 * Batch norm with batch statistics: y = (x - mean) * invstd * gamma + beta.
+	 * Adds dx, dgamma, dbeta (each may be NULL).
+	 */
+	void		(*batch_norm_backward) (size_t rows, int c, const float *x,
+										const float *dy, const float *mean,
+										const float *invstd, const float *gamma,
+										float *dx, float *dgamma, float *dbeta);
+	/* dx += dy routed to each window's maximum (first in scan order), from x */
+	void		(*max_pool2d_backward) (const mt_pool_desc *p, int n, int h, int w, int c,
+										const float *x, const float *dy, float *dx);
+	void		(*avg_pool2d_backward) (const mt_pool_desc *p, int n, int h, int w, int c,
+										const float *dy, float *dx);
+	void		(*global_avg_pool_backward) (int n, int h, int w, int c,
+											 const float *dy, float *dx);
+	/* dx += dy W, dw += dy^T x, db += sum dy (each may be NULL) */
+	void		(*linear_backward) (int n, int in, int out, const float *x,
+									const float *w, const float *dy, float *dx,
+									float *dw, float *db);
+	/* dst += src */
+	void		(*accumulate) (size_t len, const float *src, float *dst);
+	/*
+	 * torch.optim.SGD on len values (dampening 0): weight decay added to the
+	 * gradient; buf is the momentum buffer (NULL when momentum is 0), set
+	 * from the gradient when first is true.
+	 */
+	void		(*sgd_update) (size_t len, float *p, const float *g, float *buf,
+							   float lr, float momentum, float weight_decay,
+							   int nesterov, int first);
+	/*
+	 * torch.optim.Adam (decoupled 0: decay added to the gradient) or AdamW
+	 * (decoupled 1: p *= 1 - lr * decay first); step counts from 1.
+	 */
+	void		(*adam_update) (size_t len, float *p, const float *g, float *m1,
+								float *m2, float lr, float beta1, float beta2,
+								float eps, float weight_decay, int decoupled,
+								int64_t step);
 } mt_backend;
 
 extern const mt_backend mt_cpu_backend;

@@ -3,6 +3,7 @@
  * direct kernels for depthwise convolution, pooling and elementwise ops.
  */
 #include "ops.h"
+#include "ops_cpu_internal.h"
 #include "blas.h"
 
 #include <float.h>
@@ -80,9 +81,39 @@ mt_conv_pack_oihw(const mt_conv_desc *d, const float *oihw, float *packed)
 					}
 }
 
+/* Add packed-layout weights into OIHW: the inverse of mt_conv_pack_oihw, adding. */
+void
+mt_conv_unpack_add_oihw(const mt_conv_desc *d, const float *packed, float *oihw)
+{
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	size_t		k = (size_t) d->kh * d->kw * cin_g;
+
+	if (mt_conv_is_depthwise(d))
+	{
+		for (int c = 0; c < d->cout; c++)
+			for (int ky = 0; ky < d->kh; ky++)
+				for (int kx = 0; kx < d->kw; kx++)
+					oihw[((size_t) c * d->kh + ky) * d->kw + kx] +=
+						packed[((size_t) ky * d->kw + kx) * d->cout + c];
+		return;
+	}
+	for (int g = 0; g < d->groups; g++)
+		for (int o = 0; o < cout_g; o++)
+			for (int ci = 0; ci < cin_g; ci++)
+				for (int ky = 0; ky < d->kh; ky++)
+					for (int kx = 0; kx < d->kw; kx++)
+					{
+						size_t		row = ((size_t) ky * d->kw + kx) * cin_g + ci;
+						size_t		dst = (((size_t) (g * cout_g + o) * cin_g + ci) * d->kh + ky) * d->kw + kx;
+
+						oihw[dst] += packed[(size_t) g * k * cout_g + row * cout_g + o];
+					}
+}
+
 /* Whether the convolution is a plain GEMM on the input (1x1, stride 1, no pad). */
-static int
-conv_is_pointwise(const mt_conv_desc *d)
+int
+mt_cpu_conv_is_pointwise(const mt_conv_desc *d)
 {
 	return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 &&
 		d->pad_t == 0 && d->pad_l == 0 && d->pad_b == 0 && d->pad_r == 0;
@@ -94,7 +125,7 @@ mt_conv_scratch_size(const mt_conv_desc *d, int h, int w)
 	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
 	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
 
-	if (mt_conv_is_depthwise(d) || (conv_is_pointwise(d) && d->groups == 1))
+	if (mt_conv_is_depthwise(d) || (mt_cpu_conv_is_pointwise(d) && d->groups == 1))
 		return 0;
 	return (size_t) oh * ow * d->kh * d->kw * (d->cin / d->groups);
 }
@@ -120,8 +151,8 @@ bias_act_rows(size_t rows, int c, const float *bias, mt_act act, float *y)
 }
 
 /* im2col for one image and one group, NHWC: rows (oy, ox), columns (ky, kx, ci). */
-static void
-im2col_nhwc(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
+void
+mt_cpu_im2col(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
 			const float *x, float *col)
 {
 	int			cin_g = d->cin / d->groups;
@@ -216,7 +247,7 @@ cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 		return MT_OK;
 	}
 
-	if (conv_is_pointwise(d) && d->groups == 1)
+	if (mt_cpu_conv_is_pointwise(d) && d->groups == 1)
 	{
 		/* the whole batch is one GEMM: [n*h*w x cin] * [cin x cout] */
 		mt_sgemm(0, 0, n * h * w, d->cout, d->cin, 1.0f, x, d->cin,
@@ -227,7 +258,7 @@ cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 		for (int i = 0; i < n; i++)
 			for (int g = 0; g < d->groups; g++)
 			{
-				im2col_nhwc(d, h, w, oh, ow, g, x + i * in_img, scratch);
+				mt_cpu_im2col(d, h, w, oh, ow, g, x + i * in_img, scratch);
 				mt_sgemm(0, 0, oh * ow, cout_g, k, 1.0f, scratch, k,
 						 packed_w + (size_t) g * k * cout_g, cout_g, 0.0f,
 						 y + i * out_img + (size_t) g * cout_g, d->cout);
@@ -427,4 +458,17 @@ const mt_backend mt_cpu_backend = {
 	.act = cpu_act,
 	.linear = cpu_linear,
 	.softmax = cpu_softmax,
+	.conv2d_backward_data = mt_cpu_conv2d_backward_data,
+	.conv2d_backward_weight = mt_cpu_conv2d_backward_weight,
+	.bias_backward = mt_cpu_bias_backward,
+	.act_backward = mt_cpu_act_backward,
+	.channel_stats = mt_cpu_channel_stats,
+	.batch_norm_backward = mt_cpu_batch_norm_backward,
+	.max_pool2d_backward = mt_cpu_max_pool2d_backward,
+	.avg_pool2d_backward = mt_cpu_avg_pool2d_backward,
+	.global_avg_pool_backward = mt_cpu_global_avg_pool_backward,
+	.linear_backward = mt_cpu_linear_backward,
+	.accumulate = mt_cpu_accumulate,
+	.sgd_update = mt_cpu_sgd_update,
+	.adam_update = mt_cpu_adam_update,
 };

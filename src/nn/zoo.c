@@ -311,7 +311,10 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 	b.m->num_classes = num_classes;
 	b.m->padding_same = padding_same;
 	if (strcmp(arch, "mobilenet_v2") == 0)
+	{
 		build_mobilenet_v2(&b, num_classes);
+		b.m->head_init = MT_HEAD_INIT_NORMAL;	/* torchvision: normal(0, 0.01) */
+	}
 	else if (strcmp(arch, "resnet18") == 0)
 		build_resnet(&b, r18, 0, num_classes);
 	else if (strcmp(arch, "resnet34") == 0)

@@ -42,6 +42,27 @@ typedef struct MedtlModel
 } MedtlModel;
 
 MedtlModel *medtl_get_model(FunctionCallInfo fcinfo, text *name);
+/* A private copy of a model (not cached), e.g. to train it. */
+MedtlModel *medtl_load_model_private(const char *name, MemoryContext cxt);
 int			medtl_cached_models(void);
+
+/* Labelled images for training (dataset.c): size x size x 3 bytes each. */
+typedef struct MedtlDataset
+{
+	int			n;
+	int			size;
+	uint8	   *pixels;
+	int		   *labels;			/* class index per image */
+	int64	   *rows;			/* 1-based row number in the source */
+	char	  **groups;			/* group key per image, or NULL */
+	int			n_bad;			/* rows skipped */
+} MedtlDataset;
+
+extern int	medtl_train_memory_mb;
+MedtlDataset *medtl_read_dataset(const char *source, const char *image_col,
+								 const char *label_col, const char *group_col,
+								 char **labels, int n_labels, int size,
+								 bool skip_bad_rows);
+char	   *medtl_join_labels(char **labels, int n);
 
 #endif

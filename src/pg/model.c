@@ -282,6 +282,21 @@ load_model(const char *name, const ModelRow *row, MemoryContext cxt)
 }
 
 MedtlModel *
+medtl_load_model_private(const char *name, MemoryContext cxt)
+{
+	ModelRow	row;
+	MedtlModel *mm;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!read_model_row(name, &row))
+		unknown_model(name);
+	mm = load_model(name, &row, cxt);
+	SPI_finish();
+	return mm;
+}
+
+MedtlModel *
 medtl_get_model(FunctionCallInfo fcinfo, text *name_text)
 {
 	char	   *name = text_to_cstring(name_text);

@@ -20,6 +20,7 @@
 #include "utils/jsonb.h"
 
 #include "io/safetensors.h"
+#include "core/train.h"
 #include "nn/zoo.h"
 
 /* Parse safetensors bytes or raise ERROR (22P03) saying what is wrong. */
@@ -229,4 +230,60 @@ medtl_read_server_file(PG_FUNCTION_ARGS)
 	FreeFile(f);
 	SET_VARSIZE(out, VARHDRSZ + got);
 	PG_RETURN_BYTEA_P(out);
+}
+
+/*
+ * medtl._init_rows(arch text, num_classes int, seed bigint, all_layers bool)
+ * -> setof (tensor, shape, dtype, data): freshly initialised tensors, the
+ * classifier head only or every tensor (training from scratch), as
+ * torchvision initialises them; the same seed gives the same values.
+ */
+PG_FUNCTION_INFO_V1(medtl_init_rows);
+Datum
+medtl_init_rows(PG_FUNCTION_ARGS)
+{
+	char	   *arch = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int			k = PG_GETARG_INT32(1);
+	uint64		seed = (uint64) PG_GETARG_INT64(2);
+	bool		all = PG_GETARG_BOOL(3);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	mt_model   *m;
+	mt_err		err;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (!mt_zoo_known(arch))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown architecture \"%s\"", arch),
+				 errhint("Known architectures: %s.", mt_zoo_list())));
+	m = mt_zoo_build(arch, k, 0, &err);
+	if (m == NULL)
+		medtl_raise(&err, NULL);
+	if ((all ? mt_model_init_all(m, seed, &err) : mt_model_init_head(m, seed, &err)) != MT_OK)
+		medtl_raise(&err, "initialisation");
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		Datum		dims[MT_MAX_DIMS];
+		size_t		nbytes = p->is_counter ? 8 : p->numel * sizeof(float);
+		bytea	   *data;
+
+		if (!all && p->data == NULL)
+			continue;
+		data = palloc0(VARHDRSZ + nbytes);
+		SET_VARSIZE(data, VARHDRSZ + nbytes);
+		if (!p->is_counter)
+			memcpy(VARDATA(data), p->data, nbytes);
+		for (int d = 0; d < p->ndim; d++)
+			dims[d] = Int32GetDatum((int32) p->shape[d]);
+		values[0] = CStringGetTextDatum(p->name);
+		values[1] = PointerGetDatum(construct_array(dims, p->ndim, INT4OID, 4, true, TYPALIGN_INT));
+		values[2] = CStringGetTextDatum(p->is_counter ? "I64" : "F32");
+		values[3] = PointerGetDatum(data);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	mt_model_free(m);
+	return (Datum) 0;
 }

@@ -1,0 +1,49 @@
+/*
+ * ops_cpu_internal.h - shared between the CPU backend's inference kernels
+ * (ops_cpu.c) and its training kernels (ops_cpu_train.c).  Not an API.
+ */
+#ifndef MT_OPS_CPU_INTERNAL_H
+#define MT_OPS_CPU_INTERNAL_H
+
+#include "ops.h"
+
+/* Whether the convolution is a plain GEMM on the input (1x1, stride 1, no pad). */
+int			mt_cpu_conv_is_pointwise(const mt_conv_desc *d);
+/* im2col for one image and one group, NHWC: rows (oy, ox), columns (ky, kx, ci). */
+void		mt_cpu_im2col(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
+						  const float *x, float *col);
+
+/* Training kernels (ops_cpu_train.c), entries of mt_cpu_backend. */
+int			mt_cpu_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+										const float *dy, const float *packed_w,
+										float *dx, float *scratch, mt_err *err);
+int			mt_cpu_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+										  const float *x, const float *dy,
+										  float *packed_dw, float *scratch, mt_err *err);
+void		mt_cpu_bias_backward(size_t rows, int c, const float *dy, float *db);
+void		mt_cpu_act_backward(size_t len, const float *y, const float *dy,
+								mt_act act, float *dx);
+void		mt_cpu_channel_stats(size_t rows, int c, const float *x, float *mean, float *var);
+void		mt_cpu_batch_norm_backward(size_t rows, int c, const float *x,
+									   const float *dy, const float *mean,
+									   const float *invstd, const float *gamma,
+									   float *dx, float *dgamma, float *dbeta);
+void		mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+									   const float *x, const float *dy, float *dx);
+void		mt_cpu_avg_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+									   const float *dy, float *dx);
+void		mt_cpu_global_avg_pool_backward(int n, int h, int w, int c,
+											const float *dy, float *dx);
+void		mt_cpu_linear_backward(int n, int in, int out, const float *x,
+								   const float *w, const float *dy, float *dx,
+								   float *dw, float *db);
+void		mt_cpu_accumulate(size_t len, const float *src, float *dst);
+void		mt_cpu_sgd_update(size_t len, float *p, const float *g, float *buf,
+							  float lr, float momentum, float weight_decay,
+							  int nesterov, int first);
+void		mt_cpu_adam_update(size_t len, float *p, const float *g, float *m1,
+							   float *m2, float lr, float beta1, float beta2,
+							   float eps, float weight_decay, int decoupled,
+							   int64_t step);
+
+#endif

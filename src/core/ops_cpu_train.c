@@ -1,0 +1,559 @@
+/*
+ * ops_cpu_train.c - the CPU backend's training kernels: backward passes of
+ * the layers (GEMM through mt_sgemm, direct loops elsewhere) and the
+ * optimizer updates.  Every backward kernel adds into its outputs.
+ *
+ * Per-channel sums (bias, batch-norm statistics) accumulate in double, in
+ * chunks of CHUNK channels on the stack so the kernels never allocate.
+ */
+#include "ops_cpu_internal.h"
+#include "blas.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MT_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MT_HOT
+#endif
+
+#define CHUNK 64
+
+/* Scatter-add one image's column matrix back onto dx (the adjoint of im2col). */
+static void
+col2im_add(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
+		   const float *col, float *dx)
+{
+	int			cin_g = d->cin / d->groups;
+	size_t		kcols = (size_t) d->kh * d->kw * cin_g;
+
+	for (int oy = 0; oy < oh; oy++)
+		for (int ox = 0; ox < ow; ox++)
+		{
+			const float *src = col + ((size_t) oy * ow + ox) * kcols;
+
+			for (int ky = 0; ky < d->kh; ky++)
+			{
+				int			iy = oy * d->sh - d->pad_t + ky * d->dh;
+
+				for (int kx = 0; kx < d->kw; kx++)
+				{
+					int			ix = ox * d->sw - d->pad_l + kx * d->dw;
+
+					if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+					{
+						float	   *dst = dx + ((size_t) iy * w + ix) * d->cin + (size_t) g * cin_g;
+
+						for (int ci = 0; ci < cin_g; ci++)
+							dst[ci] += src[ci];
+					}
+					src += cin_g;
+				}
+			}
+		}
+}
+
+/* Depthwise convolution, input gradient of one image. */
+MT_HOT static void
+depthwise_backward_data(const mt_conv_desc *d, int h, int w, int oh, int ow,
+						const float *dy, const float *wt, float *dx)
+{
+	int			c = d->cin;
+
+	for (int oy = 0; oy < oh; oy++)
+		for (int ox = 0; ox < ow; ox++)
+		{
+			const float *g = dy + ((size_t) oy * ow + ox) * c;
+
+			for (int ky = 0; ky < d->kh; ky++)
+			{
+				int			iy = oy * d->sh - d->pad_t + ky * d->dh;
+
+				if (iy < 0 || iy >= h)
+					continue;
+				for (int kx = 0; kx < d->kw; kx++)
+				{
+					int			ix = ox * d->sw - d->pad_l + kx * d->dw;
+					float	   *out;
+					const float *k;
+
+					if (ix < 0 || ix >= w)
+						continue;
+					out = dx + ((size_t) iy * w + ix) * c;
+					k = wt + ((size_t) ky * d->kw + kx) * c;
+					for (int j = 0; j < c; j++)
+						out[j] += g[j] * k[j];
+				}
+			}
+		}
+}
+
+/* Depthwise convolution, weight gradient of one image (packed kh x kw x C). */
+MT_HOT static void
+depthwise_backward_weight(const mt_conv_desc *d, int h, int w, int oh, int ow,
+						  const float *x, const float *dy, float *dw)
+{
+	int			c = d->cin;
+
+	for (int oy = 0; oy < oh; oy++)
+		for (int ox = 0; ox < ow; ox++)
+		{
+			const float *g = dy + ((size_t) oy * ow + ox) * c;
+
+			for (int ky = 0; ky < d->kh; ky++)
+			{
+				int			iy = oy * d->sh - d->pad_t + ky * d->dh;
+
+				if (iy < 0 || iy >= h)
+					continue;
+				for (int kx = 0; kx < d->kw; kx++)
+				{
+					int			ix = ox * d->sw - d->pad_l + kx * d->dw;
+					const float *in;
+					float	   *k;
+
+					if (ix < 0 || ix >= w)
+						continue;
+					in = x + ((size_t) iy * w + ix) * c;
+					k = dw + ((size_t) ky * d->kw + kx) * c;
+					for (int j = 0; j < c; j++)
+						k[j] += g[j] * in[j];
+				}
+			}
+		}
+}
+
+/* dx += gradient of the convolution with respect to its input. */
+int
+mt_cpu_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+							const float *dy, const float *packed_w, float *dx,
+							float *scratch, mt_err *err)
+{
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img = (size_t) h * w * d->cin;
+	size_t		out_img = (size_t) oh * ow * d->cout;
+
+	if (oh <= 0 || ow <= 0)
+		return mt_seterr(err, MT_ERR_SHAPE,
+						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+	if (mt_conv_is_depthwise(d))
+	{
+		for (int i = 0; i < n; i++)
+			depthwise_backward_data(d, h, w, oh, ow, dy + i * out_img, packed_w, dx + i * in_img);
+		return MT_OK;
+	}
+	if (mt_cpu_conv_is_pointwise(d) && d->groups == 1)
+	{
+		/* dX [n*h*w x cin] += dY [n*h*w x cout] * W^T, W packed [cin x cout] */
+		mt_sgemm(0, 1, n * h * w, d->cin, d->cout, 1.0f, dy, d->cout,
+				 packed_w, d->cout, 1.0f, dx, d->cin);
+		return MT_OK;
+	}
+	for (int i = 0; i < n; i++)
+		for (int g = 0; g < d->groups; g++)
+		{
+			/* dcol [oh*ow x k] = dY_g [oh*ow x cout_g] * W_g^T */
+			mt_sgemm(0, 1, oh * ow, k, cout_g, 1.0f,
+					 dy + i * out_img + (size_t) g * cout_g, d->cout,
+					 packed_w + (size_t) g * k * cout_g, cout_g, 0.0f, scratch, k);
+			col2im_add(d, h, w, oh, ow, g, scratch, dx + i * in_img);
+		}
+	return MT_OK;
+}
+
+/* packed_dw += gradient of the convolution with respect to its weights. */
+int
+mt_cpu_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+							  const float *x, const float *dy, float *packed_dw,
+							  float *scratch, mt_err *err)
+{
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img = (size_t) h * w * d->cin;
+	size_t		out_img = (size_t) oh * ow * d->cout;
+
+	if (oh <= 0 || ow <= 0)
+		return mt_seterr(err, MT_ERR_SHAPE,
+						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+	if (mt_conv_is_depthwise(d))
+	{
+		for (int i = 0; i < n; i++)
+			depthwise_backward_weight(d, h, w, oh, ow, x + i * in_img, dy + i * out_img, packed_dw);
+		return MT_OK;
+	}
+	if (mt_cpu_conv_is_pointwise(d) && d->groups == 1)
+	{
+		/* dW [cin x cout] += X^T [cin x n*h*w] * dY [n*h*w x cout] */
+		mt_sgemm(1, 0, d->cin, d->cout, n * h * w, 1.0f, x, d->cin,
+				 dy, d->cout, 1.0f, packed_dw, d->cout);
+		return MT_OK;
+	}
+	for (int i = 0; i < n; i++)
+		for (int g = 0; g < d->groups; g++)
+		{
+			/* dW_g [k x cout_g] += col^T [k x oh*ow] * dY_g [oh*ow x cout_g] */
+			mt_cpu_im2col(d, h, w, oh, ow, g, x + i * in_img, scratch);
+			mt_sgemm(1, 0, k, cout_g, oh * ow, 1.0f, scratch, k,
+					 dy + i * out_img + (size_t) g * cout_g, d->cout, 1.0f,
+					 packed_dw + (size_t) g * k * cout_g, cout_g);
+		}
+	return MT_OK;
+}
+
+/* db[j] += column sums of dy, accumulated in double. */
+void
+mt_cpu_bias_backward(size_t rows, int c, const float *dy, float *db)
+{
+	for (int c0 = 0; c0 < c; c0 += CHUNK)
+	{
+		int			cn = c - c0 < CHUNK ? c - c0 : CHUNK;
+		double		s[CHUNK];
+
+		memset(s, 0, sizeof(s));
+		for (size_t r = 0; r < rows; r++)
+		{
+			const float *row = dy + r * c + c0;
+
+			for (int j = 0; j < cn; j++)
+				s[j] += row[j];
+		}
+		for (int j = 0; j < cn; j++)
+			db[c0 + j] += (float) s[j];
+	}
+}
+
+/* dx = dy where the activation passed its input, from its output y. */
+MT_HOT void
+mt_cpu_act_backward(size_t len, const float *y, const float *dy, mt_act act,
+					float *dx)
+{
+	if (act == MT_ACT_RELU)
+		for (size_t i = 0; i < len; i++)
+			dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+	else if (act == MT_ACT_RELU6)
+		for (size_t i = 0; i < len; i++)
+			dx[i] = (y[i] > 0.0f && y[i] < 6.0f) ? dy[i] : 0.0f;
+	else if (dx != dy)
+		memcpy(dx, dy, len * sizeof(float));
+}
+
+/* Mean and biased variance per channel, two passes in double. */
+void
+mt_cpu_channel_stats(size_t rows, int c, const float *x, float *mean, float *var)
+{
+	for (int c0 = 0; c0 < c; c0 += CHUNK)
+	{
+		int			cn = c - c0 < CHUNK ? c - c0 : CHUNK;
+		double		s[CHUNK],
+					mu[CHUNK];
+
+		memset(s, 0, sizeof(s));
+		for (size_t r = 0; r < rows; r++)
+		{
+			const float *row = x + r * c + c0;
+
+			for (int j = 0; j < cn; j++)
+				s[j] += row[j];
+		}
+		for (int j = 0; j < cn; j++)
+		{
+			mu[j] = rows > 0 ? s[j] / (double) rows : 0.0;
+			s[j] = 0.0;
+		}
+		for (size_t r = 0; r < rows; r++)
+		{
+			const float *row = x + r * c + c0;
+
+			for (int j = 0; j < cn; j++)
+			{
+				double		dv = row[j] - mu[j];
+
+				s[j] += dv * dv;
+			}
+		}
+		for (int j = 0; j < cn; j++)
+		{
+			mean[c0 + j] = (float) mu[j];
+			var[c0 + j] = rows > 0 ? (float) (s[j] / (double) rows) : 0.0f;
+		}
+	}
+}
+
+/*
+ * Batch norm backward with batch statistics (M = rows):
+ *   dbeta = sum dy, dgamma = sum dy * xhat,
+ *   dx = gamma * invstd * (dy - dbeta / M - xhat * dgamma / M).
+ */
+void
+mt_cpu_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
+						   const float *mean, const float *invstd,
+						   const float *gamma, float *dx, float *dgamma,
+						   float *dbeta)
+{
+	for (int c0 = 0; c0 < c; c0 += CHUNK)
+	{
+		int			cn = c - c0 < CHUNK ? c - c0 : CHUNK;
+		double		sdy[CHUNK],
+					sdyx[CHUNK];
+		float		mu[CHUNK],
+					is[CHUNK],
+					a[CHUNK],
+					b[CHUNK],
+					k[CHUNK];
+
+		memset(sdy, 0, sizeof(sdy));
+		memset(sdyx, 0, sizeof(sdyx));
+		for (int j = 0; j < cn; j++)
+		{
+			mu[j] = mean[c0 + j];
+			is[j] = invstd[c0 + j];
+		}
+		for (size_t r = 0; r < rows; r++)
+		{
+			const float *xr = x + r * c + c0;
+			const float *gr = dy + r * c + c0;
+
+			for (int j = 0; j < cn; j++)
+			{
+				sdy[j] += gr[j];
+				sdyx[j] += (double) gr[j] * ((xr[j] - mu[j]) * is[j]);
+			}
+		}
+		for (int j = 0; j < cn; j++)
+		{
+			if (dbeta != NULL)
+				dbeta[c0 + j] += (float) sdy[j];
+			if (dgamma != NULL)
+				dgamma[c0 + j] += (float) sdyx[j];
+			/* dx = k * (dy - a - xhat * b) */
+			k[j] = gamma[c0 + j] * is[j];
+			a[j] = rows > 0 ? (float) (sdy[j] / (double) rows) : 0.0f;
+			b[j] = rows > 0 ? (float) (sdyx[j] / (double) rows) : 0.0f;
+		}
+		if (dx == NULL)
+			continue;
+		for (size_t r = 0; r < rows; r++)
+		{
+			const float *xr = x + r * c + c0;
+			const float *gr = dy + r * c + c0;
+			float	   *out = dx + r * c + c0;
+
+			for (int j = 0; j < cn; j++)
+			{
+				float		xhat = (xr[j] - mu[j]) * is[j];
+
+				out[j] += k[j] * (gr[j] - a[j] - xhat * b[j]);
+			}
+		}
+	}
+}
+
+/* Max pooling backward: each output's gradient goes to its window's first maximum. */
+void
+mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+						   const float *x, const float *dy, float *dx)
+{
+	int			oh = mt_out_size(h, p->kh, p->sh, 1, p->pad_t, p->pad_b);
+	int			ow = mt_out_size(w, p->kw, p->sw, 1, p->pad_l, p->pad_r);
+
+	for (int i = 0; i < n; i++)
+		for (int oy = 0; oy < oh; oy++)
+			for (int ox = 0; ox < ow; ox++)
+			{
+				const float *g = dy + (((size_t) i * oh + oy) * ow + ox) * c;
+
+				for (int c0 = 0; c0 < c; c0 += CHUNK)
+				{
+					int			cn = c - c0 < CHUNK ? c - c0 : CHUNK;
+					float		best[CHUNK];
+					size_t		arg[CHUNK];
+
+					for (int j = 0; j < cn; j++)
+					{
+						best[j] = -FLT_MAX;
+						arg[j] = (size_t) -1;
+					}
+					for (int ky = 0; ky < p->kh; ky++)
+					{
+						int			iy = oy * p->sh - p->pad_t + ky;
+
+						if (iy < 0 || iy >= h)
+							continue;
+						for (int kx = 0; kx < p->kw; kx++)
+						{
+							int			ix = ox * p->sw - p->pad_l + kx;
+							size_t		base;
+
+							if (ix < 0 || ix >= w)
+								continue;
+							base = (((size_t) i * h + iy) * w + ix) * c + c0;
+							for (int j = 0; j < cn; j++)
+								if (x[base + j] > best[j] || arg[j] == (size_t) -1)
+								{
+									best[j] = x[base + j];
+									arg[j] = base + j;
+								}
+						}
+					}
+					for (int j = 0; j < cn; j++)
+						if (arg[j] != (size_t) -1)
+							dx[arg[j]] += g[c0 + j];
+				}
+			}
+}
+
+/* Average pooling backward, with the divisor the forward pass used. */
+void
+mt_cpu_avg_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+						   const float *dy, float *dx)
+{
+	int			oh = mt_out_size(h, p->kh, p->sh, 1, p->pad_t, p->pad_b);
+	int			ow = mt_out_size(w, p->kw, p->sw, 1, p->pad_l, p->pad_r);
+
+	for (int i = 0; i < n; i++)
+		for (int oy = 0; oy < oh; oy++)
+			for (int ox = 0; ox < ow; ox++)
+			{
+				const float *g = dy + (((size_t) i * oh + oy) * ow + ox) * c;
+				int			y0 = oy * p->sh - p->pad_t,
+							x0 = ox * p->sw - p->pad_l;
+				int			count = 0;
+				float		inv;
+
+				if (p->count_include_pad)
+				{
+					int			y1 = y0 + p->kh,
+								x1 = x0 + p->kw;
+
+					if (y1 > h + p->pad_b)
+						y1 = h + p->pad_b;
+					if (x1 > w + p->pad_r)
+						x1 = w + p->pad_r;
+					count = (y1 - y0) * (x1 - x0);
+				}
+				else
+					for (int ky = 0; ky < p->kh; ky++)
+						for (int kx = 0; kx < p->kw; kx++)
+							count += (y0 + ky >= 0 && y0 + ky < h && x0 + kx >= 0 && x0 + kx < w);
+				if (count <= 0)
+					continue;
+				inv = 1.0f / (float) count;
+				for (int ky = 0; ky < p->kh; ky++)
+				{
+					int			iy = y0 + ky;
+
+					if (iy < 0 || iy >= h)
+						continue;
+					for (int kx = 0; kx < p->kw; kx++)
+					{
+						int			ix = x0 + kx;
+						float	   *out;
+
+						if (ix < 0 || ix >= w)
+							continue;
+						out = dx + (((size_t) i * h + iy) * w + ix) * c;
+						for (int j = 0; j < c; j++)
+							out[j] += g[j] * inv;
+					}
+				}
+			}
+}
+
+/* Global average pooling backward: dy / (h * w) to every position. */
+MT_HOT void
+mt_cpu_global_avg_pool_backward(int n, int h, int w, int c, const float *dy,
+								float *dx)
+{
+	size_t		hw = (size_t) h * w;
+	float		inv = 1.0f / (float) hw;
+
+	for (int i = 0; i < n; i++)
+	{
+		const float *g = dy + (size_t) i * c;
+
+		for (size_t p = 0; p < hw; p++)
+		{
+			float	   *out = dx + ((size_t) i * hw + p) * c;
+
+			for (int j = 0; j < c; j++)
+				out[j] += g[j] * inv;
+		}
+	}
+}
+
+/* Linear layer backward: dx += dy W, dw += dy^T x, db += column sums of dy. */
+void
+mt_cpu_linear_backward(int n, int in, int out, const float *x, const float *w,
+					   const float *dy, float *dx, float *dw, float *db)
+{
+	if (dx != NULL)
+		mt_sgemm(0, 0, n, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
+	if (dw != NULL)
+		mt_sgemm(1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+	if (db != NULL)
+		mt_cpu_bias_backward((size_t) n, out, dy, db);
+}
+
+MT_HOT void
+mt_cpu_accumulate(size_t len, const float *src, float *dst)
+{
+	for (size_t i = 0; i < len; i++)
+		dst[i] += src[i];
+}
+
+/* torch.optim.SGD's update (dampening 0), in float as torch does. */
+MT_HOT void
+mt_cpu_sgd_update(size_t len, float *p, const float *g, float *buf, float lr,
+				  float momentum, float weight_decay, int nesterov, int first)
+{
+	for (size_t i = 0; i < len; i++)
+	{
+		float		d = g[i];
+
+		if (weight_decay != 0.0f)
+			d = d + weight_decay * p[i];
+		if (buf != NULL)
+		{
+			buf[i] = first ? d : momentum * buf[i] + d;
+			d = nesterov ? d + momentum * buf[i] : buf[i];
+		}
+		p[i] = p[i] + (-lr) * d;
+	}
+}
+
+/* torch.optim.Adam / AdamW's update (no amsgrad), in float as torch does. */
+MT_HOT void
+mt_cpu_adam_update(size_t len, float *p, const float *g, float *m1, float *m2,
+				   float lr, float beta1, float beta2, float eps,
+				   float weight_decay, int decoupled, int64_t step)
+{
+	double		bc1 = 1.0 - pow((double) beta1, (double) step);
+	double		bc2 = 1.0 - pow((double) beta2, (double) step);
+	float		step_size = (float) ((double) lr / bc1);
+	float		bc2_sqrt = (float) sqrt(bc2);
+	float		shrink = (float) (1.0 - (double) lr * weight_decay);
+
+	for (size_t i = 0; i < len; i++)
+	{
+		float		gi = g[i];
+		float		denom;
+
+		if (decoupled)
+			p[i] = p[i] * shrink;
+		else if (weight_decay != 0.0f)
+			gi = gi + weight_decay * p[i];
+		m1[i] = m1[i] * beta1 + gi * (1.0f - beta1);
+		m2[i] = m2[i] * beta2 + gi * gi * (1.0f - beta2);
+		denom = sqrtf(m2[i]) / bc2_sqrt + eps;
+		p[i] = p[i] + (-step_size) * (m1[i] / denom);
+	}
+}

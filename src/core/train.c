@@ -1,0 +1,1357 @@
+/*
+ * train.c - freezing, the training forward pass, the backward pass, the
+ * cross-entropy loss, optimizers, parameter copies and initialisation.
+ *
+ * The training forward pass runs the graph as built (no batch-norm folding,
+ * no fused activations) from the lowest node that a trainable parameter
+ * feeds; the nodes below it run as inference with the folded weights of
+ * mt_model_prepare (when no BN among them uses batch statistics).  It keeps,
+ * per node, only what that node's backward reads:
+ *
+ *   convolution   its input, when the weight trains
+ *   batch norm    its input, batch mean and 1/std (batch statistics); nothing
+ *                 in inference mode
+ *   activation    its output (also for an activation fused into a node)
+ *   max pool      its input (the window maxima are recomputed)
+ *   linear        its input, when the weight trains
+ *   add, average pools: nothing
+ *
+ * A kept buffer is shared: a ReLU's output kept for its own backward is also
+ * the next convolution's input.  The backward pass walks the nodes in
+ * reverse, frees each kept buffer after its last reader and hands gradient
+ * buffers down the graph (in place through activations and additions).
+ */
+#include "train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+struct mt_train_state
+{
+	int			n,
+				h,
+				w;				/* input batch */
+	int			n_nodes;
+	mt_shape3  *shp;			/* output shape of every node */
+	int		   *owner;			/* node whose buffer holds node i's output */
+	float	  **buf;			/* outputs kept for backward, by owner */
+	float	  **bn_mean;		/* batch-statistics BN: mean, per channel */
+	float	  **bn_invstd;		/* ... and 1 / sqrt(var + eps) */
+	unsigned char *req;			/* output depends on a trainable parameter */
+	int		   *bw_last;		/* lowest node whose backward reads buf[k], or -1 */
+	int			first;			/* lowest node with req, n_nodes if none */
+	size_t		bytes;			/* kept bytes */
+};
+
+/* Whether parameter idx receives gradients. */
+static int
+param_trains(const mt_model *m, int idx)
+{
+	const mt_param *p;
+
+	if (idx < 0 || idx >= m->n_params)
+		return 0;
+	p = &m->params[idx];
+	return p->trainable && !p->is_buffer && !p->is_counter && p->data != NULL;
+}
+
+/* Whether a parameter can train at all (a weight or bias, not a statistic). */
+static int
+param_learnable(const mt_param *p)
+{
+	return !p->is_buffer && !p->is_counter;
+}
+
+/* Whether any of a node's own parameters trains. */
+static int
+node_trains(const mt_model *m, const mt_node *nd)
+{
+	return param_trains(m, nd->p_weight) || param_trains(m, nd->p_bias) ||
+		param_trains(m, nd->p_bn_weight) || param_trains(m, nd->p_bn_bias);
+}
+
+/* Whether a BN node normalises with batch statistics in training. */
+static int
+bn_uses_batch(const mt_model *m, const mt_node *nd)
+{
+	return nd->kind == MT_NODE_BN &&
+		(param_trains(m, nd->p_bn_weight) || m->bn_train_frozen);
+}
+
+/* Whether the node applies its own (as built) activation in training. */
+static int
+node_applies_act(const mt_node *nd)
+{
+	return nd->act != MT_ACT_NONE &&
+		(nd->kind == MT_NODE_CONV || nd->kind == MT_NODE_BN ||
+		 nd->kind == MT_NODE_ACT || nd->kind == MT_NODE_ADD);
+}
+
+/* Elements of node i's output. */
+static size_t
+node_len(const struct mt_train_state *st, int i)
+{
+	return (size_t) st->n * st->shp[i].h * st->shp[i].w * st->shp[i].c;
+}
+
+/* Free a training state and everything it holds. */
+static void
+train_state_free(struct mt_train_state *st)
+{
+	if (st == NULL)
+		return;
+	for (int i = 0; i < st->n_nodes; i++)
+	{
+		if (st->buf != NULL)
+			mt_free(st->buf[i]);
+		if (st->bn_mean != NULL)
+			mt_free(st->bn_mean[i]);
+		if (st->bn_invstd != NULL)
+			mt_free(st->bn_invstd[i]);
+	}
+	mt_free(st->shp);
+	mt_free(st->owner);
+	mt_free(st->buf);
+	mt_free(st->bn_mean);
+	mt_free(st->bn_invstd);
+	mt_free(st->req);
+	mt_free(st->bw_last);
+	mt_free(st);
+}
+
+/* Drop the saved training state. */
+void
+mt_model_train_release(mt_model *m)
+{
+	if (m == NULL || m->train == NULL)
+		return;
+	train_state_free(m->train);
+	m->train = NULL;
+}
+
+/* Bytes held by the saved training state. */
+size_t
+mt_model_train_memory(const mt_model *m)
+{
+	return m->train != NULL ? m->train->bytes : 0;
+}
+
+/* Whether name is prefix itself or starts with prefix followed by a dot. */
+static int
+name_in_stage(const char *name, const char *prefix)
+{
+	size_t		len = strlen(prefix);
+
+	return strncmp(name, prefix, len) == 0 && (name[len] == '\0' || name[len] == '.');
+}
+
+/* Choose the trainable parameters (see train.h). */
+int
+mt_model_freeze(mt_model *m, const char *upto, mt_err *err)
+{
+	int			last = -1;
+
+	mt_model_train_release(m);
+	if (upto == NULL || upto[0] == '\0' || strcmp(upto, "none") == 0)
+	{
+		for (int i = 0; i < m->n_params; i++)
+			m->params[i].trainable = param_learnable(&m->params[i]);
+	}
+	else if (strcmp(upto, "backbone") == 0)
+	{
+		const mt_node *head;
+
+		if (m->logits_node < 0)
+			return mt_seterr(err, MT_ERR_INVALID, "model %s has no classifier head", m->arch);
+		head = &m->nodes[m->logits_node];
+		for (int i = 0; i < m->n_params; i++)
+			m->params[i].trainable = 0;
+		if (head->p_weight >= 0)
+			m->params[head->p_weight].trainable = 1;
+		if (head->p_bias >= 0)
+			m->params[head->p_bias].trainable = 1;
+	}
+	else
+	{
+		for (int i = 0; i < m->n_params; i++)
+			if (name_in_stage(m->params[i].name, upto))
+				last = i;
+		if (last < 0)
+		{
+			mt_seterr(err, MT_ERR_INVALID, "unknown stage \"%s\" for architecture %s",
+					  upto, m->arch);
+			mt_setdetail(err, "A stage is a parameter-name prefix such as \"%s\", or \"none\" or \"backbone\".",
+						 strncmp(m->arch, "resnet", 6) == 0 ? "layer3" : "features.13");
+			return MT_ERR_INVALID;
+		}
+		for (int i = 0; i < m->n_params; i++)
+			m->params[i].trainable = i > last && param_learnable(&m->params[i]);
+	}
+	if (mt_model_trainable_count(m, NULL) == 0)
+	{
+		mt_seterr(err, MT_ERR_INVALID, "freezing up to \"%s\" leaves nothing to train in %s",
+				  upto, m->arch);
+		return MT_ERR_INVALID;
+	}
+	for (int i = 0; i < m->n_params; i++)
+		if (!m->params[i].trainable && m->params[i].grad != NULL)
+		{
+			mt_free(m->params[i].grad);
+			m->params[i].grad = NULL;
+		}
+	return MT_OK;
+}
+
+/* Number of trainable tensors and (optionally) values. */
+int
+mt_model_trainable_count(const mt_model *m, size_t *n_values)
+{
+	int			count = 0;
+	size_t		values = 0;
+
+	for (int i = 0; i < m->n_params; i++)
+		if (m->params[i].trainable && param_learnable(&m->params[i]))
+		{
+			count++;
+			values += m->params[i].numel;
+		}
+	if (n_values != NULL)
+		*n_values = values;
+	return count;
+}
+
+/* Zero every gradient buffer. */
+void
+mt_model_zero_grad(mt_model *m)
+{
+	for (int i = 0; i < m->n_params; i++)
+		if (m->params[i].grad != NULL)
+			memset(m->params[i].grad, 0, m->params[i].numel * sizeof(float));
+}
+
+/* The parameter's gradient buffer, allocated zeroed on first use. */
+static float *
+param_grad(mt_model *m, int idx)
+{
+	mt_param   *p = &m->params[idx];
+
+	if (p->grad == NULL)
+		p->grad = mt_calloc(p->numel, sizeof(float));
+	return p->grad;
+}
+
+/*
+ * Run node i of the training part of the graph: the graph as built, raw
+ * parameters, batch statistics where BN trains.  wpack, scratch and the
+ * four per-channel arrays are caller-provided work space.
+ */
+static int
+run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
+			   const float *b, float *y, float *wpack, float *scratch,
+			   float *mean, float *var, float *scale, float *shift,
+			   int *stats_changed, mt_err *err)
+{
+	const mt_backend *be = m->backend;
+	mt_node    *nd = &m->nodes[i];
+	mt_shape3	in = nd->in0 >= 0 ? st->shp[nd->in0] : (mt_shape3) {st->h, st->w, 3};
+	int			n = st->n;
+	size_t		rows = (size_t) n * in.h * in.w;
+	size_t		len = node_len(st, i);
+
+	switch (nd->kind)
+	{
+		case MT_NODE_CONV:
+			{
+				mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, nd->act);
+
+				mt_conv_pack_oihw(&d, m->params[nd->p_weight].data, wpack);
+				return be->conv2d(&d, n, in.h, in.w, a, wpack,
+								  nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL,
+								  y, scratch, err);
+			}
+		case MT_NODE_BN:
+			{
+				int			c = in.c;
+				const float *g = m->params[nd->p_bn_weight].data;
+				const float *beta = m->params[nd->p_bn_bias].data;
+				float	   *rm = m->params[nd->p_bn_mean].data;
+				float	   *rv = m->params[nd->p_bn_var].data;
+
+				if (bn_uses_batch(m, nd))
+				{
+					const float mom = MT_BN_MOMENTUM;
+					double		unbias;
+
+					if (rows < 2)
+						return mt_seterr(err, MT_ERR_SHAPE,
+										 "batch norm \"%s\" needs more than one value per channel in training",
+										 m->params[nd->p_bn_weight].name);
+					unbias = (double) rows / (double) (rows - 1);
+					be->channel_stats(rows, c, a, mean, var);
+					for (int j = 0; j < c; j++)
+					{
+						double		is = 1.0 / sqrt((double) var[j] + nd->eps);
+
+						scale[j] = (float) (g[j] * is);
+						shift[j] = (float) (beta[j] - (double) mean[j] * g[j] * is);
+						rm[j] = (1.0f - mom) * rm[j] + mom * mean[j];
+						rv[j] = (1.0f - mom) * rv[j] + mom * (float) (var[j] * unbias);
+						var[j] = (float) is;
+					}
+					*stats_changed = 1;
+					if (st->req[i])
+					{
+						st->bn_mean[i] = mt_malloc(sizeof(float) * c);
+						st->bn_invstd[i] = mt_malloc(sizeof(float) * c);
+						if (st->bn_mean[i] == NULL || st->bn_invstd[i] == NULL)
+							return mt_seterr(err, MT_ERR_NOMEM, "out of memory in training forward pass");
+						memcpy(st->bn_mean[i], mean, sizeof(float) * c);
+						memcpy(st->bn_invstd[i], var, sizeof(float) * c);
+						st->bytes += 2 * sizeof(float) * c;
+					}
+				}
+				else
+					for (int j = 0; j < c; j++)
+					{
+						double		s = (double) g[j] / sqrt((double) rv[j] + nd->eps);
+
+						scale[j] = (float) s;
+						shift[j] = (float) ((double) beta[j] - (double) rm[j] * s);
+					}
+				be->channel_affine(rows, c, a, scale, shift, nd->act, y);
+				break;
+			}
+		case MT_NODE_ACT:
+			be->act(len, a, nd->act, y);
+			break;
+		case MT_NODE_ADD:
+			be->add_act(len, a, b, nd->act, y);
+			break;
+		case MT_NODE_MAXPOOL:
+			{
+				mt_pool_desc p = mt_node_pool_desc(nd);
+
+				be->max_pool2d(&p, n, in.h, in.w, in.c, a, y);
+				break;
+			}
+		case MT_NODE_AVGPOOL:
+			{
+				mt_pool_desc p = mt_node_pool_desc(nd);
+
+				be->avg_pool2d(&p, n, in.h, in.w, in.c, a, y);
+				break;
+			}
+		case MT_NODE_GAP:
+			be->global_avg_pool(n, in.h, in.w, in.c, a, y);
+			break;
+		case MT_NODE_LINEAR:
+			be->linear(n, nd->in_features, nd->out_features, a,
+					   m->params[nd->p_weight].data,
+					   nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL, y);
+			break;
+		default:
+			break;
+	}
+	return MT_OK;
+}
+
+/* Record that node j's backward reads buffer k. */
+static void
+mark_read(struct mt_train_state *st, int k, int j)
+{
+	if (st->bw_last[k] < 0 || j < st->bw_last[k])
+		st->bw_last[k] = j;
+}
+
+/* Forward pass in training mode (see train.h). */
+int
+mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
+					   float *logits, float *features, mt_err *err)
+{
+	struct mt_train_state *st;
+	int			nn = m->n_nodes;
+	int		   *last_use = NULL;
+	float	   *scratch = NULL,
+			   *wpack = NULL,
+			   *chan = NULL;
+	size_t		scratch_len = 0,
+				wpack_len = 0;
+	int			max_c = 1;
+	int			fast_end;
+	int			stats_changed = 0;
+	int			rc = MT_OK;
+
+	mt_model_train_release(m);
+	if (n <= 0 || h <= 0 || w <= 0)
+		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
+	if ((rc = mt_model_check_complete(m, err)) != MT_OK)
+		return rc;
+
+	st = mt_calloc(1, sizeof(*st));
+	if (st == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in training forward pass");
+	st->n = n;
+	st->h = h;
+	st->w = w;
+	st->n_nodes = nn;
+	st->shp = mt_calloc(nn, sizeof(mt_shape3));
+	st->owner = mt_calloc(nn, sizeof(int));
+	st->buf = mt_calloc(nn, sizeof(float *));
+	st->bn_mean = mt_calloc(nn, sizeof(float *));
+	st->bn_invstd = mt_calloc(nn, sizeof(float *));
+	st->req = mt_calloc(nn, 1);
+	st->bw_last = mt_calloc(nn, sizeof(int));
+	last_use = mt_calloc(nn, sizeof(int));
+	if (!st->shp || !st->owner || !st->buf || !st->bn_mean || !st->bn_invstd ||
+		!st->req || !st->bw_last || !last_use)
+		goto nomem;
+	if ((rc = mt_model_shapes(m, h, w, st->shp, &scratch_len, err)) != MT_OK)
+		goto done;
+
+	/* which outputs depend on a trainable parameter */
+	st->first = nn;
+	for (int i = 0; i < nn; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+
+		st->req[i] = node_trains(m, nd) ||
+			(nd->in0 >= 0 && st->req[nd->in0]) || (nd->in1 >= 0 && st->req[nd->in1]);
+		if (st->req[i] && st->first == nn)
+			st->first = i;
+	}
+
+	/* the prefix that runs as inference: below `first`, no batch-stat BN */
+	fast_end = st->first;
+	for (int i = 0; i < fast_end; i++)
+		if (bn_uses_batch(m, &m->nodes[i]))
+			fast_end = i;
+	if (fast_end > 0)
+	{
+		if ((rc = mt_model_prepare(m, err)) != MT_OK)
+			goto done;
+		/* never split a fused group (conv + BN + activation) */
+		while (fast_end > 0 && fast_end < nn && m->nodes[fast_end].folded)
+			fast_end--;
+	}
+
+	/* buffer owners, what backward reads, forward lifetimes */
+	for (int i = 0; i < nn; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+
+		st->owner[i] = (i < fast_end && nd->folded) ? st->owner[nd->in0] : i;
+		st->bw_last[i] = -1;
+		last_use[i] = i;
+		if (nd->in0 >= 0 && last_use[st->owner[nd->in0]] < i)
+			last_use[st->owner[nd->in0]] = i;
+		if (nd->in1 >= 0 && last_use[st->owner[nd->in1]] < i)
+			last_use[st->owner[nd->in1]] = i;
+		if (i >= fast_end)
+		{
+			if (nd->kind == MT_NODE_CONV)
+			{
+				mt_conv_desc d = mt_node_conv_desc(m, nd, 1, 1, MT_ACT_NONE);
+				size_t		sz = mt_conv_packed_size(&d);
+
+				if (sz > wpack_len)
+					wpack_len = sz;
+			}
+			if (nd->kind == MT_NODE_BN && st->shp[i].c > max_c)
+				max_c = st->shp[i].c;
+		}
+	}
+	for (int j = st->first; j < nn; j++)
+	{
+		const mt_node *nd = &m->nodes[j];
+
+		if (!st->req[j])
+			continue;
+		if (node_applies_act(nd))
+			mark_read(st, j, j);
+		if ((nd->kind == MT_NODE_CONV && param_trains(m, nd->p_weight)) ||
+			(nd->kind == MT_NODE_LINEAR && param_trains(m, nd->p_weight)) ||
+			(nd->kind == MT_NODE_BN && bn_uses_batch(m, nd)) ||
+			nd->kind == MT_NODE_MAXPOOL)
+			mark_read(st, st->owner[nd->in0], j);
+	}
+	if (m->features_node >= 0)
+		last_use[st->owner[m->features_node]] = nn;
+	if (m->logits_node >= 0)
+		last_use[st->owner[m->logits_node]] = nn;
+
+	if (scratch_len > 0 && (scratch = mt_malloc(scratch_len * sizeof(float))) == NULL)
+		goto nomem;
+	if (wpack_len > 0 && (wpack = mt_malloc(wpack_len * sizeof(float))) == NULL)
+		goto nomem;
+	if ((chan = mt_calloc((size_t) max_c * 4, sizeof(float))) == NULL)
+		goto nomem;
+
+	for (int i = 0; i < nn; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+		size_t		out_len = node_len(st, i);
+		const float *a,
+				   *b;
+		float	   *y;
+
+		if (mt_interrupted())
+		{
+			rc = mt_seterr(err, MT_ERR_CANCELLED, "canceled");
+			goto done;
+		}
+		if (i < fast_end && nd->folded)
+			continue;
+		if ((y = mt_malloc(out_len * sizeof(float))) == NULL)
+			goto nomem;
+		st->buf[i] = y;
+		if (nd->kind == MT_NODE_INPUT)
+		{
+			memcpy(y, x, out_len * sizeof(float));
+			continue;
+		}
+		a = nd->in0 >= 0 ? st->buf[st->owner[nd->in0]] : x;
+		b = nd->in1 >= 0 ? st->buf[st->owner[nd->in1]] : NULL;
+		if (i < fast_end)
+			rc = mt_node_run_prepared(m, nd, n,
+									  nd->in0 >= 0 ? st->shp[nd->in0] : (mt_shape3) {h, w, 3},
+									  a, b, y, scratch, err);
+		else
+			rc = run_train_node(m, st, i, a, b, y, wpack, scratch, chan, chan + max_c,
+								chan + 2 * max_c, chan + 3 * max_c, &stats_changed, err);
+		if (rc != MT_OK)
+			goto done;
+		/* release inputs whose last reader this was, unless backward reads them */
+		for (int k = 0; k < 2; k++)
+		{
+			int			src = k == 0 ? nd->in0 : nd->in1;
+
+			if (src < 0)
+				continue;
+			src = st->owner[src];
+			if (last_use[src] == i && st->bw_last[src] < 0 && st->buf[src] != NULL)
+			{
+				mt_free(st->buf[src]);
+				st->buf[src] = NULL;
+			}
+		}
+	}
+
+	if (features != NULL && m->features_node >= 0)
+		memcpy(features, st->buf[st->owner[m->features_node]],
+			   node_len(st, m->features_node) * sizeof(float));
+	if (logits != NULL && m->logits_node >= 0)
+		memcpy(logits, st->buf[st->owner[m->logits_node]],
+			   node_len(st, m->logits_node) * sizeof(float));
+	for (int i = 0; i < nn; i++)
+	{
+		if (st->buf[i] != NULL && st->bw_last[i] < 0)
+		{
+			mt_free(st->buf[i]);
+			st->buf[i] = NULL;
+		}
+		if (st->buf[i] != NULL)
+			st->bytes += node_len(st, i) * sizeof(float);
+	}
+	goto done;
+
+nomem:
+	rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in training forward pass of %s", m->arch);
+done:
+	if (stats_changed)
+		m->prepared = 0;
+	mt_free(last_use);
+	mt_free(scratch);
+	mt_free(wpack);
+	mt_free(chan);
+	if (rc == MT_OK)
+		m->train = st;
+	else
+		train_state_free(st);
+	return rc;
+}
+
+/* Work space and gradient buffers of one backward pass. */
+typedef struct bw_ctx
+{
+	mt_model   *m;
+	struct mt_train_state *st;
+	float	  **dbuf;			/* gradient of each node's output */
+	float	   *wpack;
+	float	   *dwpack;
+	float	   *scratch;
+	float	   *scale;
+	float	   *zero;
+} bw_ctx;
+
+/* Node k's gradient buffer, allocated zeroed when first needed. */
+static float *
+grad_buf(bw_ctx *c, int k)
+{
+	if (c->dbuf[k] == NULL)
+		c->dbuf[k] = mt_calloc(node_len(c->st, k), sizeof(float));
+	return c->dbuf[k];
+}
+
+/* Pass node i's gradient buffer on to node k (taking it, or adding it). */
+static int
+give_grad(bw_ctx *c, int i, int k)
+{
+	if (!c->st->req[k])
+		return MT_OK;
+	if (c->dbuf[k] == NULL)
+	{
+		c->dbuf[k] = c->dbuf[i];
+		c->dbuf[i] = NULL;
+	}
+	else
+		c->m->backend->accumulate(node_len(c->st, k), c->dbuf[i], c->dbuf[k]);
+	return MT_OK;
+}
+
+/* Add node i's gradient into node k's without giving the buffer away. */
+static int
+copy_grad(bw_ctx *c, int i, int k)
+{
+	size_t		len = node_len(c->st, k);
+
+	if (!c->st->req[k])
+		return MT_OK;
+	if (c->dbuf[k] == NULL)
+	{
+		if ((c->dbuf[k] = mt_malloc(len * sizeof(float))) == NULL)
+			return MT_ERR_NOMEM;
+		memcpy(c->dbuf[k], c->dbuf[i], len * sizeof(float));
+	}
+	else
+		c->m->backend->accumulate(len, c->dbuf[i], c->dbuf[k]);
+	return MT_OK;
+}
+
+/* Backward through node i: parameter gradients and its inputs' gradients. */
+static int
+backward_node(bw_ctx *c, int i, mt_err *err)
+{
+	mt_model   *m = c->m;
+	struct mt_train_state *st = c->st;
+	const mt_backend *be = m->backend;
+	const mt_node *nd = &m->nodes[i];
+	int			n = st->n;
+	int			in0 = nd->in0;
+	mt_shape3	in = in0 >= 0 ? st->shp[in0] : (mt_shape3) {st->h, st->w, 3};
+	mt_shape3	out = st->shp[i];
+	size_t		rows_out = (size_t) n * out.h * out.w;
+	size_t		len = rows_out * out.c;
+	float	   *dy = c->dbuf[i];
+	const float *x = in0 >= 0 ? st->buf[st->owner[in0]] : NULL;
+	int			want_dx = in0 >= 0 && st->req[in0];
+	float	   *dx = NULL;
+	int			rc = MT_OK;
+
+	if (node_applies_act(nd))
+		be->act_backward(len, st->buf[i], dy, nd->act, dy);
+
+	switch (nd->kind)
+	{
+		case MT_NODE_ACT:
+			return give_grad(c, i, in0);
+		case MT_NODE_ADD:
+			if (copy_grad(c, i, nd->in1) != MT_OK)
+				goto nomem;
+			return give_grad(c, i, in0);
+		case MT_NODE_CONV:
+			{
+				mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, MT_ACT_NONE);
+
+				if (param_trains(m, nd->p_weight))
+				{
+					float	   *g = param_grad(m, nd->p_weight);
+
+					if (g == NULL)
+						goto nomem;
+					memset(c->dwpack, 0, mt_conv_packed_size(&d) * sizeof(float));
+					if ((rc = be->conv2d_backward_weight(&d, n, in.h, in.w, x, dy, c->dwpack,
+														 c->scratch, err)) != MT_OK)
+						return rc;
+					mt_conv_unpack_add_oihw(&d, c->dwpack, g);
+				}
+				if (param_trains(m, nd->p_bias))
+				{
+					float	   *g = param_grad(m, nd->p_bias);
+
+					if (g == NULL)
+						goto nomem;
+					be->bias_backward(rows_out, out.c, dy, g);
+				}
+				if (want_dx)
+				{
+					if ((dx = grad_buf(c, in0)) == NULL)
+						goto nomem;
+					mt_conv_pack_oihw(&d, m->params[nd->p_weight].data, c->wpack);
+					rc = be->conv2d_backward_data(&d, n, in.h, in.w, dy, c->wpack, dx,
+												  c->scratch, err);
+				}
+				return rc;
+			}
+		case MT_NODE_BN:
+			{
+				float	   *dgamma = NULL,
+						   *dbeta = NULL;
+				const float *gamma = m->params[nd->p_bn_weight].data;
+
+				if (param_trains(m, nd->p_bn_weight) &&
+					(dgamma = param_grad(m, nd->p_bn_weight)) == NULL)
+					goto nomem;
+				if (param_trains(m, nd->p_bn_bias) &&
+					(dbeta = param_grad(m, nd->p_bn_bias)) == NULL)
+					goto nomem;
+				if (st->bn_mean[i] != NULL)
+				{
+					/* batch statistics */
+					if (want_dx && (dx = grad_buf(c, in0)) == NULL)
+						goto nomem;
+					be->batch_norm_backward(rows_out, out.c, x, dy, st->bn_mean[i],
+											st->bn_invstd[i], gamma, dx, dgamma, dbeta);
+					return MT_OK;
+				}
+				/* running statistics: y = x * scale + shift */
+				if (dbeta != NULL)
+					be->bias_backward(rows_out, out.c, dy, dbeta);
+				if (want_dx)
+				{
+					const float *rv = m->params[nd->p_bn_var].data;
+
+					for (int j = 0; j < out.c; j++)
+						c->scale[j] = (float) ((double) gamma[j] / sqrt((double) rv[j] + nd->eps));
+					be->channel_affine(rows_out, out.c, dy, c->scale, c->zero, MT_ACT_NONE, dy);
+					return give_grad(c, i, in0);
+				}
+				return MT_OK;
+			}
+		case MT_NODE_MAXPOOL:
+		case MT_NODE_AVGPOOL:
+			{
+				mt_pool_desc p = mt_node_pool_desc(nd);
+
+				if (!want_dx)
+					return MT_OK;
+				if ((dx = grad_buf(c, in0)) == NULL)
+					goto nomem;
+				if (nd->kind == MT_NODE_MAXPOOL)
+					be->max_pool2d_backward(&p, n, in.h, in.w, in.c, x, dy, dx);
+				else
+					be->avg_pool2d_backward(&p, n, in.h, in.w, in.c, dy, dx);
+				return MT_OK;
+			}
+		case MT_NODE_GAP:
+			if (!want_dx)
+				return MT_OK;
+			if ((dx = grad_buf(c, in0)) == NULL)
+				goto nomem;
+			be->global_avg_pool_backward(n, in.h, in.w, in.c, dy, dx);
+			return MT_OK;
+		case MT_NODE_LINEAR:
+			{
+				float	   *dw = NULL,
+						   *db = NULL;
+
+				if (param_trains(m, nd->p_weight) && (dw = param_grad(m, nd->p_weight)) == NULL)
+					goto nomem;
+				if (param_trains(m, nd->p_bias) && (db = param_grad(m, nd->p_bias)) == NULL)
+					goto nomem;
+				if (want_dx && (dx = grad_buf(c, in0)) == NULL)
+					goto nomem;
+				be->linear_backward(n, nd->in_features, nd->out_features, x,
+									m->params[nd->p_weight].data, dy, dx, dw, db);
+				return MT_OK;
+			}
+		default:
+			return MT_OK;
+	}
+
+nomem:
+	return mt_seterr(err, MT_ERR_NOMEM, "out of memory in backward pass of %s", m->arch);
+}
+
+/* Backward pass (see train.h). */
+int
+mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
+{
+	struct mt_train_state *st = m->train;
+	bw_ctx		c;
+	size_t		scratch_len = 0,
+				wpack_len = 0;
+	int			max_c = 1;
+	int			ln = m->logits_node;
+	int			rc = MT_OK;
+
+	if (st == NULL)
+		return mt_seterr(err, MT_ERR_INVALID,
+						 "backward pass without a training forward pass");
+	if (st->n_nodes != m->n_nodes)
+	{
+		mt_model_train_release(m);
+		return mt_seterr(err, MT_ERR_INTERNAL, "training state does not match the model");
+	}
+	memset(&c, 0, sizeof(c));
+	c.m = m;
+	c.st = st;
+	if (ln < 0 || !st->req[ln])
+		goto done;				/* nothing trainable feeds the logits */
+
+	for (int i = st->first; i < m->n_nodes; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+		mt_shape3	in = nd->in0 >= 0 ? st->shp[nd->in0] : (mt_shape3) {st->h, st->w, 3};
+
+		if (!st->req[i])
+			continue;
+		if (nd->kind == MT_NODE_CONV)
+		{
+			mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, MT_ACT_NONE);
+			size_t		s = mt_conv_scratch_size(&d, in.h, in.w);
+
+			if (s > scratch_len)
+				scratch_len = s;
+			if (mt_conv_packed_size(&d) > wpack_len)
+				wpack_len = mt_conv_packed_size(&d);
+		}
+		if (nd->kind == MT_NODE_BN && st->shp[i].c > max_c)
+			max_c = st->shp[i].c;
+	}
+	c.dbuf = mt_calloc(m->n_nodes, sizeof(float *));
+	c.scale = mt_calloc(max_c, sizeof(float));
+	c.zero = mt_calloc(max_c, sizeof(float));
+	if (c.dbuf == NULL || c.scale == NULL || c.zero == NULL ||
+		(scratch_len > 0 && (c.scratch = mt_malloc(scratch_len * sizeof(float))) == NULL) ||
+		(wpack_len > 0 && (c.wpack = mt_malloc(wpack_len * sizeof(float))) == NULL) ||
+		(wpack_len > 0 && (c.dwpack = mt_malloc(wpack_len * sizeof(float))) == NULL) ||
+		(c.dbuf[ln] = mt_malloc(node_len(st, ln) * sizeof(float))) == NULL)
+	{
+		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in backward pass of %s", m->arch);
+		goto done;
+	}
+	memcpy(c.dbuf[ln], dlogits, node_len(st, ln) * sizeof(float));
+
+	for (int i = m->n_nodes - 1; i >= st->first; i--)
+	{
+		if (mt_interrupted())
+		{
+			rc = mt_seterr(err, MT_ERR_CANCELLED, "canceled");
+			goto done;
+		}
+		if (st->req[i] && c.dbuf[i] != NULL &&
+			(rc = backward_node(&c, i, err)) != MT_OK)
+			goto done;
+		/* node i's gradient and the buffers only its backward still read */
+		mt_free(c.dbuf[i]);
+		c.dbuf[i] = NULL;
+		for (int k = 0; k <= i; k++)
+			if (st->bw_last[k] == i && st->buf[k] != NULL)
+			{
+				mt_free(st->buf[k]);
+				st->buf[k] = NULL;
+			}
+	}
+
+done:
+	if (c.dbuf != NULL)
+		for (int i = 0; i < m->n_nodes; i++)
+			mt_free(c.dbuf[i]);
+	mt_free(c.dbuf);
+	mt_free(c.scratch);
+	mt_free(c.wpack);
+	mt_free(c.dwpack);
+	mt_free(c.scale);
+	mt_free(c.zero);
+	mt_model_train_release(m);
+	return rc;
+}
+
+/* Cross-entropy / focal loss with PyTorch semantics (see train.h). */
+int
+mt_loss_cross_entropy(const float *logits, const int *labels, int n, int c,
+					  const float *class_weights, float focal_gamma,
+					  float label_smoothing, float *loss_out, float *dlogits,
+					  mt_err *err)
+{
+	double		norm = 0.0;
+	double		total = 0.0;
+	double		eps = label_smoothing;
+	double		gamma = focal_gamma;
+	double	   *p;
+
+	if (n <= 0 || c <= 0)
+		return mt_seterr(err, MT_ERR_INVALID, "empty batch for the loss");
+	if (!(gamma >= 0.0) || !isfinite(gamma))
+		return mt_seterr(err, MT_ERR_INVALID, "focal gamma must be 0 or more, not %g", gamma);
+	if (!(eps >= 0.0 && eps <= 1.0))
+		return mt_seterr(err, MT_ERR_INVALID, "label smoothing must be between 0 and 1, not %g", eps);
+	for (int i = 0; i < n; i++)
+		if (labels[i] < 0 || labels[i] >= c)
+			return mt_seterr(err, MT_ERR_INVALID, "label %d out of range for %d classes",
+							 labels[i], c);
+	if (class_weights != NULL)
+		for (int j = 0; j < c; j++)
+			if (!isfinite(class_weights[j]) || class_weights[j] < 0.0f)
+				return mt_seterr(err, MT_ERR_INVALID,
+								 "class weight %d must be finite and not negative", j);
+	if (gamma == 0.0)
+	{
+		for (int i = 0; i < n; i++)
+			norm += class_weights ? class_weights[labels[i]] : 1.0;
+		if (norm <= 0.0)
+			return mt_seterr(err, MT_ERR_INVALID, "the class weights of the batch's labels sum to zero");
+	}
+	else
+		norm = n;
+	if ((p = mt_malloc(sizeof(double) * 2 * (size_t) c)) == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in loss");
+
+	for (int i = 0; i < n; i++)
+	{
+		const float *z = logits + (size_t) i * c;
+		double	   *g = p + c;
+		double		mx = z[0],
+					sum = 0.0,
+					lse,
+					sg = 0.0;
+
+		for (int j = 1; j < c; j++)
+			mx = z[j] > mx ? z[j] : mx;
+		for (int j = 0; j < c; j++)
+			sum += exp((double) z[j] - mx);
+		lse = mx + log(sum);
+		for (int j = 0; j < c; j++)
+		{
+			double		logp = (double) z[j] - lse;
+			double		q = (1.0 - eps) * (j == labels[i]) + eps / c;
+			double		s = q * (class_weights ? class_weights[j] : 1.0) / norm;
+			double		l,
+						dl;
+
+			p[j] = exp(logp);
+			if (gamma == 0.0)
+			{
+				l = -logp;
+				dl = -1.0;
+			}
+			else
+			{
+				/* L = -(1-p)^g log p; dL/dz_k = (d_jk - p_k) * dl */
+				double		om = -expm1(logp);
+				double		omg = pow(om, gamma);
+
+				l = -omg * logp;
+				dl = om > 0.0 ? gamma * p[j] * pow(om, gamma - 1.0) * logp - omg : 0.0;
+			}
+			total += s * l;
+			g[j] = s * dl;		/* s_j * dl_j */
+			sg += g[j];
+		}
+		if (dlogits != NULL)
+			for (int j = 0; j < c; j++)
+				dlogits[(size_t) i * c + j] = (float) (g[j] - p[j] * sg);
+	}
+	mt_free(p);
+	if (loss_out != NULL)
+		*loss_out = (float) total;
+	return MT_OK;
+}
+
+/* Optimizer state: per parameter, up to two buffers and a step count. */
+struct mt_optim
+{
+	mt_optim_kind kind;
+	float		momentum,
+				beta1,
+				beta2,
+				eps,
+				weight_decay;
+	int			nesterov;
+	int			n_params;
+	float	  **s1;				/* SGD momentum buffer; Adam first moment */
+	float	  **s2;				/* Adam second moment */
+	int64_t    *steps;
+	size_t		bytes;			/* state allocated */
+};
+
+/* Free an optimizer and its state. */
+void
+mt_optim_free(mt_optim *o)
+{
+	if (o == NULL)
+		return;
+	for (int i = 0; i < o->n_params; i++)
+	{
+		if (o->s1 != NULL)
+			mt_free(o->s1[i]);
+		if (o->s2 != NULL)
+			mt_free(o->s2[i]);
+	}
+	mt_free(o->s1);
+	mt_free(o->s2);
+	mt_free(o->steps);
+	mt_free(o);
+}
+
+/* Allocate parameter i's optimizer state if it has none yet. */
+static int
+optim_state(mt_optim *o, const mt_param *p, int i)
+{
+	int			need1 = o->kind != MT_OPTIM_SGD || o->momentum != 0.0f;
+	int			need2 = o->kind != MT_OPTIM_SGD;
+
+	if (need1 && o->s1[i] == NULL)
+	{
+		if ((o->s1[i] = mt_calloc(p->numel, sizeof(float))) == NULL)
+			return MT_ERR_NOMEM;
+		o->bytes += p->numel * sizeof(float);
+	}
+	if (need2 && o->s2[i] == NULL)
+	{
+		if ((o->s2[i] = mt_calloc(p->numel, sizeof(float))) == NULL)
+			return MT_ERR_NOMEM;
+		o->bytes += p->numel * sizeof(float);
+	}
+	return MT_OK;
+}
+
+/* Create an optimizer for m's trainable parameters. */
+mt_optim *
+mt_optim_create(mt_model *m, mt_optim_kind kind, float momentum, float beta1,
+				float beta2, float eps, float weight_decay, int nesterov,
+				mt_err *err)
+{
+	mt_optim   *o;
+
+	if (kind != MT_OPTIM_SGD && kind != MT_OPTIM_ADAM && kind != MT_OPTIM_ADAMW)
+	{
+		mt_seterr(err, MT_ERR_INVALID, "unknown optimizer %d", (int) kind);
+		return NULL;
+	}
+	if (!(weight_decay >= 0.0f) || !isfinite(weight_decay))
+	{
+		mt_seterr(err, MT_ERR_INVALID, "weight decay must be 0 or more, not %g", weight_decay);
+		return NULL;
+	}
+	if (kind == MT_OPTIM_SGD)
+	{
+		if (!(momentum >= 0.0f) || !isfinite(momentum))
+		{
+			mt_seterr(err, MT_ERR_INVALID, "momentum must be 0 or more, not %g", momentum);
+			return NULL;
+		}
+		if (nesterov && momentum <= 0.0f)
+		{
+			mt_seterr(err, MT_ERR_INVALID, "nesterov momentum requires a momentum above 0");
+			return NULL;
+		}
+	}
+	else
+	{
+		if (!(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f))
+		{
+			mt_seterr(err, MT_ERR_INVALID, "Adam betas must be in [0, 1), not %g and %g",
+					  beta1, beta2);
+			return NULL;
+		}
+		if (!(eps >= 0.0f) || !isfinite(eps))
+		{
+			mt_seterr(err, MT_ERR_INVALID, "Adam eps must be 0 or more, not %g", eps);
+			return NULL;
+		}
+	}
+	if ((o = mt_calloc(1, sizeof(mt_optim))) == NULL)
+		goto nomem;
+	o->kind = kind;
+	o->momentum = momentum;
+	o->beta1 = beta1;
+	o->beta2 = beta2;
+	o->eps = eps;
+	o->weight_decay = weight_decay;
+	o->nesterov = nesterov != 0;
+	o->n_params = m->n_params;
+	o->s1 = mt_calloc(m->n_params, sizeof(float *));
+	o->s2 = mt_calloc(m->n_params, sizeof(float *));
+	o->steps = mt_calloc(m->n_params, sizeof(int64_t));
+	if (o->s1 == NULL || o->s2 == NULL || o->steps == NULL)
+		goto nomem;
+	for (int i = 0; i < m->n_params; i++)
+		if (param_trains(m, i) && optim_state(o, &m->params[i], i) != MT_OK)
+			goto nomem;
+	return o;
+
+nomem:
+	mt_optim_free(o);
+	mt_seterr(err, MT_ERR_NOMEM, "out of memory creating optimizer");
+	return NULL;
+}
+
+/* One update of every trainable parameter that has a gradient. */
+int
+mt_optim_step(mt_optim *o, mt_model *m, float lr, mt_err *err)
+{
+	const mt_backend *be = m->backend;
+
+	if (o->n_params != m->n_params)
+		return mt_seterr(err, MT_ERR_INVALID, "optimizer was created for another model");
+	if (!(lr >= 0.0f) || !isfinite(lr))
+		return mt_seterr(err, MT_ERR_INVALID, "learning rate must be 0 or more, not %g", lr);
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+
+		if (!param_trains(m, i) || p->grad == NULL)
+			continue;
+		if (optim_state(o, p, i) != MT_OK)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory in optimizer step");
+		o->steps[i]++;
+		if (o->kind == MT_OPTIM_SGD)
+			be->sgd_update(p->numel, p->data, p->grad, o->s1[i], lr, o->momentum,
+						   o->weight_decay, o->nesterov, o->steps[i] == 1);
+		else
+			be->adam_update(p->numel, p->data, p->grad, o->s1[i], o->s2[i], lr,
+							o->beta1, o->beta2, o->eps, o->weight_decay,
+							o->kind == MT_OPTIM_ADAMW, o->steps[i]);
+	}
+	m->prepared = 0;
+	return MT_OK;
+}
+
+/* Steps taken by the most-updated parameter. */
+int64_t
+mt_optim_steps(const mt_optim *o)
+{
+	int64_t		s = 0;
+
+	for (int i = 0; i < o->n_params; i++)
+		if (o->steps[i] > s)
+			s = o->steps[i];
+	return s;
+}
+
+/* Bytes of optimizer state. */
+size_t
+mt_optim_memory(const mt_optim *o)
+{
+	return o->bytes;
+}
+
+/* Copy parameter data between two models of the same architecture. */
+int
+mt_model_copy_params(const mt_model *src, mt_model *dst, mt_err *err)
+{
+	if (src->n_params != dst->n_params || strcmp(src->arch, dst->arch) != 0)
+		return mt_seterr(err, MT_ERR_SHAPE, "cannot copy parameters of %s into %s",
+						 src->arch, dst->arch);
+	for (int i = 0; i < src->n_params; i++)
+	{
+		const mt_param *s = &src->params[i];
+		mt_param   *d = &dst->params[i];
+
+		if (strcmp(s->name, d->name) != 0 || s->numel != d->numel || s->ndim != d->ndim)
+			return mt_seterr(err, MT_ERR_SHAPE, "tensor \"%s\" does not match \"%s\"",
+							 s->name, d->name);
+	}
+	mt_model_train_release(dst);
+	for (int i = 0; i < src->n_params; i++)
+	{
+		const mt_param *s = &src->params[i];
+		mt_param   *d = &dst->params[i];
+
+		if (s->data != NULL)
+		{
+			if (d->data == NULL && (d->data = mt_malloc(s->numel * sizeof(float))) == NULL)
+				return mt_seterr(err, MT_ERR_NOMEM, "out of memory copying tensor \"%s\"", s->name);
+			memcpy(d->data, s->data, s->numel * sizeof(float));
+		}
+		d->loaded = s->loaded;
+	}
+	dst->prepared = 0;
+	return MT_OK;
+}
+
+/* xoshiro256** seeded through splitmix64. */
+typedef struct rng
+{
+	uint64_t	s[4];
+} rng;
+
+static uint64_t
+splitmix64(uint64_t *x)
+{
+	uint64_t	z = (*x += UINT64_C(0x9E3779B97F4A7C15));
+
+	z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+	z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+	return z ^ (z >> 31);
+}
+
+static void
+rng_seed(rng *r, uint64_t seed)
+{
+	for (int i = 0; i < 4; i++)
+		r->s[i] = splitmix64(&seed);
+}
+
+static uint64_t
+rotl(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t
+rng_next(rng *r)
+{
+	uint64_t	result = rotl(r->s[1] * 5, 7) * 9;
+	uint64_t	t = r->s[1] << 17;
+
+	r->s[2] ^= r->s[0];
+	r->s[3] ^= r->s[1];
+	r->s[1] ^= r->s[2];
+	r->s[0] ^= r->s[3];
+	r->s[2] ^= t;
+	r->s[3] = rotl(r->s[3], 45);
+	return result;
+}
+
+/* Uniform in [0, 1) with 53 bits. */
+static double
+rng_uniform(rng *r)
+{
+	return (double) (rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Standard normal (Box-Muller, one value per call). */
+static double
+rng_normal(rng *r)
+{
+	double		u1 = 1.0 - rng_uniform(r);	/* (0, 1] */
+	double		u2 = rng_uniform(r);
+
+	return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+/* Parameter idx's data, allocated if needed, marked loaded; NULL if no memory. */
+static float *
+param_data(mt_model *m, int idx)
+{
+	mt_param   *p = &m->params[idx];
+
+	if (p->data == NULL)
+		p->data = mt_malloc(p->numel * sizeof(float));
+	if (p->data != NULL)
+		p->loaded = 1;
+	return p->data;
+}
+
+/* Fill parameter idx with a constant. */
+static int
+fill_const(mt_model *m, int idx, float v)
+{
+	float	   *d;
+
+	if (idx < 0)
+		return MT_OK;
+	if ((d = param_data(m, idx)) == NULL)
+		return MT_ERR_NOMEM;
+	for (size_t i = 0; i < m->params[idx].numel; i++)
+		d[i] = v;
+	return MT_OK;
+}
+
+/* Fill parameter idx with normal(0, std) or uniform(-bound, bound) values. */
+static int
+fill_random(mt_model *m, int idx, rng *r, int normal, double scale)
+{
+	float	   *d;
+
+	if (idx < 0)
+		return MT_OK;
+	if ((d = param_data(m, idx)) == NULL)
+		return MT_ERR_NOMEM;
+	for (size_t i = 0; i < m->params[idx].numel; i++)
+		d[i] = (float) (normal ? rng_normal(r) * scale
+						: (2.0 * rng_uniform(r) - 1.0) * scale);
+	return MT_OK;
+}
+
+/* Initialise a linear layer as the model's head_init says. */
+static int
+init_linear(mt_model *m, const mt_node *nd, rng *r)
+{
+	double		bound = 1.0 / sqrt((double) nd->in_features);
+	int			rc;
+
+	if (m->head_init == MT_HEAD_INIT_NORMAL)
+	{
+		if ((rc = fill_random(m, nd->p_weight, r, 1, 0.01)) != MT_OK)
+			return rc;
+		return fill_const(m, nd->p_bias, 0.0f);
+	}
+	if ((rc = fill_random(m, nd->p_weight, r, 0, bound)) != MT_OK)
+		return rc;
+	return fill_random(m, nd->p_bias, r, 0, bound);
+}
+
+/* Fresh classifier head (see train.h). */
+int
+mt_model_init_head(mt_model *m, uint64_t seed, mt_err *err)
+{
+	rng			r;
+
+	if (m->logits_node < 0 || m->nodes[m->logits_node].kind != MT_NODE_LINEAR)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "model %s has no linear classifier head", m->arch);
+	rng_seed(&r, seed);
+	if (init_linear(m, &m->nodes[m->logits_node], &r) != MT_OK)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory initialising the head of %s", m->arch);
+	mt_model_train_release(m);
+	m->prepared = 0;
+	return MT_OK;
+}
+
+/* Every parameter from scratch (see train.h). */
+int
+mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err)
+{
+	rng			r;
+	int			rc = MT_OK;
+
+	rng_seed(&r, seed);
+	mt_model_train_release(m);
+	for (int i = 0; i < m->n_nodes && rc == MT_OK; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+
+		if (nd->kind == MT_NODE_CONV)
+		{
+			double		fan_out = (double) nd->cout * nd->kh * nd->kw;
+
+			rc = fill_random(m, nd->p_weight, &r, 1, sqrt(2.0 / fan_out));
+			if (rc == MT_OK)
+				rc = fill_const(m, nd->p_bias, 0.0f);
+		}
+		else if (nd->kind == MT_NODE_BN)
+		{
+			rc = fill_const(m, nd->p_bn_weight, 1.0f);
+			if (rc == MT_OK)
+				rc = fill_const(m, nd->p_bn_bias, 0.0f);
+			if (rc == MT_OK)
+				rc = fill_const(m, nd->p_bn_mean, 0.0f);
+			if (rc == MT_OK)
+				rc = fill_const(m, nd->p_bn_var, 1.0f);
+		}
+		else if (nd->kind == MT_NODE_LINEAR && i != m->logits_node)
+			rc = init_linear(m, nd, &r);
+	}
+	if (rc == MT_OK && m->logits_node >= 0 && m->nodes[m->logits_node].kind == MT_NODE_LINEAR)
+		rc = init_linear(m, &m->nodes[m->logits_node], &r);
+	if (rc != MT_OK)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory initialising %s", m->arch);
+	for (int i = 0; i < m->n_params; i++)
+		if (m->params[i].is_counter)
+			m->params[i].loaded = 1;
+	m->prepared = 0;
+	return MT_OK;
+}

@@ -1,0 +1,170 @@
+/*
+ * train.h - the training half of the engine: which parameters train, a
+ * forward pass that keeps what the backward pass needs, the backward pass,
+ * losses, optimizers, parameter copies and initialisation.
+ *
+ * A training step:
+ *
+ *     mt_model_freeze(m, "backbone", &err);        once (or "none", "layer3")
+ *     o = mt_optim_create(m, MT_OPTIM_ADAMW, ...);  once
+ *     loop:
+ *         mt_model_zero_grad(m);
+ *         mt_model_forward_train(m, x, n, h, w, logits, NULL, &err);
+ *         mt_loss_cross_entropy(logits, labels, n, c, NULL, 0, 0, &loss, dlogits, &err);
+ *         mt_model_backward(m, dlogits, &err);
+ *         mt_optim_step(o, m, lr, &err);
+ *
+ * Validation and prediction use mt_model_forward (inference, running
+ * statistics, folded weights); it re-folds after every update because the
+ * optimizer step (and a training forward that updated running statistics)
+ * sets m->prepared = 0.
+ *
+ * Batch norm in training.  A BN layer whose weight is trainable uses the
+ * batch statistics (biased variance for the normalisation, eps 1e-5) and
+ * updates running_mean / running_var as PyTorch does (momentum 0.1,
+ * running_var from the unbiased batch variance).  A frozen BN layer (weight
+ * not trainable) runs in inference mode with its running statistics, which
+ * it does not update: the usual fine-tuning practice (torch: those modules
+ * in eval()).  Set m->bn_train_frozen = 1 for PyTorch's plain model.train()
+ * instead: frozen BN layers then also use batch statistics and update their
+ * running statistics (but their weight and bias still do not change).
+ *
+ * Every function returns MT_OK or an mt_err code with *err set; on any error
+ * the saved training state is released.
+ */
+#ifndef MT_TRAIN_H
+#define MT_TRAIN_H
+
+#include "graph.h"
+
+/* PyTorch's BatchNorm2d default momentum for the running statistics. */
+#define MT_BN_MOMENTUM 0.1f
+
+/*
+ * Choose the trainable parameters.  upto NULL, "" or "none": everything
+ * (every weight and bias; running statistics are never trainable).
+ * "backbone": only the classifier head (the linear layer producing the
+ * logits: resnet fc.*, mobilenet_v2 classifier.1.*).  Otherwise a stage
+ * name, a parameter-name prefix ending at a dot boundary ("layer3",
+ * "features.13", or a full tensor name): every parameter up to and
+ * including the last one of that stage, in execution order, is frozen and
+ * the rest trains.  Unknown stage, or a stage that leaves nothing to train:
+ * MT_ERR_INVALID.  Frozen parameters lose their gradient buffers; the
+ * saved training state is released.
+ */
+int			mt_model_freeze(mt_model *m, const char *upto, mt_err *err);
+/* Number of trainable tensors; *n_values (if not NULL) their element count. */
+int			mt_model_trainable_count(const mt_model *m, size_t *n_values);
+
+/*
+ * Forward pass in training mode over x (n x h x w x 3, NHWC), keeping what
+ * mt_model_backward needs.  logits gets the logits node's output (n x
+ * num_classes; n x h x w x c for a graph whose last node is spatial) and
+ * features the pooled features (n x feature_dim); either may be NULL.
+ * Train-mode BN layers update their running statistics here.  Nothing is
+ * kept for layers that no trainable parameter feeds (a frozen backbone runs
+ * as inference, with folded weights).  Replaces any state kept earlier.
+ */
+int			mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
+								   float *logits, float *features, mt_err *err);
+
+/*
+ * Backward pass from dlogits, the gradient of the (mean) loss with respect
+ * to the logits (same shape as forward_train's logits).  Adds the gradients
+ * into each trainable parameter's grad (allocated, zeroed, on first use);
+ * stops below the lowest trainable layer.  Releases the saved state, on
+ * success or error.  MT_ERR_INVALID without a preceding forward_train.
+ */
+int			mt_model_backward(mt_model *m, const float *dlogits, mt_err *err);
+
+/* Zero every gradient buffer (they stay allocated). */
+void		mt_model_zero_grad(mt_model *m);
+
+/* Drop the state kept by mt_model_forward_train (no-op if none). */
+void		mt_model_train_release(mt_model *m);
+
+/* Bytes held by the saved training state (activations and statistics). */
+size_t		mt_model_train_memory(const mt_model *m);
+
+/*
+ * Cross-entropy loss over n rows of c logits with integer labels in
+ * [0, c), PyTorch semantics, and optionally its gradient (dlogits, n x c,
+ * may be NULL).  class_weights (c values, NULL = all 1) and
+ * label_smoothing (eps in [0, 1]) as torch.nn.functional.cross_entropy
+ * with reduction "mean":
+ *
+ *     q_ic = (1 - eps) [c == y_i] + eps / C
+ *     loss = sum_i sum_c q_ic w_c (-log p_ic) / sum_i w_{y_i}
+ *
+ * With focal_gamma > 0 the softmax focal loss (Lin et al.) with the class
+ * weight as alpha, averaged over the batch:
+ *
+ *     loss = (1/n) sum_i sum_c q_ic w_c (1 - p_ic)^gamma (-log p_ic)
+ *
+ * which without smoothing is the usual -alpha_y (1 - p_y)^gamma log p_y.
+ * Note the normaliser: sum of the labels' weights for gamma == 0 (torch),
+ * the batch size for gamma > 0; they agree when no weights are given.
+ * Labels out of range, a negative gamma, smoothing outside [0, 1], or
+ * weights of the batch's labels summing to 0: MT_ERR_INVALID.
+ */
+int			mt_loss_cross_entropy(const float *logits, const int *labels, int n, int c,
+								  const float *class_weights, float focal_gamma,
+								  float label_smoothing, float *loss_out,
+								  float *dlogits, mt_err *err);
+
+/* Optimizers with torch.optim's update rules. */
+typedef enum mt_optim_kind
+{
+	MT_OPTIM_SGD = 0,			/* momentum, dampening 0, nesterov, L2 decay */
+	MT_OPTIM_ADAM,				/* L2 decay added to the gradient */
+	MT_OPTIM_ADAMW				/* decoupled weight decay */
+} mt_optim_kind;
+
+typedef struct mt_optim mt_optim;
+
+/*
+ * An optimizer for m's trainable parameters (state is created for each
+ * trainable parameter, also for one made trainable later).  SGD reads
+ * momentum and nesterov (which needs momentum > 0); Adam/AdamW read beta1,
+ * beta2, eps.  All read weight_decay.  Bad values: MT_ERR_INVALID.
+ */
+mt_optim   *mt_optim_create(mt_model *m, mt_optim_kind kind, float momentum,
+							float beta1, float beta2, float eps,
+							float weight_decay, int nesterov, mt_err *err);
+/*
+ * One update with learning rate lr of every trainable parameter that has a
+ * gradient buffer (one that never had a backward pass is skipped, as torch
+ * skips grad None).  Sets m->prepared = 0.
+ */
+int			mt_optim_step(mt_optim *o, mt_model *m, float lr, mt_err *err);
+/* Steps taken (of the parameter updated most often). */
+int64_t		mt_optim_steps(const mt_optim *o);
+/* Bytes of optimizer state. */
+size_t		mt_optim_memory(const mt_optim *o);
+void		mt_optim_free(mt_optim *o);
+
+/*
+ * Copy every parameter's data (weights and running statistics) from src to
+ * dst, which must have the same architecture (same tensor names and
+ * shapes), e.g. for keeping the best epoch.  Gradients, trainable flags
+ * and saved state are not copied; dst->prepared = 0.
+ */
+int			mt_model_copy_params(const mt_model *src, mt_model *dst, mt_err *err);
+
+/*
+ * Fresh classifier head for transfer learning, like torchvision: m's
+ * head_init says how (nn.Linear's default U(-1/sqrt(in), 1/sqrt(in)) for
+ * weight and bias, as in ResNet; normal(0, 0.01) and zero bias for
+ * MobileNetV2).  Deterministic in seed (xoshiro256**, seeded through
+ * splitmix64).  Marks the head loaded.
+ */
+int			mt_model_init_head(mt_model *m, uint64_t seed, mt_err *err);
+/*
+ * Every parameter from scratch, like torchvision's constructors:
+ * convolutions kaiming_normal(mode="fan_out", relu) (std sqrt(2/fan_out)),
+ * zero conv bias, BN weight 1 bias 0, running mean 0 var 1, then the head
+ * as mt_model_init_head.  Same seed, same weights.
+ */
+int			mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err);
+
+#endif

@@ -1,0 +1,229 @@
+/*
+ * dataset.c - labelled image rows read through an SPI cursor, decoded and
+ * resized once, kept as bytes in memory for the epochs of a training run.
+ */
+#include "medtl_pg.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "io/image.h"
+
+int			medtl_train_memory_mb = 2048;
+
+/* The FROM item of a source (a query or a table name), via medtl._source_from. */
+static char *
+source_from_item(const char *source)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(source)};
+	bool		isnull;
+	int			rc;
+
+	rc = SPI_execute_with_args("SELECT medtl._source_from($1)", 1, argtypes, args, NULL, true, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not resolve source");
+	return TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+static int
+label_index(char **labels, int n_labels, const char *label)
+{
+	for (int i = 0; i < n_labels; i++)
+		if (strcmp(labels[i], label) == 0)
+			return i;
+	return -1;
+}
+
+/* Decode and resize one image into size x size x 3 bytes; false (with err) if bad. */
+static bool
+image_to_bytes(bytea *image, int size, uint8 *out, mt_err *err)
+{
+	mt_image	img,
+				resized;
+	size_t		n = (size_t) size * size * 3;
+
+	if (mt_image_decode((const uint8_t *) VARDATA_ANY(image), VARSIZE_ANY_EXHDR(image),
+						(size_t) medtl_max_image_pixels, &img, err) != MT_OK)
+		return false;
+	if (img.width != size || img.height != size)
+	{
+		int			rc = mt_image_resize(&img, size, size, &resized, err);
+
+		mt_image_free(&img);
+		if (rc != MT_OK)
+			return false;
+		img = resized;
+	}
+	for (size_t i = 0; i < n; i++)
+	{
+		float		v = img.data[i] * 255.0f + 0.5f;
+
+		out[i] = (uint8) (v < 0 ? 0 : (v > 255 ? 255 : v));
+	}
+	mt_image_free(&img);
+	return true;
+}
+
+static void
+bad_row(int64 row, bool skip, int *n_bad, int sqlstate, const char *fmt, const char *what,
+		const char *detail)
+{
+	if (skip)
+	{
+		(*n_bad)++;
+		if (*n_bad <= 5)
+			ereport(NOTICE,
+					(errmsg("skipping row %lld of the source: %s", (long long) row, what)));
+		return;
+	}
+	ereport(ERROR,
+			(errcode(sqlstate),
+			 errmsg(fmt, (long long) row, what),
+			 detail && detail[0] ? errdetail("%s", detail) : 0,
+			 errhint("Fix or filter the row, or pass skip_bad_rows => true to skip such rows.")));
+}
+
+MedtlDataset *
+medtl_read_dataset(const char *source, const char *image_col, const char *label_col,
+				   const char *group_col, char **labels, int n_labels, int size,
+				   bool skip_bad_rows)
+{
+	MedtlDataset *ds = palloc0(sizeof(MedtlDataset));
+	size_t		per = (size_t) size * size * 3;
+	size_t		budget = (size_t) medtl_train_memory_mb * 1024 * 1024;
+	int			cap = 256;
+	StringInfoData q;
+	SPIPlanPtr	plan;
+	Portal		portal;
+	int64		row = 0;
+	uint8	   *tmp = palloc(per);
+	MemoryContext outer = CurrentMemoryContext;
+
+	ds->size = size;
+	ds->pixels = MemoryContextAllocHuge(outer, per * cap);
+	ds->labels = palloc(sizeof(int) * cap);
+	ds->rows = palloc(sizeof(int64) * cap);
+	if (group_col)
+		ds->groups = palloc(sizeof(char *) * cap);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	initStringInfo(&q);
+	appendStringInfo(&q, "SELECT t.%s, t.%s::text", quote_identifier(image_col), quote_identifier(label_col));
+	if (group_col)
+		appendStringInfo(&q, ", t.%s::text", quote_identifier(group_col));
+	appendStringInfo(&q, " FROM %s t", source_from_item(source));
+	plan = SPI_prepare(q.data, 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the source query: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 64);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+			bool		img_null,
+						lab_null,
+						grp_null = false;
+			Datum		img = SPI_getbinval(t, d, 1, &img_null);
+			Datum		lab = SPI_getbinval(t, d, 2, &lab_null);
+			char	   *label;
+			int			k;
+			mt_err		err;
+
+			row++;
+			if (i == 0 && SPI_gettypeid(d, 1) != BYTEAOID)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("image column \"%s\" must be of type bytea, not %s",
+								image_col, format_type_be(SPI_gettypeid(d, 1)))));
+			if (img_null || lab_null)
+			{
+				bad_row(row, skip_bad_rows, &ds->n_bad, ERRCODE_NULL_VALUE_NOT_ALLOWED,
+						"row %lld of the source has a NULL %s", img_null ? "image" : "label", NULL);
+				continue;
+			}
+			label = TextDatumGetCString(lab);
+			k = label_index(labels, n_labels, label);
+			if (k < 0)
+			{
+				char	   *detail = n_labels <= 20 ?
+					psprintf("The model's labels are: %s.", medtl_join_labels(labels, n_labels)) :
+					psprintf("The model has %d labels (medtl.models.labels).", n_labels);
+
+				bad_row(row, skip_bad_rows, &ds->n_bad, ERRCODE_INVALID_PARAMETER_VALUE,
+						"row %lld of the source has label \"%s\", which the model does not have",
+						label, detail);
+				continue;
+			}
+			if (!image_to_bytes(DatumGetByteaPP(img), size, tmp, &err))
+			{
+				char	   *what = psprintf("invalid image: %s", err.msg);
+
+				bad_row(row, skip_bad_rows, &ds->n_bad,
+						err.code == MT_ERR_LIMIT ? ERRCODE_PROGRAM_LIMIT_EXCEEDED :
+						ERRCODE_INVALID_BINARY_REPRESENTATION,
+						"row %lld of the source: %s", what, err.detail);
+				continue;
+			}
+			if (ds->n == cap)
+			{
+				if ((size_t) cap * 2 * per > budget)
+					ereport(ERROR,
+							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+							 errmsg("training images need more than medtl.train_memory (%d MB)",
+									medtl_train_memory_mb),
+							 errdetail("Each image takes %zu bytes at %dx%d.", per, size, size),
+							 errhint("Raise medtl.train_memory, or train on fewer rows or a smaller input_size.")));
+				cap *= 2;
+				ds->pixels = repalloc_huge(ds->pixels, per * cap);
+				ds->labels = repalloc(ds->labels, sizeof(int) * cap);
+				ds->rows = repalloc(ds->rows, sizeof(int64) * cap);
+				if (group_col)
+					ds->groups = repalloc(ds->groups, sizeof(char *) * cap);
+			}
+			memcpy(ds->pixels + per * ds->n, tmp, per);
+			ds->labels[ds->n] = k;
+			ds->rows[ds->n] = row;
+			if (group_col)
+			{
+				Datum		g = SPI_getbinval(t, d, 3, &grp_null);
+				MemoryContext old = MemoryContextSwitchTo(outer);
+
+				ds->groups[ds->n] = grp_null ? pstrdup("") : TextDatumGetCString(g);
+				MemoryContextSwitchTo(old);
+			}
+			ds->n++;
+			pfree(label);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+	if (ds->n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("the training source has no usable rows"),
+				 errdetail("Source: %s (%lld rows read, %d skipped).", source, (long long) row, ds->n_bad)));
+	return ds;
+}
+
+char *
+medtl_join_labels(char **labels, int n)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	for (int i = 0; i < n; i++)
+		appendStringInfo(&s, "%s\"%s\"", i ? ", " : "", labels[i]);
+	return s.data;
+}

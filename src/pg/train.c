@@ -1,0 +1,815 @@
+/*
+ * train.c - fine-tuning in SQL: medtl._train_run() runs one phase of a
+ * training run on the rows of a source, writes one medtl.epochs row per
+ * epoch and, when the phase completes, the trained tensors back into
+ * medtl.weights.  A cancel or error rolls everything back with the
+ * statement: the model's rows change only when the phase completes.
+ */
+#include "medtl_pg.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "portability/instr_time.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+#include "core/blas.h"
+#include "core/metrics.h"
+#include "core/rng.h"
+#include "core/train.h"
+#include "io/augment.h"
+#include "nn/zoo.h"
+
+/* Everything one phase needs, resolved from the arguments. */
+typedef struct TrainArgs
+{
+	int64		run_id;
+	char	   *model;
+	char	   *source;
+	char	   *image_col;
+	char	   *label_col;
+	char	   *group_col;
+	char	   *val_source;
+	int			phase;
+	int			epochs;
+	int			batch_size;
+	double		lr;
+	mt_optim_kind optimizer;
+	double		weight_decay;
+	double		momentum;
+	char	   *schedule;		/* constant, step, cosine */
+	int			warmup_epochs;
+	int			step_size;
+	double		gamma;
+	char	   *freeze;
+	mt_augment	aug;
+	char	   *class_weights;	/* none, balanced */
+	float	   *explicit_weights;
+	int			n_explicit_weights;
+	double		focal_gamma;
+	double		label_smoothing;
+	double		val_fraction;
+	char	   *keep_best;		/* val_auc, val_accuracy, val_loss, none */
+	int			patience;
+	int64		seed;
+	bool		skip_bad_rows;
+} TrainArgs;
+
+static char *
+text_arg(FunctionCallInfo fcinfo, int i)
+{
+	return PG_ARGISNULL(i) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(i));
+}
+
+/* Indexes of a split: train and validation rows of the dataset. */
+typedef struct Split
+{
+	int			n_train,
+				n_val;
+	int		   *train;
+	int		   *val;
+} Split;
+
+static int
+cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* Fisher-Yates shuffle of n ints. */
+static void
+shuffle(int *v, int n, mt_rng *rng)
+{
+	for (int i = n - 1; i > 0; i--)
+	{
+		int			j = (int) mt_rng_below(rng, (uint64_t) i + 1);
+		int			t = v[i];
+
+		v[i] = v[j];
+		v[j] = t;
+	}
+}
+
+/*
+ * Stratified split: per class, a val_fraction share of the rows (or of the
+ * groups, when a group column is given, so a group never straddles the split).
+ */
+static Split
+split_dataset(const MedtlDataset *ds, int n_classes, double val_fraction, mt_rng *rng)
+{
+	Split		s = {0, 0, palloc(sizeof(int) * ds->n), palloc(sizeof(int) * ds->n)};
+	bool	   *is_val = palloc0(sizeof(bool) * ds->n);
+
+	if (val_fraction <= 0)
+	{
+		for (int i = 0; i < ds->n; i++)
+			s.train[s.n_train++] = i;
+		return s;
+	}
+	if (ds->groups == NULL)
+	{
+		int		   *idx = palloc(sizeof(int) * ds->n);
+
+		for (int c = 0; c < n_classes; c++)
+		{
+			int			m = 0,
+						take;
+
+			for (int i = 0; i < ds->n; i++)
+				if (ds->labels[i] == c)
+					idx[m++] = i;
+			shuffle(idx, m, rng);
+			take = (int) floor(m * val_fraction + 0.5);
+			if (take == m && m > 1)
+				take = m - 1;
+			for (int i = 0; i < take; i++)
+				is_val[idx[i]] = true;
+		}
+	}
+	else
+	{
+		/* distinct groups, each with its majority label; stratify groups by it */
+		char	  **keys = palloc(sizeof(char *) * ds->n);
+		int			ng = 0;
+		int		   *gidx = palloc(sizeof(int) * ds->n);
+		int		   *glabel;
+		int		   *counts;
+		bool	   *gval;
+
+		for (int i = 0; i < ds->n; i++)
+			keys[i] = ds->groups[i];
+		qsort(keys, ds->n, sizeof(char *), cmp_str);
+		for (int i = 0; i < ds->n; i++)
+			if (i == 0 || strcmp(keys[i], keys[ng - 1]) != 0)
+				keys[ng++] = keys[i];
+		glabel = palloc0(sizeof(int) * ng);
+		counts = palloc0(sizeof(int) * (size_t) ng * n_classes);
+		gval = palloc0(sizeof(bool) * ng);
+		for (int i = 0; i < ds->n; i++)
+		{
+			char	  **hit = bsearch(&ds->groups[i], keys, ng, sizeof(char *), cmp_str);
+
+			gidx[i] = (int) (hit - keys);
+			counts[(size_t) gidx[i] * n_classes + ds->labels[i]]++;
+		}
+		for (int g = 0; g < ng; g++)
+			for (int c = 1; c < n_classes; c++)
+				if (counts[(size_t) g * n_classes + c] > counts[(size_t) g * n_classes + glabel[g]])
+					glabel[g] = c;
+		for (int c = 0; c < n_classes; c++)
+		{
+			int		   *idx = palloc(sizeof(int) * ng);
+			int			m = 0,
+						take;
+
+			for (int g = 0; g < ng; g++)
+				if (glabel[g] == c)
+					idx[m++] = g;
+			shuffle(idx, m, rng);
+			take = (int) floor(m * val_fraction + 0.5);
+			if (take == m && m > 1)
+				take = m - 1;
+			for (int i = 0; i < take; i++)
+				gval[idx[i]] = true;
+		}
+		for (int i = 0; i < ds->n; i++)
+			is_val[i] = gval[gidx[i]];
+	}
+	for (int i = 0; i < ds->n; i++)
+	{
+		if (is_val[i])
+			s.val[s.n_val++] = i;
+		else
+			s.train[s.n_train++] = i;
+	}
+	return s;
+}
+
+/* Learning rate at a fractional epoch position t in [0, epochs). */
+static double
+lr_at(const TrainArgs *a, double t)
+{
+	double		lr = a->lr;
+
+	if (a->warmup_epochs > 0 && t < a->warmup_epochs)
+		return lr * (t + 1.0 / 64) / a->warmup_epochs;
+	if (strcmp(a->schedule, "step") == 0)
+		return lr * pow(a->gamma, floor(t / Max(a->step_size, 1)));
+	if (strcmp(a->schedule, "cosine") == 0)
+	{
+		double		span = Max(a->epochs - a->warmup_epochs, 1);
+		double		u = (t - a->warmup_epochs) / span;
+
+		return lr * 0.5 * (1.0 + cos(M_PI * Min(u, 1.0)));
+	}
+	return lr;
+}
+
+/* Run the engine or raise its error. */
+static void
+check(int rc, const mt_err *err, const char *what)
+{
+	if (rc != MT_OK)
+		medtl_raise(err, what);
+}
+
+/* Validation: loss, accuracy and AUC of the model on the val rows. */
+typedef struct ValResult
+{
+	double		loss,
+				accuracy,
+				auc;
+} ValResult;
+
+/* AUC of class probabilities: binary -> of class 1; multi-class -> macro one-vs-rest. */
+static double
+auc_of(const float *probs, const int *labels, int n, int k)
+{
+	double	   *s = palloc(sizeof(double) * n);
+	uint8	   *p = palloc(n);
+	double		sum = 0;
+	int			used = 0;
+
+	for (int c = (k == 2 ? 1 : 0); c < k; c++)
+	{
+		double		a;
+
+		for (int i = 0; i < n; i++)
+		{
+			s[i] = probs[(size_t) i * k + c];
+			p[i] = labels[i] == c;
+		}
+		a = mt_auc(s, p, n);
+		if (!isnan(a))
+		{
+			sum += a;
+			used++;
+		}
+	}
+	pfree(s);
+	pfree(p);
+	return used ? sum / used : NAN;
+}
+
+/* Loss (as trained, without smoothing), accuracy and AUC from logits. */
+static ValResult
+score_logits(float *logits, const int *labels, int n, int k, const float *cw)
+{
+	ValResult	r;
+	mt_err		err;
+	float		loss;
+	int			correct = 0;
+
+	check(mt_loss_cross_entropy(logits, labels, n, k, cw, 0.0f, 0.0f, &loss, NULL, &err),
+		  &err, "validation loss");
+	r.loss = loss;
+	mt_cpu_backend.softmax(n, k, logits, logits);
+	for (int i = 0; i < n; i++)
+	{
+		int			best = 0;
+
+		for (int c = 1; c < k; c++)
+			if (logits[(size_t) i * k + c] > logits[(size_t) i * k + best])
+				best = c;
+		correct += best == labels[i];
+	}
+	r.accuracy = (double) correct / n;
+	r.auc = auc_of(logits, labels, n, k);
+	return r;
+}
+
+/* Normalised batch input for rows idx[0..m) (augmented when aug is on). */
+static void
+fill_batch(const MedtlDataset *ds, const int *idx, int m, const MedtlModel *mm,
+		   const mt_augment *aug, mt_rng *rng, float *x, int *y)
+{
+	size_t		per = (size_t) ds->size * ds->size * 3;
+
+	for (int i = 0; i < m; i++)
+	{
+		const uint8 *src = ds->pixels + per * idx[i];
+
+		if (aug != NULL && mt_augment_enabled(aug))
+			mt_augment_image(src, ds->size, aug, rng, mm->mean, mm->std, x + per * i);
+		else
+			mt_normalize_u8(src, (size_t) ds->size * ds->size, mm->mean, mm->std, x + per * i);
+		y[i] = ds->labels[idx[i]];
+	}
+}
+
+/* Features (or logits) of rows idx through the inference path, in batches. */
+static void
+forward_rows(MedtlModel *mm, const MedtlDataset *ds, const int *idx, int m, int batch,
+			 float *logits, float *features)
+{
+	size_t		per = (size_t) ds->size * ds->size * 3;
+	float	   *x = palloc(sizeof(float) * per * batch);
+	int		   *y = palloc(sizeof(int) * batch);
+	mt_err		err;
+
+	for (int s = 0; s < m; s += batch)
+	{
+		int			b = Min(batch, m - s);
+
+		CHECK_FOR_INTERRUPTS();
+		fill_batch(ds, idx + s, b, mm, NULL, NULL, x, y);
+		check(mt_model_forward(mm->net, x, b, ds->size, ds->size,
+							   logits ? logits + (size_t) s * mm->net->num_classes : NULL,
+							   features ? features + (size_t) s * mm->net->feature_dim : NULL,
+							   &err), &err, "forward pass");
+	}
+	pfree(x);
+	pfree(y);
+}
+
+/* The head's weight and bias parameters. */
+static void
+head_params(mt_model *m, mt_param **w, mt_param **b)
+{
+	const char *wname = mt_zoo_head_weight(m->arch);
+	char		bname[MT_NAME_MAX];
+	int			wi,
+				bi;
+
+	snprintf(bname, sizeof(bname), "%.*sbias", (int) (strlen(wname) - strlen("weight")), wname);
+	wi = mt_model_find_param(m, wname);
+	bi = mt_model_find_param(m, bname);
+	if (wi < 0 || bi < 0)
+		elog(ERROR, "model %s has no head parameters", m->arch);
+	*w = &m->params[wi];
+	*b = &m->params[bi];
+}
+
+/* Insert the epoch's row. */
+static void
+record_epoch(const TrainArgs *a, int epoch, double lr, double tl, double ta,
+			 const ValResult *v, double seconds)
+{
+	Oid			types[10] = {INT8OID, INT4OID, INT4OID, FLOAT8OID, FLOAT8OID, FLOAT8OID,
+	FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
+	Datum		vals[10];
+	char		nulls[10];
+
+	memset(nulls, ' ', sizeof(nulls));
+	vals[0] = Int64GetDatum(a->run_id);
+	vals[1] = Int32GetDatum(a->phase);
+	vals[2] = Int32GetDatum(epoch);
+	vals[3] = Float8GetDatum(lr);
+	vals[4] = Float8GetDatum(tl);
+	vals[5] = Float8GetDatum(ta);
+	vals[6] = Float8GetDatum(v ? v->loss : 0);
+	vals[7] = Float8GetDatum(v ? v->accuracy : 0);
+	vals[8] = Float8GetDatum(v ? v->auc : 0);
+	vals[9] = Float8GetDatum(seconds);
+	if (v == NULL)
+		nulls[6] = nulls[7] = nulls[8] = 'n';
+	else if (isnan(v->auc))
+		nulls[8] = 'n';
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("INSERT INTO medtl.epochs (run_id, phase, epoch, lr, train_loss, "
+							  "train_accuracy, val_loss, val_accuracy, val_auc, seconds) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+							  10, types, vals, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record epoch");
+	SPI_finish();
+}
+
+/* Whether parameter i is the classifier head's weight or bias. */
+static bool
+is_head_param(mt_model *m, int i)
+{
+	mt_param   *w,
+			   *b;
+
+	head_params(m, &w, &b);
+	return &m->params[i] == w || &m->params[i] == b;
+}
+
+/* Whether only the head trains (the backbone is frozen and stays in inference mode). */
+static bool
+only_head_trains(mt_model *m)
+{
+	if (m->bn_train_frozen)
+		return false;
+	for (int i = 0; i < m->n_params; i++)
+		if (m->params[i].trainable && !is_head_param(m, i))
+			return false;
+	return true;
+}
+
+/* Whether training may change parameter i: the head, or any tensor when more trains. */
+static bool
+may_change(mt_model *m, int i, bool head_only)
+{
+	if (m->params[i].is_counter || m->params[i].data == NULL)
+		return false;
+	return head_only ? is_head_param(m, i) : true;
+}
+
+/* Write every parameter that training may have changed back to medtl.weights. */
+static void
+write_weights(MedtlModel *mm, bool head_only)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, BYTEAOID};
+	SPIPlanPtr	plan = SPI_prepare("UPDATE medtl.weights SET data = $3 "
+								   "WHERE model_id OPERATOR(pg_catalog.=) $1 "
+								   "AND tensor OPERATOR(pg_catalog.=) $2", 3, types);
+	mt_model   *m = mm->net;
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare weight update");
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+		bytea	   *data;
+		Datum		vals[3];
+
+		if (!may_change(m, i, head_only))
+			continue;
+		data = palloc(VARHDRSZ + p->numel * sizeof(float));
+		SET_VARSIZE(data, VARHDRSZ + p->numel * sizeof(float));
+		memcpy(VARDATA(data), p->data, p->numel * sizeof(float));
+		vals[0] = Int64GetDatum(mm->model_id);
+		vals[1] = CStringGetTextDatum(p->name);
+		vals[2] = PointerGetDatum(data);
+		if (SPI_execute_plan(plan, vals, NULL, false, 0) != SPI_OK_UPDATE || SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("could not write tensor \"%s\" of model \"%s\"", p->name, mm->name),
+					 errhint("Only the model's owner may train it.")));
+		pfree(data);
+	}
+}
+
+/* Class weights: explicit, balanced (n / (k * count_c)) or none (NULL). */
+static float *
+class_weights(const TrainArgs *a, const MedtlDataset *ds, const Split *s, int k)
+{
+	float	   *w;
+
+	if (a->explicit_weights != NULL)
+	{
+		if (a->n_explicit_weights != k)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("class_weight has %d values but the model has %d classes",
+							a->n_explicit_weights, k)));
+		return a->explicit_weights;
+	}
+	if (a->class_weights == NULL || strcmp(a->class_weights, "none") == 0)
+		return NULL;
+	w = palloc0(sizeof(float) * k);
+	for (int i = 0; i < s->n_train; i++)
+		w[ds->labels[s->train[i]]] += 1;
+	for (int c = 0; c < k; c++)
+		w[c] = w[c] > 0 ? (float) s->n_train / (k * w[c]) : 0;
+	return w;
+}
+
+/*
+ * medtl._train_run(run_id, model, source, ...) -> jsonb: one phase of a
+ * training run.  Arguments are resolved by medtl.train(); see there.
+ */
+PG_FUNCTION_INFO_V1(medtl_train_run);
+Datum
+medtl_train_run(PG_FUNCTION_ARGS)
+{
+	TrainArgs	a;
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "medtl training",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+	MedtlModel *mm;
+	MedtlDataset *ds,
+			   *vds = NULL;
+	Split		sp;
+	mt_rng		rng;
+	mt_err		err;
+	int			k;
+	float	   *cw;
+	bool		head_only;
+	bool		features_once;
+	mt_optim   *opt;
+	StringInfoData summary;
+	int			best_epoch = 0;
+	double		best_metric = -INFINITY;
+	float	  **best = NULL;
+	int			since_best = 0;
+	instr_time	t_start,
+				t_now;
+	int			ran = 0;
+	double		epoch_secs = 0;
+
+	memset(&a, 0, sizeof(a));
+	a.run_id = PG_GETARG_INT64(0);
+	a.model = text_arg(fcinfo, 1);
+	a.source = text_arg(fcinfo, 2);
+	a.image_col = text_arg(fcinfo, 3);
+	a.label_col = text_arg(fcinfo, 4);
+	a.group_col = text_arg(fcinfo, 5);
+	a.val_source = text_arg(fcinfo, 6);
+	a.phase = PG_GETARG_INT32(7);
+	a.epochs = PG_GETARG_INT32(8);
+	a.batch_size = PG_GETARG_INT32(9);
+	a.lr = PG_GETARG_FLOAT8(10);
+	{
+		char	   *o = text_arg(fcinfo, 11);
+
+		a.optimizer = strcmp(o, "sgd") == 0 ? MT_OPTIM_SGD :
+			strcmp(o, "adam") == 0 ? MT_OPTIM_ADAM : MT_OPTIM_ADAMW;
+	}
+	a.weight_decay = PG_GETARG_FLOAT8(12);
+	a.momentum = PG_GETARG_FLOAT8(13);
+	a.schedule = text_arg(fcinfo, 14);
+	a.warmup_epochs = PG_GETARG_INT32(15);
+	a.step_size = PG_GETARG_INT32(16);
+	a.gamma = PG_GETARG_FLOAT8(17);
+	a.freeze = text_arg(fcinfo, 18);
+	a.aug.hflip = PG_GETARG_BOOL(19);
+	a.aug.rotate_deg = (float) PG_GETARG_FLOAT8(20);
+	a.aug.brightness = (float) PG_GETARG_FLOAT8(21);
+	a.aug.contrast = (float) PG_GETARG_FLOAT8(22);
+	a.aug.crop_min_area = (float) PG_GETARG_FLOAT8(23);
+	a.class_weights = text_arg(fcinfo, 24);
+	if (!PG_ARGISNULL(25))
+	{
+		Datum	   *el;
+		bool	   *nulls;
+
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(25), FLOAT4OID, 4, true, TYPALIGN_INT,
+						  &el, &nulls, &a.n_explicit_weights);
+		a.explicit_weights = palloc(sizeof(float) * Max(a.n_explicit_weights, 1));
+		for (int i = 0; i < a.n_explicit_weights; i++)
+			a.explicit_weights[i] = nulls[i] ? 0 : DatumGetFloat4(el[i]);
+	}
+	a.focal_gamma = PG_GETARG_FLOAT8(26);
+	a.label_smoothing = PG_GETARG_FLOAT8(27);
+	a.val_fraction = PG_GETARG_FLOAT8(28);
+	a.keep_best = text_arg(fcinfo, 29);
+	a.patience = PG_ARGISNULL(30) ? 0 : PG_GETARG_INT32(30);
+	a.seed = PG_GETARG_INT64(31);
+	a.skip_bad_rows = PG_GETARG_BOOL(32);
+
+	old = MemoryContextSwitchTo(cxt);
+	medtl_engine_enter();
+	mm = medtl_load_model_private(a.model, cxt);
+	k = mm->net->num_classes;
+	if (strcmp(mm->task, "classification") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("model \"%s\" is a %s model; train handles classifiers so far", a.model, mm->task)));
+	if (mm->n_labels != k)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("model \"%s\" needs one label per class to train", a.model),
+				 errhint("Set medtl.models.labels, or derive a model with medtl.create_model(name, backbone, labels).")));
+
+	/* data: decoded and resized once */
+	mt_rng_seed(&rng, (uint64_t) a.seed, 1);
+	ds = medtl_read_dataset(a.source, a.image_col, a.label_col, a.group_col,
+							mm->labels, k, mm->input_size, a.skip_bad_rows);
+	if (a.val_source != NULL)
+	{
+		vds = medtl_read_dataset(a.val_source, a.image_col, a.label_col, NULL,
+								 mm->labels, k, mm->input_size, a.skip_bad_rows);
+		sp = split_dataset(ds, k, 0, &rng);
+		sp.n_val = vds->n;
+		sp.val = palloc(sizeof(int) * vds->n);
+		for (int i = 0; i < vds->n; i++)
+			sp.val[i] = i;
+	}
+	else
+	{
+		sp = split_dataset(ds, k, a.val_fraction, &rng);
+		vds = ds;
+	}
+	if (sp.n_train == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("no training rows left after holding out validation rows")));
+	cw = class_weights(&a, ds, &sp, k);
+
+	check(mt_model_freeze(mm->net, a.freeze, &err), &err, "freeze");
+	head_only = only_head_trains(mm->net);
+	features_once = head_only && !mt_augment_enabled(&a.aug);
+	opt = mt_optim_create(mm->net, a.optimizer, (float) a.momentum, 0.9f, 0.999f, 1e-8f,
+						  (float) a.weight_decay, 0, &err);
+	if (opt == NULL)
+		medtl_raise(&err, "optimizer");
+
+	{
+		int			np = mm->net->n_params;
+
+		best = palloc0(sizeof(float *) * np);
+		for (int i = 0; i < np; i++)
+			if (may_change(mm->net, i, head_only))
+				best[i] = MemoryContextAllocHuge(cxt, sizeof(float) * mm->net->params[i].numel);
+	}
+
+	ereport(NOTICE,
+			(errmsg("training \"%s\" (phase %d): %d rows, %d for validation, %d epochs, %s",
+					a.model, a.phase, sp.n_train, sp.n_val, a.epochs,
+					features_once ? "backbone frozen: features computed once" :
+					mt_augment_enabled(&a.aug) ? "with augmentation" : "no augmentation")));
+
+	INSTR_TIME_SET_CURRENT(t_start);
+	{
+		int			fd = mm->net->feature_dim;
+		int			bs = a.batch_size;
+		float	   *tf = NULL,
+				   *vf = NULL;
+		int		   *order = palloc(sizeof(int) * sp.n_train);
+		size_t		per = (size_t) mm->input_size * mm->input_size * 3;
+		float	   *x = features_once ? NULL : MemoryContextAllocHuge(cxt, sizeof(float) * per * bs);
+		int		   *y = palloc(sizeof(int) * bs);
+		float	   *logits = palloc(sizeof(float) * (size_t) bs * k);
+		float	   *dlogits = palloc(sizeof(float) * (size_t) bs * k);
+		float	   *vlogits = palloc(sizeof(float) * (size_t) Max(sp.n_val, 1) * k);
+		int		   *vlabels = palloc(sizeof(int) * Max(sp.n_val, 1));
+		mt_param   *hw,
+				   *hb;
+		int			steps_per_epoch = (sp.n_train + bs - 1) / bs;
+
+		head_params(mm->net, &hw, &hb);
+		for (int i = 0; i < sp.n_val; i++)
+			vlabels[i] = vds->labels[sp.val[i]];
+		if (features_once)
+		{
+			/* the frozen backbone runs once per image */
+			if (hw->grad == NULL)
+				hw->grad = palloc0(sizeof(float) * hw->numel);
+			if (hb->grad == NULL)
+				hb->grad = palloc0(sizeof(float) * hb->numel);
+			tf = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) sp.n_train * fd);
+			forward_rows(mm, ds, sp.train, sp.n_train, 32, NULL, tf);
+			if (sp.n_val > 0)
+			{
+				vf = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) sp.n_val * fd);
+				forward_rows(mm, vds, sp.val, sp.n_val, 32, NULL, vf);
+			}
+		}
+		for (int i = 0; i < sp.n_train; i++)
+			order[i] = i;
+
+		for (int epoch = 1; epoch <= a.epochs; epoch++)
+		{
+			double		loss_sum = 0;
+			int			correct = 0;
+			double		lr = 0;
+			ValResult	v;
+			double		metric;
+			instr_time	t_epoch;
+			double		secs;
+
+			INSTR_TIME_SET_CURRENT(t_epoch);
+			shuffle(order, sp.n_train, &rng);
+			for (int step = 0; step < steps_per_epoch; step++)
+			{
+				int			s0 = step * bs;
+				int			m = Min(bs, sp.n_train - s0);
+				float		loss;
+
+				CHECK_FOR_INTERRUPTS();
+				lr = lr_at(&a, epoch - 1 + (double) step / steps_per_epoch);
+				mt_model_zero_grad(mm->net);
+				if (features_once)
+				{
+					/* logits = f W^T + b on the cached features */
+					float	   *f = palloc(sizeof(float) * (size_t) m * fd);
+
+					for (int i = 0; i < m; i++)
+					{
+						memcpy(f + (size_t) i * fd, tf + (size_t) order[s0 + i] * fd, sizeof(float) * fd);
+						y[i] = ds->labels[sp.train[order[s0 + i]]];
+					}
+					mt_cpu_backend.linear(m, fd, k, f, hw->data, hb->data, logits);
+					check(mt_loss_cross_entropy(logits, y, m, k, cw, (float) a.focal_gamma,
+												(float) a.label_smoothing, &loss, dlogits, &err),
+						  &err, "loss");
+					/* dW = dlogits^T f, db = column sums of dlogits */
+					mt_sgemm(1, 0, k, fd, m, 1.0f, dlogits, k, f, fd, 1.0f, hw->grad, fd);
+					for (int i = 0; i < m; i++)
+						for (int c = 0; c < k; c++)
+							hb->grad[c] += dlogits[(size_t) i * k + c];
+					pfree(f);
+				}
+				else
+				{
+					int		   *idx = palloc(sizeof(int) * m);
+
+					for (int i = 0; i < m; i++)
+						idx[i] = sp.train[order[s0 + i]];
+					fill_batch(ds, idx, m, mm, &a.aug, &rng, x, y);
+					check(mt_model_forward_train(mm->net, x, m, ds->size, ds->size, logits, NULL, &err),
+						  &err, "forward pass");
+					check(mt_loss_cross_entropy(logits, y, m, k, cw, (float) a.focal_gamma,
+												(float) a.label_smoothing, &loss, dlogits, &err),
+						  &err, "loss");
+					check(mt_model_backward(mm->net, dlogits, &err), &err, "backward pass");
+					pfree(idx);
+				}
+				check(mt_optim_step(opt, mm->net, (float) lr, &err), &err, "optimizer step");
+				loss_sum += (double) loss * m;
+				for (int i = 0; i < m; i++)
+				{
+					int			bst = 0;
+
+					for (int c = 1; c < k; c++)
+						if (logits[(size_t) i * k + c] > logits[(size_t) i * k + bst])
+							bst = c;
+					correct += bst == y[i];
+				}
+			}
+
+			/* validation */
+			if (sp.n_val > 0)
+			{
+				if (features_once)
+					mt_cpu_backend.linear(sp.n_val, fd, k, vf, hw->data, hb->data, vlogits);
+				else
+					forward_rows(mm, vds, sp.val, sp.n_val, bs, vlogits, NULL);
+				v = score_logits(vlogits, vlabels, sp.n_val, k, cw);
+			}
+			INSTR_TIME_SET_CURRENT(t_now);
+			secs = INSTR_TIME_GET_DOUBLE(t_now) - INSTR_TIME_GET_DOUBLE(t_epoch);
+			record_epoch(&a, epoch, lr, loss_sum / sp.n_train, (double) correct / sp.n_train,
+						 sp.n_val > 0 ? &v : NULL, secs);
+			ran = epoch;
+			{
+				double		left;
+
+				epoch_secs += secs;
+				left = epoch_secs / epoch * (a.epochs - epoch);
+
+				if (sp.n_val > 0)
+					ereport(NOTICE,
+							(errmsg("epoch %d/%d%s: train loss %.4f acc %.3f | val loss %.4f acc %.3f auc %.3f | %.1f s, about %.0f s left",
+									epoch, a.epochs, a.phase > 1 ? psprintf(" (phase %d)", a.phase) : "",
+									loss_sum / sp.n_train, (double) correct / sp.n_train,
+									v.loss, v.accuracy, v.auc, secs, left)));
+				else
+					ereport(NOTICE,
+							(errmsg("epoch %d/%d%s: train loss %.4f acc %.3f | %.1f s, about %.0f s left",
+									epoch, a.epochs, a.phase > 1 ? psprintf(" (phase %d)", a.phase) : "",
+									loss_sum / sp.n_train, (double) correct / sp.n_train, secs, left)));
+			}
+
+			/* keep the best epoch by the chosen validation metric */
+			if (sp.n_val > 0 && strcmp(a.keep_best, "none") != 0)
+			{
+				metric = strcmp(a.keep_best, "val_loss") == 0 ? -v.loss :
+					strcmp(a.keep_best, "val_accuracy") == 0 ? v.accuracy :
+					(isnan(v.auc) ? v.accuracy : v.auc);
+				if (metric > best_metric)
+				{
+					best_metric = metric;
+					best_epoch = epoch;
+					since_best = 0;
+					for (int i = 0; i < mm->net->n_params; i++)
+						if (best[i] != NULL)
+							memcpy(best[i], mm->net->params[i].data,
+								   sizeof(float) * mm->net->params[i].numel);
+				}
+				else if (a.patience > 0 && ++since_best >= a.patience)
+				{
+					ereport(NOTICE,
+							(errmsg("stopping early: no improvement of %s for %d epochs",
+									a.keep_best, a.patience)));
+					break;
+				}
+			}
+		}
+	}
+	if (best_epoch > 0 && best_epoch != ran)
+	{
+		for (int i = 0; i < mm->net->n_params; i++)
+			if (best[i] != NULL)
+				memcpy(mm->net->params[i].data, best[i], sizeof(float) * mm->net->params[i].numel);
+		ereport(NOTICE, (errmsg("keeping the weights of epoch %d (best %s)", best_epoch, a.keep_best)));
+	}
+	mt_optim_free(opt);
+
+	/* the model's rows change only now, when the phase has completed */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	write_weights(mm, head_only);
+	SPI_finish();
+
+	INSTR_TIME_SET_CURRENT(t_now);
+	MemoryContextSwitchTo(old);
+	initStringInfo(&summary);
+	appendStringInfo(&summary,
+					 "{\"n_train\": %d, \"n_val\": %d, \"skipped_rows\": %d, \"epochs_run\": %d, "
+					 "\"best_epoch\": %d, \"head_only_features\": %s, \"seconds\": %.3f}",
+					 sp.n_train, sp.n_val, ds->n_bad + (vds != ds && vds ? vds->n_bad : 0),
+					 ran, best_epoch, features_once ? "true" : "false",
+					 INSTR_TIME_GET_DOUBLE(t_now) - INSTR_TIME_GET_DOUBLE(t_start));
+	MemoryContextDelete(cxt);
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(summary.data)));
+}

@@ -1,0 +1,108 @@
+/*
+ * bench_engine.c - medtl's engine directly, without SQL: images/s of a
+ * forward pass for an architecture with random weights (or the shared
+ * MobileNetV2), at a batch size and thread count.
+ *
+ *   make tools && test/bin/bench_engine [arch] [batch] [threads] [seconds]
+ *   e.g. test/bin/bench_engine mobilenet_v2 1 2 5
+ */
+#include "core/blas.h"
+#include "core/graph.h"
+#include "core/rng.h"
+#include "nn/zoo.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *arch = argc > 1 ? argv[1] : "mobilenet_v2";
+	int			batch = argc > 2 ? atoi(argv[2]) : 1;
+	int			threads = argc > 3 ? atoi(argv[3]) : 0;
+	double		seconds = argc > 4 ? atof(argv[4]) : 5.0;
+	mt_err		err;
+	mt_model   *m;
+	mt_rng		rng;
+	float	   *x,
+			   *logits;
+	size_t		xs = (size_t) batch * 224 * 224 * 3;
+	int			iters = 0;
+	double		t0,
+				t1,
+				best = 1e30;
+
+	if (mt_blas_init("auto", &err) != MT_OK)
+	{
+		fprintf(stderr, "%s\n", err.msg);
+		return 1;
+	}
+	if (threads > 0)
+		mt_blas_set_threads(threads);
+	m = mt_zoo_build(arch, 1000, 0, &err);
+	if (m == NULL)
+	{
+		fprintf(stderr, "%s\n", err.msg);
+		return 1;
+	}
+	mt_rng_seed(&rng, 1, 0);
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+		float	   *d;
+		int			is_var = strstr(p->name, "running_var") != NULL;
+
+		if (p->is_counter)
+		{
+			int64_t		zero = 0;
+
+			mt_model_set_param(m, p->name, 1, p->ndim, p->shape, &zero, 8, &err);
+			continue;
+		}
+		d = malloc(p->numel * sizeof(float));
+		for (size_t j = 0; j < p->numel; j++)
+			d[j] = is_var ? 1.0f : (float) (mt_rng_normal(&rng) * 0.05);
+		mt_model_set_param(m, p->name, 0, p->ndim, p->shape, d, p->numel * sizeof(float), &err);
+		free(d);
+	}
+	x = malloc(xs * sizeof(float));
+	logits = malloc((size_t) batch * 1000 * sizeof(float));
+	for (size_t i = 0; i < xs; i++)
+		x[i] = (float) mt_rng_normal(&rng);
+	if (mt_model_forward(m, x, batch, 224, 224, logits, NULL, &err) != MT_OK)
+	{
+		fprintf(stderr, "%s\n", err.msg);
+		return 1;
+	}
+	t0 = now();
+	do
+	{
+		double		s = now(),
+					e;
+
+		mt_model_forward(m, x, batch, 224, 224, logits, NULL, &err);
+		e = now() - s;
+		if (e < best)
+			best = e;
+		iters++;
+		t1 = now();
+	} while (t1 - t0 < seconds);
+	printf("engine %s batch %d threads %d core %s: %.1f images/s (mean), %.1f images/s (best batch)\n",
+		   arch, batch, mt_blas_threads(), mt_blas_corename(),
+		   iters * batch / (t1 - t0), batch / best);
+	mt_model_free(m);
+	free(x);
+	free(logits);
+	return 0;
+}

@@ -1,0 +1,298 @@
+/*
+ * train_step.c - one training step of a zoo model, for the PyTorch parity
+ * test (test/parity_train.py).
+ *
+ *   train_step ARCH CLASSES WEIGHTS BATCH OUT OPTIM LR FREEZE
+ *              [--momentum M] [--wd WD] [--beta1 B1] [--beta2 B2] [--eps E]
+ *              [--nesterov] [--bn-train-frozen]
+ *
+ * WEIGHTS is a torchvision state_dict as safetensors; BATCH holds "x"
+ * (F32, n x h x w x 3, NHWC) and "labels" (I64, n).  OPTIM is sgd, adam or
+ * adamw; FREEZE is what mt_model_freeze takes ("none", "backbone", a stage).
+ * Runs forward_train, cross-entropy, backward and one optimizer step, and
+ * writes OUT (safetensors): "loss" [1], "logits" [n, classes],
+ * "grad.NAME" for every tensor that got a gradient and "NAME" for every
+ * tensor (weights and running statistics) after the step.
+ */
+#include "core/blas.h"
+#include "core/graph.h"
+#include "core/train.h"
+#include "io/safetensors.h"
+#include "nn/zoo.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Read a whole file; NULL on failure. */
+static uint8_t *
+read_file(const char *path, size_t *len)
+{
+	FILE	   *f = fopen(path, "rb");
+	uint8_t    *buf;
+	long		sz;
+
+	if (f == NULL)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	sz = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = malloc(sz > 0 ? sz : 1);
+	if (buf != NULL && fread(buf, 1, sz, f) != (size_t) sz)
+	{
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	*len = (size_t) sz;
+	return buf;
+}
+
+/* Print an error and exit (a test tool, not engine code). */
+static void
+die(const char *what, const mt_err *err)
+{
+	fprintf(stderr, "train_step: %s%s%s\n", what, err ? ": " : "", err ? err->msg : "");
+	if (err && err->detail[0])
+		fprintf(stderr, "  %s\n", err->detail);
+	exit(1);
+}
+
+/* Load every tensor of a state_dict file into the model. */
+static void
+load_weights(mt_model *m, const char *path)
+{
+	size_t		len;
+	uint8_t    *buf = read_file(path, &len);
+	mt_safetensors st;
+	mt_err		err;
+
+	if (buf == NULL)
+		die("cannot read weights", NULL);
+	if (mt_st_parse(buf, len, &st, &err) != MT_OK)
+		die("weights", &err);
+	for (int i = 0; i < st.n_tensors; i++)
+	{
+		const mt_st_tensor *t = &st.tensors[i];
+
+		if (mt_model_set_param(m, t->name, t->dtype == MT_I64, t->ndim, t->shape,
+							   buf + t->offset, t->nbytes, &err) != MT_OK)
+			die("weights", &err);
+	}
+	if (mt_model_check_complete(m, &err) != MT_OK)
+		die("weights", &err);
+	mt_st_free(&st);
+	free(buf);
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *arch,
+			   *optim,
+			   *freeze;
+	int			classes;
+	float		lr,
+				momentum = 0,
+				wd = 0,
+				beta1 = 0.9f,
+				beta2 = 0.999f,
+				eps = 1e-8f;
+	int			nesterov = 0,
+				bn_train_frozen = 0;
+	mt_model   *m;
+	mt_optim   *o;
+	mt_optim_kind kind;
+	mt_err		err;
+	uint8_t    *bbuf;
+	size_t		blen;
+	mt_safetensors bst;
+	const mt_st_tensor *tx,
+			   *tl;
+	int			n,
+				h,
+				w;
+	float	   *x,
+			   *logits,
+			   *dlogits,
+				loss;
+	int		   *labels;
+	int			n_out = 0;
+	const char **names;
+	mt_dtype   *dtypes;
+	int		   *ndims;
+	int64_t		(*shapes)[MT_ST_MAX_DIMS];
+	const void **datas;
+	char	  **owned;
+	uint8_t    *out;
+	size_t		out_len;
+	FILE	   *f;
+
+	if (argc < 9)
+	{
+		fprintf(stderr, "usage: train_step ARCH CLASSES WEIGHTS BATCH OUT OPTIM LR FREEZE [options]\n");
+		return 2;
+	}
+	arch = argv[1];
+	classes = atoi(argv[2]);
+	optim = argv[6];
+	lr = strtof(argv[7], NULL);
+	freeze = argv[8];
+	for (int i = 9; i < argc; i++)
+	{
+		if (strcmp(argv[i], "--nesterov") == 0)
+			nesterov = 1;
+		else if (strcmp(argv[i], "--bn-train-frozen") == 0)
+			bn_train_frozen = 1;
+		else if (i + 1 < argc && strcmp(argv[i], "--momentum") == 0)
+			momentum = strtof(argv[++i], NULL);
+		else if (i + 1 < argc && strcmp(argv[i], "--wd") == 0)
+			wd = strtof(argv[++i], NULL);
+		else if (i + 1 < argc && strcmp(argv[i], "--beta1") == 0)
+			beta1 = strtof(argv[++i], NULL);
+		else if (i + 1 < argc && strcmp(argv[i], "--beta2") == 0)
+			beta2 = strtof(argv[++i], NULL);
+		else if (i + 1 < argc && strcmp(argv[i], "--eps") == 0)
+			eps = strtof(argv[++i], NULL);
+		else
+		{
+			fprintf(stderr, "train_step: unknown option %s\n", argv[i]);
+			return 2;
+		}
+	}
+	if (strcmp(optim, "sgd") == 0)
+		kind = MT_OPTIM_SGD;
+	else if (strcmp(optim, "adam") == 0)
+		kind = MT_OPTIM_ADAM;
+	else if (strcmp(optim, "adamw") == 0)
+		kind = MT_OPTIM_ADAMW;
+	else
+		die("optimizer must be sgd, adam or adamw", NULL);
+
+	if (mt_blas_init("auto", &err) != MT_OK)
+		fprintf(stderr, "train_step: no OpenBLAS (%s), reference GEMM\n", err.msg);
+	if ((m = mt_zoo_build(arch, classes, 0, &err)) == NULL)
+		die("build", &err);
+	load_weights(m, argv[3]);
+	m->bn_train_frozen = bn_train_frozen;
+	if (mt_model_freeze(m, freeze, &err) != MT_OK)
+		die("freeze", &err);
+
+	/* the batch */
+	if ((bbuf = read_file(argv[4], &blen)) == NULL)
+		die("cannot read batch", NULL);
+	if (mt_st_parse(bbuf, blen, &bst, &err) != MT_OK)
+		die("batch", &err);
+	tx = mt_st_find(&bst, "x");
+	tl = mt_st_find(&bst, "labels");
+	if (tx == NULL || tl == NULL || tx->dtype != MT_F32 || tx->ndim != 4 ||
+		tx->shape[3] != 3 || tl->dtype != MT_I64 || tl->ndim != 1 || tl->shape[0] != tx->shape[0])
+		die("batch needs x (F32 n x h x w x 3) and labels (I64 n)", NULL);
+	n = (int) tx->shape[0];
+	h = (int) tx->shape[1];
+	w = (int) tx->shape[2];
+	x = malloc(tx->nbytes);
+	memcpy(x, bbuf + tx->offset, tx->nbytes);
+	labels = malloc(sizeof(int) * n);
+	for (int i = 0; i < n; i++)
+	{
+		int64_t		v;
+
+		memcpy(&v, bbuf + tl->offset + 8 * i, 8);
+		labels[i] = (int) v;
+	}
+	logits = malloc(sizeof(float) * n * classes);
+	dlogits = malloc(sizeof(float) * n * classes);
+
+	/* one step */
+	if ((o = mt_optim_create(m, kind, momentum, beta1, beta2, eps, wd, nesterov, &err)) == NULL)
+		die("optimizer", &err);
+	mt_model_zero_grad(m);
+	if (mt_model_forward_train(m, x, n, h, w, logits, NULL, &err) != MT_OK)
+		die("forward_train", &err);
+	fprintf(stderr, "train_step: %s kept %zu bytes for backward\n", arch, mt_model_train_memory(m));
+	if (mt_loss_cross_entropy(logits, labels, n, classes, NULL, 0, 0, &loss, dlogits, &err) != MT_OK)
+		die("loss", &err);
+	if (mt_model_backward(m, dlogits, &err) != MT_OK)
+		die("backward", &err);
+
+	/* gradients are written before the step changes anything */
+	names = calloc(2 * m->n_params + 2, sizeof(char *));
+	dtypes = calloc(2 * m->n_params + 2, sizeof(mt_dtype));
+	ndims = calloc(2 * m->n_params + 2, sizeof(int));
+	shapes = calloc(2 * m->n_params + 2, sizeof(*shapes));
+	datas = calloc(2 * m->n_params + 2, sizeof(void *));
+	owned = calloc(2 * m->n_params + 2, sizeof(char *));
+	names[n_out] = "loss";
+	dtypes[n_out] = MT_F32;
+	ndims[n_out] = 1;
+	shapes[n_out][0] = 1;
+	datas[n_out++] = &loss;
+	names[n_out] = "logits";
+	dtypes[n_out] = MT_F32;
+	ndims[n_out] = 2;
+	shapes[n_out][0] = n;
+	shapes[n_out][1] = classes;
+	datas[n_out++] = logits;
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+		float	   *copy;
+
+		if (p->grad == NULL)
+			continue;
+		owned[n_out] = malloc(strlen(p->name) + 6);
+		sprintf(owned[n_out], "grad.%s", p->name);
+		copy = malloc(p->numel * sizeof(float));
+		memcpy(copy, p->grad, p->numel * sizeof(float));
+		names[n_out] = owned[n_out];
+		dtypes[n_out] = MT_F32;
+		ndims[n_out] = p->ndim;
+		for (int d = 0; d < p->ndim; d++)
+			shapes[n_out][d] = p->shape[d];
+		datas[n_out++] = copy;
+	}
+	if (mt_optim_step(o, m, lr, &err) != MT_OK)
+		die("step", &err);
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+
+		if (p->is_counter || p->data == NULL)
+			continue;
+		names[n_out] = p->name;
+		dtypes[n_out] = MT_F32;
+		ndims[n_out] = p->ndim;
+		for (int d = 0; d < p->ndim; d++)
+			shapes[n_out][d] = p->shape[d];
+		datas[n_out++] = p->data;
+	}
+	if (mt_st_serialize(n_out, names, dtypes, ndims, (const int64_t (*)[MT_ST_MAX_DIMS]) shapes,
+						datas, 0, NULL, NULL, &out, &out_len, &err) != MT_OK)
+		die("serialize", &err);
+	if ((f = fopen(argv[5], "wb")) == NULL || fwrite(out, 1, out_len, f) != out_len || fclose(f) != 0)
+		die("cannot write output", NULL);
+
+	for (int i = 0; i < n_out; i++)
+		if (owned[i] != NULL)
+		{
+			free(owned[i]);
+			free((void *) datas[i]);
+		}
+	mt_free(out);
+	free(owned);
+	free(names);
+	free(dtypes);
+	free(ndims);
+	free(shapes);
+	free(datas);
+	mt_optim_free(o);
+	mt_model_free(m);
+	mt_st_free(&bst);
+	free(bbuf);
+	free(x);
+	free(labels);
+	free(logits);
+	free(dlogits);
+	return 0;
+}

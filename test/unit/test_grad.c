@@ -1,0 +1,1622 @@
+/*
+ * test_grad.c - the training half of the engine: every backward kernel
+ * against central finite differences of its forward kernel, the graph's
+ * backward pass on small graphs and on whole zoo models, batch-norm running
+ * statistics, freezing, the cross-entropy loss, optimizer update rules
+ * (values from torch.optim), parameter copies, initialisation and
+ * cancellation.
+ *
+ *   make unittest && test/bin/test_grad ../shared
+ *
+ * Error measure of a gradient check: max |finite difference - analytic|
+ * over the checked elements divided by max |analytic| over the tensor.
+ */
+#include "core/blas.h"
+#include "core/graph.h"
+#include "core/ops.h"
+#include "core/train.h"
+#include "nn/zoo.h"
+#include "mt_test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const mt_backend *be = &mt_cpu_backend;
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+/* Uniform in [0, 1). */
+static double
+urand(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return (double) (rng_state >> 11) / 9007199254740992.0;
+}
+
+static float
+frand(float lo, float hi)
+{
+	return (float) (lo + (hi - lo) * urand());
+}
+
+static int
+irand(int n)
+{
+	return (int) (urand() * n);
+}
+
+/* A buffer of uniform values in [lo, hi). */
+static float *
+rbuf(size_t n, float lo, float hi)
+{
+	float	   *p = malloc((n ? n : 1) * sizeof(float));
+
+	for (size_t i = 0; i < n; i++)
+		p[i] = frand(lo, hi);
+	return p;
+}
+
+/* Values in [-1, 1] at least `gap` away from 0 (keeps ReLU kinks away). */
+static float *
+rbuf_away(size_t n, float gap)
+{
+	float	   *p = malloc(n * sizeof(float));
+
+	for (size_t i = 0; i < n; i++)
+	{
+		float		v = frand(gap, 1.0f);
+
+		p[i] = urand() < 0.5 ? -v : v;
+	}
+	return p;
+}
+
+static float *
+zbuf(size_t n)
+{
+	return calloc(n ? n : 1, sizeof(float));
+}
+
+static double
+dot(const float *a, const float *b, size_t n)
+{
+	double		s = 0;
+
+	for (size_t i = 0; i < n; i++)
+		s += (double) a[i] * b[i];
+	return s;
+}
+
+typedef void (*fwd_fn) (void *ctx, float *y);
+
+/*
+ * Central differences of f = <y(v), r> with respect to v[k] for `samples`
+ * elements (all if samples >= len); returns the error measure.
+ */
+static double
+fd_check_floor(fwd_fn f, void *ctx, float *v, size_t len, const float *ga,
+			   const float *r, float *y, size_t ylen, int samples, double h,
+			   double floor)
+{
+	double		worst = 0,
+				gmax = 0;
+	int			count = samples >= (int) len ? (int) len : samples;
+
+	for (size_t k = 0; k < len; k++)
+		gmax = fabs(ga[k]) > gmax ? fabs(ga[k]) : gmax;
+	for (int s = 0; s < count; s++)
+	{
+		size_t		k = samples >= (int) len ? (size_t) s : (size_t) irand((int) len);
+		float		save = v[k];
+		float		hi = (float) (save + h),
+					lo = (float) (save - h);
+		double		lp,
+					lm,
+					fd;
+
+		v[k] = hi;
+		f(ctx, y);
+		lp = dot(y, r, ylen);
+		v[k] = lo;
+		f(ctx, y);
+		lm = dot(y, r, ylen);
+		v[k] = save;
+		fd = (lp - lm) / ((double) hi - (double) lo);
+		if (fabs(fd - ga[k]) > worst)
+			worst = fabs(fd - ga[k]);
+	}
+	return worst / (gmax > floor ? gmax : floor);
+}
+
+/*
+ * Directional derivatives of f = <y(v), r> along unit directions d (the
+ * gradient's own, then a random one) against <ga, d>, with a step making
+ * h |ga| = target (at most 1e-2); returns max |fd - <ga, d>| / max(|ga|,
+ * 1e-2).
+ */
+static double
+dir_check(fwd_fn f, void *ctx, float *v, size_t len, const float *ga,
+		  const float *r, float *y, size_t ylen, double target)
+{
+	float	   *save = malloc(len * sizeof(float));
+	float	   *d = malloc(len * sizeof(float));
+	double		gnorm = 0,
+				worst = 0;
+
+	memcpy(save, v, len * sizeof(float));
+	for (size_t k = 0; k < len; k++)
+		gnorm += (double) ga[k] * ga[k];
+	gnorm = sqrt(gnorm);
+	for (int s = 0; s < 2 && gnorm > 1e-6; s++)
+	{
+		double		dn = 0,
+					an = 0,
+					h = fmin(target / gnorm, 1e-2),
+					lp,
+					lm;
+
+		for (size_t k = 0; k < len; k++)
+		{
+			d[k] = s == 0 ? ga[k] : (urand() < 0.5 ? -1.0f : 1.0f);
+			dn += (double) d[k] * d[k];
+		}
+		dn = sqrt(dn);
+		for (size_t k = 0; k < len; k++)
+		{
+			d[k] = (float) (d[k] / dn);
+			an += (double) ga[k] * d[k];
+		}
+		for (size_t k = 0; k < len; k++)
+			v[k] = (float) (save[k] + h * d[k]);
+		f(ctx, y);
+		lp = dot(y, r, ylen);
+		for (size_t k = 0; k < len; k++)
+			v[k] = (float) (save[k] - h * d[k]);
+		f(ctx, y);
+		lm = dot(y, r, ylen);
+		memcpy(v, save, len * sizeof(float));
+		if (getenv("MT_GRAD_DEBUG"))
+			printf("    dir %d: fd %.6g an %.6g |g| %.3g\n", s, (lp - lm) / (2 * h), an, gnorm);
+		worst = fmax(worst, fabs((lp - lm) / (2 * h) - an) / fmax(gnorm, 1e-2));
+	}
+	free(save);
+	free(d);
+	return worst;
+}
+
+/* fd_check_floor for tensors whose gradient is not tiny. */
+static double
+fd_check(fwd_fn f, void *ctx, float *v, size_t len, const float *ga,
+		 const float *r, float *y, size_t ylen, int samples, double h)
+{
+	return fd_check_floor(f, ctx, v, len, ga, r, y, ylen, samples, h, 1e-6);
+}
+
+/* ---- convolution kernels ------------------------------------------------ */
+
+typedef struct conv_ctx
+{
+	mt_conv_desc d;
+	int			n,
+				h,
+				w;
+	float	   *x,
+			   *wt,
+			   *bias,
+			   *packed,
+			   *scratch;
+} conv_ctx;
+
+static void
+conv_fwd(void *p, float *y)
+{
+	conv_ctx   *c = p;
+
+	mt_conv_pack_oihw(&c->d, c->wt, c->packed);
+	be->conv2d(&c->d, c->n, c->h, c->w, c->x, c->packed, c->bias, y, c->scratch, NULL);
+}
+
+static void
+test_conv_case(const char *what, int cin, int cout, int kh, int kw, int s, int dil,
+			   int groups, int pt, int pl, int pb, int pr, int with_bias, int n, int h, int w)
+{
+	conv_ctx	c;
+	int			oh,
+				ow;
+	size_t		xl,
+				yl,
+				wl;
+	float	   *r,
+			   *y,
+			   *dx,
+			   *dwp,
+			   *dw,
+			   *db;
+	double		ex,
+				ew,
+				eb = 0;
+
+	memset(&c, 0, sizeof(c));
+	c.d = (mt_conv_desc) {cin, cout, kh, kw, s, s, dil, dil, groups, pt, pl, pb, pr, MT_ACT_NONE};
+	c.n = n;
+	c.h = h;
+	c.w = w;
+	oh = mt_out_size(h, kh, s, dil, pt, pb);
+	ow = mt_out_size(w, kw, s, dil, pl, pr);
+	xl = (size_t) n * h * w * cin;
+	yl = (size_t) n * oh * ow * cout;
+	wl = mt_conv_packed_size(&c.d);
+	c.x = rbuf(xl, -1, 1);
+	c.wt = rbuf(wl, -1, 1);
+	c.bias = with_bias ? rbuf(cout, -1, 1) : NULL;
+	c.packed = zbuf(wl);
+	c.scratch = zbuf(mt_conv_scratch_size(&c.d, h, w) + 1);
+	r = rbuf(yl, -1, 1);
+	y = zbuf(yl);
+	dx = zbuf(xl);
+	dwp = zbuf(wl);
+	dw = zbuf(wl);
+	db = zbuf(cout);
+
+	mt_conv_pack_oihw(&c.d, c.wt, c.packed);
+	CHECK(be->conv2d_backward_data(&c.d, n, h, w, r, c.packed, dx, c.scratch, NULL) == MT_OK, "%s", what);
+	CHECK(be->conv2d_backward_weight(&c.d, n, h, w, c.x, r, dwp, c.scratch, NULL) == MT_OK, "%s", what);
+	mt_conv_unpack_add_oihw(&c.d, dwp, dw);
+	be->bias_backward((size_t) n * oh * ow, cout, r, db);
+
+	ex = fd_check(conv_fwd, &c, c.x, xl, dx, r, y, yl, 60, 1e-2);
+	ew = fd_check(conv_fwd, &c, c.wt, wl, dw, r, y, yl, 60, 1e-2);
+	if (with_bias)
+		eb = fd_check(conv_fwd, &c, c.bias, cout, db, r, y, yl, cout, 1e-2);
+	CHECK(ex < 2e-3 && ew < 2e-3 && eb < 2e-3, "conv %s: dX %.2e dW %.2e db %.2e", what, ex, ew, eb);
+
+	free(c.x);
+	free(c.wt);
+	free(c.bias);
+	free(c.packed);
+	free(c.scratch);
+	free(r);
+	free(y);
+	free(dx);
+	free(dwp);
+	free(dw);
+	free(db);
+}
+
+static void
+test_conv_kernels(void)
+{
+	/* what, cin, cout, kh, kw, s, dil, groups, pads t l b r, bias, n, h, w */
+	test_conv_case("3x3 s1 p1 bias", 4, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, 6, 5);
+	test_conv_case("3x3 s2 p1", 3, 6, 3, 3, 2, 1, 1, 1, 1, 1, 1, 0, 2, 7, 8);
+	test_conv_case("3x3 s2 TF SAME (0,1)", 3, 4, 3, 3, 2, 1, 1, 0, 0, 1, 1, 1, 2, 8, 8);
+	test_conv_case("3x3 s1 dilation 2", 3, 4, 3, 3, 1, 2, 1, 2, 2, 2, 2, 1, 1, 7, 7);
+	test_conv_case("7x7 s2 p3 stem", 3, 4, 7, 7, 2, 1, 1, 3, 3, 3, 3, 0, 1, 9, 9);
+	test_conv_case("1x1 pointwise GEMM", 6, 5, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 2, 4, 3);
+	test_conv_case("1x1 s2 downsample", 4, 6, 1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 2, 5, 6);
+	test_conv_case("3x1 asymmetric kernel", 3, 3, 3, 1, 1, 1, 1, 1, 0, 1, 0, 1, 1, 5, 4);
+	test_conv_case("grouped 3x3 g2", 6, 4, 3, 3, 1, 1, 2, 1, 1, 1, 1, 1, 2, 5, 5);
+	test_conv_case("grouped 3x3 s2 g3", 6, 9, 3, 3, 2, 1, 3, 1, 1, 1, 1, 0, 1, 6, 6);
+	test_conv_case("depthwise 3x3 s1 p1", 5, 5, 3, 3, 1, 1, 5, 1, 1, 1, 1, 1, 2, 6, 6);
+	test_conv_case("depthwise 3x3 s2 TF SAME", 4, 4, 3, 3, 2, 1, 4, 0, 0, 1, 1, 0, 2, 8, 8);
+	test_conv_case("depthwise 3x3 dilation 2", 3, 3, 3, 3, 1, 2, 3, 2, 2, 2, 2, 1, 1, 7, 7);
+}
+
+/* ---- pooling, activations, linear, batch norm kernels -------------------- */
+
+typedef struct pool_ctx
+{
+	mt_pool_desc p;
+	int			n,
+				h,
+				w,
+				c,
+				kind;			/* 0 max, 1 avg, 2 global avg */
+	float	   *x;
+} pool_ctx;
+
+static void
+pool_fwd(void *p, float *y)
+{
+	pool_ctx   *c = p;
+
+	if (c->kind == 0)
+		be->max_pool2d(&c->p, c->n, c->h, c->w, c->c, c->x, y);
+	else if (c->kind == 1)
+		be->avg_pool2d(&c->p, c->n, c->h, c->w, c->c, c->x, y);
+	else
+		be->global_avg_pool(c->n, c->h, c->w, c->c, c->x, y);
+}
+
+static void
+test_pool_case(const char *what, int kind, int k, int s, int pad, int include_pad)
+{
+	pool_ctx	c;
+	int			oh,
+				ow;
+	size_t		xl,
+				yl;
+	float	   *r,
+			   *y,
+			   *dx;
+	double		e;
+
+	memset(&c, 0, sizeof(c));
+	c.p = (mt_pool_desc) {k, k, s, s, pad, pad, pad, pad, include_pad};
+	c.kind = kind;
+	c.n = 2;
+	c.h = 7;
+	c.w = 6;
+	c.c = 3;
+	oh = kind == 2 ? 1 : mt_out_size(c.h, k, s, 1, pad, pad);
+	ow = kind == 2 ? 1 : mt_out_size(c.w, k, s, 1, pad, pad);
+	xl = (size_t) c.n * c.h * c.w * c.c;
+	yl = (size_t) c.n * oh * ow * c.c;
+	c.x = malloc(xl * sizeof(float));
+	/* distinct values 0.05 apart so no maximum changes under a 0.01 step */
+	for (size_t i = 0; i < xl; i++)
+		c.x[i] = (float) i * 0.05f;
+	for (size_t i = xl - 1; i > 0; i--)
+	{
+		size_t		j = (size_t) irand((int) i + 1);
+		float		t = c.x[i];
+
+		c.x[i] = c.x[j];
+		c.x[j] = t;
+	}
+	r = rbuf(yl, -1, 1);
+	y = zbuf(yl);
+	dx = zbuf(xl);
+	if (kind == 0)
+		be->max_pool2d_backward(&c.p, c.n, c.h, c.w, c.c, c.x, r, dx);
+	else if (kind == 1)
+		be->avg_pool2d_backward(&c.p, c.n, c.h, c.w, c.c, r, dx);
+	else
+		be->global_avg_pool_backward(c.n, c.h, c.w, c.c, r, dx);
+	e = fd_check(pool_fwd, &c, c.x, xl, dx, r, y, yl, (int) xl, 1e-2);
+	CHECK(e < 2e-3, "%s: dX %.2e", what, e);
+	free(c.x);
+	free(r);
+	free(y);
+	free(dx);
+}
+
+typedef struct act_ctx
+{
+	size_t		len;
+	mt_act		act;
+	float	   *x,
+			   *b;
+} act_ctx;
+
+static void
+act_fwd(void *p, float *y)
+{
+	act_ctx    *c = p;
+
+	if (c->b != NULL)
+		be->add_act(c->len, c->x, c->b, c->act, y);
+	else
+		be->act(c->len, c->x, c->act, y);
+}
+
+static void
+test_act_case(const char *what, mt_act act, int add)
+{
+	act_ctx		c;
+	float	   *r,
+			   *y,
+			   *dx;
+	double		e;
+
+	c.len = 120;
+	c.act = act;
+	c.x = rbuf_away(c.len, 0.05f);
+	c.b = add ? rbuf_away(c.len, 0.05f) : NULL;
+	if (act == MT_ACT_RELU6)
+		for (size_t i = 0; i < c.len; i++)
+			c.x[i] *= 8.0f;		/* crosses 0 and 6 */
+	if (add)
+		for (size_t i = 0; i < c.len; i++)
+			if (fabsf(c.x[i] + c.b[i]) < 0.05f || fabsf(c.x[i] + c.b[i] - 6.0f) < 0.05f)
+				c.b[i] += 0.2f;
+	for (size_t i = 0; i < c.len; i++)
+		if (fabsf(c.x[i] - 6.0f) < 0.05f)
+			c.x[i] += 0.2f;
+	r = rbuf(c.len, -1, 1);
+	y = zbuf(c.len);
+	dx = zbuf(c.len);
+	act_fwd(&c, y);
+	be->act_backward(c.len, y, r, act, dx);
+	e = fd_check(act_fwd, &c, c.x, c.len, dx, r, y, c.len, (int) c.len, 1e-2);
+	CHECK(e < 1e-3, "%s: dX %.2e", what, e);
+	if (add)
+	{
+		e = fd_check(act_fwd, &c, c.b, c.len, dx, r, y, c.len, (int) c.len, 1e-2);
+		CHECK(e < 1e-3, "%s: dB %.2e", what, e);
+	}
+	/* in place, as the graph uses it */
+	be->act_backward(c.len, y, r, act, r);
+	CHECK(memcmp(r, dx, c.len * sizeof(float)) == 0, "%s in place", what);
+	free(c.x);
+	free(c.b);
+	free(r);
+	free(y);
+	free(dx);
+}
+
+typedef struct lin_ctx
+{
+	int			n,
+				in,
+				out;
+	float	   *x,
+			   *w,
+			   *b;
+} lin_ctx;
+
+static void
+lin_fwd(void *p, float *y)
+{
+	lin_ctx    *c = p;
+
+	be->linear(c->n, c->in, c->out, c->x, c->w, c->b, y);
+}
+
+static void
+test_linear_kernel(void)
+{
+	lin_ctx		c = {3, 7, 4, NULL, NULL, NULL};
+	size_t		yl = 12;
+	float	   *r = rbuf(yl, -1, 1),
+			   *y = zbuf(yl),
+			   *dx = zbuf(21),
+			   *dw = zbuf(28),
+			   *db = zbuf(4);
+	double		ex,
+				ew,
+				eb;
+
+	c.x = rbuf(21, -1, 1);
+	c.w = rbuf(28, -1, 1);
+	c.b = rbuf(4, -1, 1);
+	be->linear_backward(c.n, c.in, c.out, c.x, c.w, r, dx, dw, db);
+	ex = fd_check(lin_fwd, &c, c.x, 21, dx, r, y, yl, 21, 1e-2);
+	ew = fd_check(lin_fwd, &c, c.w, 28, dw, r, y, yl, 28, 1e-2);
+	eb = fd_check(lin_fwd, &c, c.b, 4, db, r, y, yl, 4, 1e-2);
+	CHECK(ex < 1e-3 && ew < 1e-3 && eb < 1e-3, "linear: dX %.2e dW %.2e db %.2e", ex, ew, eb);
+	free(c.x);
+	free(c.w);
+	free(c.b);
+	free(r);
+	free(y);
+	free(dx);
+	free(dw);
+	free(db);
+}
+
+typedef struct bn_ctx
+{
+	size_t		rows;
+	int			c;
+	float	   *x,
+			   *g,
+			   *b;
+} bn_ctx;
+
+/* Batch norm with batch statistics, through the backend's kernels. */
+static void
+bn_fwd(void *p, float *y)
+{
+	bn_ctx	   *c = p;
+	float		mean[8],
+				var[8],
+				scale[8],
+				shift[8];
+
+	be->channel_stats(c->rows, c->c, c->x, mean, var);
+	for (int j = 0; j < c->c; j++)
+	{
+		double		is = 1.0 / sqrt((double) var[j] + 1e-5);
+
+		scale[j] = (float) (c->g[j] * is);
+		shift[j] = (float) (c->b[j] - mean[j] * c->g[j] * is);
+	}
+	be->channel_affine(c->rows, c->c, c->x, scale, shift, MT_ACT_NONE, y);
+}
+
+static void
+test_bn_kernel(void)
+{
+	bn_ctx		c = {30, 5, NULL, NULL, NULL};
+	size_t		len = 150;
+	float	   *r = rbuf(len, -1, 1),
+			   *y = zbuf(len),
+			   *dx = zbuf(len),
+			   *dg = zbuf(5),
+			   *db = zbuf(5);
+	float		mean[5],
+				var[5],
+				is[5];
+	double		ex,
+				eg,
+				eb;
+
+	c.x = rbuf(len, -2, 3);
+	c.g = rbuf(5, 0.5f, 1.5f);
+	c.b = rbuf(5, -0.5f, 0.5f);
+	be->channel_stats(c.rows, c.c, c.x, mean, var);
+	for (int j = 0; j < 5; j++)
+	{
+		double		s = 0,
+					s2 = 0;
+
+		for (size_t i = 0; i < c.rows; i++)
+			s += c.x[i * 5 + j];
+		s /= c.rows;
+		for (size_t i = 0; i < c.rows; i++)
+			s2 += (c.x[i * 5 + j] - s) * (c.x[i * 5 + j] - s);
+		s2 /= c.rows;
+		CHECK(fabs(mean[j] - s) < 1e-6 && fabs(var[j] - s2) < 1e-6,
+			  "channel stats %d: %g %g vs %g %g", j, mean[j], var[j], s, s2);
+		is[j] = (float) (1.0 / sqrt((double) var[j] + 1e-5));
+	}
+	be->batch_norm_backward(c.rows, c.c, c.x, r, mean, is, c.g, dx, dg, db);
+	ex = fd_check(bn_fwd, &c, c.x, len, dx, r, y, len, 80, 1e-3);
+	eg = fd_check(bn_fwd, &c, c.g, 5, dg, r, y, len, 5, 1e-3);
+	eb = fd_check(bn_fwd, &c, c.b, 5, db, r, y, len, 5, 1e-3);
+	CHECK(ex < 5e-3 && eg < 5e-3 && eb < 5e-3, "batch norm: dX %.2e dgamma %.2e dbeta %.2e", ex, eg, eb);
+	free(c.x);
+	free(c.g);
+	free(c.b);
+	free(r);
+	free(y);
+	free(dx);
+	free(dg);
+	free(db);
+}
+
+static void
+test_small_kernels(void)
+{
+	test_pool_case("max pool 3x3 s2 p1", 0, 3, 2, 1, 1);
+	test_pool_case("max pool 2x2 s2", 0, 2, 2, 0, 1);
+	test_pool_case("avg pool 3x3 s1 p1 count_include_pad", 1, 3, 1, 1, 1);
+	test_pool_case("avg pool 3x3 s2 p1 exclude pad", 1, 3, 2, 1, 0);
+	test_pool_case("avg pool 2x2 s2", 1, 2, 2, 0, 1);
+	test_pool_case("global avg pool", 2, 1, 1, 0, 1);
+	test_act_case("relu", MT_ACT_RELU, 0);
+	test_act_case("relu6", MT_ACT_RELU6, 0);
+	test_act_case("residual add + relu", MT_ACT_RELU, 1);
+	test_act_case("residual add", MT_ACT_NONE, 1);
+	test_linear_kernel();
+	test_bn_kernel();
+}
+
+/* ---- graphs ------------------------------------------------------------- */
+
+/* Add a parameter with random data in [lo, hi). */
+static int
+gparam(mt_model *m, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2,
+	   int64_t d3, float lo, float hi)
+{
+	int64_t		shape[4] = {d0, d1, d2, d3};
+	int			i = mt_model_add_param(m, name, ndim, shape, 0);
+
+	m->params[i].data = rbuf(m->params[i].numel, lo, hi);
+	m->params[i].loaded = 1;
+	return i;
+}
+
+static int
+gconv(mt_model *m, int in, int cin, int cout, int k, int s, int pad, int dil,
+	  int groups, int bias)
+{
+	mt_node		n = mt_node_init(MT_NODE_CONV, in);
+	char		name[64];
+	float		a = 1.5f / sqrtf((float) (cin / groups * k * k));
+
+	n.cin = cin;
+	n.cout = cout;
+	n.kh = n.kw = k;
+	n.sh = n.sw = s;
+	n.dh = n.dw = dil;
+	n.pad_h = n.pad_w = pad;
+	n.groups = groups;
+	snprintf(name, sizeof(name), "n%d.weight", m->n_nodes);
+	n.p_weight = gparam(m, name, 4, cout, cin / groups, k, k, -a, a);
+	if (bias)
+	{
+		snprintf(name, sizeof(name), "n%d.bias", m->n_nodes);
+		n.p_bias = gparam(m, name, 1, cout, 0, 0, 0, -0.3f, 0.3f);
+	}
+	return mt_model_add_node(m, &n);
+}
+
+static int
+gbn(mt_model *m, int in, int c)
+{
+	mt_node		n = mt_node_init(MT_NODE_BN, in);
+	char		name[64];
+
+	snprintf(name, sizeof(name), "n%d.weight", m->n_nodes);
+	n.p_bn_weight = gparam(m, name, 1, c, 0, 0, 0, 0.5f, 1.5f);
+	snprintf(name, sizeof(name), "n%d.bias", m->n_nodes);
+	n.p_bn_bias = gparam(m, name, 1, c, 0, 0, 0, -0.3f, 0.3f);
+	snprintf(name, sizeof(name), "n%d.running_mean", m->n_nodes);
+	n.p_bn_mean = gparam(m, name, 1, c, 0, 0, 0, -0.2f, 0.2f);
+	snprintf(name, sizeof(name), "n%d.running_var", m->n_nodes);
+	n.p_bn_var = gparam(m, name, 1, c, 0, 0, 0, 0.5f, 1.5f);
+	return mt_model_add_node(m, &n);
+}
+
+static int
+gsimple(mt_model *m, mt_node_kind kind, int in, int in1, mt_act act)
+{
+	mt_node		n = mt_node_init(kind, in);
+
+	n.in1 = in1;
+	n.act = act;
+	return mt_model_add_node(m, &n);
+}
+
+static int
+gpool(mt_model *m, mt_node_kind kind, int in, int k, int s, int p)
+{
+	mt_node		n = mt_node_init(kind, in);
+
+	n.pool_k = k;
+	n.pool_s = s;
+	n.pool_p = p;
+	return mt_model_add_node(m, &n);
+}
+
+static int
+glinear(mt_model *m, int in, int fin, int fout)
+{
+	mt_node		n = mt_node_init(MT_NODE_LINEAR, in);
+	char		name[64];
+	float		a = 1.0f / sqrtf((float) fin);
+
+	n.in_features = fin;
+	n.out_features = fout;
+	snprintf(name, sizeof(name), "n%d.weight", m->n_nodes);
+	n.p_weight = gparam(m, name, 2, fout, fin, 0, 0, -a, a);
+	snprintf(name, sizeof(name), "n%d.bias", m->n_nodes);
+	n.p_bias = gparam(m, name, 1, fout, 0, 0, 0, -a, a);
+	return mt_model_add_node(m, &n);
+}
+
+/* Context of a graph-level check: f = <output of the logits node, r>. */
+typedef struct graph_ctx
+{
+	mt_model   *m;
+	const float *x;
+	int			n,
+				h,
+				w;
+} graph_ctx;
+
+static void
+graph_fwd(void *p, float *y)
+{
+	graph_ctx  *c = p;
+	mt_err		err;
+
+	c->m->prepared = 0;			/* parameters were just perturbed */
+	if (mt_model_forward_train(c->m, c->x, c->n, c->h, c->w, y, NULL, &err) != MT_OK)
+		fprintf(stderr, "forward_train: %s\n", err.msg);
+	mt_model_train_release(c->m);
+}
+
+/* Elements of the logits node's output. */
+static size_t
+out_len(const mt_model *m, int n, int h, int w)
+{
+	mt_shape3  *shp = calloc(m->n_nodes, sizeof(mt_shape3));
+	size_t		scratch,
+				len;
+
+	mt_model_shapes(m, h, w, shp, &scratch, NULL);
+	len = (size_t) n * shp[m->logits_node].h * shp[m->logits_node].w * shp[m->logits_node].c;
+	free(shp);
+	return len;
+}
+
+/*
+ * Backward once with dlogits = r, then check `samples` elements of every
+ * trainable tensor (elementwise differences, limited by float32 noise to
+ * about 1e-2), and every tensor as a whole by directional derivatives
+ * (much tighter); returns the worst elementwise error measure.
+ */
+static double
+graph_check(const char *what, mt_model *m, const float *x, int n, int h, int w,
+			int samples, double step, double tol)
+{
+	graph_ctx	c = {m, x, n, h, w};
+	size_t		yl = out_len(m, n, h, w);
+	float	   *r = rbuf(yl, -1, 1),
+			   *y = zbuf(yl);
+	double		worst = 0,
+				worst_dir = 0;
+	const char *worst_name = "",
+			   *worst_dir_name = "";
+	mt_err		err;
+	int			checked = 0;
+
+	mt_model_zero_grad(m);
+	CHECK(mt_model_forward_train(m, x, n, h, w, y, NULL, &err) == MT_OK, "%s: %s", what, err.msg);
+	CHECK(mt_model_backward(m, r, &err) == MT_OK, "%s: %s", what, err.msg);
+	CHECK(m->train == NULL, "%s: backward released the saved state", what);
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+		double		e;
+
+		if (!p->trainable || p->is_buffer || p->is_counter)
+			continue;
+		if (p->grad == NULL)
+		{
+			CHECK(0, "%s: no gradient for %s", what, p->name);
+			continue;
+		}
+		/* a conv bias right before a batch-statistics BN has gradient 0 */
+		e = fd_check_floor(graph_fwd, &c, p->data, p->numel, p->grad, r, y, yl, samples,
+						   step, 1e-2);
+		checked++;
+		if (e > worst)
+		{
+			worst = e;
+			worst_name = p->name;
+		}
+		e = dir_check(graph_fwd, &c, p->data, p->numel, p->grad, r, y, yl, 3e-4);
+		if (e > worst_dir)
+		{
+			worst_dir = e;
+			worst_dir_name = p->name;
+		}
+	}
+	CHECK(checked > 0 && worst < tol, "%s: elementwise worst %.2e (%s) over %d tensors", what,
+		  worst, worst_name, checked);
+	CHECK(worst_dir < 2e-3, "%s: directional worst %.2e (%s)", what, worst_dir, worst_dir_name);
+	printf("  %-40s elementwise %.2e (%s), directional %.2e (%s), %d tensors\n", what, worst,
+		   worst_name, worst_dir, worst_dir_name, checked);
+	free(r);
+	free(y);
+	return worst;
+}
+
+/*
+ * Every node kind in one graph: conv + bias, BN, ReLU, max pool, grouped
+ * conv, ReLU6, dilated depthwise conv, residual add, average pool,
+ * pointwise conv, global average pool, linear.
+ */
+static mt_model *
+mixed_graph(int padding_same)
+{
+	mt_model   *m = mt_model_alloc("test", 64, 64, NULL);
+	int			x = gsimple(m, MT_NODE_INPUT, -1, -1, MT_ACT_NONE);
+	int			skip;
+
+	m->padding_same = padding_same;
+	x = gconv(m, x, 3, 8, 3, padding_same ? 2 : 1, 1, 1, 1, 1);
+	x = gbn(m, x, 8);
+	x = gsimple(m, MT_NODE_ACT, x, -1, MT_ACT_RELU);
+	skip = x = gpool(m, MT_NODE_MAXPOOL, x, 3, 2, 1);
+	x = gconv(m, x, 8, 8, 3, 1, 1, 1, 2, 0);
+	x = gbn(m, x, 8);
+	x = gsimple(m, MT_NODE_ACT, x, -1, MT_ACT_RELU6);
+	x = gconv(m, x, 8, 8, 3, 1, 2, 2, 8, 0);
+	x = gbn(m, x, 8);
+	x = gsimple(m, MT_NODE_ADD, x, skip, MT_ACT_NONE);
+	x = gsimple(m, MT_NODE_ACT, x, -1, MT_ACT_RELU);
+	x = gpool(m, MT_NODE_AVGPOOL, x, 3, 1, 1);
+	x = gconv(m, x, 8, 16, 1, 1, 0, 1, 1, 1);
+	x = gsimple(m, MT_NODE_GAP, x, -1, MT_ACT_NONE);
+	m->features_node = x;
+	m->feature_dim = 16;
+	m->logits_node = glinear(m, x, 16, 3);
+	m->num_classes = 3;
+	return m;
+}
+
+static void
+test_graphs(void)
+{
+	float	   *x = rbuf(2 * 10 * 9 * 3, -1, 1);
+	float	   *x8 = rbuf(2 * 8 * 8 * 3, -1, 1);
+	mt_model   *m;
+	mt_err		err;
+
+	/* everything trains: every BN uses batch statistics */
+	m = mixed_graph(0);
+	CHECK(mt_model_freeze(m, "none", &err) == MT_OK, "%s", err.msg);
+	graph_check("graph, all layers, batch-stat BN", m, x, 2, 10, 9, 12, 1e-3, 3e-2);
+
+	/* BN weights frozen, BN biases train: BN in inference mode */
+	for (int i = 0; i < m->n_nodes; i++)
+		if (m->nodes[i].kind == MT_NODE_BN)
+			m->params[m->nodes[i].p_bn_weight].trainable = 0;
+	graph_check("graph, BN in inference mode", m, x, 2, 10, 9, 12, 1e-3, 3e-2);
+
+	/* frozen BN with batch statistics (PyTorch model.train()) */
+	m->bn_train_frozen = 1;
+	graph_check("graph, frozen BN with batch statistics", m, x, 2, 10, 9, 12, 1e-3, 3e-2);
+	mt_model_free(m);
+
+	/* TF SAME padding: stride-2 convs on even sizes pad 0 before, 1 after */
+	m = mixed_graph(1);
+	graph_check("graph, TF SAME padding", m, x8, 2, 8, 8, 12, 1e-3, 3e-2);
+	mt_model_free(m);
+	free(x);
+	free(x8);
+}
+
+/* BN in training mode: output and running statistics against the formula. */
+static void
+test_bn_running_stats(void)
+{
+	mt_model   *m = mt_model_alloc("bn", 4, 8, NULL);
+	int			n = 3,
+				h = 4,
+				w = 5,
+				c = 3;
+	size_t		rows = (size_t) n * h * w;
+	float	   *x = rbuf(rows * c, -1, 3);
+	float	   *y = zbuf(rows * c);
+	float		rm0[3],
+				rv0[3];
+	int			b;
+	mt_param   *g,
+			   *bb,
+			   *rm,
+			   *rv;
+	mt_err		err;
+	double		worst = 0;
+
+	b = gsimple(m, MT_NODE_INPUT, -1, -1, MT_ACT_NONE);
+	b = gbn(m, b, c);
+	m->logits_node = b;
+	g = &m->params[m->nodes[b].p_bn_weight];
+	bb = &m->params[m->nodes[b].p_bn_bias];
+	rm = &m->params[m->nodes[b].p_bn_mean];
+	rv = &m->params[m->nodes[b].p_bn_var];
+	CHECK(rm->is_buffer && rv->is_buffer && !rm->trainable, "running stats are buffers");
+	memcpy(rm0, rm->data, sizeof(rm0));
+	memcpy(rv0, rv->data, sizeof(rv0));
+	CHECK(mt_model_forward_train(m, x, n, h, w, y, NULL, &err) == MT_OK, "%s", err.msg);
+	for (int j = 0; j < c; j++)
+	{
+		double		mean = 0,
+					var = 0;
+
+		for (size_t r = 0; r < rows; r++)
+			mean += x[r * c + j];
+		mean /= rows;
+		for (size_t r = 0; r < rows; r++)
+			var += (x[r * c + j] - mean) * (x[r * c + j] - mean);
+		CHECK_NEAR(rm->data[j], 0.9 * rm0[j] + 0.1 * mean, 1e-6, "running_mean");
+		CHECK_NEAR(rv->data[j], 0.9 * rv0[j] + 0.1 * var / (rows - 1), 1e-6, "running_var (unbiased)");
+		for (size_t r = 0; r < rows; r++)
+		{
+			double		want = (x[r * c + j] - mean) / sqrt(var / rows + 1e-5) * g->data[j] + bb->data[j];
+
+			worst = fmax(worst, fabs(y[r * c + j] - want));
+		}
+	}
+	CHECK(worst < 1e-5, "BN training output vs formula (biased variance): %g", worst);
+	CHECK(m->prepared == 0, "running statistics changed: refold");
+	mt_model_train_release(m);
+
+	/* one value per channel cannot train */
+	CHECK(mt_model_forward_train(m, x, 1, 1, 1, y, NULL, &err) == MT_ERR_SHAPE,
+		  "batch of one 1x1 map: %s", err.msg);
+	CHECK(m->train == NULL, "no state after an error");
+	mt_model_free(m);
+	free(x);
+	free(y);
+}
+
+/* Fill a zoo model with random weights and statistics. */
+static void
+randomise(mt_model *m, uint64_t seed)
+{
+	mt_err		err;
+
+	CHECK(mt_model_init_all(m, seed, &err) == MT_OK, "init_all: %s", err.msg);
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		mt_node    *nd = &m->nodes[i];
+
+		if (nd->kind != MT_NODE_BN)
+			continue;
+		for (int j = 0; j < m->params[nd->p_bn_weight].shape[0]; j++)
+		{
+			m->params[nd->p_bn_weight].data[j] = frand(0.5f, 1.5f);
+			m->params[nd->p_bn_bias].data[j] = frand(-0.2f, 0.2f);
+			m->params[nd->p_bn_mean].data[j] = frand(-0.2f, 0.2f);
+			m->params[nd->p_bn_var].data[j] = frand(0.5f, 2.0f);
+		}
+	}
+}
+
+/* Loss f = CE(logits) for a whole model, for finite differences. */
+typedef struct model_ctx
+{
+	mt_model   *m;
+	const float *x;
+	const int  *labels;
+	int			n,
+				hw;
+} model_ctx;
+
+static double
+model_loss(model_ctx *c)
+{
+	float		logits[64];
+	double		loss = 0;
+	int			k = c->m->num_classes;
+	mt_err		err;
+
+	c->m->prepared = 0;
+	if (mt_model_forward_train(c->m, c->x, c->n, c->hw, c->hw, logits, NULL, &err) != MT_OK)
+		fprintf(stderr, "forward_train: %s\n", err.msg);
+	mt_model_train_release(c->m);
+	/* mean cross-entropy in double (no float rounding of the loss) */
+	for (int i = 0; i < c->n; i++)
+	{
+		double		sum = 0;
+
+		for (int j = 0; j < k; j++)
+			sum += exp((double) logits[i * k + j]);
+		loss += log(sum) - logits[i * k + c->labels[i]];
+	}
+	return loss / c->n;
+}
+
+/*
+ * A whole zoo model: the gradient of the mean cross-entropy with respect to
+ * whole tensors, checked as directional derivatives: for a unit direction d
+ * (the gradient's own, and a random one), (L(w + h d) - L(w - h d)) / 2h
+ * against <grad, d>.  Summing over the whole tensor lifts the signal far
+ * above float32 noise, which single elements of a deep float32 network do
+ * not; the error is |fd - <g, d>| / |g|.  The step makes h |g| = 3e-4:
+ * well above the loss's float32 noise, small for the curvature (the error
+ * is smallest there; 1e-3 and 1e-4 both give about 1e-2).  At 32x32 the
+ * last stages' BN layers normalise over 4 values (1x1 maps) and the loss is
+ * too curved for differences, hence 64x64.
+ */
+static void
+test_zoo_model(const char *arch, const char *const *tensors, int hw)
+{
+	mt_model   *m = mt_zoo_build(arch, 3, 0, NULL);
+	int			n = 4;
+	float	   *x = rbuf((size_t) n * hw * hw * 3, -1.5f, 1.5f);
+	int			labels[4] = {0, 2, 1, 2};
+	float		logits[12],
+				dlogits[12],
+				loss;
+	model_ctx	c = {m, x, labels, n, hw};
+	mt_err		err;
+	double		worst = 0;
+	const char *worst_name = "";
+	double		target = 3e-4;
+
+	randomise(m, 7);
+	mt_model_zero_grad(m);
+	CHECK(mt_model_forward_train(m, x, n, hw, hw, logits, NULL, &err) == MT_OK, "%s: %s", arch, err.msg);
+	CHECK(mt_loss_cross_entropy(logits, labels, n, 3, NULL, 0, 0, &loss, dlogits, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_model_backward(m, dlogits, &err) == MT_OK, "%s: %s", arch, err.msg);
+	for (int t = 0; tensors[t] != NULL; t++)
+	{
+		int			idx = mt_model_find_param(m, tensors[t]);
+		mt_param   *p;
+		float	   *save,
+				   *dir;
+		double		gnorm = 0,
+					e = 0;
+
+		CHECK(idx >= 0 && m->params[idx].grad != NULL, "%s: gradient of %s", arch, tensors[t]);
+		if (idx < 0 || m->params[idx].grad == NULL)
+			continue;
+		p = &m->params[idx];
+		save = malloc(p->numel * sizeof(float));
+		dir = malloc(p->numel * sizeof(float));
+		memcpy(save, p->data, p->numel * sizeof(float));
+		for (size_t k = 0; k < p->numel; k++)
+			gnorm += (double) p->grad[k] * p->grad[k];
+		gnorm = sqrt(gnorm);
+		for (int s = 0; s < 2; s++)
+		{
+			double		dnorm = 0,
+						an = 0,
+						lp,
+						lm,
+						fd,
+						h = target / fmax(gnorm, 1e-3);
+
+			for (size_t k = 0; k < p->numel; k++)
+			{
+				dir[k] = s == 0 ? p->grad[k] : (urand() < 0.5 ? -1.0f : 1.0f);
+				dnorm += (double) dir[k] * dir[k];
+			}
+			dnorm = sqrt(dnorm);
+			for (size_t k = 0; k < p->numel; k++)
+			{
+				dir[k] = (float) (dir[k] / dnorm);
+				an += (double) p->grad[k] * dir[k];
+			}
+			for (size_t k = 0; k < p->numel; k++)
+				p->data[k] = (float) (save[k] + h * dir[k]);
+			lp = model_loss(&c);
+			for (size_t k = 0; k < p->numel; k++)
+				p->data[k] = (float) (save[k] - h * dir[k]);
+			lm = model_loss(&c);
+			memcpy(p->data, save, p->numel * sizeof(float));
+			fd = (lp - lm) / (2 * h);
+			if (getenv("MT_GRAD_DEBUG"))
+				printf("    %s dir %d: fd %.6g an %.6g |g| %.3g\n", p->name, s, fd, an, gnorm);
+			e = fmax(e, fabs(fd - an) / fmax(gnorm, 1e-6));
+		}
+		free(save);
+		free(dir);
+		if (e > worst)
+		{
+			worst = e;
+			worst_name = p->name;
+		}
+	}
+	CHECK(worst < 2e-2, "%s whole model: worst %.2e (%s)", arch, worst, worst_name);
+	printf("  %-44s worst %.2e (%s)\n", arch, worst, worst_name);
+	mt_model_free(m);
+	free(x);
+}
+
+static void
+test_zoo_models(void)
+{
+	static const char *const r18[] = {"conv1.weight", "bn1.weight", "layer1.0.conv1.weight",
+		"layer2.0.downsample.0.weight", "layer3.1.bn2.bias", "layer4.1.conv2.weight",
+	"fc.weight", "fc.bias", NULL};
+	static const char *const mv2[] = {"features.0.0.weight", "features.1.conv.0.0.weight",
+		"features.2.conv.1.1.weight", "features.7.conv.2.weight", "features.14.conv.1.0.weight",
+	"features.18.1.bias", "classifier.1.weight", "classifier.1.bias", NULL};
+
+	int			hw = 64;
+
+	test_zoo_model("resnet18", r18, hw);
+	test_zoo_model("mobilenet_v2", mv2, hw);
+}
+
+/* A backend that counts backward calls (to see what backward touches). */
+static int n_bw_data,
+			n_bw_weight,
+			n_bn_bw;
+static mt_backend counting;
+
+static int
+count_bw_data(const mt_conv_desc *d, int n, int h, int w, const float *dy,
+			  const float *pw, float *dx, float *scratch, mt_err *err)
+{
+	n_bw_data++;
+	return mt_cpu_backend.conv2d_backward_data(d, n, h, w, dy, pw, dx, scratch, err);
+}
+
+static int
+count_bw_weight(const mt_conv_desc *d, int n, int h, int w, const float *x,
+				const float *dy, float *dw, float *scratch, mt_err *err)
+{
+	n_bw_weight++;
+	return mt_cpu_backend.conv2d_backward_weight(d, n, h, w, x, dy, dw, scratch, err);
+}
+
+static void
+count_bn_bw(size_t rows, int c, const float *x, const float *dy, const float *mean,
+			const float *invstd, const float *gamma, float *dx, float *dg, float *db)
+{
+	n_bn_bw++;
+	mt_cpu_backend.batch_norm_backward(rows, c, x, dy, mean, invstd, gamma, dx, dg, db);
+}
+
+static void
+test_freeze(void)
+{
+	mt_model   *m = mt_zoo_build("resnet18", 3, 0, NULL);
+	mt_model   *mv = mt_zoo_build("mobilenet_v2", 3, 0, NULL);
+	int			n = 2,
+				hw = 32;
+	float	   *x = rbuf((size_t) n * hw * hw * 3, -1, 1);
+	float		logits[6],
+				logits2[6],
+				features[1024],
+				dl[6];
+	int			labels[2] = {1, 2};
+	float		loss;
+	size_t		values;
+	int			tensors;
+	float		rm_frozen,
+				rm_train;
+	int			i_frozen = mt_model_find_param(m, "layer3.1.bn2.running_mean");
+	int			i_train = mt_model_find_param(m, "layer4.1.bn2.running_mean");
+	mt_err		err;
+
+	randomise(m, 3);
+	randomise(mv, 4);
+	counting = mt_cpu_backend;
+	counting.conv2d_backward_data = count_bw_data;
+	counting.conv2d_backward_weight = count_bw_weight;
+	counting.batch_norm_backward = count_bn_bw;
+	m->backend = &counting;
+
+	/* trainable counts */
+	CHECK(mt_model_freeze(m, NULL, &err) == MT_OK, "%s", err.msg);
+	tensors = mt_model_trainable_count(m, &values);
+	CHECK(tensors == 62 && values == 11178051, "resnet18 (3 classes) all: %d tensors, %zu values",
+		  tensors, values);
+	CHECK(mt_model_freeze(m, "backbone", &err) == MT_OK, "%s", err.msg);
+	tensors = mt_model_trainable_count(m, &values);
+	CHECK(tensors == 2 && values == 512 * 3 + 3, "backbone frozen: %d tensors, %zu values", tensors, values);
+	CHECK(mt_model_freeze(m, "layer9", &err) == MT_ERR_INVALID && strstr(err.msg, "layer9") != NULL,
+		  "unknown stage: %s", err.msg);
+	CHECK(mt_model_freeze(m, "fc", &err) == MT_ERR_INVALID, "nothing left: %s", err.msg);
+	CHECK(mt_model_freeze(mv, "features.1", &err) == MT_OK, "%s", err.msg);
+	CHECK(!mv->params[mt_model_find_param(mv, "features.1.conv.0.0.weight")].trainable &&
+		  mv->params[mt_model_find_param(mv, "features.2.conv.0.0.weight")].trainable &&
+		  mv->params[mt_model_find_param(mv, "features.13.conv.0.0.weight")].trainable,
+		  "\"features.1\" stops at a dot boundary (not features.13)");
+	CHECK(mt_model_freeze(mv, "features.13", &err) == MT_OK, "%s", err.msg);
+	CHECK(!mv->params[mt_model_find_param(mv, "features.13.conv.2.weight")].trainable &&
+		  !mv->params[mt_model_find_param(mv, "features.13.conv.3.bias")].trainable &&
+		  mv->params[mt_model_find_param(mv, "features.14.conv.0.0.weight")].trainable &&
+		  !mv->params[mt_model_find_param(mv, "features.14.conv.0.1.running_mean")].trainable,
+		  "features.13 frozen, features.14 trains");
+
+	/* up to layer3 frozen: backward touches only layer4 and fc */
+	CHECK(mt_model_freeze(m, "layer3", &err) == MT_OK, "%s", err.msg);
+	rm_frozen = m->params[i_frozen].data[0];
+	rm_train = m->params[i_train].data[0];
+	n_bw_data = n_bw_weight = n_bn_bw = 0;
+	CHECK(mt_model_forward_train(m, x, n, hw, hw, logits, NULL, &err) == MT_OK, "%s", err.msg);
+	mt_loss_cross_entropy(logits, labels, n, 3, NULL, 0, 0, &loss, dl, &err);
+	CHECK(mt_model_backward(m, dl, &err) == MT_OK, "%s", err.msg);
+	CHECK(n_bw_weight == 5 && n_bw_data == 3 && n_bn_bw == 5,
+		  "layer4 only: %d weight, %d data, %d BN backward calls (want 5, 3, 5)",
+		  n_bw_weight, n_bw_data, n_bn_bw);
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+		int			late = strncmp(p->name, "layer4", 6) == 0 || strncmp(p->name, "fc", 2) == 0;
+
+		if (p->is_buffer || p->is_counter)
+			continue;
+		if (late != (p->grad != NULL))
+		{
+			CHECK(0, "gradient of %s %s", p->name, late ? "missing" : "computed for a frozen tensor");
+			break;
+		}
+	}
+	CHECK(m->params[i_frozen].data[0] == rm_frozen, "frozen BN running stats unchanged");
+	CHECK(m->params[i_train].data[0] != rm_train, "trainable BN running stats updated");
+
+	/* backbone frozen: the backbone runs as inference, only the features are kept */
+	CHECK(mt_model_freeze(m, "backbone", &err) == MT_OK, "%s", err.msg);
+	CHECK(m->params[mt_model_find_param(m, "layer4.1.conv2.weight")].grad == NULL,
+		  "freezing drops gradient buffers");
+	mt_model_zero_grad(m);
+	n_bw_data = n_bw_weight = n_bn_bw = 0;
+	CHECK(mt_model_forward_train(m, x, n, hw, hw, logits, features, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_model_train_memory(m) == (size_t) n * 512 * sizeof(float),
+		  "backbone frozen keeps only the pooled features: %zu bytes", mt_model_train_memory(m));
+	CHECK(mt_model_forward(m, x, n, hw, hw, logits2, NULL, &err) == MT_OK, "%s", err.msg);
+	{
+		double		d = 0;
+
+		for (int k = 0; k < 6; k++)
+			d = fmax(d, fabs(logits[k] - logits2[k]));
+		CHECK(d < 1e-4, "frozen-backbone training logits = inference logits (%g)", d);
+	}
+	mt_loss_cross_entropy(logits, labels, n, 3, NULL, 0, 0, &loss, dl, &err);
+	CHECK(mt_model_backward(m, dl, &err) == MT_OK, "%s", err.msg);
+	CHECK(n_bw_weight == 0 && n_bw_data == 0 && n_bn_bw == 0, "no backbone backward");
+	{
+		/* fc.weight grad = dl^T features, fc.bias grad = column sums of dl */
+		mt_param   *fw = &m->params[mt_model_find_param(m, "fc.weight")];
+		mt_param   *fb = &m->params[mt_model_find_param(m, "fc.bias")];
+		double		d = 0;
+
+		for (int o = 0; o < 3; o++)
+		{
+			double		sb = 0;
+
+			for (int i = 0; i < n; i++)
+				sb += dl[i * 3 + o];
+			d = fmax(d, fabs(fb->grad[o] - sb));
+			for (int k = 0; k < 512; k++)
+			{
+				double		sw = 0;
+
+				for (int i = 0; i < n; i++)
+					sw += (double) dl[i * 3 + o] * features[i * 512 + k];
+				d = fmax(d, fabs(fw->grad[o * 512 + k] - sw));
+			}
+		}
+		CHECK(d < 1e-5, "head gradient = dlogits^T features (%g)", d);
+	}
+
+	/* bn_train_frozen: frozen BN layers use batch statistics as in model.train() */
+	m->bn_train_frozen = 1;
+	CHECK(mt_model_forward_train(m, x, n, hw, hw, logits, NULL, &err) == MT_OK, "%s", err.msg);
+	mt_model_train_release(m);
+	m->bn_train_frozen = 0;
+	CHECK(mt_model_freeze(m, "none", &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_model_forward_train(m, x, n, hw, hw, logits2, NULL, &err) == MT_OK, "%s", err.msg);
+	mt_model_train_release(m);
+	{
+		double		d = 0;
+
+		for (int k = 0; k < 6; k++)
+			d = fmax(d, fabs(logits[k] - logits2[k]));
+		CHECK(d < 1e-4, "bn_train_frozen logits = full training logits (%g)", d);
+	}
+
+	/* backward without forward */
+	CHECK(mt_model_backward(m, dl, &err) == MT_ERR_INVALID, "backward without forward: %s", err.msg);
+	mt_model_free(m);
+	mt_model_free(mv);
+	free(x);
+}
+
+/* ---- loss ------------------------------------------------------------------ */
+
+typedef struct loss_ctx
+{
+	int			n,
+				c;
+	const int  *labels;
+	const float *w;
+	float		gamma,
+				ls;
+	float	   *z;
+} loss_ctx;
+
+static void
+loss_fwd(void *p, float *y)
+{
+	loss_ctx   *c = p;
+
+	mt_loss_cross_entropy(c->z, c->labels, c->n, c->c, c->w, c->gamma, c->ls, y, NULL, NULL);
+}
+
+/* The loss from its definition, in double, for a few settings. */
+static double
+loss_ref(const loss_ctx *c)
+{
+	double		total = 0,
+				norm = 0;
+
+	for (int i = 0; i < c->n; i++)
+	{
+		const float *z = c->z + i * c->c;
+		double		sum = 0;
+
+		for (int j = 0; j < c->c; j++)
+			sum += exp(z[j]);
+		for (int j = 0; j < c->c; j++)
+		{
+			double		p = exp(z[j]) / sum;
+			double		q = (1 - c->ls) * (j == c->labels[i]) + c->ls / c->c;
+			double		wj = c->w ? c->w[j] : 1.0;
+
+			total += q * wj * pow(1 - p, c->gamma) * -log(p);
+		}
+		norm += c->gamma == 0 ? (c->w ? c->w[c->labels[i]] : 1.0) : 1.0;
+	}
+	return total / norm;
+}
+
+static void
+test_loss(void)
+{
+	/* torch.nn.functional.cross_entropy on these logits */
+	float		z[6] = {1, 2, 3, 0.5f, -1, 0};
+	int			y[2] = {2, 0};
+	float		w[3] = {1, 2, 0.5f};
+	int			bad[2] = {2, 3};
+	float		loss;
+	mt_err		err;
+	static const struct
+	{
+		int			weighted;
+		float		gamma,
+					ls;
+	}			cases[] = {
+		{0, 0, 0}, {1, 0, 0}, {0, 0, 0.1f}, {1, 0, 0.2f}, {0, 2, 0}, {1, 2, 0},
+		{0, 0.5f, 0}, {1, 1.5f, 0.1f}
+	};
+
+	mt_loss_cross_entropy(z, y, 2, 3, NULL, 0, 0, &loss, NULL, &err);
+	CHECK_NEAR(loss, 0.5058683157, 1e-6, "CE = torch");
+	mt_loss_cross_entropy(z, y, 2, 3, w, 0, 0, &loss, NULL, &err);
+	CHECK_NEAR(loss, 0.5386223793, 1e-6, "weighted CE = torch");
+	mt_loss_cross_entropy(z, y, 2, 3, NULL, 0, 0.1f, &loss, NULL, &err);
+	CHECK_NEAR(loss, 0.5892016292, 1e-6, "label-smoothed CE = torch");
+	mt_loss_cross_entropy(z, y, 2, 3, w, 0, 0.2f, &loss, NULL, &err);
+	CHECK_NEAR(loss, 0.9105014205, 1e-6, "weighted label-smoothed CE = torch");
+
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++)
+	{
+		int			n = 5,
+					c = 4;
+		int			labels[5] = {0, 3, 1, 1, 2};
+		float		wt[4] = {0.5f, 2.0f, 1.0f, 1.5f};
+		float	   *zz = rbuf(20, -3, 3);
+		float		dz[20],
+					one = 1.0f,
+					out;
+		loss_ctx	ctx = {n, c, labels, cases[k].weighted ? wt : NULL, cases[k].gamma, cases[k].ls, zz};
+		double		e;
+
+		CHECK(mt_loss_cross_entropy(zz, labels, n, c, ctx.w, ctx.gamma, ctx.ls, &loss, dz, &err) == MT_OK,
+			  "%s", err.msg);
+		CHECK_NEAR(loss, loss_ref(&ctx), 1e-5, "loss vs definition");
+		e = fd_check(loss_fwd, &ctx, zz, 20, dz, &one, &out, 1, 20, 1e-3);
+		CHECK(e < 2e-3, "loss gradient (weighted %d, gamma %g, smoothing %g): %.2e",
+			  cases[k].weighted, cases[k].gamma, cases[k].ls, e);
+		free(zz);
+	}
+	CHECK(mt_loss_cross_entropy(z, bad, 2, 3, NULL, 0, 0, &loss, NULL, &err) == MT_ERR_INVALID,
+		  "label out of range: %s", err.msg);
+	bad[1] = -1;
+	CHECK(mt_loss_cross_entropy(z, bad, 2, 3, NULL, 0, 0, &loss, NULL, &err) == MT_ERR_INVALID,
+		  "negative label: %s", err.msg);
+	CHECK(mt_loss_cross_entropy(z, y, 2, 3, NULL, -1, 0, &loss, NULL, &err) == MT_ERR_INVALID,
+		  "negative gamma");
+	CHECK(mt_loss_cross_entropy(z, y, 2, 3, NULL, 0, 1.5f, &loss, NULL, &err) == MT_ERR_INVALID,
+		  "smoothing above 1");
+	w[0] = w[2] = 0;
+	CHECK(mt_loss_cross_entropy(z, y, 2, 3, w, 0, 0, &loss, NULL, &err) == MT_ERR_INVALID,
+		  "label weights summing to 0");
+}
+
+/* ---- optimizers ----------------------------------------------------------- */
+
+/* A one-tensor model: p = [1, -2, 0.5] with a gradient we set. */
+static mt_model *
+one_param_model(void)
+{
+	mt_model   *m = mt_model_alloc("opt", 4, 4, NULL);
+	int64_t		shape[1] = {3};
+	int			i = mt_model_add_param(m, "p", 1, shape, 0);
+
+	m->params[i].data = malloc(3 * sizeof(float));
+	m->params[i].data[0] = 1.0f;
+	m->params[i].data[1] = -2.0f;
+	m->params[i].data[2] = 0.5f;
+	m->params[i].loaded = 1;
+	m->params[i].grad = malloc(3 * sizeof(float));
+	return m;
+}
+
+static void
+test_optim_case(const char *what, mt_optim_kind kind, float momentum, int nesterov,
+				float wd, const double want[3][3])
+{
+	static const float grads[3][3] = {{0.5f, -0.25f, 0.0f}, {0.25f, 0.75f, -1.0f}, {-0.5f, 0.1f, 2.0f}};
+	mt_model   *m = one_param_model();
+	mt_optim   *o = mt_optim_create(m, kind, momentum, 0.9f, 0.999f, 1e-8f, wd, nesterov, NULL);
+	mt_err		err;
+	double		worst = 0;
+
+	CHECK(o != NULL, "%s: create", what);
+	if (o == NULL)
+		return;
+	for (int s = 0; s < 3; s++)
+	{
+		memcpy(m->params[0].grad, grads[s], sizeof(grads[s]));
+		m->prepared = 1;
+		CHECK(mt_optim_step(o, m, 0.1f, &err) == MT_OK, "%s", err.msg);
+		CHECK(m->prepared == 0, "%s: step marks the model for refolding", what);
+		for (int k = 0; k < 3; k++)
+			worst = fmax(worst, fabs(m->params[0].data[k] - want[s][k]));
+	}
+	CHECK(worst < 2e-7, "%s: 3 steps vs torch.optim, max diff %g", what, worst);
+	CHECK(mt_optim_steps(o) == 3, "%s: steps", what);
+	mt_optim_free(o);
+	mt_model_free(m);
+}
+
+static void
+test_optim(void)
+{
+	/* torch 1.13: p = [1, -2, 0.5], lr 0.1, the three gradients above */
+	static const double sgd_mom[3][3] = {{0.94, -1.955, 0.495},
+	{0.8516, -1.96995, 0.58555}, {0.813524, -1.9737055, 0.4611895}};
+	static const double sgd_nest[3][3] = {{0.886, -1.9145, 0.4905},
+	{0.773066, -1.98417449, 0.66713053}, {0.78221112, -1.97791278, 0.347837}};
+	static const double sgd_plain[3][3] = {{0.95, -1.975, 0.5}, {0.925, -2.05, 0.6},
+	{0.975, -2.06, 0.4}};
+	static const double adam[3][3] = {{0.9, -1.9, 0.4},
+	{0.80500978, -1.91605842, 0.47082967}, {0.7755115, -1.92028594, 0.43626446}};
+	static const double adamw[3][3] = {{0.89, -1.88, 0.495},
+	{0.78788209, -1.9106189, 0.56446368}, {0.76892495, -1.93743229, 0.52739042}};
+	mt_model   *m = one_param_model();
+	mt_err		err;
+
+	test_optim_case("SGD momentum 0.9 wd 0.1", MT_OPTIM_SGD, 0.9f, 0, 0.1f, sgd_mom);
+	test_optim_case("SGD nesterov wd 0.1", MT_OPTIM_SGD, 0.9f, 1, 0.1f, sgd_nest);
+	test_optim_case("SGD plain", MT_OPTIM_SGD, 0.0f, 0, 0.0f, sgd_plain);
+	test_optim_case("Adam wd 0.1", MT_OPTIM_ADAM, 0, 0, 0.1f, adam);
+	test_optim_case("AdamW wd 0.1", MT_OPTIM_ADAMW, 0, 0, 0.1f, adamw);
+
+	CHECK(mt_optim_create(m, MT_OPTIM_SGD, 0.0f, 0, 0, 0, 0, 1, &err) == NULL &&
+		  err.code == MT_ERR_INVALID, "nesterov without momentum: %s", err.msg);
+	CHECK(mt_optim_create(m, MT_OPTIM_ADAM, 0, 1.0f, 0.999f, 1e-8f, 0, 0, &err) == NULL,
+		  "beta1 = 1 refused");
+	{
+		/* a frozen tensor, and a tensor without gradient, are not updated */
+		mt_optim   *o = mt_optim_create(m, MT_OPTIM_SGD, 0.9f, 0, 0, 0, 0.1f, 0, &err);
+		float		before = m->params[0].data[0];
+
+		m->params[0].trainable = 0;
+		m->params[0].grad[0] = 1.0f;
+		mt_optim_step(o, m, 0.1f, &err);
+		CHECK(m->params[0].data[0] == before, "frozen tensor unchanged");
+		m->params[0].trainable = 1;
+		free(m->params[0].grad);
+		m->params[0].grad = NULL;
+		mt_optim_step(o, m, 0.1f, &err);
+		CHECK(m->params[0].data[0] == before, "tensor without gradient unchanged (torch: grad None)");
+		CHECK(mt_optim_step(o, m, -1.0f, &err) == MT_ERR_INVALID, "negative lr");
+		mt_optim_free(o);
+	}
+	mt_model_free(m);
+}
+
+/* ---- copies, initialisation, cancellation ---------------------------------- */
+
+static int	interrupt_after = -1;
+
+static int
+interrupt_cb(void)
+{
+	return interrupt_after >= 0 && interrupt_after-- == 0;
+}
+
+static void
+test_misc(void)
+{
+	mt_model   *a = mt_zoo_build("mobilenet_v2", 4, 0, NULL);
+	mt_model   *b = mt_zoo_build("mobilenet_v2", 4, 0, NULL);
+	mt_model   *r = mt_zoo_build("resnet18", 4, 0, NULL);
+	mt_param   *w;
+	float	   *x = rbuf(2 * 32 * 32 * 3, -1, 1);
+	float		la[8],
+				lb[8],
+				dl[8] = {0.1f, -0.1f, 0.2f, 0, 0, 0.3f, -0.2f, 0.1f};
+	double		s = 0,
+				s2 = 0;
+	int			same = 1,
+				ok;
+	mt_err		err;
+
+	/* same seed, same weights; another seed, other weights */
+	CHECK(mt_model_init_all(a, 42, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_model_init_all(b, 42, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_model_check_complete(a, &err) == MT_OK, "init_all loads everything: %s", err.msg);
+	for (int i = 0; i < a->n_params; i++)
+		if (a->params[i].data != NULL &&
+			memcmp(a->params[i].data, b->params[i].data, a->params[i].numel * sizeof(float)) != 0)
+			same = 0;
+	CHECK(same, "init_all: same seed, same weights");
+	CHECK(mt_model_init_all(b, 43, &err) == MT_OK, "%s", err.msg);
+	w = &b->params[mt_model_find_param(b, "features.0.0.weight")];
+	CHECK(memcmp(w->data, a->params[mt_model_find_param(a, "features.0.0.weight")].data,
+				 w->numel * sizeof(float)) != 0, "init_all: another seed, other weights");
+
+	/* kaiming normal fan_out: features.18.0 is 1280 x 320 x 1 x 1, std sqrt(2/1280) */
+	w = &a->params[mt_model_find_param(a, "features.18.0.weight")];
+	for (size_t k = 0; k < w->numel; k++)
+	{
+		s += w->data[k];
+		s2 += (double) w->data[k] * w->data[k];
+	}
+	s /= w->numel;
+	s2 = sqrt(s2 / w->numel - s * s);
+	CHECK(fabs(s) < 2e-3 && fabs(s2 - sqrt(2.0 / 1280)) < 1e-3, "kaiming fan_out: mean %g std %g", s, s2);
+	w = &a->params[mt_model_find_param(a, "features.3.conv.1.1.running_var")];
+	CHECK(w->data[0] == 1.0f && a->params[mt_model_find_param(a, "features.3.conv.1.1.bias")].data[5] == 0.0f,
+		  "BN: var 1, bias 0");
+
+	/* heads: MobileNetV2 normal(0, 0.01) and zero bias; ResNet U(+-1/sqrt(512)) */
+	CHECK(mt_model_init_head(a, 5, &err) == MT_OK, "%s", err.msg);
+	w = &a->params[mt_model_find_param(a, "classifier.1.weight")];
+	s = s2 = 0;
+	for (size_t k = 0; k < w->numel; k++)
+		s2 += (double) w->data[k] * w->data[k];
+	s2 = sqrt(s2 / w->numel);
+	CHECK(fabs(s2 - 0.01) < 1e-3 && a->params[mt_model_find_param(a, "classifier.1.bias")].data[0] == 0.0f,
+		  "mobilenet_v2 head: std %g, zero bias", s2);
+	CHECK(mt_model_init_head(r, 5, &err) == MT_OK, "%s", err.msg);
+	w = &r->params[mt_model_find_param(r, "fc.weight")];
+	ok = 1;
+	s = 0;
+	for (size_t k = 0; k < w->numel; k++)
+	{
+		ok &= fabsf(w->data[k]) <= 1.0f / sqrtf(512.0f);
+		s = fmax(s, fabs(w->data[k]));
+	}
+	w = &r->params[mt_model_find_param(r, "fc.bias")];
+	for (size_t k = 0; k < w->numel; k++)
+		ok &= fabsf(w->data[k]) <= 1.0f / sqrtf(512.0f) && w->data[k] != 0.0f;
+	CHECK(ok && s > 0.9 / sqrt(512.0), "resnet head: U(-1/sqrt(512), 1/sqrt(512)), max %g", s);
+	CHECK(r->params[mt_model_find_param(r, "fc.weight")].loaded, "head marked loaded");
+
+	/* copy_params: same logits after the copy, refused across architectures */
+	CHECK(mt_model_copy_params(a, b, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_model_forward(a, x, 2, 32, 32, la, NULL, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_model_forward(b, x, 2, 32, 32, lb, NULL, &err) == MT_OK, "%s", err.msg);
+	CHECK(memcmp(la, lb, sizeof(la)) == 0, "copied model gives the same logits");
+	CHECK(mt_model_copy_params(a, r, &err) == MT_ERR_SHAPE, "copy across architectures refused");
+
+	/* cancellation: forward and backward return CANCELLED and keep nothing */
+	mt_set_interrupt(interrupt_cb);
+	interrupt_after = 30;
+	CHECK(mt_model_forward_train(a, x, 2, 32, 32, la, NULL, &err) == MT_ERR_CANCELLED,
+		  "forward_train cancelled");
+	CHECK(a->train == NULL, "nothing kept after cancel");
+	CHECK(mt_model_forward_train(a, x, 2, 32, 32, la, NULL, &err) == MT_OK, "%s", err.msg);
+	interrupt_after = 20;
+	CHECK(mt_model_backward(a, dl, &err) == MT_ERR_CANCELLED, "backward cancelled");
+	CHECK(a->train == NULL, "backward released the state on cancel");
+	interrupt_after = -1;
+	mt_set_interrupt(NULL);
+
+	/* a full step leaves inference consistent: refolded after the update */
+	{
+		mt_optim   *o = mt_optim_create(a, MT_OPTIM_SGD, 0.9f, 0, 0, 0, 0, 0, &err);
+		int			labels[2] = {1, 3};
+		float		loss,
+					before[8];
+
+		CHECK(mt_model_forward(a, x, 2, 32, 32, before, NULL, &err) == MT_OK, "%s", err.msg);
+		mt_model_zero_grad(a);
+		CHECK(mt_model_forward_train(a, x, 2, 32, 32, la, NULL, &err) == MT_OK, "%s", err.msg);
+		mt_loss_cross_entropy(la, labels, 2, 4, NULL, 0, 0, &loss, dl, &err);
+		CHECK(mt_model_backward(a, dl, &err) == MT_OK, "%s", err.msg);
+		CHECK(mt_optim_step(o, a, 0.5f, &err) == MT_OK, "%s", err.msg);
+		CHECK(a->prepared == 0, "step: prepared reset");
+		CHECK(mt_model_copy_params(a, b, &err) == MT_OK, "%s", err.msg);
+		CHECK(mt_model_forward(a, x, 2, 32, 32, la, NULL, &err) == MT_OK, "%s", err.msg);
+		CHECK(mt_model_forward(b, x, 2, 32, 32, lb, NULL, &err) == MT_OK, "%s", err.msg);
+		CHECK(memcmp(la, lb, sizeof(la)) == 0 && memcmp(la, before, sizeof(la)) != 0,
+			  "inference after a step uses the new weights");
+		CHECK(mt_optim_memory(o) > 0, "optimizer state");
+		mt_optim_free(o);
+	}
+	mt_model_free(a);
+	mt_model_free(b);
+	mt_model_free(r);
+	free(x);
+}
+
+int
+main(int argc, char **argv)
+{
+	mt_err		err;
+
+	(void) argc;
+	(void) argv;
+	if (mt_blas_init("auto", &err) != MT_OK)
+		printf("  (no OpenBLAS: %s; reference GEMM)\n", err.msg);
+	test_conv_kernels();
+	test_small_kernels();
+	test_graphs();
+	test_bn_running_stats();
+	test_loss();
+	test_optim();
+	test_freeze();
+	test_zoo_models();
+	test_misc();
+	return TEST_SUMMARY("grad");
+}
