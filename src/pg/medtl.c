@@ -79,6 +79,10 @@ _PG_init(void)
 							"Models kept decoded in each backend's cache.",
 							NULL, &medtl_model_cache_size, 8, 1, 1000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("medtl.train_memory",
+							"Memory (MB) a training run may use to keep its decoded images.",
+							NULL, &medtl_train_memory_mb, 2048, 16, INT_MAX / 2,
+							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomStringVariable("medtl.blas_core",
 							   "OpenBLAS kernel set: auto (from CPU features), env (OPENBLAS_CORETYPE), or a core name.",
 							   "Read when OpenBLAS is first used in a backend.",

@@ -1,0 +1,134 @@
+-- train: derive a classifier from the pretrained backbone, fine-tune it on
+-- image rows, keep every run and epoch as rows, and fail cleanly on bad input
+\getenv shared MEDTL_SHARED
+SET search_path = public, medtl;
+-- progress NOTICEs carry timings and losses that vary by machine; the rows are checked instead
+SET client_min_messages = warning;
+\set chest :shared '/data/chest_xray/'
+-- 40 training X-rays (20 per class) beside the 24 test ones loaded by setup
+CREATE TABLE train_xrays AS
+SELECT row_number() OVER (ORDER BY label, path) AS id, label, patient,
+       medtl.read_server_file(:'chest' || path) AS image
+  FROM (SELECT *, row_number() OVER (PARTITION BY label ORDER BY md5(path)) AS k
+          FROM chest_manifest WHERE split = 'train') m
+ WHERE k <= 20;
+SELECT label, count(*) FROM train_xrays GROUP BY label ORDER BY label;
+
+-- a new model: the backbone's tensors plus a fresh, seeded two-class head
+SELECT create_model('pneumonia', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia']) > 0 AS created;
+SELECT m.name, m.arch, m.num_classes, m.labels, m.padding, p.name AS parent
+  FROM models m JOIN models p ON p.model_id = m.parent_id WHERE m.name = 'pneumonia';
+SELECT w.tensor, w.shape FROM weights w JOIN models m USING (model_id)
+ WHERE m.name = 'pneumonia' AND w.tensor LIKE 'classifier%' ORDER BY w.tensor;
+-- the backbone's tensors are copied unchanged
+SELECT count(*) AS same_tensors FROM weights a JOIN weights b USING (tensor)
+ WHERE a.model_id = (SELECT model_id FROM models WHERE name = 'pneumonia')
+   AND b.model_id = (SELECT model_id FROM models WHERE name = 'mobilenet_v2_imagenet')
+   AND a.data = b.data;
+-- the same seed gives the same head, another seed another
+SELECT create_model('pneumonia_same_seed', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia']) > 0 AS created;
+SELECT create_model('pneumonia_seed_7', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 7) > 0 AS created;
+SELECT mb.name, a.data = b.data AS same_head
+  FROM weights a JOIN models ma ON ma.model_id = a.model_id AND ma.name = 'pneumonia',
+       weights b JOIN models mb ON mb.model_id = b.model_id AND mb.name IN ('pneumonia_same_seed', 'pneumonia_seed_7')
+ WHERE a.tensor = 'classifier.1.weight' AND b.tensor = a.tensor ORDER BY mb.name;
+
+-- head-only training on the frozen backbone (features computed once)
+\set VERBOSITY terse
+SELECT train('pneumonia', 'train_xrays', epochs => 4, batch_size => 8) AS run_id \gset
+\set VERBOSITY default
+SELECT status, n_train, n_val, params->>'epochs' AS epochs, resolved->>'lr' AS lr,
+       resolved->>'augment' AS augment, seed, finished_at >= started_at AS timed
+  FROM runs WHERE run_id = :run_id;
+SELECT phase, epoch, lr > 0 AS lr_set, train_loss > 0 AS has_loss, val_accuracy IS NOT NULL AS validated
+  FROM epochs WHERE run_id = :run_id ORDER BY phase, epoch;
+-- only the head changed; the model's generation moved on
+SELECT w.tensor, w.data = b.data AS unchanged
+  FROM weights w JOIN models m USING (model_id)
+  JOIN weights b ON b.tensor = w.tensor
+   AND b.model_id = (SELECT model_id FROM models WHERE name = 'pneumonia_same_seed')
+ WHERE m.name = 'pneumonia' AND w.tensor IN ('features.0.0.weight', 'features.18.1.running_mean',
+                                           'classifier.1.weight', 'classifier.1.bias')
+ ORDER BY w.tensor;
+SELECT generation > 1 AS generation_moved FROM models WHERE name = 'pneumonia';
+-- it now predicts the new labels
+SELECT DISTINCT predict('pneumonia', image) IN ('normal', 'pneumonia') AS new_labels FROM xrays;
+-- the same seed and data give the same run, epoch for epoch
+\set VERBOSITY terse
+SELECT train('pneumonia_same_seed', 'train_xrays', epochs => 4, batch_size => 8) AS run2 \gset
+\set VERBOSITY default
+SELECT count(*) AS epochs, bool_and(a.train_loss = b.train_loss AND a.val_loss = b.val_loss) AS identical
+  FROM epochs a JOIN epochs b USING (phase, epoch) WHERE a.run_id = :run_id AND b.run_id = :run2;
+
+-- evaluation of the binary model: its numbers agree with an independent computation
+SELECT evaluate('pneumonia', 'xrays') AS eval_id \gset
+SELECT n, positive_label, accuracy BETWEEN 0 AND 1 AS acc_ok FROM evaluations WHERE evaluation_id = :eval_id;
+WITH s AS (SELECT label, (predict_proba('pneumonia', image))[2]::float8 AS p FROM xrays),
+brute AS (
+    SELECT (count(*) FILTER (WHERE a.p > b.p) + 0.5 * count(*) FILTER (WHERE a.p = b.p))::float8 / count(*) AS auc
+      FROM s a JOIN s b ON a.label = 'pneumonia' AND b.label = 'normal'),
+direct AS (
+    SELECT avg(((p >= 0.5) = (label = 'pneumonia'))::int)::float8 AS acc,
+           count(*) FILTER (WHERE p >= 0.5 AND label = 'pneumonia') AS tp,
+           count(*) FILTER (WHERE p >= 0.5 AND label = 'normal') AS fp,
+           count(*) FILTER (WHERE p < 0.5 AND label = 'pneumonia') AS fn,
+           count(*) FILTER (WHERE p < 0.5 AND label = 'normal') AS tn
+      FROM s)
+SELECT abs(e.auc - brute.auc) < 1e-9 AS auc_matches,
+       abs(e.accuracy - direct.acc) < 1e-9 AS accuracy_matches,
+       e.recall IS NOT DISTINCT FROM direct.tp::float8 / nullif(direct.tp + direct.fn, 0) AS recall_matches,
+       e.specificity IS NOT DISTINCT FROM direct.tn::float8 / nullif(direct.tn + direct.fp, 0) AS specificity_matches,
+       (SELECT sum(n) FROM confusion c WHERE c.evaluation_id = :eval_id) = 24 AS confusion_total
+  FROM evaluations e, brute, direct WHERE e.evaluation_id = :eval_id;
+
+-- the recipe: head first, then every layer at a low rate, with augmentation
+\set VERBOSITY terse
+SELECT fine_tune('pneumonia_seed_7', 'SELECT image, label, patient FROM train_xrays',
+                 head_epochs => 1, epochs => 1, batch_size => 8, group_column => 'patient') AS run3 \gset
+\set VERBOSITY default
+SELECT status, params->>'recipe' AS recipe, jsonb_array_length(resolved->'phases') AS phases
+  FROM runs WHERE run_id = :run3;
+SELECT phase, epoch FROM epochs WHERE run_id = :run3 ORDER BY phase, epoch;
+-- after full fine-tuning the backbone changed too
+SELECT w.data <> b.data AS backbone_changed
+  FROM weights w JOIN models m ON m.model_id = w.model_id AND m.name = 'pneumonia_seed_7'
+  JOIN weights b ON b.tensor = w.tensor AND b.model_id = (SELECT model_id FROM models WHERE name = 'mobilenet_v2_imagenet')
+ WHERE w.tensor = 'features.0.0.weight';
+
+-- from scratch (no pretrained weights) with the same head init
+SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
+SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';
+
+-- errors, each leaving the model as it was
+\set VERBOSITY terse
+SELECT train('no_such_model', 'train_xrays');
+SELECT train('pneumonia', 'no_such_table');
+SELECT train('pneumonia', 'SELECT image FROM train_xrays');
+SELECT train('pneumonia', 'SELECT image, label FROM train_xrays WHERE false');
+SELECT train('pneumonia', 'SELECT image, ''covid'' AS label FROM train_xrays');
+SELECT train('pneumonia', 'SELECT image, id AS label FROM train_xrays');
+SELECT train('pneumonia', 'SELECT image, NULL::text AS label FROM train_xrays');
+SELECT train('pneumonia', 'SELECT label AS image, label FROM train_xrays');
+SELECT train('pneumonia', 'SELECT CASE WHEN id = 3 THEN ''\x0badc0de''::bytea ELSE image END AS image, label FROM train_xrays');
+SELECT train('pneumonia', 'train_xrays', optimizer => 'rmsprop');
+SELECT train('pneumonia', 'train_xrays', epochs => 0);
+SELECT train('pneumonia', 'train_xrays', freeze => 'features.99');
+SELECT train('pneumonia', 'train_xrays', class_weight => ARRAY[1, 2, 3]::real[]);
+SELECT create_model('x', 'no_such_backbone', ARRAY['a', 'b']);
+SELECT create_model('x', 'mobilenet_v2_imagenet', ARRAY['a']);
+SELECT create_model('x', 'mobilenet_v2_imagenet', ARRAY['a', 'a']);
+SELECT create_model('pneumonia', 'mobilenet_v2_imagenet', ARRAY['a', 'b']);
+-- a bad row can be skipped when asked
+SELECT train('pneumonia', 'SELECT CASE WHEN id = 3 THEN ''\x0badc0de''::bytea ELSE image END AS image, label FROM train_xrays',
+             epochs => 1, skip_bad_rows => true) > 0 AS trained_without_row_3;
+-- a statement_timeout mid-run rolls back: weights and runs exactly as before
+SELECT count(*) AS runs_before FROM runs \gset
+CREATE TEMP TABLE before AS SELECT w.tensor, md5(w.data) AS h FROM weights w JOIN models m USING (model_id) WHERE m.name = 'pneumonia';
+SET statement_timeout = '1500ms';
+SELECT train('pneumonia', 'train_xrays', epochs => 50, freeze => 'none', batch_size => 4);
+RESET statement_timeout;
+\set VERBOSITY default
+SELECT count(*) = :runs_before AS no_new_run,
+       (SELECT count(*) FROM before b JOIN weights w ON w.tensor = b.tensor AND md5(w.data) = b.h
+          AND w.model_id = (SELECT model_id FROM models WHERE name = 'pneumonia')) = 314 AS weights_unchanged
+  FROM runs;
