@@ -130,23 +130,35 @@ mt_conv_scratch_size(const mt_conv_desc *d, int h, int w)
 	return (size_t) oh * ow * d->kh * d->kw * (d->cin / d->groups);
 }
 
-/* Apply bias and activation to rows x c values in place. */
+/* Clamp to [lo, hi] with plain comparisons (fminf/fmaxf would not vectorise). */
+static inline float
+clampf(float v, float lo, float hi)
+{
+	v = v < lo ? lo : v;
+	return v > hi ? hi : v;
+}
+
+/* Apply bias and activation to rows x c values in place, in one pass. */
 MT_HOT static void
 bias_act_rows(size_t rows, int c, const float *bias, mt_act act, float *y)
 {
+	float		hi = act == MT_ACT_RELU6 ? 6.0f : 3.4e38f;
+
+	if (bias == NULL && act == MT_ACT_NONE)
+		return;
 	for (size_t r = 0; r < rows; r++)
 	{
 		float	   *row = y + r * c;
 
-		if (bias != NULL)
+		if (bias != NULL && act == MT_ACT_NONE)
 			for (int j = 0; j < c; j++)
 				row[j] += bias[j];
-		if (act == MT_ACT_RELU)
+		else if (bias != NULL)
 			for (int j = 0; j < c; j++)
-				row[j] = row[j] > 0.0f ? row[j] : 0.0f;
-		else if (act == MT_ACT_RELU6)
+				row[j] = clampf(row[j] + bias[j], 0.0f, hi);
+		else
 			for (int j = 0; j < c; j++)
-				row[j] = fminf(fmaxf(row[j], 0.0f), 6.0f);
+				row[j] = clampf(row[j], 0.0f, hi);
 	}
 }
 
@@ -218,6 +230,13 @@ depthwise_image(const mt_conv_desc *d, int h, int w, int oh, int ow,
 						out[j] += in[j] * k[j];
 				}
 			}
+			if (d->act != MT_ACT_NONE)
+			{
+				float		hi = d->act == MT_ACT_RELU6 ? 6.0f : 3.4e38f;
+
+				for (int j = 0; j < c; j++)
+					out[j] = clampf(out[j], 0.0f, hi);
+			}
 		}
 }
 
@@ -242,8 +261,6 @@ cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 	{
 		for (int i = 0; i < n; i++)
 			depthwise_image(d, h, w, oh, ow, x + i * in_img, packed_w, bias, y + i * out_img);
-		if (d->act != MT_ACT_NONE)
-			bias_act_rows((size_t) n * oh * ow, d->cout, NULL, d->act, y);
 		return MT_OK;
 	}
 
@@ -401,7 +418,7 @@ cpu_act(size_t len, const float *x, mt_act act, float *y)
 		if (act == MT_ACT_RELU)
 			v = v > 0.0f ? v : 0.0f;
 		else if (act == MT_ACT_RELU6)
-			v = fminf(fmaxf(v, 0.0f), 6.0f);
+			v = clampf(v, 0.0f, 6.0f);
 		y[i] = v;
 	}
 }
