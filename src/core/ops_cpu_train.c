@@ -503,6 +503,7 @@ mt_cpu_linear_backward(int n, int in, int out, const float *x, const float *w,
 		mt_cpu_bias_backward((size_t) n, out, dy, db);
 }
 
+/* dst += src, elementwise. */
 MT_HOT void
 mt_cpu_accumulate(size_t len, const float *src, float *dst)
 {

@@ -146,34 +146,44 @@ name_in_stage(const char *name, const char *prefix)
 	return strncmp(name, prefix, len) == 0 && (name[len] == '\0' || name[len] == '.');
 }
 
+/*
+ * Whether parameter i trains under a freeze setting: mode 0 everything, 1
+ * the head only, 2 everything after parameter `last`.
+ */
+static int
+freeze_flag(const mt_model *m, int mode, int last, int i)
+{
+	const mt_node *head;
+
+	if (!param_learnable(&m->params[i]))
+		return 0;
+	if (mode == 0)
+		return 1;
+	if (mode == 2)
+		return i > last;
+	head = &m->nodes[m->logits_node];
+	return i == head->p_weight || i == head->p_bias;
+}
+
 /* Choose the trainable parameters (see train.h). */
 int
 mt_model_freeze(mt_model *m, const char *upto, mt_err *err)
 {
-	int			last = -1;
+	int			mode,
+				last = -1,
+				count = 0;
 
-	mt_model_train_release(m);
 	if (upto == NULL || upto[0] == '\0' || strcmp(upto, "none") == 0)
-	{
-		for (int i = 0; i < m->n_params; i++)
-			m->params[i].trainable = param_learnable(&m->params[i]);
-	}
+		mode = 0;
 	else if (strcmp(upto, "backbone") == 0)
 	{
-		const mt_node *head;
-
 		if (m->logits_node < 0)
 			return mt_seterr(err, MT_ERR_INVALID, "model %s has no classifier head", m->arch);
-		head = &m->nodes[m->logits_node];
-		for (int i = 0; i < m->n_params; i++)
-			m->params[i].trainable = 0;
-		if (head->p_weight >= 0)
-			m->params[head->p_weight].trainable = 1;
-		if (head->p_bias >= 0)
-			m->params[head->p_bias].trainable = 1;
+		mode = 1;
 	}
 	else
 	{
+		mode = 2;
 		for (int i = 0; i < m->n_params; i++)
 			if (name_in_stage(m->params[i].name, upto))
 				last = i;
@@ -185,21 +195,23 @@ mt_model_freeze(mt_model *m, const char *upto, mt_err *err)
 						 strncmp(m->arch, "resnet", 6) == 0 ? "layer3" : "features.13");
 			return MT_ERR_INVALID;
 		}
-		for (int i = 0; i < m->n_params; i++)
-			m->params[i].trainable = i > last && param_learnable(&m->params[i]);
-	}
-	if (mt_model_trainable_count(m, NULL) == 0)
-	{
-		mt_seterr(err, MT_ERR_INVALID, "freezing up to \"%s\" leaves nothing to train in %s",
-				  upto, m->arch);
-		return MT_ERR_INVALID;
 	}
 	for (int i = 0; i < m->n_params; i++)
+		count += freeze_flag(m, mode, last, i);
+	if (count == 0)
+		return mt_seterr(err, MT_ERR_INVALID, "freezing up to \"%s\" leaves nothing to train in %s",
+						 upto, m->arch);
+
+	mt_model_train_release(m);
+	for (int i = 0; i < m->n_params; i++)
+	{
+		m->params[i].trainable = freeze_flag(m, mode, last, i);
 		if (!m->params[i].trainable && m->params[i].grad != NULL)
 		{
 			mt_free(m->params[i].grad);
 			m->params[i].grad = NULL;
 		}
+	}
 	return MT_OK;
 }
 
@@ -656,6 +668,8 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 		case MT_NODE_ACT:
 			return give_grad(c, i, in0);
 		case MT_NODE_ADD:
+			if (!st->req[in0])
+				return give_grad(c, i, nd->in1);
 			if (copy_grad(c, i, nd->in1) != MT_OK)
 				goto nomem;
 			return give_grad(c, i, in0);
@@ -1178,6 +1192,7 @@ typedef struct rng
 	uint64_t	s[4];
 } rng;
 
+/* splitmix64: the next 64 bits of a seed sequence. */
 static uint64_t
 splitmix64(uint64_t *x)
 {
@@ -1188,6 +1203,7 @@ splitmix64(uint64_t *x)
 	return z ^ (z >> 31);
 }
 
+/* Seed the generator's four words from one 64-bit seed. */
 static void
 rng_seed(rng *r, uint64_t seed)
 {
@@ -1195,12 +1211,14 @@ rng_seed(rng *r, uint64_t seed)
 		r->s[i] = splitmix64(&seed);
 }
 
+/* Rotate left by k bits. */
 static uint64_t
 rotl(uint64_t x, int k)
 {
 	return (x << k) | (x >> (64 - k));
 }
 
+/* xoshiro256**: the next 64 random bits. */
 static uint64_t
 rng_next(rng *r)
 {

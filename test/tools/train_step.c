@@ -85,6 +85,7 @@ load_weights(mt_model *m, const char *path)
 	free(buf);
 }
 
+/* Parse arguments, run one step, write the results. */
 int
 main(int argc, char **argv)
 {

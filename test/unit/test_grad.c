@@ -34,12 +34,14 @@ urand(void)
 	return (double) (rng_state >> 11) / 9007199254740992.0;
 }
 
+/* Uniform in [lo, hi). */
 static float
 frand(float lo, float hi)
 {
 	return (float) (lo + (hi - lo) * urand());
 }
 
+/* Uniform integer in [0, n). */
 static int
 irand(int n)
 {
@@ -72,12 +74,14 @@ rbuf_away(size_t n, float gap)
 	return p;
 }
 
+/* A zeroed buffer. */
 static float *
 zbuf(size_t n)
 {
 	return calloc(n ? n : 1, sizeof(float));
 }
 
+/* Inner product in double. */
 static double
 dot(const float *a, const float *b, size_t n)
 {
@@ -208,6 +212,7 @@ typedef struct conv_ctx
 			   *scratch;
 } conv_ctx;
 
+/* Forward of a convolution context (packs the current weights). */
 static void
 conv_fwd(void *p, float *y)
 {
@@ -217,6 +222,7 @@ conv_fwd(void *p, float *y)
 	be->conv2d(&c->d, c->n, c->h, c->w, c->x, c->packed, c->bias, y, c->scratch, NULL);
 }
 
+/* One convolution: dX, dW, db against differences. */
 static void
 test_conv_case(const char *what, int cin, int cout, int kh, int kw, int s, int dil,
 			   int groups, int pt, int pl, int pb, int pr, int with_bias, int n, int h, int w)
@@ -284,6 +290,7 @@ test_conv_case(const char *what, int cin, int cout, int kh, int kw, int s, int d
 	free(db);
 }
 
+/* Dense, strided, TF SAME, dilated, grouped and depthwise convolutions. */
 static void
 test_conv_kernels(void)
 {
@@ -316,6 +323,7 @@ typedef struct pool_ctx
 	float	   *x;
 } pool_ctx;
 
+/* Forward of a pooling context. */
 static void
 pool_fwd(void *p, float *y)
 {
@@ -329,6 +337,7 @@ pool_fwd(void *p, float *y)
 		be->global_avg_pool(c->n, c->h, c->w, c->c, c->x, y);
 }
 
+/* One pooling variant: dX against differences. */
 static void
 test_pool_case(const char *what, int kind, int k, int s, int pad, int include_pad)
 {
@@ -390,6 +399,7 @@ typedef struct act_ctx
 			   *b;
 } act_ctx;
 
+/* Forward of an activation (or residual add + activation) context. */
 static void
 act_fwd(void *p, float *y)
 {
@@ -401,6 +411,7 @@ act_fwd(void *p, float *y)
 		be->act(c->len, c->x, c->act, y);
 }
 
+/* One activation: dX (and the add's second input) against differences. */
 static void
 test_act_case(const char *what, mt_act act, int add)
 {
@@ -456,6 +467,7 @@ typedef struct lin_ctx
 			   *b;
 } lin_ctx;
 
+/* Forward of a linear-layer context. */
 static void
 lin_fwd(void *p, float *y)
 {
@@ -464,6 +476,7 @@ lin_fwd(void *p, float *y)
 	be->linear(c->n, c->in, c->out, c->x, c->w, c->b, y);
 }
 
+/* Linear layer: dX, dW, db against differences. */
 static void
 test_linear_kernel(void)
 {
@@ -526,6 +539,7 @@ bn_fwd(void *p, float *y)
 	be->channel_affine(c->rows, c->c, c->x, scale, shift, MT_ACT_NONE, y);
 }
 
+/* Batch statistics and the batch-norm backward kernel. */
 static void
 test_bn_kernel(void)
 {
@@ -577,6 +591,7 @@ test_bn_kernel(void)
 	free(db);
 }
 
+/* Pooling, activations, residual add, linear and batch norm kernels. */
 static void
 test_small_kernels(void)
 {
@@ -609,6 +624,7 @@ gparam(mt_model *m, const char *name, int ndim, int64_t d0, int64_t d1, int64_t 
 	return i;
 }
 
+/* Add a convolution node with random weights. */
 static int
 gconv(mt_model *m, int in, int cin, int cout, int k, int s, int pad, int dil,
 	  int groups, int bias)
@@ -634,6 +650,7 @@ gconv(mt_model *m, int in, int cin, int cout, int k, int s, int pad, int dil,
 	return mt_model_add_node(m, &n);
 }
 
+/* Add a batch-norm node with random affine and statistics. */
 static int
 gbn(mt_model *m, int in, int c)
 {
@@ -651,6 +668,7 @@ gbn(mt_model *m, int in, int c)
 	return mt_model_add_node(m, &n);
 }
 
+/* Add a node without parameters. */
 static int
 gsimple(mt_model *m, mt_node_kind kind, int in, int in1, mt_act act)
 {
@@ -661,6 +679,7 @@ gsimple(mt_model *m, mt_node_kind kind, int in, int in1, mt_act act)
 	return mt_model_add_node(m, &n);
 }
 
+/* Add a pooling node. */
 static int
 gpool(mt_model *m, mt_node_kind kind, int in, int k, int s, int p)
 {
@@ -672,6 +691,7 @@ gpool(mt_model *m, mt_node_kind kind, int in, int k, int s, int p)
 	return mt_model_add_node(m, &n);
 }
 
+/* Add a linear node with random weights. */
 static int
 glinear(mt_model *m, int in, int fin, int fout)
 {
@@ -698,6 +718,7 @@ typedef struct graph_ctx
 				w;
 } graph_ctx;
 
+/* Forward of a graph context in training mode (state dropped). */
 static void
 graph_fwd(void *p, float *y)
 {
@@ -821,6 +842,7 @@ mixed_graph(int padding_same)
 	return m;
 }
 
+/* Graph-level checks with BN in each of its training behaviours. */
 static void
 test_graphs(void)
 {
@@ -951,6 +973,7 @@ typedef struct model_ctx
 				hw;
 } model_ctx;
 
+/* Mean cross-entropy of the model on the context's batch. */
 static double
 model_loss(model_ctx *c)
 {
@@ -1073,6 +1096,7 @@ test_zoo_model(const char *arch, const char *const *tensors, int hw)
 	free(x);
 }
 
+/* Whole ResNet-18 and MobileNetV2 at 64x64. */
 static void
 test_zoo_models(void)
 {
@@ -1095,6 +1119,7 @@ static int n_bw_data,
 			n_bn_bw;
 static mt_backend counting;
 
+/* Counting wrapper of conv2d_backward_data. */
 static int
 count_bw_data(const mt_conv_desc *d, int n, int h, int w, const float *dy,
 			  const float *pw, float *dx, float *scratch, mt_err *err)
@@ -1103,6 +1128,7 @@ count_bw_data(const mt_conv_desc *d, int n, int h, int w, const float *dy,
 	return mt_cpu_backend.conv2d_backward_data(d, n, h, w, dy, pw, dx, scratch, err);
 }
 
+/* Counting wrapper of conv2d_backward_weight. */
 static int
 count_bw_weight(const mt_conv_desc *d, int n, int h, int w, const float *x,
 				const float *dy, float *dw, float *scratch, mt_err *err)
@@ -1111,6 +1137,7 @@ count_bw_weight(const mt_conv_desc *d, int n, int h, int w, const float *x,
 	return mt_cpu_backend.conv2d_backward_weight(d, n, h, w, x, dy, dw, scratch, err);
 }
 
+/* Counting wrapper of batch_norm_backward. */
 static void
 count_bn_bw(size_t rows, int c, const float *x, const float *dy, const float *mean,
 			const float *invstd, const float *gamma, float *dx, float *dg, float *db)
@@ -1119,6 +1146,7 @@ count_bn_bw(size_t rows, int c, const float *x, const float *dy, const float *me
 	mt_cpu_backend.batch_norm_backward(rows, c, x, dy, mean, invstd, gamma, dx, dg, db);
 }
 
+/* Freezing: counts, stage names, what backward touches, frozen BN. */
 static void
 test_freeze(void)
 {
@@ -1160,6 +1188,7 @@ test_freeze(void)
 	CHECK(mt_model_freeze(m, "layer9", &err) == MT_ERR_INVALID && strstr(err.msg, "layer9") != NULL,
 		  "unknown stage: %s", err.msg);
 	CHECK(mt_model_freeze(m, "fc", &err) == MT_ERR_INVALID, "nothing left: %s", err.msg);
+	CHECK(mt_model_trainable_count(m, NULL) == 2, "a refused freeze changes nothing");
 	CHECK(mt_model_freeze(mv, "features.1", &err) == MT_OK, "%s", err.msg);
 	CHECK(!mv->params[mt_model_find_param(mv, "features.1.conv.0.0.weight")].trainable &&
 		  mv->params[mt_model_find_param(mv, "features.2.conv.0.0.weight")].trainable &&
@@ -1280,6 +1309,7 @@ typedef struct loss_ctx
 	float	   *z;
 } loss_ctx;
 
+/* The loss of a loss context, as a one-element output. */
 static void
 loss_fwd(void *p, float *y)
 {
@@ -1315,6 +1345,7 @@ loss_ref(const loss_ctx *c)
 	return total / norm;
 }
 
+/* Cross-entropy values vs torch and the definition, gradients, errors. */
 static void
 test_loss(void)
 {
@@ -1398,6 +1429,7 @@ one_param_model(void)
 	return m;
 }
 
+/* Three steps of one optimizer against torch.optim's values. */
 static void
 test_optim_case(const char *what, mt_optim_kind kind, float momentum, int nesterov,
 				float wd, const double want[3][3])
@@ -1426,6 +1458,7 @@ test_optim_case(const char *what, mt_optim_kind kind, float momentum, int nester
 	mt_model_free(m);
 }
 
+/* SGD (plain, momentum, nesterov), Adam, AdamW and their edge cases. */
 static void
 test_optim(void)
 {
@@ -1477,12 +1510,14 @@ test_optim(void)
 
 static int	interrupt_after = -1;
 
+/* Interrupt callback: fires once after interrupt_after polls. */
 static int
 interrupt_cb(void)
 {
 	return interrupt_after >= 0 && interrupt_after-- == 0;
 }
 
+/* Initialisation, parameter copies, cancellation, inference after a step. */
 static void
 test_misc(void)
 {
@@ -1600,6 +1635,7 @@ test_misc(void)
 	free(x);
 }
 
+/* Run every group; the summary line is what test/run reads. */
 int
 main(int argc, char **argv)
 {

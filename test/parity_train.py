@@ -1,0 +1,367 @@
+#!/usr/bin/python3
+"""PyTorch parity of one training step (run with Debian's /usr/bin/python3).
+
+For mobilenet_v2 and resnet18 (torchvision 0.14, num_classes=3, seeded, with
+randomised batch-norm affine parameters and running statistics calibrated on
+another random batch, then perturbed by up to +-20%) and a fixed batch of 4
+random 3x64x64 inputs with labels, one training step in PyTorch and one in
+medtl (test/bin/train_step, built by `make tools`) from the same weights:
+
+  sgd       full fine-tune, model.train(), SGD(lr=0.1, momentum=0.9, weight_decay=1e-4)
+  nesterov  full fine-tune, SGD(lr=0.05, momentum=0.9, nesterov=True)
+  adam      full fine-tune, Adam(lr=1e-3)
+  adamw     full fine-tune, AdamW(lr=1e-3, weight_decay=1e-2)
+  backbone  only the classifier trains (requires_grad False elsewhere, the
+            frozen BN modules in eval(): medtl's default), SGD as above
+  stage     frozen up to layer3 / features.13 (same treatment), SGD as above
+  bntrain   backbone frozen but every BN in train mode (PyTorch's plain
+            model.train(); medtl's bn_train_frozen flag), SGD as above
+
+torchvision's MobileNetV2 has Dropout(0.2) before its classifier; medtl has
+no dropout, so the torch side runs that module in eval() (identity).
+
+Compared: the loss (relative error <= 1e-4), every gradient and every
+parameter and BN running statistic after the step (<= 1e-3), where the
+relative error of a tensor is max|medtl - torch| / max(max|torch|, 1e-6).
+num_batches_tracked is not compared (medtl does not count batches).
+
+Conditioning.  The same step also runs in torch with float64.
+- A gradient that is 0 in theory (its float64 max below 1e-4 x the case's
+  largest gradient: a BN bias feeding a 1x1 conv and then a batch-statistics
+  BN) is rounding noise in float32; medtl's must be within 1e-4 x the
+  largest gradient of float64's.
+- A tensor whose float32 torch result is itself more than 1e-4 away from
+  float64 is ill-conditioned: in training-mode MobileNetV2 the late BN layers
+  normalise over 16 values and amplify rounding (torch float32 is up to ~6%
+  off float64 there, medtl ~5e-5: it sums BN statistics in double); Adam's
+  first step is about lr * sign(g), so a near-zero gradient's sign flips.
+  Such a tensor is compared with float64 and must be within max(1e-3, 4 x
+  torch float32's own error).
+- To check the optimizers apart from gradient noise, torch's optimizer is
+  applied to medtl's own gradients and must reproduce medtl's updated
+  weights (<= 1e-5).
+Known limit: an activation within rounding of a ReLU/ReLU6 kink takes the
+other branch in one implementation and changes that channel's gradient
+discontinuously; not seen at this size (it is at 128x128, batch 8, where one
+of ~1e6 BN outputs lies 5e-6 from 0), but possible on another CPU's GEMM
+kernels.
+
+Output: "ok: ..." / "FAIL: ..." per case with its worst tensor, and as the
+last line "parity_train: N passed, M failed"; exit status 1 on failures.
+Runtime: a few seconds per case on 2 cores.
+"""
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import torch
+import torchvision
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DRIVER = os.path.join(HERE, "bin", "train_step")
+SEED = 20240611
+CLASSES = 3
+TOL_LOSS = 1e-4
+TOL = 1e-3
+TOL_ILL = 1e-4          # torch f32 vs f64 above this: ill-conditioned tensor
+TOL_OPT = 1e-5
+ZERO = 1e-4             # gradient below this x the largest: zero in theory
+
+passed = 0
+failed = 0
+
+
+def report(ok, msg):
+    global passed, failed
+    if ok:
+        passed += 1
+        print("ok: " + msg, flush=True)
+    else:
+        failed += 1
+        print("FAIL: " + msg, flush=True)
+
+
+def write_safetensors(path, tensors):
+    """tensors: list of (name, torch tensor); F32 and I64 only, little-endian."""
+    header = {}
+    blobs = []
+    offset = 0
+    for name, t in tensors:
+        t = t.detach().contiguous().cpu()
+        if t.dtype == torch.float32:
+            dtype = "F32"
+        elif t.dtype == torch.int64:
+            dtype = "I64"
+        else:
+            raise ValueError("unsupported dtype %s for %s" % (t.dtype, name))
+        data = t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", name
+        b, e = info["data_offsets"]
+        t = torch.frombuffer(bytearray(raw[base + b:base + e]), dtype=torch.float32)
+        out[name] = t.reshape(info["shape"]) if info["shape"] else t
+    return out
+
+
+def build(arch):
+    torch.manual_seed(SEED)
+    if arch == "mobilenet_v2":
+        m = torchvision.models.mobilenet_v2(num_classes=CLASSES)
+    else:
+        m = torchvision.models.resnet18(num_classes=CLASSES)
+    g = torch.Generator().manual_seed(SEED + 1)
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        # random affine; running statistics of the activations they produce
+        # (as a trained network has), on another batch, then perturbed
+        for mod in bns:
+            c = mod.num_features
+            mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            mod.bias.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
+            mod.reset_running_stats()
+            mod.momentum = None
+        m.train()
+        m(torch.randn(8, 3, 64, 64, generator=g))
+        for mod in bns:
+            c = mod.num_features
+            mod.momentum = 0.1
+            mod.running_mean.mul_(torch.rand(c, generator=g) * 0.4 + 0.8)
+            mod.running_mean.add_(torch.rand(c, generator=g) * 0.2 - 0.1)
+            mod.running_var.mul_(torch.rand(c, generator=g) * 0.4 + 0.8)
+            mod.num_batches_tracked.zero_()
+    return m
+
+
+def rel(a, b):
+    a = a.double()
+    b = b.double()
+    return float((a - b).abs().max() / max(float(b.abs().max()), 1e-6))
+
+
+def frozen_names(model, upto):
+    """Parameter names frozen by medtl's mt_model_freeze(upto)."""
+    names = [n for n, _ in model.named_parameters()]
+    head = "fc." if hasattr(model, "fc") else "classifier.1."
+    if upto == "none":
+        return set()
+    if upto == "backbone":
+        return {n for n in names if not n.startswith(head)}
+    last = max(i for i, n in enumerate(names) if n == upto or n.startswith(upto + "."))
+    return set(names[:last + 1])
+
+
+def make_optim(case, params):
+    kind = case["optim"]
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=case["lr"], momentum=case.get("momentum", 0.0),
+                               weight_decay=case.get("wd", 0.0), nesterov=case.get("nesterov", False))
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=case["lr"], weight_decay=case.get("wd", 0.0))
+    return torch.optim.AdamW(params, lr=case["lr"], weight_decay=case.get("wd", 0.0))
+
+
+def torch_step(model, x, y, case):
+    frozen = frozen_names(model, case["freeze"])
+    model.train()
+    if hasattr(model, "classifier"):
+        model.classifier[0].eval()           # dropout: medtl has none
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    if not case.get("bn_train_frozen"):
+        for n, mod in model.named_modules():
+            if isinstance(mod, torch.nn.BatchNorm2d) and n + ".weight" in frozen:
+                mod.eval()
+    opt = make_optim(case, [p for p in model.parameters() if p.requires_grad])
+    opt.zero_grad()
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    opt.step()
+    after = {n: t.detach().clone() for n, t in model.state_dict().items()
+             if not n.endswith("num_batches_tracked")}
+    return float(loss), logits.detach(), grads, after
+
+
+def optim_only(arch, case, m_grads):
+    """torch's optimizer applied to medtl's gradients: the expected weights."""
+    model = build(arch)
+    frozen = frozen_names(model, case["freeze"])
+    params = []
+    for n, p in model.named_parameters():
+        if n not in frozen:
+            p.grad = m_grads[n].reshape(p.shape).clone()
+            params.append(p)
+    make_optim(case, params).step()
+    return {n: p.detach() for n, p in model.named_parameters() if n not in frozen}
+
+
+class Checker:
+    """Errors over tensors.  Judged against torch float32; where torch's own
+    float32 result is ill-conditioned, against float64; a gradient that is
+    zero in theory (float64 max below ZERO x the case's largest gradient) as
+    an absolute error on that scale."""
+
+    def __init__(self, scale=None):
+        self.scale = scale              # largest gradient of the case, or None
+        self.worst = (0.0, "")          # vs torch f32, well-conditioned tensors
+        self.ill_medtl = (0.0, "")      # ill-conditioned: medtl vs f64
+        self.ill_torch = (0.0, "")      # ill-conditioned: torch f32 vs f64
+        self.zero = (0.0, "")           # zero in theory: max |medtl| / scale
+        self.n = self.ill = self.nzero = 0
+        self.fails = []
+
+    def check(self, name, medtl, t32, t64):
+        self.n += 1
+        if self.scale is not None and float(t64.abs().max()) < ZERO * self.scale:
+            self.nzero += 1
+            e = float((medtl.double() - t64).abs().max()) / self.scale
+            self.zero = max(self.zero, (e, name))
+            if e > ZERO:
+                self.fails.append("%s should be ~0: %.2e of the largest gradient" % (name, e))
+            return
+        e32 = rel(medtl, t32)
+        own = rel(t32, t64)
+        if own > TOL_ILL:
+            self.ill += 1
+            e64 = rel(medtl, t64)
+            self.ill_medtl = max(self.ill_medtl, (e64, name))
+            self.ill_torch = max(self.ill_torch, (own, name))
+            if e64 > max(TOL, 4 * own):
+                self.fails.append("%s rel %.2e vs float64 (torch float32 itself %.2e)" % (name, e64, own))
+            return
+        if e32 > TOL:
+            self.fails.append("%s rel %.2e" % (name, e32))
+        self.worst = max(self.worst, (e32, name))
+
+    def summary(self):
+        s = "%.2e (%s) over %d" % (self.worst[0], self.worst[1], self.n - self.ill - self.nzero)
+        if self.ill:
+            s += ", %d ill-conditioned where medtl is within %.1e of float64 (%s), torch f32 %.1e" % (
+                self.ill, self.ill_medtl[0], self.ill_medtl[1], self.ill_torch[0])
+        if self.nzero:
+            s += ", %d zero in theory (within %.1e)" % (self.nzero, self.zero[0])
+        return s
+
+
+def run_case(arch, case, x, y, tmp):
+    name = "%s %s" % (arch, case["name"])
+    model = build(arch)
+    wpath = os.path.join(tmp, "%s.safetensors" % arch)
+    bpath = os.path.join(tmp, "batch.safetensors")
+    opath = os.path.join(tmp, "out.safetensors")
+    write_safetensors(wpath, list(model.state_dict().items()))
+    write_safetensors(bpath, [("x", x.permute(0, 2, 3, 1).contiguous()), ("labels", y)])
+
+    t_loss, t_logits, t_grads, t_after = torch_step(model, x, y, case)
+    _, _, d_grads, d_after = torch_step(build(arch).double(), x.double(), y, case)
+
+    cmd = [DRIVER, arch, str(CLASSES), wpath, bpath, opath, case["optim"], repr(case["lr"]),
+           case["freeze"]]
+    for opt in ("momentum", "wd"):
+        if opt in case:
+            cmd += ["--" + opt, repr(case[opt])]
+    if case.get("nesterov"):
+        cmd.append("--nesterov")
+    if case.get("bn_train_frozen"):
+        cmd.append("--bn-train-frozen")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        report(False, "%s: driver failed (rc %d): %s" % (name, r.returncode, r.stderr.strip()))
+        return
+    out = read_safetensors(opath)
+
+    problems = []
+    loss_err = abs(float(out["loss"][0]) - t_loss) / max(abs(t_loss), 1e-6)
+    if loss_err > TOL_LOSS:
+        problems.append("loss %.6f vs %.6f (rel %.2e)" % (float(out["loss"][0]), t_loss, loss_err))
+    m_grads = {k[5:]: v for k, v in out.items() if k.startswith("grad.")}
+    if set(m_grads) != set(t_grads):
+        problems.append("gradient sets differ: medtl-only %s, torch-only %s"
+                        % (sorted(set(m_grads) - set(t_grads))[:3], sorted(set(t_grads) - set(m_grads))[:3]))
+        report(False, name + ": " + "; ".join(problems))
+        return
+    grads = Checker(max(float(g.abs().max()) for g in d_grads.values()))
+    for n in t_grads:
+        grads.check(n, m_grads[n], t_grads[n], d_grads[n])
+    after = Checker()
+    for n in t_after:
+        if n not in out:
+            problems.append("missing tensor %s" % n)
+            continue
+        after.check(n, out[n], t_after[n], d_after[n])
+    problems += ["gradient " + f for f in grads.fails] + ["updated " + f for f in after.fails]
+    opt_worst = (0.0, "")
+    for n, want in optim_only(arch, case, m_grads).items():
+        opt_worst = max(opt_worst, (rel(out[n], want), n))
+    if opt_worst[0] > TOL_OPT:
+        problems.append("optimizer on medtl's gradients: %s rel %.2e" % (opt_worst[1], opt_worst[0]))
+    msg = "%s: loss rel %.1e; gradients %s; updated %s; optimizer alone %.1e" % (
+        name, loss_err, grads.summary(), after.summary(), opt_worst[0])
+    if problems:
+        msg += " -- " + "; ".join(problems[:4])
+    report(not problems, msg)
+
+
+CASES = [
+    {"name": "sgd", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": "none"},
+    {"name": "nesterov", "optim": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "freeze": "none"},
+    {"name": "adam", "optim": "adam", "lr": 1e-3, "freeze": "none"},
+    {"name": "adamw", "optim": "adamw", "lr": 1e-3, "wd": 1e-2, "freeze": "none"},
+    {"name": "backbone", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": "backbone"},
+    {"name": "stage", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": None},
+    {"name": "bntrain", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": "backbone",
+     "bn_train_frozen": True},
+]
+STAGE = {"resnet18": "layer3", "mobilenet_v2": "features.13"}
+
+
+def main():
+    if not os.access(DRIVER, os.X_OK):
+        report(False, "no driver at %s (run make tools)" % DRIVER)
+    else:
+        torch.manual_seed(SEED)
+        x = torch.randn(4, 3, 64, 64)
+        y = torch.tensor([0, 2, 1, 2], dtype=torch.int64)
+        with tempfile.TemporaryDirectory() as tmp:
+            for arch in ("mobilenet_v2", "resnet18"):
+                for case in CASES:
+                    c = dict(case)
+                    if c["freeze"] is None:
+                        c["freeze"] = STAGE[arch]
+                    try:
+                        run_case(arch, c, x, y, tmp)
+                    except Exception:
+                        report(False, "%s %s: %s" % (arch, c["name"], traceback.format_exc().strip()))
+    print("parity_train: %d passed, %d failed" % (passed, failed), flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
