@@ -9,7 +9,7 @@ $MEDTL_SHARED/models/mobilenet_v2_imagenet (padding 'tf_same', labels.txt),
 loads the test-split JPEGs of $MEDTL_SHARED/data/chest_xray/manifest.csv into
 a table with medtl.read_server_file, scores 10 rows to warm the backend's
 model cache, then times `SELECT count(medtl.predict('m', image)) FROM xrays`
-end to end in psql (\\timing; best of --runs) in that same session.
+end to end in psql (\\timing) in that same session.
 
 PyTorch: torchvision mobilenet_v2 loaded (strict) from the same safetensors
 file, TF SAME padding emulated by ZeroPad2d((0,1,0,1)) before each stride-2
@@ -17,7 +17,10 @@ file, TF SAME padding emulated by ZeroPad2d((0,1,0,1)) before each stride-2
 Images are decoded with PIL and go through ToTensor + Normalize(0.5, 0.5).
 Measured eager and torch.jit.trace (frozen), batch 1 and batch 16, both
 "end to end" (file read + JPEG decode + transform + forward, as SQL decodes
-each row) and "model only" (pre-decoded tensors).  Best of --runs.
+each row) and "model only" (pre-decoded tensors).  Best of --runs; the runs
+go in rounds (every variant once per round) so that other work on the
+machine affects all variants alike.  Also reports how many of the images get
+the same top-1 label from medtl and PyTorch.
 
 Options: --limit N (use the first N test images), --threads N (medtl.threads
 and torch.set_num_threads; default os.cpu_count()), --runs N (default 2),
@@ -34,7 +37,6 @@ import platform
 import re
 import struct
 import subprocess
-import sys
 import time
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -103,16 +105,6 @@ def tf_same_mobilenet_v2(state_dict):
     return model, patched
 
 
-def best_of(runs, fn):
-    best = None
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
-    return best
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--limit", type=int, default=None, help="use only the first N test images")
@@ -123,7 +115,6 @@ def main():
     ap.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
     args = ap.parse_args()
 
-    import numpy as np
     import torch
     import torchvision
     import torchvision.transforms as T
@@ -143,7 +134,7 @@ def main():
     n = len(paths)
     threads = max(1, args.threads)
     machine = machine_name()
-    results = []        # (what, images, seconds)
+    load0 = os.getloadavg()[0]
 
     # ---------------------------------------------------------------- medtl
     psql("DROP DATABASE IF EXISTS %s;" % DB, db="postgres")
@@ -168,77 +159,93 @@ def main():
         setup = "SET medtl.threads = %d;\n" % threads
         if not args.parallel:
             setup += "SET max_parallel_workers_per_gather = 0;\n"
-        q = "SELECT count(medtl.predict('m', image)) FROM xrays;\n"
-        out = psql(setup + "SELECT count(medtl.predict('m', image)) FROM (SELECT image FROM xrays ORDER BY id LIMIT 10) w;\n"
-                   + q * args.runs, timing=True)
-        times = [float(m.group(1)) / 1000.0 for m in (re.match(r"Time: ([0-9.]+) ms", l) for l in out) if m]
-        counts = [l for l in out if not l.startswith("Time:")]
-        # out: SETs give no rows; warm-up count, then runs counts
-        if len(times) < args.runs + 1 or counts[-1] != str(n):
-            raise RuntimeError("unexpected psql output: %r" % out)
-        t_sql = min(times[-args.runs:])
-        print("medtl warm-up (10 rows, model load included): %.3f s" % times[-args.runs - 1])
-        results.append(("medtl SQL count(predict) (decode+forward per row)", n, t_sql))
+        # predictions for the agreement check (untimed; also loads the model once)
+        m_pred = psql(setup + "SELECT medtl.predict('m', image) FROM xrays ORDER BY id;")
 
-        # predictions for the agreement check (untimed)
-        m_pred = psql("SET medtl.threads = %d;\nSELECT medtl.predict('m', image) FROM xrays ORDER BY id;" % threads)
+        # ---------------------------------------------------------- PyTorch
+        torch.set_num_threads(threads)
+        sd, _ = read_safetensors(weights)
+        model, patched = tf_same_mobilenet_v2(sd)
+        print("torch: TF SAME padding emulated on %s" % ", ".join(patched))
+        tf = T.Compose([T.ToTensor(), T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
+
+        def load(p):
+            with open(p, "rb") as f:
+                img = Image.open(f)
+                img = img.convert("RGB")
+            if img.size != (224, 224):
+                img = img.resize((224, 224), Image.BILINEAR)
+            return tf(img)
+
+        decoded = [load(p) for p in paths]
+        with torch.no_grad():
+            traced = torch.jit.trace(model, torch.zeros(1, 3, 224, 224))
+            try:
+                traced = torch.jit.freeze(traced)
+                jit_name = "jit.trace+freeze"
+            except Exception:
+                jit_name = "jit.trace"
+            for bs in (1, 16):
+                for _ in range(3):
+                    traced(torch.stack(decoded[:bs]))       # let the JIT profile and optimise
+            t_pred = []
+            for i in range(0, n, 16):
+                t_pred += model(torch.stack(decoded[i:i + 16])).argmax(1).tolist()
+        agree = sum(1 for a, b in zip(m_pred, t_pred) if a == labels[b])
+
+        def timed_sql():
+            q = "SELECT count(medtl.predict('m', image)) FROM xrays;\n"
+            out = psql(setup + "SELECT count(medtl.predict('m', image)) FROM "
+                       "(SELECT image FROM xrays ORDER BY id LIMIT 10) w;\n" + q, timing=True)
+            times = [float(m.group(1)) / 1000.0 for m in (re.match(r"Time: ([0-9.]+) ms", l) for l in out) if m]
+            counts = [l for l in out if not l.startswith("Time:")]
+            if len(times) < 2 or counts[-1] != str(n):
+                raise RuntimeError("unexpected psql output: %r" % out)
+            return times[-1]
+
+        def torch_loop(net, bs, end_to_end):
+            def run():
+                with torch.no_grad():
+                    for i in range(0, n, bs):
+                        if end_to_end:
+                            x = torch.stack([load(p) for p in paths[i:i + bs]])
+                        else:
+                            x = torch.stack(decoded[i:i + bs])
+                        net(x).argmax(1)
+            return run
+
+        variants = [("medtl SQL count(predict) (decode+forward per row)", timed_sql)]
+        for name, net in (("eager", model), (jit_name, traced)):
+            for bs in (1, 16):
+                variants.append(("PyTorch %s batch %d end to end (read+decode+forward)" % (name, bs),
+                                 torch_loop(net, bs, True)))
+                variants.append(("PyTorch %s batch %d model only" % (name, bs), torch_loop(net, bs, False)))
+        # Rounds: every variant once per round, best of --runs each, so that
+        # other work on the machine hits all variants alike.
+        best = {}
+        for r in range(args.runs):
+            for what, fn in variants:
+                if what.startswith("medtl"):
+                    secs = fn()
+                else:
+                    t0 = time.perf_counter()
+                    fn()
+                    secs = time.perf_counter() - t0
+                best[what] = min(secs, best.get(what, secs))
+                print("  round %d: %-70s %8.3f s" % (r + 1, what, secs), flush=True)
+        results = [(what, n, best[what]) for what, _ in variants]
+        t_sql = best[variants[0][0]]
     finally:
         if not args.keep_db:
             psql("DROP DATABASE IF EXISTS %s;" % DB, db="postgres")
-
-    # -------------------------------------------------------------- PyTorch
-    torch.set_num_threads(threads)
-    sd, _ = read_safetensors(weights)
-    model, patched = tf_same_mobilenet_v2(sd)
-    print("torch: TF SAME padding emulated on %s" % ", ".join(patched))
-    tf = T.Compose([T.ToTensor(), T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
-
-    def load(p):
-        with open(p, "rb") as f:
-            img = Image.open(f)
-            img = img.convert("RGB")
-        if img.size != (224, 224):
-            img = img.resize((224, 224), Image.BILINEAR)
-        return tf(img)
-
-    decoded = [load(p) for p in paths]
-    with torch.no_grad():
-        traced = torch.jit.trace(model, torch.zeros(1, 3, 224, 224))
-        try:
-            traced = torch.jit.freeze(traced)
-            jit_name = "jit.trace+freeze"
-        except Exception:
-            jit_name = "jit.trace"
-        for bs in (1, 16):
-            for _ in range(3):
-                traced(torch.zeros(bs, 3, 224, 224))        # let the JIT profile and optimise
-
-        # agreement with medtl (untimed)
-        t_pred = []
-        for i in range(0, n, 16):
-            t_pred += model(torch.stack(decoded[i:i + 16])).argmax(1).tolist()
-        agree = sum(1 for a, b in zip(m_pred, t_pred) if a == labels[b])
-
-        for name, net in (("eager", model), (jit_name, traced)):
-            for bs in (1, 16):
-                def e2e():
-                    for i in range(0, n, bs):
-                        net(torch.stack([load(p) for p in paths[i:i + bs]])).argmax(1)
-
-                def model_only():
-                    for i in range(0, n, bs):
-                        net(torch.stack(decoded[i:i + bs])).argmax(1)
-                net(torch.stack(decoded[:bs]))                      # warm-up
-                results.append(("PyTorch %s batch %d end to end (read+decode+forward)" % (name, bs), n,
-                                best_of(args.runs, e2e)))
-                results.append(("PyTorch %s batch %d model only" % (name, bs), n,
-                                best_of(args.runs, model_only)))
 
     # -------------------------------------------------------------- report
     print()
     print("predictions: medtl and PyTorch agree on %d of %d images (top-1 ImageNet label)" % (agree, n))
     print("%d chest X-ray test images (224x224 JPEG), %d threads, best of %d, %s"
           % (n, threads, args.runs, machine))
+    print("load average at start %.2f, at end %.2f (other work on the machine skews the figures)"
+          % (load0, os.getloadavg()[0]))
     w = max(len(r[0]) for r in results)
     print("%-*s %9s %9s %12s" % (w, "what", "seconds", "img/s", "medtl/this"))
     sql_rate = n / t_sql

@@ -11,7 +11,11 @@ padding => 'tf_same', emulated in torch by F.pad(x, (0,1,0,1)) before every
 stride-2 3x3 conv whose own padding is set to 0.
 
 Error measure: max |medtl - torch| / max |torch| over the output vector; it
-must be <= 1e-4.
+must be <= 1e-4.  Also checked: the models row (mean/std from metadata or
+arguments, padding, class count); the resize path on two non-224 images
+(resnet18; PIL BILINEAR, with or without uint8 rounding); and that the
+oracle's outputs differ between images, and between tf_same and symmetric
+padding, by far more than the tolerance (else the checks would prove nothing).
 
 Environment (set by test/run): PGHOST, PGPORT, PGUSER, PGDATABASE for psql and
 MEDTL_WORK, a directory the server (user postgres) can read.
@@ -97,7 +101,6 @@ def parse_real_array(s):
 def write_safetensors(path, state_dict, metadata):
     """Plain safetensors writer: 8-byte LE header length, JSON header padded with
     spaces to a multiple of 8, raw little-endian data in state_dict order."""
-    import numpy as np
     import torch
     header = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
     chunks = []
@@ -236,7 +239,6 @@ def check_resize(name, model, mean, std, resized):
     semantics.  PIL on an RGB image rounds the result to uint8, PIL on float
     planes does not; medtl passes if it matches either oracle."""
     import numpy as np
-    import torch
     from PIL import Image
     for img_name, img_path, pixels in resized:
         src = Image.fromarray(pixels, "RGB")
@@ -256,7 +258,6 @@ def check_resize(name, model, mean, std, resized):
 
 def run_case(case, files, images, resized):
     import numpy as np
-    import torch
     name, arch, ncls, padding, norm = case
     model = files[arch]["model"]
     mean, std = norm if norm else (IMAGENET_MEAN, IMAGENET_STD)
