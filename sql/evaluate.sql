@@ -31,7 +31,7 @@ SELECT name, image, CASE WHEN name LIKE 'bird%' THEN 'chickadee'
   FROM samples;
 SELECT evaluate('mobilenet_v2_imagenet', 'labelled') AS evaluation_id;
 SELECT n, positive_label, accuracy, balanced_accuracy, round(auc::numeric, 4) AS auc, f1_macro,
-       round(log_loss::numeric, 2) AS log_loss
+       log_loss BETWEEN 0 AND 0.2 AS low_log_loss
   FROM evaluations ORDER BY evaluation_id DESC LIMIT 1;
 SELECT truth, predicted, n FROM confusion
  WHERE evaluation_id = (SELECT max(evaluation_id) FROM evaluations) AND n > 0 ORDER BY truth;

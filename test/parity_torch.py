@@ -236,8 +236,9 @@ def rel_err(got, want):
 
 def check_resize(name, model, mean, std, resized):
     """Images that are not input_size x input_size are resized with PIL BILINEAR
-    semantics.  PIL on an RGB image rounds the result to uint8, PIL on float
-    planes does not; medtl passes if it matches either oracle."""
+    semantics, and (8-bit sources) rounded back to uint8 as PIL does for an RGB
+    image: medtl must match that oracle.  The float-plane resize is printed
+    for reference."""
     import numpy as np
     from PIL import Image
     for img_name, img_path, pixels in resized:
@@ -251,7 +252,7 @@ def check_resize(name, model, mean, std, resized):
         m = parse_real_array(out[0])
         e_u8, d_u8 = rel_err(m, t_u8)
         e_fl, d_fl = rel_err(m, t_fl)
-        report(min(e_u8, e_fl) <= TOL,
+        report(e_u8 <= TOL,
                "%s %s (%dx%d -> 224x224) logits: rel err %.3g vs PIL uint8 resize (%s), %.3g vs PIL float resize (%s)"
                % (name, img_name, pixels.shape[1], pixels.shape[0], e_u8, d_u8, e_fl, d_fl))
 

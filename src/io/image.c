@@ -844,10 +844,20 @@ resize_axis_init(resize_axis *ax, int in_size, int out_size, mt_err *err)
 	return MT_OK;
 }
 
+/* A pass's result as stored: as is, or (8-bit mode) PIL's floor(x + 1/2) clipped to 0..255. */
+static inline float
+pass_out(double x, int round8)
+{
+	if (!round8)
+		return (float) x;
+	x = floor(x + 0.5);
+	return (float) (x < 0.0 ? 0.0 : (x > 255.0 ? 255.0 : x));
+}
+
 /* Horizontal pass over rows [y0, y1) of in, into tmp (out_w wide). */
 static void
 resize_horizontal(const float *in, int in_w, int y0, int y1,
-				  const resize_axis *ax, int out_w, float *tmp)
+				  const resize_axis *ax, int out_w, float *tmp, int round8)
 {
 	int			y,
 				x,
@@ -872,9 +882,9 @@ resize_horizontal(const float *in, int in_w, int y0, int y1,
 				g += s[1] * k[j];
 				b += s[2] * k[j];
 			}
-			dst[3 * x] = (float) r;
-			dst[3 * x + 1] = (float) g;
-			dst[3 * x + 2] = (float) b;
+			dst[3 * x] = pass_out(r, round8);
+			dst[3 * x + 1] = pass_out(g, round8);
+			dst[3 * x + 2] = pass_out(b, round8);
 		}
 	}
 }
@@ -882,7 +892,7 @@ resize_horizontal(const float *in, int in_w, int y0, int y1,
 /* Vertical pass: in holds rows starting at input row y0. */
 static void
 resize_vertical(const float *in, int w, int y0, const resize_axis *ax,
-				int out_h, double *acc, float *out)
+				int out_h, double *acc, float *out, int round8)
 {
 	size_t		rowlen = (size_t) w * 3;
 	size_t		i;
@@ -905,19 +915,50 @@ resize_vertical(const float *in, int w, int y0, const resize_axis *ax,
 				acc[i] += src[i] * wj;
 		}
 		for (i = 0; i < rowlen; i++)
-			dst[i] = (float) acc[i];
+			dst[i] = pass_out(acc[i], round8);
 	}
 }
 
-/* Resize like PIL's Image.resize(size, Image.BILINEAR), in float. */
-int
-mt_image_resize(const mt_image *in, int out_w, int out_h, mt_image *out,
-				mt_err *err)
+/* PIL's 8-bit rounding of a pass's result on the 0..255 scale: floor(x + 1/2), clipped. */
+static void
+round_clip255(float *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+	{
+		double		x = floor((double) v[i] + 0.5);
+
+		v[i] = (float) (x < 0.0 ? 0.0 : (x > 255.0 ? 255.0 : x));
+	}
+}
+
+/* PIL's 8-bit filter coefficients: each weight rounded to a multiple of 2^-22. */
+static void
+fixed_point_weights(resize_axis *ax, int n_out)
+{
+	const double one = (double) (1 << 22);
+
+	for (size_t i = 0; i < (size_t) n_out * ax->ksize; i++)
+	{
+		double		w = ax->weights[i] * one;
+
+		ax->weights[i] = (double) (int64_t) (w >= 0 ? w + 0.5 : w - 0.5) / one;
+	}
+}
+
+/*
+ * Resize like PIL's Image.resize(size, Image.BILINEAR): in float, or with
+ * round8 as PIL does on an 8-bit image (rounding after each pass).
+ */
+static int
+resize_impl(const mt_image *in, int out_w, int out_h, mt_image *out, int round8,
+			mt_err *err)
 {
 	resize_axis hx,
 				vy;
 	float	   *pixels = NULL;
 	float	   *tmp = NULL;
+	float	   *scaled = NULL;
+	const float *src = in ? in->data : NULL;
 	double	   *acc = NULL;
 	int			need_h,
 				need_v,
@@ -965,6 +1006,26 @@ mt_image_resize(const mt_image *in, int out_w, int out_h, mt_image *out,
 		rc = resize_axis_init(&vy, in->height, out_h, err);
 	if (rc != MT_OK)
 		goto done;
+	if (round8)
+	{
+		/* PIL's 8-bit path: integer samples, fixed-point weights, rounding per pass */
+		size_t		n = (size_t) in->width * in->height * 3;
+
+		scaled = alloc_pixels((size_t) in->width, (size_t) in->height, err);
+		if (scaled == NULL)
+		{
+			rc = MT_ERR_NOMEM;
+			goto done;
+		}
+		for (size_t i = 0; i < n; i++)
+			scaled[i] = in->data[i] * 255.0f;
+		round_clip255(scaled, n);
+		src = scaled;
+		if (need_h)
+			fixed_point_weights(&hx, out_w);
+		if (need_v)
+			fixed_point_weights(&vy, out_h);
+	}
 
 	/* rows of the input that the vertical pass will read */
 	y0 = 0;
@@ -984,11 +1045,11 @@ mt_image_resize(const mt_image *in, int out_w, int out_h, mt_image *out,
 			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory while resizing");
 			goto done;
 		}
-		resize_horizontal(in->data, in->width, y0, y1, &hx, out_w, tmp);
-		resize_vertical(tmp, out_w, y0, &vy, out_h, acc, pixels);
+		resize_horizontal(src, in->width, y0, y1, &hx, out_w, tmp, round8);
+		resize_vertical(tmp, out_w, y0, &vy, out_h, acc, pixels, round8);
 	}
 	else if (need_h)
-		resize_horizontal(in->data, in->width, 0, in->height, &hx, out_w, pixels);
+		resize_horizontal(src, in->width, 0, in->height, &hx, out_w, pixels, round8);
 	else
 	{
 		acc = mt_calloc((size_t) out_w * 3, sizeof(double));
@@ -997,10 +1058,14 @@ mt_image_resize(const mt_image *in, int out_w, int out_h, mt_image *out,
 			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory while resizing");
 			goto done;
 		}
-		resize_vertical(in->data, out_w, 0, &vy, out_h, acc, pixels);
+		resize_vertical(src, out_w, 0, &vy, out_h, acc, pixels, round8);
 	}
+	if (round8)
+		for (size_t i = 0; i < (size_t) out_w * out_h * 3; i++)
+			pixels[i] /= 255.0f;
 
 done:
+	mt_free(scaled);
 	resize_axis_free(&hx);
 	resize_axis_free(&vy);
 	mt_free(tmp);
@@ -1014,6 +1079,18 @@ done:
 	out->height = out_h;
 	out->data = pixels;
 	return MT_OK;
+}
+
+int
+mt_image_resize(const mt_image *in, int out_w, int out_h, mt_image *out, mt_err *err)
+{
+	return resize_impl(in, out_w, out_h, out, 0, err);
+}
+
+int
+mt_image_resize_u8(const mt_image *in, int out_w, int out_h, mt_image *out, mt_err *err)
+{
+	return resize_impl(in, out_w, out_h, out, 1, err);
 }
 
 /* In place: x = (x - mean[c]) / std[c] for each of the 3 channels. */
@@ -1035,3 +1112,4 @@ mt_image_normalize(mt_image *img, const float mean[3], const float std[3])
 		p[2] = (p[2] - mean[2]) / std[2];
 	}
 }
+

@@ -56,6 +56,15 @@ void		mt_image_free(mt_image *img);
 int			mt_image_resize(const mt_image *in, int out_w, int out_h,
 							mt_image *out, mt_err *err);
 
+/*
+ * The same as PIL computes it for an 8-bit image: each pass's result is
+ * rounded to a multiple of 1/255, so predictions on 8-bit JPEG/PNG match the
+ * usual PIL resize + ToTensor pipeline exactly (and training, which keeps
+ * resized images as bytes, sees the same pixels as scoring).
+ */
+int			mt_image_resize_u8(const mt_image *in, int out_w, int out_h,
+							   mt_image *out, mt_err *err);
+
 /* In place: x = (x - mean[c]) / std[c]. */
 void		mt_image_normalize(mt_image *img, const float mean[3], const float std[3]);
 

@@ -51,7 +51,7 @@ image_to_bytes(bytea *image, int size, uint8 *out, mt_err *err)
 		return false;
 	if (img.width != size || img.height != size)
 	{
-		int			rc = mt_image_resize(&img, size, size, &resized, err);
+		int			rc = mt_image_resize_u8(&img, size, size, &resized, err);
 
 		mt_image_free(&img);
 		if (rc != MT_OK)

@@ -168,7 +168,12 @@ medtl_image_tensor(bytea *image, int size, const float mean[3], const float std[
 	}
 	if (img.width != size || img.height != size)
 	{
-		if (mt_image_resize(&img, size, size, &resized, &err) != MT_OK)
+		mt_image_info info;
+		bool		eight_bit = mt_image_probe(buf, len, &info, &err) == MT_OK && info.bit_depth <= 8;
+
+		/* 8-bit sources are resized as PIL resizes 8-bit images */
+		if ((eight_bit ? mt_image_resize_u8(&img, size, size, &resized, &err) :
+			 mt_image_resize(&img, size, size, &resized, &err)) != MT_OK)
 			medtl_raise(&err, "could not resize image");
 		mt_image_free(&img);
 		img = resized;
