@@ -366,6 +366,18 @@ test_pil_resize(const char *shared, const char *name, int w, int h)
 		printf("  %s: 224x224 max |ours - PIL| = %.4f/255\n", name, maxdiff * 255.0);
 		CHECK(maxdiff <= 1.0 / 255 + 1e-6, "%s max diff %g/255", name, maxdiff * 255);
 	}
+	mt_image_free(&small);
+	/* the 8-bit path reproduces PIL's uint8 output exactly */
+	CHECK(mt_image_resize_u8(&img, 224, 224, &small, &err) == MT_OK, "resize_u8: %s", err.msg);
+	if (small.data != NULL && ref.data != NULL && ref.width == 224 && ref.height == 224)
+	{
+		int			differ = 0;
+
+		for (i = 0; i < (size_t) 224 * 224 * 3; i++)
+			differ += (int) (small.data[i] * 255.0f + 0.5f) != (int) (ref.data[i] * 255.0f + 0.5f);
+		printf("  %s: 8-bit resize, samples differing from PIL: %d\n", name, differ);
+		CHECK(differ == 0, "%s: %d samples differ from PIL's 8-bit resize", name, differ);
+	}
 	mt_image_free(&img);
 	mt_image_free(&small);
 	mt_image_free(&ref);
