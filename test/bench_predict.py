@@ -31,28 +31,22 @@ default so that both sides run in one process with the same thread count).
 import argparse
 import csv
 import datetime
-import json
 import os
 import platform
 import re
-import struct
-import subprocess
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from medtl_testlib import read_safetensors, sql_lit  # noqa: E402
+from medtl_testlib import psql as _psql  # noqa: E402
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 DB = "medtl_bench"
 
 
 def psql(sql, db=DB, timing=False):
-    r = subprocess.run([PSQL, "-X", "-At", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
-                       input=("\\timing on\n" if timing else "") + sql, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError("psql failed (rc %d): %s" % (r.returncode, r.stderr.strip()))
-    return [l for l in r.stdout.split("\n") if l != ""]
-
-
-def sql_lit(s):
-    return "'" + str(s).replace("'", "''") + "'"
+    return _psql(sql, db, timing)
 
 
 def machine_name():
@@ -64,26 +58,6 @@ def machine_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def read_safetensors(path):
-    """Minimal strict safetensors reader -> {name: torch tensor}."""
-    import numpy as np
-    import torch
-    dtypes = {"F32": "<f4", "I64": "<i8"}
-    with open(path, "rb") as f:
-        blob = f.read()
-    n = struct.unpack("<Q", blob[:8])[0]
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
-    data = memoryview(blob)[8 + n:]
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        b, end = e["data_offsets"]
-        arr = np.frombuffer(data[b:end], dtype=dtypes[e["dtype"]]).reshape(e["shape"])
-        out[name] = torch.from_numpy(arr.copy())
-    return out, header.get("__metadata__", {})
 
 
 def tf_same_mobilenet_v2(state_dict):

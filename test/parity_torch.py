@@ -26,11 +26,13 @@ Output: one "ok: ..." or "FAIL: ..." line per check and, as the last line,
 import json
 import os
 import shutil
-import struct
-import subprocess
 import sys
 import tempfile
 import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from medtl_testlib import Report, write_safetensors, sql_lit  # noqa: E402
+from medtl_testlib import psql as _psql  # noqa: E402
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 DB = "medtl_parity"
@@ -50,36 +52,11 @@ CASES = [
 ]
 N_IMAGES = {"resnet50": 2}          # default 3
 
-passed = 0
-failed = 0
-
-
-def report(ok, msg):
-    global passed, failed
-    if ok:
-        passed += 1
-        print("ok: " + msg, flush=True)
-    else:
-        failed += 1
-        print("FAIL: " + msg, flush=True)
-
-
-def finish():
-    print("parity: %d passed, %d failed" % (passed, failed), flush=True)
-    sys.exit(1 if failed else 0)
+report = Report("parity")
 
 
 def psql(sql, db=DB):
-    """Run SQL through psql; returns stdout lines (unaligned, tuples only, '|' separated)."""
-    r = subprocess.run([PSQL, "-X", "-At", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
-                       input=sql, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError("psql failed (rc %d): %s\nSQL: %s" % (r.returncode, r.stderr.strip(), sql[:500]))
-    return [l for l in r.stdout.split("\n") if l != ""]
-
-
-def sql_lit(s):
-    return "'" + str(s).replace("'", "''") + "'"
+    return _psql(sql, db)
 
 
 def sql_real_array(v):
@@ -96,34 +73,6 @@ def parse_real_array(s):
         raise ValueError("not an array: %r" % s[:80])
     body = s[1:-1]
     return [float(x) for x in body.split(",")] if body else []
-
-
-def write_safetensors(path, state_dict, metadata):
-    """Plain safetensors writer: 8-byte LE header length, JSON header padded with
-    spaces to a multiple of 8, raw little-endian data in state_dict order."""
-    import torch
-    header = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
-    chunks = []
-    off = 0
-    for name, t in state_dict.items():
-        t = t.detach().cpu().contiguous()
-        if t.dtype == torch.float32:
-            dtype, data = "F32", t.numpy().astype("<f4").tobytes()
-        elif t.dtype == torch.int64:
-            dtype, data = "I64", t.numpy().astype("<i8").tobytes()
-        else:
-            raise ValueError("unexpected dtype %s for %s" % (t.dtype, name))
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        chunks.append(data)
-        off += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * ((-len(text)) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for c in chunks:
-            f.write(c)
-    os.chmod(path, 0o644)
 
 
 def make_image(rng, i):
@@ -332,9 +281,8 @@ def main():
     except ImportError as e:
         print("FAIL: PyTorch parity needs torch, torchvision, numpy and PIL (Debian python3-torch, "
               "python3-torchvision, python3-numpy, python3-pil; run with /usr/bin/python3): %s" % e)
-        global failed
-        failed += 1
-        finish()
+        report(False, "PyTorch missing")
+        report.finish()
 
     print("torch %s, torchvision %s, threads %d" % (torch.__version__, torchvision.__version__,
                                                     torch.get_num_threads()), flush=True)
@@ -396,7 +344,7 @@ def main():
                 print("warning: could not drop database %s: %s" % (DB, e), flush=True)
         if "--keep" not in sys.argv:
             shutil.rmtree(work, ignore_errors=True)
-    finish()
+    report.finish()
 
 
 if __name__ == "__main__":
@@ -405,6 +353,6 @@ if __name__ == "__main__":
     except SystemExit:
         raise
     except BaseException:
-        failed += 1
+        report(False, "exception")
         traceback.print_exc()
-        finish()
+        report.finish()

@@ -50,13 +50,14 @@ Output: "ok: ..." / "FAIL: ..." per case with its worst tensor, and as the
 last line "parity_train: N passed, M failed"; exit status 1 on failures.
 Runtime: a few seconds per case on 2 cores.
 """
-import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from medtl_testlib import Report, read_safetensors, write_safetensors  # noqa: E402
 
 import torch
 import torchvision
@@ -71,62 +72,7 @@ TOL_ILL = 1e-4          # torch f32 vs f64 above this: ill-conditioned tensor
 TOL_OPT = 1e-5
 ZERO = 1e-4             # gradient below this x the largest: zero in theory
 
-passed = 0
-failed = 0
-
-
-def report(ok, msg):
-    global passed, failed
-    if ok:
-        passed += 1
-        print("ok: " + msg, flush=True)
-    else:
-        failed += 1
-        print("FAIL: " + msg, flush=True)
-
-
-def write_safetensors(path, tensors):
-    """tensors: list of (name, torch tensor); F32 and I64 only, little-endian."""
-    header = {}
-    blobs = []
-    offset = 0
-    for name, t in tensors:
-        t = t.detach().contiguous().cpu()
-        if t.dtype == torch.float32:
-            dtype = "F32"
-        elif t.dtype == torch.int64:
-            dtype = "I64"
-        else:
-            raise ValueError("unsupported dtype %s for %s" % (t.dtype, name))
-        data = t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", name
-        b, e = info["data_offsets"]
-        t = torch.frombuffer(bytearray(raw[base + b:base + e]), dtype=torch.float32)
-        out[name] = t.reshape(info["shape"]) if info["shape"] else t
-    return out
+report = Report("parity_train")
 
 
 def build(arch):
@@ -295,7 +241,7 @@ def run_case(arch, case, x, y, tmp):
     if r.returncode != 0:
         report(False, "%s: driver failed (rc %d): %s" % (name, r.returncode, r.stderr.strip()))
         return
-    out = read_safetensors(opath)
+    out = read_safetensors(opath)[0]
 
     problems = []
     loss_err = abs(float(out["loss"][0]) - t_loss) / max(abs(t_loss), 1e-6)
@@ -359,8 +305,7 @@ def main():
                         run_case(arch, c, x, y, tmp)
                     except Exception:
                         report(False, "%s %s: %s" % (arch, c["name"], traceback.format_exc().strip()))
-    print("parity_train: %d passed, %d failed" % (passed, failed), flush=True)
-    sys.exit(1 if failed else 0)
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
+#include "core/metrics.h"
 #include "io/image.h"
 #include "nn/zoo.h"
 
@@ -418,17 +419,6 @@ require_classifier(MedtlModel *mm)
 				 errmsg("model \"%s\" is a %s model, not a classifier", mm->name, mm->task)));
 }
 
-static int
-argmax(const float *v, int n)
-{
-	int			best = 0;
-
-	for (int i = 1; i < n; i++)
-		if (v[i] > v[best])
-			best = i;
-	return best;
-}
-
 /* medtl.predict(model text, image bytea) -> text: the most probable label. */
 PG_FUNCTION_INFO_V1(medtl_predict);
 Datum
@@ -439,7 +429,7 @@ medtl_predict(PG_FUNCTION_ARGS)
 
 	require_classifier(mm);
 	score_image(mm, PG_GETARG_BYTEA_PP(1), &logits, NULL);
-	PG_RETURN_TEXT_P(label_text(mm, argmax(logits, mm->net->num_classes)));
+	PG_RETURN_TEXT_P(label_text(mm, mt_argmax(logits, mm->net->num_classes)));
 }
 
 /* medtl.predict_proba(model text, image bytea) -> real[]: softmax probabilities. */

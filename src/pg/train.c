@@ -264,22 +264,12 @@ score_logits(float *logits, const int *labels, int n, int k, const float *cw)
 	ValResult	r;
 	mt_err		err;
 	float		loss;
-	int			correct = 0;
 
 	check(mt_loss_cross_entropy(logits, labels, n, k, cw, 0.0f, 0.0f, &loss, NULL, &err),
 		  &err, "validation loss");
 	r.loss = loss;
 	mt_cpu_backend.softmax(n, k, logits, logits);
-	for (int i = 0; i < n; i++)
-	{
-		int			best = 0;
-
-		for (int c = 1; c < k; c++)
-			if (logits[(size_t) i * k + c] > logits[(size_t) i * k + best])
-				best = c;
-		correct += best == labels[i];
-	}
-	r.accuracy = (double) correct / n;
+	r.accuracy = (double) mt_count_correct(logits, labels, n, k) / n;
 	r.auc = auc_of(logits, labels, n, k);
 	return r;
 }
@@ -716,15 +706,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				}
 				check(mt_optim_step(opt, mm->net, (float) lr, &err), &err, "optimizer step");
 				loss_sum += (double) loss * m;
-				for (int i = 0; i < m; i++)
-				{
-					int			bst = 0;
-
-					for (int c = 1; c < k; c++)
-						if (logits[(size_t) i * k + c] > logits[(size_t) i * k + bst])
-							bst = c;
-					correct += bst == y[i];
-				}
+				correct += mt_count_correct(logits, y, m, k);
 			}
 
 			/* validation */

@@ -24,29 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Read a whole file; NULL on failure. */
-static uint8_t *
-read_file(const char *path, size_t *len)
-{
-	FILE	   *f = fopen(path, "rb");
-	uint8_t    *buf;
-	long		sz;
-
-	if (f == NULL)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	sz = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc(sz > 0 ? sz : 1);
-	if (buf != NULL && fread(buf, 1, sz, f) != (size_t) sz)
-	{
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	*len = (size_t) sz;
-	return buf;
-}
+#include "mt_test.h"
 
 /* Print an error and exit (a test tool, not engine code). */
 static void
@@ -63,7 +41,7 @@ static void
 load_weights(mt_model *m, const char *path)
 {
 	size_t		len;
-	uint8_t    *buf = read_file(path, &len);
+	uint8_t    *buf = mt_test_read_file(path, &len);
 	mt_safetensors st;
 	mt_err		err;
 
@@ -180,7 +158,7 @@ main(int argc, char **argv)
 		die("freeze", &err);
 
 	/* the batch */
-	if ((bbuf = read_file(argv[4], &blen)) == NULL)
+	if ((bbuf = mt_test_read_file(argv[4], &blen)) == NULL)
 		die("cannot read batch", NULL);
 	if (mt_st_parse(bbuf, blen, &bst, &err) != MT_OK)
 		die("batch", &err);

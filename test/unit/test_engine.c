@@ -259,24 +259,6 @@ test_pool(void)
 	free(g);
 }
 
-static uint8_t *
-read_file(const char *path, size_t *len)
-{
-	FILE	   *f = fopen(path, "rb");
-	uint8_t    *buf;
-	long		n;
-
-	if (f == NULL)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc(n > 0 ? n : 1);
-	*len = fread(buf, 1, n, f);
-	fclose(f);
-	return buf;
-}
-
 static mt_model *
 load_mobilenet(const char *shared, int same)
 {
@@ -289,7 +271,7 @@ load_mobilenet(const char *shared, int same)
 	int			ok = 1;
 
 	snprintf(path, sizeof(path), "%s/models/mobilenet_v2_imagenet/mobilenet_v2_imagenet.safetensors", shared);
-	buf = read_file(path, &len);
+	buf = mt_test_read_file(path, &len);
 	CHECK(buf != NULL, "read %s", path);
 	if (buf == NULL)
 		return NULL;
@@ -366,7 +348,7 @@ test_mobilenet(const char *shared)
 			mt_image	img;
 
 			snprintf(path, sizeof(path), "%s/models/mobilenet_v2_imagenet/samples/%s", shared, images[i]);
-			buf = read_file(path, &len);
+			buf = mt_test_read_file(path, &len);
 			CHECK(mt_image_decode(buf, len, 0, &img, &err) == MT_OK, "decode %s", images[i]);
 			mt_image_normalize(&img, half, half);
 			memcpy(batch + (size_t) i * 224 * 224 * 3, img.data, sizeof(float) * 224 * 224 * 3);

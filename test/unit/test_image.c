@@ -55,37 +55,12 @@ count_free(void *p)
 
 /* --------------------------------------------------------- helpers -- */
 
-/* Read a whole file with malloc; NULL if it cannot be read. */
-static uint8_t *
-read_file(const char *path, size_t *len)
-{
-	FILE	   *f = fopen(path, "rb");
-	uint8_t    *buf;
-	long		n;
-
-	if (f == NULL)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc(n > 0 ? (size_t) n : 1);
-	if (buf == NULL || fread(buf, 1, (size_t) n, f) != (size_t) n)
-	{
-		free(buf);
-		fclose(f);
-		return NULL;
-	}
-	fclose(f);
-	*len = (size_t) n;
-	return buf;
-}
-
 /* Decode a file; returns the status and fills *img. */
 static int
 decode_file(const char *path, mt_image *img)
 {
 	size_t		len = 0;
-	uint8_t    *buf = read_file(path, &len);
+	uint8_t    *buf = mt_test_read_file(path, &len);
 	mt_err		err;
 	int			rc;
 
@@ -412,7 +387,7 @@ test_xray(const char *shared)
 				exact = 1;
 
 	snprintf(path, sizeof(path), "%s/data/chest_xray/images/IM-0001-0001.jpeg", shared);
-	buf = read_file(path, &len);
+	buf = mt_test_read_file(path, &len);
 	CHECK(buf != NULL, "read %s", path);
 	if (buf == NULL)
 		return;
@@ -837,7 +812,7 @@ test_hostile(const char *shared)
 
 	/* JPEG: truncation and patched SOF */
 	snprintf(path, sizeof(path), "%s/data/chest_xray/images/IM-0001-0001.jpeg", shared);
-	jpg = read_file(path, &jlen);
+	jpg = mt_test_read_file(path, &jlen);
 	CHECK(jpg != NULL, "read %s", path);
 	if (jpg != NULL)
 	{
@@ -893,7 +868,7 @@ test_hostile(const char *shared)
 	expect_fail("PNG cut in IHDR", hdr, 20, 0, MT_ERR_CORRUPT, 1);
 
 	snprintf(path, sizeof(path), "%s/models/mobilenet_v2_imagenet/samples/bird.png", shared);
-	png = read_file(path, &plen);
+	png = mt_test_read_file(path, &plen);
 	CHECK(png != NULL, "read %s", path);
 	if (png != NULL)
 	{

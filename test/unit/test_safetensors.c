@@ -21,33 +21,6 @@
 static const char *real_rel =
 "/models/mobilenet_v2_imagenet/mobilenet_v2_imagenet.safetensors";
 
-/* Read a whole file into a malloc'd buffer; NULL on failure. */
-static uint8_t *
-read_file(const char *path, size_t *len)
-{
-	FILE	   *f = fopen(path, "rb");
-	uint8_t    *buf = NULL;
-	long		n;
-
-	*len = 0;
-	if (f == NULL)
-		return NULL;
-	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-		fseek(f, 0, SEEK_SET) == 0)
-	{
-		buf = malloc(n > 0 ? (size_t) n : 1);
-		if (buf != NULL && fread(buf, 1, (size_t) n, f) != (size_t) n)
-		{
-			free(buf);
-			buf = NULL;
-		}
-		else
-			*len = (size_t) n;
-	}
-	fclose(f);
-	return buf;
-}
-
 /* A file from a header length, header text and data bytes. */
 static uint8_t *
 make_raw(uint64_t hlen, const char *header, size_t header_bytes,
@@ -176,7 +149,7 @@ test_real_file(const char *shared)
 	int			i;
 
 	snprintf(path, sizeof(path), "%s%s", shared, real_rel);
-	buf = read_file(path, &len);
+	buf = mt_test_read_file(path, &len);
 	CHECK(buf != NULL, "cannot read %s", path);
 	if (buf == NULL)
 		return;
@@ -843,7 +816,7 @@ test_python_cases(const char *dir)
 
 	memset(&st, 0, sizeof(st));
 	snprintf(path, sizeof(path), "%s/manifest.txt", dir);
-	man = read_file(path, &man_len);
+	man = mt_test_read_file(path, &man_len);
 	CHECK(man != NULL, "cannot read %s", path);
 	if (man == NULL)
 		return;
@@ -876,7 +849,7 @@ test_python_cases(const char *dir)
 				snprintf(path, sizeof(path), "%s", f[1]);
 			else
 				snprintf(path, sizeof(path), "%s/%s", dir, f[1]);
-			buf = read_file(path, &len);
+			buf = mt_test_read_file(path, &len);
 			CHECK(buf != NULL, "cannot read %s", path);
 			if (buf == NULL)
 				continue;
