@@ -982,3 +982,11 @@ END
 $$;
 COMMENT ON FUNCTION medtl.create_model(text, text, text[], bigint, boolean, int, real[], real[], text, boolean)
     IS 'A new classifier for labels: the backbone''s weights with a fresh, seeded head (its parent is recorded), or, with pretrained => false, an architecture initialised from scratch.';
+
+------------------------------------------------------------------------------
+-- Export
+------------------------------------------------------------------------------
+
+CREATE FUNCTION medtl.export_model(model text) RETURNS bytea
+    AS 'MODULE_PATHNAME', 'medtl_export_model' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.export_model(text) IS 'The model as safetensors bytes in torchvision state_dict order, with arch, labels, mean/std, input size and padding as metadata; loads into PyTorch with load_state_dict(strict=True) and back with medtl.import_model.';

@@ -31,7 +31,7 @@ import tempfile
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from medtl_testlib import Report, write_safetensors, sql_lit  # noqa: E402
+from medtl_testlib import Report, read_safetensors, write_safetensors, sql_lit  # noqa: E402
 from medtl_testlib import psql as _psql  # noqa: E402
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -206,6 +206,32 @@ def check_resize(name, model, mean, std, resized):
                % (name, img_name, pixels.shape[1], pixels.shape[0], e_u8, d_u8, e_fl, d_fl))
 
 
+def check_export(name, arch, ncls, model, labels, padding):
+    """medtl.export_model's bytes load into torchvision with strict=True and
+    hold exactly the tensors imported; the metadata describes the model."""
+    import torchvision
+    hexdata = psql("SELECT encode(medtl.export_model(%s), 'hex');" % sql_lit(name))[0]
+    path = os.path.join(os.environ.get("MEDTL_WORK", tempfile.gettempdir()), "export_%s.safetensors" % name)
+    with open(path, "wb") as f:
+        f.write(bytes.fromhex(hexdata))
+    sd, meta = read_safetensors(path)
+    os.unlink(path)
+    fresh = getattr(torchvision.models, arch)(num_classes=ncls)
+    res = fresh.load_state_dict(sd, strict=True)
+    orig = model.state_dict()
+    same = all(torch_equal(sd[k], orig[k]) for k in orig if not k.endswith("num_batches_tracked"))
+    meta_ok = (meta.get("arch") == arch and json.loads(meta.get("labels", "[]")) == labels
+               and meta.get("padding") == padding and meta.get("num_classes") == str(ncls))
+    report(not res.missing_keys and not res.unexpected_keys and same and meta_ok,
+           "%s export_model: load_state_dict(strict=True) %s, tensors identical %s, metadata %s"
+           % (name, res, same, {k: meta.get(k) for k in ("arch", "padding", "num_classes")}))
+
+
+def torch_equal(a, b):
+    import torch
+    return bool(torch.equal(a.to(b.dtype), b))
+
+
 def run_case(case, files, images, resized):
     import numpy as np
     name, arch, ncls, padding, norm = case
@@ -222,6 +248,7 @@ def run_case(case, files, images, resized):
     report(row == ["%d|%s|%s|%s" % (ncls, "{" + ",".join("%g" % v for v in mean) + "}",
                                     "{" + ",".join("%g" % v for v in std) + "}", padding)],
            "%s import (%s, %d classes, padding %s): models row %s" % (name, arch, ncls, padding, row))
+    check_export(name, arch, ncls, model, labels, padding)
 
     n = N_IMAGES.get(arch, 3)
     inputs = [(img_name, img_path, to_input(pixels, mean, std)) for img_name, img_path, pixels in images[:n]]

@@ -287,3 +287,105 @@ medtl_init_rows(PG_FUNCTION_ARGS)
 	mt_model_free(m);
 	return (Datum) 0;
 }
+
+/* A JSON array of strings (or of numbers when floats != NULL). */
+static char *
+json_array(char **strs, const float *floats, int n)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	appendStringInfoChar(&s, '[');
+	for (int i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&s, ", ");
+		if (floats != NULL)
+			appendStringInfo(&s, "%.9g", floats[i]);
+		else
+			escape_json(&s, strs[i]);
+	}
+	appendStringInfoChar(&s, ']');
+	return s.data;
+}
+
+/*
+ * medtl.export_model(model text) -> bytea: the model as a safetensors file
+ * in torchvision's state_dict order, with arch, labels, mean/std, input size
+ * and padding in __metadata__; it loads with load_state_dict(strict=True)
+ * into the torchvision model with this head size, and back with
+ * medtl.import_model.
+ */
+PG_FUNCTION_INFO_V1(medtl_export_model);
+Datum
+medtl_export_model(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "medtl export",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	MedtlModel *mm = medtl_load_model_private(name, cxt);
+	mt_model   *m = mm->net;
+	int			n = m->n_params;
+	const char **names = palloc(sizeof(char *) * n);
+	mt_dtype   *dtypes = palloc(sizeof(mt_dtype) * n);
+	int		   *ndims = palloc(sizeof(int) * n);
+	int64_t		(*shapes)[MT_ST_MAX_DIMS] = palloc0(sizeof(*shapes) * n);
+	const void **datas = palloc(sizeof(void *) * n);
+	int64		zero = 0;
+	const char *keys[9];
+	const char *vals[9];
+	char		size_buf[16],
+				classes_buf[16];
+	uint8_t    *file;
+	size_t		len;
+	mt_err		err;
+	bytea	   *out;
+
+	for (int i = 0; i < n; i++)
+	{
+		mt_param   *p = &m->params[i];
+
+		names[i] = p->name;
+		dtypes[i] = p->is_counter ? MT_I64 : MT_F32;
+		ndims[i] = p->ndim;
+		for (int d = 0; d < p->ndim; d++)
+			shapes[i][d] = p->shape[d];
+		datas[i] = p->is_counter ? (const void *) &zero : (const void *) p->data;
+	}
+	snprintf(size_buf, sizeof(size_buf), "%d", mm->input_size);
+	snprintf(classes_buf, sizeof(classes_buf), "%d", m->num_classes);
+	keys[0] = "format";
+	vals[0] = "pt";
+	keys[1] = "arch";
+	vals[1] = mm->arch;
+	keys[2] = "num_classes";
+	vals[2] = classes_buf;
+	keys[3] = "input_size";
+	vals[3] = size_buf;
+	keys[4] = "mean";
+	vals[4] = json_array(NULL, mm->mean, 3);
+	keys[5] = "std";
+	vals[5] = json_array(NULL, mm->std, 3);
+	keys[6] = "padding";
+	vals[6] = m->padding_same ? "tf_same" : "symmetric";
+	keys[7] = "source";
+	vals[7] = psprintf("medtl %s export of model \"%s\" (id %lld)", MEDTL_VERSION, name,
+					   (long long) mm->model_id);
+	keys[8] = "labels";
+	vals[8] = mm->labels ? json_array(mm->labels, NULL, mm->n_labels) : "[]";
+
+	if (mt_st_serialize(n, names, dtypes, ndims, (const int64_t (*)[MT_ST_MAX_DIMS]) shapes,
+						datas, 9, keys, vals, &file, &len, &err) != MT_OK)
+		medtl_raise(&err, "could not export model");
+	if (len > MaxAllocSize - VARHDRSZ)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" is too large to export as one bytea (%zu bytes)", name, len)));
+	MemoryContextSwitchTo(old);
+	out = palloc(VARHDRSZ + len);
+	SET_VARSIZE(out, VARHDRSZ + len);
+	memcpy(VARDATA(out), file, len);
+	MemoryContextDelete(cxt);
+	PG_RETURN_BYTEA_P(out);
+}
