@@ -664,10 +664,11 @@ CREATE FUNCTION medtl._train_run(
     warmup_epochs int, step_size int, gamma float8, freeze text,
     flip boolean, rotation float8, brightness float8, contrast float8, crop_scale float8,
     class_weights text, class_weight real[], focal_gamma float8, label_smoothing float8,
-    validation float8, keep_best text, patience int, seed bigint, skip_bad_rows boolean)
+    validation float8, keep_best text, patience int, seed bigint, skip_bad_rows boolean,
+    batch_norm text)
 RETURNS jsonb
     AS 'MODULE_PATHNAME', 'medtl_train_run' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean)
+COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text)
     IS 'One phase of a training run (called by medtl.train and medtl.fine_tune).';
 
 -- Check the training options shared by train() and fine_tune(); raise on nonsense.
@@ -767,7 +768,8 @@ CREATE FUNCTION medtl.train(
     keep_best text DEFAULT 'val_auc',
     patience int DEFAULT NULL,
     seed bigint DEFAULT 42,
-    skip_bad_rows boolean DEFAULT false)
+    skip_bad_rows boolean DEFAULT false,
+    batch_norm text DEFAULT 'frozen')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -794,7 +796,7 @@ BEGIN
         'loss', loss, 'focal_gamma', focal_gamma, 'label_smoothing', label_smoothing,
         'validation', validation, 'validation_source', validation_source,
         'group_column', group_column, 'keep_best', keep_best, 'patience', patience,
-        'seed', seed, 'skip_bad_rows', skip_bad_rows));
+        'seed', seed, 'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm));
     resolved := given || jsonb_build_object('lr', v_lr, 'weight_decay', v_wd, 'augment', v_aug,
                                             'validation', v_val,
                                             'focal_gamma', CASE WHEN loss = 'focal' THEN focal_gamma ELSE 0 END);
@@ -808,7 +810,7 @@ BEGIN
         CASE WHEN v_aug THEN brightness ELSE 0 END, CASE WHEN v_aug THEN contrast ELSE 0 END,
         CASE WHEN v_aug THEN crop_scale ELSE 1 END,
         class_weights, class_weight, CASE WHEN loss = 'focal' THEN focal_gamma ELSE 0 END,
-        label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows);
+        label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows, batch_norm);
 
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -818,7 +820,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean)
+COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean, text)
     IS 'Fine-tune a model on the rows of a table or query; per-epoch metrics go to medtl.epochs, the run to medtl.runs, and the trained weights replace the model''s rows when the run completes. Returns the run id.';
 
 CREATE FUNCTION medtl.fine_tune(
@@ -842,7 +844,8 @@ CREATE FUNCTION medtl.fine_tune(
     group_column text DEFAULT NULL,
     keep_best text DEFAULT 'val_auc',
     seed bigint DEFAULT 42,
-    skip_bad_rows boolean DEFAULT false)
+    skip_bad_rows boolean DEFAULT false,
+    batch_norm text DEFAULT 'frozen')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -866,7 +869,7 @@ BEGIN
         'weight_decay', weight_decay, 'augment', augment, 'class_weights', class_weights,
         'loss', loss, 'validation', validation, 'validation_source', validation_source,
         'group_column', group_column, 'keep_best', keep_best, 'seed', seed,
-        'skip_bad_rows', skip_bad_rows));
+        'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm));
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
     VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val), seed)
     RETURNING run_id INTO rid;
@@ -876,7 +879,8 @@ BEGIN
         s1 := medtl._train_run(rid, model, source, image_column, label_column, group_column,
             validation_source, 1, head_epochs, batch_size, head_lr, optimizer, v_wd, 0.9, 'cosine',
             0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, class_weights, NULL,
-            CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed, skip_bad_rows);
+            CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed, skip_bad_rows,
+            batch_norm);
     END IF;
     -- phase 2: every layer (or those after freeze) at the low learning rate
     IF epochs > 0 THEN
@@ -885,7 +889,8 @@ BEGIN
             0, 5, 0.1, fine_tune.freeze, augment, CASE WHEN augment THEN 10 ELSE 0 END,
             CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
             CASE WHEN augment THEN 0.8 ELSE 1 END, class_weights, NULL,
-            CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed + 1, skip_bad_rows);
+            CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed + 1, skip_bad_rows,
+            batch_norm);
     END IF;
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -895,7 +900,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean)
+COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text)
     IS 'The standard transfer-learning recipe in one call: the new head alone on the frozen backbone, then all layers (or those after freeze) at a low learning rate, with augmentation. Returns the run id.';
 
 ------------------------------------------------------------------------------

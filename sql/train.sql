@@ -95,6 +95,23 @@ SELECT w.data <> b.data AS backbone_changed
   JOIN weights b ON b.tensor = w.tensor AND b.model_id = (SELECT model_id FROM models WHERE name = 'mobilenet_v2_imagenet')
  WHERE w.tensor = 'features.0.0.weight';
 
+-- batch norm stays as it is by default (statistics and affine frozen);
+-- batch_norm => 'train' normalises with batch statistics and updates them
+SELECT w.tensor, w.data = b.data AS unchanged
+  FROM weights w JOIN models m ON m.model_id = w.model_id AND m.name = 'pneumonia_seed_7'
+  JOIN weights b ON b.tensor = w.tensor AND b.model_id = (SELECT model_id FROM models WHERE name = 'mobilenet_v2_imagenet')
+ WHERE w.tensor IN ('features.5.conv.1.1.running_var', 'features.5.conv.1.1.weight', 'features.5.conv.1.0.weight')
+ ORDER BY w.tensor;
+\set VERBOSITY terse
+SELECT train('pneumonia_seed_7', 'train_xrays', epochs => 1, batch_size => 8, freeze => 'none',
+             batch_norm => 'train') > 0 AS trained;
+\set VERBOSITY default
+SELECT w.tensor, w.data = b.data AS unchanged
+  FROM weights w JOIN models m ON m.model_id = w.model_id AND m.name = 'pneumonia_seed_7'
+  JOIN weights b ON b.tensor = w.tensor AND b.model_id = (SELECT model_id FROM models WHERE name = 'mobilenet_v2_imagenet')
+ WHERE w.tensor IN ('features.5.conv.1.1.running_var', 'features.5.conv.1.1.weight')
+ ORDER BY w.tensor;
+
 -- from scratch (no pretrained weights) with the same head init
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';
@@ -114,6 +131,7 @@ SELECT train('pneumonia', 'train_xrays', optimizer => 'rmsprop');
 SELECT train('pneumonia', 'train_xrays', epochs => 0);
 SELECT train('pneumonia', 'train_xrays', freeze => 'features.99');
 SELECT train('pneumonia', 'train_xrays', class_weight => ARRAY[1, 2, 3]::real[]);
+SELECT train('pneumonia', 'train_xrays', batch_norm => 'sometimes');
 SELECT create_model('x', 'no_such_backbone', ARRAY['a', 'b']);
 SELECT create_model('x', 'mobilenet_v2_imagenet', ARRAY['a']);
 SELECT create_model('x', 'mobilenet_v2_imagenet', ARRAY['a', 'a']);

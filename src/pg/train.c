@@ -59,6 +59,7 @@ typedef struct TrainArgs
 	int			patience;
 	int64		seed;
 	bool		skip_bad_rows;
+	bool		bn_frozen;		/* batch norm keeps its statistics and affine */
 } TrainArgs;
 
 static char *
@@ -371,6 +372,25 @@ record_epoch(const TrainArgs *a, int epoch, double lr, double tl, double ta,
 	SPI_finish();
 }
 
+/*
+ * Keep every batch-norm layer as it is: its weight and bias stop training, so
+ * it normalises with its running statistics (an affine map the gradient
+ * passes through) and never updates them.
+ */
+static void
+freeze_batch_norm(mt_model *m)
+{
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		mt_node    *nd = &m->nodes[i];
+
+		if (nd->kind != MT_NODE_BN)
+			continue;
+		m->params[nd->p_bn_weight].trainable = 0;
+		m->params[nd->p_bn_bias].trainable = 0;
+	}
+}
+
 /* Whether parameter i is the classifier head's weight or bias. */
 static bool
 is_head_param(mt_model *m, int i)
@@ -545,6 +565,15 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	a.patience = PG_ARGISNULL(30) ? 0 : PG_GETARG_INT32(30);
 	a.seed = PG_GETARG_INT64(31);
 	a.skip_bad_rows = PG_GETARG_BOOL(32);
+	{
+		char	   *bn = text_arg(fcinfo, 33);
+
+		if (strcmp(bn, "frozen") != 0 && strcmp(bn, "train") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("batch_norm must be frozen or train, not \"%s\"", bn)));
+		a.bn_frozen = strcmp(bn, "frozen") == 0;
+	}
 
 	old = MemoryContextSwitchTo(cxt);
 	medtl_engine_enter();
@@ -586,6 +615,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	cw = class_weights(&a, ds, &sp, k);
 
 	check(mt_model_freeze(mm->net, a.freeze, &err), &err, "freeze");
+	if (a.bn_frozen)
+		freeze_batch_norm(mm->net);
 	head_only = only_head_trains(mm->net);
 	features_once = head_only && !mt_augment_enabled(&a.aug);
 	opt = mt_optim_create(mm->net, a.optimizer, (float) a.momentum, 0.9f, 0.999f, 1e-8f,
