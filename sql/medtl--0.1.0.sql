@@ -186,6 +186,21 @@ EXCEPTION WHEN others THEN
 END
 $$;
 
+-- Make a model name available: delete the model of that name when replacing, else refuse.
+CREATE FUNCTION medtl._free_name(model text, replace boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF replace THEN
+        DELETE FROM medtl.models m WHERE m.name = model;
+    ELSIF EXISTS (SELECT 1 FROM medtl.models m WHERE m.name = model) THEN
+        RAISE EXCEPTION 'model "%" already exists', model
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Pass replace => true to replace it, or choose another name.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION medtl._free_name(text, boolean) IS 'Delete the model of a name when replacing, else raise if the name is taken.';
+
 CREATE FUNCTION medtl.import_model(
     name text,
     arch text,
@@ -242,13 +257,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    IF replace THEN
-        DELETE FROM medtl.models m WHERE m.name = import_model.name;
-    ELSIF EXISTS (SELECT 1 FROM medtl.models m WHERE m.name = import_model.name) THEN
-        RAISE EXCEPTION 'model "%" already exists', import_model.name
-            USING ERRCODE = 'duplicate_object',
-                  HINT = 'Pass replace => true to replace it, or choose another name.';
-    END IF;
+    PERFORM medtl._free_name(import_model.name, replace);
 
     INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std,
                               padding, source, sha256, metadata)
@@ -953,12 +962,7 @@ BEGIN
         RAISE EXCEPTION 'backbone model "%" does not exist', backbone USING ERRCODE = 'undefined_object',
             HINT = 'Register one with medtl.import_model(), or pass pretrained => false and an architecture name.';
     END IF;
-    IF replace THEN
-        DELETE FROM medtl.models m WHERE m.name = create_model.name;
-    ELSIF EXISTS (SELECT 1 FROM medtl.models m WHERE m.name = create_model.name) THEN
-        RAISE EXCEPTION 'model "%" already exists', create_model.name USING ERRCODE = 'duplicate_object',
-            HINT = 'Pass replace => true to replace it, or choose another name.';
-    END IF;
+    PERFORM medtl._free_name(create_model.name, replace);
 
     INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std, padding,
                               parent_id, source, metadata)
