@@ -30,6 +30,11 @@ SELECT predict_topk('mobilenet_v2_imagenet', image, 0) FROM samples WHERE name =
 SET statement_timeout = 50;
 SELECT count(predict('mobilenet_v2_imagenet', image)) FROM xrays, generate_series(1, 20);
 RESET statement_timeout;
+-- NULLs into the functions that are not STRICT
+SELECT medtl.safetensors_info(NULL) IS NULL AS null_info, medtl.safetensors_info(NULL, 'resnet18') IS NULL AS null_info_arch;
+SELECT medtl._train_run(1, 'm', 's', 'image', 'label', NULL, NULL, 1, NULL, 32, 0.001, 'adamw', 0, 0.9, 'cosine',
+       0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, 'none', NULL, 0, 0, 0.1, 'val_auc', NULL, 42, false, 'frozen');
+SELECT medtl.runtime_info() IS NOT NULL AS runtime_info;
 -- the backend is still here and still scores
 \set VERBOSITY default
 SELECT predict('mobilenet_v2_imagenet', image) AS still_up FROM samples WHERE name = 'bird_224.png';

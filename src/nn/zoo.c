@@ -298,9 +298,9 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 		mt_setdetail(err, "Known architectures: %s.", mt_zoo_list());
 		return NULL;
 	}
-	if (num_classes < 1 || num_classes > 1000000)
+	if (num_classes < 1 || num_classes > 100000)
 	{
-		mt_seterr(err, MT_ERR_INVALID, "number of classes must be between 1 and 1000000, not %d",
+		mt_seterr(err, MT_ERR_INVALID, "number of classes must be between 1 and 100000, not %d",
 				  num_classes);
 		return NULL;
 	}

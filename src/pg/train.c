@@ -516,6 +516,18 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	int			ran = 0;
 	double		epoch_secs = 0;
 
+	/* a library newer or older than the installed SQL objects must not read past the arguments */
+	if (PG_NARGS() != 34)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 34",
+						PG_NARGS()),
+				 errhint("The installed SQL objects do not match the medtl library; update the extension (ALTER EXTENSION medtl UPDATE, or drop and re-create it).")));
+	for (int i = 0; i < PG_NARGS(); i++)
+		if (PG_ARGISNULL(i) && i != 5 && i != 6 && i != 25 && i != 30)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("argument %d of medtl._train_run must not be NULL", i + 1)));
 	memset(&a, 0, sizeof(a));
 	a.run_id = PG_GETARG_INT64(0);
 	a.model = text_arg(fcinfo, 1);

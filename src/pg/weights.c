@@ -95,11 +95,15 @@ PG_FUNCTION_INFO_V1(medtl_safetensors_info);
 Datum
 medtl_safetensors_info(PG_FUNCTION_ARGS)
 {
-	bytea	   *weights = PG_GETARG_BYTEA_PP(0);
+	bytea	   *weights;
 	mt_safetensors st;
 	StringInfoData s;
 	size_t		total = 0;
 
+	/* not STRICT (arch may be NULL), so a NULL file is NULL out here */
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	weights = PG_GETARG_BYTEA_PP(0);
 	parse_or_raise(weights, &st);
 	initStringInfo(&s);
 	for (int i = 0; i < st.n_tensors; i++)
