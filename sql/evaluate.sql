@@ -65,5 +65,11 @@ SELECT evaluate('mobilenet_v2_imagenet', 'SELECT NULL::bytea AS image, label FRO
 SELECT evaluate('mobilenet_v2_imagenet', 'SELECT ''\x00''::bytea AS image, label FROM labelled');
 SELECT evaluate('mobilenet_v2_imagenet', 'labelled', positive => 'not a label');
 \set VERBOSITY default
+-- a bad row can be skipped (with a NOTICE naming it)
+SELECT evaluate('mobilenet_v2_imagenet',
+                'SELECT CASE WHEN name = ''bird.png'' THEN ''\x00''::bytea ELSE image END AS image, label FROM labelled',
+                skip_bad_rows => true) > 0 AS evaluated;
+SELECT n FROM evaluations ORDER BY evaluation_id DESC LIMIT 1;
+DELETE FROM evaluations WHERE evaluation_id = (SELECT max(evaluation_id) FROM evaluations);
 -- nothing was written by the failed calls
 SELECT count(*) AS evaluations FROM evaluations;

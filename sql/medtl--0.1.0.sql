@@ -511,12 +511,19 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 $$;
 COMMENT ON FUNCTION medtl._argmax(real[]) IS '1-based index of the largest element, the first on ties.';
 
+CREATE FUNCTION medtl._score_source(model text, source text, image_column text, label_column text,
+    skip_bad_rows boolean, OUT label text, OUT truth int, OUT p real[])
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'medtl_score_source' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION medtl._score_source(text, text, text, text, boolean) IS 'Class probabilities of the labelled rows of a source, scored in batches (used by evaluate).';
+
 CREATE FUNCTION medtl.evaluate(
     model text,
     source text,
     image_column text DEFAULT 'image',
     label_column text DEFAULT 'label',
-    positive text DEFAULT NULL)
+    positive text DEFAULT NULL,
+    skip_bad_rows boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -525,8 +532,6 @@ DECLARE
     k int;
     pos int;
     n_rows bigint;
-    n_bad bigint;
-    bad_label text;
     eid bigint;
 BEGIN
     SELECT * INTO m FROM medtl.models WHERE name = model;
@@ -553,28 +558,13 @@ BEGIN
         DROP TABLE pg_temp._medtl_eval;
     END IF;
     CREATE TEMP TABLE _medtl_eval (label text, truth int, p real[]);
-    EXECUTE format('INSERT INTO pg_temp._medtl_eval
-                    SELECT t.%2$I::text, array_position($2, t.%2$I::text), medtl.predict_proba($1, t.%1$I)
-                      FROM %3$s t WHERE t.%2$I IS NOT NULL',
-                   image_column, label_column, medtl._source_from(source))
-        USING model, labels;
+    -- rows without a label are left out; bad images and unknown labels are errors naming the row
+    INSERT INTO pg_temp._medtl_eval
+    SELECT s.label, s.truth, s.p
+      FROM medtl._score_source(model,
+               format('SELECT * FROM %s t WHERE t.%I IS NOT NULL', medtl._source_from(source), label_column),
+               image_column, label_column, skip_bad_rows) s;
     GET DIAGNOSTICS n_rows = ROW_COUNT;
-    IF n_rows = 0 THEN
-        RAISE EXCEPTION 'source has no labelled rows' USING ERRCODE = 'no_data_found',
-            DETAIL = format('Source: %s', source);
-    END IF;
-    SELECT count(*), min(label) INTO n_bad, bad_label FROM pg_temp._medtl_eval WHERE truth IS NULL;
-    IF n_bad > 0 THEN
-        RAISE EXCEPTION '% row(s) have labels that model "%" does not know, e.g. "%"', n_bad, model, bad_label
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = CASE WHEN k <= 20 THEN format('The model''s labels are %s.', labels::text)
-                              ELSE format('The model has %s labels, listed in medtl.models.labels.', k) END;
-    END IF;
-    SELECT count(*) INTO n_bad FROM pg_temp._medtl_eval WHERE p IS NULL;
-    IF n_bad > 0 THEN
-        RAISE EXCEPTION '% row(s) have a NULL image', n_bad USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Filter them out of the source, e.g. WHERE image IS NOT NULL.';
-    END IF;
 
     ALTER TABLE pg_temp._medtl_eval ADD COLUMN pred int;
     UPDATE pg_temp._medtl_eval SET pred = medtl._argmax(p);
@@ -660,7 +650,7 @@ BEGIN
     RETURN eid;
 END
 $$;
-COMMENT ON FUNCTION medtl.evaluate(text, text, text, text, text) IS 'Score a labelled set (a table name or a query); accuracy, AUC, F1, precision, recall, specificity, log loss, confusion matrix, ROC points and per-class metrics become rows. Returns the evaluation id.';
+COMMENT ON FUNCTION medtl.evaluate(text, text, text, text, text, boolean) IS 'Score a labelled set (a table name or a query); accuracy, AUC, F1, precision, recall, specificity, log loss, confusion matrix, ROC points and per-class metrics become rows. Returns the evaluation id.';
 
 ------------------------------------------------------------------------------
 -- Training

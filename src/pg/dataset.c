@@ -212,7 +212,7 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 	if (ds->n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("the training source has no usable rows"),
+				 errmsg("the source has no usable rows"),
 				 errdetail("Source: %s (%lld rows read, %d skipped).", source, (long long) row, ds->n_bad)));
 	return ds;
 }

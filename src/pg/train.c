@@ -838,3 +838,64 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	MemoryContextDelete(cxt);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(summary.data)));
 }
+
+/*
+ * medtl._score_source(model, source, image_column, label_column,
+ * skip_bad_rows) -> setof (label, truth, p): class probabilities of every
+ * labelled row of a source, scored in batches; rows with bad images or
+ * unknown labels are reported by row number (or skipped).  Used by evaluate.
+ */
+PG_FUNCTION_INFO_V1(medtl_score_source);
+Datum
+medtl_score_source(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *image_col = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char	   *label_col = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	bool		skip = PG_GETARG_BOOL(4);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "medtl scoring",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+	MedtlModel *mm;
+	MedtlDataset *ds;
+	int			k;
+	int		   *idx;
+	float	   *probs;
+
+	InitMaterializedSRF(fcinfo, 0);
+	old = MemoryContextSwitchTo(cxt);
+	medtl_engine_enter();
+	mm = medtl_load_model_private(model, cxt);
+	k = mm->net->num_classes;
+	if (strcmp(mm->task, "classification") != 0 || mm->n_labels != k)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("model \"%s\" is not a classifier with one label per class", model)));
+	ds = medtl_read_dataset(source, image_col, label_col, NULL, mm->labels, k,
+							mm->input_size, skip);
+	idx = palloc(sizeof(int) * ds->n);
+	for (int i = 0; i < ds->n; i++)
+		idx[i] = i;
+	probs = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) ds->n * k);
+	forward_rows(mm, ds, idx, ds->n, 16, probs, NULL);
+	mt_cpu_backend.softmax(ds->n, k, probs, probs);
+	MemoryContextSwitchTo(old);
+	for (int i = 0; i < ds->n; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+		Datum	   *p = palloc(sizeof(Datum) * k);
+
+		for (int c = 0; c < k; c++)
+			p[c] = Float4GetDatum(probs[(size_t) i * k + c]);
+		values[0] = CStringGetTextDatum(mm->labels[ds->labels[i]]);
+		values[1] = Int32GetDatum(ds->labels[i] + 1);
+		values[2] = PointerGetDatum(construct_array(p, k, FLOAT4OID, 4, true, TYPALIGN_INT));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		pfree(p);
+	}
+	MemoryContextDelete(cxt);
+	return (Datum) 0;
+}
