@@ -334,36 +334,13 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 				be->channel_affine(rows, c, a, scale, shift, nd->act, y);
 				break;
 			}
-		case MT_NODE_ACT:
-			be->act(len, a, nd->act, y);
-			break;
 		case MT_NODE_ADD:
+			/* the activation as built (inference may have fused another into run_act) */
 			be->add_act(len, a, b, nd->act, y);
 			break;
-		case MT_NODE_MAXPOOL:
-			{
-				mt_pool_desc p = mt_node_pool_desc(nd);
-
-				be->max_pool2d(&p, n, in.h, in.w, in.c, a, y);
-				break;
-			}
-		case MT_NODE_AVGPOOL:
-			{
-				mt_pool_desc p = mt_node_pool_desc(nd);
-
-				be->avg_pool2d(&p, n, in.h, in.w, in.c, a, y);
-				break;
-			}
-		case MT_NODE_GAP:
-			be->global_avg_pool(n, in.h, in.w, in.c, a, y);
-			break;
-		case MT_NODE_LINEAR:
-			be->linear(n, nd->in_features, nd->out_features, a,
-					   m->params[nd->p_weight].data,
-					   nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL, y);
-			break;
 		default:
-			break;
+			/* activations, pooling, linear: the same as in inference */
+			return mt_node_run_prepared(m, nd, n, in, a, b, y, scratch, err);
 	}
 	return MT_OK;
 }
