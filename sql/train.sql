@@ -112,6 +112,27 @@ SELECT w.tensor, w.data = b.data AS unchanged
  WHERE w.tensor IN ('features.5.conv.1.1.running_var', 'features.5.conv.1.1.weight')
  ORDER BY w.tensor;
 
+-- over medtl.train_memory the decoded images spill to a temporary file: the
+-- same run, epoch for epoch (full fine-tune with augmentation reads every
+-- image each epoch)
+SELECT create_model('spill_a', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+SELECT create_model('spill_b', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+\set VERBOSITY terse
+SELECT train('spill_a', 'train_xrays', epochs => 1, batch_size => 8, freeze => 'features.14', augment => true) AS run_mem \gset
+SET medtl.train_memory = '1MB';
+SELECT train('spill_b', 'train_xrays', epochs => 1, batch_size => 8, freeze => 'features.14', augment => true) AS run_spill \gset
+-- the spill obeys temp_file_limit, and a failed run leaves nothing behind
+SET temp_file_limit = '1MB';
+SELECT train('spill_b', 'train_xrays', epochs => 1, batch_size => 8);
+RESET temp_file_limit;
+RESET medtl.train_memory;
+\set VERBOSITY default
+SELECT count(*) AS epochs, bool_and(a.train_loss = b.train_loss AND a.val_loss = b.val_loss) AS identical
+  FROM epochs a JOIN epochs b USING (phase, epoch) WHERE a.run_id = :run_mem AND b.run_id = :run_spill;
+SELECT count(*) AS same_weights FROM weights a JOIN weights b USING (tensor)
+ WHERE a.model_id = (SELECT model_id FROM models WHERE name = 'spill_a')
+   AND b.model_id = (SELECT model_id FROM models WHERE name = 'spill_b') AND a.data = b.data;
+
 -- from scratch (no pretrained weights) with the same head init
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';

@@ -1,12 +1,16 @@
 /*
  * dataset.c - labelled image rows read through an SPI cursor, decoded and
- * resized once, kept as bytes in memory for the epochs of a training run.
+ * resized once, kept as bytes for the epochs of a training run: in memory up
+ * to medtl.train_memory, beyond it in a temporary file (PostgreSQL's BufFile,
+ * as sorts and hashes spill past work_mem: subject to temp_file_limit and
+ * temp_tablespaces, removed when the transaction ends, even on error).
  */
 #include "medtl_pg.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/buffile.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -96,6 +100,8 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 	size_t		per = (size_t) size * size * 3;
 	size_t		budget = (size_t) medtl_train_memory_mb * 1024 * 1024;
 	int			cap = 256;
+	size_t		max_mem = budget / per;	/* images that fit the budget */
+	int			mem_cap = (int) Min((size_t) cap, max_mem);
 	StringInfoData q;
 	SPIPlanPtr	plan;
 	Portal		portal;
@@ -104,7 +110,7 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 	MemoryContext outer = CurrentMemoryContext;
 
 	ds->size = size;
-	ds->pixels = MemoryContextAllocHuge(outer, per * cap);
+	ds->pixels = MemoryContextAllocHuge(outer, Max(per * mem_cap, 1));
 	ds->labels = palloc(sizeof(int) * cap);
 	ds->rows = palloc(sizeof(int64) * cap);
 	if (group_col)
@@ -176,21 +182,37 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 			}
 			if (ds->n == cap)
 			{
-				if ((size_t) cap * 2 * per > budget)
-					ereport(ERROR,
-							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-							 errmsg("training images need more than medtl.train_memory (%d MB)",
-									medtl_train_memory_mb),
-							 errdetail("Each image takes %zu bytes at %dx%d.", per, size, size),
-							 errhint("Raise medtl.train_memory, or train on fewer rows or a smaller input_size.")));
 				cap *= 2;
-				ds->pixels = repalloc_huge(ds->pixels, per * cap);
 				ds->labels = repalloc(ds->labels, sizeof(int) * cap);
 				ds->rows = repalloc(ds->rows, sizeof(int64) * cap);
 				if (group_col)
 					ds->groups = repalloc(ds->groups, sizeof(char *) * cap);
 			}
-			memcpy(ds->pixels + per * ds->n, tmp, per);
+			if (ds->spill == NULL && ds->n_mem == mem_cap)
+			{
+				int			want = Min((size_t) mem_cap * 2, max_mem);
+
+				if (want > mem_cap)
+				{
+					ds->pixels = repalloc_huge(ds->pixels, per * want);
+					mem_cap = want;
+				}
+				else
+				{
+					MemoryContext old = MemoryContextSwitchTo(outer);
+
+					ds->spill = BufFileCreateTemp(false);
+					ds->buf = palloc(per);
+					MemoryContextSwitchTo(old);
+					ereport(NOTICE,
+							(errmsg("training images exceed medtl.train_memory (%d MB): %d stay in memory, the rest go to a temporary file",
+									medtl_train_memory_mb, ds->n_mem)));
+				}
+			}
+			if (ds->spill)
+				BufFileWrite(ds->spill, tmp, per);
+			else
+				memcpy(ds->pixels + per * ds->n_mem++, tmp, per);
 			ds->labels[ds->n] = k;
 			ds->rows[ds->n] = row;
 			if (group_col)
@@ -215,6 +237,33 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 				 errmsg("the source has no usable rows"),
 				 errdetail("Source: %s (%lld rows read, %d skipped).", source, (long long) row, ds->n_bad)));
 	return ds;
+}
+
+const uint8 *
+medtl_dataset_image(const MedtlDataset *ds, int i)
+{
+	size_t		per = (size_t) ds->size * ds->size * 3;
+	size_t		off;
+
+	if (i < ds->n_mem)
+		return ds->pixels + per * i;
+	/* BufFileSeekBlock crosses the 1 GB segment files; then the remainder */
+	off = per * (size_t) (i - ds->n_mem);
+	if (BufFileSeekBlock(ds->spill, (long) (off / BLCKSZ)) != 0 ||
+		BufFileSeek(ds->spill, 0, (off_t) (off % BLCKSZ), SEEK_CUR) != 0 ||
+		BufFileRead(ds->spill, ds->buf, per) != per)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read image %d back from medtl's temporary file", i + 1)));
+	return ds->buf;
+}
+
+void
+medtl_dataset_free(MedtlDataset *ds)
+{
+	if (ds->spill)
+		BufFileClose(ds->spill);
+	ds->spill = NULL;
 }
 
 char *

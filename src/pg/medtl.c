@@ -81,7 +81,8 @@ _PG_init(void)
 							PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("medtl.train_memory",
 							"Memory (MB) a training run may use to keep its decoded images.",
-							NULL, &medtl_train_memory_mb, 2048, 16, INT_MAX / 2,
+							"Images beyond it go to a temporary file (temp_file_limit applies).",
+							&medtl_train_memory_mb, 2048, 1, INT_MAX / 2,
 							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomStringVariable("medtl.blas_core",
 							   "OpenBLAS kernel set: auto (from CPU features), env (OPENBLAS_CORETYPE), or a core name.",

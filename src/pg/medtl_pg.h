@@ -51,7 +51,10 @@ typedef struct MedtlDataset
 {
 	int			n;
 	int			size;
-	uint8	   *pixels;
+	uint8	   *pixels;			/* the first n_mem images, size x size x 3 bytes */
+	int			n_mem;
+	struct BufFile *spill;		/* images n_mem..n-1, in order, when over budget */
+	uint8	   *buf;			/* one image read back from spill */
 	int		   *labels;			/* class index per image */
 	int64	   *rows;			/* 1-based row number in the source */
 	char	  **groups;			/* group key per image, or NULL */
@@ -63,6 +66,9 @@ MedtlDataset *medtl_read_dataset(const char *source, const char *image_col,
 								 const char *label_col, const char *group_col,
 								 char **labels, int n_labels, int size,
 								 bool skip_bad_rows);
+/* The pixels of image i (valid until the next call). */
+const uint8 *medtl_dataset_image(const MedtlDataset *ds, int i);
+void		medtl_dataset_free(MedtlDataset *ds);
 char	   *medtl_join_labels(char **labels, int n);
 
 #endif

@@ -284,7 +284,7 @@ fill_batch(const MedtlDataset *ds, const int *idx, int m, const MedtlModel *mm,
 
 	for (int i = 0; i < m; i++)
 	{
-		const uint8 *src = ds->pixels + per * idx[i];
+		const uint8 *src = medtl_dataset_image(ds, idx[i]);
 
 		if (aug != NULL && mt_augment_enabled(aug))
 			mt_augment_image(src, ds->size, aug, rng, mm->mean, mm->std, x + per * i);
@@ -819,6 +819,9 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		ereport(NOTICE, (errmsg("keeping the weights of epoch %d (best %s)", best_epoch, a.keep_best)));
 	}
 	mt_optim_free(opt);
+	if (vds != NULL && vds != ds)
+		medtl_dataset_free(vds);
+	medtl_dataset_free(ds);
 
 	/* the model's rows change only now, when the phase has completed */
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -881,6 +884,7 @@ medtl_score_source(PG_FUNCTION_ARGS)
 	probs = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) ds->n * k);
 	forward_rows(mm, ds, idx, ds->n, 16, probs, NULL);
 	mt_cpu_backend.softmax(ds->n, k, probs, probs);
+	medtl_dataset_free(ds);
 	MemoryContextSwitchTo(old);
 	for (int i = 0; i < ds->n; i++)
 	{
