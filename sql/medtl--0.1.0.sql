@@ -191,6 +191,12 @@ CREATE FUNCTION medtl._free_name(model text, replace boolean) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF replace THEN
+        IF EXISTS (SELECT 1 FROM medtl.ensemble_members e JOIN medtl.models m ON m.model_id = e.member_id
+                    WHERE m.name = model) THEN
+            RAISE EXCEPTION 'model "%" is a member of an ensemble and cannot be replaced', model
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = 'Drop the ensembles that use it first (medtl.ensemble_members).';
+        END IF;
         DELETE FROM medtl.models m WHERE m.name = model;
     ELSIF EXISTS (SELECT 1 FROM medtl.models m WHERE m.name = model) THEN
         RAISE EXCEPTION 'model "%" already exists', model
@@ -319,6 +325,12 @@ COMMENT ON FUNCTION medtl.unshare_model(text, name) IS 'Withdraw a role''s read 
 CREATE FUNCTION medtl.drop_model(model text) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM medtl.ensemble_members e JOIN medtl.models m ON m.model_id = e.member_id
+                WHERE m.name = model) THEN
+        RAISE EXCEPTION 'model "%" is a member of an ensemble', model
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Drop the ensembles that use it first (medtl.ensemble_members).';
+    END IF;
     DELETE FROM medtl.models m WHERE m.name = model;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" does not exist or is not yours', model
@@ -559,12 +571,27 @@ BEGIN
     END IF;
     CREATE TEMP TABLE _medtl_eval (label text, truth int, p real[]);
     -- rows without a label are left out; bad images and unknown labels are errors naming the row
-    INSERT INTO pg_temp._medtl_eval
-    SELECT s.label, s.truth, s.p
-      FROM medtl._score_source(model,
-               format('SELECT * FROM %s t WHERE t.%I IS NOT NULL', medtl._source_from(source), label_column),
-               image_column, label_column, skip_bad_rows) s;
-    GET DIAGNOSTICS n_rows = ROW_COUNT;
+    IF m.arch = 'ensemble' THEN
+        -- the members' averaged probabilities, row by row
+        EXECUTE format('INSERT INTO pg_temp._medtl_eval
+                        SELECT t.%I::text, array_position($1, t.%I::text), medtl.predict_proba($2, t.%I)
+                          FROM %s t WHERE t.%I IS NOT NULL',
+                       label_column, label_column, image_column, medtl._source_from(source), label_column)
+            USING labels, model;
+        GET DIAGNOSTICS n_rows = ROW_COUNT;
+        IF EXISTS (SELECT 1 FROM pg_temp._medtl_eval WHERE truth IS NULL) THEN
+            RAISE EXCEPTION 'the source has label "%", which model "%" does not have',
+                (SELECT e.label FROM pg_temp._medtl_eval e WHERE e.truth IS NULL LIMIT 1), model
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    ELSE
+        INSERT INTO pg_temp._medtl_eval
+        SELECT s.label, s.truth, s.p
+          FROM medtl._score_source(model,
+                   format('SELECT * FROM %s t WHERE t.%I IS NOT NULL', medtl._source_from(source), label_column),
+                   image_column, label_column, skip_bad_rows) s;
+        GET DIAGNOSTICS n_rows = ROW_COUNT;
+    END IF;
 
     ALTER TABLE pg_temp._medtl_eval ADD COLUMN pred int;
     UPDATE pg_temp._medtl_eval SET pred = medtl._argmax(p);
@@ -944,7 +971,9 @@ BEGIN
         RAISE EXCEPTION 'labels must be distinct and not NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT * INTO b FROM medtl.models m WHERE m.name = backbone;
-    IF FOUND THEN
+    IF FOUND AND b.arch = 'ensemble' THEN
+        RAISE EXCEPTION 'model "%" is an ensemble, not a backbone', backbone USING ERRCODE = 'wrong_object_type';
+    ELSIF FOUND THEN
         v_arch := b.arch;
     ELSIF NOT pretrained THEN
         v_arch := backbone;             -- from scratch: an architecture name will do
@@ -989,3 +1018,100 @@ COMMENT ON FUNCTION medtl.create_model(text, text, text[], bigint, boolean, int,
 CREATE FUNCTION medtl.export_model(model text) RETURNS bytea
     AS 'MODULE_PATHNAME', 'medtl_export_model' LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION medtl.export_model(text) IS 'The model as safetensors bytes in torchvision state_dict order, with arch, labels, mean/std, input size and padding as metadata; loads into PyTorch with load_state_dict(strict=True) and back with medtl.import_model.';
+
+------------------------------------------------------------------------------
+-- Ensembles: a model row (arch 'ensemble', no weights) whose members'
+-- probabilities are averaged with weights.
+------------------------------------------------------------------------------
+
+CREATE TABLE medtl.ensemble_members (
+    model_id    bigint NOT NULL REFERENCES medtl.models (model_id) ON DELETE CASCADE,
+    position    int NOT NULL CHECK (position >= 1),
+    member_id   bigint NOT NULL REFERENCES medtl.models (model_id),
+    weight      real NOT NULL CHECK (weight > 0 AND weight < 'Infinity'),
+    PRIMARY KEY (model_id, position),
+    CHECK (member_id <> model_id)
+);
+CREATE INDEX ensemble_members_member ON medtl.ensemble_members (member_id);
+COMMENT ON TABLE medtl.ensemble_members IS 'Members of ensemble models (medtl.models rows with arch ''ensemble'') and their weights.';
+SELECT pg_catalog.pg_extension_config_dump('medtl.ensemble_members', '');
+CREATE TRIGGER ensemble_members_inserted AFTER INSERT ON medtl.ensemble_members
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION medtl._weights_changed();
+CREATE TRIGGER ensemble_members_updated AFTER UPDATE ON medtl.ensemble_members
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION medtl._weights_changed();
+CREATE TRIGGER ensemble_members_deleted AFTER DELETE ON medtl.ensemble_members
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION medtl._weights_changed();
+ALTER TABLE medtl.ensemble_members ENABLE ROW LEVEL SECURITY;
+CREATE POLICY ensemble_members_read ON medtl.ensemble_members FOR SELECT
+    USING (EXISTS (SELECT 1 FROM medtl.models m WHERE m.model_id = ensemble_members.model_id));
+CREATE POLICY ensemble_members_write ON medtl.ensemble_members FOR ALL
+    USING (EXISTS (SELECT 1 FROM medtl.models m
+                    WHERE m.model_id = ensemble_members.model_id AND medtl._is_member(m.owner)))
+    WITH CHECK (EXISTS (SELECT 1 FROM medtl.models m
+                    WHERE m.model_id = ensemble_members.model_id AND medtl._is_member(m.owner))
+                AND EXISTS (SELECT 1 FROM medtl.models m WHERE m.model_id = ensemble_members.member_id));
+GRANT SELECT, INSERT, UPDATE, DELETE ON medtl.ensemble_members TO PUBLIC;
+
+CREATE FUNCTION medtl.create_ensemble(
+    name text,
+    models text[],
+    weights real[] DEFAULT NULL,
+    replace boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    n int := cardinality(models);
+    first medtl.models;
+    m medtl.models;
+    id bigint;
+BEGIN
+    IF n IS NULL OR n < 2 THEN
+        RAISE EXCEPTION 'an ensemble needs at least two member models' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_position(models, NULL) IS NOT NULL
+       OR (SELECT count(DISTINCT x) FROM unnest(models) x) <> n THEN
+        RAISE EXCEPTION 'member models must be distinct and not NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF weights IS NOT NULL AND (cardinality(weights) <> n OR array_position(weights, NULL) IS NOT NULL
+        OR EXISTS (SELECT 1 FROM unnest(weights) w WHERE NOT (w > 0 AND w < 'Infinity'))) THEN
+        RAISE EXCEPTION 'weights must be % positive finite numbers, one per member', n
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 1 .. n LOOP
+        SELECT * INTO m FROM medtl.models x WHERE x.name = models[i];
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'model "%" does not exist', models[i] USING ERRCODE = 'undefined_object';
+        END IF;
+        IF m.arch = 'ensemble' THEN
+            RAISE EXCEPTION 'model "%" is an ensemble; ensembles cannot be nested', models[i]
+                USING ERRCODE = 'wrong_object_type';
+        END IF;
+        IF m.task <> 'classification' THEN
+            RAISE EXCEPTION 'model "%" is a % model; ensembles average classifiers', models[i], m.task
+                USING ERRCODE = 'wrong_object_type';
+        END IF;
+        IF i = 1 THEN
+            first := m;
+        ELSIF m.num_classes <> first.num_classes
+              OR m.labels IS DISTINCT FROM first.labels THEN
+            RAISE EXCEPTION 'models "%" and "%" do not share labels', first.name, m.name
+                USING ERRCODE = 'data_exception',
+                      DETAIL = format('"%s" has %s; "%s" has %s.', first.name,
+                                      coalesce(first.labels::text, first.num_classes || ' unlabelled classes'),
+                                      m.name, coalesce(m.labels::text, m.num_classes || ' unlabelled classes'));
+        END IF;
+    END LOOP;
+    PERFORM medtl._free_name(create_ensemble.name, replace);
+    INSERT INTO medtl.models (name, arch, task, labels, num_classes, source, metadata)
+    VALUES (create_ensemble.name, 'ensemble', 'classification', first.labels, first.num_classes,
+            'ensemble of ' || array_to_string(models, ', '),
+            jsonb_build_object('members', to_jsonb(models), 'weights', to_jsonb(weights)))
+    RETURNING model_id INTO id;
+    INSERT INTO medtl.ensemble_members (model_id, position, member_id, weight)
+    SELECT id, o, x.model_id, coalesce(weights[o], 1)
+      FROM unnest(models) WITH ORDINALITY u(member, o) JOIN medtl.models x ON x.name = u.member;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION medtl.create_ensemble(text, text[], real[], boolean)
+    IS 'An ensemble of classifiers that share labels: predict, predict_proba, predict_topk and evaluate average the members'' probabilities (weighted, weights normalised to sum 1). Returns the model id.';

@@ -68,6 +68,31 @@ SELECT predict('alice_net', image) FROM samples WHERE name = 'cat_224.png';
 RESET ROLE;
 GRANT EXECUTE ON FUNCTION predict(text, bytea) TO PUBLIC;
 
+-- an ensemble shared without its members cannot be scored by bob
+SET ROLE medtl_alice;
+SELECT import_model('alice_net_b', 'mobilenet_v2', weights, labels => labels, padding => 'tf_same') > 0 AS imported
+  FROM files;
+SELECT create_ensemble('alice_ens', ARRAY['alice_net', 'alice_net_b']) > 0 AS created;
+SELECT share_model('alice_ens', 'medtl_bob');
+SELECT share_model('alice_net', 'medtl_bob');
+RESET ROLE;
+SET ROLE medtl_bob;
+SELECT count(*) AS members_visible FROM medtl.ensemble_members;
+SELECT predict('alice_ens', image) FROM samples WHERE name = 'cat_224.png';
+WITH d AS (DELETE FROM medtl.ensemble_members RETURNING 1) SELECT count(*) AS bob_deleted FROM d;
+RESET ROLE;
+SET ROLE medtl_alice;
+SELECT share_model('alice_net_b', 'medtl_bob');
+RESET ROLE;
+SET ROLE medtl_bob;
+SELECT predict('alice_ens', image) AS bob_ensemble_scores FROM samples WHERE name = 'cat_224.png';
+RESET ROLE;
+SET ROLE medtl_alice;
+SELECT drop_model('alice_ens');
+SELECT drop_model('alice_net_b');
+SELECT unshare_model('alice_net', 'medtl_bob');
+RESET ROLE;
+
 -- alice deletes her model; its weights go with it
 SET ROLE medtl_alice;
 SELECT drop_model('alice_net');

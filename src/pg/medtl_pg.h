@@ -38,7 +38,11 @@ typedef struct MedtlModel
 	float		std[3];
 	int			n_labels;
 	char	  **labels;
-	mt_model   *net;
+	mt_model   *net;			/* NULL for an ensemble */
+	/* an ensemble (arch "ensemble"): member names and normalised weights */
+	int			n_members;
+	char	  **member_names;
+	float	   *member_weights;
 } MedtlModel;
 
 MedtlModel *medtl_get_model(FunctionCallInfo fcinfo, text *name);

@@ -9,6 +9,10 @@
  * change to the model or its weights bumps generation, so a changed model is
  * reloaded.  Least recently used entries are evicted beyond
  * medtl.model_cache_size.
+ *
+ * An ensemble (arch "ensemble") is cached as its member list; each member is
+ * then fetched through the same cache (and checked once per query) and the
+ * members' probabilities are averaged with their weights.
  */
 #include "medtl_pg.h"
 
@@ -39,7 +43,7 @@ typedef struct CacheEntry
 	MedtlModel *model;
 } CacheEntry;
 
-/* What a query remembers between rows (in fn_extra). */
+/* What a query remembers between rows about one model. */
 typedef struct CallCache
 {
 	char		name[MODEL_NAME_MAX];
@@ -47,6 +51,14 @@ typedef struct CallCache
 	int64		generation;
 	TransactionId xmin;
 } CallCache;
+
+/* fn_extra: the model named in the call, and an ensemble's members. */
+typedef struct FnCache
+{
+	CallCache	self;
+	int			n_members;
+	CallCache  *members;
+} FnCache;
 
 static HTAB *model_cache = NULL;
 static uint64 use_clock = 0;
@@ -171,6 +183,54 @@ read_model_row(const char *name, ModelRow *row)
 	return found;
 }
 
+/* An ensemble's members in order, with weights normalised to sum 1. */
+static void
+load_members(MedtlModel *mm, const char *name, MemoryContext cxt)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(mm->model_id)};
+	bool		isnull;
+	int64		listed;
+	double		sum = 0;
+	int			rc;
+	MemoryContext old;
+
+	rc = SPI_execute_with_args("SELECT count(*) FROM medtl.ensemble_members "
+							   "WHERE model_id OPERATOR(pg_catalog.=) $1",
+							   1, argtypes, args, NULL, true, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the members of ensemble \"%s\"", name);
+	listed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	/* models the caller may not see drop out of the join: refuse rather than score fewer */
+	rc = SPI_execute_with_args("SELECT m.name, e.weight FROM medtl.ensemble_members e "
+							   "JOIN medtl.models m ON m.model_id OPERATOR(pg_catalog.=) e.member_id "
+							   "WHERE e.model_id OPERATOR(pg_catalog.=) $1 ORDER BY e.position",
+							   1, argtypes, args, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read the members of ensemble \"%s\"", name);
+	if (listed == 0 || (int64) SPI_processed != listed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("ensemble \"%s\" has %lld members, of which you may read %llu",
+						name, (long long) listed, (unsigned long long) SPI_processed),
+				 errhint("The owners of its members can share them with medtl.share_model().")));
+	old = MemoryContextSwitchTo(cxt);
+	mm->n_members = (int) SPI_processed;
+	mm->member_names = palloc(sizeof(char *) * mm->n_members);
+	mm->member_weights = palloc(sizeof(float) * mm->n_members);
+	for (int i = 0; i < mm->n_members; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+
+		mm->member_names[i] = TextDatumGetCString(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull));
+		mm->member_weights[i] = DatumGetFloat4(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull));
+		sum += mm->member_weights[i];
+	}
+	for (int i = 0; i < mm->n_members; i++)
+		mm->member_weights[i] = (float) (mm->member_weights[i] / sum);
+	MemoryContextSwitchTo(old);
+}
+
 /* Load the model's description and weights into cxt (SPI connected). */
 static MedtlModel *
 load_model(const char *name, const ModelRow *row, MemoryContext cxt)
@@ -225,6 +285,12 @@ load_model(const char *name, const ModelRow *row, MemoryContext cxt)
 	padding = TextDatumGetCString(SPI_getbinval(t, d, 7, &isnull));
 	num_classes = DatumGetInt32(SPI_getbinval(t, d, 8, &isnull));
 
+	if (strcmp(mm->arch, "ensemble") == 0)
+	{
+		MemoryContextSwitchTo(old);
+		load_members(mm, name, cxt);
+		return mm;
+	}
 	mm->net = mt_zoo_build(mm->arch, num_classes, strcmp(padding, "tf_same") == 0, &err);
 	if (mm->net == NULL)
 		medtl_raise(&err, NULL);
@@ -294,14 +360,21 @@ medtl_load_model_private(const char *name, MemoryContext cxt)
 		unknown_model(name);
 	mm = load_model(name, &row, cxt);
 	SPI_finish();
+	if (mm->net == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("model \"%s\" is an ensemble", name),
+				 errhint("Train, export or derive from its member models; score it with predict, predict_proba, predict_topk or evaluate.")));
 	return mm;
 }
 
-MedtlModel *
-medtl_get_model(FunctionCallInfo fcinfo, text *name_text)
+/*
+ * The named model through the backend cache; cc remembers, for the rest of
+ * the query, what was checked (cc->name empty: nothing yet).
+ */
+static MedtlModel *
+get_model(const char *name, CallCache *cc)
 {
-	char	   *name = text_to_cstring(name_text);
-	CallCache  *cc = (CallCache *) fcinfo->flinfo->fn_extra;
 	CacheEntry *e;
 	ModelRow	row;
 	bool		found;
@@ -312,7 +385,7 @@ medtl_get_model(FunctionCallInfo fcinfo, text *name_text)
 	e = hash_search(model_cache, name, HASH_FIND, &found);
 
 	/* within one query, trust what its first row checked */
-	if (cc != NULL && e != NULL && strcmp(cc->name, name) == 0 &&
+	if (e != NULL && strcmp(cc->name, name) == 0 &&
 		cc->generation == e->generation && cc->xmin == e->xmin &&
 		cc->model_id == e->model->model_id)
 	{
@@ -353,15 +426,26 @@ medtl_get_model(FunctionCallInfo fcinfo, text *name_text)
 	}
 	SPI_finish();
 
-	if (cc == NULL)
-		cc = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(CallCache));
 	strlcpy(cc->name, name, sizeof(cc->name));
 	cc->model_id = row.model_id;
 	cc->generation = row.generation;
 	cc->xmin = row.xmin;
-	fcinfo->flinfo->fn_extra = cc;
 	e->last_used = ++use_clock;
 	return e->model;
+}
+
+static FnCache *
+fn_cache(FunctionCallInfo fcinfo)
+{
+	if (fcinfo->flinfo->fn_extra == NULL)
+		fcinfo->flinfo->fn_extra = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(FnCache));
+	return (FnCache *) fcinfo->flinfo->fn_extra;
+}
+
+MedtlModel *
+medtl_get_model(FunctionCallInfo fcinfo, text *name_text)
+{
+	return get_model(text_to_cstring(name_text), &fn_cache(fcinfo)->self);
 }
 
 /* Run the model on one image: logits and/or features (palloc'd). */
@@ -401,12 +485,21 @@ float_array(const float *v, int n)
 	return construct_array(d, n, FLOAT4OID, 4, true, TYPALIGN_INT);
 }
 
+/* Class probabilities of one image, with the labels they belong to. */
+typedef struct Scored
+{
+	int			n;				/* classes */
+	float	   *p;
+	int			n_labels;
+	char	  **labels;
+} Scored;
+
 /* The label of class k (its index as text when the model has no labels). */
 static text *
-label_text(MedtlModel *mm, int k)
+label_text(const Scored *s, int k)
 {
-	if (mm->labels != NULL && k < mm->n_labels)
-		return cstring_to_text(mm->labels[k]);
+	if (s->labels != NULL && k < s->n_labels)
+		return cstring_to_text(s->labels[k]);
 	return cstring_to_text(psprintf("%d", k));
 }
 
@@ -419,17 +512,109 @@ require_classifier(MedtlModel *mm)
 				 errmsg("model \"%s\" is a %s model, not a classifier", mm->name, mm->task)));
 }
 
+static void
+require_single(MedtlModel *mm, const char *what)
+{
+	if (mm->net == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("model \"%s\" is an ensemble, which has no %s", mm->name, what),
+				 errhint("Ask one of its members (medtl.ensemble_members), or use predict_proba.")));
+}
+
+static bool
+same_labels(MedtlModel *a, int n_labels, char **labels)
+{
+	if ((a->labels == NULL) != (labels == NULL) || a->n_labels != n_labels)
+		return false;
+	for (int i = 0; i < n_labels; i++)
+		if (strcmp(a->labels[i], labels[i]) != 0)
+			return false;
+	return true;
+}
+
+/*
+ * Softmax probabilities of an image under mm; for an ensemble the weighted
+ * mean of its members' probabilities.  Everything returned is palloc'd in the
+ * caller's context: fetching a member may evict the ensemble's cache entry.
+ */
+static Scored
+class_probs(FunctionCallInfo fcinfo, MedtlModel *mm, bytea *image)
+{
+	Scored		s = {0};
+	FnCache    *fc;
+	int			n_members;
+	char	  **names;
+	float	   *weights;
+	char	   *ens_name;
+
+	require_classifier(mm);
+	s.n_labels = mm->n_labels;
+	if (mm->labels != NULL)
+	{
+		s.labels = palloc(sizeof(char *) * Max(mm->n_labels, 1));
+		for (int i = 0; i < mm->n_labels; i++)
+			s.labels[i] = pstrdup(mm->labels[i]);
+	}
+	if (mm->net != NULL)
+	{
+		score_image(mm, image, &s.p, NULL);
+		s.n = mm->net->num_classes;
+		softmax_inplace(s.p, s.n);
+		return s;
+	}
+
+	n_members = mm->n_members;
+	ens_name = pstrdup(mm->name);
+	names = palloc(sizeof(char *) * n_members);
+	weights = palloc(sizeof(float) * n_members);
+	for (int i = 0; i < n_members; i++)
+	{
+		names[i] = pstrdup(mm->member_names[i]);
+		weights[i] = mm->member_weights[i];
+	}
+	fc = fn_cache(fcinfo);
+	if (fc->n_members < n_members)
+	{
+		fc->members = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(CallCache) * n_members);
+		fc->n_members = n_members;
+	}
+	for (int i = 0; i < n_members; i++)
+	{
+		MedtlModel *m = get_model(names[i], &fc->members[i]);
+		float	   *p;
+
+		if (m->net == NULL || strcmp(m->task, "classification") != 0 ||
+			(s.n > 0 && m->net->num_classes != s.n) ||
+			!same_labels(m, s.n_labels, s.labels))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("member \"%s\" of ensemble \"%s\" is no longer a classifier with the ensemble's labels",
+							names[i], ens_name),
+					 errhint("Recreate the ensemble with medtl.create_ensemble(..., replace => true).")));
+		score_image(m, image, &p, NULL);
+		if (s.n == 0)
+		{
+			s.n = m->net->num_classes;
+			s.p = palloc0(sizeof(float) * s.n);
+		}
+		softmax_inplace(p, s.n);
+		for (int c = 0; c < s.n; c++)
+			s.p[c] += weights[i] * p[c];
+		pfree(p);
+	}
+	return s;
+}
+
 /* medtl.predict(model text, image bytea) -> text: the most probable label. */
 PG_FUNCTION_INFO_V1(medtl_predict);
 Datum
 medtl_predict(PG_FUNCTION_ARGS)
 {
 	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
-	float	   *logits;
+	Scored		s = class_probs(fcinfo, mm, PG_GETARG_BYTEA_PP(1));
 
-	require_classifier(mm);
-	score_image(mm, PG_GETARG_BYTEA_PP(1), &logits, NULL);
-	PG_RETURN_TEXT_P(label_text(mm, mt_argmax(logits, mm->net->num_classes)));
+	PG_RETURN_TEXT_P(label_text(&s, mt_argmax(s.p, s.n)));
 }
 
 /* medtl.predict_proba(model text, image bytea) -> real[]: softmax probabilities. */
@@ -438,12 +623,9 @@ Datum
 medtl_predict_proba(PG_FUNCTION_ARGS)
 {
 	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
-	float	   *logits;
+	Scored		s = class_probs(fcinfo, mm, PG_GETARG_BYTEA_PP(1));
 
-	require_classifier(mm);
-	score_image(mm, PG_GETARG_BYTEA_PP(1), &logits, NULL);
-	softmax_inplace(logits, mm->net->num_classes);
-	PG_RETURN_ARRAYTYPE_P(float_array(logits, mm->net->num_classes));
+	PG_RETURN_ARRAYTYPE_P(float_array(s.p, s.n));
 }
 
 /* medtl.logits(model text, image bytea) -> real[]: raw class scores. */
@@ -455,6 +637,7 @@ medtl_logits(PG_FUNCTION_ARGS)
 	float	   *logits;
 
 	require_classifier(mm);
+	require_single(mm, "logits");
 	score_image(mm, PG_GETARG_BYTEA_PP(1), &logits, NULL);
 	PG_RETURN_ARRAYTYPE_P(float_array(logits, mm->net->num_classes));
 }
@@ -467,6 +650,7 @@ medtl_embed(PG_FUNCTION_ARGS)
 	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
 	float	   *features;
 
+	require_single(mm, "embedding");
 	score_image(mm, PG_GETARG_BYTEA_PP(1), NULL, &features);
 	PG_RETURN_ARRAYTYPE_P(float_array(features, mm->net->feature_dim));
 }
@@ -482,34 +666,30 @@ medtl_predict_topk(PG_FUNCTION_ARGS)
 	MedtlModel *mm = medtl_get_model(fcinfo, PG_GETARG_TEXT_PP(0));
 	int			k = PG_GETARG_INT32(2);
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	float	   *p;
-	int			n;
+	Scored		s;
 	bool	   *taken;
 
-	require_classifier(mm);
 	if (k < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("k must be at least 1")));
-	score_image(mm, PG_GETARG_BYTEA_PP(1), &p, NULL);
-	n = mm->net->num_classes;
-	softmax_inplace(p, n);
+	s = class_probs(fcinfo, mm, PG_GETARG_BYTEA_PP(1));
 	InitMaterializedSRF(fcinfo, 0);
-	taken = palloc0(sizeof(bool) * n);
-	for (int r = 0; r < k && r < n; r++)
+	taken = palloc0(sizeof(bool) * s.n);
+	for (int r = 0; r < k && r < s.n; r++)
 	{
 		int			best = -1;
 		Datum		values[4];
 		bool		nulls[4] = {false, false, false, false};
 
-		for (int i = 0; i < n; i++)
-			if (!taken[i] && (best < 0 || p[i] > p[best]))
+		for (int i = 0; i < s.n; i++)
+			if (!taken[i] && (best < 0 || s.p[i] > s.p[best]))
 				best = i;
 		taken[best] = true;
 		values[0] = Int32GetDatum(r + 1);
 		values[1] = Int32GetDatum(best);
-		values[2] = PointerGetDatum(label_text(mm, best));
-		values[3] = Float4GetDatum(p[best]);
+		values[2] = PointerGetDatum(label_text(&s, best));
+		values[3] = Float4GetDatum(s.p[best]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
