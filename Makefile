@@ -7,6 +7,7 @@ MODULE_big = medtl
 OBJS = \
 	src/core/mt_common.o \
 	src/core/blas.o \
+	src/core/pool.o \
 	src/core/ops_cpu.o \
 	src/core/graph.o \
 	src/core/train.o \
@@ -35,7 +36,7 @@ WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 PG_CPPFLAGS = -Isrc -DMEDTL_VERSION=\"$(EXTVERSION)\"
 PG_CFLAGS = -std=gnu11 $(OPTFLAGS) $(WARNFLAGS)
 # OpenBLAS is dlopen()ed at first use (src/core/blas.c), not linked.
-SHLIB_LINK = -ljpeg -lpng -lz -ldl -lm
+SHLIB_LINK = -ljpeg -lpng -lz -ldl -lm -lpthread
 
 EXTRA_CLEAN = test/bin results regression.diffs regression.out
 
@@ -44,7 +45,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
-ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c \
+ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/pool.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
 	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
@@ -52,7 +53,7 @@ UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit
 
 test/bin/%: test/unit/%.c $(ENGINE_SRC) $(wildcard src/*/*.h)
 	@mkdir -p test/bin
-	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm
+	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm -lpthread
 
 unittest: $(UNIT_TESTS)
 
@@ -60,7 +61,7 @@ unittest: $(UNIT_TESTS)
 FUZZ_TARGETS = $(patsubst test/fuzz/fuzz_%.c,test/bin/fuzz_%,$(filter-out test/fuzz/fuzz_main.c,$(wildcard test/fuzz/fuzz_*.c)))
 test/bin/fuzz_%: test/fuzz/fuzz_%.c test/fuzz/fuzz_main.c $(ENGINE_SRC)
 	@mkdir -p test/bin
-	$(CC) $(UNIT_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< test/fuzz/fuzz_main.c $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm
+	$(CC) $(UNIT_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< test/fuzz/fuzz_main.c $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm -lpthread
 
 fuzz: $(FUZZ_TARGETS)
 
@@ -70,7 +71,7 @@ fuzz: $(FUZZ_TARGETS)
 TOOLS = $(patsubst test/tools/%.c,test/bin/%,$(wildcard test/tools/*.c))
 test/bin/%: test/tools/%.c $(ENGINE_SRC) $(wildcard src/*/*.h)
 	@mkdir -p test/bin
-	$(CC) $(UNIT_CFLAGS) -O3 -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm
+	$(CC) $(UNIT_CFLAGS) -O3 -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm -lpthread
 
 tools: $(TOOLS)
 

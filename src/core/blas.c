@@ -7,6 +7,7 @@
  * it: the first GEMM dlopen()s it after setting the variable from CPUID.
  */
 #include "blas.h"
+#include "pool.h"
 
 #include <cpuid.h>
 #include <dlfcn.h>
@@ -238,6 +239,7 @@ mt_sgemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,
 void
 mt_blas_set_threads(int n)
 {
+	mt_pool_set_threads(n);
 	if (blas_set_threads != NULL && n > 0)
 		blas_set_threads(n);
 }

@@ -5,6 +5,7 @@
 #include "ops.h"
 #include "ops_cpu_internal.h"
 #include "blas.h"
+#include "pool.h"
 
 #include <float.h>
 #include <math.h>
@@ -131,6 +132,12 @@ mt_conv_scratch_size(const mt_conv_desc *d, int h, int w)
 }
 
 /* Clamp to [lo, hi] with plain comparisons (fminf/fmaxf would not vectorise). */
+static inline size_t
+Min_size(size_t a, size_t b)
+{
+	return a < b ? a : b;
+}
+
 static inline float
 clampf(float v, float lo, float hi)
 {
@@ -162,15 +169,15 @@ bias_act_rows(size_t rows, int c, const float *bias, mt_act act, float *y)
 	}
 }
 
-/* im2col for one image and one group, NHWC: rows (oy, ox), columns (ky, kx, ci). */
-void
-mt_cpu_im2col(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
-			const float *x, float *col)
+/* im2col rows [oy0, oy1) of one image and one group. */
+static void
+im2col_rows(const mt_conv_desc *d, int h, int w, int ow, int g,
+			const float *x, float *col, int oy0, int oy1)
 {
 	int			cin_g = d->cin / d->groups;
 	size_t		kcols = (size_t) d->kh * d->kw * cin_g;
 
-	for (int oy = 0; oy < oh; oy++)
+	for (int oy = oy0; oy < oy1; oy++)
 		for (int ox = 0; ox < ow; ox++)
 		{
 			float	   *dst = col + ((size_t) oy * ow + ox) * kcols;
@@ -194,14 +201,78 @@ mt_cpu_im2col(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
 		}
 }
 
-/* Depthwise convolution for one image, vectorised over channels. */
+/*
+ * Parallel wrappers: each splits its loop over the engine's thread pool
+ * (pool.h); parts are at least MT_PAR_MIN floats of work.
+ */
+#define MT_PAR_MIN 16384
+
+typedef struct par_args
+{
+	const mt_conv_desc *d;
+	int			h,
+				w,
+				oh,
+				ow,
+				g,
+				c;
+	mt_act		act;
+	const float *x,
+			   *x2,
+			   *wt,
+			   *bias;
+	float	   *y;
+	size_t		in_img,
+				out_img;
+} par_args;
+
+static void
+bias_act_task(void *p, size_t b, size_t e)
+{
+	par_args   *a = p;
+
+	bias_act_rows(e - b, a->c, a->bias, a->act, a->y + b * a->c);
+}
+
+/* bias_act_rows over the pool */
+static void
+par_bias_act(size_t rows, int c, const float *bias, mt_act act, float *y)
+{
+	par_args	a = {.c = c, .bias = bias, .act = act, .y = y};
+
+	if (bias == NULL && act == MT_ACT_NONE)
+		return;
+	mt_parallel_for(rows, MT_PAR_MIN / (c > 0 ? c : 1) + 1, bias_act_task, &a);
+}
+
+static void
+im2col_task(void *p, size_t b, size_t e)
+{
+	par_args   *a = p;
+
+	im2col_rows(a->d, a->h, a->w, a->ow, a->g, a->x, a->y, (int) b, (int) e);
+}
+
+/* im2col for one image and one group, NHWC: rows (oy, ox), columns (ky, kx, ci). */
+void
+mt_cpu_im2col(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
+			  const float *x, float *col)
+{
+	par_args	a = {.d = d, .h = h, .w = w, .ow = ow, .g = g, .x = x, .y = col};
+	size_t		row = (size_t) ow * d->kh * d->kw * (d->cin / d->groups);
+
+	mt_parallel_for(oh, MT_PAR_MIN / (row > 0 ? row : 1) + 1, im2col_task, &a);
+}
+
+/* Output rows [oy0, oy1) of a depthwise convolution of one image, vectorised over channels. */
 MT_HOT static void
 depthwise_image(const mt_conv_desc *d, int h, int w, int oh, int ow,
-				const float *x, const float *wt, const float *bias, float *y)
+				const float *x, const float *wt, const float *bias, float *y,
+				int oy0, int oy1)
 {
 	int			c = d->cin;
 
-	for (int oy = 0; oy < oh; oy++)
+	for (int oy = oy0; oy < oy1; oy++)
 		for (int ox = 0; ox < ow; ox++)
 		{
 			float	   *out = y + ((size_t) oy * ow + ox) * c;
@@ -240,6 +311,24 @@ depthwise_image(const mt_conv_desc *d, int h, int w, int oh, int ow,
 		}
 }
 
+/* rows [b, e) of n x oh output rows */
+static void
+depthwise_task(void *p, size_t b, size_t e)
+{
+	par_args   *a = p;
+
+	while (b < e)
+	{
+		size_t		img = b / a->oh;
+		int			oy0 = (int) (b % a->oh);
+		int			oy1 = (int) Min_size(e - img * a->oh, (size_t) a->oh);
+
+		depthwise_image(a->d, a->h, a->w, a->oh, a->ow, a->x + img * a->in_img, a->wt,
+						a->bias, a->y + img * a->out_img, oy0, oy1);
+		b = img * a->oh + oy1;
+	}
+}
+
 static int
 cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 		   const float *packed_w, const float *bias, float *y, float *scratch,
@@ -259,8 +348,11 @@ cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 
 	if (mt_conv_is_depthwise(d))
 	{
-		for (int i = 0; i < n; i++)
-			depthwise_image(d, h, w, oh, ow, x + i * in_img, packed_w, bias, y + i * out_img);
+		par_args	a = {.d = d, .h = h, .w = w, .oh = oh, .ow = ow, .x = x, .wt = packed_w,
+		.bias = bias, .y = y, .in_img = in_img, .out_img = out_img};
+
+		mt_parallel_for((size_t) n * oh, MT_PAR_MIN / ((size_t) ow * d->cout * d->kh * d->kw / 4 + 1) + 1,
+						depthwise_task, &a);
 		return MT_OK;
 	}
 
@@ -281,7 +373,7 @@ cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 						 y + i * out_img + (size_t) g * cout_g, d->cout);
 			}
 	}
-	bias_act_rows((size_t) n * oh * ow, d->cout, bias, d->act, y);
+	par_bias_act((size_t) n * oh * ow, d->cout, bias, d->act, y);
 	return MT_OK;
 }
 
@@ -432,6 +524,51 @@ cpu_add_act(size_t len, const float *a, const float *b, mt_act act, float *y)
 		cpu_act(len, y, act, y);
 }
 
+/* The elementwise ops above over the thread pool. */
+static void
+affine_task(void *p, size_t b, size_t e)
+{
+	par_args   *a = p;
+
+	cpu_channel_affine(e - b, a->c, a->x + b * a->c, a->wt, a->bias, a->act, a->y + b * a->c);
+}
+
+static void
+par_channel_affine(size_t rows, int c, const float *x, const float *scale,
+				   const float *shift, mt_act act, float *y)
+{
+	par_args	a = {.c = c, .x = x, .wt = scale, .bias = shift, .act = act, .y = y};
+
+	mt_parallel_for(rows, MT_PAR_MIN / (c > 0 ? c : 1) + 1, affine_task, &a);
+}
+
+static void
+act_task(void *p, size_t b, size_t e)
+{
+	par_args   *a = p;
+
+	if (a->x2 != NULL)
+		cpu_add_act(e - b, a->x + b, a->x2 + b, a->act, a->y + b);
+	else
+		cpu_act(e - b, a->x + b, a->act, a->y + b);
+}
+
+static void
+par_act(size_t len, const float *x, mt_act act, float *y)
+{
+	par_args	a = {.x = x, .act = act, .y = y};
+
+	mt_parallel_for(len, MT_PAR_MIN, act_task, &a);
+}
+
+static void
+par_add_act(size_t len, const float *a_, const float *b, mt_act act, float *y)
+{
+	par_args	a = {.x = a_, .x2 = b, .act = act, .y = y};
+
+	mt_parallel_for(len, MT_PAR_MIN, act_task, &a);
+}
+
 static void
 cpu_linear(int n, int in, int out, const float *x, const float *w,
 		   const float *b, float *y)
@@ -470,9 +607,9 @@ const mt_backend mt_cpu_backend = {
 	.max_pool2d = cpu_max_pool2d,
 	.avg_pool2d = cpu_avg_pool2d,
 	.global_avg_pool = cpu_global_avg_pool,
-	.channel_affine = cpu_channel_affine,
-	.add_act = cpu_add_act,
-	.act = cpu_act,
+	.channel_affine = par_channel_affine,
+	.add_act = par_add_act,
+	.act = par_act,
 	.linear = cpu_linear,
 	.softmax = cpu_softmax,
 	.conv2d_backward_data = mt_cpu_conv2d_backward_data,

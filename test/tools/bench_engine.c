@@ -8,6 +8,7 @@
  */
 #include "core/blas.h"
 #include "core/graph.h"
+#include "core/pool.h"
 #include "core/rng.h"
 #include "nn/zoo.h"
 
@@ -50,6 +51,9 @@ main(int argc, char **argv)
 	}
 	if (threads > 0)
 		mt_blas_set_threads(threads);
+	/* A/B switch for the engine's own thread pool (default: as many as OpenBLAS) */
+	if (getenv("MEDTL_POOL_THREADS") != NULL)
+		mt_pool_set_threads(atoi(getenv("MEDTL_POOL_THREADS")));
 	m = mt_zoo_build(arch, 1000, 0, &err);
 	if (m == NULL)
 	{
@@ -98,8 +102,8 @@ main(int argc, char **argv)
 		iters++;
 		t1 = now();
 	} while (t1 - t0 < seconds);
-	printf("engine %s batch %d threads %d core %s: %.1f images/s (mean), %.1f images/s (best batch)\n",
-		   arch, batch, mt_blas_threads(), mt_blas_corename(),
+	printf("engine %s batch %d threads %d (pool %d) core %s: %.1f images/s (mean), %.1f images/s (best batch)\n",
+		   arch, batch, mt_blas_threads(), mt_pool_threads(), mt_blas_corename(),
 		   iters * batch / (t1 - t0), batch / best);
 	mt_model_free(m);
 	free(x);

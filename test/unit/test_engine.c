@@ -6,6 +6,7 @@
  *   make unittest && test/bin/test_engine ../shared
  */
 #include "core/blas.h"
+#include "core/pool.h"
 #include "core/graph.h"
 #include "core/ops.h"
 #include "io/image.h"
@@ -391,6 +392,86 @@ test_mobilenet(const char *shared)
 	}
 }
 
+/* mt_parallel_for covers every index exactly once, nested calls run serially */
+typedef struct pool_probe
+{
+	int		   *hits;
+	int			nested_ok;
+} pool_probe;
+
+static void
+pool_inner(void *p, size_t b, size_t e)
+{
+	pool_probe *pr = p;
+
+	for (size_t i = b; i < e; i++)
+		pr->hits[i] += 1000;
+}
+
+static void
+pool_outer(void *p, size_t b, size_t e)
+{
+	pool_probe *pr = p;
+
+	for (size_t i = b; i < e; i++)
+		pr->hits[i]++;
+}
+
+/* each part runs a parallel_for over its own range from inside the task */
+static void
+pool_nested(void *p, size_t b, size_t e)
+{
+	pool_probe *pr = p;
+	pool_probe	sub = {pr->hits + b, 0};
+
+	for (size_t i = b; i < e; i++)
+		pr->hits[i]++;
+	mt_parallel_for(e - b, 1, pool_inner, &sub);
+}
+
+static void
+test_thread_pool(void)
+{
+	static const size_t sizes[] = {1, 2, 3, 7, 64, 1000, 100003};
+	int			threads[] = {1, 2, 3, 8};
+
+	for (int t = 0; t < 4; t++)
+	{
+		mt_pool_set_threads(threads[t]);
+		for (int s = 0; s < 7; s++)
+			for (size_t min_part = 1; min_part <= 4096; min_part *= 64)
+			{
+				size_t		n = sizes[s];
+				int		   *hits = calloc(n, sizeof(int));
+				pool_probe	pr = {hits, 0};
+				int			bad = 0;
+
+				for (int rep = 0; rep < 3; rep++)
+					mt_parallel_for(n, min_part, pool_outer, &pr);
+				for (size_t i = 0; i < n; i++)
+					bad += hits[i] != 3;
+				CHECK(bad == 0, "parallel_for n=%zu min_part=%zu threads=%d: every index once per call (%d wrong)",
+					  n, min_part, threads[t], bad);
+				free(hits);
+			}
+	}
+	/* a parallel_for issued from inside a task runs serially and completes */
+	{
+		size_t		n = 5000;
+		int		   *hits = calloc(n, sizeof(int));
+		pool_probe	pr = {hits, 0};
+		int			bad = 0;
+
+		mt_pool_set_threads(4);
+		mt_parallel_for(n, 1, pool_nested, &pr);
+		for (size_t i = 0; i < n; i++)
+			bad += hits[i] != 1001;
+		CHECK(bad == 0, "nested parallel_for: %d wrong", bad);
+		free(hits);
+	}
+	mt_pool_set_threads(1);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -404,5 +485,12 @@ main(int argc, char **argv)
 	test_conv();
 	test_pool();
 	test_mobilenet(shared);
+	test_thread_pool();
+	/* the same kernels again split over 3 threads (uneven parts) */
+	mt_pool_set_threads(3);
+	test_conv();
+	test_pool();
+	test_mobilenet(shared);
+	mt_pool_set_threads(1);
 	return TEST_SUMMARY("engine");
 }
