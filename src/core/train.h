@@ -162,8 +162,12 @@ int			mt_model_init_head(mt_model *m, uint64_t seed, mt_err *err);
 /*
  * Every parameter from scratch, like torchvision's constructors:
  * convolutions kaiming_normal(mode="fan_out", relu) (std sqrt(2/fan_out)),
- * zero conv bias, BN weight 1 bias 0, running mean 0 var 1, then the head
- * as mt_model_init_head.  Same seed, same weights.
+ * zero conv bias, BN weight 1 bias 0, running mean 0 var 1, layer norm
+ * weight 1 bias 0, per-token linear layers as nn.Linear, other transformer
+ * parameters 0, unless a node asks for another init (init_w / init_b: the
+ * ViT's Xavier-uniform MLP and in_proj weights, normal(0, 0.02) position
+ * embedding, ...), then the head as mt_model_init_head (zero for the ViT).
+ * Same seed, same weights.
  */
 int			mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err);
 

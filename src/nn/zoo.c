@@ -1,7 +1,9 @@
 /*
- * zoo.c - MobileNetV2 and ResNet-18/34/50 as in torchvision 0.14.
+ * zoo.c - MobileNetV2, ResNet-18/34/50 and (vit.c) ViT-B/16 as in
+ * torchvision 0.14.
  */
 #include "zoo.h"
+#include "vit.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -262,6 +264,7 @@ static const struct
 	{"resnet18", "fc.weight"},
 	{"resnet34", "fc.weight"},
 	{"resnet50", "fc.weight"},
+	{"vit_b_16", "heads.head.weight"},
 };
 
 int
@@ -282,7 +285,7 @@ mt_zoo_head_weight(const char *arch)
 const char *
 mt_zoo_list(void)
 {
-	return "mobilenet_v2, resnet18, resnet34, resnet50";
+	return "mobilenet_v2, resnet18, resnet34, resnet50, vit_b_16";
 }
 
 mt_model *
@@ -319,6 +322,8 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 		build_resnet(&b, r18, 0, num_classes);
 	else if (strcmp(arch, "resnet34") == 0)
 		build_resnet(&b, r34, 0, num_classes);
+	else if (strcmp(arch, "vit_b_16") == 0)
+		b.failed = mt_vit_build(b.m, num_classes);
 	else
 		build_resnet(&b, r34, 1, num_classes);
 	if (b.failed)
