@@ -192,7 +192,9 @@ mt_model_freeze(mt_model *m, const char *upto, mt_err *err)
 			mt_seterr(err, MT_ERR_INVALID, "unknown stage \"%s\" for architecture %s",
 					  upto, m->arch);
 			mt_setdetail(err, "A stage is a parameter-name prefix such as \"%s\", or \"none\" or \"backbone\".",
-						 strncmp(m->arch, "resnet", 6) == 0 ? "layer3" : "features.13");
+						 strncmp(m->arch, "resnet", 6) == 0 ? "layer3" :
+						 strncmp(m->arch, "vit_", 4) == 0 ? "encoder.layers.encoder_layer_9" :
+						 "features.13");
 			return MT_ERR_INVALID;
 		}
 	}

@@ -44,11 +44,13 @@
  * Choose the trainable parameters.  upto NULL, "" or "none": everything
  * (every weight and bias; running statistics are never trainable).
  * "backbone": only the classifier head (the linear layer producing the
- * logits: resnet fc.*, mobilenet_v2 classifier.1.*).  Otherwise a stage
- * name, a parameter-name prefix ending at a dot boundary ("layer3",
- * "features.13", or a full tensor name): every parameter up to and
- * including the last one of that stage, in execution order, is frozen and
- * the rest trains.  Unknown stage, or a stage that leaves nothing to train:
+ * logits: resnet fc.*, mobilenet_v2 classifier.1.*, vit_b_16 heads.head.*).
+ * Otherwise a stage name, a parameter-name prefix ending at a dot boundary
+ * ("layer3", "features.13", "encoder.layers.encoder_layer_9", "conv_proj",
+ * or a full tensor name): every parameter up to and including the last one
+ * of that stage, in state_dict order (execution order; vit_b_16's
+ * class_token comes first and encoder.pos_embedding right after conv_proj,
+ * as in torchvision), is frozen and the rest trains.  Unknown stage, or a stage that leaves nothing to train:
  * MT_ERR_INVALID.  Frozen parameters lose their gradient buffers; the
  * saved training state is released.
  */
