@@ -20,6 +20,12 @@
 
 #include <string.h>
 
+/*
+ * Attention scores are tokens x tokens floats: at most 4097^2 (64 MB),
+ * about a second per block on two cores.
+ */
+#define MT_VIT_MAX_PATCHES 4096
+
 int
 mt_node_is_transformer(mt_node_kind kind)
 {
@@ -38,6 +44,10 @@ mt_vit_node_shape(const mt_model *m, const mt_node *nd, mt_shape3 in, int h, int
 				return mt_seterr(err, MT_ERR_SHAPE,
 								 "%s needs an input size that is a multiple of %d, not %dx%d",
 								 m->arch, nd->patch, h, w);
+			if ((h / nd->patch) * (w / nd->patch) > MT_VIT_MAX_PATCHES)
+				return mt_seterr(err, MT_ERR_LIMIT,
+								 "%s takes at most %d patches (1024x1024 pixels), not %dx%d",
+								 m->arch, MT_VIT_MAX_PATCHES, h / nd->patch, w / nd->patch);
 			if (in.h != h / nd->patch || in.w != w / nd->patch)
 				return mt_seterr(err, MT_ERR_SHAPE, "patch grid %dx%d does not match a %dx%d input",
 								 in.h, in.w, h, w);

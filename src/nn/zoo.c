@@ -288,6 +288,30 @@ mt_zoo_list(void)
 	return "mobilenet_v2, resnet18, resnet34, resnet50, vit_b_16";
 }
 
+/* Whether arch takes an h x w input: the graph's shapes for it. */
+int
+mt_zoo_check_input(const char *arch, int h, int w, mt_err *err)
+{
+	mt_model   *m = mt_zoo_build(arch, 2, 0, err);
+	mt_shape3  *shp;
+	size_t		scratch;
+	int			rc;
+
+	if (m == NULL)
+		return err->code;
+	if ((shp = mt_calloc(m->n_nodes, sizeof(mt_shape3))) == NULL)
+	{
+		mt_model_free(m);
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory checking an input size");
+	}
+	rc = mt_model_shapes(m, h, w, shp, &scratch, err);
+	if (rc == MT_ERR_SHAPE)
+		rc = err->code = MT_ERR_INVALID;
+	mt_free(shp);
+	mt_model_free(m);
+	return rc;
+}
+
 mt_model *
 mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 {

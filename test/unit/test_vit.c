@@ -712,6 +712,15 @@ test_zoo_vit(void)
 		  strstr(err.msg, "multiple of 16") != NULL, "24x24 rejected: %s", err.msg);
 	free(x);
 	mt_model_free(m);
+
+	/* input sizes checked before a model is created */
+	CHECK(mt_zoo_check_input("vit_b_16", 96, 96, &err) == MT_OK, "96 accepted");
+	CHECK(mt_zoo_check_input("vit_b_16", 1024, 1024, &err) == MT_OK, "1024 accepted");
+	CHECK(mt_zoo_check_input("vit_b_16", 40, 40, &err) == MT_ERR_INVALID &&
+		  strstr(err.msg, "multiple of 16") != NULL, "40 refused: %s", err.msg);
+	CHECK(mt_zoo_check_input("vit_b_16", 1040, 1040, &err) == MT_ERR_LIMIT,
+		  "1040 over the patch limit: %s", err.msg);
+	CHECK(mt_zoo_check_input("resnet18", 40, 40, &err) == MT_OK, "resnet18 takes 40");
 }
 
 int
