@@ -261,8 +261,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    PERFORM medtl._check_input_size(arch, coalesce(input_size, (meta->>'input_size')::int, 224));
     PERFORM medtl._free_name(import_model.name, replace);
+    PERFORM medtl._check_input_size(arch, coalesce(input_size, (meta->>'input_size')::int, 224));
 
     INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std,
                               padding, source, sha256, metadata)
@@ -957,8 +957,8 @@ BEGIN
         RAISE EXCEPTION 'backbone model "%" does not exist', backbone USING ERRCODE = 'undefined_object',
             HINT = 'Register one with medtl.import_model(), or pass pretrained => false and an architecture name.';
     END IF;
-    PERFORM medtl._check_input_size(v_arch, coalesce(input_size, b.input_size, 224));
     PERFORM medtl._free_name(create_model.name, replace);
+    PERFORM medtl._check_input_size(v_arch, coalesce(input_size, b.input_size, 224));
 
     INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std, padding,
                               parent_id, source, metadata)
