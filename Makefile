@@ -12,8 +12,11 @@ OBJS = \
 	src/core/graph.o \
 	src/core/train.o \
 	src/core/ops_cpu_train.o \
+	src/core/ops_cpu_vit.o \
+	src/core/graph_vit.o \
 	src/core/metrics.o \
 	src/nn/zoo.o \
+	src/nn/vit.o \
 	src/io/image.o \
 	src/io/safetensors.o \
 	src/io/augment.o \
@@ -47,7 +50,8 @@ include $(PGXS)
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
 ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/pool.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
-	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
+	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c \
+	src/core/ops_cpu_vit.c src/core/graph_vit.c src/nn/vit.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit
 

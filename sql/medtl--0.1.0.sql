@@ -145,6 +145,10 @@ CREATE FUNCTION medtl._weight_rows(weights bytea, arch text,
     AS 'MODULE_PATHNAME', 'medtl_weight_rows' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION medtl._weight_rows(bytea, text) IS 'The tensors of a safetensors file, checked against arch, one row each (used by import_model).';
 
+CREATE FUNCTION medtl._check_input_size(arch text, input_size int) RETURNS void
+    AS 'MODULE_PATHNAME', 'medtl_check_input_size' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl._check_input_size(text, int) IS 'Raise if the architecture cannot take images of input_size (vit_b_16: multiples of 16 up to 1024).';
+
 CREATE FUNCTION medtl.read_server_file(path text) RETURNS bytea
     AS 'MODULE_PATHNAME', 'medtl_read_server_file' LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION medtl.read_server_file(text) IS 'Bytes of a file on the database server; only for roles with the privileges of pg_read_server_files.';
@@ -264,6 +268,7 @@ BEGIN
     END IF;
 
     PERFORM medtl._free_name(import_model.name, replace);
+    PERFORM medtl._check_input_size(arch, coalesce(input_size, (meta->>'input_size')::int, 224));
 
     INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std,
                               padding, source, sha256, metadata)
@@ -982,6 +987,7 @@ BEGIN
             HINT = 'Register one with medtl.import_model(), or pass pretrained => false and an architecture name.';
     END IF;
     PERFORM medtl._free_name(create_model.name, replace);
+    PERFORM medtl._check_input_size(v_arch, coalesce(input_size, b.input_size, 224));
 
     INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std, padding,
                               parent_id, source, metadata)

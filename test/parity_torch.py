@@ -1,14 +1,20 @@
 #!/usr/bin/python3
 """PyTorch parity test for medtl (run by test/run with Debian's /usr/bin/python3).
 
-For resnet18, resnet34, resnet50 and mobilenet_v2 (torchvision 0.14) it builds
-a seeded model with randomised batch-norm statistics and affine parameters (so
-that BN folding is exercised), writes its state_dict as safetensors with a
+For resnet18, resnet34, resnet50, mobilenet_v2 and vit_b_16 (torchvision 0.14)
+it builds a seeded model with randomised batch-norm statistics and affine
+parameters (so that BN folding is exercised; for vit_b_16 the head, class
+token, attention biases and layer norms its constructor zeroes or sets to 1), writes its state_dict as safetensors with a
 small hand-written writer, writes seeded random 224x224 RGB PNG images, and
 compares medtl.logits / medtl.embed / medtl.predict against the same forward
 pass in torch (float32, eval mode).  mobilenet_v2 is also checked with
 padding => 'tf_same', emulated in torch by F.pad(x, (0,1,0,1)) before every
-stride-2 3x3 conv whose own padding is set to 0.
+stride-2 3x3 conv whose own padding is set to 0.  vit_b_16 (86M parameters,
+two images) is also run with input_size 96 and compared with
+torchvision's vit_b_16(image_size=96) loaded through interpolate_embeddings;
+its export is written by the server (lo_export) instead of psql hex.
+
+Run one architecture alone with --only ARCH.
 
 Error measure: max |medtl - torch| / max |torch| over the output vector; it
 must be <= 1e-4.  Also checked: the models row (mean/std from metadata or
@@ -49,8 +55,10 @@ CASES = [
     ("p_mobilenet_v2", "mobilenet_v2", 5, "symmetric", None),
     # same weights file as above, TF SAME padding, explicit mean/std overriding the metadata
     ("p_mobilenet_v2_tf", "mobilenet_v2", 5, "tf_same", ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])),
+    ("p_vit_b_16", "vit_b_16", 5, "symmetric", None),
 ]
-N_IMAGES = {"resnet50": 2}          # default 3
+N_IMAGES = {"resnet50": 2, "vit_b_16": 2}          # default 3
+VIT_SIZE = 96       # vit_b_16 also imported with this input_size (6x6 patch grid)
 
 report = Report("parity")
 
@@ -106,6 +114,8 @@ def build_model(arch, num_classes, seed, calib):
     import torchvision
     torch.manual_seed(seed)
     model = getattr(torchvision.models, arch)(num_classes=num_classes)
+    if arch == "vit_b_16":
+        return randomise_vit(model, seed)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in bns:
         m.reset_running_stats()
@@ -123,6 +133,29 @@ def build_model(arch, num_classes, seed, calib):
             m.weight.copy_(torch.rand(c, generator=g) + 0.5)
             m.bias.copy_(torch.randn(c, generator=g) * 0.1)
             m.num_batches_tracked.fill_(int(torch.randint(0, 1000, (1,), generator=g)))
+    model.eval()
+    return model
+
+
+def randomise_vit(model, seed):
+    """vit_b_16 as torchvision builds it, but with the tensors its
+    constructor zeroes or sets to 1 randomised: heads.head (zero, which
+    would make every logit 0), class_token, the attention biases and the
+    layer norms' affine parameters."""
+    import torch
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.startswith("heads.head."):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            elif n == "class_token":
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif ".ln" in n or n.startswith("encoder.ln"):
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+            elif n.endswith("in_proj_bias") or n.endswith("out_proj.bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            elif n == "encoder.pos_embedding":
+                p.mul_(10.0)        # std 0.2: positions matter to the logits
     model.eval()
     return model
 
@@ -161,7 +194,7 @@ class TfSamePadding:
 def torch_forward(model, x):
     """Logits and pooled features (the input of the final Linear layer)."""
     import torch
-    head = model.fc if hasattr(model, "fc") else model.classifier
+    head = model.fc if hasattr(model, "fc") else (model.heads if hasattr(model, "heads") else model.classifier)
     box = {}
     h = head.register_forward_pre_hook(lambda mod, inp: box.__setitem__("feat", inp[0].detach().clone()))
     try:
@@ -210,10 +243,16 @@ def check_export(name, arch, ncls, model, labels, padding):
     """medtl.export_model's bytes load into torchvision with strict=True and
     hold exactly the tensors imported; the metadata describes the model."""
     import torchvision
-    hexdata = psql("SELECT encode(medtl.export_model(%s), 'hex');" % sql_lit(name))[0]
     path = os.path.join(os.environ.get("MEDTL_WORK", tempfile.gettempdir()), "export_%s.safetensors" % name)
-    with open(path, "wb") as f:
-        f.write(bytes.fromhex(hexdata))
+    if arch == "vit_b_16" and os.environ.get("MEDTL_WORK"):
+        # 344 MB: written by the server (MEDTL_WORK is the postgres-owned
+        # work directory) rather than sent through psql as hex
+        psql("SELECT lo_from_bytea(0, medtl.export_model(%s)) AS lo \\gset\n"
+             "SELECT lo_export(:lo, %s), lo_unlink(:lo);" % (sql_lit(name), sql_lit(path)))
+    else:
+        hexdata = psql("SELECT encode(medtl.export_model(%s), 'hex');" % sql_lit(name))[0]
+        with open(path, "wb") as f:
+            f.write(bytes.fromhex(hexdata))
     sd, meta = read_safetensors(path)
     os.unlink(path)
     fresh = getattr(torchvision.models, arch)(num_classes=ncls)
@@ -225,6 +264,58 @@ def check_export(name, arch, ncls, model, labels, padding):
     report(not res.missing_keys and not res.unexpected_keys and same and meta_ok,
            "%s export_model: load_state_dict(strict=True) %s, tensors identical %s, metadata %s"
            % (name, res, same, {k: meta.get(k) for k in ("arch", "padding", "num_classes")}))
+
+
+def check_vit_size(name, path, model, ncls, labels, images):
+    """vit_b_16 with input_size VIT_SIZE (same 224 weights) against
+    torchvision's vit_b_16(image_size=VIT_SIZE) loaded with the state_dict
+    that interpolate_embeddings(VIT_SIZE, 16, ...) makes of them.  The images
+    are stored at VIT_SIZE x VIT_SIZE, so no resize is involved."""
+    import numpy as np
+    import torchvision
+    from PIL import Image
+    from torchvision.models.vision_transformer import interpolate_embeddings
+    sized = torchvision.models.vit_b_16(num_classes=ncls, image_size=VIT_SIZE)
+    sized.load_state_dict(interpolate_embeddings(VIT_SIZE, 16, dict(model.state_dict())))
+    sized.eval()
+    # the same model at another input size: the models row's input_size
+    # (import_model's input_size argument sets the same column)
+    sname = "%s_%d" % (name, VIT_SIZE)
+    psql("UPDATE medtl.models SET input_size = %d, name = %s WHERE name = %s;"
+         % (VIT_SIZE, sql_lit(sname), sql_lit(name)))
+    work = os.path.dirname(images[0][1])
+    seen = []
+    smalls = []
+    for img_name, _, pixels in images[:2]:
+        small = np.asarray(Image.fromarray(pixels, "RGB").resize((VIT_SIZE, VIT_SIZE), Image.BILINEAR))
+        spath = os.path.join(work, "%s_%d.png" % (img_name, VIT_SIZE))
+        Image.fromarray(small, "RGB").save(spath)
+        os.chmod(spath, 0o644)
+        smalls.append((img_name, spath, small))
+    rows = psql("SELECT medtl.logits(%s, img), medtl.embed(%s, img) FROM (VALUES %s) v(i, img) ORDER BY i;"
+                % (sql_lit(sname), sql_lit(sname),
+                   ", ".join("(%d, medtl.read_server_file(%s))" % (i, sql_lit(p)) for i, (_, p, _) in enumerate(smalls))))
+    for (img_name, spath, small), row in zip(smalls, rows):
+        t_logits, t_feat = torch_forward(sized, to_input(small, IMAGENET_MEAN, IMAGENET_STD))
+        s_logits, s_embed = row.split("|")
+        e, detail = rel_err(parse_real_array(s_logits), t_logits)
+        e2, detail2 = rel_err(parse_real_array(s_embed), t_feat)
+        report(e <= TOL and e2 <= TOL,
+               "%s %s at %dx%d (position embedding 14x14 -> %dx%d): logits rel err %.3g (%s), embed rel err %.3g"
+               % (sname, img_name, VIT_SIZE, VIT_SIZE, VIT_SIZE // 16, VIT_SIZE // 16, e, detail, e2))
+        seen.append(t_logits)
+    # the resize matters: without it (the 224 grid's first 36 positions, say)
+    # torch's logits would differ by far more than the tolerance
+    plain = torchvision.models.vit_b_16(num_classes=ncls, image_size=VIT_SIZE)
+    sd = dict(model.state_dict())
+    sd["encoder.pos_embedding"] = sd["encoder.pos_embedding"][:, :1 + (VIT_SIZE // 16) ** 2, :]
+    plain.load_state_dict(sd)
+    plain.eval()
+    small = np.asarray(Image.fromarray(images[0][2], "RGB").resize((VIT_SIZE, VIT_SIZE), Image.BILINEAR))
+    d = rel_err(torch_forward(plain, to_input(small, IMAGENET_MEAN, IMAGENET_STD))[0], seen[0])[0]
+    report(d > 100 * TOL, "%s sanity: logits with an unresized position embedding differ by rel %.3g (> %.0e)"
+           % (sname, d, 100 * TOL))
+    psql("UPDATE medtl.models SET input_size = 224, name = %s WHERE name = %s;" % (sql_lit(name), sql_lit(sname)))
 
 
 def torch_equal(a, b):
@@ -259,15 +350,18 @@ def run_case(case, files, images, resized):
     hooks = TfSamePadding(model) if padding == "tf_same" else None
     if hooks is not None:
         print("   (torch oracle: TF SAME emulated on %s)" % ", ".join(hooks.names()), flush=True)
+    # every image in one query: one backend loads the model once
+    rows = psql("SELECT medtl.logits(%s, img), medtl.embed(%s, img), medtl.predict(%s, img) "
+                "FROM (VALUES %s) v(i, img) ORDER BY i;"
+                % (sql_lit(name), sql_lit(name), sql_lit(name),
+                   ", ".join("(%d, medtl.read_server_file(%s))" % (i, sql_lit(p))
+                             for i, (_, p, _) in enumerate(inputs))))
+    if len(rows) != len(inputs) or any(r.count("|") != 2 for r in rows):
+        raise RuntimeError("unexpected psql output: %r" % rows[:2])
     try:
         for i, (img_name, img_path, x) in enumerate(inputs):
             t_logits, t_feat = torch_forward(model, x)
-            out = psql("SELECT medtl.logits(%s, img), medtl.embed(%s, img), medtl.predict(%s, img) "
-                       "FROM (SELECT medtl.read_server_file(%s) AS img) s;"
-                       % (sql_lit(name), sql_lit(name), sql_lit(name), sql_lit(img_path)))
-            if len(out) != 1 or out[0].count("|") != 2:
-                raise RuntimeError("unexpected psql output: %r" % out[:2])
-            s_logits, s_embed, s_pred = out[0].split("|")
+            s_logits, s_embed, s_pred = rows[i].split("|")
             m_logits = parse_real_array(s_logits)
             m_embed = parse_real_array(s_embed)
             e, detail = rel_err(m_logits, t_logits)
@@ -288,6 +382,8 @@ def run_case(case, files, images, resized):
             hooks.undo()
     if arch == "resnet18":
         check_resize(name, model, mean, std, resized)
+    if arch == "vit_b_16":
+        check_vit_size(name, files[arch]["path"], model, ncls, labels, images)
     # The checks above mean something only if the outputs depend on the image
     # (and, for tf_same, on the padding) by far more than the tolerance.
     spread = max(rel_err(seen[0][0], t)[0] for t, _ in seen[1:])
@@ -350,7 +446,10 @@ def main():
         calib = torch.cat([to_input(make_image(crng, i % 3), IMAGENET_MEAN, IMAGENET_STD) for i in range(4)])
 
         files = {}
+        only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
         for k, (name, arch, ncls, padding, norm) in enumerate(CASES):
+            if only and arch != only:
+                continue
             try:
                 if arch not in files:
                     model = build_model(arch, ncls, SEED + 17 * k, calib)

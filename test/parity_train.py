@@ -75,7 +75,65 @@ ZERO = 1e-4             # gradient below this x the largest: zero in theory
 report = Report("parity_train")
 
 
+_VIT = []
+
+
+def build_vit():
+    """torchvision's vit_b_16 (image_size 224) with the parameters its
+    constructor zeroes or sets to 1 (head, class token, attention biases,
+    layer norms) randomised, so every gradient is nonzero.  Built once,
+    then copied (its constructor takes a second)."""
+    import copy
+    if not _VIT:
+        _VIT.append(_build_vit())
+    return copy.deepcopy(_VIT[0])
+
+
+def _build_vit():
+    torch.manual_seed(SEED)
+    m = torchvision.models.vit_b_16(num_classes=CLASSES)
+    g = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.startswith("heads.head."):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            elif n == "class_token":
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif ".ln" in n or n.startswith("encoder.ln"):
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+            elif n.endswith("in_proj_bias") or n.endswith("out_proj.bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return m
+
+
+def vit_forward(model, x):
+    """VisionTransformer.forward for an input of any multiple of 16: the
+    position embedding (stored for 224) is resized to the input's patch grid
+    as torchvision's interpolate_embeddings does (bicubic, align_corners,
+    class token kept), inside autograd so its gradient flows back."""
+    import torch.nn.functional as F
+    n, d = x.shape[0], model.hidden_dim
+    p = model.conv_proj(x)
+    gh, gw = p.shape[2], p.shape[3]
+    p = p.reshape(n, d, gh * gw).permute(0, 2, 1)
+    tokens = torch.cat([model.class_token.expand(n, -1, -1), p], dim=1)
+    pos = model.encoder.pos_embedding
+    g0 = int(round((pos.shape[1] - 1) ** 0.5))
+    if (gh, gw) != (g0, g0):
+        img = pos[:, 1:, :].permute(0, 2, 1).reshape(1, d, g0, g0)
+        img = F.interpolate(img, size=(gh, gw), mode="bicubic", align_corners=True)
+        pos = torch.cat([pos[:, :1, :], img.reshape(1, d, gh * gw).permute(0, 2, 1)], dim=1)
+    y = model.encoder.ln(model.encoder.layers(model.encoder.dropout(tokens + pos)))
+    return model.heads(y[:, 0])
+
+
+def forward(model, x):
+    return vit_forward(model, x) if hasattr(model, "encoder") else model(x)
+
+
 def build(arch):
+    if arch == "vit_b_16":
+        return build_vit()
     torch.manual_seed(SEED)
     if arch == "mobilenet_v2":
         m = torchvision.models.mobilenet_v2(num_classes=CLASSES)
@@ -113,7 +171,7 @@ def rel(a, b):
 def frozen_names(model, upto):
     """Parameter names frozen by medtl's mt_model_freeze(upto)."""
     names = [n for n, _ in model.named_parameters()]
-    head = "fc." if hasattr(model, "fc") else "classifier.1."
+    head = "fc." if hasattr(model, "fc") else ("heads.head." if hasattr(model, "heads") else "classifier.1.")
     if upto == "none":
         return set()
     if upto == "backbone":
@@ -145,7 +203,7 @@ def torch_step(model, x, y, case):
                 mod.eval()
     opt = make_optim(case, [p for p in model.parameters() if p.requires_grad])
     opt.zero_grad()
-    logits = model(x)
+    logits = forward(model, x)
     loss = torch.nn.functional.cross_entropy(logits, y)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -222,7 +280,8 @@ def run_case(arch, case, x, y, tmp):
     wpath = os.path.join(tmp, "%s.safetensors" % arch)
     bpath = os.path.join(tmp, "batch.safetensors")
     opath = os.path.join(tmp, "out.safetensors")
-    write_safetensors(wpath, list(model.state_dict().items()))
+    if not os.path.exists(wpath):       # the same weights for every case of arch
+        write_safetensors(wpath, list(model.state_dict().items()))
     write_safetensors(bpath, [("x", x.permute(0, 2, 3, 1).contiguous()), ("labels", y)])
 
     t_loss, t_logits, t_grads, t_after = torch_step(model, x, y, case)
@@ -285,7 +344,28 @@ CASES = [
     {"name": "bntrain", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": "backbone",
      "bn_train_frozen": True},
 ]
-STAGE = {"resnet18": "layer3", "mobilenet_v2": "features.13"}
+STAGE = {"resnet18": "layer3", "mobilenet_v2": "features.13", "vit_b_16": "encoder.layers.encoder_layer_9"}
+# vit_b_16 (86M parameters): fewer cases, batch 2 of 48x48 (a 3x3 patch grid,
+# so the position embedding is resized from 14x14 and back in the gradient).
+# Adam's first step is lr * sign(g): over 86M values many gradients are near
+# 0 and their signs are rounding noise, so Adam is checked on the CNNs only.
+VIT_CASES = ("sgd", "backbone", "stage")
+VIT_SIZE = 48
+
+
+def check_vit_oracle():
+    """The oracle's vit_forward at VIT_SIZE is torchvision's own model built
+    with image_size=VIT_SIZE and the state_dict from interpolate_embeddings."""
+    from torchvision.models.vision_transformer import interpolate_embeddings
+    model = build_vit().eval()
+    sized = torchvision.models.vit_b_16(num_classes=CLASSES, image_size=VIT_SIZE)
+    sized.load_state_dict(interpolate_embeddings(VIT_SIZE, 16, dict(model.state_dict())))
+    sized.eval()
+    x = torch.randn(2, 3, VIT_SIZE, VIT_SIZE, generator=torch.Generator().manual_seed(SEED + 5))
+    with torch.no_grad():
+        e = rel(vit_forward(model, x), sized(x))
+    report(e <= 1e-5, "vit_b_16 oracle: vit_forward at %dx%d vs torchvision vit_b_16(image_size=%d) "
+           "with interpolate_embeddings: rel %.1e" % (VIT_SIZE, VIT_SIZE, VIT_SIZE, e))
 
 
 def main():
@@ -296,7 +376,10 @@ def main():
         x = torch.randn(4, 3, 64, 64)
         y = torch.tensor([0, 2, 1, 2], dtype=torch.int64)
         with tempfile.TemporaryDirectory() as tmp:
+            only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
             for arch in ("mobilenet_v2", "resnet18"):
+                if only and arch != only:
+                    continue
                 for case in CASES:
                     c = dict(case)
                     if c["freeze"] is None:
@@ -305,6 +388,24 @@ def main():
                         run_case(arch, c, x, y, tmp)
                     except Exception:
                         report(False, "%s %s: %s" % (arch, c["name"], traceback.format_exc().strip()))
+            if only and only != "vit_b_16":
+                report.finish()
+            try:
+                check_vit_oracle()
+            except Exception:
+                report(False, "vit_b_16 oracle: %s" % traceback.format_exc().strip())
+            xv = torch.randn(2, 3, VIT_SIZE, VIT_SIZE, generator=torch.Generator().manual_seed(SEED + 3))
+            yv = torch.tensor([2, 0], dtype=torch.int64)
+            for case in CASES:
+                if case["name"] not in VIT_CASES:
+                    continue
+                c = dict(case)
+                if c["freeze"] is None:
+                    c["freeze"] = STAGE["vit_b_16"]
+                try:
+                    run_case("vit_b_16", c, xv, yv, tmp)
+                except Exception:
+                    report(False, "vit_b_16 %s: %s" % (c["name"], traceback.format_exc().strip()))
     report.finish()
 
 

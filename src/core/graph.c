@@ -458,6 +458,14 @@ mt_model_shapes(const mt_model *m, int h, int w, mt_shape3 *shp,
 									 nd->in_features, in.h * in.w * in.c);
 				break;
 			default:
+				if (mt_node_is_transformer(nd->kind))
+				{
+					int			rc = mt_vit_node_shape(m, nd, in, h, w, &shp[i], err);
+
+					if (rc != MT_OK)
+						return rc;
+					break;
+				}
 				shp[i] = in;
 				break;
 		}
@@ -518,6 +526,8 @@ mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
 					   nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL, y);
 			break;
 		default:
+			if (mt_node_is_transformer(nd->kind))
+				return mt_vit_node_run(m, nd, n, in, a, y, err);
 			break;
 	}
 	return MT_OK;

@@ -25,8 +25,28 @@ typedef enum mt_node_kind
 	MT_NODE_MAXPOOL,
 	MT_NODE_AVGPOOL,
 	MT_NODE_GAP,				/* global average pool, N x C output */
-	MT_NODE_LINEAR
+	MT_NODE_LINEAR,
+	/* transformer nodes (graph_vit.c); a token sequence is N x 1 x T x D */
+	MT_NODE_TOKENS,				/* patches + class token + position embedding */
+	MT_NODE_LAYERNORM,			/* over the channels of each position */
+	MT_NODE_TOKEN_LINEAR,		/* a linear layer applied to every position */
+	MT_NODE_ATTENTION,			/* multi-head self-attention on packed q|k|v */
+	MT_NODE_GELU,				/* exact (erf) GELU */
+	MT_NODE_CLASS_TOKEN			/* the first token of each sequence */
 } mt_node_kind;
+
+/*
+ * How mt_model_init_all initialises a node's weight (p_weight) or bias
+ * (p_bias); MT_INIT_DEFAULT is the kind's usual initialisation (train.h).
+ */
+typedef enum mt_init_kind
+{
+	MT_INIT_DEFAULT = 0,
+	MT_INIT_ZERO,
+	MT_INIT_NORMAL,				/* normal(0, std) */
+	MT_INIT_XAVIER_UNIFORM,		/* U(+-sqrt(6 / (fan_in + fan_out))) */
+	MT_INIT_LINEAR_UNIFORM		/* U(+-1/sqrt(fan_in)): nn.Linear's default */
+} mt_init_kind;
 
 typedef struct mt_param
 {
@@ -82,6 +102,21 @@ typedef struct mt_node
 	int			in_features,
 				out_features;
 
+	/*
+	 * transformer: attention heads; TOKENS: patch size and the side of the
+	 * square position grid the weights hold (torchvision's image_size /
+	 * patch_size), resized to the input's grid
+	 */
+	int			heads,
+				patch,
+				pos_grid;
+
+	/* initialisation from scratch (mt_model_init_all) */
+	mt_init_kind init_w,
+				init_b;
+	float		init_w_std,
+				init_b_std;
+
 	/* filled by mt_model_prepare */
 	int			folded;			/* computed by its producer; aliases in0 */
 	mt_act		run_act;		/* act, or the activation fused into it */
@@ -93,7 +128,8 @@ typedef struct mt_node
 typedef enum mt_head_init
 {
 	MT_HEAD_INIT_LINEAR = 0,	/* nn.Linear's default: U(+-1/sqrt(in)) */
-	MT_HEAD_INIT_NORMAL			/* normal(0, 0.01), zero bias (MobileNetV2) */
+	MT_HEAD_INIT_NORMAL,		/* normal(0, 0.01), zero bias (MobileNetV2) */
+	MT_HEAD_INIT_ZERO			/* zero weight and bias (VisionTransformer) */
 } mt_head_init;
 
 struct mt_train_state;
@@ -181,5 +217,28 @@ mt_pool_desc mt_node_pool_desc(const mt_node *n);
 int			mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n,
 								 mt_shape3 in, const float *a, const float *b,
 								 float *y, float *scratch, mt_err *err);
+
+/*
+ * Transformer nodes (graph_vit.c), called from the generic code above for
+ * the kinds MT_NODE_TOKENS .. MT_NODE_CLASS_TOKEN.
+ */
+int			mt_node_is_transformer(mt_node_kind kind);
+/* Output shape of such a node for input shape in, model input h x w. */
+int			mt_vit_node_shape(const mt_model *m, const mt_node *nd, mt_shape3 in,
+							  int h, int w, mt_shape3 *out, mt_err *err);
+/* Forward of such a node (raw parameters; there is nothing to fold). */
+int			mt_vit_node_run(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
+							const float *a, float *y, mt_err *err);
+/*
+ * Backward of such a node: x is its input (kept when the node's backward
+ * reads it, see mt_vit_node_reads_input), dy the gradient of its output; adds
+ * into dx (may be NULL) and into dw / db, the gradients of p_weight / p_bias
+ * (each may be NULL).
+ */
+int			mt_vit_node_backward(const mt_model *m, const mt_node *nd, int n,
+								 mt_shape3 in, const float *x, const float *dy,
+								 float *dx, float *dw, float *db, mt_err *err);
+/* Whether the node's backward reads its input (given what trains). */
+int			mt_vit_node_reads_input(const mt_node *nd, int weight_trains);
 
 #endif

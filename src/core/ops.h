@@ -166,8 +166,59 @@ typedef struct mt_backend
 								float *m2, float lr, float beta1, float beta2,
 								float eps, float weight_decay, int decoupled,
 								int64_t step);
+
+	/*
+	 * Transformer (ViT) operations.  Rows are positions, c values each.
+	 * Backward entries add into their outputs as above.
+	 */
+	/* y = (x - mean) / sqrt(var + eps) * gamma + beta per row (biased var) */
+	void		(*layer_norm) (size_t rows, int c, const float *x, const float *gamma,
+							   const float *beta, float eps, float *y);
+	/* dx, dgamma, dbeta (each may be NULL) of layer_norm, from its input x */
+	void		(*layer_norm_backward) (size_t rows, int c, const float *x,
+										const float *dy, const float *gamma, float eps,
+										float *dx, float *dgamma, float *dbeta);
+	/* y = x * Phi(x) = x / 2 * (1 + erf(x / sqrt 2)) */
+	void		(*gelu) (size_t len, const float *x, float *y);
+	/* dx += dy * gelu'(x), from the input x */
+	void		(*gelu_backward) (size_t len, const float *x, const float *dy, float *dx);
+	/*
+	 * Multi-head self-attention over n sequences of t tokens: qkv is
+	 * n x t x 3d, each token's queries, keys and values (d = heads x hd,
+	 * head j at columns j*hd of each third), as nn.MultiheadAttention's
+	 * packed in_proj produces them; y (n x t x d) = per head
+	 * softmax(Q K^T / sqrt(hd)) V, heads side by side.
+	 */
+	int			(*attention) (int n, int t, int d, int heads, const float *qkv,
+							  float *y, mt_err *err);
+	/* dqkv += gradient of attention w.r.t. qkv (recomputes the softmax) */
+	int			(*attention_backward) (int n, int t, int d, int heads,
+									   const float *qkv, const float *dy,
+									   float *dqkv, mt_err *err);
+	/*
+	 * Token sequence of a ViT: y (n x (1 + p) x d) row 0 = cls + pos[0],
+	 * row 1 + i = patches[i] + pos[1 + i] (patches n x p x d; cls d values;
+	 * pos (1 + p) x d).
+	 */
+	void		(*vit_tokens) (int n, int p, int d, const float *patches,
+							   const float *cls, const float *pos, float *y);
+	/* dpatches, dcls, dpos (each may be NULL) of vit_tokens */
+	void		(*vit_tokens_backward) (int n, int p, int d, const float *dy,
+										float *dpatches, float *dcls, float *dpos);
 } mt_backend;
 
 extern const mt_backend mt_cpu_backend;
+
+/*
+ * Resize a grid of ih x iw positions of c channels (channels last) to
+ * oh x ow as torch's interpolate(mode="bicubic", align_corners=True) does
+ * (cubic convolution, A = -0.75, borders clamped); torchvision's
+ * interpolate_embeddings resizes ViT position embeddings so.  The adjoint
+ * adds the transposed map of dst_grad into src_grad (the resize is linear).
+ */
+void		mt_bicubic_resize_ac(int ih, int iw, int oh, int ow, int c,
+								 const float *src, float *dst);
+void		mt_bicubic_resize_ac_adjoint(int ih, int iw, int oh, int ow, int c,
+										 const float *dst_grad, float *src_grad);
 
 #endif

@@ -625,4 +625,12 @@ const mt_backend mt_cpu_backend = {
 	.accumulate = mt_cpu_accumulate,
 	.sgd_update = mt_cpu_sgd_update,
 	.adam_update = mt_cpu_adam_update,
+	.layer_norm = mt_cpu_layer_norm,
+	.layer_norm_backward = mt_cpu_layer_norm_backward,
+	.gelu = mt_cpu_gelu,
+	.gelu_backward = mt_cpu_gelu_backward,
+	.attention = mt_cpu_attention,
+	.attention_backward = mt_cpu_attention_backward,
+	.vit_tokens = mt_cpu_vit_tokens,
+	.vit_tokens_backward = mt_cpu_vit_tokens_backward,
 };

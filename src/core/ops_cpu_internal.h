@@ -46,4 +46,22 @@ void		mt_cpu_adam_update(size_t len, float *p, const float *g, float *m1,
 							   float eps, float weight_decay, int decoupled,
 							   int64_t step);
 
+/* Transformer kernels (ops_cpu_vit.c), entries of mt_cpu_backend. */
+void		mt_cpu_layer_norm(size_t rows, int c, const float *x, const float *gamma,
+							  const float *beta, float eps, float *y);
+void		mt_cpu_layer_norm_backward(size_t rows, int c, const float *x,
+									   const float *dy, const float *gamma, float eps,
+									   float *dx, float *dgamma, float *dbeta);
+void		mt_cpu_gelu(size_t len, const float *x, float *y);
+void		mt_cpu_gelu_backward(size_t len, const float *x, const float *dy, float *dx);
+int			mt_cpu_attention(int n, int t, int d, int heads, const float *qkv,
+							 float *y, mt_err *err);
+int			mt_cpu_attention_backward(int n, int t, int d, int heads,
+									  const float *qkv, const float *dy,
+									  float *dqkv, mt_err *err);
+void		mt_cpu_vit_tokens(int n, int p, int d, const float *patches,
+							  const float *cls, const float *pos, float *y);
+void		mt_cpu_vit_tokens_backward(int n, int p, int d, const float *dy,
+									   float *dpatches, float *dcls, float *dpos);
+
 #endif

@@ -192,7 +192,9 @@ mt_model_freeze(mt_model *m, const char *upto, mt_err *err)
 			mt_seterr(err, MT_ERR_INVALID, "unknown stage \"%s\" for architecture %s",
 					  upto, m->arch);
 			mt_setdetail(err, "A stage is a parameter-name prefix such as \"%s\", or \"none\" or \"backbone\".",
-						 strncmp(m->arch, "resnet", 6) == 0 ? "layer3" : "features.13");
+						 strncmp(m->arch, "resnet", 6) == 0 ? "layer3" :
+						 strncmp(m->arch, "vit_", 4) == 0 ? "encoder.layers.encoder_layer_9" :
+						 "features.13");
 			return MT_ERR_INVALID;
 		}
 	}
@@ -461,7 +463,9 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 		if ((nd->kind == MT_NODE_CONV && param_trains(m, nd->p_weight)) ||
 			(nd->kind == MT_NODE_LINEAR && param_trains(m, nd->p_weight)) ||
 			(nd->kind == MT_NODE_BN && bn_uses_batch(m, nd)) ||
-			nd->kind == MT_NODE_MAXPOOL)
+			nd->kind == MT_NODE_MAXPOOL ||
+			(mt_node_is_transformer(nd->kind) &&
+			 mt_vit_node_reads_input(nd, param_trains(m, nd->p_weight))))
 			mark_read(st, st->owner[nd->in0], j);
 	}
 	if (m->features_node >= 0)
@@ -757,6 +761,19 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 				return MT_OK;
 			}
 		default:
+			if (mt_node_is_transformer(nd->kind))
+			{
+				float	   *dw = NULL,
+						   *db = NULL;
+
+				if (param_trains(m, nd->p_weight) && (dw = param_grad(m, nd->p_weight)) == NULL)
+					goto nomem;
+				if (param_trains(m, nd->p_bias) && (db = param_grad(m, nd->p_bias)) == NULL)
+					goto nomem;
+				if (want_dx && (dx = grad_buf(c, in0)) == NULL)
+					goto nomem;
+				return mt_vit_node_backward(m, nd, n, in, x, dy, dx, dw, db, err);
+			}
 			return MT_OK;
 	}
 
@@ -1279,6 +1296,12 @@ init_linear(mt_model *m, const mt_node *nd, rng *r)
 	double		bound = 1.0 / sqrt((double) nd->in_features);
 	int			rc;
 
+	if (m->head_init == MT_HEAD_INIT_ZERO && nd == &m->nodes[m->logits_node])
+	{
+		if ((rc = fill_const(m, nd->p_weight, 0.0f)) != MT_OK)
+			return rc;
+		return fill_const(m, nd->p_bias, 0.0f);
+	}
 	if (m->head_init == MT_HEAD_INIT_NORMAL)
 	{
 		if ((rc = fill_random(m, nd->p_weight, r, 1, 0.01)) != MT_OK)
@@ -1288,6 +1311,76 @@ init_linear(mt_model *m, const mt_node *nd, rng *r)
 	if ((rc = fill_random(m, nd->p_weight, r, 0, bound)) != MT_OK)
 		return rc;
 	return fill_random(m, nd->p_bias, r, 0, bound);
+}
+
+/* Fill parameter idx as kind says; fans for the Xavier and Linear bounds. */
+static int
+init_param(mt_model *m, int idx, mt_init_kind kind, float std, double fan_in,
+		   double fan_out, rng *r)
+{
+	switch (kind)
+	{
+		case MT_INIT_ZERO:
+			return fill_const(m, idx, 0.0f);
+		case MT_INIT_NORMAL:
+			return fill_random(m, idx, r, 1, std);
+		case MT_INIT_XAVIER_UNIFORM:
+			return fill_random(m, idx, r, 0, sqrt(6.0 / (fan_in + fan_out)));
+		case MT_INIT_LINEAR_UNIFORM:
+			return fill_random(m, idx, r, 0, 1.0 / sqrt(fan_in));
+		default:
+			return MT_OK;
+	}
+}
+
+/*
+ * Transformer nodes and explicit per-node initialisations: layer norm
+ * weight 1 bias 0, per-token linear layers as nn.Linear, anything else
+ * zero, unless the node says otherwise (init_w, init_b).
+ */
+static int
+init_node_explicit(mt_model *m, const mt_node *nd, rng *r)
+{
+	double		fan_in = 1.0,
+				fan_out = 1.0;
+	int			rc = MT_OK;
+
+	if (nd->kind == MT_NODE_CONV)
+	{
+		fan_in = (double) nd->cin / nd->groups * nd->kh * nd->kw;
+		fan_out = (double) nd->cout * nd->kh * nd->kw;
+	}
+	else if (nd->kind == MT_NODE_LINEAR || nd->kind == MT_NODE_TOKEN_LINEAR)
+	{
+		fan_in = nd->in_features;
+		fan_out = nd->out_features;
+	}
+	if (mt_node_is_transformer(nd->kind))
+	{
+		if (nd->kind == MT_NODE_LAYERNORM)
+		{
+			rc = fill_const(m, nd->p_weight, 1.0f);
+			if (rc == MT_OK)
+				rc = fill_const(m, nd->p_bias, 0.0f);
+		}
+		else if (nd->kind == MT_NODE_TOKEN_LINEAR)
+		{
+			rc = fill_random(m, nd->p_weight, r, 0, 1.0 / sqrt(fan_in));
+			if (rc == MT_OK)
+				rc = fill_random(m, nd->p_bias, r, 0, 1.0 / sqrt(fan_in));
+		}
+		else
+		{
+			rc = fill_const(m, nd->p_weight, 0.0f);
+			if (rc == MT_OK)
+				rc = fill_const(m, nd->p_bias, 0.0f);
+		}
+	}
+	if (rc == MT_OK && nd->init_w != MT_INIT_DEFAULT)
+		rc = init_param(m, nd->p_weight, nd->init_w, nd->init_w_std, fan_in, fan_out, r);
+	if (rc == MT_OK && nd->init_b != MT_INIT_DEFAULT)
+		rc = init_param(m, nd->p_bias, nd->init_b, nd->init_b_std, fan_in, fan_out, r);
+	return rc;
 }
 
 /* Fresh classifier head (see train.h). */
@@ -1339,6 +1432,8 @@ mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err)
 		}
 		else if (nd->kind == MT_NODE_LINEAR && i != m->logits_node)
 			rc = init_linear(m, nd, &r);
+		if (rc == MT_OK && i != m->logits_node)
+			rc = init_node_explicit(m, nd, &r);
 	}
 	if (rc == MT_OK && m->logits_node >= 0 && m->nodes[m->logits_node].kind == MT_NODE_LINEAR)
 		rc = init_linear(m, &m->nodes[m->logits_node], &r);

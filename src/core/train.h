@@ -44,11 +44,13 @@
  * Choose the trainable parameters.  upto NULL, "" or "none": everything
  * (every weight and bias; running statistics are never trainable).
  * "backbone": only the classifier head (the linear layer producing the
- * logits: resnet fc.*, mobilenet_v2 classifier.1.*).  Otherwise a stage
- * name, a parameter-name prefix ending at a dot boundary ("layer3",
- * "features.13", or a full tensor name): every parameter up to and
- * including the last one of that stage, in execution order, is frozen and
- * the rest trains.  Unknown stage, or a stage that leaves nothing to train:
+ * logits: resnet fc.*, mobilenet_v2 classifier.1.*, vit_b_16 heads.head.*).
+ * Otherwise a stage name, a parameter-name prefix ending at a dot boundary
+ * ("layer3", "features.13", "encoder.layers.encoder_layer_9", "conv_proj",
+ * or a full tensor name): every parameter up to and including the last one
+ * of that stage, in state_dict order (execution order; vit_b_16's
+ * class_token comes first and encoder.pos_embedding right after conv_proj,
+ * as in torchvision), is frozen and the rest trains.  Unknown stage, or a stage that leaves nothing to train:
  * MT_ERR_INVALID.  Frozen parameters lose their gradient buffers; the
  * saved training state is released.
  */
@@ -162,8 +164,12 @@ int			mt_model_init_head(mt_model *m, uint64_t seed, mt_err *err);
 /*
  * Every parameter from scratch, like torchvision's constructors:
  * convolutions kaiming_normal(mode="fan_out", relu) (std sqrt(2/fan_out)),
- * zero conv bias, BN weight 1 bias 0, running mean 0 var 1, then the head
- * as mt_model_init_head.  Same seed, same weights.
+ * zero conv bias, BN weight 1 bias 0, running mean 0 var 1, layer norm
+ * weight 1 bias 0, per-token linear layers as nn.Linear, other transformer
+ * parameters 0, unless a node asks for another init (init_w / init_b: the
+ * ViT's Xavier-uniform MLP and in_proj weights, normal(0, 0.02) position
+ * embedding, ...), then the head as mt_model_init_head (zero for the ViT).
+ * Same seed, same weights.
  */
 int			mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err);
 

@@ -1,7 +1,9 @@
 /*
- * zoo.c - MobileNetV2 and ResNet-18/34/50 as in torchvision 0.14.
+ * zoo.c - MobileNetV2, ResNet-18/34/50 and (vit.c) ViT-B/16 as in
+ * torchvision 0.14.
  */
 #include "zoo.h"
+#include "vit.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -262,6 +264,7 @@ static const struct
 	{"resnet18", "fc.weight"},
 	{"resnet34", "fc.weight"},
 	{"resnet50", "fc.weight"},
+	{"vit_b_16", "heads.head.weight"},
 };
 
 int
@@ -282,7 +285,31 @@ mt_zoo_head_weight(const char *arch)
 const char *
 mt_zoo_list(void)
 {
-	return "mobilenet_v2, resnet18, resnet34, resnet50";
+	return "mobilenet_v2, resnet18, resnet34, resnet50, vit_b_16";
+}
+
+/* Whether arch takes an h x w input: the graph's shapes for it. */
+int
+mt_zoo_check_input(const char *arch, int h, int w, mt_err *err)
+{
+	mt_model   *m = mt_zoo_build(arch, 2, 0, err);
+	mt_shape3  *shp;
+	size_t		scratch;
+	int			rc;
+
+	if (m == NULL)
+		return err->code;
+	if ((shp = mt_calloc(m->n_nodes, sizeof(mt_shape3))) == NULL)
+	{
+		mt_model_free(m);
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory checking an input size");
+	}
+	rc = mt_model_shapes(m, h, w, shp, &scratch, err);
+	if (rc == MT_ERR_SHAPE)
+		rc = err->code = MT_ERR_INVALID;
+	mt_free(shp);
+	mt_model_free(m);
+	return rc;
 }
 
 mt_model *
@@ -319,6 +346,8 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 		build_resnet(&b, r18, 0, num_classes);
 	else if (strcmp(arch, "resnet34") == 0)
 		build_resnet(&b, r34, 0, num_classes);
+	else if (strcmp(arch, "vit_b_16") == 0)
+		b.failed = mt_vit_build(b.m, num_classes);
 	else
 		build_resnet(&b, r34, 1, num_classes);
 	if (b.failed)

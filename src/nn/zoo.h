@@ -10,6 +10,12 @@
 /* Build an architecture with a head of num_classes outputs (weights unset). */
 mt_model   *mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err);
 
+/*
+ * Whether arch takes an input of h x w (e.g. vit_b_16 needs multiples of
+ * 16): MT_OK, or MT_ERR_INVALID / MT_ERR_LIMIT saying why not.
+ */
+int			mt_zoo_check_input(const char *arch, int h, int w, mt_err *err);
+
 /* Whether arch is known. */
 int			mt_zoo_known(const char *arch);
 

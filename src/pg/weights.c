@@ -292,6 +292,24 @@ medtl_init_rows(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * medtl._check_input_size(arch text, input_size int) -> void: raise if the
+ * architecture cannot take input_size x input_size images (vit_b_16 needs a
+ * multiple of 16); unknown architectures are left to the caller's checks.
+ */
+PG_FUNCTION_INFO_V1(medtl_check_input_size);
+Datum
+medtl_check_input_size(PG_FUNCTION_ARGS)
+{
+	char	   *arch = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int			size = PG_GETARG_INT32(1);
+	mt_err		err;
+
+	if (mt_zoo_known(arch) && mt_zoo_check_input(arch, size, size, &err) != MT_OK)
+		medtl_raise(&err, "input_size");
+	PG_RETURN_VOID();
+}
+
 /* A JSON array of strings (or of numbers when floats != NULL). */
 static char *
 json_array(char **strs, const float *floats, int n)
