@@ -23,6 +23,10 @@ SELECT * FROM ens_check;
 SELECT t.rank, t.label = predict('ens', x.image) AS top_is_predicted,
        t.probability = (SELECT max(p) FROM unnest(predict_proba('ens', x.image)) p) AS top_is_max
   FROM xrays x, predict_topk('ens', x.image, 1) t WHERE x.path = (SELECT min(path) FROM xrays);
+-- predict_batch on an ensemble agrees with predict
+SELECT count(*) AS rows, bool_and(b.label = predict('ens', x.image)) AS same_labels
+  FROM predict_batch('ens', ARRAY(SELECT image FROM xrays ORDER BY path)) b
+  JOIN (SELECT row_number() OVER (ORDER BY path) AS ord, image FROM xrays) x USING (ord);
 -- evaluate scores an ensemble too, with the same numbers as a direct computation
 SELECT evaluate('ens', 'xrays') AS eval_id \gset
 WITH s AS (SELECT label, (predict_proba('ens', image))[2]::float8 AS p FROM xrays)

@@ -157,6 +157,12 @@ CREATE FUNCTION medtl.predict(model text, image bytea) RETURNS text
     AS 'MODULE_PATHNAME', 'medtl_predict' LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION medtl.predict(text, bytea) IS 'The most probable label of an image.';
 
+CREATE FUNCTION medtl.predict_batch(model text, images bytea[], batch_size int DEFAULT 16,
+    OUT ord int, OUT label text, OUT probabilities real[])
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'medtl_predict_batch' LANGUAGE C STABLE STRICT PARALLEL SAFE ROWS 100;
+COMMENT ON FUNCTION medtl.predict_batch(text, bytea[], int) IS 'Score an array of images in forward passes of batch_size: one row per element (ord = array position) with the most probable label and the probabilities; NULL elements give NULLs.';
+
 CREATE FUNCTION medtl.predict_proba(model text, image bytea) RETURNS real[]
     AS 'MODULE_PATHNAME', 'medtl_predict_proba' LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION medtl.predict_proba(text, bytea) IS 'Class probabilities (softmax) of an image, in label order.';

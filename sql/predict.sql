@@ -49,6 +49,25 @@ SELECT (SELECT c FROM cos WHERE b = 'bird_224.png') > (SELECT c FROM cos WHERE b
 SELECT count(*) AS scored, count(DISTINCT predict('mobilenet_v2_imagenet', image)) > 0 AS labelled
   FROM xrays;
 
+-- many images at once: predict_batch gives the same answers as row-by-row scoring
+WITH b AS (
+    SELECT t.ord, t.label, t.probabilities
+      FROM predict_batch('mobilenet_v2_imagenet',
+                         ARRAY(SELECT image FROM xrays ORDER BY path) || ARRAY[NULL::bytea], 5) t),
+r AS (
+    SELECT row_number() OVER (ORDER BY path) AS ord, predict('mobilenet_v2_imagenet', image) AS label,
+           predict_proba('mobilenet_v2_imagenet', image) AS p
+      FROM xrays)
+SELECT count(*) AS rows, count(b.label) AS scored,
+       bool_and(b.label = r.label) AS same_labels,
+       max((SELECT max(abs(x - y)) FROM unnest(b.probabilities, r.p) u(x, y))) < 1e-5 AS same_probabilities
+  FROM b LEFT JOIN r USING (ord);
+SELECT ord, label FROM predict_batch('mobilenet_v2_imagenet',
+    ARRAY(SELECT image FROM samples WHERE name LIKE '%\_224.png' ORDER BY name)) ORDER BY ord;
+SELECT * FROM predict_batch('mobilenet_v2_imagenet', ARRAY(SELECT image FROM samples LIMIT 1), 0);
+SELECT * FROM predict_batch('mobilenet_v2_imagenet', ARRAY[(SELECT image FROM samples LIMIT 1), '\x00'::bytea]);
+SELECT count(*) AS empty FROM predict_batch('mobilenet_v2_imagenet', '{}'::bytea[]);
+
 -- the functions are strict and parallel safe
 SELECT predict('mobilenet_v2_imagenet', NULL) IS NULL AS null_image;
 SELECT proname, proparallel, provolatile, proisstrict FROM pg_proc

@@ -694,3 +694,127 @@ medtl_predict_topk(PG_FUNCTION_ARGS)
 	}
 	return (Datum) 0;
 }
+
+/*
+ * medtl.predict_batch(model text, images bytea[], batch_size int DEFAULT 16)
+ * -> setof (ord, label, probabilities): every image of the array scored in
+ * forward passes of batch_size images (an ensemble: image by image).  ord is
+ * the 1-based array position; a NULL element gives a row of NULLs.
+ */
+static void
+batch_error_context(void *arg)
+{
+	if (*(int *) arg > 0)
+		errcontext("image %d of the array", *(int *) arg);
+}
+
+PG_FUNCTION_INFO_V1(medtl_predict_batch);
+Datum
+medtl_predict_batch(PG_FUNCTION_ARGS)
+{
+	text	   *name = PG_GETARG_TEXT_PP(0);
+	MedtlModel *mm = medtl_get_model(fcinfo, name);
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
+	int			batch = PG_GETARG_INT32(2);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n;
+	ErrorContextCallback errcb;
+	int			current = 0;
+
+	require_classifier(mm);
+	if (batch < 1 || batch > 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch_size must be between 1 and 1024")));
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("images must be a one-dimensional array")));
+	deconstruct_array(arr, BYTEAOID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
+	InitMaterializedSRF(fcinfo, 0);
+	errcb.callback = batch_error_context;
+	errcb.arg = &current;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	for (int start = 0; start < n; start += batch)
+	{
+		int			m = Min(batch, n - start);
+		Scored	   *scored = palloc0(sizeof(Scored) * m);
+
+		if (mm->net == NULL)
+		{
+			/* an ensemble: its members one image at a time */
+			for (int i = 0; i < m; i++)
+				if (!enulls[start + i])
+				{
+					current = start + i + 1;
+					/* fetching members may evict the ensemble's entry: look it up again */
+					mm = medtl_get_model(fcinfo, name);
+					scored[i] = class_probs(fcinfo, mm, DatumGetByteaPP(elems[start + i]));
+				}
+		}
+		else
+		{
+			size_t		per = (size_t) mm->input_size * mm->input_size * 3;
+			int			k = mm->net->num_classes;
+			int			used = 0;
+			int		   *slot = palloc(sizeof(int) * m);
+			float	   *x = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * per * m);
+			float	   *logits;
+			mt_err		err;
+
+			medtl_engine_enter();
+			for (int i = 0; i < m; i++)
+			{
+				float	   *t;
+
+				slot[i] = -1;
+				if (enulls[start + i])
+					continue;
+				current = start + i + 1;
+				t = medtl_image_tensor(DatumGetByteaPP(elems[start + i]), mm->input_size,
+									   mm->mean, mm->std);
+				memcpy(x + per * used, t, sizeof(float) * per);
+				pfree(t);
+				slot[i] = used++;
+				CHECK_FOR_INTERRUPTS();
+			}
+			current = 0;
+			logits = palloc(sizeof(float) * k * Max(used, 1));
+			if (used > 0 &&
+				mt_model_forward(mm->net, x, used, mm->input_size, mm->input_size,
+								 logits, NULL, &err) != MT_OK)
+				medtl_raise(&err, "inference failed");
+			mt_cpu_backend.softmax(used, k, logits, logits);
+			for (int i = 0; i < m; i++)
+				if (slot[i] >= 0)
+				{
+					scored[i].n = k;
+					scored[i].p = logits + (size_t) slot[i] * k;
+					scored[i].n_labels = mm->n_labels;
+					scored[i].labels = mm->labels;
+				}
+			pfree(x);
+		}
+		for (int i = 0; i < m; i++)
+		{
+			Datum		values[3];
+			bool		nulls[3] = {false, true, true};
+
+			values[0] = Int32GetDatum(start + i + 1);
+			if (scored[i].p != NULL)
+			{
+				values[1] = PointerGetDatum(label_text(&scored[i], mt_argmax(scored[i].p, scored[i].n)));
+				values[2] = PointerGetDatum(float_array(scored[i].p, scored[i].n));
+				nulls[1] = nulls[2] = false;
+			}
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	error_context_stack = errcb.previous;
+	return (Datum) 0;
+}
