@@ -15,6 +15,7 @@ OBJS = \
 	src/nn/zoo.o \
 	src/io/image.o \
 	src/io/safetensors.o \
+	src/io/pth.o \
 	src/io/augment.o \
 	src/pg/medtl.o \
 	src/pg/weights.o \
@@ -46,7 +47,7 @@ include $(PGXS)
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
 ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
-	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
+	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c src/io/pth.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit
 

@@ -393,17 +393,19 @@ zip_open(const uint8_t *buf, size_t len, zipfile *z, mt_err *err)
 			lnlen + lxlen > cd_off - lho - 30 ||
 			memcmp(c + 30, e->name, nlen) != 0)
 		{
+			rc = zip_err(err, "entry \"%s\": local header does not match the directory",
+						 shown(e->name, nlen, nb, sizeof(nb)), (size_t) lho);
 			zip_free(z);
-			return zip_err(err, "entry \"%s\": local header does not match the directory",
-						   shown(e->name, nlen, nb, sizeof(nb)), (size_t) lho);
+			return rc;
 		}
 		e->lho = (size_t) lho;
 		e->data_off = (size_t) lho + 30 + lnlen + lxlen;
 		if (csize > cd_off - e->data_off)
 		{
+			rc = zip_err(err, "entry \"%s\": data runs past the central directory",
+						 shown(e->name, nlen, nb, sizeof(nb)), e->data_off);
 			zip_free(z);
-			return zip_err(err, "entry \"%s\": data runs past the central directory",
-						   shown(e->name, nlen, nb, sizeof(nb)), e->data_off);
+			return rc;
 		}
 		e->size = (size_t) csize;
 		if (memchr(e->name, '\0', nlen) != NULL)
@@ -978,7 +980,7 @@ unpickle(unpickler *u, pval **result)
 		size_t		at = u->pos;
 		uint8_t		op;
 		pval	   *v;
-		size_t		base;
+		size_t		base = 0;
 
 		if (u->pos >= u->len)
 			return pk_err(u, at, "%s", "no STOP opcode");
@@ -1291,7 +1293,8 @@ unpickle(unpickler *u, pval **result)
 					break;
 				}
 			default:
-				rc = mt_seterr(u->err, MT_ERR_UNSUPPORTED,
+				rc = mt_seterr(u->err,
+							   strcmp(opcode_name(op), "unknown") == 0 ? MT_ERR_CORRUPT : MT_ERR_UNSUPPORTED,
 							   "the .pth pickle uses opcode 0x%02x (%s) at byte %zu of data.pkl, which medtl does not accept",
 							   op, opcode_name(op), at);
 				mt_setdetail(u->err, "Only the opcodes a torch.save state_dict needs are read; nothing in the file is executed.");
