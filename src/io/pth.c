@@ -1423,7 +1423,7 @@ check_view(const pval *t, const char *name, size_t *numel, mt_err *err)
 						 (long long) s->u.storage.numel,
 						 shown(s->u.storage.entry->name, s->u.storage.entry->name_len, eb, sizeof(eb)));
 	if (n > SIZE_MAX / 8)
-		return mt_seterr(err, MT_ERR_LIMIT, "tensor \"%s\" is too large",
+		return mt_seterr(err, MT_ERR_LIMIT, ".pth tensor \"%s\" is too large",
 						 shown(name, strlen(name), nb, sizeof(nb)));
 	*numel = (size_t) n;
 	return MT_OK;

@@ -54,7 +54,7 @@ parse_or_raise(bytea *weights, WeightFile *wf)
 	if (mt_pth_is_zip(buf, len) || mt_pth_is_legacy(buf, len))
 	{
 		if (mt_pth_parse(buf, len, &wf->pth, &err) != MT_OK)
-			medtl_raise(&err, "invalid .pth checkpoint");
+			medtl_raise(&err, NULL);
 		wf->is_pth = true;
 		wf->st = &wf->pth.st;
 		wf->base = wf->pth.data;
