@@ -125,10 +125,9 @@ check_against_arch(const mt_safetensors *st, const uint8_t *base, const char *ar
 		if (n_unexpected > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
-					 errmsg("%d unexpected tensor%s for architecture %s", n_unexpected,
-							n_unexpected == 1 ? "" : "s", arch),
-					 errdetail("Unexpected: %s%s.", unexpected.data,
-							   n_unexpected > 20 ? ", ..." : ""),
+					 errmsg("%d unexpected tensor%s for architecture %s: %s%s", n_unexpected,
+							n_unexpected == 1 ? "" : "s", arch, unexpected.data,
+							n_unexpected > 20 ? ", ..." : ""),
 					 errhint("Check that the file holds a %s state_dict.", arch)));
 	}
 	for (int i = 0; i < st->n_tensors; i++)
