@@ -72,7 +72,12 @@ def pth_seeds(rng):
         ("bn.num_batches_tracked", p_tensor("LongStorage", "2", 1, 0, [], [])),
     ])
     storages = [("0", f32), ("1", f16), ("2", i64)]
-    seeds = [pth_zip(good, storages),
+    # raw pickles too: fuzz_pth also wraps each input as data.pkl of a valid archive
+    raw = [good, p_state_dict([("module.a", p_tensor("FloatStorage", "0", 12, 2, [5], [2]))],
+                              wrap="state_dict"),
+           p_state_dict([("x", p_tensor("DoubleStorage", "2", 1, 0, [1], [1]))]),
+           b"\x80\x02" + p_global("os", "system") + p_str("id") + b"\x85R."]
+    seeds = raw + [pth_zip(good, storages),
              pth_zip(p_state_dict([("module.a", p_tensor("FloatStorage", "0", 12, 2, [5], [2]))],
                                   wrap="state_dict"), storages[:1]),
              pth_zip(good, storages, prefix="resnet18", byteorder=False)]
