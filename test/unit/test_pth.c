@@ -84,9 +84,20 @@ typedef struct zinfo
 	size_t		eocd;
 } zinfo;
 
-/* A stored zip of n entries, as torch.save lays it out. */
+static void
+put64(bb *b, uint64_t v)
+{
+	put32(b, (uint32_t) v);
+	put32(b, (uint32_t) (v >> 32));
+}
+
+/*
+ * A stored zip of n entries, as torch.save lays it out; with z64, the
+ * central directory's sizes and offsets and the end record are saturated
+ * and the values are in zip64 extra fields and zip64 end records.
+ */
 static uint8_t *
-make_zip(const zent *e, int n, size_t *len, zinfo *zi)
+make_zip_ex(const zent *e, int n, size_t *len, zinfo *zi, int z64)
 {
 	bb			b = {0};
 	zinfo		dummy;
@@ -120,28 +131,62 @@ make_zip(const zent *e, int n, size_t *len, zinfo *zi)
 		put16(&b, 0);
 		put32(&b, 0);
 		put32(&b, (uint32_t) crc32(0, e[i].data, (uInt) e[i].len));
-		put32(&b, (uint32_t) e[i].len);
-		put32(&b, (uint32_t) e[i].len);
+		put32(&b, z64 ? 0xFFFFFFFFu : (uint32_t) e[i].len);
+		put32(&b, z64 ? 0xFFFFFFFFu : (uint32_t) e[i].len);
 		put16(&b, (unsigned) strlen(e[i].name));
-		put16(&b, 0);
+		put16(&b, z64 ? 28 : 0);
 		put16(&b, 0);
 		put16(&b, 0);
 		put16(&b, 0);
 		put32(&b, 0);
-		put32(&b, (uint32_t) zi->lho[i]);
+		put32(&b, z64 ? 0xFFFFFFFFu : (uint32_t) zi->lho[i]);
 		puts_(&b, e[i].name);
+		if (z64)
+		{
+			put16(&b, 1);
+			put16(&b, 24);
+			put64(&b, e[i].len);
+			put64(&b, e[i].len);
+			put64(&b, zi->lho[i]);
+		}
 	}
 	zi->eocd = b.n;
+	if (z64)
+	{
+		size_t		rec = b.n;
+
+		put32(&b, 0x06064b50);
+		put64(&b, 44);
+		put16(&b, 45);
+		put16(&b, 45);
+		put32(&b, 0);
+		put32(&b, 0);
+		put64(&b, (uint64_t) n);
+		put64(&b, (uint64_t) n);
+		put64(&b, rec - zi->cd_off);
+		put64(&b, zi->cd_off);
+		put32(&b, 0x07064b50);
+		put32(&b, 0);
+		put64(&b, rec);
+		put32(&b, 1);
+		zi->eocd = b.n;
+	}
 	put32(&b, 0x06054b50);
 	put16(&b, 0);
 	put16(&b, 0);
-	put16(&b, (unsigned) n);
-	put16(&b, (unsigned) n);
-	put32(&b, (uint32_t) (zi->eocd - zi->cd_off));
-	put32(&b, (uint32_t) zi->cd_off);
+	put16(&b, z64 ? 0xFFFF : (unsigned) n);
+	put16(&b, z64 ? 0xFFFF : (unsigned) n);
+	put32(&b, z64 ? 0xFFFFFFFFu : (uint32_t) (zi->eocd - zi->cd_off));
+	put32(&b, z64 ? 0xFFFFFFFFu : (uint32_t) zi->cd_off);
 	put16(&b, 0);
 	*len = b.n;
 	return b.b;
+}
+
+static uint8_t *
+make_zip(const zent *e, int n, size_t *len, zinfo *zi)
+{
+	return make_zip_ex(e, n, len, zi, 0);
 }
 
 static void
@@ -379,6 +424,52 @@ test_valid(void)
 		(void) parse_code(buf, len, &err);
 		buf[k] ^= 0x40;
 	}
+	free(buf);
+}
+
+/* The good file's entries as a zip64 archive: parses the same; cut records fail. */
+static void
+test_zip64(void)
+{
+	size_t		len,
+				len64;
+	zinfo		zi;
+	uint8_t    *buf = good_file(&len, &zi, "");
+	zent		e[4];
+	uint8_t    *z;
+	mt_pth		p;
+	mt_err		err;
+	int			rc;
+	static const char *const names[4] = {"arc/data.pkl", "arc/data/0", "arc/data/1", "arc/version"};
+
+	/* take the entries back out of the plain archive */
+	for (int i = 0; i < 4; i++)
+	{
+		const uint8_t *c = buf + zi.cen[i];
+		size_t		nl = c[28] | (c[29] << 8);
+		size_t		sz = c[20] | (c[21] << 8) | ((size_t) c[22] << 16) | ((size_t) c[23] << 24);
+		size_t		lho = c[42] | (c[43] << 8) | ((size_t) c[44] << 16) | ((size_t) c[45] << 24);
+
+		CHECK(nl == strlen(names[i]) && memcmp(c + 46, names[i], nl) == 0, "entry %d name", i);
+		e[i] = (zent) {names[i], buf + lho + 30 + nl, sz};
+	}
+	z = make_zip_ex(e, 4, &len64, &zi, 1);
+	rc = mt_pth_parse(z, len64, &p, &err);
+	CHECK(rc == MT_OK && p.st.n_tensors == 4 && tensor_f32(&p, "wt") != NULL &&
+		  tensor_f32(&p, "wt")[1] == 4.0f, "zip64 archive: %s", err.msg);
+	if (rc == MT_OK)
+		mt_pth_free(&p);
+	/* a zip64 extra field that is too short */
+	z[zi.cen[1] + 46 + strlen(names[1]) + 2] = 8;
+	expect_err(z, len64, MT_ERR_CORRUPT, "zip64", "short zip64 extra");
+	free(z);
+	/* zip64 end record pointing outside, locator missing */
+	z = make_zip_ex(e, 4, &len64, &zi, 1);
+	set32(z + zi.eocd - 20 + 8, 0x7FFFFFF0u);
+	expect_err(z, len64, MT_ERR_CORRUPT, "zip64 end record", "zip64 record offset");
+	set32(z + zi.eocd - 20, 0);
+	expect_err(z, len64, MT_ERR_CORRUPT, "zip64 locator", "no zip64 locator");
+	free(z);
 	free(buf);
 }
 
@@ -816,6 +907,7 @@ main(int argc, char **argv)
 	(void) argv;
 	test_valid();
 	test_zip_hostile();
+	test_zip64();
 	test_pickle_hostile();
 	test_nomem();
 	return TEST_SUMMARY("pth");
