@@ -50,6 +50,8 @@ rd64(const uint8_t *p)
 	return (uint64_t) rd32(p) | ((uint64_t) rd32(p + 4) << 32);
 }
 
+static int	utf8_ok(const uint8_t *s, size_t n);
+
 /* A hostile name made printable for a message: at most 60 bytes, '?' for controls. */
 static const char *
 shown(const char *s, size_t n, char *buf, size_t size)
@@ -65,6 +67,10 @@ shown(const char *s, size_t n, char *buf, size_t size)
 
 		buf[i] = (c < 0x20 || c == 0x7F) ? '?' : (char) c;
 	}
+	if (!utf8_ok((const uint8_t *) buf, k))
+		for (i = 0; i < k; i++)
+			if ((uint8_t) buf[i] >= 0x80)
+				buf[i] = '?';	/* messages stay valid UTF-8 */
 	if (k < n)
 	{
 		memcpy(buf + k, "...", 3);
@@ -790,7 +796,7 @@ find_global(unpickler *u, const char *mod, size_t mlen, const char *name, size_t
 			  "the .pth pickle refers to the global %s.%s, which is not allowed (at byte %zu of data.pkl)",
 			  shown(mod, mlen, a, sizeof(a)), shown(name, nlen, b, sizeof(b)), at);
 	mt_setdetail(u->err,
-				 "Only a state_dict of tensors is read: collections.OrderedDict, torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter and the float, half, bfloat16, double and long storages; nothing in the file is executed.");
+				 "Only a state_dict of tensors is read (globals allowed: collections.OrderedDict, torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter and the float, half, bfloat16, double and long storages); nothing in the file is executed. Save model.state_dict(), not the model or other objects.");
 	return MT_ERR_UNSUPPORTED;
 }
 
@@ -1677,8 +1683,12 @@ mt_pth_parse(const uint8_t *buf, size_t len, mt_pth *out, mt_err *err)
 	memset(out, 0, sizeof(*out));
 	mt_clearerr(err);
 	if (mt_pth_is_legacy(buf, len))
-		return mt_seterr(err, MT_ERR_UNSUPPORTED,
-						 "this is a legacy .pth file (torch.save before PyTorch 1.6, or _use_new_zipfile_serialization=False), which medtl does not read");
+	{
+		mt_seterr(err, MT_ERR_UNSUPPORTED,
+				  "this is a legacy .pth file (torch.save before PyTorch 1.6, or _use_new_zipfile_serialization=False), which medtl does not read");
+		mt_setdetail(err, "Re-save it with PyTorch 1.6 or later: torch.save(torch.load(old_path), new_path).");
+		return MT_ERR_UNSUPPORTED;
+	}
 	if (!mt_pth_is_zip(buf, len))
 		return mt_seterr(err, MT_ERR_CORRUPT, "invalid .pth file: it does not start with a zip header");
 	if ((rc = zip_open(buf, len, &z, err)) != MT_OK)

@@ -659,6 +659,15 @@ test_pickle_hostile(void)
 		free(b.b);
 	}
 
+	/* a global whose name is not UTF-8 is shown with '?' */
+	b = (bb) {0};
+	put8(&b, 0x80);
+	put8(&b, 2);
+	p_global(&b, "os\xff\xfe", "sys\x01tem");
+	put8(&b, '.');
+	expect_pickle(&b, MT_ERR_UNSUPPORTED, "global os??.sys?tem", "non-UTF-8 global name");
+	free(b.b);
+
 	/* refused and unknown opcodes */
 	{
 		static const uint8_t refused[] = {'i', 'o', 0x81, 0x92, 'P', 'I', 'L', 'F', 'S', 'V',
