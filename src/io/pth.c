@@ -847,8 +847,8 @@ persistent_load(unpickler *u, pval *pid, size_t at)
 	}
 	if (e == NULL)
 		return mt_seterr(u->err, MT_ERR_CORRUPT,
-						 "invalid .pth archive: storage \"%s\" has no entry %.*sdata/%s",
-						 key, (int) (u->prefix_len < 100 ? u->prefix_len : 100), u->prefix, key);
+						 "invalid .pth archive: storage \"%s\" has no entry %sdata/%s",
+						 key, shown(u->prefix, u->prefix_len, nb, sizeof(nb)), key);
 	switch (it[1]->u.global)
 	{
 		case G_ST_HALF:
