@@ -19,6 +19,7 @@ OBJS = \
 	src/nn/vit.o \
 	src/io/image.o \
 	src/io/safetensors.o \
+	src/io/pth.o \
 	src/io/augment.o \
 	src/pg/medtl.o \
 	src/pg/weights.o \
@@ -30,7 +31,7 @@ OBJS = \
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import predict evaluate train ensemble export bad_input privileges
+REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3
@@ -54,7 +55,7 @@ $(OBJS): $(wildcard src/*/*.h)
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
 ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/pool.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
-	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c \
+	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c src/io/pth.c \
 	src/core/ops_cpu_vit.c src/core/graph_vit.c src/nn/vit.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit

@@ -137,13 +137,13 @@ COMMENT ON FUNCTION medtl.image_info(bytea) IS 'Format, size, channels and bit d
 
 CREATE FUNCTION medtl.safetensors_info(weights bytea, arch text DEFAULT NULL) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'medtl_safetensors_info' LANGUAGE C IMMUTABLE PARALLEL SAFE;
-COMMENT ON FUNCTION medtl.safetensors_info(bytea, text) IS 'Tensor count and metadata of a safetensors file; with arch, also checks every tensor against that architecture.';
+COMMENT ON FUNCTION medtl.safetensors_info(bytea, text) IS 'Format, tensor count and metadata of a safetensors file or a PyTorch .pth checkpoint; with arch, also checks every tensor against that architecture.';
 
 CREATE FUNCTION medtl._weight_rows(weights bytea, arch text,
     OUT tensor text, OUT shape int[], OUT dtype text, OUT data bytea)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'medtl_weight_rows' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION medtl._weight_rows(bytea, text) IS 'The tensors of a safetensors file, checked against arch, one row each (used by import_model).';
+COMMENT ON FUNCTION medtl._weight_rows(bytea, text) IS 'The tensors of a safetensors file or .pth checkpoint (converted to float32), checked against arch, one row each (used by import_model).';
 
 CREATE FUNCTION medtl._check_input_size(arch text, input_size int) RETURNS void
     AS 'MODULE_PATHNAME', 'medtl_check_input_size' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
@@ -291,7 +291,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION medtl.import_model(text, text, bytea, text[], int, real[], real[], text, text, text, boolean)
-    IS 'Register a pretrained model from safetensors bytes; every tensor is checked against the architecture and stored as a row.';
+    IS 'Register a pretrained model from safetensors bytes or a PyTorch .pth checkpoint (torch.save zip, read without executing anything); every tensor is checked against the architecture and stored as a row.';
 
 CREATE FUNCTION medtl.import_model_file(
     name text, arch text, path text,
@@ -304,7 +304,7 @@ LANGUAGE sql VOLATILE AS $$
                               mean, std, padding, task, 'file:' || path, replace)
 $$;
 COMMENT ON FUNCTION medtl.import_model_file(text, text, text, text[], int, real[], real[], text, text, boolean)
-    IS 'import_model from a safetensors file on the server; needs the privileges of pg_read_server_files.';
+    IS 'import_model from a safetensors or .pth file on the server; needs the privileges of pg_read_server_files.';
 
 CREATE FUNCTION medtl.share_model(model text, reader name) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$

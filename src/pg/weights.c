@@ -19,19 +19,60 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 
+#include "io/pth.h"
 #include "io/safetensors.h"
 #include "core/train.h"
 #include "nn/zoo.h"
 
-/* Parse safetensors bytes or raise ERROR (22P03) saying what is wrong. */
-static void
-parse_or_raise(bytea *weights, mt_safetensors *st)
+/*
+ * A weight file as parsed: safetensors tensors point into the bytea itself;
+ * a PyTorch .pth checkpoint is converted into tensors in pth.data.
+ */
+typedef struct WeightFile
 {
+	mt_safetensors *st;
+	const uint8_t *base;		/* tensor offsets are relative to this */
+	bool		is_pth;
+	mt_safetensors st_buf;
+	mt_pth		pth;
+} WeightFile;
+
+/*
+ * Parse weight bytes or raise ERROR saying what is wrong: a zip archive
+ * ("PK\3\4") is read as a torch.save checkpoint, anything else as
+ * safetensors.  Corrupt files give 22P03, valid files medtl does not read
+ * (compressed entries, globals outside the allow-list) 0A000.
+ */
+static void
+parse_or_raise(bytea *weights, WeightFile *wf)
+{
+	const uint8_t *buf = (const uint8_t *) VARDATA_ANY(weights);
+	size_t		len = VARSIZE_ANY_EXHDR(weights);
 	mt_err		err;
 
-	if (mt_st_parse((const uint8_t *) VARDATA_ANY(weights),
-					VARSIZE_ANY_EXHDR(weights), st, &err) != MT_OK)
+	memset(wf, 0, sizeof(*wf));
+	if (mt_pth_is_zip(buf, len) || mt_pth_is_legacy(buf, len))
+	{
+		if (mt_pth_parse(buf, len, &wf->pth, &err) != MT_OK)
+			medtl_raise(&err, NULL);
+		wf->is_pth = true;
+		wf->st = &wf->pth.st;
+		wf->base = wf->pth.data;
+		return;
+	}
+	if (mt_st_parse(buf, len, &wf->st_buf, &err) != MT_OK)
 		medtl_raise(&err, "invalid safetensors file");
+	wf->st = &wf->st_buf;
+	wf->base = buf;
+}
+
+static void
+weight_file_free(WeightFile *wf)
+{
+	if (wf->is_pth)
+		mt_pth_free(&wf->pth);
+	else
+		mt_st_free(&wf->st_buf);
 }
 
 /*
@@ -67,6 +108,28 @@ check_against_arch(const mt_safetensors *st, const uint8_t *base, const char *ar
 	m = mt_zoo_build(arch, num_classes, 0, &err);
 	if (m == NULL)
 		medtl_raise(&err, NULL);
+	{
+		StringInfoData unexpected;
+		int			n_unexpected = 0;
+
+		initStringInfo(&unexpected);
+		for (int i = 0; i < st->n_tensors; i++)
+		{
+			if (mt_model_find_param(m, st->tensors[i].name) >= 0)
+				continue;
+			if (n_unexpected < 20)
+				appendStringInfo(&unexpected, "%s\"%s\"", n_unexpected ? ", " : "",
+								 st->tensors[i].name);
+			n_unexpected++;
+		}
+		if (n_unexpected > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("%d unexpected tensor%s for architecture %s: %s%s", n_unexpected,
+							n_unexpected == 1 ? "" : "s", arch, unexpected.data,
+							n_unexpected > 20 ? ", ..." : ""),
+					 errhint("Check that the file holds a %s state_dict.", arch)));
+	}
 	for (int i = 0; i < st->n_tensors; i++)
 	{
 		const mt_st_tensor *t = &st->tensors[i];
@@ -96,7 +159,8 @@ Datum
 medtl_safetensors_info(PG_FUNCTION_ARGS)
 {
 	bytea	   *weights;
-	mt_safetensors st;
+	WeightFile	wf;
+	mt_safetensors *st;
 	StringInfoData s;
 	size_t		total = 0;
 
@@ -104,31 +168,43 @@ medtl_safetensors_info(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	weights = PG_GETARG_BYTEA_PP(0);
-	parse_or_raise(weights, &st);
+	parse_or_raise(weights, &wf);
+	st = wf.st;
 	initStringInfo(&s);
-	for (int i = 0; i < st.n_tensors; i++)
-		total += st.tensors[i].nbytes;
-	appendStringInfo(&s, "{\"tensors\": %d, \"data_bytes\": %zu", st.n_tensors, total);
+	for (int i = 0; i < st->n_tensors; i++)
+		total += st->tensors[i].nbytes;
+	appendStringInfo(&s, "{\"format\": \"%s\", \"tensors\": %d, \"data_bytes\": %zu",
+					 wf.is_pth ? "pth" : "safetensors", st->n_tensors, total);
+	if (wf.is_pth)
+	{
+		appendStringInfo(&s, ", \"stripped_prefix\": %s",
+						 wf.pth.stripped_prefix ? "\"module.\"" : "null");
+		if (wf.pth.wrapper[0])
+		{
+			appendStringInfoString(&s, ", \"checkpoint_key\": ");
+			escape_json(&s, wf.pth.wrapper);
+		}
+	}
 	if (!PG_ARGISNULL(1))
 	{
 		char	   *arch = text_to_cstring(PG_GETARG_TEXT_PP(1));
-		int			k = check_against_arch(&st, (const uint8_t *) VARDATA_ANY(weights), arch);
+		int			k = check_against_arch(st, wf.base, arch);
 
 		appendStringInfoString(&s, ", \"arch\": ");
 		escape_json(&s, arch);
 		appendStringInfo(&s, ", \"num_classes\": %d", k);
 	}
 	appendStringInfoString(&s, ", \"metadata\": {");
-	for (int i = 0; i < st.n_meta; i++)
+	for (int i = 0; i < st->n_meta; i++)
 	{
 		if (i > 0)
 			appendStringInfoString(&s, ", ");
-		escape_json(&s, st.meta_keys[i]);
+		escape_json(&s, st->meta_keys[i]);
 		appendStringInfoString(&s, ": ");
-		escape_json(&s, st.meta_vals[i]);
+		escape_json(&s, st->meta_vals[i]);
 	}
 	appendStringInfoString(&s, "}}");
-	mt_st_free(&st);
+	weight_file_free(&wf);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(s.data)));
 }
 
@@ -160,21 +236,20 @@ medtl_weight_rows(PG_FUNCTION_ARGS)
 	bytea	   *weights = PG_GETARG_BYTEA_PP(0);
 	char	   *arch = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	const uint8_t *base = (const uint8_t *) VARDATA_ANY(weights);
-	mt_safetensors st;
+	WeightFile	wf;
 
 	InitMaterializedSRF(fcinfo, 0);
-	parse_or_raise(weights, &st);
-	(void) check_against_arch(&st, base, arch);
-	for (int i = 0; i < st.n_tensors; i++)
+	parse_or_raise(weights, &wf);
+	(void) check_against_arch(wf.st, wf.base, arch);
+	for (int i = 0; i < wf.st->n_tensors; i++)
 	{
-		const mt_st_tensor *t = &st.tensors[i];
+		const mt_st_tensor *t = &wf.st->tensors[i];
 		Datum		values[4];
 		bool		nulls[4] = {false, false, false, false};
 		bytea	   *data = palloc(VARHDRSZ + t->nbytes);
 
 		SET_VARSIZE(data, VARHDRSZ + t->nbytes);
-		memcpy(VARDATA(data), base + t->offset, t->nbytes);
+		memcpy(VARDATA(data), wf.base + t->offset, t->nbytes);
 		values[0] = CStringGetTextDatum(t->name);
 		values[1] = shape_datum(t);
 		values[2] = CStringGetTextDatum(mt_dtype_name(t->dtype));
@@ -183,7 +258,7 @@ medtl_weight_rows(PG_FUNCTION_ARGS)
 		pfree(data);
 		CHECK_FOR_INTERRUPTS();
 	}
-	mt_st_free(&st);
+	weight_file_free(&wf);
 	return (Datum) 0;
 }
 
