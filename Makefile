@@ -11,8 +11,10 @@ OBJS = \
 	src/core/graph.o \
 	src/core/train.o \
 	src/core/ops_cpu_train.o \
+	src/core/ops_cpu_cnn.o \
 	src/core/metrics.o \
 	src/nn/zoo.o \
+	src/nn/zoo_cnn.o \
 	src/io/image.o \
 	src/io/safetensors.o \
 	src/io/augment.o \
@@ -46,7 +48,7 @@ include $(PGXS)
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
 ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
-	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c
+	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/nn/zoo_cnn.c src/core/ops_cpu_cnn.c src/io/image.c src/io/safetensors.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit
 

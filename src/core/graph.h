@@ -25,7 +25,9 @@ typedef enum mt_node_kind
 	MT_NODE_MAXPOOL,
 	MT_NODE_AVGPOOL,
 	MT_NODE_GAP,				/* global average pool, N x C output */
-	MT_NODE_LINEAR
+	MT_NODE_LINEAR,
+	MT_NODE_CONCAT,				/* channels of in0 then of in1 (same h x w) */
+	MT_NODE_SCALE				/* in0 (h x w x c) times in1 (1 x 1 x c) per channel */
 } mt_node_kind;
 
 typedef struct mt_param
@@ -93,7 +95,9 @@ typedef struct mt_node
 typedef enum mt_head_init
 {
 	MT_HEAD_INIT_LINEAR = 0,	/* nn.Linear's default: U(+-1/sqrt(in)) */
-	MT_HEAD_INIT_NORMAL			/* normal(0, 0.01), zero bias (MobileNetV2) */
+	MT_HEAD_INIT_NORMAL,		/* normal(0, 0.01), zero bias (MobileNetV2) */
+	MT_HEAD_INIT_ZERO_BIAS,		/* nn.Linear's default weight, zero bias (DenseNet) */
+	MT_HEAD_INIT_UNIFORM_OUT	/* U(+-1/sqrt(out)), zero bias (EfficientNet) */
 } mt_head_init;
 
 struct mt_train_state;
@@ -117,6 +121,7 @@ typedef struct mt_model
 
 	/* training (train.h) */
 	mt_head_init head_init;
+	int			conv_init_fan_in;	/* init_all: kaiming normal over fan_in (DenseNet) */
 	int			bn_train_frozen;	/* frozen BN layers use batch statistics too */
 	struct mt_train_state *train;	/* kept by mt_model_forward_train */
 } mt_model;
