@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """PyTorch parity test for medtl (run by test/run with Debian's /usr/bin/python3).
 
-For resnet18, resnet34, resnet50 and mobilenet_v2 (torchvision 0.14) it builds
+For resnet18, resnet34, resnet50, mobilenet_v2, densenet121 and
+efficientnet_b0 (torchvision 0.14) it builds
 a seeded model with randomised batch-norm statistics and affine parameters (so
 that BN folding is exercised), writes its state_dict as safetensors with a
 small hand-written writer, writes seeded random 224x224 RGB PNG images, and
@@ -19,6 +20,9 @@ padding, by far more than the tolerance (else the checks would prove nothing).
 
 Environment (set by test/run): PGHOST, PGPORT, PGUSER, PGDATABASE for psql and
 MEDTL_WORK, a directory the server (user postgres) can read.
+
+Arguments: architecture names to run only their cases; --keep keeps the
+work directory.
 
 Output: one "ok: ..." or "FAIL: ..." line per check and, as the last line,
 "parity: N passed, M failed".  Exit status 1 when M > 0.
@@ -49,8 +53,10 @@ CASES = [
     ("p_mobilenet_v2", "mobilenet_v2", 5, "symmetric", None),
     # same weights file as above, TF SAME padding, explicit mean/std overriding the metadata
     ("p_mobilenet_v2_tf", "mobilenet_v2", 5, "tf_same", ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])),
+    ("p_densenet121", "densenet121", 4, "symmetric", None),
+    ("p_efficientnet_b0", "efficientnet_b0", 6, "symmetric", None),
 ]
-N_IMAGES = {"resnet50": 2}          # default 3
+N_IMAGES = {"resnet50": 2, "densenet121": 2}          # default 3
 
 report = Report("parity")
 
@@ -350,7 +356,10 @@ def main():
         calib = torch.cat([to_input(make_image(crng, i % 3), IMAGENET_MEAN, IMAGENET_STD) for i in range(4)])
 
         files = {}
+        only = [a for a in sys.argv[1:] if not a.startswith("--")]
         for k, (name, arch, ncls, padding, norm) in enumerate(CASES):
+            if only and arch not in only:
+                continue
             try:
                 if arch not in files:
                     model = build_model(arch, ncls, SEED + 17 * k, calib)
