@@ -233,6 +233,61 @@ def check_export(name, arch, ncls, model, labels, padding):
            % (name, res, same, {k: meta.get(k) for k in ("arch", "padding", "num_classes")}))
 
 
+# torchvision's fresh classifier heads: (weight bound as a function of
+# (in_features, out_features), bias all zero)
+HEAD_INIT = {
+    "densenet121": ("classifier", lambda fin, fout: fin ** -0.5, True),       # Linear default, bias 0
+    "efficientnet_b0": ("classifier.1", lambda fin, fout: fout ** -0.5, True),  # U(+-1/sqrt(out)), bias 0
+}
+
+
+def check_create_model(name, arch, model):
+    """medtl.create_model on the imported backbone: a fresh head initialised
+    as torchvision does (bounds, zero bias, spread), the same for the same
+    seed and different for another, every backbone tensor unchanged; the
+    export loads into torchvision with strict=True."""
+    import numpy as np
+    import torchvision
+    head, bound_of, zero_bias = HEAD_INIT[arch]
+    labels = ["a", "b", "c", "d", "e", "f", "g"]
+    k = len(labels)
+    psql("SELECT medtl.create_model('%s_new', %s, %s, seed => 7, replace => true);"
+         % (name, sql_lit(name), sql_text_array(labels)))
+    psql("SELECT medtl.create_model('%s_same', %s, %s, seed => 7, replace => true);"
+         % (name, sql_lit(name), sql_text_array(labels)))
+    psql("SELECT medtl.create_model('%s_other', %s, %s, seed => 8, replace => true);"
+         % (name, sql_lit(name), sql_text_array(labels)))
+    sd = {}
+    for suffix in ("new", "same", "other"):
+        hexdata = psql("SELECT encode(medtl.export_model('%s_%s'), 'hex');" % (name, suffix))[0]
+        path = os.path.join(os.environ.get("MEDTL_WORK", tempfile.gettempdir()), "create_%s.safetensors" % name)
+        with open(path, "wb") as f:
+            f.write(bytes.fromhex(hexdata))
+        sd[suffix] = read_safetensors(path)[0]
+        os.unlink(path)
+    fresh = getattr(torchvision.models, arch)(num_classes=k)
+    res = fresh.load_state_dict(sd["new"], strict=True)
+    w = sd["new"][head + ".weight"].numpy().astype(np.float64)
+    b = sd["new"][head + ".bias"].numpy().astype(np.float64)
+    fout, fin = w.shape
+    bound = bound_of(fin, fout)
+    # a uniform(-bound, bound) sample of this size: max near bound, std bound/sqrt(3)
+    ok_w = float(np.abs(w).max()) <= bound and float(np.abs(w).max()) > 0.95 * bound \
+        and abs(float(w.std()) / (bound / 3 ** 0.5) - 1) < 0.05
+    ok_b = (not zero_bias) or float(np.abs(b).max()) == 0.0
+    orig = model.state_dict()
+    backbone_same = all(torch_equal(sd["new"][t], orig[t]) for t in orig
+                        if not t.startswith(head + ".") and not t.endswith("num_batches_tracked"))
+    seeded = torch_equal(sd["new"][head + ".weight"], sd["same"][head + ".weight"]) and \
+        not torch_equal(sd["new"][head + ".weight"], sd["other"][head + ".weight"])
+    report(not res.missing_keys and not res.unexpected_keys and w.shape == (k, fin) and ok_w and ok_b
+           and backbone_same and seeded,
+           "%s create_model: head %s %s, |w| max %.4g (bound %.4g), std/expected %.3f, |bias| max %g; "
+           "backbone unchanged %s; same seed same head, other seed other head %s; strict load %s"
+           % (name, head, list(w.shape), float(np.abs(w).max()), bound, float(w.std()) / (bound / 3 ** 0.5),
+              float(np.abs(b).max()), backbone_same, seeded, res))
+
+
 def torch_equal(a, b):
     import torch
     return bool(torch.equal(a.to(b.dtype), b))
@@ -255,6 +310,8 @@ def run_case(case, files, images, resized):
                                     "{" + ",".join("%g" % v for v in std) + "}", padding)],
            "%s import (%s, %d classes, padding %s): models row %s" % (name, arch, ncls, padding, row))
     check_export(name, arch, ncls, model, labels, padding)
+    if arch in HEAD_INIT:
+        check_create_model(name, arch, model)
 
     n = N_IMAGES.get(arch, 3)
     inputs = [(img_name, img_path, to_input(pixels, mean, std)) for img_name, img_path, pixels in images[:n]]
