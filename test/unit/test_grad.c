@@ -1440,6 +1440,71 @@ test_zoo_models(void)
 	test_zoo_model("densenet121", dn, hw, 3e-4);
 }
 
+/* Whether parameter name of m trains. */
+static int
+trains(const mt_model *m, const char *name)
+{
+	int			i = mt_model_find_param(m, name);
+
+	return i >= 0 && m->params[i].trainable;
+}
+
+/*
+ * DenseNet-121 and EfficientNet-B0: stage names for freezing, the head
+ * alone, the hint for an unknown stage, and init_all's convolution scale
+ * (DenseNet: kaiming normal over fan_in; EfficientNet: over fan_out).
+ */
+static void
+test_freeze_cnn(void)
+{
+	mt_model   *d = mt_zoo_build("densenet121", 3, 0, NULL);
+	mt_model   *e = mt_zoo_build("efficientnet_b0", 3, 0, NULL);
+	mt_err		err;
+	int			i;
+	double		ss = 0;
+
+	CHECK(d != NULL && e != NULL, "build densenet121 and efficientnet_b0");
+	if (d == NULL || e == NULL)
+		return;
+	CHECK(mt_model_freeze(d, "features.denseblock3", &err) == MT_OK, "%s", err.msg);
+	CHECK(!trains(d, "features.denseblock3.denselayer24.conv2.weight") &&
+		  !trains(d, "features.transition2.conv.weight") &&
+		  trains(d, "features.transition3.norm.weight") &&
+		  trains(d, "features.denseblock4.denselayer1.conv1.weight") &&
+		  trains(d, "features.norm5.bias") && trains(d, "classifier.weight") &&
+		  !trains(d, "features.norm5.running_mean"),
+		  "densenet121 frozen up to features.denseblock3");
+	CHECK(mt_model_freeze(d, "backbone", &err) == MT_OK && mt_model_trainable_count(d, NULL) == 2 &&
+		  trains(d, "classifier.bias"), "densenet121 backbone frozen: the classifier trains");
+	CHECK(mt_model_freeze(d, "denseblock3", &err) == MT_ERR_INVALID &&
+		  strstr(err.detail, "features.denseblock3") != NULL, "densenet121 unknown stage hint: %s", err.detail);
+	CHECK(mt_model_freeze(e, "features.5", &err) == MT_OK, "%s", err.msg);
+	CHECK(!trains(e, "features.5.2.block.3.1.bias") && !trains(e, "features.5.0.block.2.fc2.weight") &&
+		  trains(e, "features.6.0.block.0.0.weight") && trains(e, "classifier.1.weight"),
+		  "efficientnet_b0 frozen up to features.5");
+	CHECK(mt_model_freeze(e, "layer3", &err) == MT_ERR_INVALID &&
+		  strstr(err.detail, "features.5") != NULL, "efficientnet_b0 unknown stage hint: %s", err.detail);
+
+	/* init_all: conv std sqrt(2 / fan_in) for DenseNet (conv1 of a late layer: 1x1, 992 in) */
+	CHECK(mt_model_init_all(d, 3, &err) == MT_OK, "%s", err.msg);
+	i = mt_model_find_param(d, "features.denseblock4.denselayer16.conv1.weight");
+	for (size_t k = 0; k < d->params[i].numel; k++)
+		ss += (double) d->params[i].data[k] * d->params[i].data[k];
+	CHECK(fabs(sqrt(ss / d->params[i].numel) / sqrt(2.0 / 992) - 1) < 0.02,
+		  "densenet121 init_all conv std %.4g vs sqrt(2/fan_in) %.4g",
+		  sqrt(ss / d->params[i].numel), sqrt(2.0 / 992));
+	ss = 0;
+	CHECK(mt_model_init_all(e, 3, &err) == MT_OK, "%s", err.msg);
+	i = mt_model_find_param(e, "features.6.0.block.0.0.weight");	/* 1x1, 112 -> 672 */
+	for (size_t k = 0; k < e->params[i].numel; k++)
+		ss += (double) e->params[i].data[k] * e->params[i].data[k];
+	CHECK(fabs(sqrt(ss / e->params[i].numel) / sqrt(2.0 / 672) - 1) < 0.02,
+		  "efficientnet_b0 init_all conv std %.4g vs sqrt(2/fan_out) %.4g",
+		  sqrt(ss / e->params[i].numel), sqrt(2.0 / 672));
+	mt_model_free(d);
+	mt_model_free(e);
+}
+
 /* A backend that counts backward calls (to see what backward touches). */
 static int n_bw_data,
 			n_bw_weight,
@@ -1981,6 +2046,7 @@ main(int argc, char **argv)
 	test_loss();
 	test_optim();
 	test_freeze();
+	test_freeze_cnn();
 	test_zoo_models();
 	test_misc();
 	return TEST_SUMMARY("grad");
