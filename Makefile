@@ -28,7 +28,7 @@ OBJS = \
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import predict evaluate train export bad_input privileges
+REGRESS = setup images import predict evaluate train export bad_input privileges zoo_cnn
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3
