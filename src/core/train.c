@@ -11,10 +11,13 @@
  *   convolution   its input, when the weight trains
  *   batch norm    its input, batch mean and 1/std (batch statistics); nothing
  *                 in inference mode
- *   activation    its output (also for an activation fused into a node)
+ *   activation    its output (also for an activation fused into a node);
+ *                 SiLU, whose output does not determine its slope: its input
+ *                 (so SiLU must be a node of its own in training)
  *   max pool      its input (the window maxima are recomputed)
  *   linear        its input, when the weight trains
- *   add, average pools: nothing
+ *   channel scale both inputs (squeeze-and-excitation)
+ *   add, concatenation, average pools: nothing
  *
  * A kept buffer is shared: a ReLU's output kept for its own backward is also
  * the next convolution's input.  The backward pass walks the nodes in
