@@ -14,8 +14,10 @@ OBJS = \
 	src/core/ops_cpu_train.o \
 	src/core/ops_cpu_vit.o \
 	src/core/graph_vit.o \
+	src/core/ops_cpu_cnn.o \
 	src/core/metrics.o \
 	src/nn/zoo.o \
+	src/nn/zoo_cnn.o \
 	src/nn/vit.o \
 	src/io/image.o \
 	src/io/safetensors.o \
@@ -31,7 +33,7 @@ OBJS = \
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges
+REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3
@@ -55,7 +57,7 @@ $(OBJS): $(wildcard src/*/*.h)
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
 ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/pool.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
-	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/io/image.c src/io/safetensors.c src/io/pth.c \
+	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/nn/zoo_cnn.c src/core/ops_cpu_cnn.c src/io/image.c src/io/safetensors.c src/io/pth.c \
 	src/core/ops_cpu_vit.c src/core/graph_vit.c src/nn/vit.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit

@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """PyTorch parity test for medtl (run by test/run with Debian's /usr/bin/python3).
 
-For resnet18, resnet34, resnet50, mobilenet_v2 and vit_b_16 (torchvision 0.14)
-it builds a seeded model with randomised batch-norm statistics and affine
-parameters (so that BN folding is exercised; for vit_b_16 the head, class
-token, attention biases and layer norms its constructor zeroes or sets to 1), writes its state_dict as safetensors with a
+For resnet18, resnet34, resnet50, mobilenet_v2, densenet121, efficientnet_b0
+and vit_b_16 (torchvision 0.14) it builds a seeded model with randomised
+batch-norm statistics and affine parameters (so that BN folding is
+exercised; for vit_b_16 the head, class token, attention biases and layer
+norms its constructor zeroes or sets to 1), writes its state_dict as safetensors with a
 small hand-written writer, writes seeded random 224x224 RGB PNG images, and
 compares medtl.logits / medtl.embed / medtl.predict against the same forward
 pass in torch (float32, eval mode).  mobilenet_v2 is also checked with
@@ -14,7 +15,7 @@ two images) is also run with input_size 96 and compared with
 torchvision's vit_b_16(image_size=96) loaded through interpolate_embeddings;
 its export is written by the server (lo_export) instead of psql hex.
 
-Run one architecture alone with --only ARCH.
+Run some architectures alone by naming them as arguments.
 
 Error measure: max |medtl - torch| / max |torch| over the output vector; it
 must be <= 1e-4.  Also checked: the models row (mean/std from metadata or
@@ -25,6 +26,9 @@ padding, by far more than the tolerance (else the checks would prove nothing).
 
 Environment (set by test/run): PGHOST, PGPORT, PGUSER, PGDATABASE for psql and
 MEDTL_WORK, a directory the server (user postgres) can read.
+
+Arguments: architecture names to run only their cases; --keep keeps the
+work directory.
 
 Output: one "ok: ..." or "FAIL: ..." line per check and, as the last line,
 "parity: N passed, M failed".  Exit status 1 when M > 0.
@@ -55,9 +59,11 @@ CASES = [
     ("p_mobilenet_v2", "mobilenet_v2", 5, "symmetric", None),
     # same weights file as above, TF SAME padding, explicit mean/std overriding the metadata
     ("p_mobilenet_v2_tf", "mobilenet_v2", 5, "tf_same", ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])),
+    ("p_densenet121", "densenet121", 4, "symmetric", None),
+    ("p_efficientnet_b0", "efficientnet_b0", 6, "symmetric", None),
     ("p_vit_b_16", "vit_b_16", 5, "symmetric", None),
 ]
-N_IMAGES = {"resnet50": 2, "vit_b_16": 2}          # default 3
+N_IMAGES = {"resnet50": 2, "densenet121": 2, "vit_b_16": 2}          # default 3
 VIT_SIZE = 96       # vit_b_16 also imported with this input_size (6x6 patch grid)
 
 report = Report("parity")
@@ -318,6 +324,61 @@ def check_vit_size(name, path, model, ncls, labels, images):
     psql("UPDATE medtl.models SET input_size = 224, name = %s WHERE name = %s;" % (sql_lit(name), sql_lit(sname)))
 
 
+# torchvision's fresh classifier heads: (weight bound as a function of
+# (in_features, out_features), bias all zero)
+HEAD_INIT = {
+    "densenet121": ("classifier", lambda fin, fout: fin ** -0.5, True),       # Linear default, bias 0
+    "efficientnet_b0": ("classifier.1", lambda fin, fout: fout ** -0.5, True),  # U(+-1/sqrt(out)), bias 0
+}
+
+
+def check_create_model(name, arch, model):
+    """medtl.create_model on the imported backbone: a fresh head initialised
+    as torchvision does (bounds, zero bias, spread), the same for the same
+    seed and different for another, every backbone tensor unchanged; the
+    export loads into torchvision with strict=True."""
+    import numpy as np
+    import torchvision
+    head, bound_of, zero_bias = HEAD_INIT[arch]
+    labels = ["a", "b", "c", "d", "e", "f", "g"]
+    k = len(labels)
+    psql("SELECT medtl.create_model('%s_new', %s, %s, seed => 7, replace => true);"
+         % (name, sql_lit(name), sql_text_array(labels)))
+    psql("SELECT medtl.create_model('%s_same', %s, %s, seed => 7, replace => true);"
+         % (name, sql_lit(name), sql_text_array(labels)))
+    psql("SELECT medtl.create_model('%s_other', %s, %s, seed => 8, replace => true);"
+         % (name, sql_lit(name), sql_text_array(labels)))
+    sd = {}
+    for suffix in ("new", "same", "other"):
+        hexdata = psql("SELECT encode(medtl.export_model('%s_%s'), 'hex');" % (name, suffix))[0]
+        path = os.path.join(os.environ.get("MEDTL_WORK", tempfile.gettempdir()), "create_%s.safetensors" % name)
+        with open(path, "wb") as f:
+            f.write(bytes.fromhex(hexdata))
+        sd[suffix] = read_safetensors(path)[0]
+        os.unlink(path)
+    fresh = getattr(torchvision.models, arch)(num_classes=k)
+    res = fresh.load_state_dict(sd["new"], strict=True)
+    w = sd["new"][head + ".weight"].numpy().astype(np.float64)
+    b = sd["new"][head + ".bias"].numpy().astype(np.float64)
+    fout, fin = w.shape
+    bound = bound_of(fin, fout)
+    # a uniform(-bound, bound) sample of this size: max near bound, std bound/sqrt(3)
+    ok_w = float(np.abs(w).max()) <= bound and float(np.abs(w).max()) > 0.95 * bound \
+        and abs(float(w.std()) / (bound / 3 ** 0.5) - 1) < 0.05
+    ok_b = (not zero_bias) or float(np.abs(b).max()) == 0.0
+    orig = model.state_dict()
+    backbone_same = all(torch_equal(sd["new"][t], orig[t]) for t in orig
+                        if not t.startswith(head + ".") and not t.endswith("num_batches_tracked"))
+    seeded = torch_equal(sd["new"][head + ".weight"], sd["same"][head + ".weight"]) and \
+        not torch_equal(sd["new"][head + ".weight"], sd["other"][head + ".weight"])
+    report(not res.missing_keys and not res.unexpected_keys and w.shape == (k, fin) and ok_w and ok_b
+           and backbone_same and seeded,
+           "%s create_model: head %s %s, |w| max %.4g (bound %.4g), std/expected %.3f, |bias| max %g; "
+           "backbone unchanged %s; same seed same head, other seed other head %s; strict load %s"
+           % (name, head, list(w.shape), float(np.abs(w).max()), bound, float(w.std()) / (bound / 3 ** 0.5),
+              float(np.abs(b).max()), backbone_same, seeded, res))
+
+
 def torch_equal(a, b):
     import torch
     return bool(torch.equal(a.to(b.dtype), b))
@@ -340,6 +401,8 @@ def run_case(case, files, images, resized):
                                     "{" + ",".join("%g" % v for v in std) + "}", padding)],
            "%s import (%s, %d classes, padding %s): models row %s" % (name, arch, ncls, padding, row))
     check_export(name, arch, ncls, model, labels, padding)
+    if arch in HEAD_INIT:
+        check_create_model(name, arch, model)
 
     n = N_IMAGES.get(arch, 3)
     inputs = [(img_name, img_path, to_input(pixels, mean, std)) for img_name, img_path, pixels in images[:n]]
@@ -446,9 +509,9 @@ def main():
         calib = torch.cat([to_input(make_image(crng, i % 3), IMAGENET_MEAN, IMAGENET_STD) for i in range(4)])
 
         files = {}
-        only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+        only = [a for a in sys.argv[1:] if not a.startswith("--")]
         for k, (name, arch, ncls, padding, norm) in enumerate(CASES):
-            if only and arch != only:
+            if only and arch not in only:
                 continue
             try:
                 if arch not in files:

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch parity of one training step (run with Debian's /usr/bin/python3).
 
-For mobilenet_v2 and resnet18 (torchvision 0.14, num_classes=3, seeded, with
+For mobilenet_v2, resnet18, densenet121 and efficientnet_b0 (torchvision 0.14, num_classes=3, seeded, with
 randomised batch-norm affine parameters and running statistics calibrated on
 another random batch, then perturbed by up to +-20%) and a fixed batch of 4
 random 3x64x64 inputs with labels, one training step in PyTorch and one in
@@ -17,8 +17,13 @@ medtl (test/bin/train_step, built by `make tools`) from the same weights:
   bntrain   backbone frozen but every BN in train mode (PyTorch's plain
             model.train(); medtl's bn_train_frozen flag), SGD as above
 
-torchvision's MobileNetV2 has Dropout(0.2) before its classifier; medtl has
-no dropout, so the torch side runs that module in eval() (identity).
+The two newer architectures run the sgd, adam, backbone and stage cases
+(stage: features.denseblock3 / features.5).
+
+torchvision's MobileNetV2 and EfficientNet-B0 have Dropout(0.2) before their
+classifiers, and EfficientNet-B0 stochastic depth on its residual branches;
+medtl has neither, so the torch side runs those modules in eval()
+(identity).  Arguments: architecture names to run only those.
 
 Compared: the loss (relative error <= 1e-4), every gradient and every
 parameter and BN running statistic after the step (<= 1e-3), where the
@@ -37,6 +42,21 @@ Conditioning.  The same step also runs in torch with float64.
   first step is about lr * sign(g), so a near-zero gradient's sign flips.
   Such a tensor is compared with float64 and must be within max(1e-3, 4 x
   torch float32's own error).
+- A forward pass whose float32 torch loss is more than 1e-4 from float64
+  (EfficientNet-B0 with frozen, perturbed running statistics has logits
+  ~1e4) has its loss compared with float64 the same way.
+- DenseNet-121 in training mode is chaotic: so many ReLU inputs lie within
+  float32 rounding of 0 that any two implementations cross some kinks, and
+  a crossing moves whole channels through the batch statistics (a 1e-6
+  input perturbation moves torch's own float32 gradients by up to 20%, and
+  torch float32 is up to 12% from float64 at 128x128).  When tensors fail
+  the rules above and most of the case's tensors are ill-conditioned, the
+  gradients are judged as a whole: medtl's worst and median error against
+  float64 must be within 2x of torch float32's own (a gradient bug of 10%
+  in the concatenation's backward fails this by far).  DenseNet runs at
+  128x128 (at 64x64 its last block is 2x2 and the stage case's batch lies
+  within rounding of a kink: at a 1e-6 perturbation of it medtl and float64
+  agree to 1e-5).
 - To check the optimizers apart from gradient noise, torch's optimizer is
   applied to medtl's own gradients and must reproduce medtl's updated
   weights (<= 1e-5).
@@ -135,10 +155,7 @@ def build(arch):
     if arch == "vit_b_16":
         return build_vit()
     torch.manual_seed(SEED)
-    if arch == "mobilenet_v2":
-        m = torchvision.models.mobilenet_v2(num_classes=CLASSES)
-    else:
-        m = torchvision.models.resnet18(num_classes=CLASSES)
+    m = getattr(torchvision.models, arch)(num_classes=CLASSES)
     g = torch.Generator().manual_seed(SEED + 1)
     bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
     with torch.no_grad():
@@ -171,7 +188,14 @@ def rel(a, b):
 def frozen_names(model, upto):
     """Parameter names frozen by medtl's mt_model_freeze(upto)."""
     names = [n for n, _ in model.named_parameters()]
-    head = "fc." if hasattr(model, "fc") else ("heads.head." if hasattr(model, "heads") else "classifier.1.")
+    if hasattr(model, "fc"):
+        head = "fc."
+    elif hasattr(model, "heads"):
+        head = "heads.head."            # vit_b_16
+    elif isinstance(model.classifier, torch.nn.Linear):
+        head = "classifier."            # densenet
+    else:
+        head = "classifier.1."          # mobilenet_v2, efficientnet_b0: Dropout first
     if upto == "none":
         return set()
     if upto == "backbone":
@@ -193,8 +217,10 @@ def make_optim(case, params):
 def torch_step(model, x, y, case):
     frozen = frozen_names(model, case["freeze"])
     model.train()
-    if hasattr(model, "classifier"):
-        model.classifier[0].eval()           # dropout: medtl has none
+    for mod in model.modules():
+        # dropout and stochastic depth: medtl has none (identity)
+        if isinstance(mod, (torch.nn.Dropout, torchvision.ops.StochasticDepth)):
+            mod.eval()
     for n, p in model.named_parameters():
         p.requires_grad_(n not in frozen)
     if not case.get("bn_train_frozen"):
@@ -240,6 +266,9 @@ class Checker:
         self.zero = (0.0, "")           # zero in theory: max |medtl| / scale
         self.n = self.ill = self.nzero = 0
         self.fails = []
+        self.all_errs = []              # (medtl vs f64, torch f32 vs f64) but zero-in-theory tensors
+        self.zero_fails = []
+        self.whole = False
 
     def check(self, name, medtl, t32, t64):
         self.n += 1
@@ -249,20 +278,49 @@ class Checker:
             self.zero = max(self.zero, (e, name))
             if e > ZERO:
                 self.fails.append("%s should be ~0: %.2e of the largest gradient" % (name, e))
+                self.zero_fails.append(self.fails[-1])
             return
         e32 = rel(medtl, t32)
         own = rel(t32, t64)
+        self.all_errs.append((rel(medtl, t64), own))
         if own > TOL_ILL:
-            self.ill += 1
-            e64 = rel(medtl, t64)
-            self.ill_medtl = max(self.ill_medtl, (e64, name))
-            self.ill_torch = max(self.ill_torch, (own, name))
-            if e64 > max(TOL, 4 * own):
-                self.fails.append("%s rel %.2e vs float64 (torch float32 itself %.2e)" % (name, e64, own))
+            self.ill_check(name, medtl, t64, own)
             return
         if e32 > TOL:
             self.fails.append("%s rel %.2e" % (name, e32))
+            return
         self.worst = max(self.worst, (e32, name))
+
+    def ill_check(self, name, medtl, t64, own):
+        self.ill += 1
+        e64 = rel(medtl, t64)
+        self.ill_medtl = max(self.ill_medtl, (e64, name))
+        self.ill_torch = max(self.ill_torch, (own, name))
+        if e64 > max(TOL, 4 * own):
+            self.fails.append("%s rel %.2e vs float64 (torch float32 itself %.2e)" % (name, e64, own))
+
+    def judge_as_whole(self):
+        """Used when some tensors fail the rules above and most tensors are
+        ill-conditioned: the step is chaotic at this input
+        (DenseNet in training mode: so many ReLU inputs lie within float32
+        rounding of 0 that every implementation crosses some kinks, and a
+        crossing moves whole channels through the batch statistics; a 1e-6
+        input perturbation changes torch's own gradients by up to 20%).
+        Then every gradient tensor (but those zero in theory) is judged
+        together: medtl's errors against float64 must be no worse than
+        torch float32's own, within 2x, in the worst tensor and in the
+        median one.  A wrong gradient is off by O(1) and still fails."""
+        import statistics
+        self.whole = True
+        m_errs = [e for e, _ in self.all_errs]
+        t_errs = [o for _, o in self.all_errs]
+        m_worst, t_worst = max(m_errs), max(t_errs)
+        m_med, t_med = statistics.median(m_errs), statistics.median(t_errs)
+        self.fails = list(self.zero_fails)
+        self.whole_msg = ("judged as a whole against float64: worst medtl %.2e, torch float32 %.2e; "
+                          "median medtl %.2e, torch float32 %.2e" % (m_worst, t_worst, m_med, t_med))
+        if m_worst > 2 * max(t_worst, TOL / 2) or m_med > 2 * max(t_med, 1e-5):
+            self.fails.append(self.whole_msg)
 
     def summary(self):
         s = "%.2e (%s) over %d" % (self.worst[0], self.worst[1], self.n - self.ill - self.nzero)
@@ -271,6 +329,8 @@ class Checker:
                 self.ill, self.ill_medtl[0], self.ill_medtl[1], self.ill_torch[0])
         if self.nzero:
             s += ", %d zero in theory (within %.1e)" % (self.nzero, self.zero[0])
+        if self.whole:
+            s += ", " + self.whole_msg
         return s
 
 
@@ -285,7 +345,7 @@ def run_case(arch, case, x, y, tmp):
     write_safetensors(bpath, [("x", x.permute(0, 2, 3, 1).contiguous()), ("labels", y)])
 
     t_loss, t_logits, t_grads, t_after = torch_step(model, x, y, case)
-    _, _, d_grads, d_after = torch_step(build(arch).double(), x.double(), y, case)
+    d_loss, _, d_grads, d_after = torch_step(build(arch).double(), x.double(), y, case)
 
     cmd = [DRIVER, arch, str(CLASSES), wpath, bpath, opath, case["optim"], repr(case["lr"]),
            case["freeze"]]
@@ -304,7 +364,14 @@ def run_case(arch, case, x, y, tmp):
 
     problems = []
     loss_err = abs(float(out["loss"][0]) - t_loss) / max(abs(t_loss), 1e-6)
-    if loss_err > TOL_LOSS:
+    loss_own = abs(t_loss - d_loss) / max(abs(d_loss), 1e-6)
+    if loss_own > TOL_LOSS:
+        # ill-conditioned forward pass: judged against float64 as tensors are
+        loss_err = abs(float(out["loss"][0]) - d_loss) / max(abs(d_loss), 1e-6)
+        if loss_err > max(TOL_LOSS, 4 * loss_own):
+            problems.append("loss %.6f vs float64 %.6f (rel %.2e, torch float32 itself %.2e)"
+                            % (float(out["loss"][0]), d_loss, loss_err, loss_own))
+    elif loss_err > TOL_LOSS:
         problems.append("loss %.6f vs %.6f (rel %.2e)" % (float(out["loss"][0]), t_loss, loss_err))
     m_grads = {k[5:]: v for k, v in out.items() if k.startswith("grad.")}
     if set(m_grads) != set(t_grads):
@@ -321,14 +388,17 @@ def run_case(arch, case, x, y, tmp):
             problems.append("missing tensor %s" % n)
             continue
         after.check(n, out[n], t_after[n], d_after[n])
+    if len(grads.fails) > len(grads.zero_fails) and grads.ill > (grads.n - grads.nzero) // 2:
+        grads.judge_as_whole()
     problems += ["gradient " + f for f in grads.fails] + ["updated " + f for f in after.fails]
     opt_worst = (0.0, "")
     for n, want in optim_only(arch, case, m_grads).items():
         opt_worst = max(opt_worst, (rel(out[n], want), n))
     if opt_worst[0] > TOL_OPT:
         problems.append("optimizer on medtl's gradients: %s rel %.2e" % (opt_worst[1], opt_worst[0]))
-    msg = "%s: loss rel %.1e; gradients %s; updated %s; optimizer alone %.1e" % (
-        name, loss_err, grads.summary(), after.summary(), opt_worst[0])
+    msg = "%s: loss rel %.1e%s; gradients %s; updated %s; optimizer alone %.1e" % (
+        name, loss_err, " (vs float64: ill-conditioned, torch float32 %.1e)" % loss_own if loss_own > TOL_LOSS else "",
+        grads.summary(), after.summary(), opt_worst[0])
     if problems:
         msg += " -- " + "; ".join(problems[:4])
     report(not problems, msg)
@@ -344,7 +414,16 @@ CASES = [
     {"name": "bntrain", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": "backbone",
      "bn_train_frozen": True},
 ]
-STAGE = {"resnet18": "layer3", "mobilenet_v2": "features.13", "vit_b_16": "encoder.layers.encoder_layer_9"}
+STAGE = {"resnet18": "layer3", "mobilenet_v2": "features.13",
+         "densenet121": "features.denseblock3", "efficientnet_b0": "features.5",
+         "vit_b_16": "encoder.layers.encoder_layer_9"}
+# The cases each architecture runs (the newer, slower ones a subset).
+ARCH_CASES = {"mobilenet_v2": None, "resnet18": None,
+              "densenet121": ("sgd", "backbone", "stage"),
+              "efficientnet_b0": ("sgd", "backbone", "stage")}
+# Input side (default 64): at 64x64 DenseNet's last block is 2x2 and the
+# fixed batch lies within rounding of a ReLU kink in the stage case.
+SIZE = {"densenet121": 128}
 # vit_b_16 (86M parameters): fewer cases, batch 2 of 48x48 (a 3x3 patch grid,
 # so the position embedding is resized from 14x14 and back in the gradient).
 # Adam's first step is lr * sign(g): over 86M values many gradients are near
@@ -372,15 +451,15 @@ def main():
     if not os.access(DRIVER, os.X_OK):
         report(False, "no driver at %s (run make tools)" % DRIVER)
     else:
-        torch.manual_seed(SEED)
-        x = torch.randn(4, 3, 64, 64)
         y = torch.tensor([0, 2, 1, 2], dtype=torch.int64)
         with tempfile.TemporaryDirectory() as tmp:
-            only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
-            for arch in ("mobilenet_v2", "resnet18"):
-                if only and arch != only:
-                    continue
+            only = [a for a in sys.argv[1:] if a in ARCH_CASES or a == "vit_b_16"]
+            for arch in [a for a in (only or list(ARCH_CASES)) if a in ARCH_CASES]:
+                torch.manual_seed(SEED)
+                x = torch.randn(4, 3, SIZE.get(arch, 64), SIZE.get(arch, 64))
                 for case in CASES:
+                    if ARCH_CASES[arch] is not None and case["name"] not in ARCH_CASES[arch]:
+                        continue
                     c = dict(case)
                     if c["freeze"] is None:
                         c["freeze"] = STAGE[arch]
@@ -388,7 +467,7 @@ def main():
                         run_case(arch, c, x, y, tmp)
                     except Exception:
                         report(False, "%s %s: %s" % (arch, c["name"], traceback.format_exc().strip()))
-            if only and only != "vit_b_16":
+            if only and "vit_b_16" not in only:
                 report.finish()
             try:
                 check_vit_oracle()

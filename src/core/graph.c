@@ -451,6 +451,28 @@ mt_model_shapes(const mt_model *m, int h, int w, mt_shape3 *shp,
 			case MT_NODE_GAP:
 				shp[i] = (mt_shape3) {1, 1, in.c};
 				break;
+			case MT_NODE_CONCAT:
+				{
+					mt_shape3	b = nd->in1 >= 0 ? shp[nd->in1] : (mt_shape3) {0, 0, 0};
+
+					/* cin and cout: channels of in0 and of the result, as built */
+					if (b.h != in.h || b.w != in.w || in.c != nd->cin || in.c + b.c != nd->cout)
+						return mt_seterr(err, MT_ERR_SHAPE,
+										 "node %d: concatenating %dx%dx%d with %dx%dx%d, expected %d + %d channels",
+										 i, in.h, in.w, in.c, b.h, b.w, b.c, nd->cin, nd->cout - nd->cin);
+					shp[i] = (mt_shape3) {in.h, in.w, in.c + b.c};
+					break;
+				}
+			case MT_NODE_SCALE:
+				{
+					mt_shape3	b = nd->in1 >= 0 ? shp[nd->in1] : (mt_shape3) {0, 0, 0};
+
+					if (b.h != 1 || b.w != 1 || b.c != in.c)
+						return mt_seterr(err, MT_ERR_SHAPE, "node %d: scaling %d channels by %dx%dx%d",
+										 i, in.c, b.h, b.w, b.c);
+					shp[i] = in;
+					break;
+				}
 			case MT_NODE_LINEAR:
 				shp[i] = (mt_shape3) {1, 1, nd->out_features};
 				if (in.h * in.w * in.c != nd->in_features)
@@ -519,6 +541,12 @@ mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
 			}
 		case MT_NODE_GAP:
 			be->global_avg_pool(n, in.h, in.w, in.c, a, y);
+			break;
+		case MT_NODE_CONCAT:
+			be->concat((size_t) n * in.h * in.w, nd->cin, nd->cout - nd->cin, a, b, y);
+			break;
+		case MT_NODE_SCALE:
+			be->scale_channels(n, (size_t) in.h * in.w, in.c, a, b, y);
 			break;
 		case MT_NODE_LINEAR:
 			be->linear(n, nd->in_features, nd->out_features, a,

@@ -32,7 +32,9 @@ typedef enum mt_node_kind
 	MT_NODE_TOKEN_LINEAR,		/* a linear layer applied to every position */
 	MT_NODE_ATTENTION,			/* multi-head self-attention on packed q|k|v */
 	MT_NODE_GELU,				/* exact (erf) GELU */
-	MT_NODE_CLASS_TOKEN			/* the first token of each sequence */
+	MT_NODE_CLASS_TOKEN,		/* the first token of each sequence */
+	MT_NODE_CONCAT,				/* channels of in0 then of in1 (same h x w) */
+	MT_NODE_SCALE				/* in0 (h x w x c) times in1 (1 x 1 x c) per channel */
 } mt_node_kind;
 
 /*
@@ -129,7 +131,9 @@ typedef enum mt_head_init
 {
 	MT_HEAD_INIT_LINEAR = 0,	/* nn.Linear's default: U(+-1/sqrt(in)) */
 	MT_HEAD_INIT_NORMAL,		/* normal(0, 0.01), zero bias (MobileNetV2) */
-	MT_HEAD_INIT_ZERO			/* zero weight and bias (VisionTransformer) */
+	MT_HEAD_INIT_ZERO,			/* zero weight and bias (VisionTransformer) */
+	MT_HEAD_INIT_ZERO_BIAS,		/* nn.Linear's default weight, zero bias (DenseNet) */
+	MT_HEAD_INIT_UNIFORM_OUT	/* U(+-1/sqrt(out)), zero bias (EfficientNet) */
 } mt_head_init;
 
 struct mt_train_state;
@@ -153,6 +157,7 @@ typedef struct mt_model
 
 	/* training (train.h) */
 	mt_head_init head_init;
+	int			conv_init_fan_in;	/* init_all: kaiming normal over fan_in (DenseNet) */
 	int			bn_train_frozen;	/* frozen BN layers use batch statistics too */
 	struct mt_train_state *train;	/* kept by mt_model_forward_train */
 } mt_model;

@@ -19,8 +19,21 @@ typedef enum mt_act
 {
 	MT_ACT_NONE = 0,
 	MT_ACT_RELU,
-	MT_ACT_RELU6
+	MT_ACT_RELU6,
+	MT_ACT_SILU,				/* x * sigmoid(x) (torch.nn.SiLU) */
+	MT_ACT_SIGMOID
 } mt_act;
+
+/*
+ * Whether an activation's derivative needs its input (SiLU is not monotone,
+ * so its output does not determine it): backward then goes through
+ * act_backward_input.  The others are differentiated from their output.
+ */
+static inline int
+mt_act_needs_input(mt_act a)
+{
+	return a == MT_ACT_SILU;
+}
 
 /* A convolution with its padding resolved for one input size. */
 typedef struct mt_conv_desc
@@ -105,6 +118,18 @@ typedef struct mt_backend
 	void		(*linear) (int n, int in, int out, const float *x, const float *w,
 						   const float *b, float *y);
 	void		(*softmax) (int n, int c, const float *x, float *y);
+	/*
+	 * Channel concatenation (DenseNet): y[r] = a[r] (ca values) then b[r]
+	 * (cb values) for each of rows positions.
+	 */
+	void		(*concat) (size_t rows, int ca, int cb, const float *a,
+						   const float *b, float *y);
+	/*
+	 * Channel-wise scaling (squeeze-and-excitation): y[i, p, c] = x[i, p, c]
+	 * * s[i, c] for n images of hw positions and c channels.
+	 */
+	void		(*scale_channels) (int n, size_t hw, int c, const float *x,
+								   const float *s, float *y);
 
 	/*
 	 * Training (backward passes and optimizer updates).  Every backward
@@ -123,9 +148,28 @@ typedef struct mt_backend
 										   float *packed_dw, float *scratch, mt_err *err);
 	/* db[j] += sum over rows of dy[r][j] (bias gradient) */
 	void		(*bias_backward) (size_t rows, int c, const float *dy, float *db);
-	/* dx = dy * act'(x), from the activation's OUTPUT y; overwrites, dx may be dy */
+	/*
+	 * dx = dy * act'(x), from the activation's OUTPUT y (not for an
+	 * activation where mt_act_needs_input); overwrites, dx may be dy
+	 */
 	void		(*act_backward) (size_t len, const float *y, const float *dy,
 								 mt_act act, float *dx);
+	/*
+	 * dx = dy * act'(x), from the activation's INPUT x (every activation,
+	 * needed for those where mt_act_needs_input); overwrites, dx may be dy
+	 */
+	void		(*act_backward_input) (size_t len, const float *x, const float *dy,
+									   mt_act act, float *dx);
+	/* da += the first ca channels of dy, db += the other cb (each may be NULL) */
+	void		(*concat_backward) (size_t rows, int ca, int cb, const float *dy,
+									float *da, float *db);
+	/*
+	 * Backward of scale_channels: dx += dy * s, ds[i, c] += sum over
+	 * positions of dy * x (each may be NULL).
+	 */
+	void		(*scale_channels_backward) (int n, size_t hw, int c, const float *x,
+											const float *s, const float *dy,
+											float *dx, float *ds);
 	/* per-channel mean and biased variance of x (rows x c) */
 	void		(*channel_stats) (size_t rows, int c, const float *x,
 								  float *mean, float *var);

@@ -145,6 +145,15 @@ clampf(float v, float lo, float hi)
 	return v > hi ? hi : v;
 }
 
+static void cpu_act(size_t len, const float *x, mt_act act, float *y);
+
+/* Apply act to len values in place. */
+void
+mt_cpu_act_inplace(size_t len, mt_act act, float *y)
+{
+	cpu_act(len, y, act, y);
+}
+
 /* Apply bias and activation to rows x c values in place, in one pass. */
 MT_HOT static void
 bias_act_rows(size_t rows, int c, const float *bias, mt_act act, float *y)
@@ -153,6 +162,14 @@ bias_act_rows(size_t rows, int c, const float *bias, mt_act act, float *y)
 
 	if (bias == NULL && act == MT_ACT_NONE)
 		return;
+	if (act != MT_ACT_NONE && act != MT_ACT_RELU && act != MT_ACT_RELU6)
+	{
+		/* smooth activations (SiLU, sigmoid): bias, then the activation */
+		if (bias != NULL)
+			bias_act_rows(rows, c, bias, MT_ACT_NONE, y);
+		mt_cpu_act_inplace(rows * c, act, y);
+		return;
+	}
 	for (size_t r = 0; r < rows; r++)
 	{
 		float	   *row = y + r * c;
@@ -301,7 +318,9 @@ depthwise_image(const mt_conv_desc *d, int h, int w, int oh, int ow,
 						out[j] += in[j] * k[j];
 				}
 			}
-			if (d->act != MT_ACT_NONE)
+			if (d->act != MT_ACT_NONE && d->act != MT_ACT_RELU && d->act != MT_ACT_RELU6)
+				mt_cpu_act_inplace(c, d->act, out);
+			else if (d->act != MT_ACT_NONE)
 			{
 				float		hi = d->act == MT_ACT_RELU6 ? 6.0f : 3.4e38f;
 
@@ -511,6 +530,10 @@ cpu_act(size_t len, const float *x, mt_act act, float *y)
 			v = v > 0.0f ? v : 0.0f;
 		else if (act == MT_ACT_RELU6)
 			v = clampf(v, 0.0f, 6.0f);
+		else if (act == MT_ACT_SILU)
+			v = mt_cpu_silu(v);
+		else if (act == MT_ACT_SIGMOID)
+			v = mt_cpu_sigmoid(v);
 		y[i] = v;
 	}
 }
@@ -612,10 +635,15 @@ const mt_backend mt_cpu_backend = {
 	.act = par_act,
 	.linear = cpu_linear,
 	.softmax = cpu_softmax,
+	.concat = mt_cpu_concat,
+	.scale_channels = mt_cpu_scale_channels,
 	.conv2d_backward_data = mt_cpu_conv2d_backward_data,
 	.conv2d_backward_weight = mt_cpu_conv2d_backward_weight,
 	.bias_backward = mt_cpu_bias_backward,
 	.act_backward = mt_cpu_act_backward,
+	.act_backward_input = mt_cpu_act_backward_input,
+	.concat_backward = mt_cpu_concat_backward,
+	.scale_channels_backward = mt_cpu_scale_channels_backward,
 	.channel_stats = mt_cpu_channel_stats,
 	.batch_norm_backward = mt_cpu_batch_norm_backward,
 	.max_pool2d_backward = mt_cpu_max_pool2d_backward,

@@ -7,11 +7,42 @@
 
 #include "ops.h"
 
+#include <math.h>
+
 /* Whether the convolution is a plain GEMM on the input (1x1, stride 1, no pad). */
 int			mt_cpu_conv_is_pointwise(const mt_conv_desc *d);
 /* im2col for one image and one group, NHWC: rows (oy, ox), columns (ky, kx, ci). */
 void		mt_cpu_im2col(const mt_conv_desc *d, int h, int w, int oh, int ow, int g,
 						  const float *x, float *col);
+
+/* Logistic sigmoid and SiLU in float, as torch computes them. */
+static inline float
+mt_cpu_sigmoid(float x)
+{
+	return 1.0f / (1.0f + expf(-x));
+}
+
+static inline float
+mt_cpu_silu(float x)
+{
+	return x / (1.0f + expf(-x));
+}
+
+/* Apply act to len values in place (any activation). */
+void		mt_cpu_act_inplace(size_t len, mt_act act, float *y);
+
+/* Kernels of ops_cpu_cnn.c (concatenation, channel scaling, activations). */
+void		mt_cpu_concat(size_t rows, int ca, int cb, const float *a,
+						  const float *b, float *y);
+void		mt_cpu_scale_channels(int n, size_t hw, int c, const float *x,
+								  const float *s, float *y);
+void		mt_cpu_act_backward_input(size_t len, const float *x, const float *dy,
+									  mt_act act, float *dx);
+void		mt_cpu_concat_backward(size_t rows, int ca, int cb, const float *dy,
+								   float *da, float *db);
+void		mt_cpu_scale_channels_backward(int n, size_t hw, int c, const float *x,
+										   const float *s, const float *dy,
+										   float *dx, float *ds);
 
 /* Training kernels (ops_cpu_train.c), entries of mt_cpu_backend. */
 int			mt_cpu_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,

@@ -242,6 +242,9 @@ mt_cpu_act_backward(size_t len, const float *y, const float *dy, mt_act act,
 	else if (act == MT_ACT_RELU6)
 		for (size_t i = 0; i < len; i++)
 			dx[i] = (y[i] > 0.0f && y[i] < 6.0f) ? dy[i] : 0.0f;
+	else if (act == MT_ACT_SIGMOID)
+		for (size_t i = 0; i < len; i++)
+			dx[i] = dy[i] * (y[i] * (1.0f - y[i]));
 	else if (dx != dy)
 		memcpy(dx, dy, len * sizeof(float));
 }

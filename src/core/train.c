@@ -11,10 +11,13 @@
  *   convolution   its input, when the weight trains
  *   batch norm    its input, batch mean and 1/std (batch statistics); nothing
  *                 in inference mode
- *   activation    its output (also for an activation fused into a node)
+ *   activation    its output (also for an activation fused into a node);
+ *                 SiLU, whose output does not determine its slope: its input
+ *                 (so SiLU must be a node of its own in training)
  *   max pool      its input (the window maxima are recomputed)
  *   linear        its input, when the weight trains
- *   add, average pools: nothing
+ *   channel scale both inputs (squeeze-and-excitation)
+ *   add, concatenation, average pools: nothing
  *
  * A kept buffer is shared: a ReLU's output kept for its own backward is also
  * the next convolution's input.  The backward pass walks the nodes in
@@ -194,7 +197,8 @@ mt_model_freeze(mt_model *m, const char *upto, mt_err *err)
 			mt_setdetail(err, "A stage is a parameter-name prefix such as \"%s\", or \"none\" or \"backbone\".",
 						 strncmp(m->arch, "resnet", 6) == 0 ? "layer3" :
 						 strncmp(m->arch, "vit_", 4) == 0 ? "encoder.layers.encoder_layer_9" :
-						 "features.13");
+						 strncmp(m->arch, "densenet", 8) == 0 ? "features.denseblock3" :
+						 strncmp(m->arch, "efficientnet", 12) == 0 ? "features.5" : "features.13");
 			return MT_ERR_INVALID;
 		}
 	}
@@ -378,6 +382,12 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
 	if ((rc = mt_model_check_complete(m, err)) != MT_OK)
 		return rc;
+	for (int i = 0; i < nn; i++)
+		if (node_applies_act(&m->nodes[i]) && m->nodes[i].kind != MT_NODE_ACT &&
+			mt_act_needs_input(m->nodes[i].act))
+			return mt_seterr(err, MT_ERR_UNSUPPORTED,
+							 "node %d of %s: an activation that needs its input for training must be a node of its own",
+							 i, m->arch);
 
 	st = mt_calloc(1, sizeof(*st));
 	if (st == NULL)
@@ -458,8 +468,15 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 
 		if (!st->req[j])
 			continue;
-		if (node_applies_act(nd))
+		if (node_applies_act(nd) && mt_act_needs_input(nd->act))
+			mark_read(st, st->owner[nd->in0], j);	/* SiLU: from its input */
+		else if (node_applies_act(nd))
 			mark_read(st, j, j);
+		if (nd->kind == MT_NODE_SCALE)
+		{
+			mark_read(st, st->owner[nd->in0], j);
+			mark_read(st, st->owner[nd->in1], j);
+		}
 		if ((nd->kind == MT_NODE_CONV && param_trains(m, nd->p_weight)) ||
 			(nd->kind == MT_NODE_LINEAR && param_trains(m, nd->p_weight)) ||
 			(nd->kind == MT_NODE_BN && bn_uses_batch(m, nd)) ||
@@ -641,7 +658,9 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 	float	   *dx = NULL;
 	int			rc = MT_OK;
 
-	if (node_applies_act(nd))
+	if (node_applies_act(nd) && mt_act_needs_input(nd->act))
+		be->act_backward_input(len, x, dy, nd->act, dy);	/* only MT_NODE_ACT */
+	else if (node_applies_act(nd))
 		be->act_backward(len, st->buf[i], dy, nd->act, dy);
 
 	switch (nd->kind)
@@ -736,6 +755,29 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 					be->max_pool2d_backward(&p, n, in.h, in.w, in.c, x, dy, dx);
 				else
 					be->avg_pool2d_backward(&p, n, in.h, in.w, in.c, dy, dx);
+				return MT_OK;
+			}
+		case MT_NODE_CONCAT:
+			{
+				float	   *db = NULL;
+
+				if (want_dx && (dx = grad_buf(c, in0)) == NULL)
+					goto nomem;
+				if (st->req[nd->in1] && (db = grad_buf(c, nd->in1)) == NULL)
+					goto nomem;
+				be->concat_backward(rows_out, nd->cin, nd->cout - nd->cin, dy, dx, db);
+				return MT_OK;
+			}
+		case MT_NODE_SCALE:
+			{
+				float	   *ds = NULL;
+
+				if (want_dx && (dx = grad_buf(c, in0)) == NULL)
+					goto nomem;
+				if (st->req[nd->in1] && (ds = grad_buf(c, nd->in1)) == NULL)
+					goto nomem;
+				be->scale_channels_backward(n, (size_t) out.h * out.w, out.c, x,
+											st->buf[st->owner[nd->in1]], dy, dx, ds);
 				return MT_OK;
 			}
 		case MT_NODE_GAP:
@@ -1308,6 +1350,14 @@ init_linear(mt_model *m, const mt_node *nd, rng *r)
 			return rc;
 		return fill_const(m, nd->p_bias, 0.0f);
 	}
+	if (m->head_init == MT_HEAD_INIT_ZERO_BIAS || m->head_init == MT_HEAD_INIT_UNIFORM_OUT)
+	{
+		if (m->head_init == MT_HEAD_INIT_UNIFORM_OUT)
+			bound = 1.0 / sqrt((double) nd->out_features);
+		if ((rc = fill_random(m, nd->p_weight, r, 0, bound)) != MT_OK)
+			return rc;
+		return fill_const(m, nd->p_bias, 0.0f);
+	}
 	if ((rc = fill_random(m, nd->p_weight, r, 0, bound)) != MT_OK)
 		return rc;
 	return fill_random(m, nd->p_bias, r, 0, bound);
@@ -1415,8 +1465,10 @@ mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err)
 		if (nd->kind == MT_NODE_CONV)
 		{
 			double		fan_out = (double) nd->cout * nd->kh * nd->kw;
+			double		fan_in = (double) (nd->cin / nd->groups) * nd->kh * nd->kw;
 
-			rc = fill_random(m, nd->p_weight, &r, 1, sqrt(2.0 / fan_out));
+			rc = fill_random(m, nd->p_weight, &r, 1,
+							 sqrt(2.0 / (m->conv_init_fan_in ? fan_in : fan_out)));
 			if (rc == MT_OK)
 				rc = fill_const(m, nd->p_bias, 0.0f);
 		}

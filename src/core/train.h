@@ -158,12 +158,14 @@ int			mt_model_copy_params(const mt_model *src, mt_model *dst, mt_err *err);
  * head_init says how (nn.Linear's default U(-1/sqrt(in), 1/sqrt(in)) for
  * weight and bias, as in ResNet; normal(0, 0.01) and zero bias for
  * MobileNetV2).  Deterministic in seed (xoshiro256**, seeded through
- * splitmix64).  Marks the head loaded.
+ * splitmix64).  DenseNet: the default weight, zero bias; EfficientNet:
+ * U(-1/sqrt(out), 1/sqrt(out)) weight, zero bias.  Marks the head loaded.
  */
 int			mt_model_init_head(mt_model *m, uint64_t seed, mt_err *err);
 /*
  * Every parameter from scratch, like torchvision's constructors:
- * convolutions kaiming_normal(mode="fan_out", relu) (std sqrt(2/fan_out)),
+ * convolutions kaiming_normal(mode="fan_out", relu) (std sqrt(2/fan_out);
+ * fan_in where m->conv_init_fan_in, as DenseNet),
  * zero conv bias, BN weight 1 bias 0, running mean 0 var 1, layer norm
  * weight 1 bias 0, per-token linear layers as nn.Linear, other transformer
  * parameters 0, unless a node asks for another init (init_w / init_b: the

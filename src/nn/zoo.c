@@ -1,19 +1,14 @@
 /*
- * zoo.c - MobileNetV2, ResNet-18/34/50 and (vit.c) ViT-B/16 as in
- * torchvision 0.14.
+ * zoo.c - MobileNetV2 and ResNet-18/34/50 as in torchvision 0.14, the
+ * builder helpers (zoo_internal.h) and the table of architectures
+ * (DenseNet-121 and EfficientNet-B0 in zoo_cnn.c, ViT-B/16 in vit.c).
  */
 #include "zoo.h"
+#include "zoo_internal.h"
 #include "vit.h"
 
 #include <stdio.h>
 #include <string.h>
-
-/* Builder state: the model and a sticky failure flag (table overflow). */
-typedef struct builder
-{
-	mt_model   *m;
-	int			failed;
-} builder;
 
 static int
 add_param(builder *b, const char *name, int ndim, int64_t d0, int64_t d1,
@@ -121,7 +116,7 @@ static int
 conv_bn_act(builder *b, const char *prefix, int in, int cin, int cout, int k,
 			int stride, int groups, mt_act a)
 {
-	char		name[MT_NAME_MAX];
+	char		name[MT_NAME_MAX + 16];
 	int			x;
 
 	snprintf(name, sizeof(name), "%s.0", prefix);
@@ -265,6 +260,8 @@ static const struct
 	{"resnet34", "fc.weight"},
 	{"resnet50", "fc.weight"},
 	{"vit_b_16", "heads.head.weight"},
+	{"densenet121", "classifier.weight"},
+	{"efficientnet_b0", "classifier.1.weight"},
 };
 
 int
@@ -285,7 +282,7 @@ mt_zoo_head_weight(const char *arch)
 const char *
 mt_zoo_list(void)
 {
-	return "mobilenet_v2, resnet18, resnet34, resnet50, vit_b_16";
+	return "mobilenet_v2, resnet18, resnet34, resnet50, densenet121, efficientnet_b0, vit_b_16";
 }
 
 /* Whether arch takes an h x w input: the graph's shapes for it. */
@@ -332,7 +329,7 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 		return NULL;
 	}
 	b.failed = 0;
-	b.m = mt_model_alloc(arch, 512, 1024, err);
+	b.m = mt_model_alloc(arch, 1024, 2048, err);
 	if (b.m == NULL)
 		return NULL;
 	b.m->num_classes = num_classes;
@@ -348,6 +345,10 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 		build_resnet(&b, r34, 0, num_classes);
 	else if (strcmp(arch, "vit_b_16") == 0)
 		b.failed = mt_vit_build(b.m, num_classes);
+	else if (strcmp(arch, "densenet121") == 0)
+		mt_zoo_build_densenet121(&b, num_classes);
+	else if (strcmp(arch, "efficientnet_b0") == 0)
+		mt_zoo_build_efficientnet_b0(&b, num_classes);
 	else
 		build_resnet(&b, r34, 1, num_classes);
 	if (b.failed)
@@ -357,4 +358,42 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 		return NULL;
 	}
 	return b.m;
+}
+
+/* The builder helpers for the other zoo files (zoo_internal.h). */
+int
+mt_zb_conv(builder *b, const char *prefix, int in, int cin, int cout, int k,
+		   int stride, int pad, int groups, int bias)
+{
+	return conv(b, prefix, in, cin, cout, k, stride, pad, groups, bias);
+}
+
+int
+mt_zb_bn(builder *b, const char *prefix, int in, int c)
+{
+	return bn(b, prefix, in, c);
+}
+
+int
+mt_zb_act(builder *b, int in, mt_act kind)
+{
+	return act(b, in, kind);
+}
+
+int
+mt_zb_add(builder *b, int x, int y)
+{
+	return add(b, x, y);
+}
+
+int
+mt_zb_linear(builder *b, const char *prefix, int in, int fin, int fout)
+{
+	return linear(b, prefix, in, fin, fout);
+}
+
+int
+mt_zb_node(builder *b, const mt_node *n)
+{
+	return add_node(b, n);
 }

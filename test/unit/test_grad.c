@@ -447,7 +447,8 @@ test_act_case(const char *what, mt_act act, int add)
 		e = fd_check(act_fwd, &c, c.b, c.len, dx, r, y, c.len, (int) c.len, 1e-2);
 		CHECK(e < 1e-3, "%s: dB %.2e", what, e);
 	}
-	/* in place, as the graph uses it */
+	/* in place, as the graph uses it (y again: fd_check leaves it perturbed) */
+	act_fwd(&c, y);
 	be->act_backward(c.len, y, r, act, r);
 	CHECK(memcmp(r, dx, c.len * sizeof(float)) == 0, "%s in place", what);
 	free(c.x);
@@ -455,6 +456,176 @@ test_act_case(const char *what, mt_act act, int add)
 	free(r);
 	free(y);
 	free(dx);
+}
+
+/*
+ * An activation's gradient from its input (act_backward_input, needed for
+ * SiLU, valid for every activation): dX against differences, in place,
+ * and equal to act_backward (from the output) where that applies.
+ */
+static void
+test_act_input_case(const char *what, mt_act act)
+{
+	act_ctx		c;
+	float	   *r,
+			   *y,
+			   *dx,
+			   *dx2;
+	double		e;
+
+	c.len = 160;
+	c.act = act;
+	c.b = NULL;
+	c.x = rbuf_away(c.len, 0.05f);
+	for (size_t i = 0; i < c.len; i++)
+	{
+		c.x[i] *= 8.0f;			/* -8 .. 8: both tails, SiLU's minimum at -1.28 */
+		if (fabsf(c.x[i] - 6.0f) < 0.05f)
+			c.x[i] += 0.2f;
+	}
+	r = rbuf(c.len, -1, 1);
+	y = zbuf(c.len);
+	dx = zbuf(c.len);
+	dx2 = zbuf(c.len);
+	act_fwd(&c, y);
+	be->act_backward_input(c.len, c.x, r, act, dx);
+	e = fd_check(act_fwd, &c, c.x, c.len, dx, r, y, c.len, (int) c.len, 1e-3);
+	CHECK(e < 1e-3, "%s from its input: dX %.2e", what, e);
+	if (!mt_act_needs_input(act))
+	{
+		act_fwd(&c, y);
+		be->act_backward(c.len, y, r, act, dx2);
+		e = 0;
+		for (size_t i = 0; i < c.len; i++)
+			e = fmax(e, fabs(dx2[i] - dx[i]));
+		CHECK(e < 1e-6, "%s: from input and from output agree, max diff %.2e", what, e);
+	}
+	be->act_backward_input(c.len, c.x, r, act, r);
+	CHECK(memcmp(r, dx, c.len * sizeof(float)) == 0, "%s from its input, in place", what);
+	free(c.x);
+	free(r);
+	free(y);
+	free(dx);
+	free(dx2);
+}
+
+/* SiLU and sigmoid forward against their formulas in double. */
+static void
+test_smooth_act_values(void)
+{
+	float		x[7] = {-100.0f, -8.0f, -1.2785f, 0.0f, 0.5f, 3.0f, 100.0f};
+	float		y[7];
+	double		es = 0,
+				eg = 0;
+
+	be->act(7, x, MT_ACT_SILU, y);
+	for (int i = 0; i < 7; i++)
+		es = fmax(es, fabs(y[i] - x[i] / (1.0 + exp(-(double) x[i]))) / fmax(1.0, fabs(x[i])));
+	be->act(7, x, MT_ACT_SIGMOID, y);
+	for (int i = 0; i < 7; i++)
+		eg = fmax(eg, fabs(y[i] - 1.0 / (1.0 + exp(-(double) x[i]))));
+	CHECK(es < 1e-6 && eg < 1e-6, "silu %.2e, sigmoid %.2e against the formula", es, eg);
+}
+
+typedef struct cat_ctx
+{
+	size_t		rows;
+	int			ca,
+				cb;
+	float	   *a,
+			   *b;
+} cat_ctx;
+
+/* Forward of a concatenation context. */
+static void
+cat_fwd(void *p, float *y)
+{
+	cat_ctx    *c = p;
+
+	be->concat(c->rows, c->ca, c->cb, c->a, c->b, y);
+}
+
+/* Channel concatenation: layout, and both inputs' gradients against differences. */
+static void
+test_concat_kernel(void)
+{
+	cat_ctx		c = {15, 3, 5, NULL, NULL};
+	size_t		yl = 15 * 8;
+	float	   *r = rbuf(yl, -1, 1),
+			   *y = zbuf(yl),
+			   *da = zbuf(45),
+			   *db = zbuf(75);
+	double		ea,
+				eb;
+	int			layout = 1;
+
+	c.a = rbuf(45, -1, 1);
+	c.b = rbuf(75, -1, 1);
+	cat_fwd(&c, y);
+	for (size_t i = 0; i < c.rows; i++)
+		for (int j = 0; j < 8; j++)
+			layout &= y[i * 8 + j] == (j < 3 ? c.a[i * 3 + j] : c.b[i * 5 + j - 3]);
+	CHECK(layout, "concat: channels of a, then of b, per position");
+	be->concat_backward(c.rows, c.ca, c.cb, r, da, db);
+	ea = fd_check(cat_fwd, &c, c.a, 45, da, r, y, yl, 45, 1e-2);
+	eb = fd_check(cat_fwd, &c, c.b, 75, db, r, y, yl, 75, 1e-2);
+	CHECK(ea < 1e-3 && eb < 1e-3, "concat: dA %.2e dB %.2e", ea, eb);
+	/* adds into its outputs; either may be NULL */
+	be->concat_backward(c.rows, c.ca, c.cb, r, da, NULL);
+	CHECK(fabsf(da[7] - 2.0f * r[(7 / 3) * 8 + 7 % 3]) < 1e-6f, "concat backward adds");
+	free(c.a);
+	free(c.b);
+	free(r);
+	free(y);
+	free(da);
+	free(db);
+}
+
+typedef struct scale_ctx
+{
+	int			n,
+				c;
+	size_t		hw;
+	float	   *x,
+			   *s;
+} scale_ctx;
+
+/* Forward of a channel-scaling context. */
+static void
+scale_fwd(void *p, float *y)
+{
+	scale_ctx  *c = p;
+
+	be->scale_channels(c->n, c->hw, c->c, c->x, c->s, y);
+}
+
+/* Squeeze-and-excitation's multiply: dX and dS against differences. */
+static void
+test_scale_kernel(void)
+{
+	scale_ctx	c = {2, 6, 10, NULL, NULL};
+	size_t		xl = 2 * 10 * 6;
+	float	   *r = rbuf(xl, -1, 1),
+			   *y = zbuf(xl),
+			   *dx = zbuf(xl),
+			   *ds = zbuf(12);
+	double		ex,
+				es;
+
+	c.x = rbuf(xl, -1, 1);
+	c.s = rbuf(12, 0, 1);
+	scale_fwd(&c, y);
+	CHECK(y[(1 * 10 + 4) * 6 + 5] == c.x[(1 * 10 + 4) * 6 + 5] * c.s[6 + 5], "scale: image 1, channel 5");
+	be->scale_channels_backward(c.n, c.hw, c.c, c.x, c.s, r, dx, ds);
+	ex = fd_check(scale_fwd, &c, c.x, xl, dx, r, y, xl, (int) xl, 1e-2);
+	es = fd_check(scale_fwd, &c, c.s, 12, ds, r, y, xl, 12, 1e-2);
+	CHECK(ex < 1e-3 && es < 1e-3, "scale channels: dX %.2e dS %.2e", ex, es);
+	free(c.x);
+	free(c.s);
+	free(r);
+	free(y);
+	free(dx);
+	free(ds);
 }
 
 typedef struct lin_ctx
@@ -591,6 +762,29 @@ test_bn_kernel(void)
 	free(db);
 }
 
+/*
+ * The kernels DenseNet and EfficientNet add: SiLU and sigmoid, gradients
+ * from an activation's input, concatenation, channel scaling.  On a random
+ * stream of their own, so the other groups draw the values they always did.
+ */
+static void
+test_cnn_kernels(void)
+{
+	uint64_t	saved = rng_state;
+
+	rng_state = 0x2545F4914F6CDD1Dull;
+	test_act_case("sigmoid", MT_ACT_SIGMOID, 0);
+	test_act_case("residual add + sigmoid", MT_ACT_SIGMOID, 1);
+	test_act_input_case("silu", MT_ACT_SILU);
+	test_act_input_case("sigmoid", MT_ACT_SIGMOID);
+	test_act_input_case("relu", MT_ACT_RELU);
+	test_act_input_case("relu6", MT_ACT_RELU6);
+	test_smooth_act_values();
+	test_concat_kernel();
+	test_scale_kernel();
+	rng_state = saved;
+}
+
 /* Pooling, activations, residual add, linear and batch norm kernels. */
 static void
 test_small_kernels(void)
@@ -709,6 +903,9 @@ glinear(mt_model *m, int in, int fin, int fout)
 }
 
 /* Context of a graph-level check: f = <output of the logits node, r>. */
+/* Step of graph_check's directional differences: h |g| = dir_target. */
+static double dir_target = 3e-4;
+
 typedef struct graph_ctx
 {
 	mt_model   *m;
@@ -791,7 +988,7 @@ graph_check(const char *what, mt_model *m, const float *x, int n, int h, int w,
 			worst = e;
 			worst_name = p->name;
 		}
-		e = dir_check(graph_fwd, &c, p->data, p->numel, p->grad, r, y, yl, 3e-4);
+		e = dir_check(graph_fwd, &c, p->data, p->numel, p->grad, r, y, yl, dir_target);
 		if (e > worst_dir)
 		{
 			worst_dir = e;
@@ -873,6 +1070,126 @@ test_graphs(void)
 	mt_model_free(m);
 	free(x);
 	free(x8);
+}
+
+/*
+ * DenseNet and EfficientNet pieces in one graph: conv + BN + SiLU, a
+ * pre-activation BN + activation, a channel concatenation, a 2x2 average-pool
+ * transition, squeeze-and-excitation (global pool, 1x1 convs with bias,
+ * SiLU, sigmoid, channel scaling) and a residual add.  Only smooth
+ * activations (ReLU is in mixed_graph), so the directional differences can
+ * take steps ten times longer, above float32 noise, without crossing kinks.
+ */
+static mt_model *
+cnn_graph(void)
+{
+	mt_model   *m = mt_model_alloc("test", 64, 96, NULL);
+	int			x = gsimple(m, MT_NODE_INPUT, -1, -1, MT_ACT_NONE);
+	int			y,
+				s,
+				t;
+	mt_node		nd;
+
+	x = gconv(m, x, 3, 8, 3, 1, 1, 1, 1, 0);
+	x = gbn(m, x, 8);
+	x = gsimple(m, MT_NODE_ACT, x, -1, MT_ACT_SILU);
+	y = gbn(m, x, 8);
+	y = gsimple(m, MT_NODE_ACT, y, -1, MT_ACT_SIGMOID);
+	y = gconv(m, y, 8, 4, 3, 1, 1, 1, 1, 0);
+	nd = mt_node_init(MT_NODE_CONCAT, x);
+	nd.in1 = y;
+	nd.cin = 8;
+	nd.cout = 12;
+	x = mt_model_add_node(m, &nd);
+	x = gbn(m, x, 12);
+	x = gsimple(m, MT_NODE_ACT, x, -1, MT_ACT_SILU);
+	x = gconv(m, x, 12, 12, 1, 1, 0, 1, 1, 0);
+	t = gpool(m, MT_NODE_AVGPOOL, x, 2, 2, 0);
+	s = gsimple(m, MT_NODE_GAP, t, -1, MT_ACT_NONE);
+	s = gconv(m, s, 12, 3, 1, 1, 0, 1, 1, 1);
+	s = gsimple(m, MT_NODE_ACT, s, -1, MT_ACT_SILU);
+	s = gconv(m, s, 3, 12, 1, 1, 0, 1, 1, 1);
+	s = gsimple(m, MT_NODE_ACT, s, -1, MT_ACT_SIGMOID);
+	x = gsimple(m, MT_NODE_SCALE, t, s, MT_ACT_NONE);
+	x = gconv(m, x, 12, 12, 1, 1, 0, 1, 1, 0);
+	x = gbn(m, x, 12);
+	x = gsimple(m, MT_NODE_ADD, x, t, MT_ACT_NONE);
+	x = gsimple(m, MT_NODE_GAP, x, -1, MT_ACT_NONE);
+	m->features_node = x;
+	m->feature_dim = 12;
+	m->logits_node = glinear(m, x, 12, 3);
+	m->num_classes = 3;
+	return m;
+}
+
+/*
+ * The graph above: gradients against differences with batch-statistics and
+ * with inference-mode BN; then inference (BN folded, SiLU and sigmoid fused
+ * into the convolutions) against the training forward pass.  Shape errors
+ * of the new nodes.  On a random stream of its own.
+ */
+static void
+test_cnn_graph(void)
+{
+	uint64_t	saved = rng_state;
+	float	   *x;
+	mt_model   *m;
+	mt_err		err;
+	float		a[6],
+				b[6];
+	double		e = 0;
+	int			fused = 0;
+	mt_shape3	shp[64];
+	size_t		scratch;
+
+	rng_state = 0x9E3779B97F4A7C15ull ^ 0xC0FFEEull;
+	x = rbuf(2 * 8 * 8 * 3, -1, 1);
+	m = cnn_graph();
+	CHECK(mt_model_freeze(m, "none", &err) == MT_OK, "%s", err.msg);
+	dir_target = 3e-3;
+	graph_check("cnn graph, batch-stat BN", m, x, 2, 8, 8, 12, 1e-3, 3e-2);
+	for (int i = 0; i < m->n_nodes; i++)
+		if (m->nodes[i].kind == MT_NODE_BN)
+			m->params[m->nodes[i].p_bn_weight].trainable = 0;
+	graph_check("cnn graph, BN in inference mode", m, x, 2, 8, 8, 12, 1e-3, 3e-2);
+	dir_target = 3e-4;
+
+	/* BN frozen: the training forward is the inference function, unfused */
+	CHECK(mt_model_forward_train(m, x, 2, 8, 8, a, NULL, &err) == MT_OK, "%s", err.msg);
+	mt_model_train_release(m);
+	CHECK(mt_model_forward(m, x, 2, 8, 8, b, NULL, &err) == MT_OK, "%s", err.msg);
+	for (int k = 0; k < 6; k++)
+		e = fmax(e, fabs(a[k] - b[k]));
+	for (int i = 0; i < m->n_nodes; i++)
+		fused += m->nodes[i].kind == MT_NODE_CONV &&
+			(m->nodes[i].run_act == MT_ACT_SILU || m->nodes[i].run_act == MT_ACT_SIGMOID);
+	CHECK(e < 1e-5 && fused == 3, "cnn graph: inference vs training forward %.2e, %d convs with SiLU/sigmoid fused",
+		  e, fused);
+
+	/* a SiLU built into a conv node cannot train (its input is not kept) */
+	m->nodes[1].act = MT_ACT_SILU;
+	CHECK(mt_model_forward_train(m, x, 2, 8, 8, a, NULL, &err) == MT_ERR_UNSUPPORTED,
+		  "SiLU inside a conv node refused for training");
+	m->nodes[1].act = MT_ACT_NONE;
+
+	/* shape errors of the new nodes */
+	m->nodes[7].cin = 7;
+	CHECK(mt_model_shapes(m, 8, 8, shp, &scratch, &err) == MT_ERR_SHAPE, "concat channel mismatch");
+	m->nodes[7].cin = 8;
+	for (int i = 0; i < m->n_nodes; i++)
+		if (m->nodes[i].kind == MT_NODE_SCALE)
+		{
+			int			s = m->nodes[i].in1;
+
+			m->nodes[i].in1 = m->nodes[i].in0;
+			CHECK(mt_model_shapes(m, 8, 8, shp, &scratch, &err) == MT_ERR_SHAPE,
+				  "scale by a spatial tensor");
+			m->nodes[i].in1 = s;
+		}
+	CHECK(mt_model_shapes(m, 8, 8, shp, &scratch, &err) == MT_OK, "%s", err.msg);
+	mt_model_free(m);
+	free(x);
+	rng_state = saved;
 }
 
 /* BN in training mode: output and running statistics against the formula. */
@@ -1011,7 +1328,7 @@ model_loss(model_ctx *c)
  * too curved for differences, hence 64x64.
  */
 static void
-test_zoo_model(const char *arch, const char *const *tensors, int hw)
+test_zoo_model(const char *arch, const char *const *tensors, int hw, double target)
 {
 	mt_model   *m = mt_zoo_build(arch, 3, 0, NULL);
 	int			n = 4;
@@ -1024,7 +1341,6 @@ test_zoo_model(const char *arch, const char *const *tensors, int hw)
 	mt_err		err;
 	double		worst = 0;
 	const char *worst_name = "";
-	double		target = 3e-4;
 
 	randomise(m, 7);
 	mt_model_zero_grad(m);
@@ -1096,7 +1412,7 @@ test_zoo_model(const char *arch, const char *const *tensors, int hw)
 	free(x);
 }
 
-/* Whole ResNet-18 and MobileNetV2 at 64x64. */
+/* Whole ResNet-18, MobileNetV2, EfficientNet-B0 and DenseNet-121 at 64x64. */
 static void
 test_zoo_models(void)
 {
@@ -1109,8 +1425,84 @@ test_zoo_models(void)
 
 	int			hw = 64;
 
-	test_zoo_model("resnet18", r18, hw);
-	test_zoo_model("mobilenet_v2", mv2, hw);
+	static const char *const dn[] = {"features.conv0.weight", "features.norm0.bias",
+		"features.denseblock1.denselayer1.norm1.weight", "features.denseblock2.denselayer12.conv2.weight",
+		"features.transition2.conv.weight", "features.denseblock4.denselayer16.norm2.bias",
+	"features.norm5.weight", "classifier.weight", "classifier.bias", NULL};
+	static const char *const ef[] = {"features.0.0.weight", "features.1.0.block.1.fc1.weight",
+		"features.2.0.block.2.fc2.bias", "features.4.2.block.1.1.weight", "features.6.3.block.3.0.weight",
+	"features.8.1.bias", "classifier.1.weight", "classifier.1.bias", NULL};
+
+	test_zoo_model("resnet18", r18, hw, 3e-4);
+	test_zoo_model("mobilenet_v2", mv2, hw, 3e-4);
+	/* SiLU throughout, no kinks: longer steps, above the float32 noise of its loss */
+	test_zoo_model("efficientnet_b0", ef, hw, 3e-3);
+	test_zoo_model("densenet121", dn, hw, 3e-4);
+}
+
+/* Whether parameter name of m trains. */
+static int
+trains(const mt_model *m, const char *name)
+{
+	int			i = mt_model_find_param(m, name);
+
+	return i >= 0 && m->params[i].trainable;
+}
+
+/*
+ * DenseNet-121 and EfficientNet-B0: stage names for freezing, the head
+ * alone, the hint for an unknown stage, and init_all's convolution scale
+ * (DenseNet: kaiming normal over fan_in; EfficientNet: over fan_out).
+ */
+static void
+test_freeze_cnn(void)
+{
+	mt_model   *d = mt_zoo_build("densenet121", 3, 0, NULL);
+	mt_model   *e = mt_zoo_build("efficientnet_b0", 3, 0, NULL);
+	mt_err		err;
+	int			i;
+	double		ss = 0;
+
+	CHECK(d != NULL && e != NULL, "build densenet121 and efficientnet_b0");
+	if (d == NULL || e == NULL)
+		return;
+	CHECK(mt_model_freeze(d, "features.denseblock3", &err) == MT_OK, "%s", err.msg);
+	CHECK(!trains(d, "features.denseblock3.denselayer24.conv2.weight") &&
+		  !trains(d, "features.transition2.conv.weight") &&
+		  trains(d, "features.transition3.norm.weight") &&
+		  trains(d, "features.denseblock4.denselayer1.conv1.weight") &&
+		  trains(d, "features.norm5.bias") && trains(d, "classifier.weight") &&
+		  !trains(d, "features.norm5.running_mean"),
+		  "densenet121 frozen up to features.denseblock3");
+	CHECK(mt_model_freeze(d, "backbone", &err) == MT_OK && mt_model_trainable_count(d, NULL) == 2 &&
+		  trains(d, "classifier.bias"), "densenet121 backbone frozen: the classifier trains");
+	CHECK(mt_model_freeze(d, "denseblock3", &err) == MT_ERR_INVALID &&
+		  strstr(err.detail, "features.denseblock3") != NULL, "densenet121 unknown stage hint: %s", err.detail);
+	CHECK(mt_model_freeze(e, "features.5", &err) == MT_OK, "%s", err.msg);
+	CHECK(!trains(e, "features.5.2.block.3.1.bias") && !trains(e, "features.5.0.block.2.fc2.weight") &&
+		  trains(e, "features.6.0.block.0.0.weight") && trains(e, "classifier.1.weight"),
+		  "efficientnet_b0 frozen up to features.5");
+	CHECK(mt_model_freeze(e, "layer3", &err) == MT_ERR_INVALID &&
+		  strstr(err.detail, "features.5") != NULL, "efficientnet_b0 unknown stage hint: %s", err.detail);
+
+	/* init_all: conv std sqrt(2 / fan_in) for DenseNet (conv1 of a late layer: 1x1, 992 in) */
+	CHECK(mt_model_init_all(d, 3, &err) == MT_OK, "%s", err.msg);
+	i = mt_model_find_param(d, "features.denseblock4.denselayer16.conv1.weight");
+	for (size_t k = 0; k < d->params[i].numel; k++)
+		ss += (double) d->params[i].data[k] * d->params[i].data[k];
+	CHECK(fabs(sqrt(ss / d->params[i].numel) / sqrt(2.0 / 992) - 1) < 0.02,
+		  "densenet121 init_all conv std %.4g vs sqrt(2/fan_in) %.4g",
+		  sqrt(ss / d->params[i].numel), sqrt(2.0 / 992));
+	ss = 0;
+	CHECK(mt_model_init_all(e, 3, &err) == MT_OK, "%s", err.msg);
+	i = mt_model_find_param(e, "features.6.0.block.0.0.weight");	/* 1x1, 112 -> 672 */
+	for (size_t k = 0; k < e->params[i].numel; k++)
+		ss += (double) e->params[i].data[k] * e->params[i].data[k];
+	CHECK(fabs(sqrt(ss / e->params[i].numel) / sqrt(2.0 / 672) - 1) < 0.02,
+		  "efficientnet_b0 init_all conv std %.4g vs sqrt(2/fan_out) %.4g",
+		  sqrt(ss / e->params[i].numel), sqrt(2.0 / 672));
+	mt_model_free(d);
+	mt_model_free(e);
 }
 
 /* A backend that counts backward calls (to see what backward touches). */
@@ -1647,11 +2039,14 @@ main(int argc, char **argv)
 		printf("  (no OpenBLAS: %s; reference GEMM)\n", err.msg);
 	test_conv_kernels();
 	test_small_kernels();
+	test_cnn_kernels();
 	test_graphs();
+	test_cnn_graph();
 	test_bn_running_stats();
 	test_loss();
 	test_optim();
 	test_freeze();
+	test_freeze_cnn();
 	test_zoo_models();
 	test_misc();
 	return TEST_SUMMARY("grad");

@@ -1,0 +1,37 @@
+/*
+ * zoo_internal.h - the model builder shared by the zoo's files (zoo.c,
+ * zoo_cnn.c).  Not an API.
+ */
+#ifndef MT_ZOO_INTERNAL_H
+#define MT_ZOO_INTERNAL_H
+
+#include "zoo.h"
+
+/* Builder state: the model and a sticky failure flag (table overflow). */
+typedef struct builder
+{
+	mt_model   *m;
+	int			failed;
+} builder;
+
+/*
+ * Layers with torchvision's parameter names; each returns the new node's
+ * index (and sets b->failed when a table is full).
+ */
+/* Conv2d "prefix.weight" [cout, cin/groups, k, k] (+ "prefix.bias"). */
+int			mt_zb_conv(builder *b, const char *prefix, int in, int cin, int cout,
+					   int k, int stride, int pad, int groups, int bias);
+/* BatchNorm2d "prefix.{weight,bias,running_mean,running_var,num_batches_tracked}". */
+int			mt_zb_bn(builder *b, const char *prefix, int in, int c);
+int			mt_zb_act(builder *b, int in, mt_act kind);
+int			mt_zb_add(builder *b, int x, int y);
+/* Linear "prefix.weight" [fout, fin], "prefix.bias" [fout]. */
+int			mt_zb_linear(builder *b, const char *prefix, int in, int fin, int fout);
+/* Any other node, as given. */
+int			mt_zb_node(builder *b, const mt_node *n);
+
+/* zoo_cnn.c */
+void		mt_zoo_build_densenet121(builder *b, int num_classes);
+void		mt_zoo_build_efficientnet_b0(builder *b, int num_classes);
+
+#endif
