@@ -772,6 +772,18 @@ END
 $$;
 COMMENT ON FUNCTION medtl._lock_model_for_training(text) IS 'Lock a model for a training run; only its owner side may train it.';
 
+-- Batch norm when the caller does not say: a model trained from scratch
+-- ('pretrained' false in its metadata) needs batch statistics, as in PyTorch's
+-- model.train(); a model derived from a pretrained backbone keeps the
+-- backbone's statistics and affine ('frozen'), which is robust with small
+-- batches and required by backbones whose batch norm was folded.
+CREATE FUNCTION medtl._default_batch_norm(model_id bigint) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN m.metadata->>'pretrained' = 'false' THEN 'train' ELSE 'frozen' END
+      FROM medtl.models m WHERE m.model_id = _default_batch_norm.model_id
+$$;
+COMMENT ON FUNCTION medtl._default_batch_norm(bigint) IS 'train for a model initialised from scratch, else frozen.';
+
 CREATE FUNCTION medtl.train(
     model text,
     source text,
@@ -806,7 +818,7 @@ CREATE FUNCTION medtl.train(
     patience int DEFAULT NULL,
     seed bigint DEFAULT 42,
     skip_bad_rows boolean DEFAULT false,
-    batch_norm text DEFAULT 'frozen')
+    batch_norm text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -816,6 +828,7 @@ DECLARE
     v_wd float8 := coalesce(weight_decay, CASE WHEN optimizer = 'adamw' THEN 0.01 ELSE 0 END);
     v_aug boolean := coalesce(augment, train.freeze IS DISTINCT FROM 'backbone');
     v_val float8 := CASE WHEN validation_source IS NULL THEN validation ELSE 0 END;
+    v_bn text;
     given jsonb;
     resolved jsonb;
     summary jsonb;
@@ -823,6 +836,7 @@ BEGIN
     PERFORM medtl._check_train_options(epochs, batch_size, v_lr, optimizer, schedule,
                                        class_weights, loss, validation, keep_best);
     mid := medtl._lock_model_for_training(model);
+    v_bn := coalesce(batch_norm, medtl._default_batch_norm(mid));
     given := jsonb_strip_nulls(jsonb_build_object(
         'image_column', image_column, 'label_column', label_column, 'epochs', epochs,
         'batch_size', batch_size, 'lr', lr, 'optimizer', optimizer, 'weight_decay', weight_decay,
@@ -835,7 +849,7 @@ BEGIN
         'group_column', group_column, 'keep_best', keep_best, 'patience', patience,
         'seed', seed, 'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm));
     resolved := given || jsonb_build_object('lr', v_lr, 'weight_decay', v_wd, 'augment', v_aug,
-                                            'validation', v_val,
+                                            'validation', v_val, 'batch_norm', v_bn,
                                             'focal_gamma', CASE WHEN loss = 'focal' THEN focal_gamma ELSE 0 END);
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
     VALUES (mid, source, given, resolved, seed) RETURNING run_id INTO rid;
@@ -847,7 +861,7 @@ BEGIN
         CASE WHEN v_aug THEN brightness ELSE 0 END, CASE WHEN v_aug THEN contrast ELSE 0 END,
         CASE WHEN v_aug THEN crop_scale ELSE 1 END,
         class_weights, class_weight, CASE WHEN loss = 'focal' THEN focal_gamma ELSE 0 END,
-        label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows, batch_norm);
+        label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows, v_bn);
 
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -882,7 +896,7 @@ CREATE FUNCTION medtl.fine_tune(
     keep_best text DEFAULT 'val_auc',
     seed bigint DEFAULT 42,
     skip_bad_rows boolean DEFAULT false,
-    batch_norm text DEFAULT 'frozen')
+    batch_norm text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -890,6 +904,7 @@ DECLARE
     rid bigint;
     v_wd float8 := coalesce(weight_decay, CASE WHEN optimizer = 'adamw' THEN 0.01 ELSE 0 END);
     v_val float8 := CASE WHEN validation_source IS NULL THEN validation ELSE 0 END;
+    v_bn text;
     given jsonb;
     s1 jsonb;
     s2 jsonb;
@@ -899,6 +914,7 @@ BEGIN
     PERFORM medtl._check_train_options(greatest(epochs, 1), batch_size, lr, optimizer,
                                        'cosine', class_weights, loss, validation, keep_best);
     mid := medtl._lock_model_for_training(model);
+    v_bn := coalesce(batch_norm, medtl._default_batch_norm(mid));
     given := jsonb_strip_nulls(jsonb_build_object(
         'recipe', 'fine_tune', 'image_column', image_column, 'label_column', label_column,
         'head_epochs', head_epochs, 'head_lr', head_lr, 'epochs', epochs, 'lr', lr,
@@ -908,7 +924,7 @@ BEGIN
         'group_column', group_column, 'keep_best', keep_best, 'seed', seed,
         'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm));
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
-    VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val), seed)
+    VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val, 'batch_norm', v_bn), seed)
     RETURNING run_id INTO rid;
 
     -- phase 1: the new head alone on the frozen backbone (features computed once)
@@ -917,7 +933,7 @@ BEGIN
             validation_source, 1, head_epochs, batch_size, head_lr, optimizer, v_wd, 0.9, 'cosine',
             0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, class_weights, NULL,
             CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed, skip_bad_rows,
-            batch_norm);
+            v_bn);
     END IF;
     -- phase 2: every layer (or those after freeze) at the low learning rate
     IF epochs > 0 THEN
@@ -927,7 +943,7 @@ BEGIN
             CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
             CASE WHEN augment THEN 0.8 ELSE 1 END, class_weights, NULL,
             CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed + 1, skip_bad_rows,
-            batch_norm);
+            v_bn);
     END IF;
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
