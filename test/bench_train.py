@@ -10,7 +10,9 @@ Each data set is trained with the one-call recipe and its defaults only:
 then `medtl.evaluate` on the untouched test split.  `--scratch` adds the
 transfer-vs-scratch comparison on 500 training images per class of
 chest_xray: the pretrained backbone and the same architecture from random
-initialisation, trained with the same `medtl.train` schedule.
+initialisation, each trained with `medtl.fine_tune`'s defaults (the same
+schedule; batch norm resolves to frozen for the pretrained model and to
+batch statistics for the one from scratch).
 
 Options: --datasets a,b,c  --limit N (images per class and split, for a quick
 smoke run)  --scratch  --csv PATH.
@@ -114,7 +116,7 @@ def main():
                  % (sql_lit(model), sql_lit("mnv2" if pretrained == "true" else "mobilenet_v2"),
                     sql_lit(labels), pretrained))
             t0 = time.time()
-            psql("SELECT medtl.train(%s, %s, freeze => 'none', epochs => 5, lr => 1e-3);" % (sql_lit(model), sql_lit(src)))
+            psql("SELECT medtl.fine_tune(%s, %s);" % (sql_lit(model), sql_lit(src)))
             t_train = time.time() - t0
             ev = psql("SELECT medtl.evaluate(%s, %s);" % (
                 sql_lit(model), sql_lit("SELECT image, label FROM %s WHERE split = 'test'" % table)))[0]
