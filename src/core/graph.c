@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 mt_model *
@@ -237,9 +238,14 @@ bn_scale_shift(const mt_model *m, const mt_node *bn, int c, float *scale, float 
 	}
 }
 
+static void plan_free(struct mt_plan *p);
+
 static void
 free_packed(mt_model *m)
 {
+	/* the memory plan depends on which nodes are folded */
+	plan_free(m->plan);
+	m->plan = NULL;
 	for (int i = 0; i < m->n_nodes; i++)
 	{
 		mt_free(m->nodes[i].packed);
@@ -561,16 +567,167 @@ mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
 	return MT_OK;
 }
 
+/*
+ * Inference memory plan for one input shape: every node's output gets an
+ * offset in one arena, reusing the space of buffers whose last reader has
+ * run (first fit over the live blocks, in execution order); convolution
+ * scratch sits at the arena's start.  Planned once per (n, h, w) and kept
+ * with the model, so repeated forward passes allocate nothing; an arena
+ * larger than MT_ARENA_KEEP bytes is released after each pass.
+ */
+#define MT_ARENA_KEEP ((size_t) 64 << 20)
+#define MT_ARENA_ALIGN 16		/* floats: 64 bytes */
+
+struct mt_plan
+{
+	int			n,
+				h,
+				w;
+	size_t		total;			/* floats */
+	size_t		scratch_len;
+	mt_shape3  *shp;
+	int		   *owner;
+	size_t	   *off;			/* per owner node; SIZE_MAX if it has no buffer */
+	float	   *arena;
+};
+
+static void
+plan_free(struct mt_plan *p)
+{
+	if (p == NULL)
+		return;
+	mt_free(p->arena);
+	mt_free(p->shp);
+	mt_free(p->owner);
+	mt_free(p->off);
+	mt_free(p);
+}
+
+void
+mt_model_release_plan(mt_model *m)
+{
+	plan_free(m->plan);
+	m->plan = NULL;
+}
+
+static size_t
+align_up(size_t v)
+{
+	return (v + MT_ARENA_ALIGN - 1) / MT_ARENA_ALIGN * MT_ARENA_ALIGN;
+}
+
+static struct mt_plan *
+plan_build(mt_model *m, int n, int h, int w, mt_err *err)
+{
+	struct mt_plan *p = mt_calloc(1, sizeof(struct mt_plan));
+	int		   *last_use = NULL;
+	size_t	   *len = NULL;
+	int		   *live = NULL;
+	int			n_live = 0;
+	size_t		base,
+				top;
+
+	if (p == NULL)
+		goto nomem;
+	p->n = n;
+	p->h = h;
+	p->w = w;
+	p->shp = mt_calloc(m->n_nodes, sizeof(mt_shape3));
+	p->owner = mt_calloc(m->n_nodes, sizeof(int));
+	p->off = mt_calloc(m->n_nodes, sizeof(size_t));
+	last_use = mt_calloc(m->n_nodes, sizeof(int));
+	len = mt_calloc(m->n_nodes, sizeof(size_t));
+	live = mt_calloc(m->n_nodes, sizeof(int));
+	if (!p->shp || !p->owner || !p->off || !last_use || !len || !live)
+		goto nomem;
+	if (mt_model_shapes(m, h, w, p->shp, &p->scratch_len, err) != MT_OK)
+	{
+		plan_free(p);
+		p = NULL;
+		goto done;
+	}
+
+	/* buffer owners (folded nodes alias their input), lifetimes, sizes */
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		mt_node    *nd = &m->nodes[i];
+
+		p->owner[i] = nd->folded ? p->owner[nd->in0] : i;
+		p->off[i] = SIZE_MAX;
+		last_use[i] = i;
+		if (nd->in0 >= 0 && last_use[p->owner[nd->in0]] < i)
+			last_use[p->owner[nd->in0]] = i;
+		if (nd->in1 >= 0 && last_use[p->owner[nd->in1]] < i)
+			last_use[p->owner[nd->in1]] = i;
+		if (!nd->folded)
+		{
+			size_t		l;
+
+			if (!mt_mul_size((size_t) n, (size_t) p->shp[i].h * p->shp[i].w, &l) ||
+				!mt_mul_size(l, (size_t) p->shp[i].c, &l))
+			{
+				mt_seterr(err, MT_ERR_LIMIT, "activation of %s node %d is too large", m->arch, i);
+				plan_free(p);
+				p = NULL;
+				goto done;
+			}
+			len[i] = align_up(l);
+		}
+	}
+	if (m->features_node >= 0)
+		last_use[p->owner[m->features_node]] = m->n_nodes;
+	if (m->logits_node >= 0)
+		last_use[p->owner[m->logits_node]] = m->n_nodes;
+
+	/* first fit: live blocks kept sorted by offset */
+	base = align_up(p->scratch_len);
+	top = base;
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		size_t		at = base;
+		int			k = 0,
+					j;
+
+		if (m->nodes[i].folded)
+			continue;
+		/* drop blocks whose last reader ran before node i */
+		for (j = 0; j < n_live; j++)
+			if (last_use[live[j]] >= i)
+				live[k++] = live[j];
+		n_live = k;
+		for (j = 0; j < n_live; j++)
+		{
+			if (p->off[live[j]] >= at + len[i])
+				break;
+			if (p->off[live[j]] + len[live[j]] > at)
+				at = p->off[live[j]] + len[live[j]];
+		}
+		p->off[i] = at;
+		memmove(&live[j + 1], &live[j], sizeof(int) * (n_live - j));
+		live[j] = i;
+		n_live++;
+		if (at + len[i] > top)
+			top = at + len[i];
+	}
+	p->total = top;
+	goto done;
+
+nomem:
+	mt_seterr(err, MT_ERR_NOMEM, "out of memory planning the forward pass of %s", m->arch);
+	plan_free(p);
+	p = NULL;
+done:
+	mt_free(last_use);
+	mt_free(len);
+	mt_free(live);
+	return p;
+}
+
 int
 mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 				 float *logits, float *features, mt_err *err)
 {
-	mt_shape3  *shp = NULL;
-	int		   *owner = NULL;
-	int		   *last_use = NULL;
-	float	  **buf = NULL;
-	float	   *scratch = NULL;
-	size_t		scratch_len = 0;
+	struct mt_plan *p;
 	int			rc = MT_OK;
 
 	if ((rc = mt_model_prepare(m, err)) != MT_OK)
@@ -578,47 +735,25 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 	if (n <= 0 || h <= 0 || w <= 0)
 		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
 
-	shp = mt_calloc(m->n_nodes, sizeof(mt_shape3));
-	owner = mt_calloc(m->n_nodes, sizeof(int));
-	last_use = mt_calloc(m->n_nodes, sizeof(int));
-	buf = mt_calloc(m->n_nodes, sizeof(float *));
-	if (!shp || !owner || !last_use || !buf)
+	p = m->plan;
+	if (p == NULL || p->n != n || p->h != h || p->w != w)
 	{
-		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass");
-		goto done;
+		mt_model_release_plan(m);
+		if ((p = plan_build(m, n, h, w, err)) == NULL)
+			return err->code;
+		m->plan = p;
 	}
-	if ((rc = mt_model_shapes(m, h, w, shp, &scratch_len, err)) != MT_OK)
-		goto done;
-
-	/* buffer owners (folded nodes alias their input), lifetimes */
-	for (int i = 0; i < m->n_nodes; i++)
-	{
-		mt_node    *nd = &m->nodes[i];
-
-		owner[i] = nd->folded ? owner[nd->in0] : i;
-		last_use[i] = i;
-		if (nd->in0 >= 0 && last_use[owner[nd->in0]] < i)
-			last_use[owner[nd->in0]] = i;
-		if (nd->in1 >= 0 && last_use[owner[nd->in1]] < i)
-			last_use[owner[nd->in1]] = i;
-	}
-	if (m->features_node >= 0)
-		last_use[owner[m->features_node]] = m->n_nodes;
-	if (m->logits_node >= 0)
-		last_use[owner[m->logits_node]] = m->n_nodes;
-
-	if (scratch_len > 0 && (scratch = mt_malloc(scratch_len * sizeof(float))) == NULL)
-	{
-		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass");
-		goto done;
-	}
+	if (p->arena == NULL &&
+		(p->total > SIZE_MAX / sizeof(float) ||
+		 (p->arena = mt_malloc(p->total * sizeof(float))) == NULL))
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass of %s (%zu MB of activations)",
+						 m->arch, p->total * sizeof(float) >> 20);
 
 	for (int i = 0; i < m->n_nodes; i++)
 	{
 		mt_node    *nd = &m->nodes[i];
-		mt_shape3	in = nd->in0 >= 0 ? shp[nd->in0] : (mt_shape3) {h, w, 3};
-		const float *a = nd->in0 >= 0 ? buf[owner[nd->in0]] : x;
-		size_t		out_len = (size_t) n * shp[i].h * shp[i].w * shp[i].c;
+		mt_shape3	in = nd->in0 >= 0 ? p->shp[nd->in0] : (mt_shape3) {h, w, 3};
+		const float *a = nd->in0 >= 0 ? p->arena + p->off[p->owner[nd->in0]] : x;
 		float	   *y;
 
 		if (mt_interrupted())
@@ -628,53 +763,38 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 		}
 		if (nd->folded)
 			continue;
-		y = mt_malloc(out_len * sizeof(float));
-		if (y == NULL)
-			goto nomem;
-		buf[i] = y;
+		y = p->arena + p->off[i];
 		if (nd->kind == MT_NODE_INPUT)
 		{
-			memcpy(y, x, out_len * sizeof(float));
+			memcpy(y, x, sizeof(float) * n * h * w * 3);
 			continue;
 		}
 		rc = mt_node_run_prepared(m, nd, n, in, a,
-								  nd->in1 >= 0 ? buf[owner[nd->in1]] : NULL,
-								  y, scratch, err);
+								  nd->in1 >= 0 ? p->arena + p->off[p->owner[nd->in1]] : NULL,
+								  y, p->arena, err);
 		if (rc != MT_OK)
 			goto done;
-		/* release inputs whose last reader this was */
-		for (int k = 0; k < 2; k++)
-		{
-			int			src = k == 0 ? nd->in0 : nd->in1;
-
-			if (src >= 0 && last_use[owner[src]] == i && buf[owner[src]] != NULL)
-			{
-				mt_free(buf[owner[src]]);
-				buf[owner[src]] = NULL;
-			}
-		}
 	}
 
 	if (features != NULL && m->features_node >= 0)
-		memcpy(features, buf[owner[m->features_node]],
-			   sizeof(float) * n * shp[m->features_node].c);
+		memcpy(features, p->arena + p->off[p->owner[m->features_node]],
+			   sizeof(float) * n * p->shp[m->features_node].c);
 	if (logits != NULL && m->logits_node >= 0)
-		memcpy(logits, buf[owner[m->logits_node]],
-			   sizeof(float) * n * shp[m->logits_node].c);
-	goto done;
-
-nomem:
-	rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass of %s", m->arch);
+		memcpy(logits, p->arena + p->off[p->owner[m->logits_node]],
+			   sizeof(float) * n * p->shp[m->logits_node].c);
 done:
-	if (buf != NULL)
-		for (int i = 0; i < m->n_nodes; i++)
-			mt_free(buf[i]);
-	mt_free(buf);
-	mt_free(scratch);
-	mt_free(shp);
-	mt_free(owner);
-	mt_free(last_use);
+	if (p->total * sizeof(float) > MT_ARENA_KEEP || m->no_arena_keep)
+	{
+		mt_free(p->arena);
+		p->arena = NULL;
+	}
 	return rc;
+}
+
+size_t
+mt_model_plan_bytes(const mt_model *m)
+{
+	return m->plan != NULL && m->plan->arena != NULL ? m->plan->total * sizeof(float) : 0;
 }
 
 void

@@ -160,6 +160,8 @@ typedef struct mt_model
 	int			conv_init_fan_in;	/* init_all: kaiming normal over fan_in (DenseNet) */
 	int			bn_train_frozen;	/* frozen BN layers use batch statistics too */
 	struct mt_train_state *train;	/* kept by mt_model_forward_train */
+	struct mt_plan *plan;		/* inference memory plan (graph.c) */
+	int			no_arena_keep;	/* release the arena after every pass (benchmarks) */
 } mt_model;
 
 /* Building (used by the model zoo). */
@@ -191,6 +193,10 @@ int			mt_model_prepare(mt_model *m, mt_err *err);
 int			mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 							 float *logits, float *features, mt_err *err);
 void		mt_model_free(mt_model *m);
+/* Drop the inference memory plan and its arena (re-made on the next pass). */
+void		mt_model_release_plan(mt_model *m);
+/* Bytes of the activation arena kept with the model (0 if none). */
+size_t		mt_model_plan_bytes(const mt_model *m);
 
 /* Bytes of float data held (parameters and packed copies). */
 size_t		mt_model_memory(const mt_model *m);

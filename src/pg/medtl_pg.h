@@ -39,6 +39,7 @@ typedef struct MedtlModel
 	int			n_labels;
 	char	  **labels;
 	mt_model   *net;			/* NULL for an ensemble */
+	MemoryContext cxt;			/* holds the model: its forward pass allocates here */
 	/* an ensemble (arch "ensemble"): member names and normalised weights */
 	int			n_members;
 	char	  **member_names;
@@ -46,6 +47,11 @@ typedef struct MedtlModel
 } MedtlModel;
 
 MedtlModel *medtl_get_model(FunctionCallInfo fcinfo, text *name);
+/*
+ * mt_model_forward in the model's memory context (the engine keeps its
+ * activation plan with the model); raises on error.
+ */
+void		medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *features);
 /* A private copy of a model (not cached), e.g. to train it. */
 MedtlModel *medtl_load_model_private(const char *name, MemoryContext cxt);
 int			medtl_cached_models(void);

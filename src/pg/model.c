@@ -260,6 +260,7 @@ load_model(const char *name, const ModelRow *row, MemoryContext cxt)
 
 	old = MemoryContextSwitchTo(cxt);
 	mm = palloc0(sizeof(MedtlModel));
+	mm->cxt = cxt;
 	mm->model_id = row->model_id;
 	mm->name = pstrdup(name);
 	mm->arch = TextDatumGetCString(SPI_getbinval(t, d, 1, &isnull));
@@ -453,8 +454,6 @@ static void
 score_image(MedtlModel *mm, bytea *image, float **logits, float **features)
 {
 	float	   *x;
-	mt_err		err;
-	int			rc;
 
 	medtl_engine_enter();
 	x = medtl_image_tensor(image, mm->input_size, mm->mean, mm->std);
@@ -462,9 +461,19 @@ score_image(MedtlModel *mm, bytea *image, float **logits, float **features)
 		*logits = palloc(sizeof(float) * mm->net->num_classes);
 	if (features)
 		*features = palloc(sizeof(float) * mm->net->feature_dim);
-	rc = mt_model_forward(mm->net, x, 1, mm->input_size, mm->input_size,
-						  logits ? *logits : NULL, features ? *features : NULL, &err);
+	medtl_forward(mm, x, 1, logits ? *logits : NULL, features ? *features : NULL);
 	pfree(x);
+}
+
+void
+medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *features)
+{
+	MemoryContext old = MemoryContextSwitchTo(mm->cxt);
+	mt_err		err;
+	int			rc;
+
+	rc = mt_model_forward(mm->net, x, n, mm->input_size, mm->input_size, logits, features, &err);
+	MemoryContextSwitchTo(old);
 	if (rc != MT_OK)
 		medtl_raise(&err, "inference failed");
 }
@@ -764,7 +773,6 @@ medtl_predict_batch(PG_FUNCTION_ARGS)
 			int		   *slot = palloc(sizeof(int) * m);
 			float	   *x = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * per * m);
 			float	   *logits;
-			mt_err		err;
 
 			medtl_engine_enter();
 			for (int i = 0; i < m; i++)
@@ -784,10 +792,8 @@ medtl_predict_batch(PG_FUNCTION_ARGS)
 			}
 			current = 0;
 			logits = palloc(sizeof(float) * k * Max(used, 1));
-			if (used > 0 &&
-				mt_model_forward(mm->net, x, used, mm->input_size, mm->input_size,
-								 logits, NULL, &err) != MT_OK)
-				medtl_raise(&err, "inference failed");
+			if (used > 0)
+				medtl_forward(mm, x, used, logits, NULL);
 			mt_cpu_backend.softmax(used, k, logits, logits);
 			for (int i = 0; i < m; i++)
 				if (slot[i] >= 0)

@@ -302,7 +302,6 @@ forward_rows(MedtlModel *mm, const MedtlDataset *ds, const int *idx, int m, int 
 	size_t		per = (size_t) ds->size * ds->size * 3;
 	float	   *x = palloc(sizeof(float) * per * batch);
 	int		   *y = palloc(sizeof(int) * batch);
-	mt_err		err;
 
 	for (int s = 0; s < m; s += batch)
 	{
@@ -310,10 +309,9 @@ forward_rows(MedtlModel *mm, const MedtlDataset *ds, const int *idx, int m, int 
 
 		CHECK_FOR_INTERRUPTS();
 		fill_batch(ds, idx + s, b, mm, NULL, NULL, x, y);
-		check(mt_model_forward(mm->net, x, b, ds->size, ds->size,
-							   logits ? logits + (size_t) s * mm->net->num_classes : NULL,
-							   features ? features + (size_t) s * mm->net->feature_dim : NULL,
-							   &err), &err, "forward pass");
+		medtl_forward(mm, x, b,
+					  logits ? logits + (size_t) s * mm->net->num_classes : NULL,
+					  features ? features + (size_t) s * mm->net->feature_dim : NULL);
 	}
 	pfree(x);
 	pfree(y);

@@ -60,6 +60,8 @@ main(int argc, char **argv)
 		fprintf(stderr, "%s\n", err.msg);
 		return 1;
 	}
+	/* A/B switch: allocate activations on every pass instead of keeping the arena */
+	m->no_arena_keep = getenv("MEDTL_NO_ARENA_KEEP") != NULL;
 	mt_rng_seed(&rng, 1, 0);
 	for (int i = 0; i < m->n_params; i++)
 	{
