@@ -6,7 +6,9 @@ parity_torch.py) is written with torch.save in several shapes and imported
 with medtl.import_model_file; logits must match the same model in torch
 within 1e-4 (max |diff| / max |torch|):
 
-  - the plain state_dict;
+  - the plain state_dict, and that of every other architecture of the zoo
+    (resnet34, resnet50, mobilenet_v2, densenet121, efficientnet_b0,
+    vit_b_16; one image each);
   - a training checkpoint {"epoch", "state_dict", "optimizer"} whose names
     carry DataParallel's "module." prefix and whose fc.weight is a
     non-contiguous (transposed-back) view;
@@ -132,6 +134,18 @@ END $$;""")
             sha = hashlib.sha256(f.read()).hexdigest()
         report(info == ["pth|7|%s" % sha], "models row: format, classes, sha256 of the file: %s" % info)
         check_logits("plain", "pth_plain", model, images)
+
+        # every other architecture of the zoo, saved by torch.save, scores as in torch
+        for arch in ("resnet34", "resnet50", "mobilenet_v2", "densenet121", "efficientnet_b0", "vit_b_16"):
+            m = build_model(arch, 5, SEED, calib)
+            path = save(m.state_dict(), "%s.pth" % arch)
+            st, msg = try_import("pth_" + arch, path, arch)
+            report(st == "ok", "%s: torch.save(state_dict) imports: %s %s" % (arch, st, msg))
+            if st == "ok":
+                check_logits(arch, "pth_" + arch, m, images[:1])
+                psql("SELECT medtl.drop_model('pth_%s');" % arch)
+            os.unlink(path)
+            del m
 
         # a DataParallel training checkpoint with a non-contiguous tensor
         dp = {"module." + k: v for k, v in sd.items()}
