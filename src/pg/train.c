@@ -627,6 +627,12 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	check(mt_model_freeze(mm->net, a.freeze, &err), &err, "freeze");
 	if (a.bn_frozen)
 		freeze_batch_norm(mm->net);
+	/*
+	 * batch_norm 'train' is PyTorch's model.train(): every batch-norm layer,
+	 * frozen ones included, normalises with batch statistics and updates its
+	 * running statistics (so the backbone's features are not computed once)
+	 */
+	mm->net->bn_train_frozen = !a.bn_frozen;
 	head_only = only_head_trains(mm->net);
 	features_once = head_only && !mt_augment_enabled(&a.aug);
 	opt = mt_optim_create(mm->net, a.optimizer, (float) a.momentum, 0.9f, 0.999f, 1e-8f,
