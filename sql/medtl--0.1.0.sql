@@ -743,7 +743,7 @@ BEGIN
     IF validation IS NULL OR validation < 0 OR validation > 0.9 THEN
         RAISE EXCEPTION 'validation must be a fraction between 0 and 0.9' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF keep_best NOT IN ('val_auc', 'val_accuracy', 'val_loss', 'none') THEN
+    IF keep_best IS NOT NULL AND keep_best NOT IN ('val_auc', 'val_accuracy', 'val_loss', 'none') THEN
         RAISE EXCEPTION 'keep_best must be val_auc, val_accuracy, val_loss or none, not "%"', keep_best
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -814,7 +814,7 @@ CREATE FUNCTION medtl.train(
     validation float8 DEFAULT 0.1,
     validation_source text DEFAULT NULL,
     group_column text DEFAULT NULL,
-    keep_best text DEFAULT 'val_auc',
+    keep_best text DEFAULT NULL,
     patience int DEFAULT NULL,
     seed bigint DEFAULT 42,
     skip_bad_rows boolean DEFAULT false,
@@ -893,7 +893,7 @@ CREATE FUNCTION medtl.fine_tune(
     validation float8 DEFAULT 0.1,
     validation_source text DEFAULT NULL,
     group_column text DEFAULT NULL,
-    keep_best text DEFAULT 'val_auc',
+    keep_best text DEFAULT NULL,
     seed bigint DEFAULT 42,
     skip_bad_rows boolean DEFAULT false,
     batch_norm text DEFAULT NULL)
