@@ -1,0 +1,1359 @@
+/*
+ * ops_cuda.cu - the CUDA backend: the mt_backend table of src/core/ops.h with
+ * every tensor argument in device memory, fp32 throughout.
+ *
+ * Convolutions are im2col + cublasSgemm (a 1x1 stride-1 unpadded dense
+ * convolution is one GEMM over the batch), depthwise convolutions and the
+ * other layers are direct kernels.  The semantics follow the CPU backend
+ * (src/core/ops_cpu.c, ops_cpu_train.c) entry by entry: NHWC activations,
+ * weights packed by mt_conv_pack_oihw, backward entries adding into their
+ * outputs, per-channel sums accumulated in double.
+ *
+ * cuBLAS is column-major; a row-major C = op(A) op(B) is the column-major
+ * C^T = op(B)^T op(A)^T, which is what gemm_rm() asks cuBLAS for.
+ *
+ * Entries returning void queue their work on the default stream and record
+ * the first failure for mt_cuda_synchronize(); after a failure the later
+ * entries do nothing until it has been reported.
+ */
+#include "cuda/cuda_internal.h"
+
+#include <float.h>
+#include <math.h>
+
+#define THREADS 256
+
+/* Blocks for a grid-stride loop over n items. */
+static unsigned int
+blocks_for(size_t n)
+{
+	size_t		b = (n + THREADS - 1) / THREADS;
+
+	return (unsigned int) (b > 65535u * 16u ? 65535u * 16u : (b == 0 ? 1 : b));
+}
+
+#define GRID_LOOP(i, n) \
+	for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+		 i += (size_t) gridDim.x * blockDim.x)
+
+/* Record a failed launch. */
+static void
+launched(const char *what)
+{
+	mt_cuda_note(cudaGetLastError(), what);
+}
+
+__device__ __forceinline__ float
+apply_act(float v, mt_act act)
+{
+	if (act == MT_ACT_RELU)
+		return v > 0.0f ? v : 0.0f;
+	if (act == MT_ACT_RELU6)
+		return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
+	return v;
+}
+
+/* Row-major C[m x n] = alpha op(A) op(B) + beta C through column-major cuBLAS. */
+static int
+gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+		const float *b, int ldb, float beta, float *c, int ldc, mt_err *err)
+{
+	cublasHandle_t h;
+
+	if (m <= 0 || n <= 0 || (k <= 0 && beta == 1.0f))
+		return MT_OK;
+	if ((h = mt_cuda_blas(err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_INTERNAL;
+	if (k < 0)
+		k = 0;					/* C = beta C, as BLAS defines it */
+	return mt_cublas_status(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+										ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+										n, m, k, &alpha, b, ldb, a, lda, &beta, c, ldc),
+							"cublasSgemm", err);
+}
+
+/* gemm_rm for the void entries: failures are kept for synchronize */
+static void
+gemm_rm_async(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+			  const float *b, int ldb, float beta, float *c, int ldc)
+{
+	mt_err		err;
+
+	mt_clearerr(&err);
+	if (gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &err) != MT_OK)
+		mt_cuda_note_err(&err);
+}
+
+/* A kernel-launch failure as the return value of an int entry. */
+static int
+launch_status(const char *what, mt_err *err)
+{
+	return mt_cuda_status(cudaGetLastError(), what, err);
+}
+
+/* An earlier asynchronous failure, reported by the int entries. */
+static int
+pending_status(mt_err *err)
+{
+	if (mt_cuda_failed())
+		return mt_cuda_synchronize(err);
+	return MT_OK;
+}
+
+/* ---------------------------------------------------------------- conv --- */
+
+/* Geometry of a convolution on one input size, passed by value to kernels. */
+typedef struct conv_geo
+{
+	int			h,
+				w,
+				oh,
+				ow,
+				cin,
+				cin_g,
+				cout,
+				kh,
+				kw,
+				sh,
+				sw,
+				dh,
+				dw,
+				pt,
+				pl;
+} conv_geo;
+
+static conv_geo
+make_geo(const mt_conv_desc *d, int h, int w, int oh, int ow)
+{
+	conv_geo	g;
+
+	g.h = h;
+	g.w = w;
+	g.oh = oh;
+	g.ow = ow;
+	g.cin = d->cin;
+	g.cin_g = d->cin / d->groups;
+	g.cout = d->cout;
+	g.kh = d->kh;
+	g.kw = d->kw;
+	g.sh = d->sh;
+	g.sw = d->sw;
+	g.dh = d->dh;
+	g.dw = d->dw;
+	g.pt = d->pad_t;
+	g.pl = d->pad_l;
+	return g;
+}
+
+/* col[(oy*ow + ox)][(ky*kw + kx)*cin_g + ci] = x[iy][ix][g*cin_g + ci] or 0 */
+__global__ void
+k_im2col(conv_geo g, int grp, const float *__restrict__ x, float *__restrict__ col)
+{
+	size_t		total = (size_t) g.oh * g.ow * g.kh * g.kw * g.cin_g;
+
+	GRID_LOOP(i, total)
+	{
+		size_t		t = i;
+		int			ci = (int) (t % g.cin_g);
+		int			kx,
+					ky,
+					ox,
+					oy,
+					iy,
+					ix;
+
+		t /= g.cin_g;
+		kx = (int) (t % g.kw);
+		t /= g.kw;
+		ky = (int) (t % g.kh);
+		t /= g.kh;
+		ox = (int) (t % g.ow);
+		oy = (int) (t / g.ow);
+		iy = oy * g.sh - g.pt + ky * g.dh;
+		ix = ox * g.sw - g.pl + kx * g.dw;
+		col[i] = (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) ? 0.0f :
+			x[((size_t) iy * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci];
+	}
+}
+
+/*
+ * dx[iy][ix][g*cin_g + ci] += sum of the column entries im2col copied it to
+ * (a gather, so no atomics and a fixed order).
+ */
+__global__ void
+k_col2im_add(conv_geo g, int grp, const float *__restrict__ col, float *__restrict__ dx)
+{
+	size_t		total = (size_t) g.h * g.w * g.cin_g;
+	size_t		kcols = (size_t) g.kh * g.kw * g.cin_g;
+
+	GRID_LOOP(i, total)
+	{
+		int			ci = (int) (i % g.cin_g);
+		size_t		p = i / g.cin_g;
+		int			ix = (int) (p % g.w);
+		int			iy = (int) (p / g.w);
+		float		s = 0.0f;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			ty = iy + g.pt - ky * g.dh;
+			int			oy;
+
+			if (ty < 0 || ty % g.sh != 0 || (oy = ty / g.sh) >= g.oh)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			tx = ix + g.pl - kx * g.dw;
+				int			ox;
+
+				if (tx < 0 || tx % g.sw != 0 || (ox = tx / g.sw) >= g.ow)
+					continue;
+				s += col[((size_t) oy * g.ow + ox) * kcols + ((size_t) ky * g.kw + kx) * g.cin_g + ci];
+			}
+		}
+		dx[((size_t) iy * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci] += s;
+	}
+}
+
+/* y = act(y + bias) over rows x c (bias may be NULL) */
+__global__ void
+k_bias_act(size_t rows, int c, const float *__restrict__ bias, mt_act act, float *__restrict__ y)
+{
+	GRID_LOOP(i, rows * (size_t) c)
+	{
+		float		v = y[i];
+
+		if (bias != NULL)
+			v += bias[i % c];
+		y[i] = apply_act(v, act);
+	}
+}
+
+/* depthwise forward: one thread per output value */
+__global__ void
+k_depthwise(conv_geo g, int n, const float *__restrict__ x, const float *__restrict__ wt,
+			const float *__restrict__ bias, mt_act act, float *__restrict__ y)
+{
+	int			c = g.cin;
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % c);
+		size_t		p = i / c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		const float *xi = x + img * g.h * g.w * c;
+		float		s = bias != NULL ? bias[j] : 0.0f;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky * g.dh;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx * g.dw;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				s += xi[((size_t) iy * g.w + ix) * c + j] * wt[((size_t) ky * g.kw + kx) * c + j];
+			}
+		}
+		y[i] = apply_act(s, act);
+	}
+}
+
+/* depthwise input gradient: a gather per input value */
+__global__ void
+k_depthwise_bwd_data(conv_geo g, int n, const float *__restrict__ dy,
+					 const float *__restrict__ wt, float *__restrict__ dx)
+{
+	int			c = g.cin;
+	size_t		total = (size_t) n * g.h * g.w * c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % c);
+		size_t		p = i / c;
+		int			ix = (int) (p % g.w);
+		int			iy = (int) ((p / g.w) % g.h);
+		size_t		img = p / ((size_t) g.w * g.h);
+		const float *gi = dy + img * g.oh * g.ow * c;
+		float		s = 0.0f;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			ty = iy + g.pt - ky * g.dh;
+			int			oy;
+
+			if (ty < 0 || ty % g.sh != 0 || (oy = ty / g.sh) >= g.oh)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			tx = ix + g.pl - kx * g.dw;
+				int			ox;
+
+				if (tx < 0 || tx % g.sw != 0 || (ox = tx / g.sw) >= g.ow)
+					continue;
+				s += gi[((size_t) oy * g.ow + ox) * c + j] * wt[((size_t) ky * g.kw + kx) * c + j];
+			}
+		}
+		dx[i] += s;
+	}
+}
+
+/*
+ * depthwise weight gradient: block (32 channels x 8 lanes) per tap, channel
+ * chunk and range of output positions (blockIdx.z of gridDim.z), each lane
+ * striding over its positions; sums in double reduced through shared
+ * memory, then one float atomicAdd per block and weight.
+ */
+__global__ void
+k_depthwise_bwd_weight(conv_geo g, int n, const float *__restrict__ x,
+					   const float *__restrict__ dy, float *__restrict__ dw)
+{
+	__shared__ double part[8][32];
+	int			c = g.cin;
+	int			tap = blockIdx.x;
+	int			ky = tap / g.kw,
+				kx = tap % g.kw;
+	int			j = blockIdx.y * 32 + threadIdx.x;
+	size_t		npos = (size_t) n * g.oh * g.ow;
+	size_t		per = (npos + gridDim.z - 1) / gridDim.z;
+	size_t		p0 = (size_t) blockIdx.z * per;
+	size_t		p1 = p0 + per < npos ? p0 + per : npos;
+	double		s = 0.0;
+
+	if (j < c)
+		for (size_t p = p0 + threadIdx.y; p < p1; p += blockDim.y)
+		{
+			int			ox = (int) (p % g.ow);
+			int			oy = (int) ((p / g.ow) % g.oh);
+			size_t		img = p / ((size_t) g.ow * g.oh);
+			int			iy = oy * g.sh - g.pt + ky * g.dh;
+			int			ix = ox * g.sw - g.pl + kx * g.dw;
+
+			if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w)
+				continue;
+			s += (double) dy[p * c + j] *
+				x[((img * g.h + iy) * g.w + ix) * c + j];
+		}
+	part[threadIdx.y][threadIdx.x] = s;
+	__syncthreads();
+	if (threadIdx.y == 0 && j < c)
+	{
+		for (int l = 1; l < 8; l++)
+			s += part[l][threadIdx.x];
+		atomicAdd(dw + (size_t) tap * c + j, (float) s);
+	}
+}
+
+static int
+conv_out(const mt_conv_desc *d, int h, int w, int *oh, int *ow, mt_err *err)
+{
+	*oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	*ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	if (*oh <= 0 || *ow <= 0)
+		return mt_seterr(err, MT_ERR_SHAPE,
+						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+	return MT_OK;
+}
+
+/* dense GEMM over the whole batch: 1x1, stride 1, no padding, one group */
+static int
+conv_is_pointwise(const mt_conv_desc *d)
+{
+	return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 &&
+		d->pad_t == 0 && d->pad_l == 0 && d->pad_b == 0 && d->pad_r == 0 &&
+		d->groups == 1;
+}
+
+static int
+cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
+			const float *packed_w, const float *bias, float *y, float *scratch,
+			mt_err *err)
+{
+	int			oh,
+				ow,
+				rc;
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img,
+				out_img;
+	conv_geo	g;
+
+	if ((rc = conv_out(d, h, w, &oh, &ow, err)) != MT_OK || (rc = pending_status(err)) != MT_OK)
+		return rc;
+	in_img = (size_t) h * w * d->cin;
+	out_img = (size_t) oh * ow * d->cout;
+	g = make_geo(d, h, w, oh, ow);
+	if (n <= 0)
+		return MT_OK;
+	if (mt_conv_is_depthwise(d))
+	{
+		size_t		total = (size_t) n * out_img;
+
+		k_depthwise<<<blocks_for(total), THREADS>>>(g, n, x, packed_w, bias, d->act, y);
+		return launch_status("the depthwise convolution kernel", err);
+	}
+	if (conv_is_pointwise(d))
+	{
+		if ((rc = gemm_rm(0, 0, n * h * w, d->cout, d->cin, 1.0f, x, d->cin,
+						  packed_w, d->cout, 0.0f, y, d->cout, err)) != MT_OK)
+			return rc;
+	}
+	else
+	{
+		size_t		colsz = (size_t) oh * ow * k;
+
+		for (int i = 0; i < n; i++)
+			for (int gr = 0; gr < d->groups; gr++)
+			{
+				k_im2col<<<blocks_for(colsz), THREADS>>>(g, gr, x + i * in_img, scratch);
+				if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
+					return rc;
+				if ((rc = gemm_rm(0, 0, oh * ow, cout_g, k, 1.0f, scratch, k,
+								  packed_w + (size_t) gr * k * cout_g, cout_g, 0.0f,
+								  y + i * out_img + (size_t) gr * cout_g, d->cout, err)) != MT_OK)
+					return rc;
+			}
+	}
+	if (bias != NULL || d->act != MT_ACT_NONE)
+	{
+		size_t		rows = (size_t) n * oh * ow;
+
+		k_bias_act<<<blocks_for(rows * d->cout), THREADS>>>(rows, d->cout, bias, d->act, y);
+		return launch_status("the bias/activation kernel", err);
+	}
+	return MT_OK;
+}
+
+static int
+cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+						  const float *dy, const float *packed_w, float *dx,
+						  float *scratch, mt_err *err)
+{
+	int			oh,
+				ow,
+				rc;
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img,
+				out_img;
+	conv_geo	g;
+
+	if ((rc = conv_out(d, h, w, &oh, &ow, err)) != MT_OK || (rc = pending_status(err)) != MT_OK)
+		return rc;
+	in_img = (size_t) h * w * d->cin;
+	out_img = (size_t) oh * ow * d->cout;
+	g = make_geo(d, h, w, oh, ow);
+	if (n <= 0)
+		return MT_OK;
+	if (mt_conv_is_depthwise(d))
+	{
+		size_t		total = (size_t) n * in_img;
+
+		k_depthwise_bwd_data<<<blocks_for(total), THREADS>>>(g, n, dy, packed_w, dx);
+		return launch_status("the depthwise backward-data kernel", err);
+	}
+	if (conv_is_pointwise(d))
+		return gemm_rm(0, 1, n * h * w, d->cin, d->cout, 1.0f, dy, d->cout,
+					   packed_w, d->cout, 1.0f, dx, d->cin, err);
+	for (int i = 0; i < n; i++)
+		for (int gr = 0; gr < d->groups; gr++)
+		{
+			size_t		total = (size_t) h * w * cin_g;
+
+			if ((rc = gemm_rm(0, 1, oh * ow, k, cout_g, 1.0f,
+							  dy + i * out_img + (size_t) gr * cout_g, d->cout,
+							  packed_w + (size_t) gr * k * cout_g, cout_g, 0.0f,
+							  scratch, k, err)) != MT_OK)
+				return rc;
+			k_col2im_add<<<blocks_for(total), THREADS>>>(g, gr, scratch, dx + i * in_img);
+			if ((rc = launch_status("the col2im kernel", err)) != MT_OK)
+				return rc;
+		}
+	return MT_OK;
+}
+
+static int
+cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+							const float *x, const float *dy, float *packed_dw,
+							float *scratch, mt_err *err)
+{
+	int			oh,
+				ow,
+				rc;
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img,
+				out_img;
+	conv_geo	g;
+
+	if ((rc = conv_out(d, h, w, &oh, &ow, err)) != MT_OK || (rc = pending_status(err)) != MT_OK)
+		return rc;
+	in_img = (size_t) h * w * d->cin;
+	out_img = (size_t) oh * ow * d->cout;
+	g = make_geo(d, h, w, oh, ow);
+	if (n <= 0)
+		return MT_OK;
+	if (mt_conv_is_depthwise(d))
+	{
+		size_t		npos = (size_t) n * oh * ow;
+		size_t		zs = (npos + 2047) / 2048;
+		dim3		grid(d->kh * d->kw, (d->cin + 31) / 32, (unsigned int) (zs > 64 ? 64 : zs));
+		dim3		block(32, 8);
+
+		k_depthwise_bwd_weight<<<grid, block>>>(g, n, x, dy, packed_dw);
+		return launch_status("the depthwise backward-weight kernel", err);
+	}
+	if (conv_is_pointwise(d))
+		return gemm_rm(1, 0, d->cin, d->cout, n * h * w, 1.0f, x, d->cin,
+					   dy, d->cout, 1.0f, packed_dw, d->cout, err);
+	for (int i = 0; i < n; i++)
+		for (int gr = 0; gr < d->groups; gr++)
+		{
+			size_t		colsz = (size_t) oh * ow * k;
+
+			k_im2col<<<blocks_for(colsz), THREADS>>>(g, gr, x + i * in_img, scratch);
+			if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
+				return rc;
+			if ((rc = gemm_rm(1, 0, k, cout_g, oh * ow, 1.0f, scratch, k,
+							  dy + i * out_img + (size_t) gr * cout_g, d->cout, 1.0f,
+							  packed_dw + (size_t) gr * k * cout_g, cout_g, err)) != MT_OK)
+				return rc;
+		}
+	return MT_OK;
+}
+
+/* ------------------------------------------------------------- pooling --- */
+
+typedef struct pool_geo
+{
+	int			h,
+				w,
+				c,
+				oh,
+				ow,
+				kh,
+				kw,
+				sh,
+				sw,
+				pt,
+				pl,
+				pb,
+				pr,
+				include_pad;
+} pool_geo;
+
+static pool_geo
+make_pool_geo(const mt_pool_desc *p, int h, int w, int c)
+{
+	pool_geo	g;
+
+	g.h = h;
+	g.w = w;
+	g.c = c;
+	g.oh = mt_out_size(h, p->kh, p->sh, 1, p->pad_t, p->pad_b);
+	g.ow = mt_out_size(w, p->kw, p->sw, 1, p->pad_l, p->pad_r);
+	g.kh = p->kh;
+	g.kw = p->kw;
+	g.sh = p->sh;
+	g.sw = p->sw;
+	g.pt = p->pad_t;
+	g.pl = p->pad_l;
+	g.pb = p->pad_b;
+	g.pr = p->pad_r;
+	g.include_pad = p->count_include_pad;
+	return g;
+}
+
+/*
+ * The window of output (oy, ox) and its divisor for average pooling
+ * (0: nothing to average).
+ */
+__device__ __forceinline__ int
+pool_count(const pool_geo &g, int oy, int ox)
+{
+	int			y0 = oy * g.sh - g.pt,
+				x0 = ox * g.sw - g.pl;
+	int			count = 0;
+
+	if (g.include_pad)
+	{
+		int			y1 = y0 + g.kh,
+					x1 = x0 + g.kw;
+
+		if (y1 > g.h + g.pb)
+			y1 = g.h + g.pb;
+		if (x1 > g.w + g.pr)
+			x1 = g.w + g.pr;
+		return (y1 - y0) * (x1 - x0);
+	}
+	for (int ky = 0; ky < g.kh; ky++)
+		for (int kx = 0; kx < g.kw; kx++)
+			count += (y0 + ky >= 0 && y0 + ky < g.h && x0 + kx >= 0 && x0 + kx < g.w);
+	return count;
+}
+
+__global__ void
+k_max_pool(pool_geo g, int n, const float *__restrict__ x, float *__restrict__ y)
+{
+	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % g.c);
+		size_t		p = i / g.c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		float		best = -FLT_MAX;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx;
+				float		v;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				v = x[((img * g.h + iy) * g.w + ix) * g.c + j];
+				best = v > best ? v : best;
+			}
+		}
+		y[i] = best;
+	}
+}
+
+/* each output's gradient to its window's first maximum (atomic: windows overlap) */
+__global__ void
+k_max_pool_bwd(pool_geo g, int n, const float *__restrict__ x, const float *__restrict__ dy,
+			   float *__restrict__ dx)
+{
+	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % g.c);
+		size_t		p = i / g.c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		float		best = -FLT_MAX;
+		size_t		arg = (size_t) -1;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx;
+				size_t		at;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				at = ((img * g.h + iy) * g.w + ix) * g.c + j;
+				if (x[at] > best || arg == (size_t) -1)
+				{
+					best = x[at];
+					arg = at;
+				}
+			}
+		}
+		if (arg != (size_t) -1)
+			atomicAdd(dx + arg, dy[i]);
+	}
+}
+
+__global__ void
+k_avg_pool(pool_geo g, int n, const float *__restrict__ x, float *__restrict__ y)
+{
+	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % g.c);
+		size_t		p = i / g.c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		float		s = 0.0f;
+		int			count;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				s += x[((img * g.h + iy) * g.w + ix) * g.c + j];
+			}
+		}
+		count = pool_count(g, oy, ox);
+		y[i] = count > 0 ? s / (float) count : s;
+	}
+}
+
+__global__ void
+k_avg_pool_bwd(pool_geo g, int n, const float *__restrict__ dy, float *__restrict__ dx)
+{
+	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % g.c);
+		size_t		p = i / g.c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		int			count = pool_count(g, oy, ox);
+		float		v;
+
+		if (count <= 0)
+			continue;
+		v = dy[i] * (1.0f / (float) count);
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				atomicAdd(dx + ((img * g.h + iy) * g.w + ix) * g.c + j, v);
+			}
+		}
+	}
+}
+
+static void
+cuda_max_pool2d(const mt_pool_desc *p, int n, int h, int w, int c, const float *x, float *y)
+{
+	pool_geo	g = make_pool_geo(p, h, w, c);
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_max_pool<<<blocks_for(total), THREADS>>>(g, n, x, y);
+	launched("the max-pool kernel");
+}
+
+static void
+cuda_avg_pool2d(const mt_pool_desc *p, int n, int h, int w, int c, const float *x, float *y)
+{
+	pool_geo	g = make_pool_geo(p, h, w, c);
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_avg_pool<<<blocks_for(total), THREADS>>>(g, n, x, y);
+	launched("the average-pool kernel");
+}
+
+static void
+cuda_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+						 const float *x, const float *dy, float *dx)
+{
+	pool_geo	g = make_pool_geo(p, h, w, c);
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_max_pool_bwd<<<blocks_for(total), THREADS>>>(g, n, x, dy, dx);
+	launched("the max-pool backward kernel");
+}
+
+static void
+cuda_avg_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+						 const float *dy, float *dx)
+{
+	pool_geo	g = make_pool_geo(p, h, w, c);
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_avg_pool_bwd<<<blocks_for(total), THREADS>>>(g, n, dy, dx);
+	launched("the average-pool backward kernel");
+}
+
+/* one thread per (image, channel), coalesced over channels */
+__global__ void
+k_global_avg_pool(int n, size_t hw, int c, const float *__restrict__ x, float *__restrict__ y)
+{
+	GRID_LOOP(i, (size_t) n * c)
+	{
+		size_t		img = i / c;
+		int			j = (int) (i % c);
+		const float *xi = x + img * hw * c + j;
+		float		s = 0.0f;
+
+		for (size_t p = 0; p < hw; p++)
+			s += xi[p * c];
+		y[i] = s / (float) hw;
+	}
+}
+
+__global__ void
+k_global_avg_pool_bwd(int n, size_t hw, int c, const float *__restrict__ dy,
+					  float *__restrict__ dx)
+{
+	float		inv = 1.0f / (float) hw;
+
+	GRID_LOOP(i, (size_t) n * hw * c)
+	{
+		size_t		img = i / (hw * c);
+		int			j = (int) (i % c);
+
+		dx[i] += dy[img * c + j] * inv;
+	}
+}
+
+static void
+cuda_global_avg_pool(int n, int h, int w, int c, const float *x, float *y)
+{
+	size_t		total = (size_t) n * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_global_avg_pool<<<blocks_for(total), THREADS>>>(n, (size_t) h * w, c, x, y);
+	launched("the global average-pool kernel");
+}
+
+static void
+cuda_global_avg_pool_backward(int n, int h, int w, int c, const float *dy, float *dx)
+{
+	size_t		total = (size_t) n * h * w * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_global_avg_pool_bwd<<<blocks_for(total), THREADS>>>(n, (size_t) h * w, c, dy, dx);
+	launched("the global average-pool backward kernel");
+}
+
+/* ---------------------------------------------------------- elementwise --- */
+
+__global__ void
+k_channel_affine(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ scale,
+				 const float *__restrict__ shift, mt_act act, float *__restrict__ y)
+{
+	GRID_LOOP(i, rows * (size_t) c)
+	{
+		int			j = (int) (i % c);
+
+		y[i] = apply_act(x[i] * scale[j] + shift[j], act);
+	}
+}
+
+__global__ void
+k_add_act(size_t len, const float *a, const float *b, mt_act act, float *y)
+{
+	GRID_LOOP(i, len)
+		y[i] = apply_act(a[i] + b[i], act);
+}
+
+__global__ void
+k_act(size_t len, const float *x, mt_act act, float *y)
+{
+	GRID_LOOP(i, len)
+		y[i] = apply_act(x[i], act);
+}
+
+__global__ void
+k_act_bwd(size_t len, const float *y, const float *dy, mt_act act, float *dx)
+{
+	GRID_LOOP(i, len)
+	{
+		float		v = y[i];
+		int			pass = act == MT_ACT_RELU ? v > 0.0f :
+			act == MT_ACT_RELU6 ? (v > 0.0f && v < 6.0f) : 1;
+
+		dx[i] = pass ? dy[i] : 0.0f;
+	}
+}
+
+__global__ void
+k_accumulate(size_t len, const float *src, float *dst)
+{
+	GRID_LOOP(i, len)
+		dst[i] += src[i];
+}
+
+static void
+cuda_channel_affine(size_t rows, int c, const float *x, const float *scale,
+					const float *shift, mt_act act, float *y)
+{
+	if (rows * (size_t) c == 0 || mt_cuda_failed())
+		return;
+	k_channel_affine<<<blocks_for(rows * c), THREADS>>>(rows, c, x, scale, shift, act, y);
+	launched("the channel affine kernel");
+}
+
+static void
+cuda_add_act(size_t len, const float *a, const float *b, mt_act act, float *y)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_add_act<<<blocks_for(len), THREADS>>>(len, a, b, act, y);
+	launched("the add kernel");
+}
+
+static void
+cuda_act(size_t len, const float *x, mt_act act, float *y)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_act<<<blocks_for(len), THREADS>>>(len, x, act, y);
+	launched("the activation kernel");
+}
+
+static void
+cuda_act_backward(size_t len, const float *y, const float *dy, mt_act act, float *dx)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_act_bwd<<<blocks_for(len), THREADS>>>(len, y, dy, act, dx);
+	launched("the activation backward kernel");
+}
+
+static void
+cuda_accumulate(size_t len, const float *src, float *dst)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_accumulate<<<blocks_for(len), THREADS>>>(len, src, dst);
+	launched("the accumulate kernel");
+}
+
+/* ------------------------------------------------------ linear, softmax --- */
+
+static void
+cuda_linear(int n, int in, int out, const float *x, const float *w, const float *b, float *y)
+{
+	if (n <= 0 || out <= 0 || mt_cuda_failed())
+		return;
+	gemm_rm_async(0, 1, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+	if (b != NULL && !mt_cuda_failed())
+	{
+		k_bias_act<<<blocks_for((size_t) n * out), THREADS>>>((size_t) n, out, b, MT_ACT_NONE, y);
+		launched("the bias kernel");
+	}
+}
+
+/* one warp per row: max, sum of exponentials (double), normalise */
+__global__ void
+k_softmax(int n, int c, const float *__restrict__ x, float *__restrict__ y)
+{
+	int			row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int			lane = threadIdx.x % 32;
+	const float *in;
+	float	   *out;
+	float		mx = -FLT_MAX;
+	double		sum = 0.0;
+
+	if (row >= n)
+		return;
+	in = x + (size_t) row * c;
+	out = y + (size_t) row * c;
+	for (int j = lane; j < c; j += 32)
+		mx = in[j] > mx ? in[j] : mx;
+	for (int o = 16; o > 0; o /= 2)
+	{
+		float		v = __shfl_xor_sync(0xffffffffu, mx, o);
+
+		mx = v > mx ? v : mx;
+	}
+	for (int j = lane; j < c; j += 32)
+	{
+		float		e = expf(in[j] - mx);
+
+		out[j] = e;
+		sum += e;
+	}
+	for (int o = 16; o > 0; o /= 2)
+		sum += __shfl_xor_sync(0xffffffffu, sum, o);
+	for (int j = lane; j < c; j += 32)
+		out[j] = (float) (out[j] / sum);
+}
+
+static void
+cuda_softmax(int n, int c, const float *x, float *y)
+{
+	if (n <= 0 || c <= 0 || mt_cuda_failed())
+		return;
+	k_softmax<<<(n + 7) / 8, 256>>>(n, c, x, y);
+	launched("the softmax kernel");
+}
+
+/* ------------------------------------------------- per-channel reductions --- */
+
+/*
+ * Column sums over a rows x c matrix in double: grid (ceil(c/32), chunks),
+ * block 32 x 8; block (bx, by) sums rows of chunk by for channels
+ * bx*32 .. bx*32+31 into part0/part1[by * c + j].  Modes:
+ *   0: part0 = sum a
+ *   1: part0 = sum (a - mean)^2
+ *   2: part0 = sum a, part1 = sum a * (b - mean) * invstd   (a = dy, b = x)
+ */
+#define RED_CHUNKS_MAX 128
+
+__global__ void
+k_colsum(size_t rows, int c, int mode, const float *__restrict__ a, const float *__restrict__ b,
+		 const float *__restrict__ mean, const float *__restrict__ invstd,
+		 double *__restrict__ part0, double *__restrict__ part1)
+{
+	__shared__ double s0[8][32];
+	__shared__ double s1[8][32];
+	int			j = blockIdx.x * 32 + threadIdx.x;
+	size_t		per = (rows + gridDim.y - 1) / gridDim.y;
+	size_t		r0 = (size_t) blockIdx.y * per;
+	size_t		r1 = r0 + per < rows ? r0 + per : rows;
+	double		acc0 = 0.0,
+				acc1 = 0.0;
+
+	if (j < c)
+	{
+		float		mu = mode >= 1 ? mean[j] : 0.0f;
+		float		is = mode == 2 ? invstd[j] : 0.0f;
+
+		for (size_t r = r0 + threadIdx.y; r < r1; r += 8)
+		{
+			float		v = a[r * c + j];
+
+			if (mode == 0)
+				acc0 += v;
+			else if (mode == 1)
+			{
+				double		dv = (double) v - mu;
+
+				acc0 += dv * dv;
+			}
+			else
+			{
+				acc0 += v;
+				acc1 += (double) v * ((b[r * c + j] - mu) * is);
+			}
+		}
+	}
+	s0[threadIdx.y][threadIdx.x] = acc0;
+	s1[threadIdx.y][threadIdx.x] = acc1;
+	__syncthreads();
+	if (threadIdx.y == 0 && j < c)
+	{
+		for (int l = 1; l < 8; l++)
+		{
+			acc0 += s0[l][threadIdx.x];
+			acc1 += s1[l][threadIdx.x];
+		}
+		part0[(size_t) blockIdx.y * c + j] = acc0;
+		if (mode == 2)
+			part1[(size_t) blockIdx.y * c + j] = acc1;
+	}
+}
+
+/* Finish column sums: total of the chunks, in a fixed order. */
+__device__ __forceinline__ double
+chunk_total(const double *part, int chunks, int c, int j)
+{
+	double		s = 0.0;
+
+	for (int k = 0; k < chunks; k++)
+		s += part[(size_t) k * c + j];
+	return s;
+}
+
+__global__ void
+k_bias_finish(int c, int chunks, const double *part, float *db)
+{
+	GRID_LOOP(j, (size_t) c)
+		db[j] += (float) chunk_total(part, chunks, c, (int) j);
+}
+
+__global__ void
+k_mean_finish(size_t rows, int c, int chunks, const double *part, float *mean)
+{
+	GRID_LOOP(j, (size_t) c)
+		mean[j] = rows > 0 ? (float) (chunk_total(part, chunks, c, (int) j) / (double) rows) : 0.0f;
+}
+
+/* coef[0..c) = a, coef[c..2c) = b of dx = k (dy - a - xhat b); dbeta/dgamma added */
+__global__ void
+k_bn_finish(size_t rows, int c, int chunks, const double *part0, const double *part1,
+			float *dgamma, float *dbeta, float *coef)
+{
+	GRID_LOOP(j, (size_t) c)
+	{
+		double		sdy = chunk_total(part0, chunks, c, (int) j);
+		double		sdyx = chunk_total(part1, chunks, c, (int) j);
+
+		if (dbeta != NULL)
+			dbeta[j] += (float) sdy;
+		if (dgamma != NULL)
+			dgamma[j] += (float) sdyx;
+		coef[j] = rows > 0 ? (float) (sdy / (double) rows) : 0.0f;
+		coef[c + j] = rows > 0 ? (float) (sdyx / (double) rows) : 0.0f;
+	}
+}
+
+__global__ void
+k_bn_dx(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ dy,
+		const float *__restrict__ mean, const float *__restrict__ invstd,
+		const float *__restrict__ gamma, const float *__restrict__ coef, float *__restrict__ dx)
+{
+	GRID_LOOP(i, rows * (size_t) c)
+	{
+		int			j = (int) (i % c);
+		float		xhat = (x[i] - mean[j]) * invstd[j];
+
+		dx[i] += gamma[j] * invstd[j] * (dy[i] - coef[j] - xhat * coef[c + j]);
+	}
+}
+
+/* chunks of rows for a reduction: enough blocks to fill the device */
+static int
+red_chunks(size_t rows, int c)
+{
+	size_t		colblocks = ((size_t) c + 31) / 32;
+	size_t		want = (264 * 4 + colblocks - 1) / colblocks;	/* ~4 blocks per SM */
+	size_t		byrows = (rows + 255) / 256;	/* at least 256 rows a chunk */
+
+	if (want > byrows)
+		want = byrows;
+	if (want > RED_CHUNKS_MAX)
+		want = RED_CHUNKS_MAX;
+	return want < 1 ? 1 : (int) want;
+}
+
+/* workspace: 2 * chunks * c doubles for the partial sums, then 2 * c floats */
+static double *
+red_workspace(int chunks, int c)
+{
+	mt_err		err;
+	void	   *ws;
+
+	mt_clearerr(&err);
+	ws = mt_cuda_workspace(((size_t) 2 * chunks * c) * sizeof(double) + (size_t) 2 * c * sizeof(float), &err);
+	if (ws == NULL)
+		mt_cuda_note_err(&err);
+	return (double *) ws;
+}
+
+static void
+cuda_bias_backward(size_t rows, int c, const float *dy, float *db)
+{
+	int			chunks;
+	double	   *part;
+
+	if (c <= 0 || mt_cuda_failed())
+		return;
+	chunks = red_chunks(rows, c);
+	if ((part = red_workspace(chunks, c)) == NULL)
+		return;
+	k_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, 0, dy, NULL, NULL, NULL, part, NULL);
+	launched("the column-sum kernel");
+	k_bias_finish<<<blocks_for(c), THREADS>>>(c, chunks, part, db);
+	launched("the bias-gradient kernel");
+}
+
+static void
+cuda_channel_stats(size_t rows, int c, const float *x, float *mean, float *var)
+{
+	int			chunks;
+	double	   *part;
+
+	if (c <= 0 || mt_cuda_failed())
+		return;
+	chunks = red_chunks(rows, c);
+	if ((part = red_workspace(chunks, c)) == NULL)
+		return;
+	k_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, 0, x, NULL, NULL, NULL, part, NULL);
+	launched("the column-sum kernel");
+	k_mean_finish<<<blocks_for(c), THREADS>>>(rows, c, chunks, part, mean);
+	launched("the mean kernel");
+	k_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, 1, x, NULL, mean, NULL, part, NULL);
+	launched("the column-sum kernel");
+	k_mean_finish<<<blocks_for(c), THREADS>>>(rows, c, chunks, part, var);
+	launched("the variance kernel");
+}
+
+static void
+cuda_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
+						 const float *mean, const float *invstd, const float *gamma,
+						 float *dx, float *dgamma, float *dbeta)
+{
+	int			chunks;
+	double	   *part;
+	float	   *coef;
+
+	if (c <= 0 || mt_cuda_failed())
+		return;
+	chunks = red_chunks(rows, c);
+	if ((part = red_workspace(chunks, c)) == NULL)
+		return;
+	coef = (float *) (part + (size_t) 2 * chunks * c);
+	k_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, 2, dy, x, mean, invstd,
+														   part, part + (size_t) chunks * c);
+	launched("the batch-norm reduction kernel");
+	k_bn_finish<<<blocks_for(c), THREADS>>>(rows, c, chunks, part, part + (size_t) chunks * c,
+											dgamma, dbeta, coef);
+	launched("the batch-norm reduction kernel");
+	if (dx != NULL && rows > 0)
+	{
+		k_bn_dx<<<blocks_for(rows * c), THREADS>>>(rows, c, x, dy, mean, invstd, gamma, coef, dx);
+		launched("the batch-norm backward kernel");
+	}
+}
+
+static void
+cuda_linear_backward(int n, int in, int out, const float *x, const float *w,
+					 const float *dy, float *dx, float *dw, float *db)
+{
+	if (mt_cuda_failed())
+		return;
+	if (dx != NULL)
+		gemm_rm_async(0, 0, n, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
+	if (dw != NULL)
+		gemm_rm_async(1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+	if (db != NULL)
+		cuda_bias_backward((size_t) n, out, dy, db);
+}
+
+/* ----------------------------------------------------------- optimizers --- */
+
+__global__ void
+k_sgd(size_t len, float *p, const float *g, float *buf, float lr, float momentum,
+	  float weight_decay, int nesterov, int first)
+{
+	GRID_LOOP(i, len)
+	{
+		float		d = g[i];
+
+		if (weight_decay != 0.0f)
+			d = __fadd_rn(d, __fmul_rn(weight_decay, p[i]));
+		if (buf != NULL)
+		{
+			buf[i] = first ? d : __fadd_rn(__fmul_rn(momentum, buf[i]), d);
+			d = nesterov ? __fadd_rn(d, __fmul_rn(momentum, buf[i])) : buf[i];
+		}
+		p[i] = __fadd_rn(p[i], __fmul_rn(-lr, d));
+	}
+}
+
+__global__ void
+k_adam(size_t len, float *p, const float *g, float *m1, float *m2, float beta1,
+	   float beta2, float eps, float weight_decay, int decoupled, float step_size,
+	   float bc2_sqrt, float shrink)
+{
+	GRID_LOOP(i, len)
+	{
+		float		gi = g[i];
+		float		denom;
+
+		if (decoupled)
+			p[i] = __fmul_rn(p[i], shrink);
+		else if (weight_decay != 0.0f)
+			gi = __fadd_rn(gi, __fmul_rn(weight_decay, p[i]));
+		m1[i] = __fadd_rn(__fmul_rn(m1[i], beta1), __fmul_rn(gi, 1.0f - beta1));
+		m2[i] = __fadd_rn(__fmul_rn(m2[i], beta2), __fmul_rn(__fmul_rn(gi, gi), 1.0f - beta2));
+		denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(m2[i]), bc2_sqrt), eps);
+		p[i] = __fadd_rn(p[i], __fmul_rn(-step_size, __fdiv_rn(m1[i], denom)));
+	}
+}
+
+static void
+cuda_sgd_update(size_t len, float *p, const float *g, float *buf, float lr,
+				float momentum, float weight_decay, int nesterov, int first)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_sgd<<<blocks_for(len), THREADS>>>(len, p, g, buf, lr, momentum, weight_decay, nesterov, first);
+	launched("the SGD kernel");
+}
+
+static void
+cuda_adam_update(size_t len, float *p, const float *g, float *m1, float *m2,
+				 float lr, float beta1, float beta2, float eps, float weight_decay,
+				 int decoupled, int64_t step)
+{
+	/* the step-dependent scalars exactly as the CPU backend computes them */
+	double		bc1 = 1.0 - pow((double) beta1, (double) step);
+	double		bc2 = 1.0 - pow((double) beta2, (double) step);
+	float		step_size = (float) ((double) lr / bc1);
+	float		bc2_sqrt = (float) sqrt(bc2);
+	float		shrink = (float) (1.0 - (double) lr * weight_decay);
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_adam<<<blocks_for(len), THREADS>>>(len, p, g, m1, m2, beta1, beta2, eps, weight_decay,
+										 decoupled, step_size, bc2_sqrt, shrink);
+	launched("the Adam kernel");
+}
+
+/* --------------------------------------------------------------- memory --- */
+
+static int
+cuda_mem_alloc(void **ptr, size_t bytes, mt_err *err)
+{
+	return mt_cuda_alloc(ptr, bytes, err);
+}
+
+extern "C"
+{
+
+const mt_backend mt_cuda_backend = {
+	/* .name = */ "cuda",
+	/* .conv2d = */ cuda_conv2d,
+	/* .max_pool2d = */ cuda_max_pool2d,
+	/* .avg_pool2d = */ cuda_avg_pool2d,
+	/* .global_avg_pool = */ cuda_global_avg_pool,
+	/* .channel_affine = */ cuda_channel_affine,
+	/* .add_act = */ cuda_add_act,
+	/* .act = */ cuda_act,
+	/* .linear = */ cuda_linear,
+	/* .softmax = */ cuda_softmax,
+	/* .conv2d_backward_data = */ cuda_conv2d_backward_data,
+	/* .conv2d_backward_weight = */ cuda_conv2d_backward_weight,
+	/* .bias_backward = */ cuda_bias_backward,
+	/* .act_backward = */ cuda_act_backward,
+	/* .channel_stats = */ cuda_channel_stats,
+	/* .batch_norm_backward = */ cuda_batch_norm_backward,
+	/* .max_pool2d_backward = */ cuda_max_pool2d_backward,
+	/* .avg_pool2d_backward = */ cuda_avg_pool2d_backward,
+	/* .global_avg_pool_backward = */ cuda_global_avg_pool_backward,
+	/* .linear_backward = */ cuda_linear_backward,
+	/* .accumulate = */ cuda_accumulate,
+	/* .sgd_update = */ cuda_sgd_update,
+	/* .adam_update = */ cuda_adam_update,
+	/* .mem_alloc = */ cuda_mem_alloc,
+	/* .mem_free = */ mt_cuda_free,
+	/* .mem_zero = */ mt_cuda_zero,
+	/* .upload = */ mt_cuda_upload,
+	/* .download = */ mt_cuda_download,
+	/* .synchronize = */ mt_cuda_synchronize,
+};
+
+}								/* extern "C" */
