@@ -368,8 +368,11 @@ mt_cuda_blas(mt_err *err)
 			return NULL;
 		if (mt_cublas_status(cublasCreate(&h), "cublasCreate", err) != MT_OK)
 			return NULL;
-		/* plain fp32 GEMMs: no TF32 tensor-core rounding behind our back */
-		if (mt_cublas_status(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode", err) != MT_OK)
+		/*
+		 * fp32 GEMMs in fp32 (the default math mode never lowers fp32 to
+		 * TF32; set explicitly in case the library default changes)
+		 */
+		if (mt_cublas_status(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode", err) != MT_OK)
 		{
 			cublasDestroy(h);
 			return NULL;

@@ -864,13 +864,11 @@ main(int argc, char **argv)
 	}
 	printf("device: %s\n", mt_cuda_device_name());
 	if (mt_blas_init("auto", &err) != MT_OK)
-	{
-		printf("FAIL: the CPU reference needs OpenBLAS: %s %s (set MEDTL_OPENBLAS=/path/libopenblas.so.0)\n",
+		printf("note: %s: %s (set MEDTL_OPENBLAS=/path/libopenblas.so.0); "
+			   "the CPU reference uses medtl's portable C GEMM (double accumulation)\n",
 			   err.msg, err.detail);
-		printf("cuda_ops: 0 passed, 1 failed\n");
-		return 1;
-	}
-	printf("cpu reference: OpenBLAS %s (%s)\n", mt_blas_library(), mt_blas_corename());
+	else
+		printf("cpu reference: OpenBLAS %s (%s)\n", mt_blas_library(), mt_blas_corename());
 
 	for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
 		conv_check(&conv_cases[i]);
