@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test/cuda_build_check.sh - compile-and-link check of `make WITH_CUDA=1`.
 #
-# Builds medtl.so with the CUDA backend and the op-by-op check tool in a
+# First runs the kernels under the CPU emulation (test/cuda_emu/run.sh).
+# Then builds medtl.so with the CUDA backend and the op-by-op check tool in a
 # temporary copy of the sources (the working tree's objects and the installed
 # extension are left alone), checks that medtl.so links cuBLAS/cudart and
 # exports mt_cuda_backend, and runs test/bin/cuda_ops_check --no-bench: on a
@@ -13,17 +14,33 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 NVCC=${NVCC:-$CUDA_HOME/bin/nvcc}
-if [ ! -x "$NVCC" ] && ! command -v nvcc >/dev/null 2>&1; then
-	echo "cuda_build: skipped: nvcc not found (looked for $NVCC and nvcc on PATH)"
-	echo "cuda_build: 0 passed, 0 failed (skipped: no nvcc)"
-	exit 0
-fi
-[ -x "$NVCC" ] || NVCC=$(command -v nvcc)
 
 passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "ok: $*"; }
 bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
+
+# The kernels' logic without a GPU: src/cuda built against the CPU emulation
+# in test/cuda_emu and compared op by op with the CPU backend.
+if command -v g++ >/dev/null 2>&1; then
+	out=$(nice bash "$here/test/cuda_emu/run.sh" 2>&1) && rc=0 || rc=$?
+	echo "$out" | grep -E '^(FAIL|cuda_ops:)|error' | tail -n 40
+	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -Eq '^cuda_ops: [1-9][0-9]* passed, 0 failed$'; then
+		ok "CUDA kernels vs the CPU backend under the CPU emulation ($(echo "$out" | tail -n 1))"
+	else
+		bad "CUDA kernels under the CPU emulation (test/cuda_emu/run.sh exited $rc)"
+	fi
+else
+	echo "note: no g++; the CPU emulation of the CUDA kernels is skipped"
+fi
+
+if [ ! -x "$NVCC" ] && ! command -v nvcc >/dev/null 2>&1; then
+	echo "cuda_build: nvcc not found (looked for $NVCC and nvcc on PATH): make WITH_CUDA=1 skipped"
+	echo "cuda_build: $passed passed, $failed failed (nvcc build skipped: no nvcc)"
+	[ "$failed" -eq 0 ]
+	exit
+fi
+[ -x "$NVCC" ] || NVCC=$(command -v nvcc)
 
 tmp=$(mktemp -d /tmp/medtl-cuda-build.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
