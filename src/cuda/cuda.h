@@ -58,6 +58,14 @@ int			mt_cuda_copy(void *dst, const void *src, size_t bytes, mt_err *err);
 /* Wait for queued work; return (and clear) the first error queued work hit. */
 int			mt_cuda_synchronize(mt_err *err);
 
+/*
+ * Most bytes of device memory a convolution uses for the im2col columns of
+ * several images at once (default 128 MiB, from the backend's workspace,
+ * within the memory cap); 0 or too small: one image at a time in the
+ * caller's scratch.
+ */
+void		mt_cuda_set_im2col_limit(size_t bytes);
+
 /* Destroy the cuBLAS handle and free the backend's own workspace. */
 void		mt_cuda_shutdown(void);
 

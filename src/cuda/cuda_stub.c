@@ -87,6 +87,11 @@ mt_cuda_synchronize(mt_err *err)
 }
 
 void
+mt_cuda_set_im2col_limit(size_t bytes)
+{
+}
+
+void
 mt_cuda_shutdown(void)
 {
 }

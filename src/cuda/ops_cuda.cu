@@ -2,8 +2,10 @@
  * ops_cuda.cu - the CUDA backend: the mt_backend table of src/core/ops.h with
  * every tensor argument in device memory, fp32 throughout.
  *
- * Convolutions are im2col + cublasSgemm (a 1x1 stride-1 unpadded dense
- * convolution is one GEMM over the batch), depthwise convolutions and the
+ * Convolutions are im2col + cublasSgemm over as many images at a time as
+ * fit in mt_cuda_set_im2col_limit's bytes of the backend's workspace (else
+ * one image at a time in the caller's scratch; a 1x1 stride-1 unpadded
+ * dense convolution is one GEMM over the batch without im2col), depthwise convolutions and the
  * other layers are direct kernels.  The semantics follow the CPU backend
  * (src/core/ops_cpu.c, ops_cpu_train.c) entry by entry: NHWC activations,
  * weights packed by mt_conv_pack_oihw, backward entries adding into their
@@ -145,11 +147,14 @@ make_geo(const mt_conv_desc *d, int h, int w, int oh, int ow)
 	return g;
 }
 
-/* col[(oy*ow + ox)][(ky*kw + kx)*cin_g + ci] = x[iy][ix][g*cin_g + ci] or 0 */
+/*
+ * im2col of nimg images and one group: col[((img*oh + oy)*ow + ox)]
+ * [(ky*kw + kx)*cin_g + ci] = x[img][iy][ix][g*cin_g + ci], or 0 in padding
+ */
 __global__ void
-k_im2col(conv_geo g, int grp, const float *__restrict__ x, float *__restrict__ col)
+k_im2col(conv_geo g, int nimg, int grp, const float *__restrict__ x, float *__restrict__ col)
 {
-	size_t		total = (size_t) g.oh * g.ow * g.kh * g.kw * g.cin_g;
+	size_t		total = (size_t) nimg * g.oh * g.ow * g.kh * g.kw * g.cin_g;
 
 	GRID_LOOP(i, total)
 	{
@@ -168,11 +173,13 @@ k_im2col(conv_geo g, int grp, const float *__restrict__ x, float *__restrict__ c
 		ky = (int) (t % g.kh);
 		t /= g.kh;
 		ox = (int) (t % g.ow);
-		oy = (int) (t / g.ow);
+		t /= g.ow;
+		oy = (int) (t % g.oh);
+		t /= g.oh;				/* the image */
 		iy = oy * g.sh - g.pt + ky * g.dh;
 		ix = ox * g.sw - g.pl + kx * g.dw;
 		col[i] = (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) ? 0.0f :
-			x[((size_t) iy * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci];
+			x[((t * g.h + iy) * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci];
 	}
 }
 
@@ -181,9 +188,9 @@ k_im2col(conv_geo g, int grp, const float *__restrict__ x, float *__restrict__ c
  * (a gather, so no atomics and a fixed order).
  */
 __global__ void
-k_col2im_add(conv_geo g, int grp, const float *__restrict__ col, float *__restrict__ dx)
+k_col2im_add(conv_geo g, int nimg, int grp, const float *__restrict__ col, float *__restrict__ dx)
 {
-	size_t		total = (size_t) g.h * g.w * g.cin_g;
+	size_t		total = (size_t) nimg * g.h * g.w * g.cin_g;
 	size_t		kcols = (size_t) g.kh * g.kw * g.cin_g;
 
 	GRID_LOOP(i, total)
@@ -191,7 +198,9 @@ k_col2im_add(conv_geo g, int grp, const float *__restrict__ col, float *__restri
 		int			ci = (int) (i % g.cin_g);
 		size_t		p = i / g.cin_g;
 		int			ix = (int) (p % g.w);
-		int			iy = (int) (p / g.w);
+		int			iy = (int) ((p / g.w) % g.h);
+		size_t		img = p / ((size_t) g.w * g.h);
+		const float *c = col + img * g.oh * g.ow * kcols;
 		float		s = 0.0f;
 
 		for (int ky = 0; ky < g.kh; ky++)
@@ -208,10 +217,10 @@ k_col2im_add(conv_geo g, int grp, const float *__restrict__ col, float *__restri
 
 				if (tx < 0 || tx % g.sw != 0 || (ox = tx / g.sw) >= g.ow)
 					continue;
-				s += col[((size_t) oy * g.ow + ox) * kcols + ((size_t) ky * g.kw + kx) * g.cin_g + ci];
+				s += c[((size_t) oy * g.ow + ox) * kcols + ((size_t) ky * g.kw + kx) * g.cin_g + ci];
 			}
 		}
-		dx[((size_t) iy * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci] += s;
+		dx[((img * g.h + iy) * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci] += s;
 	}
 }
 
@@ -371,6 +380,40 @@ conv_is_pointwise(const mt_conv_desc *d)
 		d->groups == 1;
 }
 
+/* most bytes of batched im2col columns (the backend's workspace) */
+static size_t im2col_limit = (size_t) 128 << 20;
+
+extern "C" void
+mt_cuda_set_im2col_limit(size_t bytes)
+{
+	im2col_limit = bytes;
+}
+
+/*
+ * Images per im2col + GEMM and the buffer for their columns: as many as fit
+ * in im2col_limit in the backend's workspace, else one at a time in the
+ * caller's scratch (mt_conv_scratch_size floats).
+ */
+static int
+conv_chunk(int n, size_t colsz, float *scratch, float **col)
+{
+	size_t		per = colsz * sizeof(float);
+	size_t		fit = per > 0 ? im2col_limit / per : (size_t) n;
+	int			chunk = fit < (size_t) n ? (int) fit : n;
+	void	   *ws;
+	mt_err		err;
+
+	*col = scratch;
+	if (chunk <= 1)
+		return 1;
+	mt_clearerr(&err);
+	ws = mt_cuda_workspace((size_t) chunk * per, &err);
+	if (ws == NULL)
+		return 1;				/* over the memory cap or out of memory: per image */
+	*col = (float *) ws;
+	return chunk;
+}
+
 static int
 cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 			const float *packed_w, const float *bias, float *y, float *scratch,
@@ -409,18 +452,24 @@ cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 	else
 	{
 		size_t		colsz = (size_t) oh * ow * k;
+		float	   *col;
+		int			chunk = conv_chunk(n, colsz, scratch, &col);
 
-		for (int i = 0; i < n; i++)
+		for (int i = 0; i < n; i += chunk)
+		{
+			int			ni = n - i < chunk ? n - i : chunk;
+
 			for (int gr = 0; gr < d->groups; gr++)
 			{
-				k_im2col<<<blocks_for(colsz), THREADS>>>(g, gr, x + i * in_img, scratch);
+				k_im2col<<<blocks_for(ni * colsz), THREADS>>>(g, ni, gr, x + i * in_img, col);
 				if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
 					return rc;
-				if ((rc = gemm_rm(0, 0, oh * ow, cout_g, k, 1.0f, scratch, k,
+				if ((rc = gemm_rm(0, 0, ni * oh * ow, cout_g, k, 1.0f, col, k,
 								  packed_w + (size_t) gr * k * cout_g, cout_g, 0.0f,
 								  y + i * out_img + (size_t) gr * cout_g, d->cout, err)) != MT_OK)
 					return rc;
 			}
+		}
 	}
 	if (bias != NULL || d->act != MT_ACT_NONE)
 	{
@@ -464,20 +513,30 @@ cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 	if (conv_is_pointwise(d))
 		return gemm_rm(0, 1, n * h * w, d->cin, d->cout, 1.0f, dy, d->cout,
 					   packed_w, d->cout, 1.0f, dx, d->cin, err);
-	for (int i = 0; i < n; i++)
-		for (int gr = 0; gr < d->groups; gr++)
-		{
-			size_t		total = (size_t) h * w * cin_g;
+	{
+		float	   *col;
+		int			chunk = conv_chunk(n, (size_t) oh * ow * k, scratch, &col);
 
-			if ((rc = gemm_rm(0, 1, oh * ow, k, cout_g, 1.0f,
-							  dy + i * out_img + (size_t) gr * cout_g, d->cout,
-							  packed_w + (size_t) gr * k * cout_g, cout_g, 0.0f,
-							  scratch, k, err)) != MT_OK)
-				return rc;
-			k_col2im_add<<<blocks_for(total), THREADS>>>(g, gr, scratch, dx + i * in_img);
-			if ((rc = launch_status("the col2im kernel", err)) != MT_OK)
-				return rc;
+		for (int i = 0; i < n; i += chunk)
+		{
+			int			ni = n - i < chunk ? n - i : chunk;
+
+			for (int gr = 0; gr < d->groups; gr++)
+			{
+				size_t		total = (size_t) ni * h * w * cin_g;
+
+				/* dcol [ni*oh*ow x k] = dY_g [ni*oh*ow x cout_g] * W_g^T */
+				if ((rc = gemm_rm(0, 1, ni * oh * ow, k, cout_g, 1.0f,
+								  dy + i * out_img + (size_t) gr * cout_g, d->cout,
+								  packed_w + (size_t) gr * k * cout_g, cout_g, 0.0f,
+								  col, k, err)) != MT_OK)
+					return rc;
+				k_col2im_add<<<blocks_for(total), THREADS>>>(g, ni, gr, col, dx + i * in_img);
+				if ((rc = launch_status("the col2im kernel", err)) != MT_OK)
+					return rc;
+			}
 		}
+	}
 	return MT_OK;
 }
 
@@ -516,19 +575,28 @@ cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 	if (conv_is_pointwise(d))
 		return gemm_rm(1, 0, d->cin, d->cout, n * h * w, 1.0f, x, d->cin,
 					   dy, d->cout, 1.0f, packed_dw, d->cout, err);
-	for (int i = 0; i < n; i++)
-		for (int gr = 0; gr < d->groups; gr++)
-		{
-			size_t		colsz = (size_t) oh * ow * k;
+	{
+		size_t		colsz = (size_t) oh * ow * k;
+		float	   *col;
+		int			chunk = conv_chunk(n, colsz, scratch, &col);
 
-			k_im2col<<<blocks_for(colsz), THREADS>>>(g, gr, x + i * in_img, scratch);
-			if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
-				return rc;
-			if ((rc = gemm_rm(1, 0, k, cout_g, oh * ow, 1.0f, scratch, k,
-							  dy + i * out_img + (size_t) gr * cout_g, d->cout, 1.0f,
-							  packed_dw + (size_t) gr * k * cout_g, cout_g, err)) != MT_OK)
-				return rc;
+		for (int i = 0; i < n; i += chunk)
+		{
+			int			ni = n - i < chunk ? n - i : chunk;
+
+			for (int gr = 0; gr < d->groups; gr++)
+			{
+				/* dW_g [k x cout_g] += col^T [k x ni*oh*ow] * dY_g [ni*oh*ow x cout_g] */
+				k_im2col<<<blocks_for(ni * colsz), THREADS>>>(g, ni, gr, x + i * in_img, col);
+				if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
+					return rc;
+				if ((rc = gemm_rm(1, 0, k, cout_g, ni * oh * ow, 1.0f, col, k,
+								  dy + i * out_img + (size_t) gr * cout_g, d->cout, 1.0f,
+								  packed_dw + (size_t) gr * k * cout_g, cout_g, err)) != MT_OK)
+					return rc;
+			}
 		}
+	}
 	return MT_OK;
 }
 

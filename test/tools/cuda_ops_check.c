@@ -162,8 +162,13 @@ typedef struct conv_case
 	int			bias;
 } conv_case;
 
+/*
+ * batching: 0 the default (all images in one im2col + GEMM), 1 one image at
+ * a time in the caller's scratch, 3 three images per GEMM (a partial last
+ * chunk when n is 4)
+ */
 static void
-conv_check(const conv_case *cc)
+conv_check(const conv_case *cc, int batching)
 {
 	mt_conv_desc d = {.cin = cc->cin, .cout = cc->cout, .kh = cc->kh, .kw = cc->kw,
 		.sh = cc->sh, .sw = cc->sw, .dh = cc->dh, .dw = cc->dw, .groups = cc->groups,
@@ -206,10 +211,16 @@ conv_check(const conv_case *cc)
 	ny = (size_t) cc->n * oh * ow * cc->cout;
 	nw = mt_conv_packed_size(&d);
 	ns = mt_conv_scratch_size(&d, cc->h, cc->w);
-	snprintf(label, sizeof(label), "%s [n%d %dx%dx%d -> %dx%dx%d k%dx%d s%d d%d g%d pad %d,%d,%d,%d %s%s]",
+	snprintf(label, sizeof(label), "%s [n%d %dx%dx%d -> %dx%dx%d k%dx%d s%d d%d g%d pad %d,%d,%d,%d %s%s]%s",
 			 cc->name, cc->n, cc->h, cc->w, cc->cin, oh, ow, cc->cout, cc->kh, cc->kw,
 			 cc->sh, cc->dh, cc->groups, d.pad_t, d.pad_l, d.pad_b, d.pad_r,
-			 act_name(cc->act), cc->bias ? " bias" : "");
+			 act_name(cc->act), cc->bias ? " bias" : "",
+			 batching == 1 ? " (per image)" : batching == 3 ? " (3 images per GEMM)" : "");
+	if (batching == 0)
+		mt_cuda_set_im2col_limit((size_t) 128 << 20);
+	else
+		mt_cuda_set_im2col_limit((size_t) batching * oh * ow * cc->kh * cc->kw *
+								 (cc->cin / cc->groups) * sizeof(float));
 
 	x = hrand(nx, -1, 1);
 	wt = hrand(nw, -0.5f, 0.5f);
@@ -290,6 +301,7 @@ conv_check(const conv_case *cc)
 	GPU->mem_free(gdx);
 	GPU->mem_free(gdw);
 	GPU->mem_free(gs);
+	mt_cuda_set_im2col_limit((size_t) 128 << 20);
 }
 
 static const conv_case conv_cases[] = {
@@ -871,7 +883,21 @@ main(int argc, char **argv)
 		printf("cpu reference: OpenBLAS %s (%s)\n", mt_blas_library(), mt_blas_corename());
 
 	for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
-		conv_check(&conv_cases[i]);
+		conv_check(&conv_cases[i], 0);
+	/* the im2col paths again one image at a time and in partial chunks */
+	for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
+	{
+		const conv_case *cc = &conv_cases[i];
+		int			dense_gemm = cc->kh == 1 && cc->kw == 1 && cc->sh == 1 && cc->sw == 1 &&
+			cc->pad == 0 && cc->groups == 1;
+		int			depthwise = cc->groups > 1 && cc->groups == cc->cin && cc->cout == cc->cin;
+
+		if (dense_gemm || depthwise || cc->n == 1)
+			continue;
+		conv_check(cc, 1);
+		if (cc->n == 4)
+			conv_check(cc, 3);
+	}
 	for (size_t i = 0; i < sizeof(pool_cases) / sizeof(pool_cases[0]); i++)
 		pool_check(&pool_cases[i]);
 	global_pool_check(1, 7, 7, 64);
