@@ -17,8 +17,6 @@ cd "$here" || exit 2
 OUT=${OUT:-/tmp/medtl-gpu-out}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
-exec > >(tee "$LOG") 2>&1
-
 start=$(date +%s)
 status=0
 step() { printf '\n== %s (t=%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
@@ -29,6 +27,7 @@ finish() {
 	exit "$status"
 }
 
+main() {
 step "machine"
 date -u
 uname -a
@@ -82,7 +81,13 @@ for pair in "cublas:$cublas_dir" "cublasLt:$cublas_dir" "cudart:$cudart_dir"; do
 	[ -n "$real" ] && ln -sf "$real" "$CUDA_LIBDIR/lib$lib.so"
 done
 export LD_LIBRARY_PATH="$cublas_dir:$cudart_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "cuda include: $CUDA_INCDIR"
+# the check tool (plain C) includes cuda_runtime_api.h: find it too
+rtinc=$CUDA_INCDIR
+if [ ! -f "$rtinc/cuda_runtime_api.h" ]; then
+	rtinc=$(find_first cuda_runtime_api.h "${search[@]}") || { fail "cuda_runtime_api.h not found"; finish; }
+	CC="$CC -I$rtinc"
+fi
+echo "cuda include: $CUDA_INCDIR (cuda_runtime_api.h: $rtinc)"
 echo "cublas: $cublas_dir   cudart: $cudart_dir"
 
 step "OpenBLAS for the CPU reference"
@@ -150,3 +155,7 @@ step "PyTorch on this machine (information only)"
 timeout 60 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1 | tail -n 3 || true
 
 finish
+}
+
+main 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"

@@ -816,17 +816,32 @@ bench_conv(const char *name, int n, int h, int w, int cin, int cout, int k, int 
 	}
 	cudaEventCreate(&e0);
 	cudaEventCreate(&e1);
-	cudaEventRecord(e0, 0);
-	for (int i = 0; i < reps; i++)
-		GPU->conv2d(&d, n, h, w, x, wt, NULL, y, s_, &err);
-	cudaEventRecord(e1, 0);
-	cudaEventSynchronize(e1);
-	cudaEventElapsedTime(&ms, e0, e1);
-	if (GPU->synchronize(&err) != MT_OK)
-		printf("bench %s: %s\n", name, err.msg);
-	else
-		printf("bench: conv2d forward %-34s %8.3f ms  %8.1f GFLOP/s\n", name, ms / reps,
-			   flop / (ms / reps * 1e-3) / 1e9);
+	for (int pass = 0; pass < 3; pass++)
+	{
+		static const char *const what[] = {"forward", "backward data", "backward weight"};
+
+		/* backward data reads y as dy and adds into x: values do not matter */
+		cudaEventRecord(e0, 0);
+		for (int i = 0; i < reps; i++)
+		{
+			if (pass == 0)
+				GPU->conv2d(&d, n, h, w, x, wt, NULL, y, s_, &err);
+			else if (pass == 1)
+				GPU->conv2d_backward_data(&d, n, h, w, y, wt, x, s_, &err);
+			else
+				GPU->conv2d_backward_weight(&d, n, h, w, x, y, wt, s_, &err);
+		}
+		cudaEventRecord(e1, 0);
+		cudaEventSynchronize(e1);
+		cudaEventElapsedTime(&ms, e0, e1);
+		if (GPU->synchronize(&err) != MT_OK)
+		{
+			printf("bench %s: %s\n", name, err.msg);
+			break;
+		}
+		printf("bench: conv2d %-15s %-34s %8.3f ms  %8.1f GFLOP/s\n", what[pass], name,
+			   ms / reps, flop / (ms / reps * 1e-3) / 1e9);
+	}
 	cudaEventDestroy(e0);
 	cudaEventDestroy(e1);
 	mt_cuda_free(x);
