@@ -9,7 +9,7 @@
 #
 # The CPU reference loads OpenBLAS from .gpu/lib (made by test/gpu_prepare.sh
 # on the Debian machine and carried along), else a system OpenBLAS, else it
-# falls back to medtl's portable C GEMM.  Budget: well under 4 minutes.
+# falls back to medtl's portable C GEMM.  Budget: at most about 3.5 minutes (timeouts on every step).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -106,16 +106,18 @@ step "build (engine CPU kernels + src/cuda + cuda_ops_check; no PostgreSQL)"
 rm -f src/cuda/*.o test/bin/cuda_ops_check
 t0=$(date +%s)
 if command -v make >/dev/null 2>&1; then
-	timeout 240 make -f src/cuda/cuda.mk -j4 cuda-check CC="$CC" NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" \
-		CUDA_INCDIR="$CUDA_INCDIR" CUDA_LIBDIR="$CUDA_LIBDIR" || fail "build failed"
+	# warnings are not errors here: this compiler may be newer than CI's
+	timeout 120 make -f src/cuda/cuda.mk -j4 cuda-check CC="$CC" NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" \
+		CUDA_INCDIR="$CUDA_INCDIR" CUDA_LIBDIR="$CUDA_LIBDIR" CUDA_WARN="-Wall,-Wno-unused-parameter" \
+		CUDA_CHECK_CFLAGS="-std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA" ||
+		fail "build failed"
 else
 	echo "no make: building with the same commands directly"
-	flags="-O3 -std=c++20 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter,-Wno-sign-compare,-Wno-missing-field-initializers,-Werror -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA"
+	flags="-O3 -std=c++20 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -fPIC,-Wall,-Wno-unused-parameter -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA"
 	mkdir -p test/bin
-	timeout 200 "$NVCC" $flags -c -o src/cuda/cuda_runtime.o src/cuda/cuda_runtime.cu &&
-		timeout 200 "$NVCC" $flags -c -o src/cuda/ops_cuda.o src/cuda/ops_cuda.cu &&
-		timeout 120 "$CC" -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
-			-Wno-missing-field-initializers -Werror -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
+	timeout 100 "$NVCC" $flags -c -o src/cuda/cuda_runtime.o src/cuda/cuda_runtime.cu &&
+		timeout 100 "$NVCC" $flags -c -o src/cuda/ops_cuda.o src/cuda/ops_cuda.cu &&
+		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
 			-o test/bin/cuda_ops_check test/tools/cuda_ops_check.c src/core/mt_common.c \
 			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c \
 			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
@@ -125,10 +127,10 @@ echo "build time: $(( $(date +%s) - t0 ))s"
 [ -x test/bin/cuda_ops_check ] || { fail "test/bin/cuda_ops_check was not built"; finish; }
 
 step "cuda_ops_check: every backend entry, CUDA vs CPU (rel err <= 1e-4), then conv GFLOP/s"
-timeout 150 test/bin/cuda_ops_check > "$OUT/cuda_ops_check.txt" 2>&1
+timeout 90 test/bin/cuda_ops_check > "$OUT/cuda_ops_check.txt" 2>&1
 rc=$?
 cat "$OUT/cuda_ops_check.txt"
-if [ "$rc" -eq 124 ]; then fail "cuda_ops_check timed out after 150s"
+if [ "$rc" -eq 124 ]; then fail "cuda_ops_check timed out after 90s"
 elif [ "$rc" -ne 0 ]; then fail "cuda_ops_check exited $rc"
 elif grep -q 'skipped: no device' "$OUT/cuda_ops_check.txt"; then fail "cuda_ops_check found no CUDA device"
 fi
@@ -138,9 +140,9 @@ for c in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/comput
 	[ -z "$san" ] && [ -x "$c" ] && san=$c
 done
 elapsed=$(( $(date +%s) - start ))
-if [ -n "$san" ] && [ "$elapsed" -lt 120 ]; then
+if [ -n "$san" ] && [ "$elapsed" -lt 130 ]; then
 	step "compute-sanitizer memcheck over the comparison (no benchmark)"
-	timeout $(( 200 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
+	timeout $(( 190 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
 		test/bin/cuda_ops_check --no-bench > "$OUT/sanitizer.txt" 2>&1
 	rc=$?
 	grep -E '=========|^cuda_ops:' "$OUT/sanitizer.txt" | tail -n 40
@@ -152,7 +154,7 @@ else
 fi
 
 step "PyTorch on this machine (information only)"
-timeout 60 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1 | tail -n 3 || true
+timeout 20 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1 | tail -n 3 || true
 
 finish
 }
