@@ -23,10 +23,10 @@ bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
 # The kernels' logic without a GPU: src/cuda built against the CPU emulation
 # in test/cuda_emu and compared op by op with the CPU backend.
 if command -v g++ >/dev/null 2>&1; then
-	out=$(nice bash "$here/test/cuda_emu/run.sh" 2>&1) && rc=0 || rc=$?
+	out=$(EMU_ASAN=1 nice bash "$here/test/cuda_emu/run.sh" 2>&1) && rc=0 || rc=$?
 	echo "$out" | grep -E '^(FAIL|cuda_ops:)|error' | tail -n 40
 	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -Eq '^cuda_ops: [1-9][0-9]* passed, 0 failed$'; then
-		ok "CUDA kernels vs the CPU backend under the CPU emulation ($(echo "$out" | tail -n 1))"
+		ok "CUDA kernels vs the CPU backend under the CPU emulation with ASan ($(echo "$out" | tail -n 1))"
 	else
 		bad "CUDA kernels under the CPU emulation (test/cuda_emu/run.sh exited $rc)"
 	fi

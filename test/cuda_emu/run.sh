@@ -9,14 +9,16 @@ emu=$here/test/cuda_emu
 tmp=$(mktemp -d /tmp/medtl-cuda-emu.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 CXX=${CXX:-g++}
+# EMU_ASAN=1: AddressSanitizer over the kernels (device memory is host memory here)
+san=${EMU_ASAN:+-fsanitize=address -fno-omit-frame-pointer}
 CC=${CC:-gcc}
-flags="-std=c++20 -O1 -ffp-contract=off -Wall -Wno-unused-parameter -Wno-sign-compare -Werror -I$emu/inc -I$here/src -DMEDTL_CUDA"
+flags="$san -std=c++20 -O1 -ffp-contract=off -Wall -Wno-unused-parameter -Wno-sign-compare -Werror -I$emu/inc -I$here/src -DMEDTL_CUDA"
 python3 "$emu/launches.py" "$here/src/cuda/ops_cuda.cu" "$tmp/ops_cuda.cpp"
 cp "$here/src/cuda/cuda_runtime.cu" "$tmp/cuda_runtime.cpp"
 $CXX $flags -c "$tmp/ops_cuda.cpp" -o "$tmp/ops_cuda.o"
 $CXX $flags -c "$tmp/cuda_runtime.cpp" -o "$tmp/cuda_runtime.o"
 $CXX $flags -c "$emu/emu.cpp" -o "$tmp/emu.o"
-$CC -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
+$CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
 	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_ops_check" "$here/test/tools/cuda_ops_check.c" \
 	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
 	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" \
