@@ -1032,9 +1032,9 @@ cuda_linear(int n, int in, int out, const float *x, const float *w, const float 
 	}
 }
 
-/* one warp per row: max, sum of exponentials (double), normalise */
+/* one warp per row: max, sum of exponentials (double), normalise; x may be y */
 __global__ void
-k_softmax(int n, int c, const float *__restrict__ x, float *__restrict__ y)
+k_softmax(int n, int c, const float *x, float *y)
 {
 	int			row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
 	int			lane = threadIdx.x % 32;
@@ -1381,6 +1381,419 @@ cuda_adam_update(size_t len, float *p, const float *g, float *m1, float *m2,
 	launched("the Adam kernel");
 }
 
+/* ---------------------------------------------------------- transformer --- */
+
+/* warp sum of a double */
+__device__ __forceinline__ double
+warp_sum(double v)
+{
+	for (int o = 16; o > 0; o /= 2)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+/* one warp per row: mean and 1/sqrt(var + eps) of x's row, in double */
+__device__ __forceinline__ void
+row_stats(const float *xr, int c, float eps, int lane, double *mean, double *rstd)
+{
+	double		s = 0.0,
+				v = 0.0,
+				mu;
+
+	for (int j = lane; j < c; j += 32)
+		s += xr[j];
+	mu = warp_sum(s) / c;
+	for (int j = lane; j < c; j += 32)
+		v += ((double) xr[j] - mu) * ((double) xr[j] - mu);
+	*mean = mu;
+	*rstd = 1.0 / sqrt(warp_sum(v) / c + eps);
+}
+
+__global__ void
+k_layer_norm(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ gamma,
+			 const float *__restrict__ beta, float eps, float *__restrict__ y)
+{
+	size_t		row = (size_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int			lane = threadIdx.x % 32;
+	double		mean,
+				rstd;
+	float		rs;
+
+	if (row >= rows)
+		return;
+	row_stats(x + row * c, c, eps, lane, &mean, &rstd);
+	rs = (float) rstd;
+	for (int j = lane; j < c; j += 32)
+		y[row * c + j] = ((float) (x[row * c + j] - mean)) * rs * gamma[j] + beta[j];
+}
+
+/*
+ * layer norm backward, one warp per row: dx (may be NULL) and the row's mean
+ * and rstd for the column sums of dgamma
+ */
+__global__ void
+k_layer_norm_bwd_rows(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ dy,
+					  const float *__restrict__ gamma, float eps, float *__restrict__ dx,
+					  double *__restrict__ stats)
+{
+	size_t		row = (size_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int			lane = threadIdx.x % 32;
+	const float *xr,
+			   *dyr;
+	double		mean,
+				rstd,
+				sg = 0.0,
+				sgx = 0.0;
+
+	if (row >= rows)
+		return;
+	xr = x + row * c;
+	dyr = dy + row * c;
+	row_stats(xr, c, eps, lane, &mean, &rstd);
+	if (lane == 0)
+	{
+		stats[2 * row] = mean;
+		stats[2 * row + 1] = rstd;
+	}
+	if (dx == NULL)
+		return;
+	for (int j = lane; j < c; j += 32)
+	{
+		double		xh = ((double) xr[j] - mean) * rstd;
+		double		g = (double) dyr[j] * gamma[j];
+
+		sg += g;
+		sgx += g * xh;
+	}
+	sg = warp_sum(sg) / c;
+	sgx = warp_sum(sgx) / c;
+	for (int j = lane; j < c; j += 32)
+	{
+		double		xh = ((double) xr[j] - mean) * rstd;
+		double		g = (double) dyr[j] * gamma[j];
+
+		dx[row * c + j] += (float) (rstd * (g - sg - xh * sgx));
+	}
+}
+
+/* column sums of dy and dy * xhat with per-row statistics (as k_colsum) */
+__global__ void
+k_ln_colsum(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ dy,
+			const double *__restrict__ stats, double *__restrict__ part0, double *__restrict__ part1)
+{
+	__shared__ double s0[8][32];
+	__shared__ double s1[8][32];
+	int			j = blockIdx.x * 32 + threadIdx.x;
+	size_t		per = (rows + gridDim.y - 1) / gridDim.y;
+	size_t		r0 = (size_t) blockIdx.y * per;
+	size_t		r1 = r0 + per < rows ? r0 + per : rows;
+	double		acc0 = 0.0,
+				acc1 = 0.0;
+
+	if (j < c)
+		for (size_t r = r0 + threadIdx.y; r < r1; r += 8)
+		{
+			double		g = dy[r * c + j];
+
+			acc0 += g;
+			acc1 += g * (((double) x[r * c + j] - stats[2 * r]) * stats[2 * r + 1]);
+		}
+	s0[threadIdx.y][threadIdx.x] = acc0;
+	s1[threadIdx.y][threadIdx.x] = acc1;
+	__syncthreads();
+	if (threadIdx.y == 0 && j < c)
+	{
+		for (int l = 1; l < 8; l++)
+		{
+			acc0 += s0[l][threadIdx.x];
+			acc1 += s1[l][threadIdx.x];
+		}
+		part0[(size_t) blockIdx.y * c + j] = acc0;
+		part1[(size_t) blockIdx.y * c + j] = acc1;
+	}
+}
+
+static void
+cuda_layer_norm(size_t rows, int c, const float *x, const float *gamma, const float *beta,
+				float eps, float *y)
+{
+	if (rows == 0 || c <= 0 || mt_cuda_failed())
+		return;
+	k_layer_norm<<<(unsigned int) ((rows + 7) / 8), 256>>>(rows, c, x, gamma, beta, eps, y);
+	launched("the layer-norm kernel");
+}
+
+static void
+cuda_layer_norm_backward(size_t rows, int c, const float *x, const float *dy,
+						 const float *gamma, float eps, float *dx, float *dgamma, float *dbeta)
+{
+	int			chunks;
+	double	   *part,
+			   *stats;
+	mt_err		err;
+
+	if (rows == 0 || c <= 0 || mt_cuda_failed())
+		return;
+	chunks = red_chunks(rows, c);
+	mt_clearerr(&err);
+	part = (double *) mt_cuda_workspace(((size_t) 2 * chunks * c + 2 * rows) * sizeof(double), &err);
+	if (part == NULL)
+	{
+		mt_cuda_note_err(&err);
+		return;
+	}
+	stats = part + (size_t) 2 * chunks * c;
+	k_layer_norm_bwd_rows<<<(unsigned int) ((rows + 7) / 8), 256>>>(rows, c, x, dy, gamma, eps, dx, stats);
+	launched("the layer-norm backward kernel");
+	if (dgamma == NULL && dbeta == NULL)
+		return;
+	k_ln_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, x, dy, stats, part,
+															  part + (size_t) chunks * c);
+	launched("the layer-norm reduction kernel");
+	if (dbeta != NULL)
+	{
+		k_bias_finish<<<blocks_for(c), THREADS>>>(c, chunks, part, dbeta);
+		launched("the layer-norm reduction kernel");
+	}
+	if (dgamma != NULL)
+	{
+		k_bias_finish<<<blocks_for(c), THREADS>>>(c, chunks, part + (size_t) chunks * c, dgamma);
+		launched("the layer-norm reduction kernel");
+	}
+}
+
+__global__ void
+k_gelu(size_t len, const float *x, float *y)
+{
+	GRID_LOOP(i, len)
+		y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float) M_SQRT1_2));
+}
+
+__global__ void
+k_gelu_bwd(size_t len, const float *x, const float *dy, float *dx)
+{
+	GRID_LOOP(i, len)
+	{
+		double		v = x[i];
+		double		d = 0.5 * (1.0 + erf(v * M_SQRT1_2)) +
+			v * exp(-0.5 * v * v) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
+
+		dx[i] += (float) (dy[i] * d);
+	}
+}
+
+static void
+cuda_gelu(size_t len, const float *x, float *y)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_gelu<<<blocks_for(len), THREADS>>>(len, x, y);
+	launched("the GELU kernel");
+}
+
+static void
+cuda_gelu_backward(size_t len, const float *x, const float *dy, float *dx)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_gelu_bwd<<<blocks_for(len), THREADS>>>(len, x, dy, dx);
+	launched("the GELU backward kernel");
+}
+
+__global__ void
+k_vit_tokens(int n, int p, int d, const float *__restrict__ patches, const float *__restrict__ cls,
+			 const float *__restrict__ pos, float *__restrict__ y)
+{
+	size_t		per = (size_t) (p + 1) * d;
+
+	GRID_LOOP(i, (size_t) n * per)
+	{
+		size_t		s = i / per,
+					k = i % per;
+
+		y[i] = (k < (size_t) d ? cls[k] : patches[s * p * d + (k - d)]) + pos[k];
+	}
+}
+
+/* dpatches += dy rows 1..p; dcls / dpos += sums over the sequences */
+__global__ void
+k_vit_tokens_bwd(int n, int p, int d, const float *__restrict__ dy, float *__restrict__ dpatches,
+				 float *__restrict__ dcls, float *__restrict__ dpos)
+{
+	size_t		per = (size_t) (p + 1) * d;
+
+	GRID_LOOP(k, per)
+	{
+		float		s = 0.0f;
+
+		for (int q = 0; q < n; q++)
+		{
+			float		g = dy[q * per + k];
+
+			s += g;
+			if (dpatches != NULL && k >= (size_t) d)
+				dpatches[(size_t) q * p * d + (k - d)] += g;
+		}
+		if (dpos != NULL)
+			dpos[k] += s;
+		if (dcls != NULL && k < (size_t) d)
+			dcls[k] += s;
+	}
+}
+
+static void
+cuda_vit_tokens(int n, int p, int d, const float *patches, const float *cls, const float *pos,
+				float *y)
+{
+	size_t		len = (size_t) n * (p + 1) * d;
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_vit_tokens<<<blocks_for(len), THREADS>>>(n, p, d, patches, cls, pos, y);
+	launched("the ViT token kernel");
+}
+
+static void
+cuda_vit_tokens_backward(int n, int p, int d, const float *dy, float *dpatches, float *dcls,
+						 float *dpos)
+{
+	size_t		per = (size_t) (p + 1) * d;
+
+	if (per == 0 || n <= 0 || mt_cuda_failed())
+		return;
+	k_vit_tokens_bwd<<<blocks_for(per), THREADS>>>(n, p, d, dy, dpatches, dcls, dpos);
+	launched("the ViT token backward kernel");
+}
+
+/* rows of s (t x t): s = p * (s - rowsum(s * p)), one warp per row */
+__global__ void
+k_softmax_bwd_rows(int t, const float *__restrict__ p, float *__restrict__ s)
+{
+	int			row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int			lane = threadIdx.x % 32;
+	const float *pr;
+	float	   *sr;
+	double		dot = 0.0;
+
+	if (row >= t)
+		return;
+	pr = p + (size_t) row * t;
+	sr = s + (size_t) row * t;
+	for (int k = lane; k < t; k += 32)
+		dot += (double) pr[k] * sr[k];
+	dot = warp_sum(dot);
+	for (int k = lane; k < t; k += 32)
+		sr[k] = pr[k] * (float) (sr[k] - dot);
+}
+
+/* P = softmax(scale Q_j K_j^T) of one sequence and head into p (t x t) */
+static int
+attention_probs(int t, int d, int hd, int j, const float *q, float *p, mt_err *err)
+{
+	float		scale = (float) (1.0 / sqrt((double) hd));
+	int			rc;
+
+	if ((rc = gemm_rm(0, 1, t, t, hd, scale, q + j * hd, 3 * d, q + d + j * hd, 3 * d,
+					  0.0f, p, t, err)) != MT_OK)
+		return rc;
+	k_softmax<<<(t + 7) / 8, 256>>>(t, t, p, p);
+	return launch_status("the softmax kernel", err);
+}
+
+static float *
+attention_workspace(size_t floats, mt_err *err)
+{
+	return (float *) mt_cuda_workspace(floats * sizeof(float), err);
+}
+
+static int
+cuda_attention(int n, int t, int d, int heads, const float *qkv, float *y, mt_err *err)
+{
+	int			hd,
+				rc;
+	float	   *p;
+
+	if (heads <= 0 || d % heads != 0)
+		return mt_seterr(err, MT_ERR_INVALID, "%d channels do not split into %d heads", d, heads);
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	if (n <= 0 || t <= 0)
+		return MT_OK;
+	hd = d / heads;
+	if ((p = attention_workspace((size_t) t * t, err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_NOMEM;
+	for (int s = 0; s < n; s++)
+	{
+		const float *q = qkv + (size_t) s * t * 3 * d;
+		float	   *ys = y + (size_t) s * t * d;
+
+		for (int j = 0; j < heads; j++)
+		{
+			if ((rc = attention_probs(t, d, hd, j, q, p, err)) != MT_OK ||
+				(rc = gemm_rm(0, 0, t, hd, t, 1.0f, p, t, q + 2 * d + j * hd, 3 * d,
+							  0.0f, ys + j * hd, d, err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
+static int
+cuda_attention_backward(int n, int t, int d, int heads, const float *qkv, const float *dy,
+						float *dqkv, mt_err *err)
+{
+	int			hd,
+				rc;
+	float		scale;
+	float	   *p,
+			   *dp;
+
+	if (heads <= 0 || d % heads != 0)
+		return mt_seterr(err, MT_ERR_INVALID, "%d channels do not split into %d heads", d, heads);
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	if (n <= 0 || t <= 0)
+		return MT_OK;
+	hd = d / heads;
+	scale = (float) (1.0 / sqrt((double) hd));
+	if ((p = attention_workspace((size_t) 2 * t * t, err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_NOMEM;
+	dp = p + (size_t) t * t;
+	for (int s = 0; s < n; s++)
+	{
+		const float *q = qkv + (size_t) s * t * 3 * d;
+		const float *dys = dy + (size_t) s * t * d;
+		float	   *dq = dqkv + (size_t) s * t * 3 * d;
+
+		for (int j = 0; j < heads; j++)
+		{
+			const float *qj = q + j * hd,
+					   *kj = q + d + j * hd,
+					   *vj = q + 2 * d + j * hd;
+
+			if ((rc = attention_probs(t, d, hd, j, q, p, err)) != MT_OK)
+				return rc;
+			/* dV += P^T dY; dP = dY V^T */
+			if ((rc = gemm_rm(1, 0, t, hd, t, 1.0f, p, t, dys + j * hd, d, 1.0f,
+							  dq + 2 * d + j * hd, 3 * d, err)) != MT_OK ||
+				(rc = gemm_rm(0, 1, t, t, hd, 1.0f, dys + j * hd, d, vj, 3 * d, 0.0f,
+							  dp, t, err)) != MT_OK)
+				return rc;
+			/* dS = P * (dP - rowsum(dP * P)) */
+			k_softmax_bwd_rows<<<(t + 7) / 8, 256>>>(t, p, dp);
+			if ((rc = launch_status("the softmax backward kernel", err)) != MT_OK)
+				return rc;
+			/* dQ += s dS K, dK += s dS^T Q */
+			if ((rc = gemm_rm(0, 0, t, hd, t, scale, dp, t, kj, 3 * d, 1.0f, dq + j * hd,
+							  3 * d, err)) != MT_OK ||
+				(rc = gemm_rm(1, 0, t, hd, t, scale, dp, t, qj, 3 * d, 1.0f,
+							  dq + d + j * hd, 3 * d, err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
 /* --------------------------------------------------------------- memory --- */
 
 static int
@@ -1416,6 +1829,14 @@ const mt_backend mt_cuda_backend = {
 	.accumulate = cuda_accumulate,
 	.sgd_update = cuda_sgd_update,
 	.adam_update = cuda_adam_update,
+	.layer_norm = cuda_layer_norm,
+	.layer_norm_backward = cuda_layer_norm_backward,
+	.gelu = cuda_gelu,
+	.gelu_backward = cuda_gelu_backward,
+	.attention = cuda_attention,
+	.attention_backward = cuda_attention_backward,
+	.vit_tokens = cuda_vit_tokens,
+	.vit_tokens_backward = cuda_vit_tokens_backward,
 	.mem_alloc = cuda_mem_alloc,
 	.mem_free = mt_cuda_free,
 	.mem_zero = mt_cuda_zero,

@@ -724,6 +724,143 @@ optimizer_checks(size_t len)
 	GPU->mem_free(gm2);
 }
 
+/* The transformer (ViT) entries. */
+static void
+transformer_checks(size_t rows, int c, int n, int t, int d, int heads)
+{
+	size_t		len = rows * c;
+	float	   *x = hrand(len, -3, 3),
+			   *gamma = hrand(c, 0.5f, 1.5f),
+			   *beta = hrand(c, -1, 1),
+			   *y = hrand(len, -1, 1),
+			   *dy = hrand(len, -1, 1),
+			   *dx = hrand(len, -1, 1),
+			   *dg = hrand(c, -1, 1),
+			   *db = hrand(c, -1, 1);
+	float	   *gx = dcopy(x, len),
+			   *ggamma = dcopy(gamma, c),
+			   *gbeta = dcopy(beta, c),
+			   *gy = dcopy(y, len),
+			   *gdy = dcopy(dy, len),
+			   *gdx = dcopy(dx, len),
+			   *gdg = dcopy(dg, c),
+			   *gdb = dcopy(db, c);
+	size_t		nq = (size_t) n * t * 3 * d,
+				ny = (size_t) n * t * d;
+	int			p = t - 1;
+	size_t		ntok = (size_t) n * t * d,
+				npat = (size_t) n * p * d;
+	float	   *qkv = hrand(nq, -2, 2),
+			   *ay = hrand(ny, -1, 1),
+			   *ady = hrand(ny, -1, 1),
+			   *dqkv = hrand(nq, -1, 1),
+			   *pat = hrand(npat, -1, 1),
+			   *cls = hrand(d, -1, 1),
+			   *pos = hrand((size_t) t * d, -1, 1),
+			   *tok = hrand(ntok, -1, 1),
+			   *dpat = hrand(npat, -1, 1),
+			   *dcls = hrand(d, -1, 1),
+			   *dpos = hrand((size_t) t * d, -1, 1);
+	float	   *gqkv = dcopy(qkv, nq),
+			   *gay = dcopy(ay, ny),
+			   *gady = dcopy(ady, ny),
+			   *gdqkv = dcopy(dqkv, nq),
+			   *gpat = dcopy(pat, npat),
+			   *gcls = dcopy(cls, d),
+			   *gpos = dcopy(pos, (size_t) t * d),
+			   *gtok = dcopy(tok, ntok),
+			   *gdpat = dcopy(dpat, npat),
+			   *gdcls = dcopy(dcls, d),
+			   *gdpos = dcopy(dpos, (size_t) t * d);
+	char		label[160];
+	mt_err		err;
+
+	snprintf(label, sizeof(label), "layer_norm [%zu x %d]", rows, c);
+	CPU->layer_norm(rows, c, x, gamma, beta, 1e-6f, y);
+	GPU->layer_norm(rows, c, gx, ggamma, gbeta, 1e-6f, gy);
+	check(label, y, gy, len);
+	CPU->layer_norm_backward(rows, c, x, dy, gamma, 1e-6f, dx, dg, db);
+	GPU->layer_norm_backward(rows, c, gx, gdy, ggamma, 1e-6f, gdx, gdg, gdb);
+	snprintf(label, sizeof(label), "layer_norm_backward dx [%zu x %d]", rows, c);
+	check(label, dx, gdx, len);
+	snprintf(label, sizeof(label), "layer_norm_backward dgamma [%zu x %d]", rows, c);
+	check(label, dg, gdg, c);
+	snprintf(label, sizeof(label), "layer_norm_backward dbeta [%zu x %d]", rows, c);
+	check(label, db, gdb, c);
+	CPU->layer_norm_backward(rows, c, x, dy, gamma, 1e-6f, NULL, dg, NULL);
+	GPU->layer_norm_backward(rows, c, gx, gdy, ggamma, 1e-6f, NULL, gdg, NULL);
+	snprintf(label, sizeof(label), "layer_norm_backward dgamma only [%zu x %d]", rows, c);
+	check(label, dg, gdg, c);
+
+	snprintf(label, sizeof(label), "gelu [%zu]", len);
+	CPU->gelu(len, x, y);
+	GPU->gelu(len, gx, gy);
+	check(label, y, gy, len);
+	snprintf(label, sizeof(label), "gelu_backward [%zu]", len);
+	CPU->gelu_backward(len, x, dy, dx);
+	GPU->gelu_backward(len, gx, gdy, gdx);
+	check(label, dx, gdx, len);
+
+	snprintf(label, sizeof(label), "vit_tokens [n%d p%d d%d]", n, p, d);
+	CPU->vit_tokens(n, p, d, pat, cls, pos, tok);
+	GPU->vit_tokens(n, p, d, gpat, gcls, gpos, gtok);
+	check(label, tok, gtok, ntok);
+	CPU->vit_tokens_backward(n, p, d, tok, dpat, dcls, dpos);
+	GPU->vit_tokens_backward(n, p, d, gtok, gdpat, gdcls, gdpos);
+	snprintf(label, sizeof(label), "vit_tokens_backward dpatches [n%d p%d d%d]", n, p, d);
+	check(label, dpat, gdpat, npat);
+	snprintf(label, sizeof(label), "vit_tokens_backward dcls [n%d p%d d%d]", n, p, d);
+	check(label, dcls, gdcls, d);
+	snprintf(label, sizeof(label), "vit_tokens_backward dpos [n%d p%d d%d]", n, p, d);
+	check(label, dpos, gdpos, (size_t) t * d);
+
+	mt_clearerr(&err);
+	snprintf(label, sizeof(label), "attention [n%d t%d d%d heads %d]", n, t, d, heads);
+	if (CPU->attention(n, t, d, heads, qkv, ay, &err) != MT_OK)
+		die("cpu attention", &err);
+	if (GPU->attention(n, t, d, heads, gqkv, gay, &err) != MT_OK)
+	{
+		printf("FAIL: %s: %s %s\n", label, err.msg, err.detail);
+		n_fail++;
+	}
+	else
+		check(label, ay, gay, ny);
+	snprintf(label, sizeof(label), "attention_backward [n%d t%d d%d heads %d]", n, t, d, heads);
+	if (CPU->attention_backward(n, t, d, heads, qkv, ady, dqkv, &err) != MT_OK)
+		die("cpu attention_backward", &err);
+	if (GPU->attention_backward(n, t, d, heads, gqkv, gady, gdqkv, &err) != MT_OK)
+	{
+		printf("FAIL: %s: %s %s\n", label, err.msg, err.detail);
+		n_fail++;
+	}
+	else
+		check(label, dqkv, gdqkv, nq);
+	/* a head count that does not divide d is refused, as on the CPU */
+	if (GPU->attention(n, t, d, d + 1, gqkv, gay, &err) == MT_ERR_INVALID)
+	{
+		printf("ok: attention refuses %d heads for %d channels\n", d + 1, d);
+		n_pass++;
+	}
+	else
+	{
+		printf("FAIL: attention accepted %d heads for %d channels\n", d + 1, d);
+		n_fail++;
+	}
+
+	{
+		float	   *h[] = {x, gamma, beta, y, dy, dx, dg, db, qkv, ay, ady, dqkv, pat, cls, pos,
+		tok, dpat, dcls, dpos};
+		float	   *g[] = {gx, ggamma, gbeta, gy, gdy, gdx, gdg, gdb, gqkv, gay, gady, gdqkv, gpat,
+		gcls, gpos, gtok, gdpat, gdcls, gdpos};
+
+		for (size_t i = 0; i < sizeof(h) / sizeof(h[0]); i++)
+		{
+			free(h[i]);
+			GPU->mem_free(g[i]);
+		}
+	}
+}
+
 /* The memory API's error mapping: the cap and a device out-of-memory. */
 static void
 memory_checks(void)
@@ -945,6 +1082,9 @@ main(int argc, char **argv)
 	channel_checks(7, 3);
 	channel_checks(8 * 56 * 56, 64);
 	optimizer_checks(10007);
+	transformer_checks(37, 96, 2, 17, 48, 4);
+	transformer_checks(5, 33, 1, 5, 8, 2);
+	transformer_checks(2 * 50, 64, 2, 50, 64, 4);
 	memory_checks();
 
 	if (bench)
