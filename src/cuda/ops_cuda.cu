@@ -52,6 +52,10 @@ apply_act(float v, mt_act act)
 		return v > 0.0f ? v : 0.0f;
 	if (act == MT_ACT_RELU6)
 		return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
+	if (act == MT_ACT_SILU)
+		return v / (1.0f + expf(-v));
+	if (act == MT_ACT_SIGMOID)
+		return 1.0f / (1.0f + expf(-v));
 	return v;
 }
 
@@ -960,7 +964,120 @@ k_act_bwd(size_t len, const float *y, const float *dy, mt_act act, float *dx)
 		int			pass = act == MT_ACT_RELU ? v > 0.0f :
 			act == MT_ACT_RELU6 ? (v > 0.0f && v < 6.0f) : 1;
 
-		dx[i] = pass ? dy[i] : 0.0f;
+		/* SiLU is differentiated from its input (act_backward_input) */
+		if (act == MT_ACT_SIGMOID)
+			dx[i] = dy[i] * (v * (1.0f - v));
+		else
+			dx[i] = pass ? dy[i] : 0.0f;
+	}
+}
+
+/* dx = dy * act'(x) from the activation's input */
+__global__ void
+k_act_bwd_input(size_t len, const float *x, const float *dy, mt_act act, float *dx)
+{
+	GRID_LOOP(i, len)
+	{
+		float		v = x[i],
+					d,
+					s;
+
+		switch (act)
+		{
+			case MT_ACT_RELU:
+				d = v > 0.0f ? 1.0f : 0.0f;
+				break;
+			case MT_ACT_RELU6:
+				d = (v > 0.0f && v < 6.0f) ? 1.0f : 0.0f;
+				break;
+			case MT_ACT_SILU:
+				s = 1.0f / (1.0f + expf(-v));
+				d = s * (1.0f + v * (1.0f - s));
+				break;
+			case MT_ACT_SIGMOID:
+				s = 1.0f / (1.0f + expf(-v));
+				d = s * (1.0f - s);
+				break;
+			default:
+				d = 1.0f;
+				break;
+		}
+		dx[i] = dy[i] * d;
+	}
+}
+
+/* y[r] = a[r] (ca values) then b[r] (cb values) */
+__global__ void
+k_concat(size_t rows, int ca, int cb, const float *__restrict__ a, const float *__restrict__ b,
+		 float *__restrict__ y)
+{
+	size_t		c = (size_t) ca + cb;
+
+	GRID_LOOP(i, rows * c)
+	{
+		size_t		r = i / c,
+					j = i % c;
+
+		y[i] = j < (size_t) ca ? a[r * ca + j] : b[r * cb + (j - ca)];
+	}
+}
+
+__global__ void
+k_concat_bwd(size_t rows, int ca, int cb, const float *__restrict__ dy, float *__restrict__ da,
+			 float *__restrict__ db)
+{
+	size_t		c = (size_t) ca + cb;
+
+	GRID_LOOP(i, rows * c)
+	{
+		size_t		r = i / c,
+					j = i % c;
+
+		if (j < (size_t) ca)
+		{
+			if (da != NULL)
+				da[r * ca + j] += dy[i];
+		}
+		else if (db != NULL)
+			db[r * cb + (j - ca)] += dy[i];
+	}
+}
+
+/* y[i, p, c] = x[i, p, c] * s[i, c] */
+__global__ void
+k_scale_channels(int n, size_t hw, int c, const float *__restrict__ x, const float *__restrict__ s,
+				 float *__restrict__ y)
+{
+	GRID_LOOP(i, (size_t) n * hw * c)
+		y[i] = x[i] * s[(i / (hw * c)) * c + i % c];
+}
+
+__global__ void
+k_scale_channels_bwd_x(int n, size_t hw, int c, const float *__restrict__ s,
+					   const float *__restrict__ dy, float *__restrict__ dx)
+{
+	GRID_LOOP(i, (size_t) n * hw * c)
+		dx[i] += dy[i] * s[(i / (hw * c)) * c + i % c];
+}
+
+/* ds[i, c] += sum over positions of dy * x, in double; one thread per (i, c) */
+__global__ void
+k_scale_channels_bwd_s(int n, size_t hw, int c, const float *__restrict__ x,
+					   const float *__restrict__ dy, float *__restrict__ ds)
+{
+	GRID_LOOP(k, (size_t) n * c)
+	{
+		size_t		img = k / c;
+		int			j = (int) (k % c);
+		double		acc = 0.0;
+
+		for (size_t p = 0; p < hw; p++)
+		{
+			size_t		o = (img * hw + p) * c + j;
+
+			acc += (double) dy[o] * x[o];
+		}
+		ds[k] += (float) acc;
 	}
 }
 
@@ -1006,6 +1123,68 @@ cuda_act_backward(size_t len, const float *y, const float *dy, mt_act act, float
 		return;
 	k_act_bwd<<<blocks_for(len), THREADS>>>(len, y, dy, act, dx);
 	launched("the activation backward kernel");
+}
+
+static void
+cuda_act_backward_input(size_t len, const float *x, const float *dy, mt_act act, float *dx)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_act_bwd_input<<<blocks_for(len), THREADS>>>(len, x, dy, act, dx);
+	launched("the activation backward kernel");
+}
+
+static void
+cuda_concat(size_t rows, int ca, int cb, const float *a, const float *b, float *y)
+{
+	size_t		len = rows * ((size_t) ca + cb);
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_concat<<<blocks_for(len), THREADS>>>(rows, ca, cb, a, b, y);
+	launched("the concat kernel");
+}
+
+static void
+cuda_concat_backward(size_t rows, int ca, int cb, const float *dy, float *da, float *db)
+{
+	size_t		len = rows * ((size_t) ca + cb);
+
+	if (len == 0 || (da == NULL && db == NULL) || mt_cuda_failed())
+		return;
+	k_concat_bwd<<<blocks_for(len), THREADS>>>(rows, ca, cb, dy, da, db);
+	launched("the concat backward kernel");
+}
+
+static void
+cuda_scale_channels(int n, size_t hw, int c, const float *x, const float *s, float *y)
+{
+	size_t		len = (size_t) n * hw * c;
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_scale_channels<<<blocks_for(len), THREADS>>>(n, hw, c, x, s, y);
+	launched("the channel scaling kernel");
+}
+
+static void
+cuda_scale_channels_backward(int n, size_t hw, int c, const float *x, const float *s,
+							 const float *dy, float *dx, float *ds)
+{
+	size_t		len = (size_t) n * hw * c;
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	if (dx != NULL)
+	{
+		k_scale_channels_bwd_x<<<blocks_for(len), THREADS>>>(n, hw, c, s, dy, dx);
+		launched("the channel scaling backward kernel");
+	}
+	if (ds != NULL)
+	{
+		k_scale_channels_bwd_s<<<blocks_for((size_t) n * c), THREADS>>>(n, hw, c, x, dy, ds);
+		launched("the channel scaling backward kernel");
+	}
 }
 
 static void
@@ -1816,10 +1995,15 @@ const mt_backend mt_cuda_backend = {
 	.act = cuda_act,
 	.linear = cuda_linear,
 	.softmax = cuda_softmax,
+	.concat = cuda_concat,
+	.scale_channels = cuda_scale_channels,
 	.conv2d_backward_data = cuda_conv2d_backward_data,
 	.conv2d_backward_weight = cuda_conv2d_backward_weight,
 	.bias_backward = cuda_bias_backward,
 	.act_backward = cuda_act_backward,
+	.act_backward_input = cuda_act_backward_input,
+	.concat_backward = cuda_concat_backward,
+	.scale_channels_backward = cuda_scale_channels_backward,
 	.channel_stats = cuda_channel_stats,
 	.batch_norm_backward = cuda_batch_norm_backward,
 	.max_pool2d_backward = cuda_max_pool2d_backward,

@@ -137,7 +137,8 @@ check(const char *what, const float *h, const float *d, size_t n)
 static const char *
 act_name(mt_act a)
 {
-	return a == MT_ACT_RELU ? "relu" : a == MT_ACT_RELU6 ? "relu6" : "none";
+	return a == MT_ACT_RELU ? "relu" : a == MT_ACT_RELU6 ? "relu6" :
+		a == MT_ACT_SILU ? "silu" : a == MT_ACT_SIGMOID ? "sigmoid" : "none";
 }
 
 /* ---------------------------------------------------------- convolutions --- */
@@ -325,6 +326,9 @@ static const conv_case conv_cases[] = {
 	{"5x5 s1 TF SAME", 1, 11, 11, 6, 10, 5, 5, 1, 1, 1, 1, 1, -1, MT_ACT_NONE, 1},
 	{"3x1 pad 1", 2, 10, 9, 4, 6, 3, 1, 1, 1, 1, 1, 1, 1, MT_ACT_NONE, 1},
 	{"3x3 big channels", 2, 14, 14, 128, 128, 3, 3, 1, 1, 1, 1, 1, 1, MT_ACT_RELU, 1},
+	{"1x1 silu (EfficientNet)", 4, 7, 7, 16, 24, 1, 1, 1, 1, 1, 1, 1, 0, MT_ACT_SILU, 1},
+	{"depthwise 3x3 silu", 4, 9, 9, 16, 16, 3, 3, 1, 1, 1, 1, 16, 1, MT_ACT_SILU, 1},
+	{"3x3 s2 sigmoid", 4, 9, 9, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, MT_ACT_SIGMOID, 1},
 };
 
 /* --------------------------------------------------------------- pooling --- */
@@ -463,7 +467,7 @@ elementwise_checks(size_t rows, int c)
 			   *gdx = dcopy(dx, len);
 	char		label[128];
 
-	for (int a = MT_ACT_NONE; a <= MT_ACT_RELU6; a++)
+	for (int a = MT_ACT_NONE; a <= MT_ACT_SIGMOID; a++)
 	{
 		snprintf(label, sizeof(label), "channel_affine %s [%zu x %d]", act_name(a), rows, c);
 		CPU->channel_affine(rows, c, x, scale, shift, a, y);
@@ -473,6 +477,11 @@ elementwise_checks(size_t rows, int c)
 		snprintf(label, sizeof(label), "act_backward %s [%zu]", act_name(a), len);
 		CPU->act_backward(len, y, dy, a, dx);
 		GPU->act_backward(len, gy, gdy, a, gdx);
+		check(label, dx, gdx, len);
+
+		snprintf(label, sizeof(label), "act_backward_input %s [%zu]", act_name(a), len);
+		CPU->act_backward_input(len, x, dy, a, dx);
+		GPU->act_backward_input(len, gx, gdy, a, gdx);
 		check(label, dx, gdx, len);
 
 		snprintf(label, sizeof(label), "add_act %s [%zu]", act_name(a), len);
@@ -722,6 +731,74 @@ optimizer_checks(size_t len)
 	GPU->mem_free(gg);
 	GPU->mem_free(gbuf);
 	GPU->mem_free(gm2);
+}
+
+/* Channel concatenation and scaling (DenseNet, EfficientNet). */
+static void
+cnn_checks(int n, size_t hw, int ca, int cb)
+{
+	size_t		rows = (size_t) n * hw;
+	int			c = ca + cb;
+	size_t		na = rows * ca,
+				nb = rows * cb,
+				ny = rows * c,
+				ns = (size_t) n * c;
+	float	   *a = hrand(na, -1, 1),
+			   *b = hrand(nb, -1, 1),
+			   *y = hrand(ny, -1, 1),
+			   *dy = hrand(ny, -1, 1),
+			   *da = hrand(na, -1, 1),
+			   *db = hrand(nb, -1, 1),
+			   *sc = hrand(ns, 0, 1),
+			   *dx = hrand(ny, -1, 1),
+			   *ds = hrand(ns, -1, 1);
+	float	   *ga = dcopy(a, na),
+			   *gb = dcopy(b, nb),
+			   *gy = dcopy(y, ny),
+			   *gdy = dcopy(dy, ny),
+			   *gda = dcopy(da, na),
+			   *gdb = dcopy(db, nb),
+			   *gsc = dcopy(sc, ns),
+			   *gdx = dcopy(dx, ny),
+			   *gds = dcopy(ds, ns);
+	char		label[160];
+
+	snprintf(label, sizeof(label), "concat [%zu x (%d + %d)]", rows, ca, cb);
+	CPU->concat(rows, ca, cb, a, b, y);
+	GPU->concat(rows, ca, cb, ga, gb, gy);
+	check(label, y, gy, ny);
+	CPU->concat_backward(rows, ca, cb, dy, da, db);
+	GPU->concat_backward(rows, ca, cb, gdy, gda, gdb);
+	snprintf(label, sizeof(label), "concat_backward da [%zu x (%d + %d)]", rows, ca, cb);
+	check(label, da, gda, na);
+	snprintf(label, sizeof(label), "concat_backward db [%zu x (%d + %d)]", rows, ca, cb);
+	check(label, db, gdb, nb);
+	CPU->concat_backward(rows, ca, cb, dy, NULL, db);
+	GPU->concat_backward(rows, ca, cb, gdy, NULL, gdb);
+	snprintf(label, sizeof(label), "concat_backward db only [%zu x (%d + %d)]", rows, ca, cb);
+	check(label, db, gdb, nb);
+
+	snprintf(label, sizeof(label), "scale_channels [n%d hw%zu c%d]", n, hw, c);
+	CPU->scale_channels(n, hw, c, y, sc, dx);
+	GPU->scale_channels(n, hw, c, gy, gsc, gdx);
+	check(label, dx, gdx, ny);
+	CPU->scale_channels_backward(n, hw, c, y, sc, dy, dx, ds);
+	GPU->scale_channels_backward(n, hw, c, gy, gsc, gdy, gdx, gds);
+	snprintf(label, sizeof(label), "scale_channels_backward dx [n%d hw%zu c%d]", n, hw, c);
+	check(label, dx, gdx, ny);
+	snprintf(label, sizeof(label), "scale_channels_backward ds [n%d hw%zu c%d]", n, hw, c);
+	check(label, ds, gds, ns);
+
+	{
+		float	   *h[] = {a, b, y, dy, da, db, sc, dx, ds};
+		float	   *g[] = {ga, gb, gy, gdy, gda, gdb, gsc, gdx, gds};
+
+		for (size_t i = 0; i < sizeof(h) / sizeof(h[0]); i++)
+		{
+			free(h[i]);
+			GPU->mem_free(g[i]);
+		}
+	}
 }
 
 /* The transformer (ViT) entries. */
@@ -1038,7 +1115,8 @@ main(int argc, char **argv)
 #define ENTRY(f) {#f, CPU->f != NULL, GPU->f != NULL}
 			ENTRY(layer_norm), ENTRY(layer_norm_backward), ENTRY(gelu), ENTRY(gelu_backward),
 			ENTRY(attention), ENTRY(attention_backward), ENTRY(vit_tokens),
-			ENTRY(vit_tokens_backward),
+			ENTRY(vit_tokens_backward), ENTRY(concat), ENTRY(concat_backward),
+			ENTRY(scale_channels), ENTRY(scale_channels_backward), ENTRY(act_backward_input),
 #undef ENTRY
 		};
 
@@ -1082,6 +1160,8 @@ main(int argc, char **argv)
 	channel_checks(7, 3);
 	channel_checks(8 * 56 * 56, 64);
 	optimizer_checks(10007);
+	cnn_checks(4, 49, 32, 16);
+	cnn_checks(1, 9, 5, 3);
 	transformer_checks(37, 96, 2, 17, 48, 4);
 	transformer_checks(5, 33, 1, 5, 8, 2);
 	transformer_checks(2 * 50, 64, 2, 50, 64, 4);
