@@ -30,6 +30,15 @@ OBJS = \
 	src/pg/dataset.o \
 	src/pg/train.o
 
+# make WITH_CUDA=1: the CUDA backend (src/cuda/*.cu through nvcc, cuBLAS);
+# otherwise a C stub answers the same API with "built without CUDA".
+# (rules and flags in src/cuda/cuda.mk, included after PGXS).
+ifeq ($(WITH_CUDA),1)
+PG_CPPFLAGS_CUDA = -DMEDTL_CUDA
+else
+OBJS += src/cuda/cuda_stub.o
+endif
+
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
@@ -39,12 +48,15 @@ REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 OPTFLAGS = -O3
 WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 	-Wno-missing-field-initializers -Werror
-PG_CPPFLAGS = -Isrc -DMEDTL_VERSION=\"$(EXTVERSION)\"
+PG_CPPFLAGS = -Isrc -DMEDTL_VERSION=\"$(EXTVERSION)\" $(PG_CPPFLAGS_CUDA)
 PG_CFLAGS = -std=gnu11 $(OPTFLAGS) $(WARNFLAGS)
 # OpenBLAS is dlopen()ed at first use (src/core/blas.c), not linked.
 SHLIB_LINK = -ljpeg -lpng -lz -ldl -lm -lpthread
+ifeq ($(WITH_CUDA),1)
+SHLIB_LINK += $(CUDA_OBJS) $(CUDA_LIBS)
+endif
 
-EXTRA_CLEAN = test/bin results regression.diffs regression.out
+EXTRA_CLEAN = test/bin results regression.diffs regression.out src/cuda/*.o
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -54,8 +66,13 @@ include $(PGXS)
 # changes (a stale object with an old struct layout is a silent bug)
 $(OBJS): $(wildcard src/*/*.h)
 
+ifeq ($(WITH_CUDA),1)
+include src/cuda/cuda.mk
+$(shlib): $(CUDA_OBJS)
+endif
+
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
-ENGINE_SRC = src/core/mt_common.c src/core/blas.c src/core/pool.c src/core/ops_cpu.c \
+ENGINE_SRC = src/cuda/cuda_stub.c src/core/mt_common.c src/core/blas.c src/core/pool.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
 	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/nn/zoo_cnn.c src/core/ops_cpu_cnn.c src/io/image.c src/io/safetensors.c src/io/pth.c \
 	src/core/ops_cpu_vit.c src/core/graph_vit.c src/nn/vit.c
@@ -79,7 +96,10 @@ fuzz: $(FUZZ_TARGETS)
 .PHONY: unittest fuzz
 
 # --- command-line tools over the engine (benchmarks, parity drivers): make tools
-TOOLS = $(patsubst test/tools/%.c,test/bin/%,$(wildcard test/tools/*.c))
+TOOLS = $(patsubst test/tools/%.c,test/bin/%,$(filter-out test/tools/cuda_%.c,$(wildcard test/tools/*.c)))
+ifeq ($(WITH_CUDA),1)
+TOOLS += test/bin/cuda_ops_check
+endif
 test/bin/%: test/tools/%.c $(ENGINE_SRC) $(wildcard src/*/*.h)
 	@mkdir -p test/bin
 	$(CC) $(UNIT_CFLAGS) -O3 -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm -lpthread

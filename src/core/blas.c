@@ -126,6 +126,7 @@ mt_blas_init(const char *core, mt_err *err)
 {
 	const char *chosen;
 	const char *envcore;
+	const char *envpath;
 	int			i;
 
 	if (blas_init_rc >= 0)
@@ -160,17 +161,27 @@ mt_blas_init(const char *core, mt_err *err)
 		setenv("OPENBLAS_CORETYPE", core, 1);
 	}
 
-	for (i = 0; blas_candidates[i] != NULL && blas_handle == NULL; i++)
+	/* MEDTL_OPENBLAS=/path/libopenblas.so.0 names the library (and only it) */
+	envpath = getenv("MEDTL_OPENBLAS");
+	if (envpath != NULL && envpath[0] != '\0')
 	{
-		blas_handle = dlopen(blas_candidates[i], RTLD_NOW | RTLD_LOCAL);
+		blas_handle = dlopen(envpath, RTLD_NOW | RTLD_LOCAL);
 		if (blas_handle != NULL)
-			snprintf(blas_path, sizeof(blas_path), "%s", blas_candidates[i]);
+			snprintf(blas_path, sizeof(blas_path), "%s", envpath);
 	}
+	else
+		for (i = 0; blas_candidates[i] != NULL && blas_handle == NULL; i++)
+		{
+			blas_handle = dlopen(blas_candidates[i], RTLD_NOW | RTLD_LOCAL);
+			if (blas_handle != NULL)
+				snprintf(blas_path, sizeof(blas_path), "%s", blas_candidates[i]);
+		}
 	if (blas_handle == NULL)
 	{
 		blas_init_rc = mt_seterr(&blas_init_err, MT_ERR_INTERNAL,
 								 "could not load OpenBLAS");
-		mt_setdetail(&blas_init_err, "dlopen(\"libopenblas.so.0\") failed: %s.",
+		mt_setdetail(&blas_init_err, "dlopen(\"%s\") failed: %s.",
+					 envpath != NULL && envpath[0] != '\0' ? envpath : "libopenblas.so.0",
 					 dlerror());
 	}
 	else

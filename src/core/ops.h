@@ -249,6 +249,19 @@ typedef struct mt_backend
 	/* dpatches, dcls, dpos (each may be NULL) of vit_tokens */
 	void		(*vit_tokens_backward) (int n, int p, int d, const float *dy,
 										float *dpatches, float *dcls, float *dpos);
+
+	/*
+	 * Memory of a backend whose tensors do not live in host memory (CUDA).
+	 * NULL in the CPU backend, whose tensors are plain host memory.  The
+	 * entries above that return void may run asynchronously; synchronize
+	 * waits for them and returns the first error any of them hit.
+	 */
+	int			(*mem_alloc) (void **ptr, size_t bytes, mt_err *err);
+	void		(*mem_free) (void *ptr);
+	int			(*mem_zero) (void *ptr, size_t bytes, mt_err *err);
+	int			(*upload) (void *dst, const void *host_src, size_t bytes, mt_err *err);
+	int			(*download) (void *host_dst, const void *src, size_t bytes, mt_err *err);
+	int			(*synchronize) (mt_err *err);
 } mt_backend;
 
 extern const mt_backend mt_cpu_backend;

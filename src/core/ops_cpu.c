@@ -661,4 +661,11 @@ const mt_backend mt_cpu_backend = {
 	.attention_backward = mt_cpu_attention_backward,
 	.vit_tokens = mt_cpu_vit_tokens,
 	.vit_tokens_backward = mt_cpu_vit_tokens_backward,
+	/* host memory: no memory entries */
+	.mem_alloc = NULL,
+	.mem_free = NULL,
+	.mem_zero = NULL,
+	.upload = NULL,
+	.download = NULL,
+	.synchronize = NULL,
 };

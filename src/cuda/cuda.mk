@@ -1,0 +1,38 @@
+# src/cuda/cuda.mk - CUDA build rules, included by the top-level Makefile
+# (PGXS) and usable on its own without PostgreSQL:
+#
+#   make -f src/cuda/cuda.mk cuda-check     builds test/bin/cuda_ops_check
+#
+# nvcc compiles src/cuda/*.cu for sm_90 plus compute_90 PTX (override with
+# CUDA_ARCH=...).  The objects are linked into medtl.so through SHLIB_LINK,
+# not OBJS, so PGXS does not look for LLVM bitcode of them.
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+# where cublas_v2.h / cuda_runtime_api.h and libcublas.so / libcudart.so are
+CUDA_INCDIR ?= $(CUDA_HOME)/include
+CUDA_LIBDIR ?= $(CUDA_HOME)/lib64
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+CUDA_WARN = -Wall,-Wextra,-Wno-unused-parameter,-Wno-sign-compare,-Wno-missing-field-initializers,-Werror
+NVCCFLAGS = -O3 -std=c++20 $(CUDA_ARCH) -Xcompiler -fPIC,$(CUDA_WARN) -Isrc -I$(CUDA_INCDIR) -DMEDTL_CUDA
+CUDA_OBJS = src/cuda/cuda_runtime.o src/cuda/ops_cuda.o
+CUDA_LIBS = -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart -lstdc++
+CUDA_HDRS = src/cuda/cuda.h src/cuda/cuda_internal.h src/core/ops.h src/core/mt_common.h
+
+src/cuda/%.o: src/cuda/%.cu $(CUDA_HDRS)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+# The op-by-op CUDA vs CPU check: only the CPU kernels it compares against,
+# no PostgreSQL, no image libraries.
+CUDA_CHECK_SRC = src/core/mt_common.c src/core/blas.c src/core/pool.c \
+	src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c
+CUDA_CHECK_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter \
+	-Wno-sign-compare -Wno-missing-field-initializers -Werror -Isrc -I$(CUDA_INCDIR) -DMEDTL_CUDA
+
+test/bin/cuda_ops_check: test/tools/cuda_ops_check.c $(CUDA_CHECK_SRC) $(CUDA_OBJS) $(CUDA_HDRS)
+	@mkdir -p test/bin
+	$(CC) $(CUDA_CHECK_CFLAGS) -o $@ $< $(CUDA_CHECK_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
+
+cuda-check: test/bin/cuda_ops_check
+
+.PHONY: cuda-check

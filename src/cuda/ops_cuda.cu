@@ -1,0 +1,2032 @@
+/*
+ * ops_cuda.cu - the CUDA backend: the mt_backend table of src/core/ops.h with
+ * every tensor argument in device memory, fp32 throughout.
+ *
+ * Convolutions are im2col + cublasSgemm over as many images at a time as
+ * fit in mt_cuda_set_im2col_limit's bytes of the backend's workspace (else
+ * one image at a time in the caller's scratch; a 1x1 stride-1 unpadded
+ * dense convolution is one GEMM over the batch without im2col), depthwise convolutions and the
+ * other layers are direct kernels.  The semantics follow the CPU backend
+ * (src/core/ops_cpu.c, ops_cpu_train.c) entry by entry: NHWC activations,
+ * weights packed by mt_conv_pack_oihw, backward entries adding into their
+ * outputs, per-channel sums accumulated in double.
+ *
+ * cuBLAS is column-major; a row-major C = op(A) op(B) is the column-major
+ * C^T = op(B)^T op(A)^T, which is what gemm_rm() asks cuBLAS for.
+ *
+ * Entries returning void queue their work on the default stream and record
+ * the first failure for mt_cuda_synchronize(); after a failure the later
+ * entries do nothing until it has been reported.
+ */
+#include "cuda/cuda_internal.h"
+
+#include <float.h>
+#include <math.h>
+
+#define THREADS 256
+
+/* Blocks for a grid-stride loop over n items. */
+static unsigned int
+blocks_for(size_t n)
+{
+	size_t		b = (n + THREADS - 1) / THREADS;
+
+	return (unsigned int) (b > 65535u * 16u ? 65535u * 16u : (b == 0 ? 1 : b));
+}
+
+#define GRID_LOOP(i, n) \
+	for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+		 i += (size_t) gridDim.x * blockDim.x)
+
+/* Record a failed launch. */
+static void
+launched(const char *what)
+{
+	mt_cuda_note(cudaGetLastError(), what);
+}
+
+__device__ __forceinline__ float
+apply_act(float v, mt_act act)
+{
+	if (act == MT_ACT_RELU)
+		return v > 0.0f ? v : 0.0f;
+	if (act == MT_ACT_RELU6)
+		return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
+	if (act == MT_ACT_SILU)
+		return v / (1.0f + expf(-v));
+	if (act == MT_ACT_SIGMOID)
+		return 1.0f / (1.0f + expf(-v));
+	return v;
+}
+
+/* Row-major C[m x n] = alpha op(A) op(B) + beta C through column-major cuBLAS. */
+static int
+gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+		const float *b, int ldb, float beta, float *c, int ldc, mt_err *err)
+{
+	cublasHandle_t h;
+
+	if (m <= 0 || n <= 0 || (k <= 0 && beta == 1.0f))
+		return MT_OK;
+	if ((h = mt_cuda_blas(err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_INTERNAL;
+	if (k < 0)
+		k = 0;					/* C = beta C, as BLAS defines it */
+	return mt_cublas_status(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+										ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+										n, m, k, &alpha, b, ldb, a, lda, &beta, c, ldc),
+							"cublasSgemm", err);
+}
+
+/* gemm_rm for the void entries: failures are kept for synchronize */
+static void
+gemm_rm_async(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+			  const float *b, int ldb, float beta, float *c, int ldc)
+{
+	mt_err		err;
+
+	mt_clearerr(&err);
+	if (gemm_rm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &err) != MT_OK)
+		mt_cuda_note_err(&err);
+}
+
+/* A kernel-launch failure as the return value of an int entry. */
+static int
+launch_status(const char *what, mt_err *err)
+{
+	return mt_cuda_status(cudaGetLastError(), what, err);
+}
+
+/* An earlier asynchronous failure, reported by the int entries. */
+static int
+pending_status(mt_err *err)
+{
+	if (mt_cuda_failed())
+		return mt_cuda_synchronize(err);
+	return MT_OK;
+}
+
+/* ---------------------------------------------------------------- conv --- */
+
+/* Geometry of a convolution on one input size, passed by value to kernels. */
+typedef struct conv_geo
+{
+	int			h,
+				w,
+				oh,
+				ow,
+				cin,
+				cin_g,
+				cout,
+				kh,
+				kw,
+				sh,
+				sw,
+				dh,
+				dw,
+				pt,
+				pl;
+} conv_geo;
+
+static conv_geo
+make_geo(const mt_conv_desc *d, int h, int w, int oh, int ow)
+{
+	conv_geo	g;
+
+	g.h = h;
+	g.w = w;
+	g.oh = oh;
+	g.ow = ow;
+	g.cin = d->cin;
+	g.cin_g = d->cin / d->groups;
+	g.cout = d->cout;
+	g.kh = d->kh;
+	g.kw = d->kw;
+	g.sh = d->sh;
+	g.sw = d->sw;
+	g.dh = d->dh;
+	g.dw = d->dw;
+	g.pt = d->pad_t;
+	g.pl = d->pad_l;
+	return g;
+}
+
+/*
+ * im2col of nimg images and one group: col[((img*oh + oy)*ow + ox)]
+ * [(ky*kw + kx)*cin_g + ci] = x[img][iy][ix][g*cin_g + ci], or 0 in padding
+ */
+__global__ void
+k_im2col(conv_geo g, int nimg, int grp, const float *__restrict__ x, float *__restrict__ col)
+{
+	size_t		total = (size_t) nimg * g.oh * g.ow * g.kh * g.kw * g.cin_g;
+
+	GRID_LOOP(i, total)
+	{
+		size_t		t = i;
+		int			ci = (int) (t % g.cin_g);
+		int			kx,
+					ky,
+					ox,
+					oy,
+					iy,
+					ix;
+
+		t /= g.cin_g;
+		kx = (int) (t % g.kw);
+		t /= g.kw;
+		ky = (int) (t % g.kh);
+		t /= g.kh;
+		ox = (int) (t % g.ow);
+		t /= g.ow;
+		oy = (int) (t % g.oh);
+		t /= g.oh;				/* the image */
+		iy = oy * g.sh - g.pt + ky * g.dh;
+		ix = ox * g.sw - g.pl + kx * g.dw;
+		col[i] = (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) ? 0.0f :
+			x[((t * g.h + iy) * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci];
+	}
+}
+
+/*
+ * dx[iy][ix][g*cin_g + ci] += sum of the column entries im2col copied it to
+ * (a gather, so no atomics and a fixed order).
+ */
+__global__ void
+k_col2im_add(conv_geo g, int nimg, int grp, const float *__restrict__ col, float *__restrict__ dx)
+{
+	size_t		total = (size_t) nimg * g.h * g.w * g.cin_g;
+	size_t		kcols = (size_t) g.kh * g.kw * g.cin_g;
+
+	GRID_LOOP(i, total)
+	{
+		int			ci = (int) (i % g.cin_g);
+		size_t		p = i / g.cin_g;
+		int			ix = (int) (p % g.w);
+		int			iy = (int) ((p / g.w) % g.h);
+		size_t		img = p / ((size_t) g.w * g.h);
+		const float *c = col + img * g.oh * g.ow * kcols;
+		float		s = 0.0f;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			ty = iy + g.pt - ky * g.dh;
+			int			oy;
+
+			if (ty < 0 || ty % g.sh != 0 || (oy = ty / g.sh) >= g.oh)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			tx = ix + g.pl - kx * g.dw;
+				int			ox;
+
+				if (tx < 0 || tx % g.sw != 0 || (ox = tx / g.sw) >= g.ow)
+					continue;
+				s += c[((size_t) oy * g.ow + ox) * kcols + ((size_t) ky * g.kw + kx) * g.cin_g + ci];
+			}
+		}
+		dx[((img * g.h + iy) * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci] += s;
+	}
+}
+
+/* y = act(y + bias) over rows x c (bias may be NULL) */
+__global__ void
+k_bias_act(size_t rows, int c, const float *__restrict__ bias, mt_act act, float *__restrict__ y)
+{
+	GRID_LOOP(i, rows * (size_t) c)
+	{
+		float		v = y[i];
+
+		if (bias != NULL)
+			v += bias[i % c];
+		y[i] = apply_act(v, act);
+	}
+}
+
+/* depthwise forward: one thread per output value */
+__global__ void
+k_depthwise(conv_geo g, int n, const float *__restrict__ x, const float *__restrict__ wt,
+			const float *__restrict__ bias, mt_act act, float *__restrict__ y)
+{
+	int			c = g.cin;
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % c);
+		size_t		p = i / c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		const float *xi = x + img * g.h * g.w * c;
+		float		s = bias != NULL ? bias[j] : 0.0f;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky * g.dh;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx * g.dw;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				s += xi[((size_t) iy * g.w + ix) * c + j] * wt[((size_t) ky * g.kw + kx) * c + j];
+			}
+		}
+		y[i] = apply_act(s, act);
+	}
+}
+
+/* depthwise input gradient: a gather per input value */
+__global__ void
+k_depthwise_bwd_data(conv_geo g, int n, const float *__restrict__ dy,
+					 const float *__restrict__ wt, float *__restrict__ dx)
+{
+	int			c = g.cin;
+	size_t		total = (size_t) n * g.h * g.w * c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % c);
+		size_t		p = i / c;
+		int			ix = (int) (p % g.w);
+		int			iy = (int) ((p / g.w) % g.h);
+		size_t		img = p / ((size_t) g.w * g.h);
+		const float *gi = dy + img * g.oh * g.ow * c;
+		float		s = 0.0f;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			ty = iy + g.pt - ky * g.dh;
+			int			oy;
+
+			if (ty < 0 || ty % g.sh != 0 || (oy = ty / g.sh) >= g.oh)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			tx = ix + g.pl - kx * g.dw;
+				int			ox;
+
+				if (tx < 0 || tx % g.sw != 0 || (ox = tx / g.sw) >= g.ow)
+					continue;
+				s += gi[((size_t) oy * g.ow + ox) * c + j] * wt[((size_t) ky * g.kw + kx) * c + j];
+			}
+		}
+		dx[i] += s;
+	}
+}
+
+/*
+ * depthwise weight gradient: block (32 channels x 8 lanes) per tap, channel
+ * chunk and range of output positions (blockIdx.z of gridDim.z), each lane
+ * striding over its positions; sums in double reduced through shared
+ * memory, then one float atomicAdd per block and weight.
+ */
+__global__ void
+k_depthwise_bwd_weight(conv_geo g, int n, const float *__restrict__ x,
+					   const float *__restrict__ dy, float *__restrict__ dw)
+{
+	__shared__ double part[8][32];
+	int			c = g.cin;
+	int			tap = blockIdx.x;
+	int			ky = tap / g.kw,
+				kx = tap % g.kw;
+	int			j = blockIdx.y * 32 + threadIdx.x;
+	size_t		npos = (size_t) n * g.oh * g.ow;
+	size_t		per = (npos + gridDim.z - 1) / gridDim.z;
+	size_t		p0 = (size_t) blockIdx.z * per;
+	size_t		p1 = p0 + per < npos ? p0 + per : npos;
+	double		s = 0.0;
+
+	if (j < c)
+		for (size_t p = p0 + threadIdx.y; p < p1; p += blockDim.y)
+		{
+			int			ox = (int) (p % g.ow);
+			int			oy = (int) ((p / g.ow) % g.oh);
+			size_t		img = p / ((size_t) g.ow * g.oh);
+			int			iy = oy * g.sh - g.pt + ky * g.dh;
+			int			ix = ox * g.sw - g.pl + kx * g.dw;
+
+			if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w)
+				continue;
+			s += (double) dy[p * c + j] *
+				x[((img * g.h + iy) * g.w + ix) * c + j];
+		}
+	part[threadIdx.y][threadIdx.x] = s;
+	__syncthreads();
+	if (threadIdx.y == 0 && j < c)
+	{
+		for (int l = 1; l < 8; l++)
+			s += part[l][threadIdx.x];
+		atomicAdd(dw + (size_t) tap * c + j, (float) s);
+	}
+}
+
+static int
+conv_out(const mt_conv_desc *d, int h, int w, int *oh, int *ow, mt_err *err)
+{
+	*oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	*ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	if (*oh <= 0 || *ow <= 0)
+		return mt_seterr(err, MT_ERR_SHAPE,
+						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+	return MT_OK;
+}
+
+/* dense GEMM over the whole batch: 1x1, stride 1, no padding, one group */
+static int
+conv_is_pointwise(const mt_conv_desc *d)
+{
+	return d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 &&
+		d->pad_t == 0 && d->pad_l == 0 && d->pad_b == 0 && d->pad_r == 0 &&
+		d->groups == 1;
+}
+
+/* most bytes of batched im2col columns (the backend's workspace) */
+static size_t im2col_limit = (size_t) 128 << 20;
+
+extern "C" void
+mt_cuda_set_im2col_limit(size_t bytes)
+{
+	im2col_limit = bytes;
+}
+
+/*
+ * Images per im2col + GEMM and the buffer for their columns: as many as fit
+ * in im2col_limit in the backend's workspace, else one at a time in the
+ * caller's scratch (mt_conv_scratch_size floats).
+ */
+static int
+conv_chunk(int n, size_t colsz, float *scratch, float **col)
+{
+	size_t		per = colsz * sizeof(float);
+	size_t		fit = per > 0 ? im2col_limit / per : (size_t) n;
+	int			chunk = fit < (size_t) n ? (int) fit : n;
+	void	   *ws;
+	mt_err		err;
+
+	*col = scratch;
+	if (chunk <= 1)
+		return 1;
+	mt_clearerr(&err);
+	ws = mt_cuda_workspace((size_t) chunk * per, &err);
+	if (ws == NULL)
+		return 1;				/* over the memory cap or out of memory: per image */
+	*col = (float *) ws;
+	return chunk;
+}
+
+static int
+cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
+			const float *packed_w, const float *bias, float *y, float *scratch,
+			mt_err *err)
+{
+	int			oh,
+				ow,
+				rc;
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img,
+				out_img;
+	conv_geo	g;
+
+	if ((rc = conv_out(d, h, w, &oh, &ow, err)) != MT_OK || (rc = pending_status(err)) != MT_OK)
+		return rc;
+	in_img = (size_t) h * w * d->cin;
+	out_img = (size_t) oh * ow * d->cout;
+	g = make_geo(d, h, w, oh, ow);
+	if (n <= 0)
+		return MT_OK;
+	if (mt_conv_is_depthwise(d))
+	{
+		size_t		total = (size_t) n * out_img;
+
+		k_depthwise<<<blocks_for(total), THREADS>>>(g, n, x, packed_w, bias, d->act, y);
+		return launch_status("the depthwise convolution kernel", err);
+	}
+	if (conv_is_pointwise(d))
+	{
+		if ((rc = gemm_rm(0, 0, n * h * w, d->cout, d->cin, 1.0f, x, d->cin,
+						  packed_w, d->cout, 0.0f, y, d->cout, err)) != MT_OK)
+			return rc;
+	}
+	else
+	{
+		size_t		colsz = (size_t) oh * ow * k;
+		float	   *col;
+		int			chunk = conv_chunk(n, colsz, scratch, &col);
+
+		for (int i = 0; i < n; i += chunk)
+		{
+			int			ni = n - i < chunk ? n - i : chunk;
+
+			for (int gr = 0; gr < d->groups; gr++)
+			{
+				k_im2col<<<blocks_for(ni * colsz), THREADS>>>(g, ni, gr, x + i * in_img, col);
+				if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
+					return rc;
+				if ((rc = gemm_rm(0, 0, ni * oh * ow, cout_g, k, 1.0f, col, k,
+								  packed_w + (size_t) gr * k * cout_g, cout_g, 0.0f,
+								  y + i * out_img + (size_t) gr * cout_g, d->cout, err)) != MT_OK)
+					return rc;
+			}
+		}
+	}
+	if (bias != NULL || d->act != MT_ACT_NONE)
+	{
+		size_t		rows = (size_t) n * oh * ow;
+
+		k_bias_act<<<blocks_for(rows * d->cout), THREADS>>>(rows, d->cout, bias, d->act, y);
+		return launch_status("the bias/activation kernel", err);
+	}
+	return MT_OK;
+}
+
+static int
+cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+						  const float *dy, const float *packed_w, float *dx,
+						  float *scratch, mt_err *err)
+{
+	int			oh,
+				ow,
+				rc;
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img,
+				out_img;
+	conv_geo	g;
+
+	if ((rc = conv_out(d, h, w, &oh, &ow, err)) != MT_OK || (rc = pending_status(err)) != MT_OK)
+		return rc;
+	in_img = (size_t) h * w * d->cin;
+	out_img = (size_t) oh * ow * d->cout;
+	g = make_geo(d, h, w, oh, ow);
+	if (n <= 0)
+		return MT_OK;
+	if (mt_conv_is_depthwise(d))
+	{
+		size_t		total = (size_t) n * in_img;
+
+		k_depthwise_bwd_data<<<blocks_for(total), THREADS>>>(g, n, dy, packed_w, dx);
+		return launch_status("the depthwise backward-data kernel", err);
+	}
+	if (conv_is_pointwise(d))
+		return gemm_rm(0, 1, n * h * w, d->cin, d->cout, 1.0f, dy, d->cout,
+					   packed_w, d->cout, 1.0f, dx, d->cin, err);
+	{
+		float	   *col;
+		int			chunk = conv_chunk(n, (size_t) oh * ow * k, scratch, &col);
+
+		for (int i = 0; i < n; i += chunk)
+		{
+			int			ni = n - i < chunk ? n - i : chunk;
+
+			for (int gr = 0; gr < d->groups; gr++)
+			{
+				size_t		total = (size_t) ni * h * w * cin_g;
+
+				/* dcol [ni*oh*ow x k] = dY_g [ni*oh*ow x cout_g] * W_g^T */
+				if ((rc = gemm_rm(0, 1, ni * oh * ow, k, cout_g, 1.0f,
+								  dy + i * out_img + (size_t) gr * cout_g, d->cout,
+								  packed_w + (size_t) gr * k * cout_g, cout_g, 0.0f,
+								  col, k, err)) != MT_OK)
+					return rc;
+				k_col2im_add<<<blocks_for(total), THREADS>>>(g, ni, gr, col, dx + i * in_img);
+				if ((rc = launch_status("the col2im kernel", err)) != MT_OK)
+					return rc;
+			}
+		}
+	}
+	return MT_OK;
+}
+
+static int
+cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+							const float *x, const float *dy, float *packed_dw,
+							float *scratch, mt_err *err)
+{
+	int			oh,
+				ow,
+				rc;
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	int			k = d->kh * d->kw * cin_g;
+	size_t		in_img,
+				out_img;
+	conv_geo	g;
+
+	if ((rc = conv_out(d, h, w, &oh, &ow, err)) != MT_OK || (rc = pending_status(err)) != MT_OK)
+		return rc;
+	in_img = (size_t) h * w * d->cin;
+	out_img = (size_t) oh * ow * d->cout;
+	g = make_geo(d, h, w, oh, ow);
+	if (n <= 0)
+		return MT_OK;
+	if (mt_conv_is_depthwise(d))
+	{
+		size_t		npos = (size_t) n * oh * ow;
+		size_t		zs = (npos + 2047) / 2048;
+		dim3		grid(d->kh * d->kw, (d->cin + 31) / 32, (unsigned int) (zs > 64 ? 64 : zs));
+		dim3		block(32, 8);
+
+		k_depthwise_bwd_weight<<<grid, block>>>(g, n, x, dy, packed_dw);
+		return launch_status("the depthwise backward-weight kernel", err);
+	}
+	if (conv_is_pointwise(d))
+		return gemm_rm(1, 0, d->cin, d->cout, n * h * w, 1.0f, x, d->cin,
+					   dy, d->cout, 1.0f, packed_dw, d->cout, err);
+	{
+		size_t		colsz = (size_t) oh * ow * k;
+		float	   *col;
+		int			chunk = conv_chunk(n, colsz, scratch, &col);
+
+		for (int i = 0; i < n; i += chunk)
+		{
+			int			ni = n - i < chunk ? n - i : chunk;
+
+			for (int gr = 0; gr < d->groups; gr++)
+			{
+				/* dW_g [k x cout_g] += col^T [k x ni*oh*ow] * dY_g [ni*oh*ow x cout_g] */
+				k_im2col<<<blocks_for(ni * colsz), THREADS>>>(g, ni, gr, x + i * in_img, col);
+				if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
+					return rc;
+				if ((rc = gemm_rm(1, 0, k, cout_g, ni * oh * ow, 1.0f, col, k,
+								  dy + i * out_img + (size_t) gr * cout_g, d->cout, 1.0f,
+								  packed_dw + (size_t) gr * k * cout_g, cout_g, err)) != MT_OK)
+					return rc;
+			}
+		}
+	}
+	return MT_OK;
+}
+
+/* ------------------------------------------------------------- pooling --- */
+
+typedef struct pool_geo
+{
+	int			h,
+				w,
+				c,
+				oh,
+				ow,
+				kh,
+				kw,
+				sh,
+				sw,
+				pt,
+				pl,
+				pb,
+				pr,
+				include_pad;
+} pool_geo;
+
+static pool_geo
+make_pool_geo(const mt_pool_desc *p, int h, int w, int c)
+{
+	pool_geo	g;
+
+	g.h = h;
+	g.w = w;
+	g.c = c;
+	g.oh = mt_out_size(h, p->kh, p->sh, 1, p->pad_t, p->pad_b);
+	g.ow = mt_out_size(w, p->kw, p->sw, 1, p->pad_l, p->pad_r);
+	g.kh = p->kh;
+	g.kw = p->kw;
+	g.sh = p->sh;
+	g.sw = p->sw;
+	g.pt = p->pad_t;
+	g.pl = p->pad_l;
+	g.pb = p->pad_b;
+	g.pr = p->pad_r;
+	g.include_pad = p->count_include_pad;
+	return g;
+}
+
+/*
+ * The window of output (oy, ox) and its divisor for average pooling
+ * (0: nothing to average).
+ */
+__device__ __forceinline__ int
+pool_count(const pool_geo &g, int oy, int ox)
+{
+	int			y0 = oy * g.sh - g.pt,
+				x0 = ox * g.sw - g.pl;
+	int			count = 0;
+
+	if (g.include_pad)
+	{
+		int			y1 = y0 + g.kh,
+					x1 = x0 + g.kw;
+
+		if (y1 > g.h + g.pb)
+			y1 = g.h + g.pb;
+		if (x1 > g.w + g.pr)
+			x1 = g.w + g.pr;
+		return (y1 - y0) * (x1 - x0);
+	}
+	for (int ky = 0; ky < g.kh; ky++)
+		for (int kx = 0; kx < g.kw; kx++)
+			count += (y0 + ky >= 0 && y0 + ky < g.h && x0 + kx >= 0 && x0 + kx < g.w);
+	return count;
+}
+
+__global__ void
+k_max_pool(pool_geo g, int n, const float *__restrict__ x, float *__restrict__ y)
+{
+	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % g.c);
+		size_t		p = i / g.c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		float		best = -FLT_MAX;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx;
+				float		v;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				v = x[((img * g.h + iy) * g.w + ix) * g.c + j];
+				best = v > best ? v : best;
+			}
+		}
+		y[i] = best;
+	}
+}
+
+/* each output's gradient to its window's first maximum (atomic: windows overlap) */
+__global__ void
+k_max_pool_bwd(pool_geo g, int n, const float *__restrict__ x, const float *__restrict__ dy,
+			   float *__restrict__ dx)
+{
+	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % g.c);
+		size_t		p = i / g.c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		float		best = -FLT_MAX;
+		size_t		arg = (size_t) -1;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx;
+				size_t		at;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				at = ((img * g.h + iy) * g.w + ix) * g.c + j;
+				if (x[at] > best || arg == (size_t) -1)
+				{
+					best = x[at];
+					arg = at;
+				}
+			}
+		}
+		if (arg != (size_t) -1)
+			atomicAdd(dx + arg, dy[i]);
+	}
+}
+
+__global__ void
+k_avg_pool(pool_geo g, int n, const float *__restrict__ x, float *__restrict__ y)
+{
+	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % g.c);
+		size_t		p = i / g.c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		float		s = 0.0f;
+		int			count;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				s += x[((img * g.h + iy) * g.w + ix) * g.c + j];
+			}
+		}
+		count = pool_count(g, oy, ox);
+		y[i] = count > 0 ? s / (float) count : s;
+	}
+}
+
+__global__ void
+k_avg_pool_bwd(pool_geo g, int n, const float *__restrict__ dy, float *__restrict__ dx)
+{
+	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % g.c);
+		size_t		p = i / g.c;
+		int			ox = (int) (p % g.ow);
+		int			oy = (int) ((p / g.ow) % g.oh);
+		size_t		img = p / ((size_t) g.ow * g.oh);
+		int			count = pool_count(g, oy, ox);
+		float		v;
+
+		if (count <= 0)
+			continue;
+		v = dy[i] * (1.0f / (float) count);
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			iy = oy * g.sh - g.pt + ky;
+
+			if (iy < 0 || iy >= g.h)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			ix = ox * g.sw - g.pl + kx;
+
+				if (ix < 0 || ix >= g.w)
+					continue;
+				atomicAdd(dx + ((img * g.h + iy) * g.w + ix) * g.c + j, v);
+			}
+		}
+	}
+}
+
+static void
+cuda_max_pool2d(const mt_pool_desc *p, int n, int h, int w, int c, const float *x, float *y)
+{
+	pool_geo	g = make_pool_geo(p, h, w, c);
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_max_pool<<<blocks_for(total), THREADS>>>(g, n, x, y);
+	launched("the max-pool kernel");
+}
+
+static void
+cuda_avg_pool2d(const mt_pool_desc *p, int n, int h, int w, int c, const float *x, float *y)
+{
+	pool_geo	g = make_pool_geo(p, h, w, c);
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_avg_pool<<<blocks_for(total), THREADS>>>(g, n, x, y);
+	launched("the average-pool kernel");
+}
+
+static void
+cuda_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+						 const float *x, const float *dy, float *dx)
+{
+	pool_geo	g = make_pool_geo(p, h, w, c);
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_max_pool_bwd<<<blocks_for(total), THREADS>>>(g, n, x, dy, dx);
+	launched("the max-pool backward kernel");
+}
+
+static void
+cuda_avg_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+						 const float *dy, float *dx)
+{
+	pool_geo	g = make_pool_geo(p, h, w, c);
+	size_t		total = (size_t) n * g.oh * g.ow * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_avg_pool_bwd<<<blocks_for(total), THREADS>>>(g, n, dy, dx);
+	launched("the average-pool backward kernel");
+}
+
+/* one thread per (image, channel), coalesced over channels */
+__global__ void
+k_global_avg_pool(int n, size_t hw, int c, const float *__restrict__ x, float *__restrict__ y)
+{
+	GRID_LOOP(i, (size_t) n * c)
+	{
+		size_t		img = i / c;
+		int			j = (int) (i % c);
+		const float *xi = x + img * hw * c + j;
+		float		s = 0.0f;
+
+		for (size_t p = 0; p < hw; p++)
+			s += xi[p * c];
+		y[i] = s / (float) hw;
+	}
+}
+
+__global__ void
+k_global_avg_pool_bwd(int n, size_t hw, int c, const float *__restrict__ dy,
+					  float *__restrict__ dx)
+{
+	float		inv = 1.0f / (float) hw;
+
+	GRID_LOOP(i, (size_t) n * hw * c)
+	{
+		size_t		img = i / (hw * c);
+		int			j = (int) (i % c);
+
+		dx[i] += dy[img * c + j] * inv;
+	}
+}
+
+static void
+cuda_global_avg_pool(int n, int h, int w, int c, const float *x, float *y)
+{
+	size_t		total = (size_t) n * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_global_avg_pool<<<blocks_for(total), THREADS>>>(n, (size_t) h * w, c, x, y);
+	launched("the global average-pool kernel");
+}
+
+static void
+cuda_global_avg_pool_backward(int n, int h, int w, int c, const float *dy, float *dx)
+{
+	size_t		total = (size_t) n * h * w * c;
+
+	if (total == 0 || mt_cuda_failed())
+		return;
+	k_global_avg_pool_bwd<<<blocks_for(total), THREADS>>>(n, (size_t) h * w, c, dy, dx);
+	launched("the global average-pool backward kernel");
+}
+
+/* ---------------------------------------------------------- elementwise --- */
+
+__global__ void
+k_channel_affine(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ scale,
+				 const float *__restrict__ shift, mt_act act, float *__restrict__ y)
+{
+	GRID_LOOP(i, rows * (size_t) c)
+	{
+		int			j = (int) (i % c);
+
+		y[i] = apply_act(x[i] * scale[j] + shift[j], act);
+	}
+}
+
+__global__ void
+k_add_act(size_t len, const float *a, const float *b, mt_act act, float *y)
+{
+	GRID_LOOP(i, len)
+		y[i] = apply_act(a[i] + b[i], act);
+}
+
+__global__ void
+k_act(size_t len, const float *x, mt_act act, float *y)
+{
+	GRID_LOOP(i, len)
+		y[i] = apply_act(x[i], act);
+}
+
+__global__ void
+k_act_bwd(size_t len, const float *y, const float *dy, mt_act act, float *dx)
+{
+	GRID_LOOP(i, len)
+	{
+		float		v = y[i];
+		int			pass = act == MT_ACT_RELU ? v > 0.0f :
+			act == MT_ACT_RELU6 ? (v > 0.0f && v < 6.0f) : 1;
+
+		/* SiLU is differentiated from its input (act_backward_input) */
+		if (act == MT_ACT_SIGMOID)
+			dx[i] = dy[i] * (v * (1.0f - v));
+		else
+			dx[i] = pass ? dy[i] : 0.0f;
+	}
+}
+
+/* dx = dy * act'(x) from the activation's input */
+__global__ void
+k_act_bwd_input(size_t len, const float *x, const float *dy, mt_act act, float *dx)
+{
+	GRID_LOOP(i, len)
+	{
+		float		v = x[i],
+					d,
+					s;
+
+		switch (act)
+		{
+			case MT_ACT_RELU:
+				d = v > 0.0f ? 1.0f : 0.0f;
+				break;
+			case MT_ACT_RELU6:
+				d = (v > 0.0f && v < 6.0f) ? 1.0f : 0.0f;
+				break;
+			case MT_ACT_SILU:
+				s = 1.0f / (1.0f + expf(-v));
+				d = s * (1.0f + v * (1.0f - s));
+				break;
+			case MT_ACT_SIGMOID:
+				s = 1.0f / (1.0f + expf(-v));
+				d = s * (1.0f - s);
+				break;
+			default:
+				d = 1.0f;
+				break;
+		}
+		dx[i] = dy[i] * d;
+	}
+}
+
+/* y[r] = a[r] (ca values) then b[r] (cb values) */
+__global__ void
+k_concat(size_t rows, int ca, int cb, const float *__restrict__ a, const float *__restrict__ b,
+		 float *__restrict__ y)
+{
+	size_t		c = (size_t) ca + cb;
+
+	GRID_LOOP(i, rows * c)
+	{
+		size_t		r = i / c,
+					j = i % c;
+
+		y[i] = j < (size_t) ca ? a[r * ca + j] : b[r * cb + (j - ca)];
+	}
+}
+
+__global__ void
+k_concat_bwd(size_t rows, int ca, int cb, const float *__restrict__ dy, float *__restrict__ da,
+			 float *__restrict__ db)
+{
+	size_t		c = (size_t) ca + cb;
+
+	GRID_LOOP(i, rows * c)
+	{
+		size_t		r = i / c,
+					j = i % c;
+
+		if (j < (size_t) ca)
+		{
+			if (da != NULL)
+				da[r * ca + j] += dy[i];
+		}
+		else if (db != NULL)
+			db[r * cb + (j - ca)] += dy[i];
+	}
+}
+
+/* y[i, p, c] = x[i, p, c] * s[i, c] */
+__global__ void
+k_scale_channels(int n, size_t hw, int c, const float *__restrict__ x, const float *__restrict__ s,
+				 float *__restrict__ y)
+{
+	GRID_LOOP(i, (size_t) n * hw * c)
+		y[i] = x[i] * s[(i / (hw * c)) * c + i % c];
+}
+
+__global__ void
+k_scale_channels_bwd_x(int n, size_t hw, int c, const float *__restrict__ s,
+					   const float *__restrict__ dy, float *__restrict__ dx)
+{
+	GRID_LOOP(i, (size_t) n * hw * c)
+		dx[i] += dy[i] * s[(i / (hw * c)) * c + i % c];
+}
+
+/* ds[i, c] += sum over positions of dy * x, in double; one thread per (i, c) */
+__global__ void
+k_scale_channels_bwd_s(int n, size_t hw, int c, const float *__restrict__ x,
+					   const float *__restrict__ dy, float *__restrict__ ds)
+{
+	GRID_LOOP(k, (size_t) n * c)
+	{
+		size_t		img = k / c;
+		int			j = (int) (k % c);
+		double		acc = 0.0;
+
+		for (size_t p = 0; p < hw; p++)
+		{
+			size_t		o = (img * hw + p) * c + j;
+
+			acc += (double) dy[o] * x[o];
+		}
+		ds[k] += (float) acc;
+	}
+}
+
+__global__ void
+k_accumulate(size_t len, const float *src, float *dst)
+{
+	GRID_LOOP(i, len)
+		dst[i] += src[i];
+}
+
+static void
+cuda_channel_affine(size_t rows, int c, const float *x, const float *scale,
+					const float *shift, mt_act act, float *y)
+{
+	if (rows * (size_t) c == 0 || mt_cuda_failed())
+		return;
+	k_channel_affine<<<blocks_for(rows * c), THREADS>>>(rows, c, x, scale, shift, act, y);
+	launched("the channel affine kernel");
+}
+
+static void
+cuda_add_act(size_t len, const float *a, const float *b, mt_act act, float *y)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_add_act<<<blocks_for(len), THREADS>>>(len, a, b, act, y);
+	launched("the add kernel");
+}
+
+static void
+cuda_act(size_t len, const float *x, mt_act act, float *y)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_act<<<blocks_for(len), THREADS>>>(len, x, act, y);
+	launched("the activation kernel");
+}
+
+static void
+cuda_act_backward(size_t len, const float *y, const float *dy, mt_act act, float *dx)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_act_bwd<<<blocks_for(len), THREADS>>>(len, y, dy, act, dx);
+	launched("the activation backward kernel");
+}
+
+static void
+cuda_act_backward_input(size_t len, const float *x, const float *dy, mt_act act, float *dx)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_act_bwd_input<<<blocks_for(len), THREADS>>>(len, x, dy, act, dx);
+	launched("the activation backward kernel");
+}
+
+static void
+cuda_concat(size_t rows, int ca, int cb, const float *a, const float *b, float *y)
+{
+	size_t		len = rows * ((size_t) ca + cb);
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_concat<<<blocks_for(len), THREADS>>>(rows, ca, cb, a, b, y);
+	launched("the concat kernel");
+}
+
+static void
+cuda_concat_backward(size_t rows, int ca, int cb, const float *dy, float *da, float *db)
+{
+	size_t		len = rows * ((size_t) ca + cb);
+
+	if (len == 0 || (da == NULL && db == NULL) || mt_cuda_failed())
+		return;
+	k_concat_bwd<<<blocks_for(len), THREADS>>>(rows, ca, cb, dy, da, db);
+	launched("the concat backward kernel");
+}
+
+static void
+cuda_scale_channels(int n, size_t hw, int c, const float *x, const float *s, float *y)
+{
+	size_t		len = (size_t) n * hw * c;
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_scale_channels<<<blocks_for(len), THREADS>>>(n, hw, c, x, s, y);
+	launched("the channel scaling kernel");
+}
+
+static void
+cuda_scale_channels_backward(int n, size_t hw, int c, const float *x, const float *s,
+							 const float *dy, float *dx, float *ds)
+{
+	size_t		len = (size_t) n * hw * c;
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	if (dx != NULL)
+	{
+		k_scale_channels_bwd_x<<<blocks_for(len), THREADS>>>(n, hw, c, s, dy, dx);
+		launched("the channel scaling backward kernel");
+	}
+	if (ds != NULL)
+	{
+		k_scale_channels_bwd_s<<<blocks_for((size_t) n * c), THREADS>>>(n, hw, c, x, dy, ds);
+		launched("the channel scaling backward kernel");
+	}
+}
+
+static void
+cuda_accumulate(size_t len, const float *src, float *dst)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_accumulate<<<blocks_for(len), THREADS>>>(len, src, dst);
+	launched("the accumulate kernel");
+}
+
+/* ------------------------------------------------------ linear, softmax --- */
+
+static void
+cuda_linear(int n, int in, int out, const float *x, const float *w, const float *b, float *y)
+{
+	if (n <= 0 || out <= 0 || mt_cuda_failed())
+		return;
+	gemm_rm_async(0, 1, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+	if (b != NULL && !mt_cuda_failed())
+	{
+		k_bias_act<<<blocks_for((size_t) n * out), THREADS>>>((size_t) n, out, b, MT_ACT_NONE, y);
+		launched("the bias kernel");
+	}
+}
+
+/* one warp per row: max, sum of exponentials (double), normalise; x may be y */
+__global__ void
+k_softmax(int n, int c, const float *x, float *y)
+{
+	int			row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int			lane = threadIdx.x % 32;
+	const float *in;
+	float	   *out;
+	float		mx = -FLT_MAX;
+	double		sum = 0.0;
+
+	if (row >= n)
+		return;
+	in = x + (size_t) row * c;
+	out = y + (size_t) row * c;
+	for (int j = lane; j < c; j += 32)
+		mx = in[j] > mx ? in[j] : mx;
+	for (int o = 16; o > 0; o /= 2)
+	{
+		float		v = __shfl_xor_sync(0xffffffffu, mx, o);
+
+		mx = v > mx ? v : mx;
+	}
+	for (int j = lane; j < c; j += 32)
+	{
+		float		e = expf(in[j] - mx);
+
+		out[j] = e;
+		sum += e;
+	}
+	for (int o = 16; o > 0; o /= 2)
+		sum += __shfl_xor_sync(0xffffffffu, sum, o);
+	for (int j = lane; j < c; j += 32)
+		out[j] = (float) (out[j] / sum);
+}
+
+static void
+cuda_softmax(int n, int c, const float *x, float *y)
+{
+	if (n <= 0 || c <= 0 || mt_cuda_failed())
+		return;
+	k_softmax<<<(n + 7) / 8, 256>>>(n, c, x, y);
+	launched("the softmax kernel");
+}
+
+/* ------------------------------------------------- per-channel reductions --- */
+
+/*
+ * Column sums over a rows x c matrix in double: grid (ceil(c/32), chunks),
+ * block 32 x 8; block (bx, by) sums rows of chunk by for channels
+ * bx*32 .. bx*32+31 into part0/part1[by * c + j].  Modes:
+ *   0: part0 = sum a
+ *   1: part0 = sum (a - mean)^2
+ *   2: part0 = sum a, part1 = sum a * (b - mean) * invstd   (a = dy, b = x)
+ */
+#define RED_CHUNKS_MAX 128
+
+__global__ void
+k_colsum(size_t rows, int c, int mode, const float *__restrict__ a, const float *__restrict__ b,
+		 const float *__restrict__ mean, const float *__restrict__ invstd,
+		 double *__restrict__ part0, double *__restrict__ part1)
+{
+	__shared__ double s0[8][32];
+	__shared__ double s1[8][32];
+	int			j = blockIdx.x * 32 + threadIdx.x;
+	size_t		per = (rows + gridDim.y - 1) / gridDim.y;
+	size_t		r0 = (size_t) blockIdx.y * per;
+	size_t		r1 = r0 + per < rows ? r0 + per : rows;
+	double		acc0 = 0.0,
+				acc1 = 0.0;
+
+	if (j < c)
+	{
+		float		mu = mode >= 1 ? mean[j] : 0.0f;
+		float		is = mode == 2 ? invstd[j] : 0.0f;
+
+		for (size_t r = r0 + threadIdx.y; r < r1; r += 8)
+		{
+			float		v = a[r * c + j];
+
+			if (mode == 0)
+				acc0 += v;
+			else if (mode == 1)
+			{
+				double		dv = (double) v - mu;
+
+				acc0 += dv * dv;
+			}
+			else
+			{
+				acc0 += v;
+				acc1 += (double) v * ((b[r * c + j] - mu) * is);
+			}
+		}
+	}
+	s0[threadIdx.y][threadIdx.x] = acc0;
+	s1[threadIdx.y][threadIdx.x] = acc1;
+	__syncthreads();
+	if (threadIdx.y == 0 && j < c)
+	{
+		for (int l = 1; l < 8; l++)
+		{
+			acc0 += s0[l][threadIdx.x];
+			acc1 += s1[l][threadIdx.x];
+		}
+		part0[(size_t) blockIdx.y * c + j] = acc0;
+		if (mode == 2)
+			part1[(size_t) blockIdx.y * c + j] = acc1;
+	}
+}
+
+/* Finish column sums: total of the chunks, in a fixed order. */
+__device__ __forceinline__ double
+chunk_total(const double *part, int chunks, int c, int j)
+{
+	double		s = 0.0;
+
+	for (int k = 0; k < chunks; k++)
+		s += part[(size_t) k * c + j];
+	return s;
+}
+
+__global__ void
+k_bias_finish(int c, int chunks, const double *part, float *db)
+{
+	GRID_LOOP(j, (size_t) c)
+		db[j] += (float) chunk_total(part, chunks, c, (int) j);
+}
+
+__global__ void
+k_mean_finish(size_t rows, int c, int chunks, const double *part, float *mean)
+{
+	GRID_LOOP(j, (size_t) c)
+		mean[j] = rows > 0 ? (float) (chunk_total(part, chunks, c, (int) j) / (double) rows) : 0.0f;
+}
+
+/* coef[0..c) = a, coef[c..2c) = b of dx = k (dy - a - xhat b); dbeta/dgamma added */
+__global__ void
+k_bn_finish(size_t rows, int c, int chunks, const double *part0, const double *part1,
+			float *dgamma, float *dbeta, float *coef)
+{
+	GRID_LOOP(j, (size_t) c)
+	{
+		double		sdy = chunk_total(part0, chunks, c, (int) j);
+		double		sdyx = chunk_total(part1, chunks, c, (int) j);
+
+		if (dbeta != NULL)
+			dbeta[j] += (float) sdy;
+		if (dgamma != NULL)
+			dgamma[j] += (float) sdyx;
+		coef[j] = rows > 0 ? (float) (sdy / (double) rows) : 0.0f;
+		coef[c + j] = rows > 0 ? (float) (sdyx / (double) rows) : 0.0f;
+	}
+}
+
+__global__ void
+k_bn_dx(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ dy,
+		const float *__restrict__ mean, const float *__restrict__ invstd,
+		const float *__restrict__ gamma, const float *__restrict__ coef, float *__restrict__ dx)
+{
+	GRID_LOOP(i, rows * (size_t) c)
+	{
+		int			j = (int) (i % c);
+		float		xhat = (x[i] - mean[j]) * invstd[j];
+
+		dx[i] += gamma[j] * invstd[j] * (dy[i] - coef[j] - xhat * coef[c + j]);
+	}
+}
+
+/* chunks of rows for a reduction: enough blocks to fill the device */
+static int
+red_chunks(size_t rows, int c)
+{
+	size_t		colblocks = ((size_t) c + 31) / 32;
+	size_t		want = (264 * 4 + colblocks - 1) / colblocks;	/* ~4 blocks per SM */
+	size_t		byrows = (rows + 255) / 256;	/* at least 256 rows a chunk */
+
+	if (want > byrows)
+		want = byrows;
+	if (want > RED_CHUNKS_MAX)
+		want = RED_CHUNKS_MAX;
+	return want < 1 ? 1 : (int) want;
+}
+
+/* workspace: 2 * chunks * c doubles for the partial sums, then 2 * c floats */
+static double *
+red_workspace(int chunks, int c)
+{
+	mt_err		err;
+	void	   *ws;
+
+	mt_clearerr(&err);
+	ws = mt_cuda_workspace(((size_t) 2 * chunks * c) * sizeof(double) + (size_t) 2 * c * sizeof(float), &err);
+	if (ws == NULL)
+		mt_cuda_note_err(&err);
+	return (double *) ws;
+}
+
+static void
+cuda_bias_backward(size_t rows, int c, const float *dy, float *db)
+{
+	int			chunks;
+	double	   *part;
+
+	if (c <= 0 || mt_cuda_failed())
+		return;
+	chunks = red_chunks(rows, c);
+	if ((part = red_workspace(chunks, c)) == NULL)
+		return;
+	k_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, 0, dy, NULL, NULL, NULL, part, NULL);
+	launched("the column-sum kernel");
+	k_bias_finish<<<blocks_for(c), THREADS>>>(c, chunks, part, db);
+	launched("the bias-gradient kernel");
+}
+
+static void
+cuda_channel_stats(size_t rows, int c, const float *x, float *mean, float *var)
+{
+	int			chunks;
+	double	   *part;
+
+	if (c <= 0 || mt_cuda_failed())
+		return;
+	chunks = red_chunks(rows, c);
+	if ((part = red_workspace(chunks, c)) == NULL)
+		return;
+	k_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, 0, x, NULL, NULL, NULL, part, NULL);
+	launched("the column-sum kernel");
+	k_mean_finish<<<blocks_for(c), THREADS>>>(rows, c, chunks, part, mean);
+	launched("the mean kernel");
+	k_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, 1, x, NULL, mean, NULL, part, NULL);
+	launched("the column-sum kernel");
+	k_mean_finish<<<blocks_for(c), THREADS>>>(rows, c, chunks, part, var);
+	launched("the variance kernel");
+}
+
+static void
+cuda_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
+						 const float *mean, const float *invstd, const float *gamma,
+						 float *dx, float *dgamma, float *dbeta)
+{
+	int			chunks;
+	double	   *part;
+	float	   *coef;
+
+	if (c <= 0 || mt_cuda_failed())
+		return;
+	chunks = red_chunks(rows, c);
+	if ((part = red_workspace(chunks, c)) == NULL)
+		return;
+	coef = (float *) (part + (size_t) 2 * chunks * c);
+	k_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, 2, dy, x, mean, invstd,
+														   part, part + (size_t) chunks * c);
+	launched("the batch-norm reduction kernel");
+	k_bn_finish<<<blocks_for(c), THREADS>>>(rows, c, chunks, part, part + (size_t) chunks * c,
+											dgamma, dbeta, coef);
+	launched("the batch-norm reduction kernel");
+	if (dx != NULL && rows > 0)
+	{
+		k_bn_dx<<<blocks_for(rows * c), THREADS>>>(rows, c, x, dy, mean, invstd, gamma, coef, dx);
+		launched("the batch-norm backward kernel");
+	}
+}
+
+static void
+cuda_linear_backward(int n, int in, int out, const float *x, const float *w,
+					 const float *dy, float *dx, float *dw, float *db)
+{
+	if (mt_cuda_failed())
+		return;
+	if (dx != NULL)
+		gemm_rm_async(0, 0, n, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
+	if (dw != NULL)
+		gemm_rm_async(1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+	if (db != NULL)
+		cuda_bias_backward((size_t) n, out, dy, db);
+}
+
+/* ----------------------------------------------------------- optimizers --- */
+
+__global__ void
+k_sgd(size_t len, float *p, const float *g, float *buf, float lr, float momentum,
+	  float weight_decay, int nesterov, int first)
+{
+	GRID_LOOP(i, len)
+	{
+		float		d = g[i];
+
+		if (weight_decay != 0.0f)
+			d = __fadd_rn(d, __fmul_rn(weight_decay, p[i]));
+		if (buf != NULL)
+		{
+			buf[i] = first ? d : __fadd_rn(__fmul_rn(momentum, buf[i]), d);
+			d = nesterov ? __fadd_rn(d, __fmul_rn(momentum, buf[i])) : buf[i];
+		}
+		p[i] = __fadd_rn(p[i], __fmul_rn(-lr, d));
+	}
+}
+
+__global__ void
+k_adam(size_t len, float *p, const float *g, float *m1, float *m2, float beta1,
+	   float beta2, float eps, float weight_decay, int decoupled, float step_size,
+	   float bc2_sqrt, float shrink)
+{
+	GRID_LOOP(i, len)
+	{
+		float		gi = g[i];
+		float		denom;
+
+		if (decoupled)
+			p[i] = __fmul_rn(p[i], shrink);
+		else if (weight_decay != 0.0f)
+			gi = __fadd_rn(gi, __fmul_rn(weight_decay, p[i]));
+		m1[i] = __fadd_rn(__fmul_rn(m1[i], beta1), __fmul_rn(gi, 1.0f - beta1));
+		m2[i] = __fadd_rn(__fmul_rn(m2[i], beta2), __fmul_rn(__fmul_rn(gi, gi), 1.0f - beta2));
+		denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(m2[i]), bc2_sqrt), eps);
+		p[i] = __fadd_rn(p[i], __fmul_rn(-step_size, __fdiv_rn(m1[i], denom)));
+	}
+}
+
+static void
+cuda_sgd_update(size_t len, float *p, const float *g, float *buf, float lr,
+				float momentum, float weight_decay, int nesterov, int first)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_sgd<<<blocks_for(len), THREADS>>>(len, p, g, buf, lr, momentum, weight_decay, nesterov, first);
+	launched("the SGD kernel");
+}
+
+static void
+cuda_adam_update(size_t len, float *p, const float *g, float *m1, float *m2,
+				 float lr, float beta1, float beta2, float eps, float weight_decay,
+				 int decoupled, int64_t step)
+{
+	/* the step-dependent scalars exactly as the CPU backend computes them */
+	double		bc1 = 1.0 - pow((double) beta1, (double) step);
+	double		bc2 = 1.0 - pow((double) beta2, (double) step);
+	float		step_size = (float) ((double) lr / bc1);
+	float		bc2_sqrt = (float) sqrt(bc2);
+	float		shrink = (float) (1.0 - (double) lr * weight_decay);
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_adam<<<blocks_for(len), THREADS>>>(len, p, g, m1, m2, beta1, beta2, eps, weight_decay,
+										 decoupled, step_size, bc2_sqrt, shrink);
+	launched("the Adam kernel");
+}
+
+/* ---------------------------------------------------------- transformer --- */
+
+/* warp sum of a double */
+__device__ __forceinline__ double
+warp_sum(double v)
+{
+	for (int o = 16; o > 0; o /= 2)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+/* one warp per row: mean and 1/sqrt(var + eps) of x's row, in double */
+__device__ __forceinline__ void
+row_stats(const float *xr, int c, float eps, int lane, double *mean, double *rstd)
+{
+	double		s = 0.0,
+				v = 0.0,
+				mu;
+
+	for (int j = lane; j < c; j += 32)
+		s += xr[j];
+	mu = warp_sum(s) / c;
+	for (int j = lane; j < c; j += 32)
+		v += ((double) xr[j] - mu) * ((double) xr[j] - mu);
+	*mean = mu;
+	*rstd = 1.0 / sqrt(warp_sum(v) / c + eps);
+}
+
+__global__ void
+k_layer_norm(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ gamma,
+			 const float *__restrict__ beta, float eps, float *__restrict__ y)
+{
+	size_t		row = (size_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int			lane = threadIdx.x % 32;
+	double		mean,
+				rstd;
+	float		rs;
+
+	if (row >= rows)
+		return;
+	row_stats(x + row * c, c, eps, lane, &mean, &rstd);
+	rs = (float) rstd;
+	for (int j = lane; j < c; j += 32)
+		y[row * c + j] = ((float) (x[row * c + j] - mean)) * rs * gamma[j] + beta[j];
+}
+
+/*
+ * layer norm backward, one warp per row: dx (may be NULL) and the row's mean
+ * and rstd for the column sums of dgamma
+ */
+__global__ void
+k_layer_norm_bwd_rows(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ dy,
+					  const float *__restrict__ gamma, float eps, float *__restrict__ dx,
+					  double *__restrict__ stats)
+{
+	size_t		row = (size_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int			lane = threadIdx.x % 32;
+	const float *xr,
+			   *dyr;
+	double		mean,
+				rstd,
+				sg = 0.0,
+				sgx = 0.0;
+
+	if (row >= rows)
+		return;
+	xr = x + row * c;
+	dyr = dy + row * c;
+	row_stats(xr, c, eps, lane, &mean, &rstd);
+	if (lane == 0)
+	{
+		stats[2 * row] = mean;
+		stats[2 * row + 1] = rstd;
+	}
+	if (dx == NULL)
+		return;
+	for (int j = lane; j < c; j += 32)
+	{
+		double		xh = ((double) xr[j] - mean) * rstd;
+		double		g = (double) dyr[j] * gamma[j];
+
+		sg += g;
+		sgx += g * xh;
+	}
+	sg = warp_sum(sg) / c;
+	sgx = warp_sum(sgx) / c;
+	for (int j = lane; j < c; j += 32)
+	{
+		double		xh = ((double) xr[j] - mean) * rstd;
+		double		g = (double) dyr[j] * gamma[j];
+
+		dx[row * c + j] += (float) (rstd * (g - sg - xh * sgx));
+	}
+}
+
+/* column sums of dy and dy * xhat with per-row statistics (as k_colsum) */
+__global__ void
+k_ln_colsum(size_t rows, int c, const float *__restrict__ x, const float *__restrict__ dy,
+			const double *__restrict__ stats, double *__restrict__ part0, double *__restrict__ part1)
+{
+	__shared__ double s0[8][32];
+	__shared__ double s1[8][32];
+	int			j = blockIdx.x * 32 + threadIdx.x;
+	size_t		per = (rows + gridDim.y - 1) / gridDim.y;
+	size_t		r0 = (size_t) blockIdx.y * per;
+	size_t		r1 = r0 + per < rows ? r0 + per : rows;
+	double		acc0 = 0.0,
+				acc1 = 0.0;
+
+	if (j < c)
+		for (size_t r = r0 + threadIdx.y; r < r1; r += 8)
+		{
+			double		g = dy[r * c + j];
+
+			acc0 += g;
+			acc1 += g * (((double) x[r * c + j] - stats[2 * r]) * stats[2 * r + 1]);
+		}
+	s0[threadIdx.y][threadIdx.x] = acc0;
+	s1[threadIdx.y][threadIdx.x] = acc1;
+	__syncthreads();
+	if (threadIdx.y == 0 && j < c)
+	{
+		for (int l = 1; l < 8; l++)
+		{
+			acc0 += s0[l][threadIdx.x];
+			acc1 += s1[l][threadIdx.x];
+		}
+		part0[(size_t) blockIdx.y * c + j] = acc0;
+		part1[(size_t) blockIdx.y * c + j] = acc1;
+	}
+}
+
+static void
+cuda_layer_norm(size_t rows, int c, const float *x, const float *gamma, const float *beta,
+				float eps, float *y)
+{
+	if (rows == 0 || c <= 0 || mt_cuda_failed())
+		return;
+	k_layer_norm<<<(unsigned int) ((rows + 7) / 8), 256>>>(rows, c, x, gamma, beta, eps, y);
+	launched("the layer-norm kernel");
+}
+
+static void
+cuda_layer_norm_backward(size_t rows, int c, const float *x, const float *dy,
+						 const float *gamma, float eps, float *dx, float *dgamma, float *dbeta)
+{
+	int			chunks;
+	double	   *part,
+			   *stats;
+	mt_err		err;
+
+	if (rows == 0 || c <= 0 || mt_cuda_failed())
+		return;
+	chunks = red_chunks(rows, c);
+	mt_clearerr(&err);
+	part = (double *) mt_cuda_workspace(((size_t) 2 * chunks * c + 2 * rows) * sizeof(double), &err);
+	if (part == NULL)
+	{
+		mt_cuda_note_err(&err);
+		return;
+	}
+	stats = part + (size_t) 2 * chunks * c;
+	k_layer_norm_bwd_rows<<<(unsigned int) ((rows + 7) / 8), 256>>>(rows, c, x, dy, gamma, eps, dx, stats);
+	launched("the layer-norm backward kernel");
+	if (dgamma == NULL && dbeta == NULL)
+		return;
+	k_ln_colsum<<<dim3((c + 31) / 32, chunks), dim3(32, 8)>>>(rows, c, x, dy, stats, part,
+															  part + (size_t) chunks * c);
+	launched("the layer-norm reduction kernel");
+	if (dbeta != NULL)
+	{
+		k_bias_finish<<<blocks_for(c), THREADS>>>(c, chunks, part, dbeta);
+		launched("the layer-norm reduction kernel");
+	}
+	if (dgamma != NULL)
+	{
+		k_bias_finish<<<blocks_for(c), THREADS>>>(c, chunks, part + (size_t) chunks * c, dgamma);
+		launched("the layer-norm reduction kernel");
+	}
+}
+
+__global__ void
+k_gelu(size_t len, const float *x, float *y)
+{
+	GRID_LOOP(i, len)
+		y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float) M_SQRT1_2));
+}
+
+__global__ void
+k_gelu_bwd(size_t len, const float *x, const float *dy, float *dx)
+{
+	GRID_LOOP(i, len)
+	{
+		double		v = x[i];
+		double		d = 0.5 * (1.0 + erf(v * M_SQRT1_2)) +
+			v * exp(-0.5 * v * v) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
+
+		dx[i] += (float) (dy[i] * d);
+	}
+}
+
+static void
+cuda_gelu(size_t len, const float *x, float *y)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_gelu<<<blocks_for(len), THREADS>>>(len, x, y);
+	launched("the GELU kernel");
+}
+
+static void
+cuda_gelu_backward(size_t len, const float *x, const float *dy, float *dx)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_gelu_bwd<<<blocks_for(len), THREADS>>>(len, x, dy, dx);
+	launched("the GELU backward kernel");
+}
+
+__global__ void
+k_vit_tokens(int n, int p, int d, const float *__restrict__ patches, const float *__restrict__ cls,
+			 const float *__restrict__ pos, float *__restrict__ y)
+{
+	size_t		per = (size_t) (p + 1) * d;
+
+	GRID_LOOP(i, (size_t) n * per)
+	{
+		size_t		s = i / per,
+					k = i % per;
+
+		y[i] = (k < (size_t) d ? cls[k] : patches[s * p * d + (k - d)]) + pos[k];
+	}
+}
+
+/* dpatches += dy rows 1..p; dcls / dpos += sums over the sequences */
+__global__ void
+k_vit_tokens_bwd(int n, int p, int d, const float *__restrict__ dy, float *__restrict__ dpatches,
+				 float *__restrict__ dcls, float *__restrict__ dpos)
+{
+	size_t		per = (size_t) (p + 1) * d;
+
+	GRID_LOOP(k, per)
+	{
+		float		s = 0.0f;
+
+		for (int q = 0; q < n; q++)
+		{
+			float		g = dy[q * per + k];
+
+			s += g;
+			if (dpatches != NULL && k >= (size_t) d)
+				dpatches[(size_t) q * p * d + (k - d)] += g;
+		}
+		if (dpos != NULL)
+			dpos[k] += s;
+		if (dcls != NULL && k < (size_t) d)
+			dcls[k] += s;
+	}
+}
+
+static void
+cuda_vit_tokens(int n, int p, int d, const float *patches, const float *cls, const float *pos,
+				float *y)
+{
+	size_t		len = (size_t) n * (p + 1) * d;
+
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_vit_tokens<<<blocks_for(len), THREADS>>>(n, p, d, patches, cls, pos, y);
+	launched("the ViT token kernel");
+}
+
+static void
+cuda_vit_tokens_backward(int n, int p, int d, const float *dy, float *dpatches, float *dcls,
+						 float *dpos)
+{
+	size_t		per = (size_t) (p + 1) * d;
+
+	if (per == 0 || n <= 0 || mt_cuda_failed())
+		return;
+	k_vit_tokens_bwd<<<blocks_for(per), THREADS>>>(n, p, d, dy, dpatches, dcls, dpos);
+	launched("the ViT token backward kernel");
+}
+
+/* rows of s (t x t): s = p * (s - rowsum(s * p)), one warp per row */
+__global__ void
+k_softmax_bwd_rows(int t, const float *__restrict__ p, float *__restrict__ s)
+{
+	int			row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int			lane = threadIdx.x % 32;
+	const float *pr;
+	float	   *sr;
+	double		dot = 0.0;
+
+	if (row >= t)
+		return;
+	pr = p + (size_t) row * t;
+	sr = s + (size_t) row * t;
+	for (int k = lane; k < t; k += 32)
+		dot += (double) pr[k] * sr[k];
+	dot = warp_sum(dot);
+	for (int k = lane; k < t; k += 32)
+		sr[k] = pr[k] * (float) (sr[k] - dot);
+}
+
+/* P = softmax(scale Q_j K_j^T) of one sequence and head into p (t x t) */
+static int
+attention_probs(int t, int d, int hd, int j, const float *q, float *p, mt_err *err)
+{
+	float		scale = (float) (1.0 / sqrt((double) hd));
+	int			rc;
+
+	if ((rc = gemm_rm(0, 1, t, t, hd, scale, q + j * hd, 3 * d, q + d + j * hd, 3 * d,
+					  0.0f, p, t, err)) != MT_OK)
+		return rc;
+	k_softmax<<<(t + 7) / 8, 256>>>(t, t, p, p);
+	return launch_status("the softmax kernel", err);
+}
+
+static float *
+attention_workspace(size_t floats, mt_err *err)
+{
+	return (float *) mt_cuda_workspace(floats * sizeof(float), err);
+}
+
+static int
+cuda_attention(int n, int t, int d, int heads, const float *qkv, float *y, mt_err *err)
+{
+	int			hd,
+				rc;
+	float	   *p;
+
+	if (heads <= 0 || d % heads != 0)
+		return mt_seterr(err, MT_ERR_INVALID, "%d channels do not split into %d heads", d, heads);
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	if (n <= 0 || t <= 0)
+		return MT_OK;
+	hd = d / heads;
+	if ((p = attention_workspace((size_t) t * t, err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_NOMEM;
+	for (int s = 0; s < n; s++)
+	{
+		const float *q = qkv + (size_t) s * t * 3 * d;
+		float	   *ys = y + (size_t) s * t * d;
+
+		for (int j = 0; j < heads; j++)
+		{
+			if ((rc = attention_probs(t, d, hd, j, q, p, err)) != MT_OK ||
+				(rc = gemm_rm(0, 0, t, hd, t, 1.0f, p, t, q + 2 * d + j * hd, 3 * d,
+							  0.0f, ys + j * hd, d, err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
+static int
+cuda_attention_backward(int n, int t, int d, int heads, const float *qkv, const float *dy,
+						float *dqkv, mt_err *err)
+{
+	int			hd,
+				rc;
+	float		scale;
+	float	   *p,
+			   *dp;
+
+	if (heads <= 0 || d % heads != 0)
+		return mt_seterr(err, MT_ERR_INVALID, "%d channels do not split into %d heads", d, heads);
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	if (n <= 0 || t <= 0)
+		return MT_OK;
+	hd = d / heads;
+	scale = (float) (1.0 / sqrt((double) hd));
+	if ((p = attention_workspace((size_t) 2 * t * t, err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_NOMEM;
+	dp = p + (size_t) t * t;
+	for (int s = 0; s < n; s++)
+	{
+		const float *q = qkv + (size_t) s * t * 3 * d;
+		const float *dys = dy + (size_t) s * t * d;
+		float	   *dq = dqkv + (size_t) s * t * 3 * d;
+
+		for (int j = 0; j < heads; j++)
+		{
+			const float *qj = q + j * hd,
+					   *kj = q + d + j * hd,
+					   *vj = q + 2 * d + j * hd;
+
+			if ((rc = attention_probs(t, d, hd, j, q, p, err)) != MT_OK)
+				return rc;
+			/* dV += P^T dY; dP = dY V^T */
+			if ((rc = gemm_rm(1, 0, t, hd, t, 1.0f, p, t, dys + j * hd, d, 1.0f,
+							  dq + 2 * d + j * hd, 3 * d, err)) != MT_OK ||
+				(rc = gemm_rm(0, 1, t, t, hd, 1.0f, dys + j * hd, d, vj, 3 * d, 0.0f,
+							  dp, t, err)) != MT_OK)
+				return rc;
+			/* dS = P * (dP - rowsum(dP * P)) */
+			k_softmax_bwd_rows<<<(t + 7) / 8, 256>>>(t, p, dp);
+			if ((rc = launch_status("the softmax backward kernel", err)) != MT_OK)
+				return rc;
+			/* dQ += s dS K, dK += s dS^T Q */
+			if ((rc = gemm_rm(0, 0, t, hd, t, scale, dp, t, kj, 3 * d, 1.0f, dq + j * hd,
+							  3 * d, err)) != MT_OK ||
+				(rc = gemm_rm(1, 0, t, hd, t, scale, dp, t, qj, 3 * d, 1.0f,
+							  dq + d + j * hd, 3 * d, err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
+/* --------------------------------------------------------------- memory --- */
+
+static int
+cuda_mem_alloc(void **ptr, size_t bytes, mt_err *err)
+{
+	return mt_cuda_alloc(ptr, bytes, err);
+}
+
+extern "C"
+{
+
+const mt_backend mt_cuda_backend = {
+	.name = "cuda",
+	.conv2d = cuda_conv2d,
+	.max_pool2d = cuda_max_pool2d,
+	.avg_pool2d = cuda_avg_pool2d,
+	.global_avg_pool = cuda_global_avg_pool,
+	.channel_affine = cuda_channel_affine,
+	.add_act = cuda_add_act,
+	.act = cuda_act,
+	.linear = cuda_linear,
+	.softmax = cuda_softmax,
+	.concat = cuda_concat,
+	.scale_channels = cuda_scale_channels,
+	.conv2d_backward_data = cuda_conv2d_backward_data,
+	.conv2d_backward_weight = cuda_conv2d_backward_weight,
+	.bias_backward = cuda_bias_backward,
+	.act_backward = cuda_act_backward,
+	.act_backward_input = cuda_act_backward_input,
+	.concat_backward = cuda_concat_backward,
+	.scale_channels_backward = cuda_scale_channels_backward,
+	.channel_stats = cuda_channel_stats,
+	.batch_norm_backward = cuda_batch_norm_backward,
+	.max_pool2d_backward = cuda_max_pool2d_backward,
+	.avg_pool2d_backward = cuda_avg_pool2d_backward,
+	.global_avg_pool_backward = cuda_global_avg_pool_backward,
+	.linear_backward = cuda_linear_backward,
+	.accumulate = cuda_accumulate,
+	.sgd_update = cuda_sgd_update,
+	.adam_update = cuda_adam_update,
+	.layer_norm = cuda_layer_norm,
+	.layer_norm_backward = cuda_layer_norm_backward,
+	.gelu = cuda_gelu,
+	.gelu_backward = cuda_gelu_backward,
+	.attention = cuda_attention,
+	.attention_backward = cuda_attention_backward,
+	.vit_tokens = cuda_vit_tokens,
+	.vit_tokens_backward = cuda_vit_tokens_backward,
+	.mem_alloc = cuda_mem_alloc,
+	.mem_free = mt_cuda_free,
+	.mem_zero = mt_cuda_zero,
+	.upload = mt_cuda_upload,
+	.download = mt_cuda_download,
+	.synchronize = mt_cuda_synchronize,
+};
+
+}								/* extern "C" */

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# test/cuda_build_check.sh - compile-and-link check of `make WITH_CUDA=1`.
+#
+# First runs the kernels under the CPU emulation (test/cuda_emu/run.sh).
+# Then builds medtl.so with the CUDA backend and the op-by-op check tool in a
+# temporary copy of the sources (the working tree's objects and the installed
+# extension are left alone), checks that medtl.so links cuBLAS/cudart and
+# exports mt_cuda_backend, and runs test/bin/cuda_ops_check --no-bench: on a
+# machine without a GPU it must say "no CUDA device" and skip cleanly; with
+# one it runs the whole comparison.  Prints "cuda_build: N passed, M failed"
+# (or a skip line when nvcc is absent) and exits 1 on a failure.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+NVCC=${NVCC:-$CUDA_HOME/bin/nvcc}
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok: $*"; }
+bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
+
+# The kernels' logic without a GPU: src/cuda built against the CPU emulation
+# in test/cuda_emu and compared op by op with the CPU backend.
+if command -v g++ >/dev/null 2>&1; then
+	out=$(EMU_ASAN=1 nice bash "$here/test/cuda_emu/run.sh" 2>&1) && rc=0 || rc=$?
+	echo "$out" | grep -E '^(FAIL|cuda_ops:)|error' | tail -n 40
+	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -Eq '^cuda_ops: [1-9][0-9]* passed, 0 failed$'; then
+		ok "CUDA kernels vs the CPU backend under the CPU emulation with ASan ($(echo "$out" | tail -n 1))"
+	else
+		bad "CUDA kernels under the CPU emulation (test/cuda_emu/run.sh exited $rc)"
+	fi
+else
+	echo "note: no g++; the CPU emulation of the CUDA kernels is skipped"
+fi
+
+if [ ! -x "$NVCC" ] && ! command -v nvcc >/dev/null 2>&1; then
+	echo "cuda_build: nvcc not found (looked for $NVCC and nvcc on PATH): make WITH_CUDA=1 skipped"
+	echo "cuda_build: $passed passed, $failed failed (nvcc build skipped: no nvcc)"
+	[ "$failed" -eq 0 ]
+	exit
+fi
+[ -x "$NVCC" ] || NVCC=$(command -v nvcc)
+
+tmp=$(mktemp -d /tmp/medtl-cuda-build.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+(cd "$here" && tar -cf - --exclude='*.o' --exclude='*.bc' --exclude='*.so' \
+	Makefile medtl.control sql src test/tools) | tar -C "$tmp" -xf -
+
+jobs=${MEDTL_CUDA_BUILD_JOBS:-2}
+t0=$(date +%s)
+if out=$(cd "$tmp" && nice make -s -j"$jobs" WITH_CUDA=1 NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" 2>&1); then
+	ok "make WITH_CUDA=1 builds medtl.so ($(( $(date +%s) - t0 ))s)"
+else
+	echo "$out" | tail -n 40
+	bad "make WITH_CUDA=1"
+fi
+if [ -f "$tmp/medtl.so" ]; then
+	dyn=$(readelf -d "$tmp/medtl.so" 2>&1)
+	syms=$(nm -D --defined-only "$tmp/medtl.so" 2>&1)
+	if grep -q 'NEEDED.*libcublas' <<<"$dyn" && grep -q 'NEEDED.*libcudart' <<<"$dyn"; then
+		ok "medtl.so (CUDA) links libcublas and libcudart"
+	else
+		bad "medtl.so (CUDA) does not link libcublas/libcudart"
+	fi
+	if grep -qw mt_cuda_backend <<<"$syms"; then
+		ok "medtl.so (CUDA) exports mt_cuda_backend"
+	else
+		bad "medtl.so (CUDA) lacks mt_cuda_backend"
+	fi
+fi
+if out=$(cd "$tmp" && nice make -s WITH_CUDA=1 NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" cuda-check 2>&1); then
+	ok "make WITH_CUDA=1 cuda-check builds test/bin/cuda_ops_check"
+	out=$("$tmp/test/bin/cuda_ops_check" --no-bench 2>&1) && rc=0 || rc=$?
+	echo "$out" | grep -E '^(no CUDA device|device:|FAIL|cuda_ops:)' | tail -n 40
+	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^cuda_ops: [0-9]* passed, 0 failed'; then
+		ok "cuda_ops_check ($(echo "$out" | tail -n 1))"
+	else
+		bad "cuda_ops_check exited $rc"
+	fi
+else
+	echo "$out" | tail -n 40
+	bad "make WITH_CUDA=1 cuda-check"
+fi
+echo "cuda_build: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

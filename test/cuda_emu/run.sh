@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# test/cuda_emu/run.sh - build src/cuda's kernels and host code against the CPU
+# emulation in this folder (g++, C++20) and run test/bin/cuda_ops_check's
+# comparison with the CPU backend.  No GPU or CUDA toolkit needed.  Prints
+# the tool's lines, last "cuda_ops: N passed, M failed"; exits 1 on failure.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+emu=$here/test/cuda_emu
+tmp=$(mktemp -d /tmp/medtl-cuda-emu.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+CXX=${CXX:-g++}
+# EMU_ASAN=1: AddressSanitizer over the kernels (device memory is host memory here)
+san=${EMU_ASAN:+-fsanitize=address -fno-omit-frame-pointer}
+CC=${CC:-gcc}
+flags="$san -std=c++20 -O1 -ffp-contract=off -Wall -Wno-unused-parameter -Wno-sign-compare -Werror -I$emu/inc -I$here/src -DMEDTL_CUDA"
+python3 "$emu/launches.py" "$here/src/cuda/ops_cuda.cu" "$tmp/ops_cuda.cpp"
+cp "$here/src/cuda/cuda_runtime.cu" "$tmp/cuda_runtime.cpp"
+$CXX $flags -c "$tmp/ops_cuda.cpp" -o "$tmp/ops_cuda.o"
+$CXX $flags -c "$tmp/cuda_runtime.cpp" -o "$tmp/cuda_runtime.o"
+$CXX $flags -c "$emu/emu.cpp" -o "$tmp/emu.o"
+$CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
+	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_ops_check" "$here/test/tools/cuda_ops_check.c" \
+	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
+	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" \
+	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
+"$tmp/cuda_ops_check" --no-bench

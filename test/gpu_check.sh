@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# test/gpu_check.sh - the prepared check for a lent GPU machine (no
+# PostgreSQL there): builds the CUDA backend and the op-by-op comparison tool
+# from the engine sources only (src/core CPU kernels + src/cuda, no src/pg,
+# no image IO) and runs it; optionally under compute-sanitizer.  Writes
+# everything to $OUT/gpu_check.log.  Exit 0 only when every step passed.
+#
+#   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out)
+#
+# The CPU reference loads OpenBLAS from .gpu/lib (made by test/gpu_prepare.sh
+# on the Debian machine and carried along), else a system OpenBLAS, else it
+# falls back to medtl's portable C GEMM.  Budget: at most about 3.5 minutes (timeouts on every step).
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here" || exit 2
+OUT=${OUT:-/tmp/medtl-gpu-out}
+mkdir -p "$OUT"
+LOG=$OUT/gpu_check.log
+start=$(date +%s)
+status=0
+step() { printf '\n== %s (t=%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+fail() { echo "GPU_CHECK FAIL: $*"; status=1; }
+finish() {
+	step "done"
+	if [ "$status" -eq 0 ]; then echo "GPU_CHECK OK"; else echo "GPU_CHECK FAILED (see the FAIL lines above)"; fi
+	exit "$status"
+}
+
+main() {
+step "machine"
+date -u
+uname -a
+echo "cpus: $(nproc)"
+if command -v nvidia-smi >/dev/null 2>&1; then
+	timeout 30 nvidia-smi -L || echo "note: nvidia-smi -L failed (the check below decides)"
+	timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || true
+else
+	echo "note: nvidia-smi not found (the check below decides whether a device works)"
+fi
+
+step "toolchain"
+for t in gcc make; do
+	if command -v "$t" >/dev/null 2>&1; then echo "$t: $(command -v $t) ($("$t" --version | head -n 1))"
+	else echo "$t: not found"; fi
+done
+command -v gcc >/dev/null 2>&1 || command -v cc >/dev/null 2>&1 || { fail "no C compiler (gcc/cc)"; finish; }
+CC=${CC:-$(command -v gcc || command -v cc)}
+NVCC=${NVCC:-}
+[ -n "$NVCC" ] || NVCC=$(command -v nvcc 2>/dev/null || true)
+[ -n "$NVCC" ] || { [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc; }
+[ -n "$NVCC" ] || { fail "nvcc not found (PATH, /usr/local/cuda/bin)"; finish; }
+NVCC=$(readlink -f "$NVCC")
+CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}
+echo "nvcc: $NVCC"
+"$NVCC" --version | tail -n 2
+
+# headers and libraries: the toolkit's own dirs, else pip's nvidia/* wheels
+find_first() { # find_first NAME DIR... -> directory holding NAME
+	local name=$1 d f; shift
+	for d in "$@"; do
+		[ -d "$d" ] || continue
+		f=$(find -L "$d" -maxdepth 4 -name "$name" -print -quit 2>/dev/null)
+		[ -n "$f" ] && { dirname "$f"; return 0; }
+	done
+	return 1
+}
+pyroots=$(python3 -c 'import site,sys; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
+search=("$CUDA_HOME/include" "$CUDA_HOME/targets/x86_64-linux/include" "$CUDA_HOME")
+for r in $pyroots; do search+=("$r/nvidia"); done
+CUDA_INCDIR=$(find_first cublas_v2.h "${search[@]}") || { fail "cublas_v2.h not found under ${search[*]}"; finish; }
+libsearch=("$CUDA_HOME/lib64" "$CUDA_HOME/lib" "$CUDA_HOME/targets/x86_64-linux/lib")
+for r in $pyroots; do libsearch+=("$r/nvidia"); done
+cublas_dir=$(find_first 'libcublas.so*' "${libsearch[@]}") || { fail "libcublas.so not found"; finish; }
+cudart_dir=$(find_first 'libcudart.so*' "${libsearch[@]}") || { fail "libcudart.so not found"; finish; }
+# -lcublas/-lcudart need unversioned names: link through a folder of symlinks
+CUDA_LIBDIR=$(mktemp -d /tmp/medtl-cudalib.XXXXXX)
+for pair in "cublas:$cublas_dir" "cublasLt:$cublas_dir" "cudart:$cudart_dir"; do
+	lib=${pair%%:*}; dir=${pair#*:}
+	real=$(ls "$dir"/lib"$lib".so "$dir"/lib"$lib".so.[0-9]* 2>/dev/null | head -n 1)
+	[ -n "$real" ] && ln -sf "$real" "$CUDA_LIBDIR/lib$lib.so"
+done
+export LD_LIBRARY_PATH="$cublas_dir:$cudart_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# the check tool (plain C) includes cuda_runtime_api.h: find it too
+rtinc=$CUDA_INCDIR
+if [ ! -f "$rtinc/cuda_runtime_api.h" ]; then
+	rtinc=$(find_first cuda_runtime_api.h "${search[@]}") || { fail "cuda_runtime_api.h not found"; finish; }
+	CC="$CC -I$rtinc"
+fi
+echo "cuda include: $CUDA_INCDIR (cuda_runtime_api.h: $rtinc)"
+echo "cublas: $cublas_dir   cudart: $cudart_dir"
+
+step "OpenBLAS for the CPU reference"
+if [ -f "$here/.gpu/lib/libopenblas.so.0" ]; then
+	export MEDTL_OPENBLAS=$here/.gpu/lib/libopenblas.so.0
+	export LD_LIBRARY_PATH="$here/.gpu/lib:$LD_LIBRARY_PATH"
+	echo "using the carried copy $MEDTL_OPENBLAS"
+	ldd "$MEDTL_OPENBLAS" | grep -E 'not found|gfortran|quadmath' || true
+elif ldconfig -p 2>/dev/null | grep -q libopenblas.so.0; then
+	echo "using the system's libopenblas.so.0"
+else
+	echo "note: no OpenBLAS (carry .gpu from test/gpu_prepare.sh); the CPU reference will use the C GEMM"
+fi
+
+step "build (engine CPU kernels + src/cuda + cuda_ops_check; no PostgreSQL)"
+rm -f src/cuda/*.o test/bin/cuda_ops_check
+t0=$(date +%s)
+if command -v make >/dev/null 2>&1; then
+	# warnings are not errors here: this compiler may be newer than CI's
+	timeout 120 make -f src/cuda/cuda.mk -j4 cuda-check CC="$CC" NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" \
+		CUDA_INCDIR="$CUDA_INCDIR" CUDA_LIBDIR="$CUDA_LIBDIR" CUDA_WARN="-Wall,-Wno-unused-parameter" \
+		CUDA_CHECK_CFLAGS="-std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA" ||
+		fail "build failed"
+else
+	echo "no make: building with the same commands directly"
+	flags="-O3 -std=c++20 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -fPIC,-Wall,-Wno-unused-parameter -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA"
+	mkdir -p test/bin
+	timeout 100 "$NVCC" $flags -c -o src/cuda/cuda_runtime.o src/cuda/cuda_runtime.cu &&
+		timeout 100 "$NVCC" $flags -c -o src/cuda/ops_cuda.o src/cuda/ops_cuda.cu &&
+		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
+			-o test/bin/cuda_ops_check test/tools/cuda_ops_check.c src/core/mt_common.c \
+			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c \
+			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
+			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread || fail "build failed"
+fi
+echo "build time: $(( $(date +%s) - t0 ))s"
+[ -x test/bin/cuda_ops_check ] || { fail "test/bin/cuda_ops_check was not built"; finish; }
+
+step "cuda_ops_check: every backend entry, CUDA vs CPU (rel err <= 1e-4), then conv GFLOP/s"
+timeout 90 test/bin/cuda_ops_check > "$OUT/cuda_ops_check.txt" 2>&1
+rc=$?
+cat "$OUT/cuda_ops_check.txt"
+if [ "$rc" -eq 124 ]; then fail "cuda_ops_check timed out after 90s"
+elif [ "$rc" -ne 0 ]; then fail "cuda_ops_check exited $rc"
+elif grep -q 'skipped: no device' "$OUT/cuda_ops_check.txt"; then fail "cuda_ops_check found no CUDA device"
+fi
+
+san=$(command -v compute-sanitizer 2>/dev/null || true)
+for c in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/compute-sanitizer"; do
+	[ -z "$san" ] && [ -x "$c" ] && san=$c
+done
+elapsed=$(( $(date +%s) - start ))
+if [ -n "$san" ] && [ "$elapsed" -lt 130 ]; then
+	step "compute-sanitizer memcheck over the comparison (no benchmark)"
+	timeout $(( 190 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
+		test/bin/cuda_ops_check --no-bench > "$OUT/sanitizer.txt" 2>&1
+	rc=$?
+	grep -E '=========|^cuda_ops:' "$OUT/sanitizer.txt" | tail -n 40
+	if [ "$rc" -eq 124 ]; then echo "note: compute-sanitizer timed out (not counted as a failure)"
+	elif [ "$rc" -ne 0 ]; then fail "compute-sanitizer reported errors (exit $rc)"
+	fi
+else
+	step "compute-sanitizer: ${san:-not found}; skipped"
+fi
+
+step "PyTorch on this machine (information only)"
+timeout 20 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1 | tail -n 3 || true
+
+finish
+}
+
+main 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
