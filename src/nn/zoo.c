@@ -397,3 +397,10 @@ mt_zb_node(builder *b, const mt_node *n)
 {
 	return add_node(b, n);
 }
+
+int
+mt_zb_param(builder *b, const char *name, int ndim, int64_t d0, int64_t d1,
+			int64_t d2, int64_t d3)
+{
+	return add_param(b, name, ndim, d0, d1, d2, d3);
+}

@@ -1,6 +1,6 @@
 /*
  * zoo_internal.h - the model builder shared by the zoo's files (zoo.c,
- * zoo_cnn.c).  Not an API.
+ * zoo_cnn.c, vit.c).  Not an API.
  */
 #ifndef MT_ZOO_INTERNAL_H
 #define MT_ZOO_INTERNAL_H
@@ -29,6 +29,9 @@ int			mt_zb_add(builder *b, int x, int y);
 int			mt_zb_linear(builder *b, const char *prefix, int in, int fin, int fout);
 /* Any other node, as given. */
 int			mt_zb_node(builder *b, const mt_node *n);
+/* A parameter of up to four dimensions (unused ones ignored past ndim). */
+int			mt_zb_param(builder *b, const char *name, int ndim, int64_t d0, int64_t d1,
+						int64_t d2, int64_t d3);
 
 /* zoo_cnn.c */
 void		mt_zoo_build_densenet121(builder *b, int num_classes);
