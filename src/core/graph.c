@@ -576,6 +576,7 @@ mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
  * larger than MT_ARENA_KEEP bytes is released after each pass.
  */
 #define MT_ARENA_KEEP ((size_t) 64 << 20)
+
 #define MT_ARENA_ALIGN 16		/* floats: 64 bytes */
 
 struct mt_plan
@@ -729,17 +730,28 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 {
 	struct mt_plan *p;
 	int			rc = MT_OK;
+	int			mb;
 
 	if ((rc = mt_model_prepare(m, err)) != MT_OK)
 		return rc;
 	if (n <= 0 || h <= 0 || w <= 0)
 		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
 
+	/*
+	 * Inference has no cross-image operation, so a batch may run as chunks
+	 * of at most m->micro_batch images through one plan (0: the whole batch
+	 * at once).  Smaller chunks keep activations in cache; which size is
+	 * fastest depends on the model and the machine and is not chosen
+	 * automatically yet.
+	 */
+	mb = m->micro_batch > 0 ? m->micro_batch : n;
+	if (mb > n)
+		mb = n;
 	p = m->plan;
-	if (p == NULL || p->n != n || p->h != h || p->w != w)
+	if (p == NULL || p->n != mb || p->h != h || p->w != w)
 	{
 		mt_model_release_plan(m);
-		if ((p = plan_build(m, n, h, w, err)) == NULL)
+		if ((p = plan_build(m, mb, h, w, err)) == NULL)
 			return err->code;
 		m->plan = p;
 	}
@@ -749,39 +761,47 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass of %s (%zu MB of activations)",
 						 m->arch, p->total * sizeof(float) >> 20);
 
-	for (int i = 0; i < m->n_nodes; i++)
+	for (int s0 = 0; s0 < n; s0 += mb)
 	{
-		mt_node    *nd = &m->nodes[i];
-		mt_shape3	in = nd->in0 >= 0 ? p->shp[nd->in0] : (mt_shape3) {h, w, 3};
-		const float *a = nd->in0 >= 0 ? p->arena + p->off[p->owner[nd->in0]] : x;
-		float	   *y;
+		int			r = n - s0 < mb ? n - s0 : mb;	/* images in this chunk */
+		const float *xs = x + (size_t) s0 * h * w * 3;
 
-		if (mt_interrupted())
+		for (int i = 0; i < m->n_nodes; i++)
 		{
-			rc = mt_seterr(err, MT_ERR_CANCELLED, "canceled");
-			goto done;
+			mt_node    *nd = &m->nodes[i];
+			mt_shape3	in = nd->in0 >= 0 ? p->shp[nd->in0] : (mt_shape3) {h, w, 3};
+			const float *a = nd->in0 >= 0 ? p->arena + p->off[p->owner[nd->in0]] : xs;
+			float	   *y;
+
+			if (mt_interrupted())
+			{
+				rc = mt_seterr(err, MT_ERR_CANCELLED, "canceled");
+				goto done;
+			}
+			if (nd->folded)
+				continue;
+			y = p->arena + p->off[i];
+			if (nd->kind == MT_NODE_INPUT)
+			{
+				memcpy(y, xs, sizeof(float) * r * h * w * 3);
+				continue;
+			}
+			rc = mt_node_run_prepared(m, nd, r, in, a,
+									  nd->in1 >= 0 ? p->arena + p->off[p->owner[nd->in1]] : NULL,
+									  y, p->arena, err);
+			if (rc != MT_OK)
+				goto done;
 		}
-		if (nd->folded)
-			continue;
-		y = p->arena + p->off[i];
-		if (nd->kind == MT_NODE_INPUT)
-		{
-			memcpy(y, x, sizeof(float) * n * h * w * 3);
-			continue;
-		}
-		rc = mt_node_run_prepared(m, nd, n, in, a,
-								  nd->in1 >= 0 ? p->arena + p->off[p->owner[nd->in1]] : NULL,
-								  y, p->arena, err);
-		if (rc != MT_OK)
-			goto done;
+
+		if (features != NULL && m->features_node >= 0)
+			memcpy(features + (size_t) s0 * p->shp[m->features_node].c,
+				   p->arena + p->off[p->owner[m->features_node]],
+				   sizeof(float) * r * p->shp[m->features_node].c);
+		if (logits != NULL && m->logits_node >= 0)
+			memcpy(logits + (size_t) s0 * p->shp[m->logits_node].c,
+				   p->arena + p->off[p->owner[m->logits_node]],
+				   sizeof(float) * r * p->shp[m->logits_node].c);
 	}
-
-	if (features != NULL && m->features_node >= 0)
-		memcpy(features, p->arena + p->off[p->owner[m->features_node]],
-			   sizeof(float) * n * p->shp[m->features_node].c);
-	if (logits != NULL && m->logits_node >= 0)
-		memcpy(logits, p->arena + p->off[p->owner[m->logits_node]],
-			   sizeof(float) * n * p->shp[m->logits_node].c);
 done:
 	if (p->total * sizeof(float) > MT_ARENA_KEEP || m->no_arena_keep)
 	{

@@ -162,6 +162,7 @@ typedef struct mt_model
 	struct mt_train_state *train;	/* kept by mt_model_forward_train */
 	struct mt_plan *plan;		/* inference memory plan (graph.c) */
 	int			no_arena_keep;	/* release the arena after every pass (benchmarks) */
+	int			micro_batch;	/* images per inference pass; 0: the default */
 } mt_model;
 
 /* Building (used by the model zoo). */

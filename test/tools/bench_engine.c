@@ -62,6 +62,9 @@ main(int argc, char **argv)
 	}
 	/* A/B switch: allocate activations on every pass instead of keeping the arena */
 	m->no_arena_keep = getenv("MEDTL_NO_ARENA_KEEP") != NULL;
+	/* images per inference pass (0: the engine's default) */
+	if (getenv("MEDTL_MICRO_BATCH") != NULL)
+		m->micro_batch = atoi(getenv("MEDTL_MICRO_BATCH"));
 	mt_rng_seed(&rng, 1, 0);
 	for (int i = 0; i < m->n_params; i++)
 	{

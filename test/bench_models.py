@@ -1,0 +1,183 @@
+#!/usr/bin/python3
+"""Benchmark (not a test): inference of every CNN of the zoo, medtl vs PyTorch.
+
+Run through `test/run bench-models [options]` (which starts the cluster and
+sets PGHOST, PGPORT, PGUSER, MEDTL_WORK) with Debian's /usr/bin/python3.
+
+For each architecture (default: mobilenet_v2, resnet18, resnet50,
+densenet121, efficientnet_b0; add vit_b_16 with --archs), at 224x224 and in
+the same run, same thread count:
+
+  engine      test/bin/bench_engine ARCH BATCH THREADS SECONDS: medtl's
+              engine alone on a pre-made batch (random weights)
+  SQL         a torchvision model with random weights exported as
+              safetensors, imported with medtl.import_model_file, and
+              `SELECT count(medtl.predict(...)) FROM imgs` over --images
+              generated 224x224 PNGs (decode + forward per row; batch 1),
+              and `medtl.predict_batch(..., batch_size => 16)` over the same
+              images (batch 16); the model cache is warmed first
+  PyTorch     the same model, eval + no_grad: eager and TorchScript
+              (jit.trace + freeze) with channels_last, on pre-made tensors,
+              batch 1 and 16; the best of them is "PyTorch best"
+
+Each figure is the best of --runs rounds (every variant once per round, so
+that other work on the machine hits all alike).  Prints images/s and the
+ratios medtl/PyTorch-best; --csv PATH appends rows (timestamp, machine,
+arch, what, batch, images_per_s).
+
+Not covered yet (issue 5): training throughput, peak memory, the fraction
+of the machine's fp32 peak, parallel workers.
+"""
+import argparse
+import csv
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from medtl_testlib import psql as _psql, sql_lit, write_safetensors  # noqa: E402
+
+DB = "medtl_bench_models"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENGINE = os.path.join(HERE, "bin", "bench_engine")
+
+
+def psql(sql, timing=False):
+    return _psql(sql, DB, timing)
+
+
+def machine_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def engine_rate(arch, batch, threads, seconds):
+    out = subprocess.run([ENGINE, arch, str(batch), str(threads), str(seconds)],
+                         capture_output=True, text=True, check=True).stdout
+    m = re.search(r": ([0-9.]+) images/s \(mean\)", out)
+    if not m:
+        raise RuntimeError("unexpected bench_engine output: %r" % out)
+    return float(m.group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--archs", default="mobilenet_v2,resnet18,resnet50,densenet121,efficientnet_b0")
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--csv")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+
+    torch.set_num_threads(args.threads)
+    base = os.environ.get("MEDTL_WORK") or tempfile.mkdtemp(prefix="medtl_bench_")
+    work = os.path.join(base, "bench_models")
+    os.makedirs(work, exist_ok=True)
+    os.chmod(base, 0o755)
+    os.chmod(work, 0o755)
+    print("machine: %s; %d threads; torch %s; %d images; best of %d" % (
+        machine_name(), args.threads, torch.__version__, args.images, args.runs), flush=True)
+
+    _psql("DROP DATABASE IF EXISTS %s;" % DB, "postgres")
+    _psql("CREATE DATABASE %s;" % DB, "postgres")
+    psql("CREATE EXTENSION medtl; CREATE TABLE imgs (id int, image bytea);")
+    rng = np.random.default_rng(1)
+    for i in range(args.images):
+        path = os.path.join(work, "img%03d.png" % i)
+        Image.fromarray(rng.integers(0, 256, size=(224, 224, 3), dtype=np.uint8), "RGB").save(path)
+        os.chmod(path, 0o644)
+        psql("INSERT INTO imgs VALUES (%d, medtl.read_server_file(%s));" % (i, sql_lit(path)))
+    setup = "SET medtl.threads = %d; SET max_parallel_workers_per_gather = 0;\n" % args.threads
+
+    results = []
+    for arch in args.archs.split(","):
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)(num_classes=1000).eval()
+        path = os.path.join(work, "%s.safetensors" % arch)
+        write_safetensors(path, model.state_dict())
+        psql("SELECT medtl.import_model_file(%s, %s, %s, replace => true);" % (sql_lit(arch), sql_lit(arch), sql_lit(path)))
+        os.unlink(path)
+
+        def sql_rate(batch):
+            if batch == 1:
+                q = "SELECT count(medtl.predict(%s, image)) FROM imgs;\n" % sql_lit(arch)
+            else:
+                q = ("SELECT count(*) FROM medtl.predict_batch(%s, ARRAY(SELECT image FROM imgs ORDER BY id), %d);\n"
+                     % (sql_lit(arch), batch))
+            warm = "SELECT count(medtl.predict(%s, image)) FROM (SELECT image FROM imgs LIMIT 2) w;\n" % sql_lit(arch)
+            out = psql(setup + warm + q, timing=True)
+            times = [float(m.group(1)) / 1000.0 for m in (re.match(r"Time: ([0-9.]+) ms", l) for l in out) if m]
+            return args.images / times[-1]
+
+        xs = {bs: torch.randn(bs, 3, 224, 224).contiguous(memory_format=torch.channels_last) for bs in (1, 16)}
+        cl = model.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            traced = torch.jit.freeze(torch.jit.trace(cl, xs[1]))
+            for bs in (1, 16):
+                for _ in range(3):
+                    traced(xs[bs])
+
+        def torch_rate(net, bs):
+            def run():
+                n = 0
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    while time.perf_counter() - t0 < args.seconds:
+                        net(xs[bs])
+                        n += bs
+                return n / (time.perf_counter() - t0)
+            return run
+
+        variants = []
+        for bs in (1, 16):
+            variants.append(("medtl engine", bs, lambda bs=bs: engine_rate(arch, bs, args.threads, args.seconds)))
+            variants.append(("medtl SQL", bs, lambda bs=bs: sql_rate(bs)))
+            variants.append(("PyTorch eager channels_last", bs, torch_rate(cl, bs)))
+            variants.append(("PyTorch TorchScript channels_last", bs, torch_rate(traced, bs)))
+        best = {}
+        for _ in range(args.runs):
+            for name, bs, fn in variants:
+                r = fn()
+                best[(name, bs)] = max(best.get((name, bs), 0.0), r)
+        print("\n== %s (224x224, %d threads)" % (arch, args.threads), flush=True)
+        for bs in (1, 16):
+            pt = max(best[("PyTorch eager channels_last", bs)], best[("PyTorch TorchScript channels_last", bs)])
+            for name, b, _ in variants:
+                if b != bs:
+                    continue
+                r = best[(name, bs)]
+                ratio = " medtl/PyTorch-best %.2f" % (r / pt) if name.startswith("medtl") else ""
+                print("  batch %2d  %-36s %8.1f img/s%s" % (bs, name, r, ratio), flush=True)
+                results.append((arch, name, bs, r))
+        psql("SELECT medtl.drop_model(%s);" % sql_lit(arch))
+
+    if args.csv:
+        new = not os.path.exists(args.csv)
+        with open(args.csv, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["timestamp", "machine", "arch", "what", "batch", "images_per_s"])
+            for r in results:
+                w.writerow([datetime.datetime.now().isoformat(timespec="seconds"), machine_name()] + list(r))
+    _psql("DROP DATABASE IF EXISTS %s;" % DB, "postgres")
+
+
+if __name__ == "__main__":
+    main()
