@@ -544,8 +544,9 @@ same_labels(MedtlModel *a, int n_labels, char **labels)
 
 /*
  * Softmax probabilities of an image under mm; for an ensemble the weighted
- * mean of its members' probabilities.  Everything returned is palloc'd in the
- * caller's context: fetching a member may evict the ensemble's cache entry.
+ * mean of its members' probabilities.  A single model's labels are the
+ * cached model's own; an ensemble's are copied into the caller's context,
+ * since fetching a member may evict the ensemble's cache entry.
  */
 static Scored
 class_probs(FunctionCallInfo fcinfo, MedtlModel *mm, bytea *image)
@@ -559,18 +560,22 @@ class_probs(FunctionCallInfo fcinfo, MedtlModel *mm, bytea *image)
 
 	require_classifier(mm);
 	s.n_labels = mm->n_labels;
+	s.labels = mm->labels;
+	if (mm->net != NULL)
+	{
+		/* nothing else is loaded before the caller uses the labels */
+		score_image(mm, image, &s.p, NULL);
+		s.n = mm->net->num_classes;
+		softmax_inplace(s.p, s.n);
+		return s;
+	}
+
+	/* an ensemble: loading its members may evict its entry, so copy */
 	if (mm->labels != NULL)
 	{
 		s.labels = palloc(sizeof(char *) * Max(mm->n_labels, 1));
 		for (int i = 0; i < mm->n_labels; i++)
 			s.labels[i] = pstrdup(mm->labels[i]);
-	}
-	if (mm->net != NULL)
-	{
-		score_image(mm, image, &s.p, NULL);
-		s.n = mm->net->num_classes;
-		softmax_inplace(s.p, s.n);
-		return s;
 	}
 
 	n_members = mm->n_members;
