@@ -196,17 +196,25 @@ EXCEPTION WHEN others THEN
 END
 $$;
 
+-- Refuse to remove a model that an ensemble uses (clearer than the foreign key's error).
+CREATE FUNCTION medtl._refuse_ensemble_member(model text, what text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM medtl.ensemble_members e JOIN medtl.models m ON m.model_id = e.member_id
+                WHERE m.name = model) THEN
+        RAISE EXCEPTION 'model "%" is a member of an ensemble%', model, what
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Drop the ensembles that use it first (medtl.ensemble_members).';
+    END IF;
+END
+$$;
+
 -- Make a model name available: delete the model of that name when replacing, else refuse.
 CREATE FUNCTION medtl._free_name(model text, replace boolean) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF replace THEN
-        IF EXISTS (SELECT 1 FROM medtl.ensemble_members e JOIN medtl.models m ON m.model_id = e.member_id
-                    WHERE m.name = model) THEN
-            RAISE EXCEPTION 'model "%" is a member of an ensemble and cannot be replaced', model
-                USING ERRCODE = 'dependent_objects_still_exist',
-                      HINT = 'Drop the ensembles that use it first (medtl.ensemble_members).';
-        END IF;
+        PERFORM medtl._refuse_ensemble_member(model, ' and cannot be replaced');
         DELETE FROM medtl.models m WHERE m.name = model;
     ELSIF EXISTS (SELECT 1 FROM medtl.models m WHERE m.name = model) THEN
         RAISE EXCEPTION 'model "%" already exists', model
@@ -336,12 +344,7 @@ COMMENT ON FUNCTION medtl.unshare_model(text, name) IS 'Withdraw a role''s read 
 CREATE FUNCTION medtl.drop_model(model text) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM medtl.ensemble_members e JOIN medtl.models m ON m.model_id = e.member_id
-                WHERE m.name = model) THEN
-        RAISE EXCEPTION 'model "%" is a member of an ensemble', model
-            USING ERRCODE = 'dependent_objects_still_exist',
-                  HINT = 'Drop the ensembles that use it first (medtl.ensemble_members).';
-    END IF;
+    PERFORM medtl._refuse_ensemble_member(model, '');
     DELETE FROM medtl.models m WHERE m.name = model;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" does not exist or is not yours', model
@@ -353,6 +356,7 @@ COMMENT ON FUNCTION medtl.drop_model(text) IS 'Delete one of your models and its
 
 COMMENT ON FUNCTION medtl._model_touched() IS 'Trigger: bump generation on any change to a model row.';
 COMMENT ON FUNCTION medtl._weights_changed() IS 'Trigger: bump the generation of models whose weights changed.';
+COMMENT ON FUNCTION medtl._refuse_ensemble_member(text, text) IS 'Raise 2BP01 if an ensemble uses the model (what: the end of the message).';
 COMMENT ON FUNCTION medtl._is_member(name) IS 'Whether the current user has the privileges of a role (false for unknown roles).';
 COMMENT ON FUNCTION medtl._may_read(name, name[]) IS 'Row-level security: whether the current user may see a model.';
 COMMENT ON FUNCTION medtl._meta_floats(text) IS 'Parse a JSON list of numbers from safetensors metadata.';
