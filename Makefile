@@ -28,7 +28,8 @@ OBJS = \
 	src/pg/model.o \
 	src/pg/metrics.o \
 	src/pg/dataset.o \
-	src/pg/train.o
+	src/pg/train.o \
+	src/pg/segment.o
 
 # make WITH_CUDA=1: the CUDA backend (src/cuda/*.cu through nvcc, cuBLAS);
 # otherwise a C stub answers the same API with "built without CUDA".
@@ -42,7 +43,7 @@ endif
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn
+REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn segmentation
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3

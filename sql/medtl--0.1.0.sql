@@ -181,6 +181,14 @@ CREATE FUNCTION medtl.predict_topk(model text, image bytea, k int DEFAULT 5,
     AS 'MODULE_PATHNAME', 'medtl_predict_topk' LANGUAGE C STABLE STRICT PARALLEL SAFE ROWS 5;
 COMMENT ON FUNCTION medtl.predict_topk(text, bytea, int) IS 'The k most probable labels of an image with their probabilities.';
 
+CREATE FUNCTION medtl.segment(model text, image bytea) RETURNS bytea
+    AS 'MODULE_PATHNAME', 'medtl_segment' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.segment(text, bytea) IS 'The predicted mask of an image as an 8-bit PNG at the image''s own size: 0/255 for a two-label model, else class indexes (0 = the first label).';
+
+CREATE FUNCTION medtl.segment_proba(model text, image bytea) RETURNS real[]
+    AS 'MODULE_PATHNAME', 'medtl_segment_proba' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.segment_proba(text, bytea) IS 'Per-pixel probabilities at the image''s own size: [height][width] of the second class for a two-label model, else [class][height][width].';
+
 ------------------------------------------------------------------------------
 -- Registering models
 ------------------------------------------------------------------------------
@@ -409,9 +417,11 @@ CREATE TABLE medtl.epochs (
     val_accuracy    float8,
     val_auc         float8,
     seconds         float8,
+    val_dice        float8,
     PRIMARY KEY (run_id, phase, epoch)
 );
 COMMENT ON TABLE medtl.epochs IS 'One row per epoch and phase of a run: learning rate, training and validation metrics, time.';
+COMMENT ON COLUMN medtl.epochs.val_dice IS 'Segmentation: mean Dice per validation image (its accuracies are pixel accuracies).';
 
 CREATE TABLE medtl.evaluations (
     evaluation_id     bigserial PRIMARY KEY,
@@ -471,6 +481,20 @@ CREATE TABLE medtl.class_metrics (
 );
 COMMENT ON TABLE medtl.class_metrics IS 'Per-class metrics of an evaluation (one-vs-rest).';
 
+CREATE TABLE medtl.image_metrics (
+    evaluation_id    bigint NOT NULL REFERENCES medtl.evaluations (evaluation_id) ON DELETE CASCADE,
+    row_number       bigint NOT NULL,
+    width            int NOT NULL,
+    height           int NOT NULL,
+    dice             float8,
+    iou              float8,
+    pixel_accuracy   float8 NOT NULL,
+    truth_pixels     bigint NOT NULL,
+    predicted_pixels bigint NOT NULL,
+    PRIMARY KEY (evaluation_id, row_number)
+);
+COMMENT ON TABLE medtl.image_metrics IS 'Segmentation evaluations: one row per image (row_number in the source''s order); Dice and IoU averaged over the foreground classes, pixel counts of the foreground.';
+
 SELECT pg_catalog.pg_extension_config_dump('medtl.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('medtl.runs_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('medtl.epochs', '');
@@ -479,6 +503,7 @@ SELECT pg_catalog.pg_extension_config_dump('medtl.evaluations_evaluation_id_seq'
 SELECT pg_catalog.pg_extension_config_dump('medtl.confusion', '');
 SELECT pg_catalog.pg_extension_config_dump('medtl.roc_points', '');
 SELECT pg_catalog.pg_extension_config_dump('medtl.class_metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('medtl.image_metrics', '');
 
 -- Runs and evaluations are visible with their model; written by its owner side.
 ALTER TABLE medtl.runs ENABLE ROW LEVEL SECURITY;
@@ -501,7 +526,7 @@ CREATE POLICY epochs_all ON medtl.epochs FOR ALL
 DO $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['confusion', 'roc_points', 'class_metrics'] LOOP
+    FOREACH t IN ARRAY ARRAY['confusion', 'roc_points', 'class_metrics', 'image_metrics'] LOOP
         EXECUTE format('ALTER TABLE medtl.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('CREATE POLICY %I ON medtl.%I FOR ALL
             USING (EXISTS (SELECT 1 FROM medtl.evaluations e WHERE e.evaluation_id = %I.evaluation_id))
@@ -512,7 +537,7 @@ BEGIN
 END
 $$;
 GRANT SELECT, INSERT, UPDATE, DELETE ON medtl.runs, medtl.epochs, medtl.evaluations,
-    medtl.confusion, medtl.roc_points, medtl.class_metrics TO PUBLIC;
+    medtl.confusion, medtl.roc_points, medtl.class_metrics, medtl.image_metrics TO PUBLIC;
 GRANT USAGE ON SEQUENCE medtl.runs_run_id_seq, medtl.evaluations_evaluation_id_seq TO PUBLIC;
 
 ------------------------------------------------------------------------------
@@ -544,13 +569,96 @@ CREATE FUNCTION medtl._score_source(model text, source text, image_column text, 
     AS 'MODULE_PATHNAME', 'medtl_score_source' LANGUAGE C VOLATILE STRICT;
 COMMENT ON FUNCTION medtl._score_source(text, text, text, text, boolean) IS 'Class probabilities of the labelled rows of a source, scored in batches (used by evaluate).';
 
+CREATE FUNCTION medtl._segment_source(model text, source text, image_column text, mask_column text,
+    skip_bad_rows boolean, OUT row_number bigint, OUT width int, OUT height int, OUT pixels bigint,
+    OUT correct bigint, OUT tp bigint[], OUT fp bigint[], OUT fn bigint[])
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'medtl_segment_source' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION medtl._segment_source(text, text, text, text, boolean) IS 'Per image of a source with masks: the predicted mask against the truth at the truth''s size, pixel counts per class (used by evaluate).';
+
+-- evaluate() of a segmentation model.  Per image: Dice = 2 TP / (2 TP + FP +
+-- FN) and IoU = TP / (TP + FP + FN) of each foreground class (every class
+-- but the first label), averaged over those classes; a class absent from
+-- both the truth and the prediction scores empty_dice (1 by default, NULL
+-- to leave such images out of the means).  The evaluation's dice and iou
+-- are the means over images; f1 is the pooled (global) Dice over all pixels;
+-- accuracy is pixel accuracy; precision, recall (sensitivity) and
+-- specificity are pooled over pixels (macro over foreground classes).
+CREATE FUNCTION medtl._evaluate_segmentation(m medtl.models, source text, image_column text,
+    mask_column text, skip_bad_rows boolean, empty_dice float8)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    k int := m.num_classes;
+    labels text[] := coalesce(m.labels, ARRAY(SELECT g::text FROM generate_series(0, m.num_classes - 1) g));
+    eid bigint;
+    n_rows bigint;
+BEGIN
+    IF to_regclass('pg_temp._medtl_seg') IS NOT NULL THEN
+        DROP TABLE pg_temp._medtl_seg;
+    END IF;
+    CREATE TEMP TABLE _medtl_seg AS
+    SELECT * FROM medtl._segment_source(m.name,
+               format('SELECT * FROM %s t WHERE t.%I IS NOT NULL', medtl._source_from(source), mask_column),
+               image_column, mask_column, skip_bad_rows);
+    GET DIAGNOSTICS n_rows = ROW_COUNT;
+
+    INSERT INTO medtl.evaluations (model_id, source, n, positive_label)
+    VALUES (m.model_id, source, n_rows, CASE WHEN k = 2 THEN labels[2] END)
+    RETURNING evaluation_id INTO eid;
+
+    INSERT INTO medtl.image_metrics (evaluation_id, row_number, width, height, dice, iou,
+                                     pixel_accuracy, truth_pixels, predicted_pixels)
+    SELECT eid, s.row_number, s.width, s.height,
+           (SELECT avg(CASE WHEN s.tp[c] + s.fp[c] + s.fn[c] = 0 THEN empty_dice
+                            ELSE 2.0 * s.tp[c] / (2 * s.tp[c] + s.fp[c] + s.fn[c]) END)
+              FROM generate_series(2, k) c),
+           (SELECT avg(CASE WHEN s.tp[c] + s.fp[c] + s.fn[c] = 0 THEN empty_dice
+                            ELSE s.tp[c]::float8 / (s.tp[c] + s.fp[c] + s.fn[c]) END)
+              FROM generate_series(2, k) c),
+           s.correct::float8 / s.pixels,
+           (SELECT sum(s.tp[c] + s.fn[c]) FROM generate_series(2, k) c),
+           (SELECT sum(s.tp[c] + s.fp[c]) FROM generate_series(2, k) c)
+      FROM pg_temp._medtl_seg s;
+
+    -- per class, pooled over every pixel; support: images where the class occurs
+    INSERT INTO medtl.class_metrics (evaluation_id, class_index, class, support, precision, recall, f1, specificity)
+    SELECT eid, c - 1, labels[c], x.support,
+           x.tp / nullif(x.tp + x.fp, 0), x.tp / nullif(x.tp + x.fn, 0),
+           2 * x.tp / nullif(2 * x.tp + x.fp + x.fn, 0),
+           (x.px - x.tp - x.fp - x.fn) / nullif(x.px - x.tp - x.fn, 0)
+      FROM generate_series(1, k) c,
+           LATERAL (SELECT count(*) FILTER (WHERE s.tp[c] + s.fn[c] > 0)::int AS support,
+                           sum(s.tp[c])::float8 AS tp, sum(s.fp[c])::float8 AS fp,
+                           sum(s.fn[c])::float8 AS fn, sum(s.pixels)::float8 AS px
+                      FROM pg_temp._medtl_seg s) x;
+
+    UPDATE medtl.evaluations v SET
+        accuracy = (SELECT sum(s.correct)::float8 / nullif(sum(s.pixels), 0) FROM pg_temp._medtl_seg s),
+        balanced_accuracy = (SELECT avg(cm.recall) FROM medtl.class_metrics cm
+                              WHERE cm.evaluation_id = eid AND cm.support > 0),
+        dice = (SELECT avg(i.dice) FROM medtl.image_metrics i WHERE i.evaluation_id = eid),
+        iou = (SELECT avg(i.iou) FROM medtl.image_metrics i WHERE i.evaluation_id = eid),
+        f1 = c.f1, f1_macro = c.f1, precision = c.prec, recall = c.rec, specificity = c.spec
+      FROM (SELECT avg(cm.f1) AS f1, avg(cm.precision) AS prec, avg(cm.recall) AS rec,
+                   avg(cm.specificity) AS spec
+              FROM medtl.class_metrics cm WHERE cm.evaluation_id = eid AND cm.class_index > 0) c
+     WHERE v.evaluation_id = eid;
+    DROP TABLE pg_temp._medtl_seg;
+    RETURN eid;
+END
+$$;
+COMMENT ON FUNCTION medtl._evaluate_segmentation(medtl.models, text, text, text, boolean, float8) IS 'evaluate() of a segmentation model.';
+
 CREATE FUNCTION medtl.evaluate(
     model text,
     source text,
     image_column text DEFAULT 'image',
     label_column text DEFAULT 'label',
     positive text DEFAULT NULL,
-    skip_bad_rows boolean DEFAULT false)
+    skip_bad_rows boolean DEFAULT false,
+    mask_column text DEFAULT 'mask',
+    empty_dice float8 DEFAULT 1.0)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -565,9 +673,8 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
     END IF;
-    IF m.task <> 'classification' THEN
-        RAISE EXCEPTION 'model "%" is a % model; evaluate scores classifiers', model, m.task
-            USING ERRCODE = 'wrong_object_type';
+    IF m.task = 'segmentation' THEN
+        RETURN medtl._evaluate_segmentation(m, source, image_column, mask_column, skip_bad_rows, empty_dice);
     END IF;
     labels := coalesce(m.labels, ARRAY(SELECT g::text FROM generate_series(0, m.num_classes - 1) g));
     k := cardinality(labels);
@@ -692,7 +799,7 @@ BEGIN
     RETURN eid;
 END
 $$;
-COMMENT ON FUNCTION medtl.evaluate(text, text, text, text, text, boolean) IS 'Score a labelled set (a table name or a query); accuracy, AUC, F1, precision, recall, specificity, log loss, confusion matrix, ROC points and per-class metrics become rows. Returns the evaluation id.';
+COMMENT ON FUNCTION medtl.evaluate(text, text, text, text, text, boolean, text, float8) IS 'Score a labelled set (a table name or a query); accuracy, AUC, F1, precision, recall, specificity, log loss, confusion matrix, ROC points and per-class metrics become rows; for a segmentation model (masks in mask_column) mean Dice and IoU, pixel accuracy, sensitivity, specificity and one medtl.image_metrics row per image. Returns the evaluation id.';
 
 ------------------------------------------------------------------------------
 -- Training
@@ -706,11 +813,11 @@ CREATE FUNCTION medtl._train_run(
     flip boolean, rotation float8, brightness float8, contrast float8, crop_scale float8,
     class_weights text, class_weight real[], focal_gamma float8, label_smoothing float8,
     validation float8, keep_best text, patience int, seed bigint, skip_bad_rows boolean,
-    batch_norm text)
+    batch_norm text, segmentation_loss text)
 RETURNS jsonb
     AS 'MODULE_PATHNAME', 'medtl_train_run' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text)
-    IS 'One phase of a training run (called by medtl.train and medtl.fine_tune).';
+COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text, text)
+    IS 'One phase of a training run (called by medtl.train and medtl.fine_tune); for a segmentation model label_column is the mask column and segmentation_loss the loss.';
 
 -- Check the training options shared by train() and fine_tune(); raise on nonsense.
 CREATE FUNCTION medtl._check_train_options(
@@ -740,15 +847,15 @@ BEGIN
         RAISE EXCEPTION 'class_weights must be none or balanced (or give class_weight real[]), not "%"', class_weights
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF loss NOT IN ('cross_entropy', 'focal') THEN
-        RAISE EXCEPTION 'loss must be cross_entropy or focal, not "%"', loss
+    IF loss NOT IN ('cross_entropy', 'focal', 'dice', 'cross_entropy+dice') THEN
+        RAISE EXCEPTION 'loss must be cross_entropy or focal (segmentation: cross_entropy, dice or cross_entropy+dice), not "%"', loss
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF validation IS NULL OR validation < 0 OR validation > 0.9 THEN
         RAISE EXCEPTION 'validation must be a fraction between 0 and 0.9' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF keep_best IS NOT NULL AND keep_best NOT IN ('val_auc', 'val_accuracy', 'val_loss', 'none') THEN
-        RAISE EXCEPTION 'keep_best must be val_auc, val_accuracy, val_loss or none, not "%"', keep_best
+    IF keep_best IS NOT NULL AND keep_best NOT IN ('val_auc', 'val_accuracy', 'val_loss', 'val_dice', 'none') THEN
+        RAISE EXCEPTION 'keep_best must be val_auc, val_accuracy, val_loss, val_dice or none, not "%"', keep_best
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
@@ -788,6 +895,25 @@ LANGUAGE sql STABLE AS $$
 $$;
 COMMENT ON FUNCTION medtl._default_batch_norm(bigint) IS 'train for a model initialised from scratch, else frozen.';
 
+-- The loss a run uses: as given (checked against the model's task), else
+-- cross_entropy for classifiers and cross_entropy+dice for segmentation.
+CREATE FUNCTION medtl._resolve_loss(model_id bigint, loss text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    seg boolean := (SELECT m.task = 'segmentation' FROM medtl.models m WHERE m.model_id = _resolve_loss.model_id);
+BEGIN
+    IF seg AND loss = 'focal' THEN
+        RAISE EXCEPTION 'a segmentation model trains with cross_entropy, dice or cross_entropy+dice, not focal'
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF NOT seg AND loss IN ('dice', 'cross_entropy+dice') THEN
+        RAISE EXCEPTION 'the % loss is for segmentation models; a classifier trains with cross_entropy or focal', loss
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN coalesce(loss, CASE WHEN seg THEN 'cross_entropy+dice' ELSE 'cross_entropy' END);
+END
+$$;
+COMMENT ON FUNCTION medtl._resolve_loss(bigint, text) IS 'The loss of a run: as given, checked against the model''s task, or the task''s default.';
+
 CREATE FUNCTION medtl.train(
     model text,
     source text,
@@ -812,7 +938,7 @@ CREATE FUNCTION medtl.train(
     crop_scale float8 DEFAULT 0.8,
     class_weights text DEFAULT 'none',
     class_weight real[] DEFAULT NULL,
-    loss text DEFAULT 'cross_entropy',
+    loss text DEFAULT NULL,
     focal_gamma float8 DEFAULT 2.0,
     label_smoothing float8 DEFAULT 0,
     validation float8 DEFAULT 0.1,
@@ -822,12 +948,15 @@ CREATE FUNCTION medtl.train(
     patience int DEFAULT NULL,
     seed bigint DEFAULT 42,
     skip_bad_rows boolean DEFAULT false,
-    batch_norm text DEFAULT NULL)
+    batch_norm text DEFAULT NULL,
+    mask_column text DEFAULT 'mask')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     mid bigint;
     rid bigint;
+    v_loss text;
+    v_seg boolean;
     v_lr float8 := coalesce(lr, CASE WHEN optimizer = 'sgd' THEN 0.01 ELSE 1e-3 END);
     v_wd float8 := coalesce(weight_decay, CASE WHEN optimizer = 'adamw' THEN 0.01 ELSE 0 END);
     v_aug boolean := coalesce(augment, train.freeze IS DISTINCT FROM 'backbone');
@@ -838,9 +967,11 @@ DECLARE
     summary jsonb;
 BEGIN
     PERFORM medtl._check_train_options(epochs, batch_size, v_lr, optimizer, schedule,
-                                       class_weights, loss, validation, keep_best);
+                                       class_weights, coalesce(loss, 'cross_entropy'), validation, keep_best);
     mid := medtl._lock_model_for_training(model);
     v_bn := coalesce(batch_norm, medtl._default_batch_norm(mid));
+    v_loss := medtl._resolve_loss(mid, loss);
+    v_seg := (SELECT m.task = 'segmentation' FROM medtl.models m WHERE m.model_id = mid);
     given := jsonb_strip_nulls(jsonb_build_object(
         'image_column', image_column, 'label_column', label_column, 'epochs', epochs,
         'batch_size', batch_size, 'lr', lr, 'optimizer', optimizer, 'weight_decay', weight_decay,
@@ -851,21 +982,25 @@ BEGIN
         'loss', loss, 'focal_gamma', focal_gamma, 'label_smoothing', label_smoothing,
         'validation', validation, 'validation_source', validation_source,
         'group_column', group_column, 'keep_best', keep_best, 'patience', patience,
-        'seed', seed, 'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm));
+        'seed', seed, 'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm,
+        'mask_column', CASE WHEN mask_column IS DISTINCT FROM 'mask' THEN mask_column END));
     resolved := given || jsonb_build_object('lr', v_lr, 'weight_decay', v_wd, 'augment', v_aug,
-                                            'validation', v_val, 'batch_norm', v_bn,
-                                            'focal_gamma', CASE WHEN loss = 'focal' THEN focal_gamma ELSE 0 END);
+                                            'validation', v_val, 'batch_norm', v_bn, 'loss', v_loss,
+                                            'focal_gamma', CASE WHEN v_loss = 'focal' THEN focal_gamma ELSE 0 END)
+                         || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END;
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
     VALUES (mid, source, given, resolved, seed) RETURNING run_id INTO rid;
 
-    summary := medtl._train_run(rid, model, source, image_column, label_column, group_column,
+    summary := medtl._train_run(rid, model, source, image_column,
+        CASE WHEN v_seg THEN mask_column ELSE label_column END, group_column,
         validation_source, 1, epochs, batch_size, v_lr, optimizer, v_wd, momentum, schedule,
         warmup_epochs, step_size, gamma, coalesce(train.freeze, 'none'),
         v_aug AND flip, CASE WHEN v_aug THEN rotation ELSE 0 END,
         CASE WHEN v_aug THEN brightness ELSE 0 END, CASE WHEN v_aug THEN contrast ELSE 0 END,
         CASE WHEN v_aug THEN crop_scale ELSE 1 END,
-        class_weights, class_weight, CASE WHEN loss = 'focal' THEN focal_gamma ELSE 0 END,
-        label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows, v_bn);
+        class_weights, class_weight, CASE WHEN v_loss = 'focal' THEN focal_gamma ELSE 0 END,
+        label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows, v_bn,
+        CASE WHEN v_seg THEN v_loss END);
 
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -875,8 +1010,8 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean, text)
-    IS 'Fine-tune a model on the rows of a table or query; per-epoch metrics go to medtl.epochs, the run to medtl.runs, and the trained weights replace the model''s rows when the run completes. Returns the run id.';
+COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean, text, text)
+    IS 'Fine-tune a model (a segmentation model on images and masks in mask_column) on the rows of a table or query; per-epoch metrics go to medtl.epochs, the run to medtl.runs, and the trained weights replace the model''s rows when the run completes. Returns the run id.';
 
 CREATE FUNCTION medtl.fine_tune(
     model text,
@@ -892,20 +1027,24 @@ CREATE FUNCTION medtl.fine_tune(
     optimizer text DEFAULT 'adamw',
     weight_decay float8 DEFAULT NULL,
     augment boolean DEFAULT true,
-    class_weights text DEFAULT 'balanced',
-    loss text DEFAULT 'cross_entropy',
+    class_weights text DEFAULT NULL,
+    loss text DEFAULT NULL,
     validation float8 DEFAULT 0.1,
     validation_source text DEFAULT NULL,
     group_column text DEFAULT NULL,
     keep_best text DEFAULT NULL,
     seed bigint DEFAULT 42,
     skip_bad_rows boolean DEFAULT false,
-    batch_norm text DEFAULT NULL)
+    batch_norm text DEFAULT NULL,
+    mask_column text DEFAULT 'mask')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     mid bigint;
     rid bigint;
+    v_loss text;
+    v_seg boolean;
+    v_cw text;
     v_wd float8 := coalesce(weight_decay, CASE WHEN optimizer = 'adamw' THEN 0.01 ELSE 0 END);
     v_val float8 := CASE WHEN validation_source IS NULL THEN validation ELSE 0 END;
     v_bn text;
@@ -914,11 +1053,17 @@ DECLARE
     s2 jsonb;
 BEGIN
     PERFORM medtl._check_train_options(greatest(head_epochs, 1), batch_size, head_lr, optimizer,
-                                       'cosine', class_weights, loss, validation, keep_best);
+                                       'cosine', coalesce(class_weights, 'none'), coalesce(loss, 'cross_entropy'),
+                                       validation, keep_best);
     PERFORM medtl._check_train_options(greatest(epochs, 1), batch_size, lr, optimizer,
-                                       'cosine', class_weights, loss, validation, keep_best);
+                                       'cosine', coalesce(class_weights, 'none'), coalesce(loss, 'cross_entropy'),
+                                       validation, keep_best);
     mid := medtl._lock_model_for_training(model);
     v_bn := coalesce(batch_norm, medtl._default_batch_norm(mid));
+    v_loss := medtl._resolve_loss(mid, loss);
+    v_seg := (SELECT m.task = 'segmentation' FROM medtl.models m WHERE m.model_id = mid);
+    -- classes balanced for classifiers; a segmentation loss with Dice needs no pixel weights
+    v_cw := coalesce(class_weights, CASE WHEN v_seg THEN 'none' ELSE 'balanced' END);
     given := jsonb_strip_nulls(jsonb_build_object(
         'recipe', 'fine_tune', 'image_column', image_column, 'label_column', label_column,
         'head_epochs', head_epochs, 'head_lr', head_lr, 'epochs', epochs, 'lr', lr,
@@ -926,28 +1071,33 @@ BEGIN
         'weight_decay', weight_decay, 'augment', augment, 'class_weights', class_weights,
         'loss', loss, 'validation', validation, 'validation_source', validation_source,
         'group_column', group_column, 'keep_best', keep_best, 'seed', seed,
-        'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm));
+        'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm,
+        'mask_column', CASE WHEN mask_column IS DISTINCT FROM 'mask' THEN mask_column END));
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
-    VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val, 'batch_norm', v_bn), seed)
+    VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val, 'batch_norm', v_bn,
+                                                            'loss', v_loss, 'class_weights', v_cw)
+                                || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END, seed)
     RETURNING run_id INTO rid;
 
     -- phase 1: the new head alone on the frozen backbone (features computed once)
     IF head_epochs > 0 THEN
-        s1 := medtl._train_run(rid, model, source, image_column, label_column, group_column,
+        s1 := medtl._train_run(rid, model, source, image_column,
+            CASE WHEN v_seg THEN mask_column ELSE label_column END, group_column,
             validation_source, 1, head_epochs, batch_size, head_lr, optimizer, v_wd, 0.9, 'cosine',
-            0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, class_weights, NULL,
-            CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed, skip_bad_rows,
-            v_bn);
+            0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, v_cw, NULL,
+            CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed, skip_bad_rows,
+            v_bn, CASE WHEN v_seg THEN v_loss END);
     END IF;
     -- phase 2: every layer (or those after freeze) at the low learning rate
     IF epochs > 0 THEN
-        s2 := medtl._train_run(rid, model, source, image_column, label_column, group_column,
+        s2 := medtl._train_run(rid, model, source, image_column,
+            CASE WHEN v_seg THEN mask_column ELSE label_column END, group_column,
             validation_source, 2, epochs, batch_size, lr, optimizer, v_wd, 0.9, 'cosine',
             0, 5, 0.1, fine_tune.freeze, augment, CASE WHEN augment THEN 10 ELSE 0 END,
             CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
-            CASE WHEN augment THEN 0.8 ELSE 1 END, class_weights, NULL,
-            CASE WHEN loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed + 1, skip_bad_rows,
-            v_bn);
+            CASE WHEN augment THEN 0.8 ELSE 1 END, v_cw, NULL,
+            CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed + 1, skip_bad_rows,
+            v_bn, CASE WHEN v_seg THEN v_loss END);
     END IF;
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -957,7 +1107,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text)
+COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text)
     IS 'The standard transfer-learning recipe in one call: the new head alone on the frozen backbone, then all layers (or those after freeze) at a low learning rate, with augmentation. Returns the run id.';
 
 ------------------------------------------------------------------------------
@@ -968,7 +1118,7 @@ CREATE FUNCTION medtl._init_rows(arch text, num_classes int, seed bigint, all_la
     OUT tensor text, OUT shape int[], OUT dtype text, OUT data bytea)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'medtl_init_rows' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION medtl._init_rows(text, int, bigint, boolean) IS 'Freshly initialised tensors of an architecture: the classifier head, or all of them.';
+COMMENT ON FUNCTION medtl._init_rows(text, int, bigint, boolean) IS 'Freshly initialised tensors of an architecture: the classifier head (a U-Net: everything but the encoder), or all of them.';
 
 CREATE FUNCTION medtl.create_model(
     name text,
@@ -980,7 +1130,8 @@ CREATE FUNCTION medtl.create_model(
     mean real[] DEFAULT NULL,
     std real[] DEFAULT NULL,
     task text DEFAULT 'classification',
-    replace boolean DEFAULT false)
+    replace boolean DEFAULT false,
+    upsample text DEFAULT 'bilinear')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -989,13 +1140,20 @@ DECLARE
     id bigint;
     k int := cardinality(labels);
     head text[];
+    seg boolean := task = 'segmentation';
 BEGIN
-    IF task <> 'classification' THEN
-        RAISE EXCEPTION 'task "%" is not supported yet; create_model makes classifiers', task
-            USING ERRCODE = 'feature_not_supported';
+    IF task IS NULL OR task NOT IN ('classification', 'segmentation') THEN
+        RAISE EXCEPTION 'task must be classification or segmentation, not "%"', task
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF k IS NULL OR k < 2 THEN
-        RAISE EXCEPTION 'a classifier needs at least two labels' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION '%', CASE WHEN seg THEN 'a segmentation model needs at least two labels, the background first'
+                                  ELSE 'a classifier needs at least two labels' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF seg AND (upsample IS NULL OR upsample NOT IN ('bilinear', 'transpose')) THEN
+        RAISE EXCEPTION 'upsample must be bilinear or transpose, not "%"', upsample
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF array_position(labels, NULL) IS NOT NULL
        OR (SELECT count(DISTINCT l) FROM unnest(labels) l) <> k THEN
@@ -1012,6 +1170,14 @@ BEGIN
         RAISE EXCEPTION 'backbone model "%" does not exist', backbone USING ERRCODE = 'undefined_object',
             HINT = 'Register one with medtl.import_model(), or pass pretrained => false and an architecture name.';
     END IF;
+    IF seg THEN
+        -- a U-Net whose encoder is the backbone (src/nn/unet.c)
+        IF v_arch NOT IN ('resnet18', 'resnet34', 'mobilenet_v2') THEN
+            RAISE EXCEPTION 'no U-Net for a % backbone', v_arch USING ERRCODE = 'feature_not_supported',
+                HINT = 'Segmentation models take a resnet18, resnet34 or mobilenet_v2 backbone as their encoder.';
+        END IF;
+        v_arch := 'unet_' || v_arch || CASE WHEN upsample = 'transpose' THEN '_tconv' ELSE '' END;
+    END IF;
     PERFORM medtl._free_name(create_model.name, replace);
     PERFORM medtl._check_input_size(v_arch, coalesce(input_size, b.input_size, 224));
 
@@ -1023,10 +1189,19 @@ BEGIN
             coalesce(b.padding, 'symmetric'),
             CASE WHEN pretrained THEN b.model_id END,
             CASE WHEN pretrained THEN 'create_model from ' || backbone ELSE 'create_model from scratch' END,
-            jsonb_build_object('seed', seed, 'pretrained', pretrained, 'backbone', backbone))
+            jsonb_build_object('seed', seed, 'pretrained', pretrained, 'backbone', backbone)
+            || CASE WHEN seg THEN jsonb_build_object('upsample', upsample) ELSE '{}' END)
     RETURNING model_id INTO id;
 
-    IF pretrained THEN
+    IF pretrained AND seg THEN
+        -- the backbone without its classifier becomes the encoder; decoder and head are new
+        head := ARRAY(SELECT r.tensor FROM medtl._init_rows(b.arch, b.num_classes, 0, false) r);
+        INSERT INTO medtl.weights (model_id, tensor, shape, dtype, data)
+        SELECT id, 'encoder.' || w.tensor, w.shape, w.dtype, w.data
+          FROM medtl.weights w WHERE w.model_id = b.model_id AND w.tensor <> ALL (head);
+        INSERT INTO medtl.weights (model_id, tensor, shape, dtype, data)
+        SELECT id, r.tensor, r.shape, r.dtype, r.data FROM medtl._init_rows(v_arch, k, seed, false) r;
+    ELSIF pretrained THEN
         head := ARRAY(SELECT r.tensor FROM medtl._init_rows(v_arch, k, seed, false) r);
         INSERT INTO medtl.weights (model_id, tensor, shape, dtype, data)
         SELECT id, w.tensor, w.shape, w.dtype, w.data
@@ -1040,8 +1215,8 @@ BEGIN
     RETURN id;
 END
 $$;
-COMMENT ON FUNCTION medtl.create_model(text, text, text[], bigint, boolean, int, real[], real[], text, boolean)
-    IS 'A new classifier for labels: the backbone''s weights with a fresh, seeded head (its parent is recorded), or, with pretrained => false, an architecture initialised from scratch.';
+COMMENT ON FUNCTION medtl.create_model(text, text, text[], bigint, boolean, int, real[], real[], text, boolean, text)
+    IS 'A new classifier for labels: the backbone''s weights with a fresh, seeded head (its parent is recorded), or, with pretrained => false, an architecture initialised from scratch; with task => ''segmentation'' a U-Net whose encoder is the backbone (decoder upsampling bilinear or transpose).';
 
 ------------------------------------------------------------------------------
 -- Export

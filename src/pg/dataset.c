@@ -1,6 +1,6 @@
 /*
  * dataset.c - labelled image rows read through an SPI cursor, decoded and
- * resized once, kept as bytes for the epochs of a training run: in memory up
+ * resized once (with their masks, for segmentation), kept as bytes for the epochs of a training run: in memory up
  * to medtl.train_memory, beyond it in a temporary file (PostgreSQL's BufFile,
  * as sorts and hashes spill past work_mem: subject to temp_file_limit and
  * temp_tablespaces, removed when the transaction ends, even on error).
@@ -15,6 +15,7 @@
 #include "utils/memutils.h"
 
 #include "io/image.h"
+#include "io/mask.h"
 
 int			medtl_train_memory_mb = 2048;
 
@@ -42,9 +43,12 @@ label_index(char **labels, int n_labels, const char *label)
 	return -1;
 }
 
-/* Decode and resize one image into size x size x 3 bytes; false (with err) if bad. */
+/*
+ * Decode and resize one image into size x size x 3 bytes; false (with err)
+ * if bad.  *w and *h (if not NULL) get the image's own size.
+ */
 static bool
-image_to_bytes(bytea *image, int size, uint8 *out, mt_err *err)
+image_to_bytes(bytea *image, int size, uint8 *out, int *w, int *h, mt_err *err)
 {
 	mt_image	img,
 				resized;
@@ -53,6 +57,10 @@ image_to_bytes(bytea *image, int size, uint8 *out, mt_err *err)
 	if (mt_image_decode((const uint8_t *) VARDATA_ANY(image), VARSIZE_ANY_EXHDR(image),
 						(size_t) medtl_max_image_pixels, &img, err) != MT_OK)
 		return false;
+	if (w)
+		*w = img.width;
+	if (h)
+		*h = img.height;
 	if (img.width != size || img.height != size)
 	{
 		int			rc = mt_image_resize_u8(&img, size, size, &resized, err);
@@ -91,13 +99,52 @@ bad_row(int64 row, bool skip, int *n_bad, int sqlstate, const char *fmt, const c
 			 errhint("Fix or filter the row, or pass skip_bad_rows => true to skip such rows.")));
 }
 
+/*
+ * One mask into size x size class indexes (out), checked against its image's
+ * size (w x h) and the model's classes; false (with err) if bad.
+ */
+static bool
+mask_to_bytes(bytea *mask, int n_classes, int size, int w, int h, uint8 *out, mt_err *err)
+{
+	mt_mask		m,
+				r;
+
+	if (mt_mask_decode((const uint8_t *) VARDATA_ANY(mask), VARSIZE_ANY_EXHDR(mask),
+					   (size_t) medtl_max_image_pixels, &m, err) != MT_OK)
+		return false;
+	if (m.w != w || m.h != h)
+	{
+		mt_seterr(err, MT_ERR_SHAPE, "the mask is %dx%d but its image is %dx%d", m.w, m.h, w, h);
+		mt_mask_free(&m);
+		return false;
+	}
+	if (mt_mask_to_classes(&m, n_classes, err) != MT_OK)
+	{
+		mt_mask_free(&m);
+		return false;
+	}
+	if (m.w != size || m.h != size)
+	{
+		int			rc = mt_mask_resize_nearest(&m, size, size, &r, err);
+
+		mt_mask_free(&m);
+		if (rc != MT_OK)
+			return false;
+		m = r;
+	}
+	memcpy(out, m.data, (size_t) size * size);
+	mt_mask_free(&m);
+	return true;
+}
+
 MedtlDataset *
 medtl_read_dataset(const char *source, const char *image_col, const char *label_col,
 				   const char *group_col, char **labels, int n_labels, int size,
-				   bool skip_bad_rows)
+				   bool skip_bad_rows, bool masks)
 {
 	MedtlDataset *ds = palloc0(sizeof(MedtlDataset));
-	size_t		per = (size_t) size * size * 3;
+	size_t		per_image = (size_t) size * size * 3;
+	size_t		per = per_image + (masks ? (size_t) size * size : 0);
 	size_t		budget = (size_t) medtl_train_memory_mb * 1024 * 1024;
 	int			cap = 256;
 	size_t		max_mem = budget / per;	/* images that fit the budget */
@@ -110,6 +157,7 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 	MemoryContext outer = CurrentMemoryContext;
 
 	ds->size = size;
+	ds->has_masks = masks;
 	ds->pixels = MemoryContextAllocHuge(outer, Max(per * mem_cap, 1));
 	ds->labels = palloc(sizeof(int) * cap);
 	ds->rows = palloc(sizeof(int64) * cap);
@@ -119,7 +167,8 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	initStringInfo(&q);
-	appendStringInfo(&q, "SELECT t.%s, t.%s::text", quote_identifier(image_col), quote_identifier(label_col));
+	appendStringInfo(&q, "SELECT t.%s, t.%s%s", quote_identifier(image_col), quote_identifier(label_col),
+					 masks ? "" : "::text");
 	if (group_col)
 		appendStringInfo(&q, ", t.%s::text", quote_identifier(group_col));
 	appendStringInfo(&q, " FROM %s t", source_from_item(source));
@@ -141,8 +190,10 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 						grp_null = false;
 			Datum		img = SPI_getbinval(t, d, 1, &img_null);
 			Datum		lab = SPI_getbinval(t, d, 2, &lab_null);
-			char	   *label;
-			int			k;
+			char	   *label = NULL;
+			int			k = 0;
+			int			img_w,
+						img_h;
 			mt_err		err;
 
 			row++;
@@ -151,14 +202,23 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 						(errcode(ERRCODE_DATATYPE_MISMATCH),
 						 errmsg("image column \"%s\" must be of type bytea, not %s",
 								image_col, format_type_be(SPI_gettypeid(d, 1)))));
+			if (i == 0 && masks && SPI_gettypeid(d, 2) != BYTEAOID)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("mask column \"%s\" must be of type bytea (a PNG or JPEG mask), not %s",
+								label_col, format_type_be(SPI_gettypeid(d, 2)))));
 			if (img_null || lab_null)
 			{
 				bad_row(row, skip_bad_rows, &ds->n_bad, ERRCODE_NULL_VALUE_NOT_ALLOWED,
-						"row %lld of the source has a NULL %s", img_null ? "image" : "label", NULL);
+						"row %lld of the source has a NULL %s",
+						img_null ? "image" : masks ? "mask" : "label", NULL);
 				continue;
 			}
-			label = TextDatumGetCString(lab);
-			k = label_index(labels, n_labels, label);
+			if (!masks)
+			{
+				label = TextDatumGetCString(lab);
+				k = label_index(labels, n_labels, label);
+			}
 			if (k < 0)
 			{
 				char	   *detail = n_labels <= 20 ?
@@ -170,13 +230,23 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 						label, detail);
 				continue;
 			}
-			if (!image_to_bytes(DatumGetByteaPP(img), size, tmp, &err))
+			if (!image_to_bytes(DatumGetByteaPP(img), size, tmp, &img_w, &img_h, &err))
 			{
 				char	   *what = psprintf("invalid image: %s", err.msg);
 
 				bad_row(row, skip_bad_rows, &ds->n_bad,
 						err.code == MT_ERR_LIMIT ? ERRCODE_PROGRAM_LIMIT_EXCEEDED :
 						ERRCODE_INVALID_BINARY_REPRESENTATION,
+						"row %lld of the source: %s", what, err.detail);
+				continue;
+			}
+			if (masks && !mask_to_bytes(DatumGetByteaPP(lab), n_labels, size, img_w, img_h,
+										tmp + per_image, &err))
+			{
+				char	   *what = psprintf("%s mask: %s",
+											err.code == MT_ERR_CORRUPT ? "invalid" : "unusable", err.msg);
+
+				bad_row(row, skip_bad_rows, &ds->n_bad, medtl_sqlstate(err.code),
 						"row %lld of the source: %s", what, err.detail);
 				continue;
 			}
@@ -224,7 +294,8 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 				MemoryContextSwitchTo(old);
 			}
 			ds->n++;
-			pfree(label);
+			if (label)
+				pfree(label);
 		}
 		SPI_freetuptable(SPI_tuptable);
 		CHECK_FOR_INTERRUPTS();
@@ -242,7 +313,7 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 const uint8 *
 medtl_dataset_image(const MedtlDataset *ds, int i)
 {
-	size_t		per = (size_t) ds->size * ds->size * 3;
+	size_t		per = (size_t) ds->size * ds->size * (ds->has_masks ? 4 : 3);
 	size_t		off;
 
 	if (i < ds->n_mem)

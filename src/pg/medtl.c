@@ -95,41 +95,37 @@ _PG_init(void)
 	mt_set_interrupt(pg_engine_interrupted);
 }
 
+int
+medtl_sqlstate(int code)
+{
+	switch (code)
+	{
+		case MT_ERR_NOMEM:
+			return ERRCODE_OUT_OF_MEMORY;
+		case MT_ERR_INVALID:
+			return ERRCODE_INVALID_PARAMETER_VALUE;
+		case MT_ERR_CORRUPT:
+			return ERRCODE_INVALID_BINARY_REPRESENTATION;
+		case MT_ERR_SHAPE:
+			return ERRCODE_DATA_EXCEPTION;
+		case MT_ERR_LIMIT:
+			return ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+		case MT_ERR_UNSUPPORTED:
+			return ERRCODE_FEATURE_NOT_SUPPORTED;
+		case MT_ERR_CANCELLED:
+			return ERRCODE_QUERY_CANCELED;
+		default:
+			return ERRCODE_INTERNAL_ERROR;
+	}
+}
+
 void
 medtl_raise(const mt_err *err, const char *what)
 {
-	int			sqlstate;
-
-	switch (err->code)
-	{
-		case MT_ERR_NOMEM:
-			sqlstate = ERRCODE_OUT_OF_MEMORY;
-			break;
-		case MT_ERR_INVALID:
-			sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
-			break;
-		case MT_ERR_CORRUPT:
-			sqlstate = ERRCODE_INVALID_BINARY_REPRESENTATION;
-			break;
-		case MT_ERR_SHAPE:
-			sqlstate = ERRCODE_DATA_EXCEPTION;
-			break;
-		case MT_ERR_LIMIT:
-			sqlstate = ERRCODE_PROGRAM_LIMIT_EXCEEDED;
-			break;
-		case MT_ERR_UNSUPPORTED:
-			sqlstate = ERRCODE_FEATURE_NOT_SUPPORTED;
-			break;
-		case MT_ERR_CANCELLED:
-			CHECK_FOR_INTERRUPTS();
-			sqlstate = ERRCODE_QUERY_CANCELED;
-			break;
-		default:
-			sqlstate = ERRCODE_INTERNAL_ERROR;
-			break;
-	}
+	if (err->code == MT_ERR_CANCELLED)
+		CHECK_FOR_INTERRUPTS();
 	ereport(ERROR,
-			(errcode(sqlstate),
+			(errcode(medtl_sqlstate(err->code)),
 			 what ? errmsg("%s: %s", what, err->msg) : errmsg("%s", err->msg),
 			 err->detail[0] ? errdetail("%s", err->detail) : 0));
 	pg_unreachable();

@@ -20,6 +20,8 @@ extern char *medtl_blas_core;
 
 /* Raise the engine error as an ERROR with a SQLSTATE fitting its code. */
 void		medtl_raise(const mt_err *err, const char *what) pg_attribute_noreturn();
+/* The SQLSTATE medtl_raise uses for an engine error code. */
+int			medtl_sqlstate(int code);
 /* Load OpenBLAS (once) and apply medtl.threads; call before engine work. */
 void		medtl_engine_enter(void);
 /* Decode, resize to size x size and normalise an image into NHWC floats. */
@@ -56,7 +58,11 @@ void		medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float 
 MedtlModel *medtl_load_model_private(const char *name, MemoryContext cxt);
 int			medtl_cached_models(void);
 
-/* Labelled images for training (dataset.c): size x size x 3 bytes each. */
+/*
+ * Labelled images for training (dataset.c): size x size x 3 bytes each,
+ * followed, for segmentation (has_masks), by the image's mask as size x size
+ * class indexes (255: no class, e.g. outside a rotated image).
+ */
 typedef struct MedtlDataset
 {
 	int			n;
@@ -65,7 +71,8 @@ typedef struct MedtlDataset
 	int			n_mem;
 	struct BufFile *spill;		/* images n_mem..n-1, in order, when over budget */
 	uint8	   *buf;			/* one image read back from spill */
-	int		   *labels;			/* class index per image */
+	bool		has_masks;		/* a mask follows each image */
+	int		   *labels;			/* class index per image (0 with masks) */
 	int64	   *rows;			/* 1-based row number in the source */
 	char	  **groups;			/* group key per image, or NULL */
 	int			n_bad;			/* rows skipped */
@@ -75,8 +82,11 @@ extern int	medtl_train_memory_mb;
 MedtlDataset *medtl_read_dataset(const char *source, const char *image_col,
 								 const char *label_col, const char *group_col,
 								 char **labels, int n_labels, int size,
-								 bool skip_bad_rows);
-/* The pixels of image i (valid until the next call). */
+								 bool skip_bad_rows, bool masks);
+/*
+ * The pixels of image i, then its mask when the dataset has masks (valid
+ * until the next call).
+ */
 const uint8 *medtl_dataset_image(const MedtlDataset *ds, int i);
 void		medtl_dataset_free(MedtlDataset *ds);
 char	   *medtl_join_labels(char **labels, int n);

@@ -63,6 +63,10 @@ typedef struct TrainArgs
 	int64		seed;
 	bool		skip_bad_rows;
 	bool		bn_frozen;		/* batch norm keeps its statistics and affine */
+	/* segmentation: label_col is the mask column; loss weights */
+	bool		seg;
+	float		ce_weight,
+				dice_weight;
 } TrainArgs;
 
 static char *
@@ -227,8 +231,9 @@ check(int rc, const mt_err *err, const char *what)
 typedef struct ValResult
 {
 	double		loss,
-				accuracy,
-				auc;
+				accuracy,		/* pixel accuracy for segmentation */
+				auc,			/* NaN for segmentation */
+				dice;			/* segmentation: mean Dice per image; NaN otherwise */
 } ValResult;
 
 /* AUC of class probabilities: binary -> of class 1; multi-class -> macro one-vs-rest. */
@@ -275,24 +280,38 @@ score_logits(float *logits, const int *labels, int n, int k, const float *cw)
 	mt_cpu_backend.softmax(n, k, logits, logits);
 	r.accuracy = (double) mt_count_correct(logits, labels, n, k) / n;
 	r.auc = auc_of(logits, labels, n, k);
+	r.dice = NAN;
 	return r;
 }
 
-/* Normalised batch input for rows idx[0..m) (augmented when aug is on). */
+/*
+ * Normalised batch input for rows idx[0..m) (augmented when aug is on), their
+ * labels (y) and, for a dataset with masks, their masks (masks, m x size x
+ * size; the same geometric augmentation as the image, nearest neighbour).
+ */
 static void
 fill_batch(const MedtlDataset *ds, const int *idx, int m, const MedtlModel *mm,
-		   const mt_augment *aug, mt_rng *rng, float *x, int *y)
+		   const mt_augment *aug, mt_rng *rng, float *x, int *y, uint8 *masks)
 {
-	size_t		per = (size_t) ds->size * ds->size * 3;
+	size_t		hw = (size_t) ds->size * ds->size;
+	size_t		per = hw * 3;
 
 	for (int i = 0; i < m; i++)
 	{
 		const uint8 *src = medtl_dataset_image(ds, idx[i]);
+		bool		augment = aug != NULL && mt_augment_enabled(aug);
 
-		if (aug != NULL && mt_augment_enabled(aug))
+		if (ds->has_masks && augment)
+			mt_augment_pair(src, src + per, ds->size, aug, rng, mm->mean, mm->std,
+							x + per * i, masks + hw * i);
+		else if (augment)
 			mt_augment_image(src, ds->size, aug, rng, mm->mean, mm->std, x + per * i);
 		else
-			mt_normalize_u8(src, (size_t) ds->size * ds->size, mm->mean, mm->std, x + per * i);
+		{
+			mt_normalize_u8(src, hw, mm->mean, mm->std, x + per * i);
+			if (ds->has_masks)
+				memcpy(masks + hw * i, src + per, hw);
+		}
 		y[i] = ds->labels[idx[i]];
 	}
 }
@@ -311,13 +330,102 @@ forward_rows(MedtlModel *mm, const MedtlDataset *ds, const int *idx, int m, int 
 		int			b = Min(batch, m - s);
 
 		CHECK_FOR_INTERRUPTS();
-		fill_batch(ds, idx + s, b, mm, NULL, NULL, x, y);
+		fill_batch(ds, idx + s, b, mm, NULL, NULL, x, y, NULL);
 		medtl_forward(mm, x, b,
 					  logits ? logits + (size_t) s * mm->net->num_classes : NULL,
 					  features ? features + (size_t) s * mm->net->feature_dim : NULL);
 	}
 	pfree(x);
 	pfree(y);
+}
+
+/*
+ * Segmentation scores of a batch: pixel counts for accuracy and the per-image
+ * Dice (mean over the foreground classes 1..k-1 of 2|P n T| / (|P| + |T|),
+ * 1 when both are empty), from logits (m x hw x k) and masks (m x hw; 255
+ * ignored).  Adds into *correct, *valid and *dice_sum.
+ */
+static void
+seg_scores(const float *logits, const uint8 *masks, int m, size_t hw, int k,
+		   int64 *correct, int64 *valid, double *dice_sum)
+{
+	int64	   *inter = palloc(sizeof(int64) * k);
+	int64	   *psum = palloc(sizeof(int64) * k);
+	int64	   *tsum = palloc(sizeof(int64) * k);
+
+	for (int i = 0; i < m; i++)
+	{
+		double		d = 0;
+
+		memset(inter, 0, sizeof(int64) * k);
+		memset(psum, 0, sizeof(int64) * k);
+		memset(tsum, 0, sizeof(int64) * k);
+		for (size_t p = 0; p < hw; p++)
+		{
+			const float *v = logits + ((size_t) i * hw + p) * k;
+			int			t = masks[(size_t) i * hw + p];
+			int			best = 0;
+
+			if (t >= k)
+				continue;		/* 255: outside the (augmented) image */
+			for (int c = 1; c < k; c++)
+				if (v[c] > v[best])
+					best = c;
+			(*valid)++;
+			*correct += best == t;
+			psum[best]++;
+			tsum[t]++;
+			inter[t] += best == t;
+		}
+		for (int c = 1; c < k; c++)
+			d += psum[c] + tsum[c] == 0 ? 1.0 : 2.0 * inter[c] / (double) (psum[c] + tsum[c]);
+		*dice_sum += d / (k - 1);
+	}
+	pfree(inter);
+	pfree(psum);
+	pfree(tsum);
+}
+
+/* Validation of a segmentation model: loss as trained, pixel accuracy, mean Dice. */
+static ValResult
+validate_seg(MedtlModel *mm, const MedtlDataset *ds, const int *idx, int n, int batch,
+			 const float *cw, const TrainArgs *a)
+{
+	ValResult	r = {0, 0, NAN, 0};
+	size_t		hw = (size_t) ds->size * ds->size;
+	int			k = mm->net->num_classes;
+	float	   *x = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * hw * 3 * batch);
+	float	   *logits = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * hw * k * batch);
+	uint8	   *masks = MemoryContextAllocHuge(CurrentMemoryContext, hw * batch);
+	int		   *y = palloc(sizeof(int) * batch);
+	int64		correct = 0,
+				valid = 0;
+	double		loss_sum = 0,
+				dice_sum = 0;
+	mt_err		err;
+
+	for (int s = 0; s < n; s += batch)
+	{
+		int			b = Min(batch, n - s);
+		float		loss;
+
+		CHECK_FOR_INTERRUPTS();
+		fill_batch(ds, idx + s, b, mm, NULL, NULL, x, y, masks);
+		medtl_forward(mm, x, b, logits, NULL);
+		check(mt_loss_segmentation(logits, masks, b, (int) hw, k, cw, a->ce_weight,
+								   a->dice_weight, &loss, NULL, &err),
+			  &err, "validation loss");
+		loss_sum += (double) loss * b;
+		seg_scores(logits, masks, b, hw, k, &correct, &valid, &dice_sum);
+	}
+	r.loss = loss_sum / n;
+	r.accuracy = valid ? (double) correct / valid : NAN;
+	r.dice = dice_sum / n;
+	pfree(x);
+	pfree(logits);
+	pfree(masks);
+	pfree(y);
+	return r;
 }
 
 /* The head's weight and bias parameters. */
@@ -343,10 +451,10 @@ static void
 record_epoch(const TrainArgs *a, int epoch, double lr, double tl, double ta,
 			 const ValResult *v, double seconds)
 {
-	Oid			types[10] = {INT8OID, INT4OID, INT4OID, FLOAT8OID, FLOAT8OID, FLOAT8OID,
-	FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
-	Datum		vals[10];
-	char		nulls[10];
+	Oid			types[11] = {INT8OID, INT4OID, INT4OID, FLOAT8OID, FLOAT8OID, FLOAT8OID,
+	FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
+	Datum		vals[11];
+	char		nulls[11];
 
 	memset(nulls, ' ', sizeof(nulls));
 	vals[0] = Int64GetDatum(a->run_id);
@@ -359,16 +467,24 @@ record_epoch(const TrainArgs *a, int epoch, double lr, double tl, double ta,
 	vals[7] = Float8GetDatum(v ? v->accuracy : 0);
 	vals[8] = Float8GetDatum(v ? v->auc : 0);
 	vals[9] = Float8GetDatum(seconds);
+	vals[10] = Float8GetDatum(v ? v->dice : 0);
 	if (v == NULL)
-		nulls[6] = nulls[7] = nulls[8] = 'n';
-	else if (isnan(v->auc))
-		nulls[8] = 'n';
+		nulls[6] = nulls[7] = nulls[8] = nulls[10] = 'n';
+	else
+	{
+		if (isnan(v->auc))
+			nulls[8] = 'n';
+		if (isnan(v->accuracy))
+			nulls[7] = 'n';
+		if (isnan(v->dice))
+			nulls[10] = 'n';
+	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("INSERT INTO medtl.epochs (run_id, phase, epoch, lr, train_loss, "
-							  "train_accuracy, val_loss, val_accuracy, val_auc, seconds) "
-							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-							  10, types, vals, nulls, false, 0) != SPI_OK_INSERT)
+							  "train_accuracy, val_loss, val_accuracy, val_auc, seconds, val_dice) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+							  11, types, vals, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record epoch");
 	SPI_finish();
 }
@@ -477,6 +593,29 @@ class_weights(const TrainArgs *a, const MedtlDataset *ds, const Split *s, int k)
 	if (a->class_weights == NULL || strcmp(a->class_weights, "none") == 0)
 		return NULL;
 	w = palloc0(sizeof(float) * k);
+	if (ds->has_masks)
+	{
+		/* balanced over pixels: total / (k * count_c) */
+		size_t		hw = (size_t) ds->size * ds->size;
+		double	   *cnt = palloc0(sizeof(double) * k);
+		double		total = 0;
+
+		for (int i = 0; i < s->n_train; i++)
+		{
+			const uint8 *mask = medtl_dataset_image(ds, s->train[i]) + hw * 3;
+
+			for (size_t p = 0; p < hw; p++)
+				if (mask[p] < k)
+				{
+					cnt[mask[p]] += 1;
+					total += 1;
+				}
+		}
+		for (int c = 0; c < k; c++)
+			w[c] = cnt[c] > 0 ? (float) (total / (k * cnt[c])) : 0;
+		pfree(cnt);
+		return w;
+	}
 	for (int i = 0; i < s->n_train; i++)
 		w[ds->labels[s->train[i]]] += 1;
 	for (int c = 0; c < k; c++)
@@ -518,14 +657,14 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	double		epoch_secs = 0;
 
 	/* a library newer or older than the installed SQL objects must not read past the arguments */
-	if (PG_NARGS() != 34)
+	if (PG_NARGS() != 35)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 34",
+				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 35",
 						PG_NARGS()),
 				 errhint("The installed SQL objects do not match the medtl library; update the extension (ALTER EXTENSION medtl UPDATE, or drop and re-create it).")));
 	for (int i = 0; i < PG_NARGS(); i++)
-		if (PG_ARGISNULL(i) && i != 5 && i != 6 && i != 25 && i != 29 && i != 30)
+		if (PG_ARGISNULL(i) && i != 5 && i != 6 && i != 25 && i != 29 && i != 30 && i != 34)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("argument %d of medtl._train_run must not be NULL", i + 1)));
@@ -587,15 +726,34 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					 errmsg("batch_norm must be frozen or train, not \"%s\"", bn)));
 		a.bn_frozen = strcmp(bn, "frozen") == 0;
 	}
+	if (!PG_ARGISNULL(34))
+	{
+		/* segmentation loss: cross_entropy, dice, or cross_entropy+dice */
+		char	   *l = text_arg(fcinfo, 34);
+
+		a.ce_weight = strcmp(l, "cross_entropy") == 0 || strcmp(l, "cross_entropy+dice") == 0;
+		a.dice_weight = strcmp(l, "dice") == 0 || strcmp(l, "cross_entropy+dice") == 0;
+		if (a.ce_weight == 0 && a.dice_weight == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a segmentation loss is cross_entropy, dice or cross_entropy+dice, not \"%s\"", l)));
+	}
 
 	old = MemoryContextSwitchTo(cxt);
 	medtl_engine_enter();
 	mm = medtl_load_model_private(a.model, cxt);
 	k = mm->net->num_classes;
-	if (strcmp(mm->task, "classification") != 0)
+	a.seg = strcmp(mm->task, "segmentation") == 0;
+	if (a.seg != mt_zoo_is_segmentation(mm->arch))
 		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("model \"%s\" is a %s model; train handles classifiers so far", a.model, mm->task)));
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("model \"%s\" has task %s but architecture %s", a.model, mm->task, mm->arch)));
+	if (a.seg && a.ce_weight == 0 && a.dice_weight == 0)
+		a.ce_weight = a.dice_weight = 1;
+	if (a.seg && k < 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("segmentation model \"%s\" needs at least two classes (e.g. background and the structure)", a.model)));
 	if (mm->n_labels != k)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
@@ -605,11 +763,11 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	/* data: decoded and resized once */
 	mt_rng_seed(&rng, (uint64_t) a.seed, 1);
 	ds = medtl_read_dataset(a.source, a.image_col, a.label_col, a.group_col,
-							mm->labels, k, mm->input_size, a.skip_bad_rows);
+							mm->labels, k, mm->input_size, a.skip_bad_rows, a.seg);
 	if (a.val_source != NULL)
 	{
 		vds = medtl_read_dataset(a.val_source, a.image_col, a.label_col, NULL,
-								 mm->labels, k, mm->input_size, a.skip_bad_rows);
+								 mm->labels, k, mm->input_size, a.skip_bad_rows, a.seg);
 		sp = split_dataset(ds, k, 0, &rng);
 		sp.n_val = vds->n;
 		sp.val = palloc(sizeof(int) * vds->n);
@@ -633,7 +791,9 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	 * on a few dozen rows it mostly picks noise (BreastMNIST's 63 rows kept
 	 * an early epoch: test AUC 0.850 against 0.889 for the last one)
 	 */
-	if (a.keep_best == NULL)
+	if (a.keep_best == NULL && a.seg)
+		a.keep_best = sp.n_val > 0 ? "val_dice" : "none";
+	else if (a.keep_best == NULL)
 	{
 		a.keep_best = sp.n_val >= MEDTL_MIN_VAL_FOR_BEST ? "val_auc" : "none";
 		if (sp.n_val > 0 && sp.n_val < MEDTL_MIN_VAL_FOR_BEST)
@@ -651,7 +811,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	 * running statistics (so the backbone's features are not computed once)
 	 */
 	mm->net->bn_train_frozen = !a.bn_frozen;
-	head_only = only_head_trains(mm->net);
+	head_only = !a.seg && only_head_trains(mm->net);
 	features_once = head_only && !mt_augment_enabled(&a.aug);
 	opt = mt_optim_create(mm->net, a.optimizer, (float) a.momentum, 0.9f, 0.999f, 1e-8f,
 						  (float) a.weight_decay, 0, &err);
@@ -677,15 +837,22 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	{
 		int			fd = mm->net->feature_dim;
 		int			bs = a.batch_size;
+		/* outputs per image: k logits, or k per pixel for segmentation */
+		size_t		npx = a.seg ? (size_t) mm->input_size * mm->input_size : 1;
+		size_t		outs = npx * k;
+		uint8	   *masks = a.seg ? MemoryContextAllocHuge(cxt, npx * bs) : NULL;
+		int64		px_correct = 0,
+					px_valid = 0;
+		double		dice_unused = 0;
 		float	   *tf = NULL,
 				   *vf = NULL;
 		int		   *order = palloc(sizeof(int) * sp.n_train);
 		size_t		per = (size_t) mm->input_size * mm->input_size * 3;
 		float	   *x = features_once ? NULL : MemoryContextAllocHuge(cxt, sizeof(float) * per * bs);
 		int		   *y = palloc(sizeof(int) * bs);
-		float	   *logits = palloc(sizeof(float) * (size_t) bs * k);
-		float	   *dlogits = palloc(sizeof(float) * (size_t) bs * k);
-		float	   *vlogits = palloc(sizeof(float) * (size_t) Max(sp.n_val, 1) * k);
+		float	   *logits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * outs);
+		float	   *dlogits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * outs);
+		float	   *vlogits = palloc(sizeof(float) * (size_t) Max(a.seg ? 1 : sp.n_val, 1) * k);
 		int		   *vlabels = palloc(sizeof(int) * Max(sp.n_val, 1));
 		mt_param   *hw,
 				   *hb;
@@ -719,11 +886,13 @@ medtl_train_run(PG_FUNCTION_ARGS)
 			double		lr = 0;
 			ValResult	v;
 			double		metric;
+			double		train_acc;
 			instr_time	t_epoch;
 			double		secs;
 
 			INSTR_TIME_SET_CURRENT(t_epoch);
 			shuffle(order, sp.n_train, &rng);
+			px_correct = px_valid = 0;
 			for (int step = 0; step < steps_per_epoch; step++)
 			{
 				int			s0 = step * bs;
@@ -760,32 +929,48 @@ medtl_train_run(PG_FUNCTION_ARGS)
 
 					for (int i = 0; i < m; i++)
 						idx[i] = sp.train[order[s0 + i]];
-					fill_batch(ds, idx, m, mm, &a.aug, &rng, x, y);
+					fill_batch(ds, idx, m, mm, &a.aug, &rng, x, y, masks);
 					check(mt_model_forward_train(mm->net, x, m, ds->size, ds->size, logits, NULL, &err),
 						  &err, "forward pass");
-					check(mt_loss_cross_entropy(logits, y, m, k, cw, (float) a.focal_gamma,
-												(float) a.label_smoothing, &loss, dlogits, &err),
-						  &err, "loss");
+					if (a.seg)
+						check(mt_loss_segmentation(logits, masks, m, (int) npx, k, cw, a.ce_weight,
+												   a.dice_weight, &loss, dlogits, &err),
+							  &err, "loss");
+					else
+						check(mt_loss_cross_entropy(logits, y, m, k, cw, (float) a.focal_gamma,
+													(float) a.label_smoothing, &loss, dlogits, &err),
+							  &err, "loss");
 					check(mt_model_backward(mm->net, dlogits, &err), &err, "backward pass");
 					pfree(idx);
 				}
 				check(mt_optim_step(opt, mm->net, (float) lr, &err), &err, "optimizer step");
 				loss_sum += (double) loss * m;
-				correct += mt_count_correct(logits, y, m, k);
+				if (a.seg)
+					seg_scores(logits, masks, m, npx, k, &px_correct, &px_valid, &dice_unused);
+				else
+					correct += mt_count_correct(logits, y, m, k);
 			}
 
 			/* validation */
 			if (sp.n_val > 0)
 			{
-				if (features_once)
-					mt_cpu_backend.linear(sp.n_val, fd, k, vf, hw->data, hb->data, vlogits);
+				if (a.seg)
+					v = validate_seg(mm, vds, sp.val, sp.n_val, bs, cw, &a);
 				else
-					forward_rows(mm, vds, sp.val, sp.n_val, bs, vlogits, NULL);
-				v = score_logits(vlogits, vlabels, sp.n_val, k, cw);
+				{
+					if (features_once)
+						mt_cpu_backend.linear(sp.n_val, fd, k, vf, hw->data, hb->data, vlogits);
+					else
+						forward_rows(mm, vds, sp.val, sp.n_val, bs, vlogits, NULL);
+					v = score_logits(vlogits, vlabels, sp.n_val, k, cw);
+				}
 			}
 			INSTR_TIME_SET_CURRENT(t_now);
 			secs = INSTR_TIME_GET_DOUBLE(t_now) - INSTR_TIME_GET_DOUBLE(t_epoch);
-			record_epoch(&a, epoch, lr, loss_sum / sp.n_train, (double) correct / sp.n_train,
+			/* pixel accuracy (of the pixels inside the augmented image) for segmentation */
+			train_acc = !a.seg ? (double) correct / sp.n_train :
+				px_valid > 0 ? (double) px_correct / px_valid : NAN;
+			record_epoch(&a, epoch, lr, loss_sum / sp.n_train, train_acc,
 						 sp.n_val > 0 ? &v : NULL, secs);
 			ran = epoch;
 			{
@@ -794,17 +979,23 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				epoch_secs += secs;
 				left = epoch_secs / epoch * (a.epochs - epoch);
 
-				if (sp.n_val > 0)
+				if (sp.n_val > 0 && a.seg)
+					ereport(NOTICE,
+							(errmsg("epoch %d/%d%s: train loss %.4f pixel acc %.3f | val loss %.4f pixel acc %.3f dice %.3f | %.1f s, about %.0f s left",
+									epoch, a.epochs, a.phase > 1 ? psprintf(" (phase %d)", a.phase) : "",
+									loss_sum / sp.n_train, train_acc,
+									v.loss, v.accuracy, v.dice, secs, left)));
+				else if (sp.n_val > 0)
 					ereport(NOTICE,
 							(errmsg("epoch %d/%d%s: train loss %.4f acc %.3f | val loss %.4f acc %.3f auc %.3f | %.1f s, about %.0f s left",
 									epoch, a.epochs, a.phase > 1 ? psprintf(" (phase %d)", a.phase) : "",
-									loss_sum / sp.n_train, (double) correct / sp.n_train,
+									loss_sum / sp.n_train, train_acc,
 									v.loss, v.accuracy, v.auc, secs, left)));
 				else
 					ereport(NOTICE,
-							(errmsg("epoch %d/%d%s: train loss %.4f acc %.3f | %.1f s, about %.0f s left",
+							(errmsg("epoch %d/%d%s: train loss %.4f %s %.3f | %.1f s, about %.0f s left",
 									epoch, a.epochs, a.phase > 1 ? psprintf(" (phase %d)", a.phase) : "",
-									loss_sum / sp.n_train, (double) correct / sp.n_train, secs, left)));
+									loss_sum / sp.n_train, a.seg ? "pixel acc" : "acc", train_acc, secs, left)));
 			}
 
 			/* keep the best epoch by the chosen validation metric */
@@ -812,6 +1003,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 			{
 				metric = strcmp(a.keep_best, "val_loss") == 0 ? -v.loss :
 					strcmp(a.keep_best, "val_accuracy") == 0 ? v.accuracy :
+					strcmp(a.keep_best, "val_dice") == 0 ? (isnan(v.dice) ? v.accuracy : v.dice) :
 					(isnan(v.auc) ? v.accuracy : v.auc);
 				if (metric > best_metric)
 				{
@@ -899,7 +1091,7 @@ medtl_score_source(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("model \"%s\" is not a classifier with one label per class", model)));
 	ds = medtl_read_dataset(source, image_col, label_col, NULL, mm->labels, k,
-							mm->input_size, skip);
+							mm->input_size, skip, false);
 	idx = palloc(sizeof(int) * ds->n);
 	for (int i = 0; i < ds->n; i++)
 		idx[i] = i;

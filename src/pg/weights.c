@@ -314,7 +314,8 @@ medtl_read_server_file(PG_FUNCTION_ARGS)
 /*
  * medtl._init_rows(arch text, num_classes int, seed bigint, all_layers bool)
  * -> setof (tensor, shape, dtype, data): freshly initialised tensors, the
- * classifier head only or every tensor (training from scratch), as
+ * classifier head only (for a U-Net: every tensor outside its encoder) or
+ * every tensor (training from scratch), as
  * torchvision initialises them; the same seed gives the same values.
  */
 PG_FUNCTION_INFO_V1(medtl_init_rows);
@@ -325,6 +326,7 @@ medtl_init_rows(PG_FUNCTION_ARGS)
 	int			k = PG_GETARG_INT32(1);
 	uint64		seed = (uint64) PG_GETARG_INT64(2);
 	bool		all = PG_GETARG_BOOL(3);
+	bool		seg;
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	mt_model   *m;
 	mt_err		err;
@@ -338,7 +340,9 @@ medtl_init_rows(PG_FUNCTION_ARGS)
 	m = mt_zoo_build(arch, k, 0, &err);
 	if (m == NULL)
 		medtl_raise(&err, NULL);
-	if ((all ? mt_model_init_all(m, seed, &err) : mt_model_init_head(m, seed, &err)) != MT_OK)
+	/* a U-Net's new part is everything but the encoder the backbone gives */
+	seg = mt_zoo_is_segmentation(arch);
+	if ((all || seg ? mt_model_init_all(m, seed, &err) : mt_model_init_head(m, seed, &err)) != MT_OK)
 		medtl_raise(&err, "initialisation");
 	for (int i = 0; i < m->n_params; i++)
 	{
@@ -349,7 +353,9 @@ medtl_init_rows(PG_FUNCTION_ARGS)
 		size_t		nbytes = p->is_counter ? 8 : p->numel * sizeof(float);
 		bytea	   *data;
 
-		if (!all && p->data == NULL)
+		if (!all && seg && strncmp(p->name, MT_UNET_ENCODER_PREFIX, strlen(MT_UNET_ENCODER_PREFIX)) == 0)
+			continue;
+		if (!all && !seg && p->data == NULL)
 			continue;
 		data = palloc0(VARHDRSZ + nbytes);
 		SET_VARSIZE(data, VARHDRSZ + nbytes);

@@ -1,0 +1,148 @@
+-- segmentation: a U-Net on the pretrained MobileNetV2 encoder, trained and
+-- scored from SQL on Kvasir-SEG polyp masks (read from ../shared)
+\getenv shared MEDTL_SHARED
+SET search_path = public, medtl;
+\set kv :shared '/data/kvasir_seg/'
+CREATE TABLE kv_manifest (image text, mask text, split text);
+\set manifest :kv 'manifest.csv'
+COPY kv_manifest FROM :'manifest' WITH (FORMAT csv, HEADER);
+SELECT split, count(*) FROM kv_manifest GROUP BY split ORDER BY split;
+-- 24 training and 8 test pairs, the first by name
+CREATE TABLE kv AS
+SELECT split, row_number() OVER (PARTITION BY split ORDER BY image) AS id,
+       read_server_file(:'kv' || image) AS image, read_server_file(:'kv' || mask) AS mask
+  FROM (SELECT *, row_number() OVER (PARTITION BY split ORDER BY image) AS k FROM kv_manifest) m
+ WHERE (split = 'train' AND k <= 24) OR (split = 'test' AND k <= 8);
+CREATE VIEW kv_train AS SELECT image, mask FROM kv WHERE split = 'train';
+CREATE VIEW kv_test AS SELECT id, image, mask FROM kv WHERE split = 'test';
+
+-- a U-Net whose encoder is the backbone: its tensors under encoder.*, the rest new
+SELECT create_model('polyp', 'mobilenet_v2_imagenet', ARRAY['background', 'polyp'],
+                    task => 'segmentation', input_size => 64) > 0 AS created;
+SELECT m.arch, m.task, m.num_classes, m.input_size, p.name AS parent, m.metadata->>'upsample' AS upsample
+  FROM models m JOIN models p ON p.model_id = m.parent_id WHERE m.name = 'polyp';
+SELECT count(*) FILTER (WHERE w.tensor LIKE 'encoder.%') > 0 AS has_encoder,
+       count(*) FILTER (WHERE w.tensor LIKE 'decoder.%') > 0 AS has_decoder,
+       count(*) FILTER (WHERE w.tensor LIKE 'segmentation_head.%') AS head_tensors,
+       count(*) FILTER (WHERE w.tensor LIKE 'encoder.classifier%') AS backbone_classifier
+  FROM weights w JOIN models m USING (model_id) WHERE m.name = 'polyp';
+-- every encoder tensor is the backbone's, byte for byte
+SELECT count(*) AS encoder_tensors, bool_and(e.data = b.data AND e.shape = b.shape) AS same_as_backbone
+  FROM weights e JOIN models m ON m.model_id = e.model_id AND m.name = 'polyp'
+  JOIN weights b ON b.tensor = substr(e.tensor, 9)
+  JOIN models bm ON bm.model_id = b.model_id AND bm.name = 'mobilenet_v2_imagenet'
+ WHERE e.tensor LIKE 'encoder.%';
+-- the same seed gives the same decoder
+SELECT create_model('polyp_again', 'mobilenet_v2_imagenet', ARRAY['background', 'polyp'],
+                    task => 'segmentation', input_size => 64) > 0 AS created;
+SELECT bool_and(a.data = b.data) AS same_init
+  FROM weights a JOIN models ma ON ma.model_id = a.model_id AND ma.name = 'polyp'
+  JOIN weights b ON b.tensor = a.tensor
+  JOIN models mb ON mb.model_id = b.model_id AND mb.name = 'polyp_again'
+ WHERE a.tensor NOT LIKE 'encoder.%';
+-- transposed-convolution upsampling and a resnet18 encoder from scratch
+SELECT create_model('polyp_tconv', 'resnet18', ARRAY['background', 'polyp'], task => 'segmentation',
+                    pretrained => false, input_size => 64, upsample => 'transpose') > 0 AS created;
+SELECT arch FROM models WHERE name = 'polyp_tconv';
+
+-- scoring before training: a PNG mask at the image's own size, 0/255
+SELECT (image_info(segment('polyp', image))).* FROM kv_test WHERE id = 1;
+SELECT dice(segment('polyp', image), segment('polyp', image)) AS self_dice FROM kv_test WHERE id = 1;
+SELECT array_dims(segment_proba('polyp', image)) AS dims,
+       (SELECT min(p) >= 0 AND max(p) <= 1 FROM unnest(segment_proba('polyp', image)) p) AS in_range
+  FROM kv_test WHERE id = 1;
+
+-- training: images with masks; a NOTICE per epoch; val_dice per epoch
+SET client_min_messages = warning;
+SELECT train('polyp', 'kv_train', epochs => 2, batch_size => 8, freeze => 'none') AS run_id \gset
+RESET client_min_messages;
+SELECT status, n_train, n_val, resolved->>'loss' AS loss, resolved->>'mask_column' AS mask_column,
+       resolved->'phases'->0->>'keep_best' AS keep_best
+  FROM runs WHERE run_id = :run_id;
+SELECT epoch, train_loss > 0 AS loss_positive, val_dice BETWEEN 0 AND 1 AS dice_ok,
+       val_accuracy BETWEEN 0 AND 1 AS pixel_acc_ok, val_auc IS NULL AS no_auc
+  FROM epochs WHERE run_id = :run_id ORDER BY epoch;
+-- the decoder changed, the frozen-nothing encoder too
+SELECT bool_or(a.data <> b.data) AS decoder_trained
+  FROM weights a JOIN models ma ON ma.model_id = a.model_id AND ma.name = 'polyp'
+  JOIN weights b ON b.tensor = a.tensor
+  JOIN models mb ON mb.model_id = b.model_id AND mb.name = 'polyp_again'
+ WHERE a.tensor LIKE 'decoder.%';
+-- encoder frozen ('backbone'): the encoder stays the backbone's
+SET client_min_messages = warning;
+SELECT train('polyp_again', 'kv_train', epochs => 1, batch_size => 8, loss => 'dice') > 0 AS trained;
+RESET client_min_messages;
+SELECT bool_and(e.data = b.data) AS encoder_kept
+  FROM weights e JOIN models m ON m.model_id = e.model_id AND m.name = 'polyp_again'
+  JOIN weights b ON b.tensor = substr(e.tensor, 9)
+  JOIN models bm ON bm.model_id = b.model_id AND bm.name = 'mobilenet_v2_imagenet'
+ WHERE e.tensor LIKE 'encoder.%' AND e.tensor NOT LIKE '%running%';
+
+-- evaluate: mean Dice and IoU, pixel metrics, one row per image
+SELECT evaluate('polyp', 'kv_test') AS eval_id \gset
+SELECT n, positive_label, dice BETWEEN 0 AND 1 AS dice_ok, iou <= dice AS iou_le_dice,
+       accuracy BETWEEN 0 AND 1 AS pixel_acc_ok, recall BETWEEN 0 AND 1 AS sensitivity_ok,
+       specificity BETWEEN 0 AND 1 AS specificity_ok, auc IS NULL AS no_auc
+  FROM evaluations WHERE evaluation_id = :eval_id;
+SELECT count(*) AS images, bool_and(width = 256 AND height = 256) AS sizes
+  FROM image_metrics WHERE evaluation_id = :eval_id;
+-- the evaluation's per-image Dice is medtl.dice of segment() against the truth
+SELECT count(*) AS images,
+       max(abs(i.dice - dice(segment('polyp', t.image), t.mask))) < 1e-12 AS same_dice,
+       max(abs(i.iou - iou(segment('polyp', t.image), t.mask))) < 1e-12 AS same_iou
+  FROM kv_test t JOIN image_metrics i ON i.evaluation_id = :eval_id AND i.row_number = t.id;
+SELECT abs(e.dice - (SELECT mean_dice(segment('polyp', image), mask) FROM kv_test)) < 1e-12 AS mean_dice_agrees
+  FROM evaluations e WHERE evaluation_id = :eval_id;
+SELECT class_index, class, support FROM class_metrics WHERE evaluation_id = :eval_id ORDER BY class_index;
+
+-- bad input: each a clear error naming the row
+\set VERBOSITY terse
+CREATE TABLE kv_bad (image bytea, mask bytea);
+-- a mask of the wrong size
+INSERT INTO kv_bad SELECT image, decode('iVBORw0KGgoAAAANSUhEUgAAAIAAAACACAAAAADmVT4XAAAAJklEQVR42u3BAQEAAACCIP+vbkhAAQAAAAAAAAAAAAAAAAAAAO8GQIAAAR6FpxMAAAAASUVORK5CYII=', 'base64')
+  FROM kv_test WHERE id = 1;
+SELECT train('polyp', 'kv_bad', epochs => 1);
+SELECT evaluate('polyp', 'kv_bad');
+-- a non-binary mask for a binary model
+TRUNCATE kv_bad;
+INSERT INTO kv_bad SELECT image, decode('iVBORw0KGgoAAAANSUhEUgAAAQAAAAEACAAAAAB5Gfe6AAAAjUlEQVR42u3SwQkAMAgEQZPKU3qaOERw5n0gLFYBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAk52OIy+8S7rbP0AAAQQQQAABBBBAAAEEEEAAAQQQQAABBBBAAAEEEEAAAQQQQAABBBBAAAEEEEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIAuH2W1AVBMrgsaAAAAAElFTkSuQmCC', 'base64')
+  FROM kv_test WHERE id = 1;
+SELECT train('polyp', 'kv_bad', epochs => 1);
+-- an image with no mask; a corrupt mask
+TRUNCATE kv_bad;
+INSERT INTO kv_bad SELECT image, NULL FROM kv_test WHERE id = 1;
+SELECT train('polyp', 'kv_bad', epochs => 1);
+INSERT INTO kv_bad SELECT image, substr(mask, 1, 40) FROM kv_test WHERE id = 2;
+SELECT train('polyp', 'kv_bad', epochs => 1, skip_bad_rows => true);
+-- no mask column
+SELECT train('polyp', 'kv_test', epochs => 1, mask_column => 'nope');
+-- an empty mask (no polyp) is fine: evaluated with the empty case rule
+TRUNCATE kv_bad;
+INSERT INTO kv_bad SELECT image, decode('iVBORw0KGgoAAAANSUhEUgAAAQAAAAEACAAAAAB5Gfe6AAAAVElEQVR42u3BAQEAAACAkP6v7ggKAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAGAEPAAEccgnDAAAAAElFTkSuQmCC', 'base64')
+  FROM kv_test WHERE id = 1;
+SELECT e.n, i.truth_pixels, i.dice = CASE WHEN i.predicted_pixels = 0 THEN 1 ELSE 0 END AS empty_rule
+  FROM evaluations e JOIN image_metrics i USING (evaluation_id)
+ WHERE e.evaluation_id = evaluate('polyp', 'kv_bad');
+-- wrong model kinds, options and architectures
+SELECT predict('polyp', image) FROM kv_test WHERE id = 1;
+SELECT predict_proba('polyp', image) FROM kv_test WHERE id = 1;
+SELECT segment('mobilenet_v2_imagenet', image) FROM kv_test WHERE id = 1;
+SELECT train('polyp', 'kv_train', epochs => 1, loss => 'focal');
+SELECT create_model('bad_seg', 'densenet121', ARRAY['background', 'polyp'], task => 'segmentation', pretrained => false);
+SELECT create_model('bad_seg', 'mobilenet_v2_imagenet', ARRAY['background', 'polyp'], task => 'segmentation', input_size => 100);
+SELECT create_model('bad_seg', 'mobilenet_v2_imagenet', ARRAY['polyp'], task => 'segmentation');
+SELECT create_model('bad_seg', 'mobilenet_v2_imagenet', ARRAY['background', 'polyp'], task => 'segmentation', upsample => 'nearest');
+SELECT create_model('bad_seg', 'mobilenet_v2_imagenet', ARRAY['background', 'polyp'], task => 'detection');
+SELECT count(*) AS none_created FROM models WHERE name = 'bad_seg';
+-- a cancelled run leaves the model as it was
+SELECT md5(string_agg(encode(data, 'hex'), '' ORDER BY tensor)) AS before
+  FROM weights JOIN models USING (model_id) WHERE name = 'polyp' \gset
+SET statement_timeout = 2000;
+SELECT train('polyp', 'kv_train', epochs => 50, batch_size => 4, freeze => 'none');
+RESET statement_timeout;
+SELECT md5(string_agg(encode(data, 'hex'), '' ORDER BY tensor)) = :'before' AS unchanged
+  FROM weights JOIN models USING (model_id) WHERE name = 'polyp';
+\set VERBOSITY default
+SELECT dice(segment('polyp', image), segment('polyp', image)) AS still_up FROM kv_test WHERE id = 1;
+SELECT drop_model('polyp_again');
+SELECT drop_model('polyp_tconv');
