@@ -118,7 +118,7 @@ mask_to_bytes(bytea *mask, int n_classes, int size, int w, int h, uint8 *out, mt
 		mt_mask_free(&m);
 		return false;
 	}
-	if (mt_mask_to_classes(&m, n_classes, err) != MT_OK)
+	if (mt_mask_to_classes_auto(&m, n_classes, err) != MT_OK)
 	{
 		mt_mask_free(&m);
 		return false;

@@ -163,7 +163,7 @@ png_bytea(const uint8 *pix, int w, int h)
 	out = palloc(VARHDRSZ + len);
 	SET_VARSIZE(out, VARHDRSZ + len);
 	memcpy(VARDATA(out), buf, len);
-	free(buf);
+	mt_free(buf);
 	return out;
 }
 
@@ -381,7 +381,7 @@ medtl_segment_source(PG_FUNCTION_ARGS)
 				}
 				else if (mt_mask_decode((const uint8_t *) VARDATA_ANY(mb), VARSIZE_ANY_EXHDR(mb),
 										(size_t) medtl_max_image_pixels, &truth, &err) != MT_OK ||
-						 mt_mask_to_classes(&truth, k, &err) != MT_OK)
+						 mt_mask_to_classes_auto(&truth, k, &err) != MT_OK)
 				{
 					problem = psprintf("%s mask: %s", err.code == MT_ERR_CORRUPT ? "invalid" : "unusable", err.msg);
 					sqlstate = medtl_sqlstate(err.code);

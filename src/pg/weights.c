@@ -353,7 +353,7 @@ medtl_init_rows(PG_FUNCTION_ARGS)
 		size_t		nbytes = p->is_counter ? 8 : p->numel * sizeof(float);
 		bytea	   *data;
 
-		if (!all && seg && strncmp(p->name, MT_UNET_ENCODER_PREFIX, strlen(MT_UNET_ENCODER_PREFIX)) == 0)
+		if (!all && seg && strncmp(p->name, MT_ZOO_ENCODER_PREFIX, strlen(MT_ZOO_ENCODER_PREFIX)) == 0)
 			continue;
 		if (!all && !seg && p->data == NULL)
 			continue;
