@@ -28,6 +28,7 @@ OBJS = \
 	src/pg/weights.o \
 	src/pg/model.o \
 	src/pg/metrics.o \
+	src/pg/seg_metrics.o \
 	src/pg/dataset.o \
 	src/pg/train.o
 
@@ -43,7 +44,7 @@ endif
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn
+REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn segmentation_metrics
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3
