@@ -23,10 +23,12 @@ OBJS = \
 	src/io/safetensors.o \
 	src/io/pth.o \
 	src/io/augment.o \
+	src/io/mask.o \
 	src/pg/medtl.o \
 	src/pg/weights.o \
 	src/pg/model.o \
 	src/pg/metrics.o \
+	src/pg/seg_metrics.o \
 	src/pg/dataset.o \
 	src/pg/train.o \
 	src/pg/segment.o
@@ -43,7 +45,7 @@ endif
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn segmentation
+REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn segmentation_metrics segmentation
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3
@@ -74,7 +76,7 @@ endif
 
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
 ENGINE_SRC = src/cuda/cuda_stub.c src/core/mt_common.c src/core/blas.c src/core/pool.c src/core/ops_cpu.c \
-	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c \
+	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c src/io/mask.c \
 	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/nn/zoo_cnn.c src/core/ops_cpu_cnn.c src/io/image.c src/io/safetensors.c src/io/pth.c \
 	src/core/ops_cpu_vit.c src/core/graph_vit.c src/nn/vit.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))

@@ -385,6 +385,127 @@ COMMENT ON FUNCTION medtl._auc_accum(internal, float8, boolean) IS 'Transition f
 COMMENT ON FUNCTION medtl._auc_final(internal) IS 'Final function of medtl.auc.';
 
 ------------------------------------------------------------------------------
+-- Segmentation masks: Dice and IoU per pair and as aggregates (seg_metrics.c)
+------------------------------------------------------------------------------
+-- Foreground is a nonzero pixel (0/255 and 0/1 masks both work; above 127 in
+-- a JPEG mask), or a pixel equal to class.  Both masks empty: empty_value.
+-- An aggregate cannot share name and argument types with a function, so the
+-- aggregate forms of dice and iou are mean_* (per-pair mean) and pooled_*
+-- (one Dice/IoU over all pixels of all rows).
+
+CREATE FUNCTION medtl.dice(predicted bytea, truth bytea, empty_value float8 DEFAULT 1.0,
+                           class int DEFAULT NULL) RETURNS float8
+    AS 'MODULE_PATHNAME', 'medtl_dice' LANGUAGE C IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.dice(bytea, bytea, float8, int) IS 'Dice of two masks (PNG or JPEG), 2|P∩T| / (|P| + |T|); foreground is nonzero, or = class when given; empty_value (default 1, may be NULL) when both are empty, 0 when one is; NULL for a NULL mask.';
+CREATE FUNCTION medtl.iou(predicted bytea, truth bytea, empty_value float8 DEFAULT 1.0,
+                          class int DEFAULT NULL) RETURNS float8
+    AS 'MODULE_PATHNAME', 'medtl_iou' LANGUAGE C IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.iou(bytea, bytea, float8, int) IS 'IoU (Jaccard) of two masks (PNG or JPEG), |P∩T| / |P∪T|; foreground is nonzero, or = class when given; empty_value (default 1, may be NULL) when both are empty, 0 when one is; NULL for a NULL mask.';
+
+CREATE FUNCTION medtl._seg_accum(internal, bytea, bytea) RETURNS internal
+    AS 'MODULE_PATHNAME', 'medtl_seg_accum' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION medtl._seg_accum(internal, bytea, bytea, float8) RETURNS internal
+    AS 'MODULE_PATHNAME', 'medtl_seg_accum' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION medtl._seg_accum(internal, bytea, bytea, float8, int) RETURNS internal
+    AS 'MODULE_PATHNAME', 'medtl_seg_accum' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION medtl._seg_combine(internal, internal) RETURNS internal
+    AS 'MODULE_PATHNAME', 'medtl_seg_combine' LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION medtl._seg_serialize(internal) RETURNS bytea
+    AS 'MODULE_PATHNAME', 'medtl_seg_serialize' LANGUAGE C STRICT PARALLEL SAFE;
+CREATE FUNCTION medtl._seg_deserialize(bytea, internal) RETURNS internal
+    AS 'MODULE_PATHNAME', 'medtl_seg_deserialize' LANGUAGE C STRICT PARALLEL SAFE;
+CREATE FUNCTION medtl._mean_dice_final(internal) RETURNS float8
+    AS 'MODULE_PATHNAME', 'medtl_mean_dice_final' LANGUAGE C PARALLEL SAFE;
+CREATE FUNCTION medtl._pooled_dice_final(internal) RETURNS float8
+    AS 'MODULE_PATHNAME', 'medtl_pooled_dice_final' LANGUAGE C PARALLEL SAFE;
+CREATE FUNCTION medtl._mean_iou_final(internal) RETURNS float8
+    AS 'MODULE_PATHNAME', 'medtl_mean_iou_final' LANGUAGE C PARALLEL SAFE;
+CREATE FUNCTION medtl._pooled_iou_final(internal) RETURNS float8
+    AS 'MODULE_PATHNAME', 'medtl_pooled_iou_final' LANGUAGE C PARALLEL SAFE;
+COMMENT ON FUNCTION medtl._seg_accum(internal, bytea, bytea) IS 'Transition function of the mask metric aggregates.';
+COMMENT ON FUNCTION medtl._seg_accum(internal, bytea, bytea, float8) IS 'Transition function of the mask metric aggregates.';
+COMMENT ON FUNCTION medtl._seg_accum(internal, bytea, bytea, float8, int) IS 'Transition function of the mask metric aggregates.';
+COMMENT ON FUNCTION medtl._seg_combine(internal, internal) IS 'Combine function of the mask metric aggregates (parallel aggregation).';
+COMMENT ON FUNCTION medtl._seg_serialize(internal) IS 'Serialise the state of the mask metric aggregates.';
+COMMENT ON FUNCTION medtl._seg_deserialize(bytea, internal) IS 'Deserialise the state of the mask metric aggregates.';
+COMMENT ON FUNCTION medtl._mean_dice_final(internal) IS 'Final function of medtl.mean_dice.';
+COMMENT ON FUNCTION medtl._pooled_dice_final(internal) IS 'Final function of medtl.pooled_dice.';
+COMMENT ON FUNCTION medtl._mean_iou_final(internal) IS 'Final function of medtl.mean_iou.';
+COMMENT ON FUNCTION medtl._pooled_iou_final(internal) IS 'Final function of medtl.pooled_iou.';
+
+CREATE AGGREGATE medtl.mean_dice(predicted bytea, truth bytea) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._mean_dice_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.mean_dice(bytea, bytea) IS 'Mean of per-pair Dice of masks (foreground: nonzero, or = class); pairs whose masks are both empty count as empty_value (default 1; NULL skips them); rows with a NULL mask are skipped; NULL when no pair counts.';
+CREATE AGGREGATE medtl.mean_dice(predicted bytea, truth bytea, empty_value float8) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._mean_dice_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.mean_dice(bytea, bytea, float8) IS 'Mean of per-pair Dice of masks (foreground: nonzero, or = class); pairs whose masks are both empty count as empty_value (default 1; NULL skips them); rows with a NULL mask are skipped; NULL when no pair counts.';
+CREATE AGGREGATE medtl.mean_dice(predicted bytea, truth bytea, empty_value float8, class int) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._mean_dice_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.mean_dice(bytea, bytea, float8, int) IS 'Mean of per-pair Dice of masks (foreground: nonzero, or = class); pairs whose masks are both empty count as empty_value (default 1; NULL skips them); rows with a NULL mask are skipped; NULL when no pair counts.';
+CREATE AGGREGATE medtl.pooled_dice(predicted bytea, truth bytea) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._pooled_dice_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.pooled_dice(bytea, bytea) IS 'Pooled (global) Dice, 2 sum|P∩T| / sum(|P| + |T|) over all rows of masks (foreground: nonzero, or = class); empty_value (default 1) when every mask is empty; rows with a NULL mask are skipped; NULL without rows.';
+CREATE AGGREGATE medtl.pooled_dice(predicted bytea, truth bytea, empty_value float8) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._pooled_dice_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.pooled_dice(bytea, bytea, float8) IS 'Pooled (global) Dice, 2 sum|P∩T| / sum(|P| + |T|) over all rows of masks (foreground: nonzero, or = class); empty_value (default 1) when every mask is empty; rows with a NULL mask are skipped; NULL without rows.';
+CREATE AGGREGATE medtl.pooled_dice(predicted bytea, truth bytea, empty_value float8, class int) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._pooled_dice_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.pooled_dice(bytea, bytea, float8, int) IS 'Pooled (global) Dice, 2 sum|P∩T| / sum(|P| + |T|) over all rows of masks (foreground: nonzero, or = class); empty_value (default 1) when every mask is empty; rows with a NULL mask are skipped; NULL without rows.';
+CREATE AGGREGATE medtl.mean_iou(predicted bytea, truth bytea) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._mean_iou_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.mean_iou(bytea, bytea) IS 'Mean of per-pair IoU of masks (foreground: nonzero, or = class); pairs whose masks are both empty count as empty_value (default 1; NULL skips them); rows with a NULL mask are skipped; NULL when no pair counts.';
+CREATE AGGREGATE medtl.mean_iou(predicted bytea, truth bytea, empty_value float8) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._mean_iou_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.mean_iou(bytea, bytea, float8) IS 'Mean of per-pair IoU of masks (foreground: nonzero, or = class); pairs whose masks are both empty count as empty_value (default 1; NULL skips them); rows with a NULL mask are skipped; NULL when no pair counts.';
+CREATE AGGREGATE medtl.mean_iou(predicted bytea, truth bytea, empty_value float8, class int) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._mean_iou_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.mean_iou(bytea, bytea, float8, int) IS 'Mean of per-pair IoU of masks (foreground: nonzero, or = class); pairs whose masks are both empty count as empty_value (default 1; NULL skips them); rows with a NULL mask are skipped; NULL when no pair counts.';
+CREATE AGGREGATE medtl.pooled_iou(predicted bytea, truth bytea) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._pooled_iou_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.pooled_iou(bytea, bytea) IS 'Pooled (global) IoU, sum|P∩T| / sum|P∪T| over all rows of masks (foreground: nonzero, or = class); empty_value (default 1) when every mask is empty; rows with a NULL mask are skipped; NULL without rows.';
+CREATE AGGREGATE medtl.pooled_iou(predicted bytea, truth bytea, empty_value float8) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._pooled_iou_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.pooled_iou(bytea, bytea, float8) IS 'Pooled (global) IoU, sum|P∩T| / sum|P∪T| over all rows of masks (foreground: nonzero, or = class); empty_value (default 1) when every mask is empty; rows with a NULL mask are skipped; NULL without rows.';
+CREATE AGGREGATE medtl.pooled_iou(predicted bytea, truth bytea, empty_value float8, class int) (
+    SFUNC = medtl._seg_accum, STYPE = internal, FINALFUNC = medtl._pooled_iou_final,
+    COMBINEFUNC = medtl._seg_combine, SERIALFUNC = medtl._seg_serialize,
+    DESERIALFUNC = medtl._seg_deserialize, PARALLEL = SAFE);
+COMMENT ON AGGREGATE medtl.pooled_iou(bytea, bytea, float8, int) IS 'Pooled (global) IoU, sum|P∩T| / sum|P∪T| over all rows of masks (foreground: nonzero, or = class); empty_value (default 1) when every mask is empty; rows with a NULL mask are skipped; NULL without rows.';
+
+CREATE FUNCTION medtl.mask_png(pixels int[]) RETURNS bytea
+    AS 'MODULE_PATHNAME', 'medtl_mask_png' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.mask_png(int[]) IS 'An 8-bit gray PNG mask from a 2-D array of rows of pixel values 0..255 (a 1-D array is one row).';
+CREATE FUNCTION medtl.mask_pixels(mask bytea) RETURNS int[]
+    AS 'MODULE_PATHNAME', 'medtl_mask_pixels' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.mask_pixels(bytea) IS 'The values of a decoded mask as a 2-D array (rows of pixels), as the metrics and training read them.';
+CREATE FUNCTION medtl.mask_info(mask bytea,
+    OUT format text, OUT width int, OUT height int, OUT foreground bigint, OUT distinct_values int[])
+    AS 'MODULE_PATHNAME', 'medtl_mask_info' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION medtl.mask_info(bytea) IS 'A decoded mask: format, size, foreground pixels (nonzero; above 127 for JPEG) and the distinct values it holds.';
+
+------------------------------------------------------------------------------
 -- Training runs and evaluations as data
 ------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 
 Usage: make_corpus.py OUTDIR SHARED
 
-Mutates the shared sample images, the head of the shared safetensors file
+Mutates the shared sample images and a Kvasir-SEG mask, the head of the shared safetensors file
 and small torch.save-style .pth archives built here: truncations, bit flips,
 overwritten sizes, random bytes, forbidden globals, malformed pickles.  Uses
 only the standard library, so it runs on any python3.
@@ -121,6 +121,11 @@ def main():
     with open(os.path.join(chest, "manifest.csv")) as f:
         first = f.read().splitlines()[1].split(",")[0]
     with open(os.path.join(chest, first), "rb") as f:
+        seeds.append(f.read())
+    kvasir = os.path.join(shared, "data", "kvasir_seg")     # a real 0/255 mask
+    with open(os.path.join(kvasir, "manifest.csv")) as f:
+        first = f.read().splitlines()[1].split(",")[1]
+    with open(os.path.join(kvasir, first), "rb") as f:
         seeds.append(f.read())
     with open(os.path.join(shared, "models", "mobilenet_v2_imagenet",
                            "mobilenet_v2_imagenet.safetensors"), "rb") as f:

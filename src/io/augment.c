@@ -1,7 +1,9 @@
 /*
- * augment.c - random resized crop, flip, rotation, brightness and contrast.
+ * augment.c - random resized crop, flip, rotation, brightness and contrast,
+ * of an image alone or of an image and its mask under the same draw.
  */
 #include "augment.h"
+#include "mask.h"
 
 #include <math.h>
 
@@ -56,71 +58,105 @@ sample(const uint8_t *src, int size, float x, float y, float out[3])
 		}
 }
 
-void
-mt_augment_image(const uint8_t *src, int size, const mt_augment *a, mt_rng *rng,
-				 const float mean[3], const float std[3], float *dst)
+/*
+ * One random draw of the augmentations.  The geometric part is an affine map
+ * from output pixel centres to source coordinates: crop window, then flip,
+ * then rotation about the window's centre.
+ */
+typedef struct aug_draw
 {
-	/* crop window in source pixels */
-	double		cw = size,
-				ch = size,
-				cx0 = 0,
-				cy0 = 0;
-	int			flip = 0;
-	double		theta = 0,
-				bright = 1,
-				contrast = 1;
+	double		cw,				/* crop window in source pixels */
+				ch,
+				cx0,
+				cy0;
+	int			flip;
 	double		cosr,
 				sinr,
-				ccx,
+				ccx,			/* centre of the crop window */
 				ccy;
-	double		gray = 0;
-	size_t		npix = (size_t) size * size;
+	double		bright,
+				contrast;
+} aug_draw;
 
+/*
+ * Draw every random choice, in a fixed order (crop, flip, rotation,
+ * brightness, contrast) so a seed gives the same augmentation whether or
+ * not a mask comes along.
+ */
+static void
+draw_augmentation(const mt_augment *a, int size, mt_rng *rng, aug_draw *d)
+{
+	double		theta = 0;
+
+	d->cw = size;
+	d->ch = size;
+	d->cx0 = 0;
+	d->cy0 = 0;
+	d->flip = 0;
+	d->bright = 1;
+	d->contrast = 1;
 	if (a->crop_min_area < 1.0f)
 	{
 		double		area = a->crop_min_area + (1.0 - a->crop_min_area) * mt_rng_uniform(rng);
 		double		logr = log(3.0 / 4.0) + (log(4.0 / 3.0) - log(3.0 / 4.0)) * mt_rng_uniform(rng);
 		double		ratio = exp(logr);
 
-		cw = fmin(size, size * sqrt(area * ratio));
-		ch = fmin(size, size * sqrt(area / ratio));
-		cx0 = (size - cw) * mt_rng_uniform(rng);
-		cy0 = (size - ch) * mt_rng_uniform(rng);
+		d->cw = fmin(size, size * sqrt(area * ratio));
+		d->ch = fmin(size, size * sqrt(area / ratio));
+		d->cx0 = (size - d->cw) * mt_rng_uniform(rng);
+		d->cy0 = (size - d->ch) * mt_rng_uniform(rng);
 	}
 	if (a->hflip)
-		flip = mt_rng_uniform(rng) < 0.5;
+		d->flip = mt_rng_uniform(rng) < 0.5;
 	if (a->rotate_deg > 0)
 		theta = (2 * mt_rng_uniform(rng) - 1) * a->rotate_deg * M_PI / 180.0;
 	if (a->brightness > 0)
-		bright = 1 + (2 * mt_rng_uniform(rng) - 1) * a->brightness;
+		d->bright = 1 + (2 * mt_rng_uniform(rng) - 1) * a->brightness;
 	if (a->contrast > 0)
-		contrast = 1 + (2 * mt_rng_uniform(rng) - 1) * a->contrast;
+		d->contrast = 1 + (2 * mt_rng_uniform(rng) - 1) * a->contrast;
+	d->cosr = cos(theta);
+	d->sinr = sin(theta);
+	d->ccx = d->cx0 + d->cw / 2;
+	d->ccy = d->cy0 + d->ch / 2;
+}
 
-	cosr = cos(theta);
-	sinr = sin(theta);
-	ccx = cx0 + cw / 2;
-	ccy = cy0 + ch / 2;
+/* Source coordinates (pixel units, centres at +0.5) of output pixel (x, y). */
+static inline void
+map_pixel(const aug_draw *d, int size, int x, int y, double *rx, double *ry)
+{
+	double		u = (x + 0.5) / size,
+				v = (y + 0.5) / size;
+	double		sx,
+				sy;
+
+	if (d->flip)
+		u = 1 - u;
+	sx = d->cx0 + u * d->cw - d->ccx;
+	sy = d->cy0 + v * d->ch - d->ccy;
+	*rx = d->ccx + d->cosr * sx - d->sinr * sy;
+	*ry = d->ccy + d->sinr * sx + d->cosr * sy;
+}
+
+/* The image under a draw: bilinear, black outside, then brightness, contrast, normalisation. */
+static void
+render_image(const aug_draw *d, const uint8_t *src, int size, const float mean[3],
+			 const float std[3], float *dst)
+{
+	double		gray = 0;
+	size_t		npix = (size_t) size * size;
+
 	for (int y = 0; y < size; y++)
 		for (int x = 0; x < size; x++)
 		{
-			double		u = (x + 0.5) / size,
-						v = (y + 0.5) / size;
-			double		sx,
-						sy,
-						rx,
+			double		rx,
 						ry;
 			float	   *o = dst + ((size_t) y * size + x) * 3;
 
-			if (flip)
-				u = 1 - u;
-			sx = cx0 + u * cw - ccx;
-			sy = cy0 + v * ch - ccy;
-			rx = ccx + cosr * sx - sinr * sy;
-			ry = ccy + sinr * sx + cosr * sy;
+			map_pixel(d, size, x, y, &rx, &ry);
 			sample(src, size, (float) (rx - 0.5), (float) (ry - 0.5), o);
-			o[0] *= bright;
-			o[1] *= bright;
-			o[2] *= bright;
+			o[0] *= d->bright;
+			o[1] *= d->bright;
+			o[2] *= d->bright;
 			gray += 0.299 * o[0] + 0.587 * o[1] + 0.114 * o[2];
 		}
 	gray /= npix;
@@ -129,9 +165,56 @@ mt_augment_image(const uint8_t *src, int size, const mt_augment *a, mt_rng *rng,
 		{
 			double		v = dst[i * 3 + c];
 
-			if (contrast != 1)
-				v = (v - gray) * contrast + gray;
+			if (d->contrast != 1)
+				v = (v - gray) * d->contrast + gray;
 			v = v < 0 ? 0 : (v > 255 ? 255 : v);
 			dst[i * 3 + c] = (float) ((v / 255.0 - mean[c]) / std[c]);
 		}
+}
+
+/*
+ * The mask under the same draw: nearest neighbour (the source pixel that
+ * contains the mapped centre, so class indices are never blended), and
+ * MT_MASK_IGNORE where that falls outside the source.
+ */
+static void
+render_mask(const aug_draw *d, const uint8_t *src, int size, uint8_t *dst)
+{
+	for (int y = 0; y < size; y++)
+		for (int x = 0; x < size; x++)
+		{
+			double		rx,
+						ry;
+			double		fx,
+						fy;
+
+			map_pixel(d, size, x, y, &rx, &ry);
+			fx = floor(rx);
+			fy = floor(ry);
+			dst[(size_t) y * size + x] =
+				(fx < 0 || fy < 0 || fx >= size || fy >= size) ? MT_MASK_IGNORE :
+				src[(size_t) fy * size + (size_t) fx];
+		}
+}
+
+void
+mt_augment_image(const uint8_t *src, int size, const mt_augment *a, mt_rng *rng,
+				 const float mean[3], const float std[3], float *dst)
+{
+	aug_draw	d;
+
+	draw_augmentation(a, size, rng, &d);
+	render_image(&d, src, size, mean, std, dst);
+}
+
+void
+mt_augment_pair(const uint8_t *src, const uint8_t *mask_src, int size,
+				const mt_augment *a, mt_rng *rng, const float mean[3],
+				const float std[3], float *dst, uint8_t *mask_dst)
+{
+	aug_draw	d;
+
+	draw_augmentation(a, size, rng, &d);
+	render_image(&d, src, size, mean, std, dst);
+	render_mask(&d, mask_src, size, mask_dst);
 }

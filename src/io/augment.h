@@ -30,6 +30,19 @@ int			mt_augment_enabled(const mt_augment *a);
 void		mt_augment_image(const uint8_t *src, int size, const mt_augment *a, mt_rng *rng,
 							 const float mean[3], const float std[3], float *dst);
 
+/*
+ * An image and its segmentation mask under the same draw: dst as
+ * mt_augment_image makes it (identical for the same rng state, which both
+ * advance alike), mask_dst (size x size class indices) from mask_src by the
+ * same geometric map sampled by nearest neighbour.  Output pixels whose
+ * source lies outside the mask become MT_MASK_IGNORE (255, mask.h), which
+ * losses skip: the image there is black padding, not background.
+ * Brightness and contrast touch only the image.
+ */
+void		mt_augment_pair(const uint8_t *src, const uint8_t *mask_src, int size,
+							const mt_augment *a, mt_rng *rng, const float mean[3],
+							const float std[3], float *dst, uint8_t *mask_dst);
+
 /* dst = (src / 255 - mean) / std for n pixels of 3 channels. */
 void		mt_normalize_u8(const uint8_t *src, size_t n, const float mean[3],
 							const float std[3], float *dst);

@@ -1,6 +1,10 @@
 /*
  * image.c - decode JPEG (libjpeg-turbo) and PNG (libpng 1.6) from memory into
- * RGB floats, resize with PIL's BILINEAR filter, normalise.
+ * RGB floats, resize with PIL's BILINEAR filter, normalise; encode gray PNG.
+ *
+ * The decoders deliver raw rows to a sink (mt_row_sink): the float RGB sink
+ * here builds an mt_image, the one in mask.c a one-byte-per-pixel mask, and
+ * all of libjpeg's and libpng's error handling stays in this file.
  *
  * Both libraries report fatal errors by calling a handler that must not
  * return.  Our handlers longjmp back to a setjmp inside the one function that
@@ -267,23 +271,24 @@ jpeg_probe(const uint8_t *buf, size_t len, mt_image_info *info, mt_err *err)
 	return MT_OK;
 }
 
-/* Decode a JPEG into a freshly allocated RGB float image. */
+/*
+ * Decode a JPEG, delivering 8-bit rows to sink: gray (1 channel), RGB (3) or
+ * CMYK (4), or luminance only when the sink asks for it.
+ */
 static int
-jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
-			mt_err *err)
+jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels,
+			const mt_row_sink *sink, mt_err *err)
 {
 	struct jpeg_decompress_struct cinfo;
 	struct jpeg_progress_mgr progress;
 	mt_jpeg_err je;
-	float	   *volatile pixels = NULL;
 	JSAMPLE    *volatile row = NULL;
-	float		lut8[256];
+	mt_row_layout layout;
 	int			rc;
 	int			inverted;
 	size_t		width,
 				height,
-				ncomp,
-				x;
+				ncomp;
 
 	if (len > (size_t) (unsigned long) -1)
 		return mt_seterr(err, MT_ERR_LIMIT, "JPEG data is too long");
@@ -294,7 +299,6 @@ jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 	{
 		jpeg_destroy_decompress(&cinfo);
 		mt_free(row);
-		mt_free(pixels);
 		return jpeg_report(&je, err);
 	}
 	jpeg_create_decompress(&cinfo);
@@ -310,18 +314,23 @@ jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 		return rc;
 	}
 
-	switch (cinfo.jpeg_color_space)
+	if (sink->jpeg_gray)
+		cinfo.out_color_space = JCS_GRAYSCALE;	/* errors for CMYK */
+	else
 	{
-		case JCS_GRAYSCALE:
-			cinfo.out_color_space = JCS_GRAYSCALE;
-			break;
-		case JCS_CMYK:
-		case JCS_YCCK:
-			cinfo.out_color_space = JCS_CMYK;	/* libjpeg undoes YCCK */
-			break;
-		default:
-			cinfo.out_color_space = JCS_RGB;	/* errors if it cannot */
-			break;
+		switch (cinfo.jpeg_color_space)
+		{
+			case JCS_GRAYSCALE:
+				cinfo.out_color_space = JCS_GRAYSCALE;
+				break;
+			case JCS_CMYK:
+			case JCS_YCCK:
+				cinfo.out_color_space = JCS_CMYK;	/* libjpeg undoes YCCK */
+				break;
+			default:
+				cinfo.out_color_space = JCS_RGB;	/* errors if it cannot */
+				break;
+		}
 	}
 	/* Adobe (Photoshop) CMYK JPEGs store inverted ink values, as PIL assumes. */
 	inverted = cinfo.saw_Adobe_marker;
@@ -338,13 +347,23 @@ jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 						 "libjpeg returned an unexpected output layout");
 	}
 
-	fill_lut8(lut8);
-	pixels = alloc_pixels(width, height, err);
-	row = (pixels != NULL) ? mt_malloc(width * ncomp) : NULL;
+	memset(&layout, 0, sizeof(layout));
+	layout.format = "jpeg";
+	layout.width = (int) width;
+	layout.height = (int) height;
+	layout.channels = (int) ncomp;
+	layout.depth = 8;
+	layout.cmyk = ncomp == 4 ? (inverted ? 2 : 1) : 0;
+	rc = sink->start(sink->ctx, &layout, err);
+	if (rc != MT_OK)
+	{
+		jpeg_destroy_decompress(&cinfo);
+		return rc;
+	}
+	row = mt_malloc(width * ncomp);
 	if (row == NULL)
 	{
 		jpeg_destroy_decompress(&cinfo);
-		mt_free(pixels);
 		return mt_seterr(err, MT_ERR_NOMEM,
 						 "out of memory for a %zu x %zu image", width, height);
 	}
@@ -352,8 +371,7 @@ jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 	while (cinfo.output_scanline < cinfo.output_height)
 	{
 		JSAMPROW	rows[1];
-		float	   *dst = pixels + (size_t) cinfo.output_scanline * width * 3;
-		const JSAMPLE *src = row;
+		int			y = (int) cinfo.output_scanline;
 
 		rows[0] = row;
 		if (jpeg_read_scanlines(&cinfo, rows, 1) != 1)
@@ -363,30 +381,12 @@ jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 			je.code = MT_ERR_CORRUPT;
 			longjmp(je.jump, 1);
 		}
-		if (ncomp == 1)
+		rc = sink->row(sink->ctx, y, row, err);
+		if (rc != MT_OK)
 		{
-			for (x = 0; x < width; x++, dst += 3)
-				dst[0] = dst[1] = dst[2] = lut8[src[x]];
-		}
-		else if (ncomp == 3)
-		{
-			for (x = 0; x < width * 3; x++)
-				dst[x] = lut8[src[x]];
-		}
-		else
-		{
-			/* CMYK -> RGB as PIL: R = (255 - C) * (255 - K) / 255 (ink values) */
-			for (x = 0; x < width; x++, src += 4, dst += 3)
-			{
-				double		c = inverted ? src[0] : 255 - src[0];
-				double		m = inverted ? src[1] : 255 - src[1];
-				double		y = inverted ? src[2] : 255 - src[2];
-				double		k = inverted ? src[3] : 255 - src[3];
-
-				dst[0] = (float) (c * k / 65025.0);
-				dst[1] = (float) (m * k / 65025.0);
-				dst[2] = (float) (y * k / 65025.0);
-			}
+			jpeg_destroy_decompress(&cinfo);
+			mt_free(row);
+			return rc;
 		}
 	}
 
@@ -396,9 +396,6 @@ jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 	 */
 	jpeg_destroy_decompress(&cinfo);
 	mt_free(row);
-	out->width = (int) width;
-	out->height = (int) height;
-	out->data = pixels;
 	return MT_OK;
 }
 
@@ -524,52 +521,37 @@ png_warning_cb(png_structp png, png_const_charp msg)
 	(void) msg;
 }
 
-/* Convert one decoded PNG row (1-4 channels, 8/16 bits) to RGB floats. */
-static void
-png_convert_row(const uint8_t *src, float *dst, size_t width, int channels,
-				int depth, const float *lut8)
+/* Are all entries of the PNG's palette gray (r == g == b)? */
+static int
+png_palette_is_gray(png_structp png, png_infop pinfo)
 {
-	size_t		x;
-	int			c;
+	png_colorp	pal = NULL;
+	int			n = 0;
 
-	if (depth == 8)
-	{
-		for (x = 0; x < width; x++, src += channels, dst += 3)
-		{
-			if (channels <= 2)
-				dst[0] = dst[1] = dst[2] = lut8[src[0]];
-			else
-				for (c = 0; c < 3; c++)
-					dst[c] = lut8[src[c]];
-		}
-	}
-	else
-	{
-		for (x = 0; x < width; x++, src += 2 * channels, dst += 3)
-		{
-			if (channels <= 2)
-				dst[0] = dst[1] = dst[2] =
-					(float) (((src[0] << 8) | src[1]) / 65535.0);
-			else
-				for (c = 0; c < 3; c++)
-					dst[c] = (float) (((src[2 * c] << 8) | src[2 * c + 1]) / 65535.0);
-		}
-	}
+	if (!(png_get_PLTE(png, pinfo, &pal, &n) & PNG_INFO_PLTE))
+		return 1;
+	for (int i = 0; i < n; i++)
+		if (pal[i].red != pal[i].green || pal[i].red != pal[i].blue)
+			return 0;
+	return 1;
 }
 
-/* Decode a PNG into a freshly allocated RGB float image. */
+/*
+ * Decode a PNG, delivering rows of 8- or 16-bit samples (1-4 channels) to
+ * sink: low bit depths expanded to 8, palettes to RGB(A) unless the sink
+ * wants the indices of a colour palette.
+ */
 static int
-png_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
-		   mt_err *err)
+png_decode(const uint8_t *buf, size_t len, size_t max_pixels,
+		   const mt_row_sink *sink, mt_err *err)
 {
 	mt_image_info hdr;
 	mt_png_io	io;
 	png_structp png;
 	png_infop	pinfo;
-	float	   *volatile pixels = NULL;
 	uint8_t    *volatile raw = NULL;
 	png_bytep  *volatile rowptrs = NULL;
-	float		lut8[256];
+	mt_row_layout layout;
 	png_uint_32 pw,
 				ph;
 	int			depth,
@@ -591,6 +573,7 @@ png_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 		return rc;
 
 	memset(&io, 0, sizeof(io));
+	memset(&layout, 0, sizeof(layout));
 	io.buf = buf;
 	io.len = len;
 	png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &io, png_error_cb,
@@ -608,7 +591,6 @@ png_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 		png_destroy_read_struct(&png, &pinfo, NULL);
 		mt_free(rowptrs);
 		mt_free(raw);
-		mt_free(pixels);
 		if (strstr(io.msg, "memory") != NULL)
 			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory while decoding a PNG image");
 		else
@@ -633,7 +615,15 @@ png_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 
 	/* Expand to 8 or 16 bits per sample; no gamma, no compositing. */
 	if (ctype == PNG_COLOR_TYPE_PALETTE)
-		png_set_palette_to_rgb(png);
+	{
+		if (sink->palette_index && !png_palette_is_gray(png, pinfo))
+		{
+			png_set_packing(png);	/* 1, 2, 4-bit indices to one byte each */
+			layout.palette_index = 1;
+		}
+		else
+			png_set_palette_to_rgb(png);
+	}
 	if (ctype == PNG_COLOR_TYPE_GRAY && depth < 8)
 		png_set_expand_gray_1_2_4_to_8(png);
 	passes = png_set_interlace_handling(png);
@@ -645,13 +635,21 @@ png_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 	depth = png_get_bit_depth(png, pinfo);
 	rowbytes = png_get_rowbytes(png, pinfo);
 	if (channels < 1 || channels > 4 || (depth != 8 && depth != 16) ||
-		rowbytes != width * (size_t) channels * (size_t) (depth / 8))
+		rowbytes != width * (size_t) channels * (size_t) (depth / 8) ||
+		(layout.palette_index && (channels != 1 || depth != 8)))
 		png_error(png, "unexpected row layout after transformations");
 
-	fill_lut8(lut8);
-	pixels = alloc_pixels(width, height, err);
-	if (pixels == NULL)
-		png_error(png, "out of memory for the pixel buffer");
+	layout.format = "png";
+	layout.width = (int) width;
+	layout.height = (int) height;
+	layout.channels = channels;
+	layout.depth = depth;
+	rc = sink->start(sink->ctx, &layout, err);
+	if (rc != MT_OK)
+	{
+		png_destroy_read_struct(&png, &pinfo, NULL);
+		return rc;
+	}
 
 	if (passes == 1)
 	{
@@ -662,8 +660,8 @@ png_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 		for (y = 0; y < height; y++)
 		{
 			png_read_row(png, raw, NULL);
-			png_convert_row(raw, pixels + y * width * 3, width, channels, depth,
-							lut8);
+			if ((rc = sink->row(sink->ctx, (int) y, raw, err)) != MT_OK)
+				break;
 		}
 	}
 	else
@@ -679,17 +677,196 @@ png_decode(const uint8_t *buf, size_t len, size_t max_pixels, mt_image *out,
 			rowptrs[y] = raw + y * rowbytes;
 		png_read_image(png, rowptrs);
 		for (y = 0; y < height; y++)
-			png_convert_row(rowptrs[y], pixels + y * width * 3, width, channels,
-							depth, lut8);
+			if ((rc = sink->row(sink->ctx, (int) y, rowptrs[y], err)) != MT_OK)
+				break;
 	}
 
 	/* No png_read_end: what follows the image data cannot change it. */
 	png_destroy_read_struct(&png, &pinfo, NULL);
 	mt_free(rowptrs);
 	mt_free(raw);
-	out->width = (int) width;
-	out->height = (int) height;
-	out->data = pixels;
+	return rc;
+}
+
+/* ------------------------------------------------------------ PNG write -- */
+
+/* The growing output buffer of the PNG writer. */
+typedef struct mt_png_out
+{
+	uint8_t    *data;
+	size_t		len;
+	size_t		cap;
+} mt_png_out;
+
+/* libpng write callback: append to the buffer, doubling it as needed. */
+static void
+png_write_cb(png_structp png, png_bytep d, size_t n)
+{
+	mt_png_out *o = (mt_png_out *) png_get_io_ptr(png);
+
+	if (n > o->cap - o->len)
+	{
+		size_t		cap = o->cap ? o->cap : 4096;
+		uint8_t    *p;
+
+		while (cap - o->len < n)
+			if (!mt_mul_size(cap, 2, &cap))
+				png_error(png, "PNG output too large for memory");
+		p = mt_malloc(cap);
+		if (p == NULL)
+			png_error(png, "out of memory for the PNG output");
+		if (o->len > 0)
+			memcpy(p, o->data, o->len);
+		mt_free(o->data);
+		o->data = p;
+		o->cap = cap;
+	}
+	memcpy(o->data + o->len, d, n);
+	o->len += n;
+}
+
+/* libpng flush callback: nothing to flush in memory. */
+static void
+png_flush_cb(png_structp png)
+{
+	(void) png;
+}
+
+/* Encode 8-bit gray samples as a non-interlaced PNG in memory. */
+int
+mt_png_encode_gray8(const uint8_t *pix, int w, int h, uint8_t **out,
+					size_t *out_len, mt_err *err)
+{
+	mt_png_io	eio;			/* only its msg: the error callback's target */
+	mt_png_out	ob;
+	png_structp png;
+	png_infop	pinfo;
+	int			rc;
+
+	if (out == NULL || out_len == NULL)
+		return mt_seterr(err, MT_ERR_INVALID, "no output buffer given");
+	*out = NULL;
+	*out_len = 0;
+	if (pix == NULL || w <= 0 || h <= 0 || w > MT_IMAGE_MAX_SIDE || h > MT_IMAGE_MAX_SIDE)
+	{
+		mt_seterr(err, MT_ERR_INVALID, "cannot encode a %d x %d PNG", w, h);
+		mt_setdetail(err, "Each side must be between 1 and %d.", MT_IMAGE_MAX_SIDE);
+		return MT_ERR_INVALID;
+	}
+	memset(&eio, 0, sizeof(eio));
+	memset(&ob, 0, sizeof(ob));
+	png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &eio, png_error_cb,
+								  png_warning_cb);
+	if (png == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory creating a PNG encoder");
+	pinfo = png_create_info_struct(png);
+	if (pinfo == NULL)
+	{
+		png_destroy_write_struct(&png, NULL);
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory creating a PNG encoder");
+	}
+	if (setjmp(png_jmpbuf(png)))
+	{
+		png_destroy_write_struct(&png, &pinfo);
+		mt_free(ob.data);
+		if (strstr(eio.msg, "memory") != NULL)
+			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory while encoding a PNG image");
+		else
+			rc = mt_seterr(err, MT_ERR_INTERNAL, "could not encode a PNG image");
+		mt_setdetail(err, "libpng: %s.", eio.msg);
+		return rc;
+	}
+	png_set_write_fn(png, &ob, png_write_cb, png_flush_cb);
+	png_set_IHDR(png, pinfo, (png_uint_32) w, (png_uint_32) h, 8, PNG_COLOR_TYPE_GRAY,
+				 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+				 PNG_FILTER_TYPE_DEFAULT);
+	png_write_info(png, pinfo);
+	for (int y = 0; y < h; y++)
+		png_write_row(png, (png_const_bytep) (pix + (size_t) y * w));
+	png_write_end(png, NULL);
+	png_destroy_write_struct(&png, &pinfo);
+	*out = ob.data;
+	*out_len = ob.len;
+	return MT_OK;
+}
+
+/* ------------------------------------------------------ float RGB sink -- */
+
+/* State of the sink that builds an mt_image (RGB floats in [0, 1]). */
+typedef struct float_sink
+{
+	mt_row_layout layout;
+	float	   *pixels;
+	float		lut8[256];
+} float_sink;
+
+static int
+float_sink_start(void *ctx, const mt_row_layout *layout, mt_err *err)
+{
+	float_sink *fs = (float_sink *) ctx;
+
+	fs->layout = *layout;
+	fill_lut8(fs->lut8);
+	fs->pixels = alloc_pixels((size_t) layout->width, (size_t) layout->height, err);
+	return fs->pixels != NULL ? MT_OK : MT_ERR_NOMEM;
+}
+
+/*
+ * One row to RGB floats: 8-bit samples / 255, 16-bit / 65535; gray (and
+ * gray+alpha) replicated; alpha dropped; CMYK as PIL converts it.
+ */
+static int
+float_sink_row(void *ctx, int y, const uint8_t *src, mt_err *err)
+{
+	float_sink *fs = (float_sink *) ctx;
+	size_t		width = (size_t) fs->layout.width;
+	int			channels = fs->layout.channels;
+	float	   *dst = fs->pixels + (size_t) y * width * 3;
+	const float *lut8 = fs->lut8;
+	size_t		x;
+	int			c;
+
+	(void) err;
+	if (fs->layout.cmyk)
+	{
+		int			inverted = fs->layout.cmyk == 2;
+
+		/* CMYK -> RGB as PIL: R = (255 - C) * (255 - K) / 255 (ink values) */
+		for (x = 0; x < width; x++, src += 4, dst += 3)
+		{
+			double		cc = inverted ? src[0] : 255 - src[0];
+			double		m = inverted ? src[1] : 255 - src[1];
+			double		yy = inverted ? src[2] : 255 - src[2];
+			double		k = inverted ? src[3] : 255 - src[3];
+
+			dst[0] = (float) (cc * k / 65025.0);
+			dst[1] = (float) (m * k / 65025.0);
+			dst[2] = (float) (yy * k / 65025.0);
+		}
+	}
+	else if (fs->layout.depth == 8)
+	{
+		for (x = 0; x < width; x++, src += channels, dst += 3)
+		{
+			if (channels <= 2)
+				dst[0] = dst[1] = dst[2] = lut8[src[0]];
+			else
+				for (c = 0; c < 3; c++)
+					dst[c] = lut8[src[c]];
+		}
+	}
+	else
+	{
+		for (x = 0; x < width; x++, src += 2 * channels, dst += 3)
+		{
+			if (channels <= 2)
+				dst[0] = dst[1] = dst[2] =
+					(float) (((src[0] << 8) | src[1]) / 65535.0);
+			else
+				for (c = 0; c < 3; c++)
+					dst[c] = (float) (((src[2 * c] << 8) | src[2 * c + 1]) / 65535.0);
+		}
+	}
 	return MT_OK;
 }
 
@@ -730,6 +907,10 @@ int
 mt_image_decode(const uint8_t *buf, size_t len, size_t max_pixels,
 				mt_image *out, mt_err *err)
 {
+	float_sink	fs;
+	mt_row_sink sink;
+	int			rc;
+
 	if (out == NULL)
 		return mt_seterr(err, MT_ERR_INVALID, "no output image given");
 	out->width = 0;
@@ -737,10 +918,36 @@ mt_image_decode(const uint8_t *buf, size_t len, size_t max_pixels,
 	out->data = NULL;
 	if (buf == NULL || len == 0)
 		return mt_seterr(err, MT_ERR_CORRUPT, "image data is empty");
+	memset(&fs, 0, sizeof(fs));
+	memset(&sink, 0, sizeof(sink));
+	sink.start = float_sink_start;
+	sink.row = float_sink_row;
+	sink.ctx = &fs;
+	rc = mt_image_decode_rows(buf, len, max_pixels, &sink, err);
+	if (rc != MT_OK)
+	{
+		mt_free(fs.pixels);
+		return rc;
+	}
+	out->width = fs.layout.width;
+	out->height = fs.layout.height;
+	out->data = fs.pixels;
+	return MT_OK;
+}
+
+/* Decode a JPEG or PNG into a sink's rows. */
+int
+mt_image_decode_rows(const uint8_t *buf, size_t len, size_t max_pixels,
+					 const mt_row_sink *sink, mt_err *err)
+{
+	if (sink == NULL || sink->start == NULL || sink->row == NULL)
+		return mt_seterr(err, MT_ERR_INVALID, "no row sink given");
+	if (buf == NULL || len == 0)
+		return mt_seterr(err, MT_ERR_CORRUPT, "image data is empty");
 	if (is_jpeg(buf, len))
-		return jpeg_decode(buf, len, max_pixels, out, err);
+		return jpeg_decode(buf, len, max_pixels, sink, err);
 	if (is_png(buf, len))
-		return png_decode(buf, len, max_pixels, out, err);
+		return png_decode(buf, len, max_pixels, sink, err);
 	mt_seterr(err, MT_ERR_CORRUPT, "unrecognised image format");
 	mt_setdetail(err, "Only JPEG and PNG images are supported.");
 	return MT_ERR_CORRUPT;

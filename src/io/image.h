@@ -49,6 +49,53 @@ int			mt_image_decode(const uint8_t *buf, size_t len, size_t max_pixels,
 void		mt_image_free(mt_image *img);
 
 /*
+ * Lower level: decode rows of raw samples into a caller's sink, for decoders
+ * of other pixel kinds (masks, src/io/mask.c) that share the JPEG/PNG code
+ * and its error handling.  The layout of the rows a sink receives:
+ */
+typedef struct mt_row_layout
+{
+	const char *format;			/* "jpeg" or "png" */
+	int			width;
+	int			height;
+	int			channels;		/* 1 gray (or palette index), 2 gray+alpha, 3 RGB, 4 RGBA or CMYK */
+	int			depth;			/* 8 or 16 bits per sample; 16-bit samples big-endian */
+	int			cmyk;			/* JPEG: 0; 1 CMYK ink values; 2 Adobe-inverted CMYK */
+	int			palette_index;	/* PNG: samples are indices into a colour palette */
+} mt_row_layout;
+
+typedef struct mt_row_sink
+{
+	/* JPEG: ask libjpeg for luminance only, whatever the colour space */
+	int			jpeg_gray;
+	/*
+	 * PNG: deliver a colour palette's indices (8 bits, 1 channel) instead of
+	 * its colours; a palette whose entries are all gray is still expanded.
+	 */
+	int			palette_index;
+	/* once the layout is known, before any row; MT_OK or an error (err set) */
+	int			(*start) (void *ctx, const mt_row_layout *layout, mt_err *err);
+	/* row y (0 .. height-1, in order): MT_OK, or an error (err set) to stop */
+	int			(*row) (void *ctx, int y, const uint8_t *samples, mt_err *err);
+	void	   *ctx;
+} mt_row_sink;
+
+/*
+ * Decode into sink: dimension checks as mt_image_decode; on any error the
+ * decoder's own state is freed and what the sink allocated is the caller's
+ * to free.
+ */
+int			mt_image_decode_rows(const uint8_t *buf, size_t len, size_t max_pixels,
+								 const mt_row_sink *sink, mt_err *err);
+
+/*
+ * Encode w x h 8-bit gray samples as a PNG in memory.  *out is mt_malloc'd
+ * (free with mt_free); on error *out is NULL.
+ */
+int			mt_png_encode_gray8(const uint8_t *pix, int w, int h, uint8_t **out,
+								size_t *out_len, mt_err *err);
+
+/*
  * Resize to out_w x out_h with PIL's Image.BILINEAR (a triangle filter whose
  * support widens when shrinking, i.e. antialiased), separably: horizontal
  * pass first, then vertical, as PIL does.

@@ -28,6 +28,22 @@ void		medtl_engine_enter(void);
 float	   *medtl_image_tensor(bytea *image, int size, const float mean[3],
 							   const float std[3]);
 
+/* Segmentation masks (seg_metrics.c). */
+struct mt_mask;
+/*
+ * Decode a mask (mt_mask_decode under medtl.max_image_pixels) or raise
+ * "invalid <what>: ..." with the SQLSTATE of the engine error.
+ */
+void		medtl_decode_mask(bytea *mask, const char *what, struct mt_mask *out);
+/*
+ * Decode two masks and count foreground pixels: |P∩T|, |P|, |T|.
+ * Foreground is value == cls when cls >= 0, else nonzero (above 127 in a
+ * JPEG mask).  Raises on corrupt bytes, masks of different sizes (22000) or
+ * a class beyond 255.
+ */
+void		medtl_mask_counts(bytea *pred, bytea *truth, int cls, int64 *inter,
+							  int64 *psum, int64 *tsum);
+
 /* A model loaded for inference (model.c). */
 typedef struct MedtlModel
 {

@@ -1,17 +1,127 @@
 /*
  * test_augment.c - augmentation: identity when off, flips mirror exactly,
  * brightness scales, rotation by 0 and a full crop change nothing, the same
- * seed repeats, and outputs stay in the normalised range.
+ * seed repeats, and outputs stay in the normalised range.  The image+mask
+ * version: its image is mt_augment_image's for the same rng state, and the
+ * mask moves with the image under flips, rotations and crops.
  *
  *   make unittest && test/bin/test_augment
  */
 #include "io/augment.h"
+#include "io/mask.h"
 #include "mt_test.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #define S 17
+#define P 48
+
+/*
+ * The pair version against the image alone, on an image of two flat regions
+ * (a disc of 200 on 20) whose mask is the disc thresholded: where the image
+ * is exactly one region's value its four bilinear taps all lie in that
+ * region, so the nearest pixel does too and the mask must agree.
+ */
+static void
+test_pair(void)
+{
+	static const float mean[3] = {0.5f, 0.5f, 0.5f};
+	static const float stdv[3] = {0.25f, 0.25f, 0.25f};
+	static uint8_t img[P * P * 3],
+				mask[P * P],
+				mout[P * P];
+	static float out[P * P * 3],
+				out2[P * P * 3];
+	mt_augment	cfgs[4] = {
+		{1, 0, 0, 0, 1.0f},		/* flips only */
+		{0, 30.0f, 0, 0, 1.0f},	/* rotation only */
+		{1, 20.0f, 0.2f, 0.2f, 0.6f},	/* everything */
+		{0, 0, 0, 0, 1.0f}		/* nothing */
+	};
+	int			identical = 1,
+				same_state = 1,
+				consistent = 1,
+				checked = 0,
+				ignore_seen = 0,
+				flipped_exact = 1,
+				fg_kept = 1;
+
+	for (int y = 0; y < P; y++)
+		for (int x = 0; x < P; x++)
+		{
+			int			in = (x - 20) * (x - 20) + (y - 26) * (y - 26) < 120;
+
+			for (int c = 0; c < 3; c++)
+				img[(y * P + x) * 3 + c] = in ? 200 : 20;
+			mask[y * P + x] = img[(y * P + x) * 3] > 127;
+		}
+	for (int c = 0; c < 4; c++)
+		for (int t = 0; t < 25; t++)
+		{
+			mt_rng		r1,
+						r2;
+
+			mt_rng_seed(&r1, (uint64_t) t, (uint64_t) c);
+			r2 = r1;
+			mt_augment_image(img, P, &cfgs[c], &r1, mean, stdv, out);
+			mt_augment_pair(img, mask, P, &cfgs[c], &r2, mean, stdv, out2, mout);
+			identical &= memcmp(out, out2, sizeof(out)) == 0;
+			same_state &= memcmp(&r1, &r2, sizeof(r1)) == 0;
+			for (int i = 0; i < P * P; i++)
+			{
+				/* back to the 0..255 scale before brightness/contrast (none in cfgs 0, 1, 3) */
+				double		raw = (out2[i * 3] * stdv[0] + mean[0]) * 255.0;
+
+				if (mout[i] == MT_MASK_IGNORE)
+				{
+					ignore_seen++;
+					continue;
+				}
+				if (c == 2)
+					continue;
+				if (fabs(raw - 200) < 1e-3)
+					consistent &= mout[i] == 1, checked++;
+				else if (fabs(raw - 20) < 1e-3)
+					consistent &= mout[i] == 0, checked++;
+			}
+			if (c == 0 || c == 3)
+			{
+				/* flips: the mask is the source or its exact mirror, nothing ignored */
+				int			same = 1,
+							mirror = 1;
+
+				for (int y = 0; y < P; y++)
+					for (int x = 0; x < P; x++)
+					{
+						same &= mout[y * P + x] == mask[y * P + x];
+						mirror &= mout[y * P + x] == mask[y * P + P - 1 - x];
+					}
+				flipped_exact &= same || mirror;
+			}
+			if (c == 1)
+			{
+				/* a rotation about the centre keeps the centre's class */
+				fg_kept &= mout[(P / 2) * P + P / 2] == mask[(P / 2) * P + P / 2];
+			}
+		}
+	CHECK(identical, "pair image equals mt_augment_image for the same rng state");
+	CHECK(same_state, "both advance the rng alike");
+	CHECK(consistent && checked > 75 * P * P / 2, "mask agrees (%d pixels checked)", checked);
+	CHECK(consistent, "mask agrees with the image wherever the image is one region's value");
+	CHECK(flipped_exact, "flipped masks are exact mirrors");
+	CHECK(fg_kept, "rotation keeps the centre pixel");
+	CHECK(ignore_seen > 0, "pixels rotated in from outside are marked ignore");
+
+	/* nothing on: the mask is copied as is, nothing ignored */
+	{
+		mt_rng		r;
+
+		mt_rng_seed(&r, 9, 9);
+		mt_augment_pair(img, mask, P, &cfgs[3], &r, mean, stdv, out2, mout);
+		CHECK(memcmp(mout, mask, sizeof(mask)) == 0, "no augmentation copies the mask");
+	}
+}
 
 int
 main(int argc, char **argv)
@@ -110,6 +220,7 @@ main(int argc, char **argv)
 		mt_augment_image(img, S, &all, &r, mean, stdv, out2);
 		CHECK(memcmp(out, out2, sizeof(out)) != 0, "the next draw differs");
 	}
+	test_pair();
 	(void) argc;
 	(void) argv;
 	return TEST_SUMMARY("augment");
