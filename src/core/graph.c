@@ -354,6 +354,19 @@ mt_model_prepare(mt_model *m, mt_err *err)
 				}
 			}
 		}
+		else if (n->kind == MT_NODE_CONV_TRANSPOSE)
+		{
+			/* packed once; nothing is folded into a transposed convolution */
+			mt_conv_desc d = mt_node_tconv_desc(n, MT_ACT_NONE);
+
+			n->packed = mt_malloc(mt_conv_packed_size(&d) * sizeof(float));
+			n->packed_bias = mt_calloc(n->cout, sizeof(float));
+			if (n->packed == NULL || n->packed_bias == NULL)
+				goto nomem;
+			mt_conv_pack_oihw(&d, m->params[n->p_weight].data, n->packed);
+			if (n->p_bias >= 0)
+				memcpy(n->packed_bias, m->params[n->p_bias].data, sizeof(float) * n->cout);
+		}
 		else if (n->kind == MT_NODE_BN)
 		{
 			int			c = m->params[n->p_bn_weight].shape[0];
@@ -387,6 +400,19 @@ mt_model_prepare(mt_model *m, mt_err *err)
 nomem:
 	free_packed(m);
 	return mt_seterr(err, MT_ERR_NOMEM, "out of memory preparing model %s", m->arch);
+}
+
+/* The convolution a transposed convolution node transposes (graph.h). */
+mt_conv_desc
+mt_node_tconv_desc(const mt_node *n, mt_act act)
+{
+	mt_conv_desc d = conv_desc(n, act);
+
+	d.cin = n->cout;
+	d.cout = n->cin;
+	d.dh = d.dw = 1;
+	d.groups = 1;
+	return d;
 }
 
 /* The conv descriptor with padding resolved for an h x w input. */
@@ -448,6 +474,36 @@ mt_model_shapes(const mt_model *m, int h, int w, mt_shape3 *shp,
 						*scratch_len = s;
 					break;
 				}
+			case MT_NODE_CONV_TRANSPOSE:
+				{
+					mt_conv_desc d = mt_node_tconv_desc(nd, MT_ACT_NONE);
+					size_t		s;
+
+					if (in.c != nd->cin)
+						return mt_seterr(err, MT_ERR_SHAPE, "node %d: %d input channels, expected %d",
+										 i, in.c, nd->cin);
+					if (nd->groups != 1 || nd->dh != 1 || nd->dw != 1)
+						return mt_seterr(err, MT_ERR_UNSUPPORTED,
+										 "node %d: transposed convolution with groups or dilation", i);
+					shp[i].h = mt_conv_transpose_out_size(in.h, d.kh, d.sh, d.pad_t, d.pad_b);
+					shp[i].w = mt_conv_transpose_out_size(in.w, d.kw, d.sw, d.pad_l, d.pad_r);
+					shp[i].c = nd->cout;
+					if (shp[i].h > (1 << 20) || shp[i].w > (1 << 20))
+						return mt_seterr(err, MT_ERR_LIMIT, "node %d: output of %dx%d is too large",
+										 i, shp[i].h, shp[i].w);
+					/* forward col buffer and backward im2col: the same size */
+					s = mt_conv_scratch_size(&d, shp[i].h, shp[i].w);
+					if (s > *scratch_len)
+						*scratch_len = s;
+					break;
+				}
+			case MT_NODE_UPSAMPLE:
+				if (nd->scale_factor < 1 || nd->scale_factor > 64 ||
+					in.h > (1 << 20) / nd->scale_factor || in.w > (1 << 20) / nd->scale_factor)
+					return mt_seterr(err, MT_ERR_LIMIT, "node %d: upsampling %dx%d by %d",
+									 i, in.h, in.w, nd->scale_factor);
+				shp[i] = (mt_shape3) {in.h * nd->scale_factor, in.w * nd->scale_factor, in.c};
+				break;
 			case MT_NODE_MAXPOOL:
 			case MT_NODE_AVGPOOL:
 				shp[i].h = mt_out_size(in.h, nd->pool_k, nd->pool_s, 1, nd->pool_p, nd->pool_p);
@@ -554,6 +610,22 @@ mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
 		case MT_NODE_SCALE:
 			be->scale_channels(n, (size_t) in.h * in.w, in.c, a, b, y);
 			break;
+		case MT_NODE_UPSAMPLE:
+			if (be->upsample_bilinear == NULL)
+				return mt_seterr(err, MT_ERR_UNSUPPORTED, "the %s backend has no bilinear upsampling",
+								 be->name);
+			be->upsample_bilinear(n, in.h, in.w, in.c, nd->scale_factor, a, y);
+			break;
+		case MT_NODE_CONV_TRANSPOSE:
+			{
+				mt_conv_desc d = mt_node_tconv_desc(nd, nd->run_act);
+
+				if (be->conv_transpose2d == NULL)
+					return mt_seterr(err, MT_ERR_UNSUPPORTED,
+									 "the %s backend has no transposed convolution", be->name);
+				return be->conv_transpose2d(&d, n, in.h, in.w, a, nd->packed, nd->packed_bias,
+											y, scratch, err);
+			}
 		case MT_NODE_LINEAR:
 			be->linear(n, nd->in_features, nd->out_features, a,
 					   m->params[nd->p_weight].data,
@@ -793,14 +865,23 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 				goto done;
 		}
 
+		/* whole node outputs: a spatial logits node (U-Net) is h x w x c per image */
 		if (features != NULL && m->features_node >= 0)
-			memcpy(features + (size_t) s0 * p->shp[m->features_node].c,
-				   p->arena + p->off[p->owner[m->features_node]],
-				   sizeof(float) * r * p->shp[m->features_node].c);
+		{
+			mt_shape3	f = p->shp[m->features_node];
+			size_t		per = (size_t) f.h * f.w * f.c;
+
+			memcpy(features + (size_t) s0 * per,
+				   p->arena + p->off[p->owner[m->features_node]], sizeof(float) * r * per);
+		}
 		if (logits != NULL && m->logits_node >= 0)
-			memcpy(logits + (size_t) s0 * p->shp[m->logits_node].c,
-				   p->arena + p->off[p->owner[m->logits_node]],
-				   sizeof(float) * r * p->shp[m->logits_node].c);
+		{
+			mt_shape3	l = p->shp[m->logits_node];
+			size_t		per = (size_t) l.h * l.w * l.c;
+
+			memcpy(logits + (size_t) s0 * per,
+				   p->arena + p->off[p->owner[m->logits_node]], sizeof(float) * r * per);
+		}
 	}
 done:
 	if (p->total * sizeof(float) > MT_ARENA_KEEP || m->no_arena_keep)
@@ -848,6 +929,12 @@ mt_model_memory(const mt_model *m)
 		if (m->nodes[i].packed != NULL && m->nodes[i].kind == MT_NODE_CONV)
 		{
 			mt_conv_desc d = conv_desc(&m->nodes[i], MT_ACT_NONE);
+
+			total += (mt_conv_packed_size(&d) + m->nodes[i].cout) * sizeof(float);
+		}
+		else if (m->nodes[i].packed != NULL && m->nodes[i].kind == MT_NODE_CONV_TRANSPOSE)
+		{
+			mt_conv_desc d = mt_node_tconv_desc(&m->nodes[i], MT_ACT_NONE);
 
 			total += (mt_conv_packed_size(&d) + m->nodes[i].cout) * sizeof(float);
 		}

@@ -34,7 +34,10 @@ typedef enum mt_node_kind
 	MT_NODE_GELU,				/* exact (erf) GELU */
 	MT_NODE_CLASS_TOKEN,		/* the first token of each sequence */
 	MT_NODE_CONCAT,				/* channels of in0 then of in1 (same h x w) */
-	MT_NODE_SCALE				/* in0 (h x w x c) times in1 (1 x 1 x c) per channel */
+	MT_NODE_SCALE,				/* in0 (h x w x c) times in1 (1 x 1 x c) per channel */
+	/* U-Net decoder nodes (ops_cpu_unet.c) */
+	MT_NODE_UPSAMPLE,			/* bilinear, align_corners=False, by scale_factor */
+	MT_NODE_CONV_TRANSPOSE		/* ConvTranspose2d: weight [cin][cout][kh][kw] */
 } mt_node_kind;
 
 /*
@@ -73,7 +76,11 @@ typedef struct mt_node
 				in1;			/* input node indices, -1 if unused */
 	mt_act		act;			/* activation applied by this node (as built) */
 
-	/* convolution */
+	/*
+	 * convolution; a transposed convolution uses cin, cout (its own input
+	 * and output channels), kh, kw, sh, sw, pad_h, pad_w (groups and
+	 * dilation 1; TF "SAME" padding does not apply to it)
+	 */
 	int			cin,
 				cout,
 				kh,
@@ -99,6 +106,9 @@ typedef struct mt_node
 	int			pool_k,
 				pool_s,
 				pool_p;
+
+	/* upsampling: integer factor of both sides */
+	int			scale_factor;
 
 	/* linear */
 	int			in_features,
@@ -152,6 +162,13 @@ typedef struct mt_model
 	int			features_node;	/* pooled backbone features */
 	int			logits_node;
 	int			feature_dim;
+	/*
+	 * Tensor-name prefix of the pretrained part of a model whose head is
+	 * not a single layer (a U-Net's "encoder."): mt_model_freeze(m,
+	 * "backbone") freezes exactly those tensors.  NULL: the backbone is
+	 * everything but the logits node.
+	 */
+	const char *backbone_prefix;
 	int			prepared;
 	const mt_backend *backend;
 
@@ -188,8 +205,9 @@ int			mt_model_check_complete(const mt_model *m, mt_err *err);
 /* Inference. */
 int			mt_model_prepare(mt_model *m, mt_err *err);
 /*
- * x is n x h x w x 3 (NHWC, normalised).  logits (n x num_classes) and
- * features (n x feature_dim) may each be NULL.
+ * x is n x h x w x 3 (NHWC, normalised).  logits (n x num_classes, or for
+ * a spatial logits node such as a U-Net's n x oh x ow x num_classes, the
+ * node's whole output) and features (n x feature_dim) may each be NULL.
  */
 int			mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 							 float *logits, float *features, mt_err *err);
@@ -218,6 +236,11 @@ typedef struct mt_shape3
  */
 int			mt_model_shapes(const mt_model *m, int h, int w, mt_shape3 *shp,
 							size_t *scratch_len, mt_err *err);
+/*
+ * The convolution a transposed-convolution node is the transpose of (ops.h:
+ * cin and cout swapped), with its own symmetric padding.
+ */
+mt_conv_desc mt_node_tconv_desc(const mt_node *n, mt_act act);
 /* A node's convolution with padding resolved for an h x w input. */
 mt_conv_desc mt_node_conv_desc(const mt_model *m, const mt_node *n, int h, int w,
 							   mt_act act);

@@ -94,6 +94,12 @@ void		mt_conv_unpack_add_oihw(const mt_conv_desc *d, const float *packed, float 
  * entries need the same.
  */
 size_t		mt_conv_scratch_size(const mt_conv_desc *d, int h, int w);
+/*
+ * Output size of a transposed convolution over an input of `in` (the
+ * convolution it transposes has kernel k, stride s, padding before and
+ * after): (in - 1) s - before - after + k; 0 when that is not positive.
+ */
+int			mt_conv_transpose_out_size(int in, int k, int s, int pad_before, int pad_after);
 
 typedef struct mt_backend
 {
@@ -249,6 +255,44 @@ typedef struct mt_backend
 	/* dpatches, dcls, dpos (each may be NULL) of vit_tokens */
 	void		(*vit_tokens_backward) (int n, int p, int d, const float *dy,
 										float *dpatches, float *dcls, float *dpos);
+
+	/*
+	 * U-Net decoder operations (ops_cpu_unet.c; the CUDA backend leaves
+	 * them NULL and the graph answers MT_ERR_UNSUPPORTED).
+	 *
+	 * Bilinear upsampling of n images of h x w x c by the integer factor f
+	 * to (h f) x (w f), as torch's F.interpolate(scale_factor=f,
+	 * mode="bilinear", align_corners=False): output row oy reads source
+	 * row s = max(0, (oy + 0.5) / f - 0.5), rows floor(s) and the next one
+	 * (clamped to the last) weighted 1 - frac(s) and frac(s); columns alike.
+	 */
+	void		(*upsample_bilinear) (int n, int h, int w, int c, int f,
+									  const float *x, float *y);
+	/* dx (n x h x w x c) += the adjoint of upsample_bilinear applied to dy */
+	void		(*upsample_bilinear_backward) (int n, int h, int w, int c, int f,
+											   const float *dy, float *dx);
+
+	/*
+	 * Transposed convolution (torch's ConvTranspose2d, groups 1, dilation
+	 * 1, no output padding), described by d, the convolution it is the
+	 * transpose of: that convolution maps y (oh x ow x d->cin) to x
+	 * (h x w x d->cout), so here x (n x h x w x d->cout) becomes
+	 * y (n x oh x ow x d->cin), oh = (h - 1) sh - pad_t - pad_b + kh.
+	 * packed_w is ConvTranspose2d's weight [d->cout][d->cin][kh][kw] packed
+	 * by mt_conv_pack_oihw(d, ...) (that layout read as OIHW is exactly d's
+	 * weight); bias (d->cin values) may be NULL; d->act is applied last.
+	 * scratch holds mt_conv_scratch_size(d, oh, ow) floats.  Its gradient
+	 * with respect to the weights is conv2d_backward_weight(d, n, oh, ow,
+	 * dy, x, ...), and with respect to x:
+	 */
+	int			(*conv_transpose2d) (const mt_conv_desc *d, int n, int h, int w,
+									 const float *x, const float *packed_w,
+									 const float *bias, float *y, float *scratch,
+									 mt_err *err);
+	/* dx (n x h x w x d->cout) += the convolution d applied to dy (n x oh x ow x d->cin) */
+	int			(*conv_transpose2d_backward_data) (const mt_conv_desc *d, int n, int h, int w,
+												   const float *dy, const float *packed_w,
+												   float *dx, float *scratch, mt_err *err);
 
 	/*
 	 * Memory of a backend whose tensors do not live in host memory (CUDA).

@@ -661,6 +661,10 @@ const mt_backend mt_cpu_backend = {
 	.attention_backward = mt_cpu_attention_backward,
 	.vit_tokens = mt_cpu_vit_tokens,
 	.vit_tokens_backward = mt_cpu_vit_tokens_backward,
+	.upsample_bilinear = mt_cpu_upsample_bilinear,
+	.upsample_bilinear_backward = mt_cpu_upsample_bilinear_backward,
+	.conv_transpose2d = mt_cpu_conv_transpose2d,
+	.conv_transpose2d_backward_data = mt_cpu_conv_transpose2d_backward_data,
 	/* host memory: no memory entries */
 	.mem_alloc = NULL,
 	.mem_free = NULL,

@@ -44,6 +44,19 @@ void		mt_cpu_scale_channels_backward(int n, size_t hw, int c, const float *x,
 										   const float *s, const float *dy,
 										   float *dx, float *ds);
 
+/* U-Net decoder kernels (ops_cpu_unet.c), entries of mt_cpu_backend. */
+void		mt_cpu_upsample_bilinear(int n, int h, int w, int c, int f,
+									 const float *x, float *y);
+void		mt_cpu_upsample_bilinear_backward(int n, int h, int w, int c, int f,
+											  const float *dy, float *dx);
+int			mt_cpu_conv_transpose2d(const mt_conv_desc *d, int n, int h, int w,
+									const float *x, const float *packed_w,
+									const float *bias, float *y, float *scratch,
+									mt_err *err);
+int			mt_cpu_conv_transpose2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+												  const float *dy, const float *packed_w,
+												  float *dx, float *scratch, mt_err *err);
+
 /* Training kernels (ops_cpu_train.c), entries of mt_cpu_backend. */
 int			mt_cpu_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 										const float *dy, const float *packed_w,

@@ -88,7 +88,8 @@ node_applies_act(const mt_node *nd)
 {
 	return nd->act != MT_ACT_NONE &&
 		(nd->kind == MT_NODE_CONV || nd->kind == MT_NODE_BN ||
-		 nd->kind == MT_NODE_ACT || nd->kind == MT_NODE_ADD);
+		 nd->kind == MT_NODE_ACT || nd->kind == MT_NODE_ADD ||
+		 nd->kind == MT_NODE_CONV_TRANSPOSE);
 }
 
 /* Elements of node i's output. */
@@ -164,6 +165,8 @@ freeze_flag(const mt_model *m, int mode, int last, int i)
 		return 1;
 	if (mode == 2)
 		return i > last;
+	if (m->backbone_prefix != NULL)
+		return strncmp(m->params[i].name, m->backbone_prefix, strlen(m->backbone_prefix)) != 0;
 	head = &m->nodes[m->logits_node];
 	return i == head->p_weight || i == head->p_bias;
 }
@@ -195,6 +198,8 @@ mt_model_freeze(mt_model *m, const char *upto, mt_err *err)
 			mt_seterr(err, MT_ERR_INVALID, "unknown stage \"%s\" for architecture %s",
 					  upto, m->arch);
 			mt_setdetail(err, "A stage is a parameter-name prefix such as \"%s\", or \"none\" or \"backbone\".",
+						 strncmp(m->arch, "unet_resnet", 11) == 0 ? "encoder.layer3" :
+						 strncmp(m->arch, "unet_", 5) == 0 ? "encoder.features.13" :
 						 strncmp(m->arch, "resnet", 6) == 0 ? "layer3" :
 						 strncmp(m->arch, "vit_", 4) == 0 ? "encoder.layers.encoder_layer_9" :
 						 strncmp(m->arch, "densenet", 8) == 0 ? "features.denseblock3" :
@@ -340,6 +345,18 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 				be->channel_affine(rows, c, a, scale, shift, nd->act, y);
 				break;
 			}
+		case MT_NODE_CONV_TRANSPOSE:
+			{
+				mt_conv_desc d = mt_node_tconv_desc(nd, nd->act);
+
+				if (be->conv_transpose2d == NULL)
+					return mt_seterr(err, MT_ERR_UNSUPPORTED,
+									 "the %s backend has no transposed convolution", be->name);
+				mt_conv_pack_oihw(&d, m->params[nd->p_weight].data, wpack);
+				return be->conv_transpose2d(&d, n, in.h, in.w, a, wpack,
+											nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL,
+											y, scratch, err);
+			}
 		case MT_NODE_ADD:
 			/* the activation as built (inference may have fused another into run_act) */
 			be->add_act(len, a, b, nd->act, y);
@@ -450,9 +467,11 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 			last_use[st->owner[nd->in1]] = i;
 		if (i >= fast_end)
 		{
-			if (nd->kind == MT_NODE_CONV)
+			if (nd->kind == MT_NODE_CONV || nd->kind == MT_NODE_CONV_TRANSPOSE)
 			{
-				mt_conv_desc d = mt_node_conv_desc(m, nd, 1, 1, MT_ACT_NONE);
+				mt_conv_desc d = nd->kind == MT_NODE_CONV ?
+					mt_node_conv_desc(m, nd, 1, 1, MT_ACT_NONE) :
+					mt_node_tconv_desc(nd, MT_ACT_NONE);
 				size_t		sz = mt_conv_packed_size(&d);
 
 				if (sz > wpack_len)
@@ -477,7 +496,8 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 			mark_read(st, st->owner[nd->in0], j);
 			mark_read(st, st->owner[nd->in1], j);
 		}
-		if ((nd->kind == MT_NODE_CONV && param_trains(m, nd->p_weight)) ||
+		if (((nd->kind == MT_NODE_CONV || nd->kind == MT_NODE_CONV_TRANSPOSE) &&
+			 param_trains(m, nd->p_weight)) ||
 			(nd->kind == MT_NODE_LINEAR && param_trains(m, nd->p_weight)) ||
 			(nd->kind == MT_NODE_BN && bn_uses_batch(m, nd)) ||
 			nd->kind == MT_NODE_MAXPOOL ||
@@ -742,6 +762,54 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 				}
 				return MT_OK;
 			}
+		case MT_NODE_CONV_TRANSPOSE:
+			{
+				mt_conv_desc d = mt_node_tconv_desc(nd, MT_ACT_NONE);
+
+				if (param_trains(m, nd->p_weight))
+				{
+					float	   *g = param_grad(m, nd->p_weight);
+
+					if (g == NULL)
+						goto nomem;
+					/* the transposed convolution's weight is d's: d maps dy to x */
+					memset(c->dwpack, 0, mt_conv_packed_size(&d) * sizeof(float));
+					if ((rc = be->conv2d_backward_weight(&d, n, out.h, out.w, dy, x, c->dwpack,
+														 c->scratch, err)) != MT_OK)
+						return rc;
+					mt_conv_unpack_add_oihw(&d, c->dwpack, g);
+				}
+				if (param_trains(m, nd->p_bias))
+				{
+					float	   *g = param_grad(m, nd->p_bias);
+
+					if (g == NULL)
+						goto nomem;
+					be->bias_backward(rows_out, out.c, dy, g);
+				}
+				if (want_dx)
+				{
+					if (be->conv_transpose2d_backward_data == NULL)
+						return mt_seterr(err, MT_ERR_UNSUPPORTED,
+										 "the %s backend has no transposed convolution", be->name);
+					if ((dx = grad_buf(c, in0)) == NULL)
+						goto nomem;
+					mt_conv_pack_oihw(&d, m->params[nd->p_weight].data, c->wpack);
+					rc = be->conv_transpose2d_backward_data(&d, n, in.h, in.w, dy, c->wpack, dx,
+															c->scratch, err);
+				}
+				return rc;
+			}
+		case MT_NODE_UPSAMPLE:
+			if (!want_dx)
+				return MT_OK;
+			if (be->upsample_bilinear_backward == NULL)
+				return mt_seterr(err, MT_ERR_UNSUPPORTED, "the %s backend has no bilinear upsampling",
+								 be->name);
+			if ((dx = grad_buf(c, in0)) == NULL)
+				goto nomem;
+			be->upsample_bilinear_backward(n, in.h, in.w, in.c, nd->scale_factor, dy, dx);
+			return MT_OK;
 		case MT_NODE_MAXPOOL:
 		case MT_NODE_AVGPOOL:
 			{
@@ -856,10 +924,15 @@ mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
 
 		if (!st->req[i])
 			continue;
-		if (nd->kind == MT_NODE_CONV)
+		if (nd->kind == MT_NODE_CONV || nd->kind == MT_NODE_CONV_TRANSPOSE)
 		{
-			mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, MT_ACT_NONE);
-			size_t		s = mt_conv_scratch_size(&d, in.h, in.w);
+			mt_conv_desc d = nd->kind == MT_NODE_CONV ?
+				mt_node_conv_desc(m, nd, in.h, in.w, MT_ACT_NONE) :
+				mt_node_tconv_desc(nd, MT_ACT_NONE);
+			/* a transposed convolution's im2col runs over its output */
+			size_t		s = nd->kind == MT_NODE_CONV ?
+				mt_conv_scratch_size(&d, in.h, in.w) :
+				mt_conv_scratch_size(&d, st->shp[i].h, st->shp[i].w);
 
 			if (s > scratch_len)
 				scratch_len = s;
@@ -1006,6 +1079,162 @@ mt_loss_cross_entropy(const float *logits, const int *labels, int n, int c,
 	mt_free(p);
 	if (loss_out != NULL)
 		*loss_out = (float) total;
+	return MT_OK;
+}
+
+/* Softmax of one pixel's c logits into p (double); returns log sum exp z. */
+static double
+softmax_pixel(const float *z, int c, double *p)
+{
+	double		mx = z[0],
+				sum = 0.0;
+
+	for (int j = 1; j < c; j++)
+		mx = z[j] > mx ? z[j] : mx;
+	for (int j = 0; j < c; j++)
+	{
+		p[j] = exp((double) z[j] - mx);
+		sum += p[j];
+	}
+	for (int j = 0; j < c; j++)
+		p[j] /= sum;
+	return mx + log(sum);
+}
+
+/* Pixel cross-entropy plus soft Dice over a batch of masks (see train.h). */
+int
+mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int hw, int c,
+					 const float *class_weights, float ce_weight, float dice_weight,
+					 float *loss_out, float *dlogits, mt_err *err)
+{
+	size_t		pixels,
+				len;
+	double	   *p = NULL,
+			   *inter = NULL,
+			   *psum,
+			   *gsum,
+			   *dp;
+	double		norm = 0.0,
+				ce = 0.0,
+				dice = 0.0;
+	size_t		valid = 0;
+
+	if (n <= 0 || hw <= 0)
+		return mt_seterr(err, MT_ERR_INVALID, "empty batch for the segmentation loss");
+	if (c < 2 || c > 255)
+		return mt_seterr(err, MT_ERR_INVALID,
+						 "the segmentation loss needs between 2 and 255 classes, not %d", c);
+	if (!(ce_weight >= 0.0f) || !isfinite(ce_weight) ||
+		!(dice_weight >= 0.0f) || !isfinite(dice_weight))
+		return mt_seterr(err, MT_ERR_INVALID,
+						 "loss weights must be finite and not negative, not %g and %g",
+						 ce_weight, dice_weight);
+	if (!mt_mul_size((size_t) n, (size_t) hw, &pixels) || !mt_mul_size(pixels, (size_t) c, &len))
+		return mt_seterr(err, MT_ERR_LIMIT, "segmentation batch of %d x %d pixels is too large", n, hw);
+	if (class_weights != NULL)
+		for (int j = 0; j < c; j++)
+			if (!isfinite(class_weights[j]) || class_weights[j] < 0.0f)
+				return mt_seterr(err, MT_ERR_INVALID,
+								 "class weight %d must be finite and not negative", j);
+	for (size_t i = 0; i < pixels; i++)
+		if (masks[i] != 255 && masks[i] >= c)
+			return mt_seterr(err, MT_ERR_INVALID,
+							 "mask value %d out of range for %d classes (255 marks a pixel to ignore)",
+							 masks[i], c);
+
+	/* p: one pixel's probabilities; then per class intersection, sum p, sum g, dL/dp */
+	if ((p = mt_malloc(sizeof(double) * c)) == NULL ||
+		(inter = mt_calloc((size_t) 4 * c, sizeof(double))) == NULL)
+	{
+		mt_free(p);
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
+	}
+	psum = inter + c;
+	gsum = inter + 2 * c;
+	dp = inter + 3 * c;
+
+	/* first pass: cross-entropy and the Dice sums over the non-ignored pixels */
+	for (size_t i = 0; i < pixels; i++)
+	{
+		int			g = masks[i];
+		double		wg;
+
+		if (g == 255)
+			continue;
+		valid++;
+		wg = class_weights ? class_weights[g] : 1.0;
+		norm += wg;
+		/* -log p_g = lse(z) - z_g, from the logits, not the rounded probability */
+		ce += wg * (softmax_pixel(logits + i * c, c, p) - (double) logits[i * c + g]);
+		for (int k = 1; k < c; k++)
+		{
+			psum[k] += p[k];
+			if (k == g)
+			{
+				inter[k] += p[k];
+				gsum[k] += 1.0;
+			}
+		}
+	}
+	if (ce_weight > 0.0f && valid > 0 && norm <= 0.0)
+	{
+		mt_free(p);
+		mt_free(inter);
+		return mt_seterr(err, MT_ERR_INVALID,
+						 "the class weights of the batch's labelled pixels sum to zero");
+	}
+	/* no labelled pixel: nothing to learn from, loss 0 (torch would give NaN) */
+	ce = valid > 0 ? ce / norm : 0.0;
+	for (int k = 1; k < c; k++)
+	{
+		double		den = psum[k] + gsum[k] + 1.0;
+		double		num = 2.0 * inter[k] + 1.0;
+
+		dice += num / den;
+	}
+	dice = valid > 0 ? 1.0 - dice / (c - 1) : 0.0;
+	if (loss_out != NULL)
+		*loss_out = (float) ((double) ce_weight * ce + (double) dice_weight * dice);
+
+	/* second pass: the exact gradient */
+	if (dlogits != NULL)
+	{
+		double		sce = valid > 0 ? (double) ce_weight / norm : 0.0;
+
+		for (size_t i = 0; i < pixels; i++)
+		{
+			int			g = masks[i];
+			double		wg,
+						sdp = 0.0;
+			float	   *d = dlogits + i * c;
+
+			if (g == 255 || valid == 0)
+			{
+				memset(d, 0, sizeof(float) * c);
+				continue;
+			}
+			(void) softmax_pixel(logits + i * c, c, p);
+			wg = class_weights ? class_weights[g] : 1.0;
+			/*
+			 * Dice: dD_k/dp_ik = (2 g_ik den_k - num_k) / den_k^2, and the loss
+			 * is -dice_weight / (c - 1) sum_k D_k; then through the softmax
+			 */
+			dp[0] = 0.0;
+			for (int k = 1; k < c; k++)
+			{
+				double		den = psum[k] + gsum[k] + 1.0;
+				double		num = 2.0 * inter[k] + 1.0;
+
+				dp[k] = -(double) dice_weight / (c - 1) *
+					(2.0 * (k == g) * den - num) / (den * den);
+				sdp += p[k] * dp[k];
+			}
+			for (int j = 0; j < c; j++)
+				d[j] = (float) (sce * wg * (p[j] - (j == g)) + p[j] * (dp[j] - sdp));
+		}
+	}
+	mt_free(p);
+	mt_free(inter);
 	return MT_OK;
 }
 
@@ -1222,10 +1451,16 @@ mt_model_copy_params(const mt_model *src, mt_model *dst, mt_err *err)
 	return MT_OK;
 }
 
-/* xoshiro256** seeded through splitmix64. */
+/*
+ * xoshiro256** seeded through splitmix64.  keep (NULL: none): the fill
+ * functions below leave parameter i alone where keep[i] (those loaded
+ * before an mt_model_init_unloaded), still drawing its random numbers so
+ * that every other parameter gets the values it would get without that.
+ */
 typedef struct rng
 {
 	uint64_t	s[4];
+	const unsigned char *keep;
 } rng;
 
 /* splitmix64: the next 64 bits of a seed sequence. */
@@ -1245,6 +1480,7 @@ rng_seed(rng *r, uint64_t seed)
 {
 	for (int i = 0; i < 4; i++)
 		r->s[i] = splitmix64(&seed);
+	r->keep = NULL;
 }
 
 /* Rotate left by k bits. */
@@ -1300,13 +1536,13 @@ param_data(mt_model *m, int idx)
 	return p->data;
 }
 
-/* Fill parameter idx with a constant. */
+/* Fill parameter idx with a constant (unless r keeps it loaded). */
 static int
-fill_const(mt_model *m, int idx, float v)
+fill_const(mt_model *m, int idx, float v, const rng *r)
 {
 	float	   *d;
 
-	if (idx < 0)
+	if (idx < 0 || (r->keep != NULL && r->keep[idx]))
 		return MT_OK;
 	if ((d = param_data(m, idx)) == NULL)
 		return MT_ERR_NOMEM;
@@ -1323,6 +1559,13 @@ fill_random(mt_model *m, int idx, rng *r, int normal, double scale)
 
 	if (idx < 0)
 		return MT_OK;
+	if (r->keep != NULL && r->keep[idx])
+	{
+		/* draw what filling would draw: the other parameters stay as with init_all */
+		for (size_t i = 0; i < m->params[idx].numel; i++)
+			(void) (normal ? rng_normal(r) : rng_uniform(r));
+		return MT_OK;
+	}
 	if ((d = param_data(m, idx)) == NULL)
 		return MT_ERR_NOMEM;
 	for (size_t i = 0; i < m->params[idx].numel; i++)
@@ -1340,15 +1583,15 @@ init_linear(mt_model *m, const mt_node *nd, rng *r)
 
 	if (m->head_init == MT_HEAD_INIT_ZERO && nd == &m->nodes[m->logits_node])
 	{
-		if ((rc = fill_const(m, nd->p_weight, 0.0f)) != MT_OK)
+		if ((rc = fill_const(m, nd->p_weight, 0.0f, r)) != MT_OK)
 			return rc;
-		return fill_const(m, nd->p_bias, 0.0f);
+		return fill_const(m, nd->p_bias, 0.0f, r);
 	}
 	if (m->head_init == MT_HEAD_INIT_NORMAL)
 	{
 		if ((rc = fill_random(m, nd->p_weight, r, 1, 0.01)) != MT_OK)
 			return rc;
-		return fill_const(m, nd->p_bias, 0.0f);
+		return fill_const(m, nd->p_bias, 0.0f, r);
 	}
 	if (m->head_init == MT_HEAD_INIT_ZERO_BIAS || m->head_init == MT_HEAD_INIT_UNIFORM_OUT)
 	{
@@ -1356,7 +1599,7 @@ init_linear(mt_model *m, const mt_node *nd, rng *r)
 			bound = 1.0 / sqrt((double) nd->out_features);
 		if ((rc = fill_random(m, nd->p_weight, r, 0, bound)) != MT_OK)
 			return rc;
-		return fill_const(m, nd->p_bias, 0.0f);
+		return fill_const(m, nd->p_bias, 0.0f, r);
 	}
 	if ((rc = fill_random(m, nd->p_weight, r, 0, bound)) != MT_OK)
 		return rc;
@@ -1371,7 +1614,7 @@ init_param(mt_model *m, int idx, mt_init_kind kind, float std, double fan_in,
 	switch (kind)
 	{
 		case MT_INIT_ZERO:
-			return fill_const(m, idx, 0.0f);
+			return fill_const(m, idx, 0.0f, r);
 		case MT_INIT_NORMAL:
 			return fill_random(m, idx, r, 1, std);
 		case MT_INIT_XAVIER_UNIFORM:
@@ -1409,9 +1652,9 @@ init_node_explicit(mt_model *m, const mt_node *nd, rng *r)
 	{
 		if (nd->kind == MT_NODE_LAYERNORM)
 		{
-			rc = fill_const(m, nd->p_weight, 1.0f);
+			rc = fill_const(m, nd->p_weight, 1.0f, r);
 			if (rc == MT_OK)
-				rc = fill_const(m, nd->p_bias, 0.0f);
+				rc = fill_const(m, nd->p_bias, 0.0f, r);
 		}
 		else if (nd->kind == MT_NODE_TOKEN_LINEAR)
 		{
@@ -1421,9 +1664,9 @@ init_node_explicit(mt_model *m, const mt_node *nd, rng *r)
 		}
 		else
 		{
-			rc = fill_const(m, nd->p_weight, 0.0f);
+			rc = fill_const(m, nd->p_weight, 0.0f, r);
 			if (rc == MT_OK)
-				rc = fill_const(m, nd->p_bias, 0.0f);
+				rc = fill_const(m, nd->p_bias, 0.0f, r);
 		}
 	}
 	if (rc == MT_OK && nd->init_w != MT_INIT_DEFAULT)
@@ -1449,14 +1692,24 @@ mt_model_init_head(mt_model *m, uint64_t seed, mt_err *err)
 	return MT_OK;
 }
 
-/* Every parameter from scratch (see train.h). */
-int
-mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err)
+/* Every parameter from scratch, or only those not loaded (see train.h). */
+static int
+init_params(mt_model *m, uint64_t seed, int keep_loaded, mt_err *err)
 {
 	rng			r;
 	int			rc = MT_OK;
+	unsigned char *keep = NULL;
 
 	rng_seed(&r, seed);
+	if (keep_loaded)
+	{
+		/* which were loaded before: filling a parameter marks it loaded */
+		if ((keep = mt_calloc(m->n_params > 0 ? m->n_params : 1, 1)) == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory initialising %s", m->arch);
+		for (int i = 0; i < m->n_params; i++)
+			keep[i] = m->params[i].loaded != 0;
+		r.keep = keep;
+	}
 	mt_model_train_release(m);
 	for (int i = 0; i < m->n_nodes && rc == MT_OK; i++)
 	{
@@ -1470,25 +1723,40 @@ mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err)
 			rc = fill_random(m, nd->p_weight, &r, 1,
 							 sqrt(2.0 / (m->conv_init_fan_in ? fan_in : fan_out)));
 			if (rc == MT_OK)
-				rc = fill_const(m, nd->p_bias, 0.0f);
+				rc = fill_const(m, nd->p_bias, 0.0f, &r);
 		}
 		else if (nd->kind == MT_NODE_BN)
 		{
-			rc = fill_const(m, nd->p_bn_weight, 1.0f);
+			rc = fill_const(m, nd->p_bn_weight, 1.0f, &r);
 			if (rc == MT_OK)
-				rc = fill_const(m, nd->p_bn_bias, 0.0f);
+				rc = fill_const(m, nd->p_bn_bias, 0.0f, &r);
 			if (rc == MT_OK)
-				rc = fill_const(m, nd->p_bn_mean, 0.0f);
+				rc = fill_const(m, nd->p_bn_mean, 0.0f, &r);
 			if (rc == MT_OK)
-				rc = fill_const(m, nd->p_bn_var, 1.0f);
+				rc = fill_const(m, nd->p_bn_var, 1.0f, &r);
+		}
+		else if (nd->kind == MT_NODE_CONV_TRANSPOSE)
+		{
+			/*
+			 * torch's ConvTranspose2d default: kaiming_uniform(a=sqrt(5)) and
+			 * the bias alike, U(+-1/sqrt(fan_in)) with torch's fan_in of
+			 * the [cin][cout][kh][kw] weight, cout kh kw
+			 */
+			double		bound = 1.0 / sqrt((double) nd->cout * nd->kh * nd->kw);
+
+			rc = fill_random(m, nd->p_weight, &r, 0, bound);
+			if (rc == MT_OK)
+				rc = fill_random(m, nd->p_bias, &r, 0, bound);
 		}
 		else if (nd->kind == MT_NODE_LINEAR && i != m->logits_node)
 			rc = init_linear(m, nd, &r);
-		if (rc == MT_OK && i != m->logits_node)
+		/* a linear head follows head_init below; any other head its node's init */
+		if (rc == MT_OK && (i != m->logits_node || nd->kind != MT_NODE_LINEAR))
 			rc = init_node_explicit(m, nd, &r);
 	}
 	if (rc == MT_OK && m->logits_node >= 0 && m->nodes[m->logits_node].kind == MT_NODE_LINEAR)
 		rc = init_linear(m, &m->nodes[m->logits_node], &r);
+	mt_free(keep);
 	if (rc != MT_OK)
 		return mt_seterr(err, MT_ERR_NOMEM, "out of memory initialising %s", m->arch);
 	for (int i = 0; i < m->n_params; i++)
@@ -1496,4 +1764,18 @@ mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err)
 			m->params[i].loaded = 1;
 	m->prepared = 0;
 	return MT_OK;
+}
+
+/* Every parameter from scratch (see train.h). */
+int
+mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err)
+{
+	return init_params(m, seed, 0, err);
+}
+
+/* The parameters not loaded yet, as mt_model_init_all would (see train.h). */
+int
+mt_model_init_unloaded(mt_model *m, uint64_t seed, mt_err *err)
+{
+	return init_params(m, seed, 1, err);
 }

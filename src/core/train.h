@@ -44,7 +44,9 @@
  * Choose the trainable parameters.  upto NULL, "" or "none": everything
  * (every weight and bias; running statistics are never trainable).
  * "backbone": only the classifier head (the linear layer producing the
- * logits: resnet fc.*, mobilenet_v2 classifier.1.*, vit_b_16 heads.head.*).
+ * logits: resnet fc.*, mobilenet_v2 classifier.1.*, vit_b_16 heads.head.*);
+ * for a model with a backbone_prefix (graph.h; a U-Net's "encoder.")
+ * every tensor outside it (the U-Net's decoder and segmentation head).
  * Otherwise a stage name, a parameter-name prefix ending at a dot boundary
  * ("layer3", "features.13", "encoder.layers.encoder_layer_9", "conv_proj",
  * or a full tensor name): every parameter up to and including the last one
@@ -114,6 +116,32 @@ int			mt_loss_cross_entropy(const float *logits, const int *labels, int n, int c
 								  float label_smoothing, float *loss_out,
 								  float *dlogits, mt_err *err);
 
+/*
+ * Segmentation loss over n images of hw pixels: logits n x hw x c (NHWC,
+ * a U-Net's output), masks n x hw class indices, 255 marking a pixel to
+ * ignore (left out of both terms).  With the non-ignored pixels i of the
+ * whole batch, p = softmax over c, g the one-hot mask, w = class_weights
+ * (NULL = all 1), in PyTorch:
+ *
+ *     ce   = F.cross_entropy(z, y, weight=w, ignore_index=255)
+ *          = sum_i w[y_i] (-log p[i, y_i]) / sum_i w[y_i]
+ *     dice = 1 - mean over k = 1 .. c-1 of
+ *            (2 sum_i p[i,k] g[i,k] + 1) / (sum_i p[i,k] + sum_i g[i,k] + 1)
+ *     loss = ce_weight * ce + dice_weight * dice
+ *
+ * (soft Dice over the foreground classes, sums over every pixel of the
+ * batch, smoothing 1; the class weights weigh only the cross-entropy).
+ * dlogits (n x hw x c, may be NULL) gets the exact gradient of loss, 0 at
+ * ignored pixels.  A batch whose every pixel is ignored has loss 0 and
+ * gradient 0 (torch would give NaN).  c must be 2 .. 255; a mask value >=
+ * c other than 255, negative or non-finite weights, or class weights of
+ * the labelled pixels summing to 0 (with ce_weight > 0): MT_ERR_INVALID.
+ */
+int			mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int hw,
+								 int c, const float *class_weights, float ce_weight,
+								 float dice_weight, float *loss_out, float *dlogits,
+								 mt_err *err);
+
 /* Optimizers with torch.optim's update rules. */
 typedef enum mt_optim_kind
 {
@@ -174,5 +202,16 @@ int			mt_model_init_head(mt_model *m, uint64_t seed, mt_err *err);
  * Same seed, same weights.
  */
 int			mt_model_init_all(mt_model *m, uint64_t seed, mt_err *err);
+/*
+ * Only the parameters not loaded yet, each as mt_model_init_all(m, seed)
+ * would set it (the random numbers of the loaded ones are drawn and
+ * dropped), e.g. a U-Net's decoder and head after its encoder was copied
+ * from a backbone.  Transposed convolutions, here as in init_all, get
+ * torch's ConvTranspose2d default: weight and bias U(+-1/sqrt(cout kh kw));
+ * a U-Net's segmentation head Xavier-uniform weight and zero bias (as
+ * segmentation_models_pytorch), its other convolutions and BN layers as
+ * init_all's.  Marks them loaded.
+ */
+int			mt_model_init_unloaded(mt_model *m, uint64_t seed, mt_err *err);
 
 #endif

@@ -2021,6 +2021,11 @@ const mt_backend mt_cuda_backend = {
 	.attention_backward = cuda_attention_backward,
 	.vit_tokens = cuda_vit_tokens,
 	.vit_tokens_backward = cuda_vit_tokens_backward,
+	/* the U-Net decoder's upsampling and transposed convolution: not on CUDA yet */
+	.upsample_bilinear = NULL,
+	.upsample_bilinear_backward = NULL,
+	.conv_transpose2d = NULL,
+	.conv_transpose2d_backward_data = NULL,
 	.mem_alloc = cuda_mem_alloc,
 	.mem_free = mt_cuda_free,
 	.mem_zero = mt_cuda_zero,

@@ -126,22 +126,27 @@ conv_bn_act(builder *b, const char *prefix, int in, int cin, int cout, int k,
 	return a == MT_ACT_NONE ? x : act(b, x, a);
 }
 
-/* torchvision's MobileNetV2 (width 1.0): features.0..18, classifier.1. */
-static void
-build_mobilenet_v2(builder *b, int num_classes)
+/*
+ * torchvision's MobileNetV2 (width 1.0) features.0..18 with tensor names
+ * prefixed by prefix ("" or "encoder."); e gets the outputs of features.1,
+ * .3, .6, .13 (strides 2..16) and .18 (stride 32, 1280 channels).
+ */
+void
+mt_zoo_mobilenet_v2_encoder(builder *b, const char *prefix, mt_encoder *e)
 {
 	static const int cfg[7][4] = {	/* t, c, n, s */
 		{1, 16, 1, 1}, {6, 24, 2, 2}, {6, 32, 3, 2}, {6, 64, 4, 2},
 		{6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}
 	};
 	mt_node		inp = mt_node_init(MT_NODE_INPUT, -1);
-	mt_node		gap;
 	int			x = add_node(b, &inp);
 	int			cin = 32;
 	int			idx = 1;
+	int			k = 0;
 	char		p[MT_NAME_MAX];
 
-	x = conv_bn_act(b, "features.0", x, 3, 32, 3, 2, 1, MT_ACT_RELU6);
+	snprintf(p, sizeof(p), "%sfeatures.0", prefix);
+	x = conv_bn_act(b, p, x, 3, 32, 3, 2, 1, MT_ACT_RELU6);
 	for (int s = 0; s < 7; s++)
 		for (int r = 0; r < cfg[s][2]; r++, idx++)
 		{
@@ -154,41 +159,70 @@ build_mobilenet_v2(builder *b, int num_classes)
 
 			if (t != 1)
 			{
-				snprintf(p, sizeof(p), "features.%d.conv.%d", idx, j++);
+				snprintf(p, sizeof(p), "%sfeatures.%d.conv.%d", prefix, idx, j++);
 				y = conv_bn_act(b, p, y, cin, hidden, 1, 1, 1, MT_ACT_RELU6);
 			}
-			snprintf(p, sizeof(p), "features.%d.conv.%d", idx, j++);
+			snprintf(p, sizeof(p), "%sfeatures.%d.conv.%d", prefix, idx, j++);
 			y = conv_bn_act(b, p, y, hidden, hidden, 3, stride, hidden, MT_ACT_RELU6);
-			snprintf(p, sizeof(p), "features.%d.conv.%d", idx, j++);
+			snprintf(p, sizeof(p), "%sfeatures.%d.conv.%d", prefix, idx, j++);
 			y = conv(b, p, y, hidden, cout, 1, 1, 0, 1, 0);
-			snprintf(p, sizeof(p), "features.%d.conv.%d", idx, j++);
+			snprintf(p, sizeof(p), "%sfeatures.%d.conv.%d", prefix, idx, j++);
 			y = bn(b, p, y, cout);
 			x = (stride == 1 && cin == cout) ? add(b, x, y) : y;
 			cin = cout;
+			if (idx == 1 || idx == 3 || idx == 6 || idx == 13)
+			{
+				e->skip[k] = x;
+				e->skip_c[k++] = cout;
+			}
 		}
-	x = conv_bn_act(b, "features.18", x, cin, 1280, 1, 1, 1, MT_ACT_RELU6);
-	gap = mt_node_init(MT_NODE_GAP, x);
-	x = add_node(b, &gap);
-	b->m->features_node = x;
-	b->m->feature_dim = 1280;
-	b->m->logits_node = linear(b, "classifier.1", x, 1280, num_classes);
+	snprintf(p, sizeof(p), "%sfeatures.18", prefix);
+	e->out = conv_bn_act(b, p, x, cin, 1280, 1, 1, 1, MT_ACT_RELU6);
+	e->out_c = 1280;
 }
 
-/* torchvision's ResNet with BasicBlock (18, 34) or Bottleneck (50). */
+/* torchvision's MobileNetV2 (width 1.0): features.0..18, classifier.1. */
 static void
-build_resnet(builder *b, const int blocks[4], int bottleneck, int num_classes)
+build_mobilenet_v2(builder *b, int num_classes)
 {
+	mt_encoder	e;
+	mt_node		gap;
+	int			x;
+
+	mt_zoo_mobilenet_v2_encoder(b, "", &e);
+	gap = mt_node_init(MT_NODE_GAP, e.out);
+	x = add_node(b, &gap);
+	b->m->features_node = x;
+	b->m->feature_dim = e.out_c;
+	b->m->logits_node = linear(b, "classifier.1", x, e.out_c, num_classes);
+}
+
+/*
+ * torchvision's ResNet-18, -34 (BasicBlock) or -50 (Bottleneck) without
+ * avgpool and fc, tensor names prefixed by prefix; e gets the ReLU after
+ * bn1 (stride 2) and layer1..3 (strides 4..16), and layer4 (stride 32).
+ */
+void
+mt_zoo_resnet_encoder(builder *b, const char *prefix, int depth, mt_encoder *e)
+{
+	static const int r18[4] = {2, 2, 2, 2};
+	static const int r34[4] = {3, 4, 6, 3};
+	const int  *blocks = depth == 18 ? r18 : r34;
+	int			bottleneck = depth == 50;
 	mt_node		inp = mt_node_init(MT_NODE_INPUT, -1);
 	mt_node		pool = mt_node_init(MT_NODE_MAXPOOL, -1);
-	mt_node		gap;
 	int			expansion = bottleneck ? 4 : 1;
 	int			x = add_node(b, &inp);
 	int			cin = 64;
 	char		p[MT_NAME_MAX];
 
-	x = conv(b, "conv1", x, 3, 64, 7, 2, 3, 1, 0);
-	x = bn(b, "bn1", x, 64);
+	snprintf(p, sizeof(p), "%sconv1", prefix);
+	x = conv(b, p, x, 3, 64, 7, 2, 3, 1, 0);
+	snprintf(p, sizeof(p), "%sbn1", prefix);
+	x = bn(b, p, x, 64);
 	x = act(b, x, MT_ACT_RELU);
+	e->skip[0] = x;
+	e->skip_c[0] = 64;
 	pool.in0 = x;
 	pool.pool_k = 3;
 	pool.pool_s = 2;
@@ -208,46 +242,64 @@ build_resnet(builder *b, const int blocks[4], int bottleneck, int num_classes)
 
 			if (bottleneck)
 			{
-				snprintf(p, sizeof(p), "layer%d.%d.conv1", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.conv1", prefix, l + 1, r);
 				y = conv(b, p, x, cin, width, 1, 1, 0, 1, 0);
-				snprintf(p, sizeof(p), "layer%d.%d.bn1", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.bn1", prefix, l + 1, r);
 				y = act(b, bn(b, p, y, width), MT_ACT_RELU);
-				snprintf(p, sizeof(p), "layer%d.%d.conv2", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.conv2", prefix, l + 1, r);
 				y = conv(b, p, y, width, width, 3, stride, 1, 1, 0);
-				snprintf(p, sizeof(p), "layer%d.%d.bn2", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.bn2", prefix, l + 1, r);
 				y = act(b, bn(b, p, y, width), MT_ACT_RELU);
-				snprintf(p, sizeof(p), "layer%d.%d.conv3", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.conv3", prefix, l + 1, r);
 				y = conv(b, p, y, width, cout, 1, 1, 0, 1, 0);
-				snprintf(p, sizeof(p), "layer%d.%d.bn3", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.bn3", prefix, l + 1, r);
 				y = bn(b, p, y, cout);
 			}
 			else
 			{
-				snprintf(p, sizeof(p), "layer%d.%d.conv1", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.conv1", prefix, l + 1, r);
 				y = conv(b, p, x, cin, width, 3, stride, 1, 1, 0);
-				snprintf(p, sizeof(p), "layer%d.%d.bn1", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.bn1", prefix, l + 1, r);
 				y = act(b, bn(b, p, y, width), MT_ACT_RELU);
-				snprintf(p, sizeof(p), "layer%d.%d.conv2", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.conv2", prefix, l + 1, r);
 				y = conv(b, p, y, width, width, 3, 1, 1, 1, 0);
-				snprintf(p, sizeof(p), "layer%d.%d.bn2", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.bn2", prefix, l + 1, r);
 				y = bn(b, p, y, width);
 			}
 			if (stride != 1 || cin != cout)
 			{
-				snprintf(p, sizeof(p), "layer%d.%d.downsample.0", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.downsample.0", prefix, l + 1, r);
 				identity = conv(b, p, x, cin, cout, 1, stride, 0, 1, 0);
-				snprintf(p, sizeof(p), "layer%d.%d.downsample.1", l + 1, r);
+				snprintf(p, sizeof(p), "%slayer%d.%d.downsample.1", prefix, l + 1, r);
 				identity = bn(b, p, identity, cout);
 			}
 			x = act(b, add(b, y, identity), MT_ACT_RELU);
 			cin = cout;
 		}
+		if (l < 3)
+		{
+			e->skip[l + 1] = x;
+			e->skip_c[l + 1] = cin;
+		}
 	}
-	gap = mt_node_init(MT_NODE_GAP, x);
+	e->out = x;
+	e->out_c = cin;
+}
+
+/* torchvision's ResNet with BasicBlock (18, 34) or Bottleneck (50). */
+static void
+build_resnet(builder *b, int depth, int num_classes)
+{
+	mt_encoder	e;
+	mt_node		gap;
+	int			x;
+
+	mt_zoo_resnet_encoder(b, "", depth, &e);
+	gap = mt_node_init(MT_NODE_GAP, e.out);
 	x = add_node(b, &gap);
 	b->m->features_node = x;
-	b->m->feature_dim = cin;
-	b->m->logits_node = linear(b, "fc", x, cin, num_classes);
+	b->m->feature_dim = e.out_c;
+	b->m->logits_node = linear(b, "fc", x, e.out_c, num_classes);
 }
 
 static const struct
@@ -262,6 +314,13 @@ static const struct
 	{"vit_b_16", "heads.head.weight"},
 	{"densenet121", "classifier.weight"},
 	{"efficientnet_b0", "classifier.1.weight"},
+	/* U-Nets (unet.c): the head is a 3x3 convolution */
+	{"unet_resnet18", "segmentation_head.weight"},
+	{"unet_resnet34", "segmentation_head.weight"},
+	{"unet_mobilenet_v2", "segmentation_head.weight"},
+	{"unet_resnet18_tconv", "segmentation_head.weight"},
+	{"unet_resnet34_tconv", "segmentation_head.weight"},
+	{"unet_mobilenet_v2_tconv", "segmentation_head.weight"},
 };
 
 int
@@ -282,19 +341,28 @@ mt_zoo_head_weight(const char *arch)
 const char *
 mt_zoo_list(void)
 {
-	return "mobilenet_v2, resnet18, resnet34, resnet50, densenet121, efficientnet_b0, vit_b_16";
+	return "mobilenet_v2, resnet18, resnet34, resnet50, densenet121, efficientnet_b0, vit_b_16, "
+		"unet_resnet18, unet_resnet34, unet_mobilenet_v2 (and each with _tconv)";
 }
 
 /* Whether arch takes an h x w input: the graph's shapes for it. */
 int
 mt_zoo_check_input(const char *arch, int h, int w, mt_err *err)
 {
-	mt_model   *m = mt_zoo_build(arch, 2, 0, err);
+	mt_model   *m;
 	mt_shape3  *shp;
 	size_t		scratch;
 	int			rc;
 
-	if (m == NULL)
+	/* the decoder concatenates each upsampled map with the encoder's of that stride */
+	if (mt_zoo_is_segmentation(arch) && (h <= 0 || w <= 0 || h % 32 != 0 || w % 32 != 0))
+	{
+		mt_seterr(err, MT_ERR_INVALID, "%s needs an input whose height and width are multiples of 32, not %dx%d",
+				  arch, h, w);
+		mt_setdetail(err, "Its encoder halves the size five times and the decoder doubles it back.");
+		return MT_ERR_INVALID;
+	}
+	if ((m = mt_zoo_build(arch, 2, 0, err)) == NULL)
 		return err->code;
 	if ((shp = mt_calloc(m->n_nodes, sizeof(mt_shape3))) == NULL)
 	{
@@ -312,8 +380,6 @@ mt_zoo_check_input(const char *arch, int h, int w, mt_err *err)
 mt_model *
 mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 {
-	static const int r18[4] = {2, 2, 2, 2};
-	static const int r34[4] = {3, 4, 6, 3};
 	builder		b;
 
 	if (!mt_zoo_known(arch))
@@ -340,9 +406,11 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 		b.m->head_init = MT_HEAD_INIT_NORMAL;	/* torchvision: normal(0, 0.01) */
 	}
 	else if (strcmp(arch, "resnet18") == 0)
-		build_resnet(&b, r18, 0, num_classes);
+		build_resnet(&b, 18, num_classes);
 	else if (strcmp(arch, "resnet34") == 0)
-		build_resnet(&b, r34, 0, num_classes);
+		build_resnet(&b, 34, num_classes);
+	else if (mt_zoo_is_segmentation(arch))
+		mt_zoo_build_unet(&b, arch, num_classes);
 	else if (strcmp(arch, "vit_b_16") == 0)
 		b.failed = mt_vit_build(b.m, num_classes);
 	else if (strcmp(arch, "densenet121") == 0)
@@ -350,7 +418,7 @@ mt_zoo_build(const char *arch, int num_classes, int padding_same, mt_err *err)
 	else if (strcmp(arch, "efficientnet_b0") == 0)
 		mt_zoo_build_efficientnet_b0(&b, num_classes);
 	else
-		build_resnet(&b, r34, 1, num_classes);
+		build_resnet(&b, 50, num_classes);
 	if (b.failed)
 	{
 		mt_model_free(b.m);
