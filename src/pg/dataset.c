@@ -210,8 +210,8 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 			if (img_null || lab_null)
 			{
 				bad_row(row, skip_bad_rows, &ds->n_bad, ERRCODE_NULL_VALUE_NOT_ALLOWED,
-						"row %lld of the source has a NULL %s",
-						img_null ? "image" : masks ? "mask" : "label", NULL);
+						"row %lld of the source has a %s",
+						img_null ? "NULL image" : masks ? "NULL mask" : "NULL label", NULL);
 				continue;
 			}
 			if (!masks)
