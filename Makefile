@@ -24,6 +24,7 @@ OBJS = \
 	src/io/pth.o \
 	src/io/augment.o \
 	src/pg/medtl.o \
+	src/pg/device.o \
 	src/pg/weights.o \
 	src/pg/model.o \
 	src/pg/metrics.o \
@@ -42,7 +43,7 @@ endif
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn
+REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn device
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3
