@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # test/cuda_build_check.sh - compile-and-link check of `make WITH_CUDA=1`.
 #
-# First runs the kernels under the CPU emulation (test/cuda_emu/run.sh).
-# Then builds medtl.so with the CUDA backend and the op-by-op check tool in a
+# First runs the kernels and whole models under the CPU emulation
+# (test/cuda_emu/run.sh: cuda_ops_check, then cuda_model_check at 32x32).
+# Then builds medtl.so with the CUDA backend and both check tools in a
 # temporary copy of the sources (the working tree's objects and the installed
 # extension are left alone), checks that medtl.so links cuBLAS/cudart and
-# exports mt_cuda_backend, and runs test/bin/cuda_ops_check --no-bench: on a
-# machine without a GPU it must say "no CUDA device" and skip cleanly; with
-# one it runs the whole comparison.  Prints "cuda_build: N passed, M failed"
+# exports mt_cuda_backend, and runs test/bin/cuda_ops_check --no-bench and
+# test/bin/cuda_model_check --no-bench (small): on a machine without a GPU
+# they must say "no CUDA device" and skip cleanly; with one they run the
+# whole comparison.  Prints "cuda_build: N passed, M failed"
 # (or a skip line when nvcc is absent) and exits 1 on a failure.
 set -uo pipefail
 

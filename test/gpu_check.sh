@@ -187,7 +187,7 @@ if [ -n "$san" ] && [ "$elapsed" -lt 170 ]; then
 	elif [ "$rc" -ne 0 ]; then fail "compute-sanitizer reported errors (exit $rc)"
 	fi
 else
-	step "compute-sanitizer over the op comparison: ${san:-not found}; skipped (t=${elapsed}s)"
+	step "compute-sanitizer over the op comparison: ${san:-not found}; skipped"
 fi
 elapsed=$(( $(date +%s) - start ))
 if [ -n "$san" ] && [ -x test/bin/cuda_model_check ] && [ "$elapsed" -lt 200 ]; then
@@ -201,7 +201,7 @@ if [ -n "$san" ] && [ -x test/bin/cuda_model_check ] && [ "$elapsed" -lt 200 ]; 
 	elif [ "$rc" -ne 0 ]; then fail "compute-sanitizer reported errors in the model check (exit $rc)"
 	fi
 else
-	step "compute-sanitizer over the model comparison: ${san:-not found}; skipped (t=${elapsed}s)"
+	step "compute-sanitizer over the model comparison: ${san:-not found}; skipped"
 fi
 
 step "PyTorch on this machine (information only)"
