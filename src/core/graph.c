@@ -563,10 +563,12 @@ node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
 			break;
 		default:
 			/* host only: mt_model_to_device refuses models with these */
-			if (mt_node_is_transformer(nd->kind) && be == m->backend)
+			if (be != m->backend)
+				return mt_seterr(err, MT_ERR_INTERNAL, "node kind %d cannot run on backend %s",
+								 (int) nd->kind, be->name);
+			if (mt_node_is_transformer(nd->kind))
 				return mt_vit_node_run(m, nd, n, in, a, y, err);
-			return mt_seterr(err, MT_ERR_INTERNAL, "node kind %d cannot run on backend %s",
-							 (int) nd->kind, be->name);
+			break;
 	}
 	return MT_OK;
 }
