@@ -27,6 +27,7 @@ OBJS = \
 	src/io/augment.o \
 	src/io/mask.o \
 	src/pg/medtl.o \
+	src/pg/device.o \
 	src/pg/weights.o \
 	src/pg/model.o \
 	src/pg/metrics.o \
@@ -47,7 +48,7 @@ endif
 DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress suites, one per feature (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn segmentation_metrics segmentation
+REGRESS = setup images import pth predict evaluate train ensemble export bad_input privileges zoo_cnn segmentation_metrics segmentation device
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
 
 OPTFLAGS = -O3
@@ -103,7 +104,7 @@ fuzz: $(FUZZ_TARGETS)
 # --- command-line tools over the engine (benchmarks, parity drivers): make tools
 TOOLS = $(patsubst test/tools/%.c,test/bin/%,$(filter-out test/tools/cuda_%.c,$(wildcard test/tools/*.c)))
 ifeq ($(WITH_CUDA),1)
-TOOLS += test/bin/cuda_ops_check
+TOOLS += test/bin/cuda_ops_check test/bin/cuda_model_check
 endif
 test/bin/%: test/tools/%.c $(ENGINE_SRC) $(wildcard src/*/*.h)
 	@mkdir -p test/bin

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # test/cuda_build_check.sh - compile-and-link check of `make WITH_CUDA=1`.
 #
-# First runs the kernels under the CPU emulation (test/cuda_emu/run.sh).
-# Then builds medtl.so with the CUDA backend and the op-by-op check tool in a
+# First runs the kernels and whole models under the CPU emulation
+# (test/cuda_emu/run.sh: cuda_ops_check, then cuda_model_check at 32x32).
+# Then builds medtl.so with the CUDA backend and both check tools in a
 # temporary copy of the sources (the working tree's objects and the installed
 # extension are left alone), checks that medtl.so links cuBLAS/cudart and
-# exports mt_cuda_backend, and runs test/bin/cuda_ops_check --no-bench: on a
-# machine without a GPU it must say "no CUDA device" and skip cleanly; with
-# one it runs the whole comparison.  Prints "cuda_build: N passed, M failed"
+# exports mt_cuda_backend, and runs test/bin/cuda_ops_check --no-bench and
+# test/bin/cuda_model_check --no-bench (small): on a machine without a GPU
+# they must say "no CUDA device" and skip cleanly; with one they run the
+# whole comparison.  Prints "cuda_build: N passed, M failed"
 # (or a skip line when nvcc is absent) and exits 1 on a failure.
 set -uo pipefail
 
@@ -24,11 +26,17 @@ bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
 # in test/cuda_emu and compared op by op with the CPU backend.
 if command -v g++ >/dev/null 2>&1; then
 	out=$(EMU_ASAN=1 nice bash "$here/test/cuda_emu/run.sh" 2>&1) && rc=0 || rc=$?
-	echo "$out" | grep -E '^(FAIL|cuda_ops:)|error' | tail -n 40
-	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -Eq '^cuda_ops: [1-9][0-9]* passed, 0 failed$'; then
-		ok "CUDA kernels vs the CPU backend under the CPU emulation with ASan ($(echo "$out" | tail -n 1))"
+	echo "$out" | grep -E '^(FAIL|cuda_ops:|cuda_model:)|error' | tail -n 40
+	ops=$(echo "$out" | grep -E '^cuda_ops: ' | tail -n 1)
+	if [ "$rc" -eq 0 ] && echo "$ops" | grep -Eq '^cuda_ops: [1-9][0-9]* passed, 0 failed$'; then
+		ok "CUDA kernels vs the CPU backend under the CPU emulation with ASan ($ops)"
 	else
 		bad "CUDA kernels under the CPU emulation (test/cuda_emu/run.sh exited $rc)"
+	fi
+	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -Eq '^cuda_model: [1-9][0-9]* passed, 0 failed$'; then
+		ok "whole models on the CUDA backend vs the CPU under the CPU emulation with ASan ($(echo "$out" | tail -n 1))"
+	else
+		bad "whole models under the CPU emulation (test/cuda_emu/run.sh exited $rc)"
 	fi
 else
 	echo "note: no g++; the CPU emulation of the CUDA kernels is skipped"
@@ -70,13 +78,21 @@ if [ -f "$tmp/medtl.so" ]; then
 	fi
 fi
 if out=$(cd "$tmp" && nice make -s WITH_CUDA=1 NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" cuda-check 2>&1); then
-	ok "make WITH_CUDA=1 cuda-check builds test/bin/cuda_ops_check"
+	ok "make WITH_CUDA=1 cuda-check builds test/bin/cuda_ops_check and cuda_model_check"
 	out=$("$tmp/test/bin/cuda_ops_check" --no-bench 2>&1) && rc=0 || rc=$?
 	echo "$out" | grep -E '^(no CUDA device|device:|FAIL|cuda_ops:)' | tail -n 40
 	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^cuda_ops: [0-9]* passed, 0 failed'; then
 		ok "cuda_ops_check ($(echo "$out" | tail -n 1))"
 	else
 		bad "cuda_ops_check exited $rc"
+	fi
+	# without a device: the refusals only; with one: the whole comparison, small
+	out=$("$tmp/test/bin/cuda_model_check" --no-bench --size 64 --batch 4 --cpu-batch 2 2>&1) && rc=0 || rc=$?
+	echo "$out" | grep -E '^(no CUDA device|device:|FAIL|cuda_model:)' | tail -n 40
+	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^cuda_model: [0-9]* passed, 0 failed'; then
+		ok "cuda_model_check ($(echo "$out" | tail -n 1))"
+	else
+		bad "cuda_model_check exited $rc"
 	fi
 else
 	echo "$out" | tail -n 40

@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # test/gpu_check.sh - the prepared check for a lent GPU machine (no
-# PostgreSQL there): builds the CUDA backend and the op-by-op comparison tool
-# from the engine sources only (src/core CPU kernels + src/cuda, no src/pg,
-# no image IO) and runs it; optionally under compute-sanitizer.  Writes
-# everything to $OUT/gpu_check.log.  Exit 0 only when every step passed.
+# PostgreSQL there): builds the CUDA backend, the op-by-op comparison tool
+# and the whole-model comparison from the engine sources only (src/core,
+# src/nn, src/cuda; no src/pg, no image IO) and runs them: every backend
+# entry CUDA vs CPU, then every CNN of the zoo at 224x224 (logits and
+# features CUDA vs CPU, device images/s at batch 64 beside the CPU's at
+# batch 4); optionally both under compute-sanitizer.  Writes everything to
+# $OUT/gpu_check.log.  Exit 0 only when every step passed.
 #
 #   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out)
 #
 # The CPU reference loads OpenBLAS from .gpu/lib (made by test/gpu_prepare.sh
 # on the Debian machine and carried along), else a system OpenBLAS, else it
-# falls back to medtl's portable C GEMM.  Budget: at most about 3.5 minutes (timeouts on every step).
+# falls back to medtl's portable C GEMM.  Budget: at most about 4.5 minutes
+# (timeouts on every step; the device run is given 330 s).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here" || exit 2
 OUT=${OUT:-/tmp/medtl-gpu-out}
 mkdir -p "$OUT"
+rm -f "$OUT/cuda_model_check.txt"
 LOG=$OUT/gpu_check.log
 start=$(date +%s)
 status=0
 step() { printf '\n== %s (t=%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 fail() { echo "GPU_CHECK FAIL: $*"; status=1; }
 finish() {
+	if [ -f "$OUT/cuda_model_check.txt" ]; then
+		step "summary: whole-model relative errors and images/s"
+		sed -n '/^model /,$p' "$OUT/cuda_model_check.txt"
+	fi
 	step "done"
 	if [ "$status" -eq 0 ]; then echo "GPU_CHECK OK"; else echo "GPU_CHECK FAILED (see the FAIL lines above)"; fi
 	exit "$status"
@@ -102,8 +111,8 @@ else
 	echo "note: no OpenBLAS (carry .gpu from test/gpu_prepare.sh); the CPU reference will use the C GEMM"
 fi
 
-step "build (engine CPU kernels + src/cuda + cuda_ops_check; no PostgreSQL)"
-rm -f src/cuda/*.o test/bin/cuda_ops_check
+step "build (engine + src/cuda + cuda_ops_check + cuda_model_check; no PostgreSQL)"
+rm -f src/cuda/*.o test/bin/cuda_ops_check test/bin/cuda_model_check
 t0=$(date +%s)
 if command -v make >/dev/null 2>&1; then
 	# warnings are not errors here: this compiler may be newer than CI's
@@ -121,6 +130,12 @@ else
 			-o test/bin/cuda_ops_check test/tools/cuda_ops_check.c src/core/mt_common.c \
 			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c \
 			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
+			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread &&
+		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
+			-o test/bin/cuda_model_check test/tools/cuda_model_check.c src/core/mt_common.c \
+			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c \
+			src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/vit.c \
+			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
 			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread || fail "build failed"
 fi
 echo "build time: $(( $(date +%s) - t0 ))s"
@@ -135,14 +150,36 @@ elif [ "$rc" -ne 0 ]; then fail "cuda_ops_check exited $rc"
 elif grep -q 'skipped: no device' "$OUT/cuda_ops_check.txt"; then fail "cuda_ops_check found no CUDA device"
 fi
 
+step "cuda_model_check: whole CNNs on the device vs the CPU (224x224; rel err <= 1e-4), images/s"
+if [ -x test/bin/cuda_model_check ]; then
+	# at most 120 s, and never past t=280s (the device run is given 330 s)
+	limit=$(( 280 - ($(date +%s) - start) ))
+	[ "$limit" -gt 120 ] && limit=120
+	[ "$limit" -lt 30 ] && limit=30
+	timeout "$limit" test/bin/cuda_model_check --size 224 --batch 64 --cpu-batch 4 --seconds 2 \
+		> "$OUT/cuda_model_check.txt" 2>&1
+	rc=$?
+	cat "$OUT/cuda_model_check.txt"
+	if [ "$rc" -eq 124 ]; then fail "cuda_model_check timed out after ${limit}s"
+	elif [ "$rc" -ne 0 ]; then fail "cuda_model_check exited $rc"
+	elif grep -q 'skipped: no device' "$OUT/cuda_model_check.txt"; then fail "cuda_model_check found no CUDA device"
+	elif ! tail -n 1 "$OUT/cuda_model_check.txt" | grep -Eq '^cuda_model: [1-9][0-9]* passed, 0 failed$'; then
+		fail "cuda_model_check did not finish with 0 failures"
+	else
+		echo "PASS: whole-model inference on the device matches the CPU"
+	fi
+else
+	fail "test/bin/cuda_model_check was not built"
+fi
+
 san=$(command -v compute-sanitizer 2>/dev/null || true)
 for c in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/compute-sanitizer"; do
 	[ -z "$san" ] && [ -x "$c" ] && san=$c
 done
 elapsed=$(( $(date +%s) - start ))
-if [ -n "$san" ] && [ "$elapsed" -lt 130 ]; then
-	step "compute-sanitizer memcheck over the comparison (no benchmark)"
-	timeout $(( 190 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
+if [ -n "$san" ] && [ "$elapsed" -lt 170 ]; then
+	step "compute-sanitizer memcheck over the op comparison (no benchmark)"
+	timeout $(( 230 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
 		test/bin/cuda_ops_check --no-bench > "$OUT/sanitizer.txt" 2>&1
 	rc=$?
 	grep -E '=========|^cuda_ops:' "$OUT/sanitizer.txt" | tail -n 40
@@ -150,11 +187,25 @@ if [ -n "$san" ] && [ "$elapsed" -lt 130 ]; then
 	elif [ "$rc" -ne 0 ]; then fail "compute-sanitizer reported errors (exit $rc)"
 	fi
 else
-	step "compute-sanitizer: ${san:-not found}; skipped"
+	step "compute-sanitizer over the op comparison: ${san:-not found}; skipped"
+fi
+elapsed=$(( $(date +%s) - start ))
+if [ -n "$san" ] && [ -x test/bin/cuda_model_check ] && [ "$elapsed" -lt 200 ]; then
+	step "compute-sanitizer memcheck over the whole-model comparison (64x64, batch 4)"
+	timeout $(( 260 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
+		test/bin/cuda_model_check --no-bench --size 64 --batch 4 --cpu-batch 2 \
+		--archs resnet18,mobilenet_v2,densenet121,efficientnet_b0 > "$OUT/sanitizer_model.txt" 2>&1
+	rc=$?
+	grep -E '=========|^cuda_model:' "$OUT/sanitizer_model.txt" | tail -n 40
+	if [ "$rc" -eq 124 ]; then echo "note: compute-sanitizer timed out (not counted as a failure)"
+	elif [ "$rc" -ne 0 ]; then fail "compute-sanitizer reported errors in the model check (exit $rc)"
+	fi
+else
+	step "compute-sanitizer over the model comparison: ${san:-not found}; skipped"
 fi
 
 step "PyTorch on this machine (information only)"
-timeout 20 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1 | tail -n 3 || true
+timeout 15 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1 | tail -n 3 || true
 
 finish
 }

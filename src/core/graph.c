@@ -239,6 +239,7 @@ bn_scale_shift(const mt_model *m, const mt_node *bn, int c, float *scale, float 
 }
 
 static void plan_free(struct mt_plan *p);
+static void dev_drop_weights(mt_model *m);
 
 static void
 free_packed(mt_model *m)
@@ -246,6 +247,8 @@ free_packed(mt_model *m)
 	/* the memory plan depends on which nodes are folded */
 	plan_free(m->plan);
 	m->plan = NULL;
+	/* the device copy is made from the packed weights: stale now */
+	dev_drop_weights(m);
 	for (int i = 0; i < m->n_nodes; i++)
 	{
 		mt_free(m->nodes[i].packed);
@@ -560,26 +563,27 @@ mt_model_shapes(const mt_model *m, int h, int w, mt_shape3 *shp,
 	return MT_OK;
 }
 
-/* Run one prepared node (folded weights, fused activations). */
-int
-mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
-					 const float *a, const float *b, float *y, float *scratch,
-					 mt_err *err)
+/*
+ * Run one prepared node (folded weights, fused activations) through be.  w
+ * and bias are the node's weights where be computes: a convolution's
+ * packed weights and bias, a batch norm's scale and shift, a linear layer's
+ * weight and bias (host memory for the CPU, the device copy otherwise).
+ */
+static int
+node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
+		 const float *w, const float *bias, int n, mt_shape3 in,
+		 const float *a, const float *b, float *y, float *scratch, mt_err *err)
 {
-	const mt_backend *be = m->backend;
-
 	switch (nd->kind)
 	{
 		case MT_NODE_CONV:
 			{
 				mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, nd->run_act);
 
-				return be->conv2d(&d, n, in.h, in.w, a, nd->packed, nd->packed_bias,
-								  y, scratch, err);
+				return be->conv2d(&d, n, in.h, in.w, a, w, bias, y, scratch, err);
 			}
 		case MT_NODE_BN:
-			be->channel_affine((size_t) n * in.h * in.w, in.c, a, nd->packed,
-							   nd->packed_bias, nd->run_act, y);
+			be->channel_affine((size_t) n * in.h * in.w, in.c, a, w, bias, nd->run_act, y);
 			break;
 		case MT_NODE_ACT:
 			be->act((size_t) n * in.h * in.w * in.c, a, nd->act, y);
@@ -623,20 +627,50 @@ mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
 				if (be->conv_transpose2d == NULL)
 					return mt_seterr(err, MT_ERR_UNSUPPORTED,
 									 "the %s backend has no transposed convolution", be->name);
-				return be->conv_transpose2d(&d, n, in.h, in.w, a, nd->packed, nd->packed_bias,
-											y, scratch, err);
+				return be->conv_transpose2d(&d, n, in.h, in.w, a, w, bias, y, scratch, err);
 			}
 		case MT_NODE_LINEAR:
-			be->linear(n, nd->in_features, nd->out_features, a,
-					   m->params[nd->p_weight].data,
-					   nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL, y);
+			be->linear(n, nd->in_features, nd->out_features, a, w, bias, y);
 			break;
 		default:
+			/* host only: mt_model_to_device refuses models with these */
+			if (be != m->backend)
+				return mt_seterr(err, MT_ERR_INTERNAL, "node kind %d cannot run on backend %s",
+								 (int) nd->kind, be->name);
 			if (mt_node_is_transformer(nd->kind))
 				return mt_vit_node_run(m, nd, n, in, a, y, err);
 			break;
 	}
 	return MT_OK;
+}
+
+/* The host copies of a prepared node's weights, as node_run takes them. */
+static void
+host_weights(const mt_model *m, const mt_node *nd, const float **w, const float **bias)
+{
+	if (nd->kind == MT_NODE_LINEAR)
+	{
+		*w = m->params[nd->p_weight].data;
+		*bias = nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL;
+	}
+	else
+	{
+		*w = nd->packed;
+		*bias = nd->packed_bias;
+	}
+}
+
+/* Run one prepared node on the host (m->backend). */
+int
+mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
+					 const float *a, const float *b, float *y, float *scratch,
+					 mt_err *err)
+{
+	const float *w,
+			   *bias;
+
+	host_weights(m, nd, &w, &bias);
+	return node_run(m, m->backend, nd, w, bias, n, in, a, b, y, scratch, err);
 }
 
 /*
@@ -662,14 +696,27 @@ struct mt_plan
 	int		   *owner;
 	size_t	   *off;			/* per owner node; SIZE_MAX if it has no buffer */
 	float	   *arena;
+	const mt_backend *arena_be; /* whose mem_alloc made arena; NULL: mt_malloc */
 };
+
+/* Free the arena (host or device), keeping the plan. */
+static void
+plan_free_arena(struct mt_plan *p)
+{
+	if (p->arena_be != NULL)
+		p->arena_be->mem_free(p->arena);
+	else
+		mt_free(p->arena);
+	p->arena = NULL;
+	p->arena_be = NULL;
+}
 
 static void
 plan_free(struct mt_plan *p)
 {
 	if (p == NULL)
 		return;
-	mt_free(p->arena);
+	plan_free_arena(p);
 	mt_free(p->shp);
 	mt_free(p->owner);
 	mt_free(p->off);
@@ -796,11 +843,281 @@ done:
 	return p;
 }
 
+/*
+ * The device copy of a model (mt_model_to_device): which backend, and every
+ * node's prepared weights in one block of its memory.  The host struct and
+ * the w / b tables are engine (mt_malloc) memory; block is the backend's.
+ */
+struct mt_devcopy
+{
+	const mt_backend *be;
+	void	   *block;			/* NULL until uploaded, and after a re-prepare */
+	size_t		block_bytes;
+	const float **w;			/* per node: its weights in block, or NULL */
+	const float **b;			/* per node: its bias (BN: shift) in block, or NULL */
+};
+
+/* Device tensors start at 256-byte boundaries (coalesced loads). */
+#define MT_DEV_ALIGN 64			/* floats */
+
+static size_t
+dev_align(size_t v)
+{
+	return (v + MT_DEV_ALIGN - 1) / MT_DEV_ALIGN * MT_DEV_ALIGN;
+}
+
+/* Floats of a prepared node's weights and bias, as node_run takes them. */
+static void
+dev_node_sizes(const mt_model *m, const mt_node *nd, size_t *wlen, size_t *blen)
+{
+	*wlen = *blen = 0;
+	if (nd->folded)
+		return;
+	switch (nd->kind)
+	{
+		case MT_NODE_CONV:
+			{
+				mt_conv_desc d = conv_desc(nd, MT_ACT_NONE);
+
+				*wlen = mt_conv_packed_size(&d);
+				*blen = nd->cout;
+				break;
+			}
+		case MT_NODE_BN:
+			*wlen = *blen = m->params[nd->p_bn_weight].shape[0];
+			break;
+		case MT_NODE_LINEAR:
+			*wlen = m->params[nd->p_weight].numel;
+			*blen = nd->p_bias >= 0 ? m->params[nd->p_bias].numel : 0;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * be->mem_alloc, with an out-of-memory or over-the-cap message that says
+ * what was being allocated (the backend's detail is kept).
+ */
+static int
+dev_alloc(const mt_model *m, const mt_backend *be, void **ptr, size_t bytes,
+		  const char *what, mt_err *err)
+{
+	mt_err		e;
+	int			rc;
+
+	mt_clearerr(&e);
+	rc = be->mem_alloc(ptr, bytes, &e);
+	if (rc == MT_ERR_NOMEM || rc == MT_ERR_LIMIT)
+	{
+		char		detail[sizeof(e.detail)];
+
+		memcpy(detail, e.detail, sizeof(detail));
+		mt_seterr(&e, rc, "%s for the %s of %s (%zu MB)",
+				  rc == MT_ERR_NOMEM ? "out of device memory" : "device memory limit exceeded",
+				  what, m->arch, (bytes + (1 << 20) - 1) >> 20);
+		memcpy(e.detail, detail, sizeof(detail));
+	}
+	if (rc != MT_OK && err != NULL)
+		*err = e;
+	return rc;
+}
+
+/* Free the device weight block (the model stays on the device). */
+static void
+dev_drop_weights(mt_model *m)
+{
+	struct mt_devcopy *d = m->dev;
+
+	if (d == NULL)
+		return;
+	if (d->block != NULL)
+		d->be->mem_free(d->block);
+	d->block = NULL;
+	d->block_bytes = 0;
+	for (int i = 0; i < m->n_nodes; i++)
+		d->w[i] = d->b[i] = NULL;
+}
+
+/* Upload every node's prepared weights into one device block (once). */
+static int
+dev_upload(mt_model *m, mt_err *err)
+{
+	struct mt_devcopy *d = m->dev;
+	const mt_backend *be = d->be;
+	size_t		total = 0;
+	float	   *base;
+	int			rc;
+
+	if (d->block != NULL)
+		return MT_OK;
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		size_t		wl,
+					bl;
+
+		dev_node_sizes(m, &m->nodes[i], &wl, &bl);
+		total += dev_align(wl) + dev_align(bl);
+	}
+	if (total > SIZE_MAX / sizeof(float))
+		return mt_seterr(err, MT_ERR_LIMIT, "weights of %s are too large", m->arch);
+	if ((rc = dev_alloc(m, be, &d->block, total * sizeof(float), "weights", err)) != MT_OK)
+	{
+		d->block = NULL;
+		return rc;
+	}
+	d->block_bytes = total * sizeof(float);
+	base = (float *) d->block;
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+		const float *hw,
+				   *hb;
+		size_t		wl,
+					bl;
+
+		dev_node_sizes(m, nd, &wl, &bl);
+		if (wl == 0 && bl == 0)
+			continue;
+		host_weights(m, nd, &hw, &hb);
+		if (wl > 0)
+		{
+			if ((rc = be->upload(base, hw, wl * sizeof(float), err)) != MT_OK)
+				goto fail;
+			d->w[i] = base;
+			base += dev_align(wl);
+		}
+		if (bl > 0 && hb != NULL)
+		{
+			if ((rc = be->upload(base, hb, bl * sizeof(float), err)) != MT_OK)
+				goto fail;
+			d->b[i] = base;
+			base += dev_align(bl);
+		}
+	}
+	return MT_OK;
+
+fail:
+	dev_drop_weights(m);
+	return rc;
+}
+
+const mt_backend *
+mt_model_device(const mt_model *m)
+{
+	return m->dev != NULL ? m->dev->be : NULL;
+}
+
+size_t
+mt_model_device_bytes(const mt_model *m)
+{
+	size_t		bytes;
+
+	if (m->dev == NULL)
+		return 0;
+	bytes = m->dev->block_bytes;
+	if (m->plan != NULL && m->plan->arena != NULL && m->plan->arena_be == m->dev->be)
+		bytes += m->plan->total * sizeof(float);
+	return bytes;
+}
+
+void
+mt_model_release_device(mt_model *m)
+{
+	struct mt_devcopy *d = m->dev;
+
+	if (d == NULL)
+		return;
+	if (m->plan != NULL && m->plan->arena_be == d->be)
+		plan_free_arena(m->plan);
+	dev_drop_weights(m);
+	mt_free(d->w);
+	mt_free(d->b);
+	mt_free(d);
+	m->dev = NULL;
+}
+
+int
+mt_model_to_device(mt_model *m, const mt_backend *be, mt_err *err)
+{
+	struct mt_devcopy *d;
+	int			rc;
+
+	if (be == NULL || be->mem_alloc == NULL)
+	{
+		/* a host backend: passes run on m->backend */
+		mt_model_release_device(m);
+		return MT_OK;
+	}
+	if (m->dev != NULL && m->dev->be != be)
+		mt_model_release_device(m);
+	if (m->dev == NULL)
+	{
+		for (int i = 0; i < m->n_nodes; i++)
+		{
+			const mt_node *nd = &m->nodes[i];
+
+			if (mt_node_is_transformer(nd->kind))
+				return mt_seterr(err, MT_ERR_UNSUPPORTED,
+								 "%s inference does not run on %s yet (transformer layers)",
+								 m->arch, be->name);
+			if ((nd->kind == MT_NODE_UPSAMPLE && be->upsample_bilinear == NULL) ||
+				(nd->kind == MT_NODE_CONV_TRANSPOSE && be->conv_transpose2d == NULL))
+				return mt_seterr(err, MT_ERR_UNSUPPORTED,
+								 "%s inference does not run on %s yet (U-Net upsampling)",
+								 m->arch, be->name);
+			if (nd->in0 < 0 && nd->kind != MT_NODE_INPUT)
+				return mt_seterr(err, MT_ERR_UNSUPPORTED,
+								 "node %d of %s reads the input without an input node", i, m->arch);
+		}
+	}
+	if ((rc = mt_model_prepare(m, err)) != MT_OK)
+		return rc;
+	if (m->dev == NULL)
+	{
+		d = mt_calloc(1, sizeof(struct mt_devcopy));
+		if (d != NULL)
+		{
+			d->w = mt_calloc(m->n_nodes, sizeof(float *));
+			d->b = mt_calloc(m->n_nodes, sizeof(float *));
+		}
+		if (d == NULL || d->w == NULL || d->b == NULL)
+		{
+			if (d != NULL)
+			{
+				mt_free(d->w);
+				mt_free(d->b);
+				mt_free(d);
+			}
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory moving %s to a device", m->arch);
+		}
+		d->be = be;
+		m->dev = d;
+		/* a host arena is of no use any more */
+		if (m->plan != NULL && m->plan->arena_be == NULL)
+			plan_free_arena(m->plan);
+	}
+	if ((rc = dev_upload(m, err)) != MT_OK)
+		mt_model_release_device(m);
+	return rc;
+}
+
+/* Copy a node's output out of the arena into host memory. */
+static int
+copy_out(const mt_backend *dev, float *dst, const float *src, size_t floats, mt_err *err)
+{
+	if (dev != NULL)
+		return dev->download(dst, src, floats * sizeof(float), err);
+	memcpy(dst, src, floats * sizeof(float));
+	return MT_OK;
+}
+
 int
 mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 				 float *logits, float *features, mt_err *err)
 {
 	struct mt_plan *p;
+	const mt_backend *dev = mt_model_device(m);
 	int			rc = MT_OK;
 	int			mb;
 
@@ -808,6 +1125,9 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 		return rc;
 	if (n <= 0 || h <= 0 || w <= 0)
 		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
+	/* after a re-prepare (changed weights) the device copy is re-made */
+	if (dev != NULL && (rc = dev_upload(m, err)) != MT_OK)
+		return rc;
 
 	/*
 	 * Inference has no cross-image operation, so a batch may run as chunks
@@ -827,11 +1147,26 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 			return err->code;
 		m->plan = p;
 	}
-	if (p->arena == NULL &&
-		(p->total > SIZE_MAX / sizeof(float) ||
-		 (p->arena = mt_malloc(p->total * sizeof(float))) == NULL))
-		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass of %s (%zu MB of activations)",
-						 m->arch, p->total * sizeof(float) >> 20);
+	/* the arena lives where the nodes run */
+	if (p->arena != NULL && p->arena_be != dev)
+		plan_free_arena(p);
+	if (p->arena == NULL)
+	{
+		if (p->total > SIZE_MAX / sizeof(float))
+			return mt_seterr(err, MT_ERR_LIMIT, "activations of %s are too large", m->arch);
+		if (dev != NULL)
+		{
+			void	   *a = NULL;
+
+			if ((rc = dev_alloc(m, dev, &a, p->total * sizeof(float), "activations", err)) != MT_OK)
+				return rc;
+			p->arena = a;
+			p->arena_be = dev;
+		}
+		else if ((p->arena = mt_malloc(p->total * sizeof(float))) == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory in forward pass of %s (%zu MB of activations)",
+							 m->arch, p->total * sizeof(float) >> 20);
+	}
 
 	for (int s0 = 0; s0 < n; s0 += mb)
 	{
@@ -843,6 +1178,7 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 			mt_node    *nd = &m->nodes[i];
 			mt_shape3	in = nd->in0 >= 0 ? p->shp[nd->in0] : (mt_shape3) {h, w, 3};
 			const float *a = nd->in0 >= 0 ? p->arena + p->off[p->owner[nd->in0]] : xs;
+			const float *b = nd->in1 >= 0 ? p->arena + p->off[p->owner[nd->in1]] : NULL;
 			float	   *y;
 
 			if (mt_interrupted())
@@ -855,12 +1191,20 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 			y = p->arena + p->off[i];
 			if (nd->kind == MT_NODE_INPUT)
 			{
-				memcpy(y, xs, sizeof(float) * r * h * w * 3);
+				if (dev != NULL)
+				{
+					if ((rc = dev->upload(y, xs, sizeof(float) * r * h * w * 3, err)) != MT_OK)
+						goto done;
+				}
+				else
+					memcpy(y, xs, sizeof(float) * r * h * w * 3);
 				continue;
 			}
-			rc = mt_node_run_prepared(m, nd, r, in, a,
-									  nd->in1 >= 0 ? p->arena + p->off[p->owner[nd->in1]] : NULL,
-									  y, p->arena, err);
+			if (dev != NULL)
+				rc = node_run(m, dev, nd, m->dev->w[i], m->dev->b[i], r, in, a, b, y,
+							  p->arena, err);
+			else
+				rc = mt_node_run_prepared(m, nd, r, in, a, b, y, p->arena, err);
 			if (rc != MT_OK)
 				goto done;
 		}
@@ -871,31 +1215,51 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 			mt_shape3	f = p->shp[m->features_node];
 			size_t		per = (size_t) f.h * f.w * f.c;
 
-			memcpy(features + (size_t) s0 * per,
-				   p->arena + p->off[p->owner[m->features_node]], sizeof(float) * r * per);
+			if ((rc = copy_out(dev, features + (size_t) s0 * per,
+							   p->arena + p->off[p->owner[m->features_node]],
+							   (size_t) r * per, err)) != MT_OK)
+				goto done;
 		}
 		if (logits != NULL && m->logits_node >= 0)
 		{
 			mt_shape3	l = p->shp[m->logits_node];
 			size_t		per = (size_t) l.h * l.w * l.c;
 
-			memcpy(logits + (size_t) s0 * per,
-				   p->arena + p->off[p->owner[m->logits_node]], sizeof(float) * r * per);
+			if ((rc = copy_out(dev, logits + (size_t) s0 * per,
+							   p->arena + p->off[p->owner[m->logits_node]],
+							   (size_t) r * per, err)) != MT_OK)
+				goto done;
 		}
 	}
 done:
-	if (p->total * sizeof(float) > MT_ARENA_KEEP || m->no_arena_keep)
+	if (dev != NULL)
 	{
-		mt_free(p->arena);
-		p->arena = NULL;
+		mt_err		e2;
+		int			rc2;
+
+		/* the void entries run asynchronously: their first failure, if any */
+		mt_clearerr(&e2);
+		rc2 = dev->synchronize(&e2);
+		if (rc == MT_OK && rc2 != MT_OK)
+		{
+			rc = rc2;
+			if (err != NULL)
+				*err = e2;
+		}
+		/* the device arena is kept across passes (MT_ARENA_KEEP is for host memory) */
+		if (rc != MT_OK || m->no_arena_keep)
+			plan_free_arena(p);
 	}
+	else if (p->total * sizeof(float) > MT_ARENA_KEEP || m->no_arena_keep)
+		plan_free_arena(p);
 	return rc;
 }
 
 size_t
 mt_model_plan_bytes(const mt_model *m)
 {
-	return m->plan != NULL && m->plan->arena != NULL ? m->plan->total * sizeof(float) : 0;
+	return m->plan != NULL && m->plan->arena != NULL && m->plan->arena_be == NULL ?
+		m->plan->total * sizeof(float) : 0;
 }
 
 void
@@ -904,6 +1268,7 @@ mt_model_free(mt_model *m)
 	if (m == NULL)
 		return;
 	mt_model_train_release(m);
+	mt_model_release_device(m);
 	if (m->nodes != NULL)
 		free_packed(m);
 	if (m->params != NULL)

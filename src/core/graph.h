@@ -147,6 +147,7 @@ typedef enum mt_head_init
 } mt_head_init;
 
 struct mt_train_state;
+struct mt_devcopy;
 
 typedef struct mt_model
 {
@@ -180,6 +181,7 @@ typedef struct mt_model
 	struct mt_plan *plan;		/* inference memory plan (graph.c) */
 	int			no_arena_keep;	/* release the arena after every pass (benchmarks) */
 	int			micro_batch;	/* images per inference pass; 0: the default */
+	struct mt_devcopy *dev;		/* inference on a device (mt_model_to_device) */
 } mt_model;
 
 /* Building (used by the model zoo). */
@@ -214,8 +216,43 @@ int			mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 void		mt_model_free(mt_model *m);
 /* Drop the inference memory plan and its arena (re-made on the next pass). */
 void		mt_model_release_plan(mt_model *m);
-/* Bytes of the activation arena kept with the model (0 if none). */
+/* Bytes of the host activation arena kept with the model (0 if none; a
+ * device arena counts in mt_model_device_bytes). */
 size_t		mt_model_plan_bytes(const mt_model *m);
+
+/*
+ * Inference on a device backend, one whose tensors live in its own memory
+ * (mem_alloc set: mt_cuda_backend).  mt_model_to_device(m, be) prepares the
+ * model and uploads its folded weights (packed convolutions with batch norm
+ * folded in, batch-norm scale/shift, linear layers) once, into one device
+ * block; from then on mt_model_forward runs every node through be: the
+ * input is uploaded per pass, the activation arena is planned as on the
+ * host and allocated once on the device (kept across passes, re-made when
+ * the batch shape changes), and logits/features are downloaded.  Callers
+ * still pass and receive host memory.  be NULL (or a host backend such as
+ * mt_cpu_backend) releases the device copy: passes run on m->backend again.
+ * Training (train.h) always runs on m->backend, in host memory.
+ *
+ * Ownership: the device memory belongs to the model and is freed through
+ * be->mem_free by mt_model_release_device (= mt_model_to_device(m, NULL)),
+ * by mt_model_free, and, for the weight block only, when the host weights
+ * change (set_param, training: the next prepare), after which the next pass
+ * uploads them again; the model stays on the device.  The backend object
+ * must outlive the model's device copy.
+ *
+ * Errors: MT_ERR_UNSUPPORTED (the backend has no device: its reason; a
+ * transformer model, not on devices yet), MT_ERR_NOMEM (device out of
+ * memory), MT_ERR_LIMIT (the backend's memory cap, mt_cuda_set_mem_limit).
+ * On an error nothing is left allocated on the device and the model is
+ * still usable on the host.  A failing device pass (mt_model_forward)
+ * keeps the weights uploaded and frees the arena.
+ */
+int			mt_model_to_device(mt_model *m, const mt_backend *be, mt_err *err);
+void		mt_model_release_device(mt_model *m);
+/* The device backend passes run on, or NULL when they run on the host. */
+const mt_backend *mt_model_device(const mt_model *m);
+/* Bytes of device memory the model holds (weights and arena). */
+size_t		mt_model_device_bytes(const mt_model *m);
 
 /* Bytes of float data held (parameters and packed copies). */
 size_t		mt_model_memory(const mt_model *m);

@@ -2,6 +2,7 @@
 # (PGXS) and usable on its own without PostgreSQL:
 #
 #   make -f src/cuda/cuda.mk cuda-check     builds test/bin/cuda_ops_check
+#                                           and test/bin/cuda_model_check
 #
 # nvcc compiles src/cuda/*.cu for sm_90 plus compute_90 PTX (override with
 # CUDA_ARCH=...).  The objects are linked into medtl.so through SHLIB_LINK,
@@ -34,6 +35,16 @@ test/bin/cuda_ops_check: test/tools/cuda_ops_check.c $(CUDA_CHECK_SRC) $(CUDA_OB
 	@mkdir -p test/bin
 	$(CC) $(CUDA_CHECK_CFLAGS) -o $@ $< $(CUDA_CHECK_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
 
-cuda-check: test/bin/cuda_ops_check
+# The whole-model CUDA vs CPU check: the engine (graph, zoo) without
+# PostgreSQL or image libraries.
+CUDA_MODEL_SRC = $(CUDA_CHECK_SRC) src/core/graph.c src/core/graph_vit.c src/core/train.c \
+	src/nn/zoo.c src/nn/zoo_cnn.c src/nn/vit.c
+
+test/bin/cuda_model_check: test/tools/cuda_model_check.c $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_HDRS) \
+		src/core/graph.h src/core/train.h src/nn/zoo.h
+	@mkdir -p test/bin
+	$(CC) $(CUDA_CHECK_CFLAGS) -o $@ $< $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
+
+cuda-check: test/bin/cuda_ops_check test/bin/cuda_model_check
 
 .PHONY: cuda-check

@@ -18,6 +18,7 @@
 #include <png.h>
 
 #include "core/blas.h"
+#include "cuda/cuda.h"
 #include "io/image.h"
 
 PG_MODULE_MAGIC;
@@ -27,6 +28,15 @@ int			medtl_worker_threads = 1;
 int			medtl_max_image_pixels = 64 * 1024 * 1024;
 int			medtl_model_cache_size = 8;
 char	   *medtl_blas_core = NULL;
+int			medtl_device = MEDTL_DEVICE_CPU;
+int			medtl_device_memory_mb = 0;
+
+static const struct config_enum_entry device_options[] = {
+	{"cpu", MEDTL_DEVICE_CPU, false},
+	{"cuda", MEDTL_DEVICE_CUDA, false},
+	{"auto", MEDTL_DEVICE_AUTO, false},
+	{NULL, 0, false}
+};
 
 static int	applied_threads = -1;
 
@@ -89,6 +99,17 @@ _PG_init(void)
 							   "Read when OpenBLAS is first used in a backend.",
 							   &medtl_blas_core, "auto", PGC_SUSET, 0,
 							   NULL, NULL, NULL);
+	/* read when a model is used (device.c); nothing touches CUDA here */
+	DefineCustomEnumVariable("medtl.device",
+							 "Where inference runs: cpu, cuda, or auto (a CUDA device when there is one, else the CPU).",
+							 "Applies to predict, predict_proba, logits, embed, predict_topk, predict_batch and evaluate. Training and parallel workers use the CPU.",
+							 &medtl_device, MEDTL_DEVICE_CPU, device_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("medtl.device_memory_mb",
+							"Device memory (MB) one backend may allocate for inference (0 = no cap but the device's).",
+							"Cached models keep their weights and activations on the device until evicted.",
+							&medtl_device_memory_mb, 0, 0, INT_MAX / 2,
+							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("medtl");
 
 	mt_set_allocator(pg_engine_malloc, pg_engine_free);
@@ -234,8 +255,21 @@ medtl_runtime_info(PG_FUNCTION_ARGS)
 	json_kv(&s, "blas_config", mt_blas_config(), false);
 	appendStringInfo(&s, ", \"threads\": %d", mt_blas_threads());
 	appendStringInfo(&s, ", \"parallel_worker\": %s", IsParallelWorker() ? "true" : "false");
-	json_kv(&s, "device", "cpu", false);
-	appendStringInfoString(&s, ", \"cuda_built\": false");
+	json_kv(&s, "device", medtl_device_in_use(), false);
+	json_kv(&s, "device_setting", device_options[medtl_device].name, false);
+	appendStringInfo(&s, ", \"cuda_built\": %s", mt_cuda_built() ? "true" : "false");
+	{
+		mt_err		err;
+
+		mt_clearerr(&err);
+		if (mt_cuda_available(&err) == MT_OK)
+			json_kv(&s, "cuda_device", mt_cuda_device_name(), false);
+		else
+			json_kv(&s, "cuda_device", psprintf("none (%s%s%s)", err.msg,
+												err.detail[0] ? ": " : "", err.detail), false);
+	}
+	appendStringInfo(&s, ", \"device_memory_used_mb\": %.1f, \"device_memory_mb\": %d",
+					 (double) mt_cuda_mem_used() / (1024.0 * 1024.0), medtl_device_memory_mb);
 	appendStringInfo(&s, ", \"jpeg_lib_version\": %d", JPEG_LIB_VERSION);
 	json_kv(&s, "libpng", PNG_LIBPNG_VER_STRING, false);
 	appendStringInfo(&s, ", \"models_cached\": %d", medtl_cached_models());

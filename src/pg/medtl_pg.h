@@ -17,6 +17,16 @@ extern int	medtl_worker_threads;
 extern int	medtl_max_image_pixels;
 extern int	medtl_model_cache_size;
 extern char *medtl_blas_core;
+extern int	medtl_device;
+extern int	medtl_device_memory_mb;
+
+/* medtl.device */
+typedef enum MedtlDevice
+{
+	MEDTL_DEVICE_CPU = 0,
+	MEDTL_DEVICE_CUDA,
+	MEDTL_DEVICE_AUTO
+} MedtlDevice;
 
 /* Raise the engine error as an ERROR with a SQLSTATE fitting its code. */
 void		medtl_raise(const mt_err *err, const char *what) pg_attribute_noreturn();
@@ -24,6 +34,14 @@ void		medtl_raise(const mt_err *err, const char *what) pg_attribute_noreturn();
 int			medtl_sqlstate(int code);
 /* Load OpenBLAS (once) and apply medtl.threads; call before engine work. */
 void		medtl_engine_enter(void);
+/*
+ * The device backend inference runs on under medtl.device (device.c): NULL
+ * for the CPU.  Raises ERROR (feature_not_supported) when medtl.device is
+ * cuda and no device can be used; applies medtl.device_memory_mb.
+ */
+const mt_backend *medtl_inference_device(void);
+/* What medtl.device resolves to now, for runtime_info: cpu, cuda, unavailable. */
+const char *medtl_device_in_use(void);
 /* Decode, resize to size x size and normalise an image into NHWC floats. */
 float	   *medtl_image_tensor(bytea *image, int size, const float mean[3],
 							   const float std[3]);
@@ -57,6 +75,7 @@ typedef struct MedtlModel
 	int			n_labels;
 	char	  **labels;
 	mt_model   *net;			/* NULL for an ensemble */
+	bool		cpu_only;		/* forward passes ignore medtl.device (training) */
 	MemoryContext cxt;			/* holds the model: its forward pass allocates here */
 	/* an ensemble (arch "ensemble"): member names and normalised weights */
 	int			n_members;

@@ -231,6 +231,17 @@ load_members(MedtlModel *mm, const char *name, MemoryContext cxt)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Free the model's device memory when its memory context goes (eviction,
+ * invalidation, the end of a private copy's statement, an ERROR): device
+ * memory is not palloc'd.
+ */
+static void
+release_device_cb(void *arg)
+{
+	mt_model_release_device((mt_model *) arg);
+}
+
 /* Load the model's description and weights into cxt (SPI connected). */
 static MedtlModel *
 load_model(const char *name, const ModelRow *row, MemoryContext cxt)
@@ -295,6 +306,13 @@ load_model(const char *name, const ModelRow *row, MemoryContext cxt)
 	mm->net = mt_zoo_build(mm->arch, num_classes, strcmp(padding, "tf_same") == 0, &err);
 	if (mm->net == NULL)
 		medtl_raise(&err, NULL);
+	{
+		MemoryContextCallback *cb = palloc0(sizeof(MemoryContextCallback));
+
+		cb->func = release_device_cb;
+		cb->arg = mm->net;
+		MemoryContextRegisterResetCallback(cxt, cb);
+	}
 	MemoryContextSwitchTo(old);
 
 	/* stream the weight rows through a cursor, a few tensors at a time */
@@ -465,15 +483,44 @@ score_image(MedtlModel *mm, bytea *image, float **logits, float **features)
 	pfree(x);
 }
 
+/*
+ * mt_model_forward on the device medtl.device chooses (the CPU for models
+ * marked cpu_only, in parallel workers, and under auto for a model the
+ * device cannot run yet).  The device copy of the weights
+ * stays with the model, so a cached model uploads them once; choosing the
+ * CPU again frees it.  Device errors: out of memory 53200, over
+ * medtl.device_memory_mb 54000.
+ */
 void
 medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *features)
 {
-	MemoryContext old = MemoryContextSwitchTo(mm->cxt);
+	const mt_backend *dev = mm->cpu_only ? NULL : medtl_inference_device();
+	MemoryContext old;
 	mt_err		err;
-	int			rc;
+	int			rc = MT_OK;
 
-	rc = mt_model_forward(mm->net, x, n, mm->input_size, mm->input_size, logits, features, &err);
+	/* the device copy's host bookkeeping belongs with the model */
+	old = MemoryContextSwitchTo(mm->cxt);
+	if (mt_model_device(mm->net) != dev)
+	{
+		rc = mt_model_to_device(mm->net, dev, &err);
+		/* a model the device cannot run yet (ViT): auto means the CPU then */
+		if (rc == MT_ERR_UNSUPPORTED && medtl_device == MEDTL_DEVICE_AUTO)
+		{
+			dev = NULL;
+			rc = MT_OK;
+		}
+	}
+	if (rc == MT_OK)
+		rc = mt_model_forward(mm->net, x, n, mm->input_size, mm->input_size, logits, features, &err);
 	MemoryContextSwitchTo(old);
+	if (rc != MT_OK && dev != NULL && (rc == MT_ERR_NOMEM || rc == MT_ERR_LIMIT))
+		ereport(ERROR,
+				(errcode(rc == MT_ERR_NOMEM ? ERRCODE_OUT_OF_MEMORY : ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("inference failed: %s", err.msg),
+				 err.detail[0] ? errdetail("%s", err.detail) : 0,
+				 errhint("medtl.device_memory_mb caps this backend's device memory (now %d MB, 0 = no cap); cached models keep theirs until evicted (medtl.model_cache_size). SET medtl.device = cpu scores on the CPU.",
+						 medtl_device_memory_mb)));
 	if (rc != MT_OK)
 		medtl_raise(&err, "inference failed");
 }

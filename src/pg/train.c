@@ -742,6 +742,13 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	old = MemoryContextSwitchTo(cxt);
 	medtl_engine_enter();
 	mm = medtl_load_model_private(a.model, cxt);
+	/* training is on the CPU so far, its validation passes too */
+	mm->cpu_only = true;
+	if (medtl_device == MEDTL_DEVICE_CUDA ||
+		(medtl_device == MEDTL_DEVICE_AUTO && strcmp(medtl_device_in_use(), "cuda") == 0))
+		ereport(NOTICE,
+				(errmsg("training runs on the CPU; medtl.device applies to inference"),
+				 errdetail("Training on the device is not implemented yet.")));
 	k = mm->net->num_classes;
 	a.seg = strcmp(mm->task, "segmentation") == 0;
 	if (a.seg != mt_zoo_is_segmentation(mm->arch))

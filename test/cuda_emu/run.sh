@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # test/cuda_emu/run.sh - build src/cuda's kernels and host code against the CPU
 # emulation in this folder (g++, C++20) and run test/bin/cuda_ops_check's
-# comparison with the CPU backend.  No GPU or CUDA toolkit needed.  Prints
-# the tool's lines, last "cuda_ops: N passed, M failed"; exits 1 on failure.
+# comparison with the CPU backend, then test/bin/cuda_model_check's
+# whole-model comparison at a tiny size (32x32, device batch 3, CPU batch 2, every CNN of
+# the zoo: the emulation runs kernels thread by thread).  No GPU or CUDA toolkit
+# needed.  Prints the tools' lines: "cuda_ops: N passed, M failed", then
+# last "cuda_model: N passed, M failed"; exits 1 on a failure.
+# EMU_MODEL_ARCHS overrides the architectures of the model check;
+# EMU_SKIP_OPS=1 runs only the model check.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 emu=$here/test/cuda_emu
@@ -23,4 +28,15 @@ $CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -W
 	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
 	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
 	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
-"$tmp/cuda_ops_check" --no-bench
+[ -n "${EMU_SKIP_OPS:-}" ] || "$tmp/cuda_ops_check" --no-bench
+$CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
+	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_model_check" "$here/test/tools/cuda_model_check.c" \
+	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
+	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" \
+	"$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c" \
+	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/vit.c" \
+	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
+# the device-less path first (the probe fails: refusal, host still works)
+EMU_NODEV=1 "$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 --archs resnet18 | tail -n 3
+"$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 \
+	--archs "${EMU_MODEL_ARCHS:-resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0}"

@@ -537,6 +537,156 @@ test_micro_batch(void)
 	}
 }
 
+/*
+ * A stand-in for a device backend: the CPU kernels over "device" memory
+ * that is host memory handed out by mem_alloc (filled with NaN, so reading
+ * what was never written shows), counted, and refused past a budget.
+ * mt_model_to_device's path then runs here bit for bit like the host one.
+ */
+static mt_backend fake_dev;
+static int	fake_live = 0;
+static long fake_budget = -1;	/* allocations still allowed; -1: any */
+
+static int
+fake_alloc(void **ptr, size_t bytes, mt_err *err)
+{
+	float	   *p;
+
+	*ptr = NULL;
+	if (fake_budget == 0)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of device memory in fake_alloc");
+	if ((p = malloc(bytes)) == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; i < bytes / sizeof(float); i++)
+		p[i] = NAN;
+	if (fake_budget > 0)
+		fake_budget--;
+	fake_live++;
+	*ptr = p;
+	return MT_OK;
+}
+
+static void
+fake_free(void *ptr)
+{
+	if (ptr != NULL)
+		fake_live--;
+	free(ptr);
+}
+
+static int
+fake_copy(void *dst, const void *src, size_t bytes, mt_err *err)
+{
+	memcpy(dst, src, bytes);
+	return MT_OK;
+}
+
+static int
+fake_sync(mt_err *err)
+{
+	return MT_OK;
+}
+
+static void
+test_device_path(void)
+{
+	mt_err		err;
+	mt_model   *m = mt_zoo_build("densenet121", 5, 0, &err);
+	mt_model   *v = mt_zoo_build("vit_b_16", 5, 0, &err);
+	int			n = 3,
+				hw = 32;
+	size_t		xs = (size_t) n * hw * hw * 3;
+	float	   *x = rand_buf(xs);
+	float		l0[3 * 5],
+				l1[3 * 5];
+	float	   *f0,
+			   *f1;
+	int			hi;
+
+	fake_dev = mt_cpu_backend;
+	fake_dev.name = "fake device";
+	fake_dev.mem_alloc = fake_alloc;
+	fake_dev.mem_free = fake_free;
+	fake_dev.upload = fake_copy;
+	fake_dev.download = fake_copy;
+	fake_dev.synchronize = fake_sync;
+
+	CHECK(m != NULL && v != NULL, "models build");
+	if (m == NULL || v == NULL)
+		return;
+	CHECK(mt_model_init_all(m, 5, &err) == MT_OK, "init: %s", err.msg);
+	f0 = malloc(sizeof(float) * n * m->feature_dim);
+	f1 = malloc(sizeof(float) * n * m->feature_dim);
+	CHECK(mt_model_forward(m, x, n, hw, hw, l0, f0, &err) == MT_OK, "host forward: %s", err.msg);
+
+	/* a host backend: nothing moves */
+	CHECK(mt_model_to_device(m, &mt_cpu_backend, &err) == MT_OK && mt_model_device(m) == NULL &&
+		  mt_model_plan_bytes(m) > 0, "to_device(cpu) keeps the model on the host");
+
+	/* out of device memory for the weights: nothing left, still on the host */
+	fake_budget = 0;
+	CHECK(mt_model_to_device(m, &fake_dev, &err) == MT_ERR_NOMEM && mt_model_device(m) == NULL &&
+		  fake_live == 0, "to_device out of memory: MT_ERR_NOMEM (%s), nothing left", err.msg);
+	CHECK(strstr(err.msg, "weights of densenet121") != NULL, "the message names the weights: %s", err.msg);
+
+	/* the weights go up in one block; the host arena is dropped */
+	fake_budget = -1;
+	CHECK(mt_model_to_device(m, &fake_dev, &err) == MT_OK && mt_model_device(m) == &fake_dev &&
+		  fake_live == 1 && mt_model_plan_bytes(m) == 0 && mt_model_device_bytes(m) > 0,
+		  "to_device uploads one weight block: %s", err.msg);
+	CHECK(mt_model_forward(m, x, n, hw, hw, l1, f1, &err) == MT_OK, "device forward: %s", err.msg);
+	CHECK(memcmp(l0, l1, sizeof(l0)) == 0 && memcmp(f0, f1, sizeof(float) * n * m->feature_dim) == 0,
+		  "the device path gives the host's logits and features bit for bit");
+	CHECK(fake_live == 2, "one arena on the device besides the weights (%d blocks)", fake_live);
+	CHECK(mt_model_forward(m, x, n, hw, hw, l1, NULL, &err) == MT_OK && fake_live == 2 &&
+		  memcmp(l0, l1, sizeof(l0)) == 0, "a second pass allocates nothing");
+
+	/* the arena refused: an error, the weights stay, usable afterwards */
+	m->micro_batch = 2;
+	fake_budget = 0;
+	CHECK(mt_model_forward(m, x, n, hw, hw, l1, NULL, &err) == MT_ERR_NOMEM && fake_live == 1,
+		  "arena out of memory: MT_ERR_NOMEM (%s), the weights kept", err.msg);
+	fake_budget = -1;
+	CHECK(mt_model_forward(m, x, n, hw, hw, l1, NULL, &err) == MT_OK, "usable after: %s", err.msg);
+	for (int j = 0; j < n * 5; j++)
+		CHECK(fabsf(l0[j] - l1[j]) <= 1e-4f * (fabsf(l0[j]) + 1e-2f), "micro-batches on the device: %g vs %g",
+			  l0[j], l1[j]);
+	m->micro_batch = 0;
+
+	/* changed weights are uploaded again */
+	hi = mt_model_find_param(m, mt_zoo_head_weight(m->arch));
+	{
+		mt_param   *p = &m->params[hi];
+		float	   *w = malloc(sizeof(float) * p->numel);
+
+		for (size_t j = 0; j < p->numel; j++)
+			w[j] = 2.0f * p->data[j];
+		CHECK(mt_model_set_param(m, p->name, 0, p->ndim, p->shape, w, sizeof(float) * p->numel, &err) == MT_OK,
+			  "set head: %s", err.msg);
+		free(w);
+	}
+	CHECK(mt_model_forward(m, x, n, hw, hw, l1, NULL, &err) == MT_OK, "forward after a change: %s", err.msg);
+	CHECK(mt_model_device(m) == &fake_dev && fake_live == 2, "still on the device (%d blocks)", fake_live);
+	CHECK(mt_model_to_device(m, NULL, &err) == MT_OK && fake_live == 0 && mt_model_device(m) == NULL,
+		  "to_device(NULL) frees everything on the device (%d blocks)", fake_live);
+	CHECK(mt_model_forward(m, x, n, hw, hw, l0, NULL, &err) == MT_OK && memcmp(l0, l1, sizeof(l0)) == 0,
+		  "the host gives the device's logits with the changed head");
+
+	/* freeing a model on the device frees its device memory */
+	CHECK(mt_model_to_device(m, &fake_dev, &err) == MT_OK &&
+		  mt_model_forward(m, x, n, hw, hw, l1, NULL, &err) == MT_OK, "back on the device: %s", err.msg);
+	mt_model_free(m);
+	CHECK(fake_live == 0, "mt_model_free frees the device copy (%d blocks)", fake_live);
+
+	/* transformers stay on the host (refused before anything is allocated) */
+	CHECK(mt_model_to_device(v, &fake_dev, &err) == MT_ERR_UNSUPPORTED && mt_model_device(v) == NULL &&
+		  fake_live == 0, "vit_b_16 refused: %s", err.msg);
+	mt_model_free(v);
+	free(x);
+	free(f0);
+	free(f1);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -552,6 +702,7 @@ main(int argc, char **argv)
 	test_mobilenet(shared);
 	test_thread_pool();
 	test_micro_batch();
+	test_device_path();
 	/* the same kernels again split over 3 threads (uneven parts) */
 	mt_pool_set_threads(3);
 	test_conv();

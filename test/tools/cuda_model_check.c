@@ -1,0 +1,485 @@
+/*
+ * cuda_model_check - whole-model inference on the CUDA backend against the
+ * CPU backend (built by `make -f src/cuda/cuda.mk cuda-model-check`, or
+ * `make WITH_CUDA=1 cuda-check`; under the CPU emulation by
+ * test/cuda_emu/run.sh).
+ *
+ * For each architecture: random weights as torchvision initialises them,
+ * then random batch-norm statistics and affine parameters (so folding
+ * matters), a random batch; the CPU forward pass (mt_model_forward on the
+ * host) and the device one (after mt_model_to_device) must agree on logits
+ * and pooled features to max|a - b| / max(max|b|, 1e-6) <= 1e-4, b the CPU
+ * result.  The device pass runs at the benchmark batch (its first images
+ * are the CPU's batch), so large-batch code paths are compared too.
+ * The first architecture also goes through the life cycle: a second pass
+ * on the kept arena, another batch size, micro-batches, changed weights
+ * (re-upload), back to the host, the memory cap (MT_ERR_LIMIT, nothing
+ * left allocated, usable afterwards).  A transformer model must be refused
+ * with MT_ERR_UNSUPPORTED.  At the end all device memory must be freed.
+ *
+ * Then (unless --no-bench) images/s: the device at the benchmark batch
+ * (best of a few timed passes, input upload and logits download included)
+ * and the CPU at its smaller batch (one timed pass after the compared one).
+ *
+ * Prints "ok: ..." / "FAIL: ..." per check, a table of relative errors and
+ * images/s, last "cuda_model: N passed, M failed"; exits 1 when M > 0.
+ * Without a device: checks the refusal (MT_ERR_UNSUPPORTED), prints
+ * "no CUDA device: <reason>" and "cuda_model: N passed, 0 failed (skipped:
+ * no device)", exits 0.
+ *
+ *   cuda_model_check [--size S] [--batch B] [--cpu-batch B] [--archs a,b,..]
+ *                    [--no-bench] [--seconds T]
+ *   defaults: 224, 64, 4, resnet18,resnet34,resnet50,mobilenet_v2,
+ *             densenet121,efficientnet_b0
+ */
+#include "core/blas.h"
+#include "core/graph.h"
+#include "core/rng.h"
+#include "core/train.h"
+#include "cuda/cuda.h"
+#include "nn/zoo.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define TOL 1e-4
+#define CLASSES 1000
+
+static int	n_pass = 0;
+static int	n_fail = 0;
+
+static void
+check(int ok, const char *arch, const char *what)
+{
+	printf("%s: %s %s\n", ok ? "ok" : "FAIL", arch, what);
+	if (ok)
+		n_pass++;
+	else
+		n_fail++;
+}
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void *
+xmalloc(size_t bytes)
+{
+	void	   *p = malloc(bytes ? bytes : 1);
+
+	if (p == NULL)
+	{
+		printf("FAIL: host out of memory\n");
+		printf("cuda_model: %d passed, %d failed\n", n_pass, n_fail + 1);
+		exit(1);
+	}
+	return p;
+}
+
+/* max|a - b| / max(max|b|, 1e-6) over len values */
+static double
+rel_err(const float *a, const float *b, size_t len)
+{
+	double		diff = 0,
+				scale = 1e-6;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		double		d = fabs((double) a[i] - (double) b[i]);
+
+		if (d > diff || isnan(d))
+			diff = isnan(d) ? INFINITY : d;
+		if (fabs((double) b[i]) > scale)
+			scale = fabs((double) b[i]);
+	}
+	return diff / scale;
+}
+
+/*
+ * A model with torchvision's initialisation, then batch-norm statistics
+ * and affine parameters drawn at random (the initialisation's 1/0/0/1
+ * would make folding trivial).
+ */
+static mt_model *
+random_model(const char *arch, uint64_t seed, mt_err *err)
+{
+	mt_model   *m = mt_zoo_build(arch, CLASSES, 0, err);
+	mt_rng		rng;
+
+	if (m == NULL)
+		return NULL;
+	if (mt_model_init_all(m, seed, err) != MT_OK)
+	{
+		mt_model_free(m);
+		return NULL;
+	}
+	mt_rng_seed(&rng, seed, 7);
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+
+		if (nd->kind != MT_NODE_BN)
+			continue;
+		for (size_t j = 0; j < m->params[nd->p_bn_weight].numel; j++)
+		{
+			m->params[nd->p_bn_weight].data[j] = (float) (0.5 + mt_rng_uniform(&rng));
+			m->params[nd->p_bn_bias].data[j] = (float) (0.2 * mt_rng_uniform(&rng) - 0.1);
+			m->params[nd->p_bn_mean].data[j] = (float) (0.2 * mt_rng_uniform(&rng) - 0.1);
+			m->params[nd->p_bn_var].data[j] = (float) (0.5 + mt_rng_uniform(&rng));
+		}
+	}
+	m->prepared = 0;
+	return m;
+}
+
+/* One forward pass; prints the error and returns 0 on failure. */
+static int
+forward(mt_model *m, const float *x, int n, int size, float *logits, float *features,
+		const char *what)
+{
+	mt_err		err;
+
+	mt_clearerr(&err);
+	if (mt_model_forward(m, x, n, size, size, logits, features, &err) != MT_OK)
+	{
+		printf("FAIL: %s %s: %s%s%s\n", m->arch, what, err.msg, err.detail[0] ? " " : "", err.detail);
+		n_fail++;
+		return 0;
+	}
+	return 1;
+}
+
+typedef struct result
+{
+	const char *arch;
+	double		err_logits,
+				err_features;
+	double		gpu_ips,
+				cpu_ips;
+	int			ok;
+} result;
+
+/* The life cycle of a model on the device (first architecture only). */
+static void
+lifecycle(mt_model *m, const float *x, int size, int batch, const float *ref_logits,
+		  int cpu_batch)
+{
+	size_t		nl = (size_t) cpu_batch * CLASSES;
+	float	   *l1 = xmalloc(sizeof(float) * (size_t) batch * CLASSES);
+	float	   *l2 = xmalloc(sizeof(float) * (size_t) batch * CLASSES);
+	mt_err		err;
+	size_t		used;
+	char		what[400];
+	int			small = cpu_batch > 1 ? cpu_batch - 1 : 1;
+
+	/* the kept arena: a second pass gives the same numbers */
+	if (forward(m, x, cpu_batch, size, l1, NULL, "pass 1") &&
+		forward(m, x, cpu_batch, size, l2, NULL, "pass 2"))
+		check(memcmp(l1, l2, sizeof(float) * nl) == 0, m->arch,
+			  "second pass on the kept device arena is identical");
+
+	/* another batch size re-plans; micro-batches */
+	if (forward(m, x, small, size, l1, NULL, "smaller batch"))
+	{
+		snprintf(what, sizeof(what), "batch %d after batch %d (re-planned arena): rel err %.2e",
+				 small, cpu_batch, rel_err(l1, ref_logits, (size_t) small * CLASSES));
+		check(rel_err(l1, ref_logits, (size_t) small * CLASSES) <= TOL, m->arch, what);
+	}
+	m->micro_batch = 1;
+	if (forward(m, x, cpu_batch, size, l1, NULL, "micro-batches"))
+	{
+		snprintf(what, sizeof(what), "micro-batches of 1 on the device: rel err %.2e",
+				 rel_err(l1, ref_logits, nl));
+		check(rel_err(l1, ref_logits, nl) <= TOL, m->arch, what);
+	}
+	m->micro_batch = 0;
+	check(mt_model_device_bytes(m) > 0 && mt_model_plan_bytes(m) == 0, m->arch,
+		  "weights and arena on the device, no host arena");
+
+	/* changed weights: the next pass uploads them again */
+	{
+		int			hi = mt_model_find_param(m, mt_zoo_head_weight(m->arch));
+		mt_param   *p = &m->params[hi];
+		float	   *w = xmalloc(sizeof(float) * p->numel);
+		float	   *cpu = xmalloc(sizeof(float) * nl);
+
+		for (size_t j = 0; j < p->numel; j++)
+			w[j] = p->data[j] * -0.5f;
+		mt_clearerr(&err);
+		if (mt_model_set_param(m, p->name, 0, p->ndim, p->shape, w, sizeof(float) * p->numel, &err) != MT_OK)
+			printf("FAIL: set_param: %s\n", err.msg), n_fail++;
+		else if (forward(m, x, cpu_batch, size, l1, NULL, "after changed weights") &&
+				 mt_model_to_device(m, NULL, &err) == MT_OK &&
+				 forward(m, x, cpu_batch, size, cpu, NULL, "host after changed weights"))
+		{
+			snprintf(what, sizeof(what), "changed head weights re-uploaded: rel err %.2e",
+					 rel_err(l1, cpu, nl));
+			check(rel_err(l1, cpu, nl) <= TOL && rel_err(l1, ref_logits, nl) > 1e-2, m->arch, what);
+		}
+		check(mt_model_device(m) == NULL && mt_model_device_bytes(m) == 0, m->arch,
+			  "mt_model_to_device(NULL) releases the device copy");
+		/* restore */
+		for (size_t j = 0; j < p->numel; j++)
+			w[j] *= -2.0f;
+		mt_model_set_param(m, p->name, 0, p->ndim, p->shape, w, sizeof(float) * p->numel, &err);
+		free(w);
+		free(cpu);
+	}
+
+	/* the memory cap: refused with MT_ERR_LIMIT, nothing left, usable after */
+	used = mt_cuda_mem_used();
+	mt_cuda_set_mem_limit(used + 4096);
+	mt_clearerr(&err);
+	{
+		int			rc = mt_model_to_device(m, &mt_cuda_backend, &err);
+
+		snprintf(what, sizeof(what), "to_device over the memory cap: MT_ERR_LIMIT (\"%s\")", err.msg);
+		check(rc == MT_ERR_LIMIT && mt_model_device(m) == NULL && mt_cuda_mem_used() == used,
+			  m->arch, what);
+	}
+	/* weights fit, activations do not */
+	mt_cuda_set_mem_limit(0);
+	mt_clearerr(&err);
+	if (mt_model_to_device(m, &mt_cuda_backend, &err) != MT_OK)
+		printf("FAIL: %s to_device: %s\n", m->arch, err.msg), n_fail++;
+	else
+	{
+		size_t		with_weights = mt_cuda_mem_used();
+		int			rc;
+
+		mt_cuda_set_mem_limit(with_weights + 4096);
+		mt_clearerr(&err);
+		rc = mt_model_forward(m, x, cpu_batch, size, size, l1, NULL, &err);
+		snprintf(what, sizeof(what), "forward over the memory cap: MT_ERR_LIMIT (\"%s\")", err.msg);
+		check(rc == MT_ERR_LIMIT && mt_cuda_mem_used() == with_weights, m->arch, what);
+		mt_cuda_set_mem_limit(0);
+		if (forward(m, x, cpu_batch, size, l1, NULL, "after the cap was lifted"))
+		{
+			snprintf(what, sizeof(what), "usable after the refusal: rel err %.2e",
+					 rel_err(l1, ref_logits, nl));
+			check(rel_err(l1, ref_logits, nl) <= TOL, m->arch, what);
+		}
+	}
+	free(l1);
+	free(l2);
+}
+
+static result
+check_arch(const char *arch, int size, int batch, int cpu_batch, int bench, double seconds,
+		   int first)
+{
+	result		r = {arch, NAN, NAN, NAN, NAN, 0};
+	mt_err		err;
+	mt_model   *m;
+	mt_rng		rng;
+	size_t		xs = (size_t) batch * size * size * 3;
+	float	   *x,
+			   *cl,
+			   *cf,
+			   *gl,
+			   *gf;
+	int			fails = n_fail;
+	int			fd;
+	double		t0;
+	char		what[400];
+
+	mt_clearerr(&err);
+	if ((m = random_model(arch, 42, &err)) == NULL)
+	{
+		printf("FAIL: %s build: %s\n", arch, err.msg);
+		n_fail++;
+		return r;
+	}
+	fd = m->feature_dim;
+	x = xmalloc(sizeof(float) * xs);
+	cl = xmalloc(sizeof(float) * (size_t) cpu_batch * CLASSES);
+	cf = xmalloc(sizeof(float) * (size_t) cpu_batch * fd);
+	gl = xmalloc(sizeof(float) * (size_t) batch * CLASSES);
+	gf = xmalloc(sizeof(float) * (size_t) batch * fd);
+	mt_rng_seed(&rng, 3, 0);
+	for (size_t i = 0; i < xs; i++)
+		x[i] = (float) mt_rng_normal(&rng);
+
+	/* the CPU reference on the first cpu_batch images, then one timed pass */
+	if (!forward(m, x, cpu_batch, size, cl, cf, "CPU forward"))
+		goto out;
+	if (bench)
+	{
+		t0 = now();
+		if (!forward(m, x, cpu_batch, size, gl, NULL, "CPU timed forward"))
+			goto out;
+		r.cpu_ips = cpu_batch / (now() - t0);
+	}
+
+	mt_clearerr(&err);
+	if (mt_model_to_device(m, &mt_cuda_backend, &err) != MT_OK)
+	{
+		printf("FAIL: %s to_device: %s%s%s\n", arch, err.msg, err.detail[0] ? " " : "", err.detail);
+		n_fail++;
+		goto out;
+	}
+	if (!forward(m, x, batch, size, gl, gf, "device forward"))
+		goto out;
+	r.err_logits = rel_err(gl, cl, (size_t) cpu_batch * CLASSES);
+	r.err_features = rel_err(gf, cf, (size_t) cpu_batch * fd);
+	snprintf(what, sizeof(what), "logits %dx%d batch %d on the device vs CPU: rel err %.2e",
+			 size, size, batch, r.err_logits);
+	check(r.err_logits <= TOL, arch, what);
+	snprintf(what, sizeof(what), "features (%d) vs CPU: rel err %.2e", fd, r.err_features);
+	check(r.err_features <= TOL, arch, what);
+
+	if (bench)
+	{
+		double		best = INFINITY;
+		double		start = now();
+
+		/* the first pass above was the warm-up (arena, cuBLAS heuristics) */
+		for (int it = 0; it < 20 && (it < 3 || now() - start < seconds); it++)
+		{
+			double		s = now();
+
+			if (!forward(m, x, batch, size, gl, NULL, "device timed forward"))
+				goto out;
+			if (now() - s < best)
+				best = now() - s;
+		}
+		r.gpu_ips = batch / best;
+	}
+	if (first)
+		lifecycle(m, x, size, batch, cl, cpu_batch);
+
+out:
+	mt_model_free(m);
+	free(x);
+	free(cl);
+	free(cf);
+	free(gl);
+	free(gf);
+	r.ok = n_fail == fails;
+	return r;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *archs = "resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0";
+	int			size = 224,
+				batch = 64,
+				cpu_batch = 4,
+				bench = 1;
+	double		seconds = 3.0;
+	mt_err		err;
+	char		list[512];
+	result		res[16];
+	int			nres = 0;
+
+	for (int i = 1; i < argc; i++)
+	{
+		if (strcmp(argv[i], "--no-bench") == 0)
+			bench = 0;
+		else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc)
+			size = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+			batch = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--cpu-batch") == 0 && i + 1 < argc)
+			cpu_batch = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--archs") == 0 && i + 1 < argc)
+			archs = argv[++i];
+		else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+			seconds = atof(argv[++i]);
+		else
+		{
+			fprintf(stderr, "usage: cuda_model_check [--size S] [--batch B] [--cpu-batch B] "
+					"[--archs a,b,..] [--no-bench] [--seconds T]\n");
+			return 2;
+		}
+	}
+	if (size < 32 || batch < 1 || cpu_batch < 1 || cpu_batch > batch)
+	{
+		fprintf(stderr, "cuda_model_check: need size >= 32 and 1 <= cpu batch <= batch\n");
+		return 2;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (mt_blas_init("auto", &err) != MT_OK)
+		printf("note: %s (the CPU reference uses the C GEMM)\n", err.msg);
+
+	/* a transformer model is refused, with or without a device */
+	{
+		mt_model   *v = mt_zoo_build("vit_b_16", 10, 0, &err);
+
+		mt_clearerr(&err);
+		if (v == NULL)
+			printf("FAIL: vit_b_16 build\n"), n_fail++;
+		else
+		{
+			int			rc = mt_model_to_device(v, &mt_cuda_backend, &err);
+			char		what[400];
+
+			snprintf(what, sizeof(what), "refused on the device: MT_ERR_UNSUPPORTED (\"%s\")", err.msg);
+			check(rc == MT_ERR_UNSUPPORTED && mt_model_device(v) == NULL, "vit_b_16", what);
+			mt_model_free(v);
+		}
+	}
+
+	mt_clearerr(&err);
+	if (mt_cuda_available(&err) != MT_OK)
+	{
+		mt_model   *m = random_model("resnet18", 1, &err);
+		mt_err		e2;
+		int			rc;
+
+		if (strcmp(err.msg, "no CUDA device") == 0)
+			printf("no CUDA device: %s\n", err.detail[0] ? err.detail : err.msg);
+		else
+			printf("no CUDA device: %s%s%s\n", err.msg, err.detail[0] ? ": " : "", err.detail);
+		mt_clearerr(&e2);
+		rc = m != NULL ? mt_model_to_device(m, &mt_cuda_backend, &e2) : -1;
+		check(rc == MT_ERR_UNSUPPORTED && mt_model_device(m) == NULL, "resnet18",
+			  "to_device without a device: MT_ERR_UNSUPPORTED, stays on the host");
+		mt_model_free(m);
+		printf("cuda_model: %d passed, %d failed (skipped: no device)\n", n_pass, n_fail);
+		return n_fail > 0;
+	}
+	printf("device: %s\n", mt_cuda_device_name());
+	printf("CPU reference: %s, %d threads\n", mt_blas_library(), mt_blas_threads());
+
+	snprintf(list, sizeof(list), "%s", archs);
+	for (char *save = NULL, *a = strtok_r(list, ",", &save); a != NULL && nres < 16;
+		 a = strtok_r(NULL, ",", &save))
+	{
+		res[nres] = check_arch(a, size, batch, cpu_batch, bench, seconds, nres == 0);
+		nres++;
+	}
+
+	mt_cuda_shutdown();
+	check(mt_cuda_mem_used() == 0, "all models",
+		  "freed: no device memory left after mt_model_free and mt_cuda_shutdown");
+
+	printf("\n%-16s %12s %12s %18s %18s\n", "model", "rel err", "rel err", "device images/s", "CPU images/s");
+	printf("%-16s %12s %12s %18s %18s\n", "", "logits", "features", "", "");
+	for (int i = 0; i < nres; i++)
+	{
+		char		g[40] = "-",
+					c[40] = "-";
+
+		if (!isnan(res[i].gpu_ips))
+			snprintf(g, sizeof(g), "%.1f (b%d)", res[i].gpu_ips, batch);
+		if (!isnan(res[i].cpu_ips))
+			snprintf(c, sizeof(c), "%.1f (b%d)", res[i].cpu_ips, cpu_batch);
+		printf("%-16s %12.2e %12.2e %18s %18s%s\n", res[i].arch, res[i].err_logits,
+			   res[i].err_features, g, c, res[i].ok ? "" : "  FAILED");
+	}
+	if (bench)
+		printf("(%dx%d fp32; device: best of timed passes incl. upload/download; CPU: one timed pass, %d threads)\n",
+			   size, size, mt_blas_threads());
+	printf("cuda_model: %d passed, %d failed\n", n_pass, n_fail);
+	return n_fail > 0;
+}
