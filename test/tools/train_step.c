@@ -4,7 +4,8 @@
  *
  *   train_step ARCH CLASSES WEIGHTS BATCH OUT OPTIM LR FREEZE
  *              [--momentum M] [--wd WD] [--beta1 B1] [--beta2 B2] [--eps E]
- *              [--nesterov] [--bn-train-frozen]
+ *              [--nesterov] [--bn-train-frozen] [--bn-weights-frozen]
+ *              [--ce W] [--dice W]
  *
  * WEIGHTS is a torchvision state_dict as safetensors; BATCH holds "x"
  * (F32, n x h x w x 3, NHWC) and "labels" (I64, n).  OPTIM is sgd, adam or
@@ -13,9 +14,25 @@
  * writes OUT (safetensors): "loss" [1], "logits" [n, classes],
  * "grad.NAME" for every tensor that got a gradient and "NAME" for every
  * tensor (weights and running statistics) after the step.
+ *
+ * For a segmentation arch (unet_*, test/parity_unet.py) BATCH holds "masks"
+ * (I64, n x h x w, 255 = ignore) instead of labels, the loss is
+ * mt_loss_segmentation with weights --ce (default 1) and --dice (default
+ * 1), "logits" is [n, h, w, classes], and OUT also holds "infer_logits",
+ * the inference pass (mt_model_forward, BN folded) before the step.
+ * --bn-weights-frozen: after FREEZE, no BN weight trains (so every BN runs
+ * on its running statistics; the BN biases still train).
+ *
+ *   train_step bench ARCH [H W BATCH THREADS]
+ *
+ * times, on random weights, one inference pass of one H x W image (default
+ * 256 x 256; weights already folded, best of 3) and one training step (CE + Dice for a U-Net, else CE; SGD) of
+ * BATCH (default 8) images, best of 3, on THREADS threads (default 2), and
+ * prints one line.
  */
 #include "core/blas.h"
 #include "core/graph.h"
+#include "core/pool.h"
 #include "core/train.h"
 #include "io/safetensors.h"
 #include "nn/zoo.h"
@@ -23,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mt_test.h"
 
@@ -63,6 +81,93 @@ load_weights(mt_model *m, const char *path)
 	free(buf);
 }
 
+/* Seconds of a monotonic clock. */
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* train_step bench ARCH [H W BATCH THREADS]: see the top of the file. */
+static int
+bench(int argc, char **argv)
+{
+	const char *arch = argv[2];
+	int			h = argc > 4 ? atoi(argv[3]) : 256,
+				w = argc > 4 ? atoi(argv[4]) : 256,
+				n = argc > 5 ? atoi(argv[5]) : 8,
+				threads = argc > 6 ? atoi(argv[6]) : 2,
+				seg = mt_zoo_is_segmentation(arch),
+				k = 2;
+	size_t		hw = (size_t) h * w,
+				per = seg ? hw * k : (size_t) k;
+	float	   *x,
+			   *logits,
+			   *dlogits,
+				loss;
+	uint8_t    *masks;
+	int		   *labels;
+	double		t_inf = 1e30,
+				t_step = 1e30;
+	mt_model   *m;
+	mt_optim   *o;
+	mt_err		err;
+
+	if (mt_blas_init("auto", &err) != MT_OK)
+		fprintf(stderr, "train_step: no OpenBLAS (%s), reference GEMM\n", err.msg);
+	mt_blas_set_threads(threads);
+	if ((m = mt_zoo_build(arch, k, 0, &err)) == NULL || mt_model_init_all(m, 1, &err) != MT_OK)
+		die("build", &err);
+	x = malloc(sizeof(float) * n * hw * 3);
+	logits = malloc(sizeof(float) * n * per);
+	dlogits = malloc(sizeof(float) * n * per);
+	masks = malloc((size_t) n * hw);
+	labels = calloc(n, sizeof(int));
+	for (size_t i = 0; i < (size_t) n * hw * 3; i++)
+		x[i] = (float) ((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+	for (size_t i = 0; i < (size_t) n * hw; i++)
+		masks[i] = (uint8_t) (((i % w) > (size_t) w / 3) && ((i / w) % h > (size_t) h / 4));
+	if ((o = mt_optim_create(m, MT_OPTIM_SGD, 0.9f, 0, 0, 0, 1e-4f, 0, &err)) == NULL)
+		die("optimizer", &err);
+	/* inference first: an optimizer step makes the next pass re-fold the weights */
+	for (int r = 0; r < 4; r++)
+	{
+		double		t0 = now();
+
+		if (mt_model_forward(m, x, 1, h, w, logits, NULL, &err) != MT_OK)
+			die("forward", &err);
+		if (r > 0)
+			t_inf = fmin(t_inf, now() - t0);
+	}
+	for (int r = 0; r < 3; r++)
+	{
+		double		t0 = now();
+
+		mt_model_zero_grad(m);
+		if (mt_model_forward_train(m, x, n, h, w, logits, NULL, &err) != MT_OK)
+			die("forward_train", &err);
+		if ((seg ? mt_loss_segmentation(logits, masks, n, (int) hw, k, NULL, 1, 1, &loss, dlogits, &err) :
+			 mt_loss_cross_entropy(logits, labels, n, k, NULL, 0, 0, &loss, dlogits, &err)) != MT_OK)
+			die("loss", &err);
+		if (mt_model_backward(m, dlogits, &err) != MT_OK || mt_optim_step(o, m, 0.01f, &err) != MT_OK)
+			die("backward", &err);
+		t_step = fmin(t_step, now() - t0);
+	}
+	printf("bench %s: %d threads (pool %d), forward 1x%dx%dx3 %.3f s, train step %dx%dx%dx3 %.3f s "
+		   "(%.1f img/s)\n", arch, threads, mt_pool_threads(), h, w, t_inf, n, h, w, t_step, n / t_step);
+	mt_optim_free(o);
+	mt_model_free(m);
+	free(x);
+	free(logits);
+	free(dlogits);
+	free(masks);
+	free(labels);
+	return 0;
+}
+
 /* Parse arguments, run one step, write the results. */
 int
 main(int argc, char **argv)
@@ -78,7 +183,14 @@ main(int argc, char **argv)
 				beta2 = 0.999f,
 				eps = 1e-8f;
 	int			nesterov = 0,
-				bn_train_frozen = 0;
+				bn_train_frozen = 0,
+				bn_weights_frozen = 0,
+				seg;
+	float		ce_weight = 1.0f,
+				dice_weight = 1.0f;
+	uint8_t    *masks = NULL;
+	float	   *infer = NULL;
+	size_t		per = 0;
 	mt_model   *m;
 	mt_optim   *o;
 	mt_optim_kind kind;
@@ -107,6 +219,8 @@ main(int argc, char **argv)
 	size_t		out_len;
 	FILE	   *f;
 
+	if (argc >= 3 && strcmp(argv[1], "bench") == 0)
+		return bench(argc, argv);
 	if (argc < 9)
 	{
 		fprintf(stderr, "usage: train_step ARCH CLASSES WEIGHTS BATCH OUT OPTIM LR FREEZE [options]\n");
@@ -123,6 +237,8 @@ main(int argc, char **argv)
 			nesterov = 1;
 		else if (strcmp(argv[i], "--bn-train-frozen") == 0)
 			bn_train_frozen = 1;
+		else if (strcmp(argv[i], "--bn-weights-frozen") == 0)
+			bn_weights_frozen = 1;
 		else if (i + 1 < argc && strcmp(argv[i], "--momentum") == 0)
 			momentum = strtof(argv[++i], NULL);
 		else if (i + 1 < argc && strcmp(argv[i], "--wd") == 0)
@@ -133,6 +249,10 @@ main(int argc, char **argv)
 			beta2 = strtof(argv[++i], NULL);
 		else if (i + 1 < argc && strcmp(argv[i], "--eps") == 0)
 			eps = strtof(argv[++i], NULL);
+		else if (i + 1 < argc && strcmp(argv[i], "--ce") == 0)
+			ce_weight = strtof(argv[++i], NULL);
+		else if (i + 1 < argc && strcmp(argv[i], "--dice") == 0)
+			dice_weight = strtof(argv[++i], NULL);
 		else
 		{
 			fprintf(stderr, "train_step: unknown option %s\n", argv[i]);
@@ -156,32 +276,57 @@ main(int argc, char **argv)
 	m->bn_train_frozen = bn_train_frozen;
 	if (mt_model_freeze(m, freeze, &err) != MT_OK)
 		die("freeze", &err);
+	if (bn_weights_frozen)
+		for (int i = 0; i < m->n_nodes; i++)
+			if (m->nodes[i].kind == MT_NODE_BN)
+				m->params[m->nodes[i].p_bn_weight].trainable = 0;
 
 	/* the batch */
 	if ((bbuf = mt_test_read_file(argv[4], &blen)) == NULL)
 		die("cannot read batch", NULL);
 	if (mt_st_parse(bbuf, blen, &bst, &err) != MT_OK)
 		die("batch", &err);
+	seg = mt_zoo_is_segmentation(arch);
 	tx = mt_st_find(&bst, "x");
-	tl = mt_st_find(&bst, "labels");
+	tl = mt_st_find(&bst, seg ? "masks" : "labels");
 	if (tx == NULL || tl == NULL || tx->dtype != MT_F32 || tx->ndim != 4 ||
-		tx->shape[3] != 3 || tl->dtype != MT_I64 || tl->ndim != 1 || tl->shape[0] != tx->shape[0])
-		die("batch needs x (F32 n x h x w x 3) and labels (I64 n)", NULL);
+		tx->shape[3] != 3 || tl->dtype != MT_I64 || tl->shape[0] != tx->shape[0] ||
+		tl->ndim != (seg ? 3 : 1) ||
+		(seg && (tl->shape[1] != tx->shape[1] || tl->shape[2] != tx->shape[2])))
+		die(seg ? "batch needs x (F32 n x h x w x 3) and masks (I64 n x h x w)" :
+			"batch needs x (F32 n x h x w x 3) and labels (I64 n)", NULL);
 	n = (int) tx->shape[0];
 	h = (int) tx->shape[1];
 	w = (int) tx->shape[2];
 	x = malloc(tx->nbytes);
 	memcpy(x, bbuf + tx->offset, tx->nbytes);
 	labels = malloc(sizeof(int) * n);
-	for (int i = 0; i < n; i++)
+	per = seg ? (size_t) h * w * classes : (size_t) classes;
+	if (seg)
 	{
-		int64_t		v;
+		masks = malloc((size_t) n * h * w);
+		for (size_t i = 0; i < (size_t) n * h * w; i++)
+		{
+			int64_t		v;
 
-		memcpy(&v, bbuf + tl->offset + 8 * i, 8);
-		labels[i] = (int) v;
+			memcpy(&v, bbuf + tl->offset + 8 * i, 8);
+			masks[i] = (uint8_t) v;
+		}
+		/* inference first (running statistics), the step's forward after */
+		infer = malloc(sizeof(float) * n * per);
+		if (mt_model_forward(m, x, n, h, w, infer, NULL, &err) != MT_OK)
+			die("forward", &err);
 	}
-	logits = malloc(sizeof(float) * n * classes);
-	dlogits = malloc(sizeof(float) * n * classes);
+	else
+		for (int i = 0; i < n; i++)
+		{
+			int64_t		v;
+
+			memcpy(&v, bbuf + tl->offset + 8 * i, 8);
+			labels[i] = (int) v;
+		}
+	logits = malloc(sizeof(float) * n * per);
+	dlogits = malloc(sizeof(float) * n * per);
 
 	/* one step */
 	if ((o = mt_optim_create(m, kind, momentum, beta1, beta2, eps, wd, nesterov, &err)) == NULL)
@@ -190,29 +335,36 @@ main(int argc, char **argv)
 	if (mt_model_forward_train(m, x, n, h, w, logits, NULL, &err) != MT_OK)
 		die("forward_train", &err);
 	fprintf(stderr, "train_step: %s kept %zu bytes for backward\n", arch, mt_model_train_memory(m));
-	if (mt_loss_cross_entropy(logits, labels, n, classes, NULL, 0, 0, &loss, dlogits, &err) != MT_OK)
+	if ((seg ? mt_loss_segmentation(logits, masks, n, h * w, classes, NULL, ce_weight, dice_weight,
+									&loss, dlogits, &err) :
+		 mt_loss_cross_entropy(logits, labels, n, classes, NULL, 0, 0, &loss, dlogits, &err)) != MT_OK)
 		die("loss", &err);
 	if (mt_model_backward(m, dlogits, &err) != MT_OK)
 		die("backward", &err);
 
 	/* gradients are written before the step changes anything */
-	names = calloc(2 * m->n_params + 2, sizeof(char *));
-	dtypes = calloc(2 * m->n_params + 2, sizeof(mt_dtype));
-	ndims = calloc(2 * m->n_params + 2, sizeof(int));
-	shapes = calloc(2 * m->n_params + 2, sizeof(*shapes));
-	datas = calloc(2 * m->n_params + 2, sizeof(void *));
-	owned = calloc(2 * m->n_params + 2, sizeof(char *));
+	names = calloc(2 * m->n_params + 3, sizeof(char *));
+	dtypes = calloc(2 * m->n_params + 3, sizeof(mt_dtype));
+	ndims = calloc(2 * m->n_params + 3, sizeof(int));
+	shapes = calloc(2 * m->n_params + 3, sizeof(*shapes));
+	datas = calloc(2 * m->n_params + 3, sizeof(void *));
+	owned = calloc(2 * m->n_params + 3, sizeof(char *));
 	names[n_out] = "loss";
 	dtypes[n_out] = MT_F32;
 	ndims[n_out] = 1;
 	shapes[n_out][0] = 1;
 	datas[n_out++] = &loss;
-	names[n_out] = "logits";
-	dtypes[n_out] = MT_F32;
-	ndims[n_out] = 2;
-	shapes[n_out][0] = n;
-	shapes[n_out][1] = classes;
-	datas[n_out++] = logits;
+	for (int k = 0; k < (seg ? 2 : 1); k++)
+	{
+		names[n_out] = k == 0 ? "logits" : "infer_logits";
+		dtypes[n_out] = MT_F32;
+		ndims[n_out] = seg ? 4 : 2;
+		shapes[n_out][0] = n;
+		shapes[n_out][1] = seg ? h : classes;
+		shapes[n_out][2] = w;
+		shapes[n_out][3] = classes;
+		datas[n_out++] = k == 0 ? logits : infer;
+	}
 	for (int i = 0; i < m->n_params; i++)
 	{
 		mt_param   *p = &m->params[i];
@@ -273,5 +425,7 @@ main(int argc, char **argv)
 	free(labels);
 	free(logits);
 	free(dlogits);
+	free(masks);
+	free(infer);
 	return 0;
 }
