@@ -294,7 +294,7 @@ BEGIN
 
     INSERT INTO medtl.models (name, arch, task, labels, num_classes, input_size, mean, std,
                               padding, source, sha256, metadata)
-    VALUES (import_model.name, import_model.arch, coalesce(task, 'classification'), v_labels, ncls,
+    VALUES (import_model.name, import_model.arch, CASE WHEN import_model.arch ~ '^unet_' THEN 'segmentation' ELSE coalesce(task, 'classification') END, v_labels, ncls,
             coalesce(input_size, (meta->>'input_size')::int, 224), v_mean, v_std,
             coalesce(padding, meta->>'padding', 'symmetric'),
             coalesce(source, meta->>'source', 'import_model'),

@@ -95,6 +95,12 @@ SELECT abs(e.dice - (SELECT mean_dice(segment('polyp', image), mask) FROM kv_tes
   FROM evaluations e WHERE evaluation_id = :eval_id;
 SELECT class_index, class, support FROM class_metrics WHERE evaluation_id = :eval_id ORDER BY class_index;
 
+-- export and import: the same masks from the re-imported model
+SELECT import_model('polyp_copy', 'unet_mobilenet_v2', export_model('polyp')) > 0 AS imported;
+SELECT task, labels, input_size FROM models WHERE name = 'polyp_copy';
+SELECT bool_and(segment('polyp_copy', image) = segment('polyp', image)) AS same_masks FROM kv_test;
+SELECT drop_model('polyp_copy');
+
 -- bad input: each a clear error naming the row
 \set VERBOSITY terse
 CREATE TABLE kv_bad (image bytea, mask bytea);

@@ -99,10 +99,14 @@ check_against_arch(const mt_safetensors *st, const uint8_t *base, const char *ar
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("weights have no tensor \"%s\", the classifier head of %s", head, arch),
 				 errhint("Check that the file holds a %s state_dict.", arch)));
-	if (h->ndim != 2 || h->shape[0] < 1)
+	/* a U-Net's head is a convolution: [classes, channels, k, k] */
+	if (mt_zoo_is_segmentation(arch) ? (h->ndim != 4 || h->shape[0] < 1) :
+		(h->ndim != 2 || h->shape[0] < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("tensor \"%s\" must be a 2-d [classes, features] matrix", head)));
+				 errmsg(mt_zoo_is_segmentation(arch) ?
+						"tensor \"%s\" must be a 4-d [classes, channels, k, k] convolution" :
+						"tensor \"%s\" must be a 2-d [classes, features] matrix", head)));
 	num_classes = (int) h->shape[0];
 
 	m = mt_zoo_build(arch, num_classes, 0, &err);
