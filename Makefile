@@ -68,6 +68,14 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# Install the library as a new file rather than rewriting the old one in
+# place (install(1) keeps the inode): a backend that has medtl loaded keeps
+# running on the old file instead of crashing when its mapped code changes.
+install-lib-shared: unlink-installed-module
+unlink-installed-module:
+	rm -f '$(DESTDIR)$(pkglibdir)/$(MODULE_big)$(DLSUFFIX)'
+.PHONY: unlink-installed-module
+
 # PGXS tracks no header dependencies: rebuild every object when any header
 # changes (a stale object with an old struct layout is a silent bug)
 $(OBJS): $(wildcard src/*/*.h)

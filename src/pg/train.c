@@ -490,9 +490,11 @@ record_epoch(const TrainArgs *a, int epoch, double lr, double tl, double ta,
 }
 
 /*
- * Keep every batch-norm layer as it is: its weight and bias stop training, so
- * it normalises with its running statistics (an affine map the gradient
- * passes through) and never updates them.
+ * Keep every batch-norm layer of the backbone as it is: its weight and bias
+ * stop training, so it normalises with its running statistics (an affine map
+ * the gradient passes through) and never updates them.  Layers that are new
+ * on top of the backbone (a U-Net's decoder, past m->backbone_prefix) have no
+ * statistics worth keeping and train as usual, on batch statistics.
  */
 static void
 freeze_batch_norm(mt_model *m)
@@ -500,8 +502,11 @@ freeze_batch_norm(mt_model *m)
 	for (int i = 0; i < m->n_nodes; i++)
 	{
 		mt_node    *nd = &m->nodes[i];
+		const char *pre = m->backbone_prefix;
 
 		if (nd->kind != MT_NODE_BN)
+			continue;
+		if (pre != NULL && strncmp(m->params[nd->p_bn_weight].name, pre, strlen(pre)) != 0)
 			continue;
 		m->params[nd->p_bn_weight].trainable = 0;
 		m->params[nd->p_bn_bias].trainable = 0;
