@@ -38,7 +38,7 @@ test/bin/cuda_ops_check: test/tools/cuda_ops_check.c $(CUDA_CHECK_SRC) $(CUDA_OB
 # The whole-model CUDA vs CPU check: the engine (graph, zoo) without
 # PostgreSQL or image libraries.
 CUDA_MODEL_SRC = $(CUDA_CHECK_SRC) src/core/graph.c src/core/graph_vit.c src/core/train.c \
-	src/nn/zoo.c src/nn/zoo_cnn.c src/nn/vit.c
+	src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c
 
 test/bin/cuda_model_check: test/tools/cuda_model_check.c $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_HDRS) \
 		src/core/graph.h src/core/train.h src/nn/zoo.h

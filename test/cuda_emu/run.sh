@@ -32,9 +32,9 @@ $CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -W
 $CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
 	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_model_check" "$here/test/tools/cuda_model_check.c" \
 	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
-	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" \
+	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
 	"$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c" \
-	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/vit.c" \
+	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c" \
 	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
 # the device-less path first (the probe fails: refusal, host still works)
 EMU_NODEV=1 "$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 --archs resnet18 | tail -n 3
