@@ -20,8 +20,8 @@
 int			medtl_train_memory_mb = 2048;
 
 /* The FROM item of a source (a query or a table name), via medtl._source_from. */
-static char *
-source_from_item(const char *source)
+char *
+medtl_source_from_item(const char *source)
 {
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1] = {CStringGetTextDatum(source)};
@@ -171,7 +171,7 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 					 masks ? "" : "::text");
 	if (group_col)
 		appendStringInfo(&q, ", t.%s::text", quote_identifier(group_col));
-	appendStringInfo(&q, " FROM %s t", source_from_item(source));
+	appendStringInfo(&q, " FROM %s t", medtl_source_from_item(source));
 	plan = SPI_prepare(q.data, 0, NULL);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the source query: %s", SPI_result_code_string(SPI_result));

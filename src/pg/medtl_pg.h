@@ -125,5 +125,7 @@ MedtlDataset *medtl_read_dataset(const char *source, const char *image_col,
 const uint8 *medtl_dataset_image(const MedtlDataset *ds, int i);
 void		medtl_dataset_free(MedtlDataset *ds);
 char	   *medtl_join_labels(char **labels, int n);
+/* The FROM item of a source (a query or a table name); needs SPI connected. */
+char	   *medtl_source_from_item(const char *source);
 
 #endif

@@ -311,9 +311,6 @@ medtl_segment_source(PG_FUNCTION_ARGS)
 	Portal		portal;
 	int64		row = 0;
 	int			n_bad = 0;
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		args[1];
-	bool		isnull;
 	char	   *from;
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -324,11 +321,7 @@ medtl_segment_source(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	args[0] = CStringGetTextDatum(source);
-	if (SPI_execute_with_args("SELECT medtl._source_from($1)", 1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not resolve source");
-	from = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	from = medtl_source_from_item(source);
 	initStringInfo(&q);
 	appendStringInfo(&q, "SELECT t.%s, t.%s FROM %s t", quote_identifier(image_col),
 					 quote_identifier(mask_col), from);
