@@ -93,7 +93,7 @@ ENGINE_SRC = src/cuda/cuda_stub.c src/core/mt_common.c src/core/blas.c src/core/
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit
 
-test/bin/%: test/unit/%.c $(ENGINE_SRC) $(wildcard src/*/*.h)
+test/bin/%: test/unit/%.c $(ENGINE_SRC) $(wildcard src/*/*.h) $(wildcard test/unit/*.h)
 	@mkdir -p test/bin
 	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm -lpthread
 
@@ -114,7 +114,7 @@ TOOLS = $(patsubst test/tools/%.c,test/bin/%,$(filter-out test/tools/cuda_%.c,$(
 ifeq ($(WITH_CUDA),1)
 TOOLS += test/bin/cuda_ops_check test/bin/cuda_model_check
 endif
-test/bin/%: test/tools/%.c $(ENGINE_SRC) $(wildcard src/*/*.h)
+test/bin/%: test/tools/%.c $(ENGINE_SRC) $(wildcard src/*/*.h) $(wildcard test/unit/*.h)
 	@mkdir -p test/bin
 	$(CC) $(UNIT_CFLAGS) -O3 -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm -lpthread
 

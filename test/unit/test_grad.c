@@ -18,46 +18,13 @@
 #include "nn/zoo.h"
 #include "mt_test.h"
 
+#define GRAD_CHECK_SEED 0x9E3779B97F4A7C15ull
+#include "grad_check.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 static const mt_backend *be = &mt_cpu_backend;
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-/* Uniform in [0, 1). */
-static double
-urand(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return (double) (rng_state >> 11) / 9007199254740992.0;
-}
-
-/* Uniform in [lo, hi). */
-static float
-frand(float lo, float hi)
-{
-	return (float) (lo + (hi - lo) * urand());
-}
-
-/* Uniform integer in [0, n). */
-static int
-irand(int n)
-{
-	return (int) (urand() * n);
-}
-
-/* A buffer of uniform values in [lo, hi). */
-static float *
-rbuf(size_t n, float lo, float hi)
-{
-	float	   *p = malloc((n ? n : 1) * sizeof(float));
-
-	for (size_t i = 0; i < n; i++)
-		p[i] = frand(lo, hi);
-	return p;
-}
 
 /* Values in [-1, 1] at least `gap` away from 0 (keeps ReLU kinks away). */
 static float *
@@ -72,65 +39,6 @@ rbuf_away(size_t n, float gap)
 		p[i] = urand() < 0.5 ? -v : v;
 	}
 	return p;
-}
-
-/* A zeroed buffer. */
-static float *
-zbuf(size_t n)
-{
-	return calloc(n ? n : 1, sizeof(float));
-}
-
-/* Inner product in double. */
-static double
-dot(const float *a, const float *b, size_t n)
-{
-	double		s = 0;
-
-	for (size_t i = 0; i < n; i++)
-		s += (double) a[i] * b[i];
-	return s;
-}
-
-typedef void (*fwd_fn) (void *ctx, float *y);
-
-/*
- * Central differences of f = <y(v), r> with respect to v[k] for `samples`
- * elements (all if samples >= len); returns the error measure.
- */
-static double
-fd_check_floor(fwd_fn f, void *ctx, float *v, size_t len, const float *ga,
-			   const float *r, float *y, size_t ylen, int samples, double h,
-			   double floor)
-{
-	double		worst = 0,
-				gmax = 0;
-	int			count = samples >= (int) len ? (int) len : samples;
-
-	for (size_t k = 0; k < len; k++)
-		gmax = fabs(ga[k]) > gmax ? fabs(ga[k]) : gmax;
-	for (int s = 0; s < count; s++)
-	{
-		size_t		k = samples >= (int) len ? (size_t) s : (size_t) irand((int) len);
-		float		save = v[k];
-		float		hi = (float) (save + h),
-					lo = (float) (save - h);
-		double		lp,
-					lm,
-					fd;
-
-		v[k] = hi;
-		f(ctx, y);
-		lp = dot(y, r, ylen);
-		v[k] = lo;
-		f(ctx, y);
-		lm = dot(y, r, ylen);
-		v[k] = save;
-		fd = (lp - lm) / ((double) hi - (double) lo);
-		if (fabs(fd - ga[k]) > worst)
-			worst = fabs(fd - ga[k]);
-	}
-	return worst / (gmax > floor ? gmax : floor);
 }
 
 /*
@@ -187,14 +95,6 @@ dir_check(fwd_fn f, void *ctx, float *v, size_t len, const float *ga,
 	free(save);
 	free(d);
 	return worst;
-}
-
-/* fd_check_floor for tensors whose gradient is not tiny. */
-static double
-fd_check(fwd_fn f, void *ctx, float *v, size_t len, const float *ga,
-		 const float *r, float *y, size_t ylen, int samples, double h)
-{
-	return fd_check_floor(f, ctx, v, len, ga, r, y, ylen, samples, h, 1e-6);
 }
 
 /* ---- convolution kernels ------------------------------------------------ */
@@ -902,31 +802,8 @@ glinear(mt_model *m, int in, int fin, int fout)
 	return mt_model_add_node(m, &n);
 }
 
-/* Context of a graph-level check: f = <output of the logits node, r>. */
 /* Step of graph_check's directional differences: h |g| = dir_target. */
 static double dir_target = 3e-4;
-
-typedef struct graph_ctx
-{
-	mt_model   *m;
-	const float *x;
-	int			n,
-				h,
-				w;
-} graph_ctx;
-
-/* Forward of a graph context in training mode (state dropped). */
-static void
-graph_fwd(void *p, float *y)
-{
-	graph_ctx  *c = p;
-	mt_err		err;
-
-	c->m->prepared = 0;			/* parameters were just perturbed */
-	if (mt_model_forward_train(c->m, c->x, c->n, c->h, c->w, y, NULL, &err) != MT_OK)
-		fprintf(stderr, "forward_train: %s\n", err.msg);
-	mt_model_train_release(c->m);
-}
 
 /* Elements of the logits node's output. */
 static size_t
@@ -1292,8 +1169,9 @@ typedef struct model_ctx
 
 /* Mean cross-entropy of the model on the context's batch. */
 static double
-model_loss(model_ctx *c)
+model_loss(void *p)
 {
+	model_ctx  *c = p;
 	float		logits[64];
 	double		loss = 0;
 	int			k = c->m->num_classes;
@@ -1339,73 +1217,15 @@ test_zoo_model(const char *arch, const char *const *tensors, int hw, double targ
 				loss;
 	model_ctx	c = {m, x, labels, n, hw};
 	mt_err		err;
-	double		worst = 0;
-	const char *worst_name = "";
+	double		worst;
+	const char *worst_name;
 
 	randomise(m, 7);
 	mt_model_zero_grad(m);
 	CHECK(mt_model_forward_train(m, x, n, hw, hw, logits, NULL, &err) == MT_OK, "%s: %s", arch, err.msg);
 	CHECK(mt_loss_cross_entropy(logits, labels, n, 3, NULL, 0, 0, &loss, dlogits, &err) == MT_OK, "%s", err.msg);
 	CHECK(mt_model_backward(m, dlogits, &err) == MT_OK, "%s: %s", arch, err.msg);
-	for (int t = 0; tensors[t] != NULL; t++)
-	{
-		int			idx = mt_model_find_param(m, tensors[t]);
-		mt_param   *p;
-		float	   *save,
-				   *dir;
-		double		gnorm = 0,
-					e = 0;
-
-		CHECK(idx >= 0 && m->params[idx].grad != NULL, "%s: gradient of %s", arch, tensors[t]);
-		if (idx < 0 || m->params[idx].grad == NULL)
-			continue;
-		p = &m->params[idx];
-		save = malloc(p->numel * sizeof(float));
-		dir = malloc(p->numel * sizeof(float));
-		memcpy(save, p->data, p->numel * sizeof(float));
-		for (size_t k = 0; k < p->numel; k++)
-			gnorm += (double) p->grad[k] * p->grad[k];
-		gnorm = sqrt(gnorm);
-		for (int s = 0; s < 2; s++)
-		{
-			double		dnorm = 0,
-						an = 0,
-						lp,
-						lm,
-						fd,
-						h = target / fmax(gnorm, 1e-3);
-
-			for (size_t k = 0; k < p->numel; k++)
-			{
-				dir[k] = s == 0 ? p->grad[k] : (urand() < 0.5 ? -1.0f : 1.0f);
-				dnorm += (double) dir[k] * dir[k];
-			}
-			dnorm = sqrt(dnorm);
-			for (size_t k = 0; k < p->numel; k++)
-			{
-				dir[k] = (float) (dir[k] / dnorm);
-				an += (double) p->grad[k] * dir[k];
-			}
-			for (size_t k = 0; k < p->numel; k++)
-				p->data[k] = (float) (save[k] + h * dir[k]);
-			lp = model_loss(&c);
-			for (size_t k = 0; k < p->numel; k++)
-				p->data[k] = (float) (save[k] - h * dir[k]);
-			lm = model_loss(&c);
-			memcpy(p->data, save, p->numel * sizeof(float));
-			fd = (lp - lm) / (2 * h);
-			if (getenv("MT_GRAD_DEBUG"))
-				printf("    %s dir %d: fd %.6g an %.6g |g| %.3g\n", p->name, s, fd, an, gnorm);
-			e = fmax(e, fabs(fd - an) / fmax(gnorm, 1e-6));
-		}
-		free(save);
-		free(dir);
-		if (e > worst)
-		{
-			worst = e;
-			worst_name = p->name;
-		}
-	}
+	worst = model_dir_check(m, arch, tensors, target, model_loss, &c, &worst_name);
 	CHECK(worst < 2e-2, "%s whole model: worst %.2e (%s)", arch, worst, worst_name);
 	printf("  %-44s worst %.2e (%s)\n", arch, worst, worst_name);
 	mt_model_free(m);

@@ -19,93 +19,13 @@
 #include "nn/zoo.h"
 #include "mt_test.h"
 
+#define GRAD_CHECK_SEED 0x2545F4914F6CDD1Dull
+#include "grad_check.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 static const mt_backend *be = &mt_cpu_backend;
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-
-static double
-urand(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return (double) (rng_state >> 11) / 9007199254740992.0;
-}
-
-static int
-irand(int n)
-{
-	return (int) (urand() * n);
-}
-
-/* A buffer of uniform values in [lo, hi). */
-static float *
-rbuf(size_t n, float lo, float hi)
-{
-	float	   *p = malloc((n ? n : 1) * sizeof(float));
-
-	for (size_t i = 0; i < n; i++)
-		p[i] = (float) (lo + (hi - lo) * urand());
-	return p;
-}
-
-static float *
-zbuf(size_t n)
-{
-	return calloc(n ? n : 1, sizeof(float));
-}
-
-static double
-dot(const float *a, const float *b, size_t n)
-{
-	double		s = 0;
-
-	for (size_t i = 0; i < n; i++)
-		s += (double) a[i] * b[i];
-	return s;
-}
-
-typedef void (*fwd_fn) (void *ctx, float *y);
-
-/*
- * Central differences of f = <y(v), r> with respect to v[k] for `samples`
- * elements (all if samples >= len); returns the error measure.
- */
-static double
-fd_check(fwd_fn f, void *ctx, float *v, size_t len, const float *ga,
-		 const float *r, float *y, size_t ylen, int samples, double h)
-{
-	double		worst = 0,
-				gmax = 0;
-	int			count = samples >= (int) len ? (int) len : samples;
-
-	for (size_t k = 0; k < len; k++)
-		gmax = fabs(ga[k]) > gmax ? fabs(ga[k]) : gmax;
-	for (int s = 0; s < count; s++)
-	{
-		size_t		k = samples >= (int) len ? (size_t) s : (size_t) irand((int) len);
-		float		save = v[k];
-		float		hi = (float) (save + h),
-					lo = (float) (save - h);
-		double		lp,
-					lm,
-					fd;
-
-		v[k] = hi;
-		f(ctx, y);
-		lp = dot(y, r, ylen);
-		v[k] = lo;
-		f(ctx, y);
-		lm = dot(y, r, ylen);
-		v[k] = save;
-		fd = (lp - lm) / ((double) hi - (double) lo);
-		if (fabs(fd - ga[k]) > worst)
-			worst = fabs(fd - ga[k]);
-	}
-	return worst / (gmax > 1e-6 ? gmax : 1e-6);
-}
 
 /* ---- layer norm ------------------------------------------------------------ */
 
@@ -551,27 +471,6 @@ tiny_vit(void)
 		p->loaded = 1;
 	}
 	return m;
-}
-
-typedef struct graph_ctx
-{
-	mt_model   *m;
-	const float *x;
-	int			n,
-				h,
-				w;
-} graph_ctx;
-
-static void
-graph_fwd(void *p, float *y)
-{
-	graph_ctx  *c = p;
-	mt_err		err;
-
-	c->m->prepared = 0;
-	if (mt_model_forward_train(c->m, c->x, c->n, c->h, c->w, y, NULL, &err) != MT_OK)
-		fprintf(stderr, "forward_train: %s\n", err.msg);
-	mt_model_train_release(c->m);
 }
 
 /* Backward once with dlogits = r; every trainable tensor against differences. */
