@@ -12,6 +12,7 @@
 #include "io/image.h"
 #include "mt_test.h"
 #include "codec_writers.h"
+#include "count_alloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,39 +21,6 @@
 #include <jpeglib.h>
 #include <png.h>
 #include <zlib.h>
-
-/* ------------------------------------------------ counting allocator -- */
-
-static long live_allocs = 0;	/* mt_malloc'd blocks not yet freed */
-static long total_allocs = 0;	/* mt_malloc calls that succeeded */
-static long fail_after = -1;	/* >= 0: that many more succeed, then NULL */
-
-/* Allocation hook that counts blocks and can be told to fail. */
-static void *
-count_malloc(size_t size)
-{
-	void	   *p;
-
-	if (fail_after == 0)
-		return NULL;
-	if (fail_after > 0)
-		fail_after--;
-	p = malloc(size);
-	if (p != NULL)
-	{
-		live_allocs++;
-		total_allocs++;
-	}
-	return p;
-}
-
-/* Free hook matching count_malloc. */
-static void
-count_free(void *p)
-{
-	live_allocs--;
-	free(p);
-}
 
 /* --------------------------------------------------------- helpers -- */
 

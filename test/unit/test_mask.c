@@ -10,36 +10,9 @@
 #include "io/image.h"
 #include "mt_test.h"
 #include "codec_writers.h"
+#include "count_alloc.h"
 
 #include <string.h>
-
-/* ------------------------------------------------ counting allocator -- */
-
-static long live_allocs = 0;
-static long fail_after = -1;	/* >= 0: that many more succeed, then NULL */
-
-static void *
-count_malloc(size_t size)
-{
-	void	   *p;
-
-	if (fail_after == 0)
-		return NULL;
-	if (fail_after > 0)
-		fail_after--;
-	p = malloc(size);
-	if (p != NULL)
-		live_allocs++;
-	return p;
-}
-
-static void
-count_free(void *p)
-{
-	if (p != NULL)
-		live_allocs--;
-	free(p);
-}
 
 /* --------------------------------------------------------- helpers -- */
 

@@ -9,6 +9,7 @@
  */
 #include "io/pth.h"
 #include "mt_test.h"
+#include "count_alloc.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -849,33 +850,6 @@ test_pickle_hostile(void)
 	}
 }
 
-/* An allocator that fails after a given number of allocations. */
-static long alloc_budget = -1;
-static long alloc_live = 0;
-
-static void *
-failing_malloc(size_t n)
-{
-	void	   *p;
-
-	if (alloc_budget == 0)
-		return NULL;
-	if (alloc_budget > 0)
-		alloc_budget--;
-	p = malloc(n);
-	if (p != NULL)
-		alloc_live++;
-	return p;
-}
-
-static void
-counting_free(void *p)
-{
-	if (p != NULL)
-		alloc_live--;
-	free(p);
-}
-
 static void
 test_nomem(void)
 {
@@ -884,25 +858,25 @@ test_nomem(void)
 	int			nomem_seen = 0;
 	long		k;
 
-	mt_set_allocator(failing_malloc, counting_free);
+	mt_set_allocator(count_malloc, count_free);
 	for (k = 0; k < 2000; k++)
 	{
 		mt_pth		p;
 		mt_err		err;
 		int			rc;
 
-		alloc_budget = k;
-		alloc_live = 0;
+		fail_after = k;
+		live_allocs = 0;
 		rc = mt_pth_parse(buf, len, &p, &err);
 		if (rc == MT_OK)
 		{
 			mt_pth_free(&p);
-			CHECK(alloc_live == 0, "leak after free, budget %ld", k);
+			CHECK(live_allocs == 0, "leak after free, budget %ld", k);
 			break;
 		}
 		nomem_seen++;
 		CHECK(rc == MT_ERR_NOMEM, "budget %ld: rc %d (%s)", k, rc, err.msg);
-		CHECK(alloc_live == 0, "budget %ld: %ld blocks leaked", k, alloc_live);
+		CHECK(live_allocs == 0, "budget %ld: %ld blocks leaked", k, live_allocs);
 	}
 	mt_set_allocator(NULL, NULL);
 	CHECK(k < 2000 && nomem_seen > 20, "allocation failures tried: %d", nomem_seen);

@@ -13,6 +13,7 @@
  */
 #include "io/safetensors.h"
 #include "mt_test.h"
+#include "count_alloc.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -536,34 +537,6 @@ test_hostile(void)
 	expect_corrupt("{\"__metadata__\":{\"a\":\"\xc3\"}}", 0, "metadata bad UTF-8");
 }
 
-/* An allocator that fails after a given number of allocations. */
-static long alloc_budget = -1;
-static long alloc_live = 0;
-
-/* Allocate unless the budget is spent. */
-static void *
-failing_malloc(size_t n)
-{
-	void	   *p;
-
-	if (alloc_budget == 0)
-		return NULL;
-	if (alloc_budget > 0)
-		alloc_budget--;
-	p = malloc(n);
-	if (p != NULL)
-		alloc_live++;
-	return p;
-}
-
-/* Free and count. */
-static void
-counting_free(void *p)
-{
-	alloc_live--;
-	free(p);
-}
-
 /* Every allocation failure must give MT_ERR_NOMEM, free all, zero *out. */
 static void
 test_nomem(const uint8_t *file, size_t file_len)
@@ -575,25 +548,25 @@ test_nomem(const uint8_t *file, size_t file_len)
 	long		k;
 
 	memset(&zero, 0, sizeof(zero));
-	mt_set_allocator(failing_malloc, counting_free);
+	mt_set_allocator(count_malloc, count_free);
 	for (k = 0; k < 200; k++)
 	{
 		int			rc;
 
-		alloc_budget = k;
-		alloc_live = 0;
+		fail_after = k;
+		live_allocs = 0;
 		rc = mt_st_parse(file, file_len, &st, &err);
 		if (rc == MT_OK)
 		{
 			CHECK(st.n_tensors == 5, "parse under budget %ld", k);
 			mt_st_free(&st);
-			CHECK(alloc_live == 0, "leak after free, budget %ld", k);
+			CHECK(live_allocs == 0, "leak after free, budget %ld", k);
 			break;
 		}
 		nomem_seen++;
 		CHECK(rc == MT_ERR_NOMEM, "budget %ld: rc %d (%s)", k, rc, err.msg);
 		CHECK(memcmp(&st, &zero, sizeof(st)) == 0, "budget %ld: not zeroed", k);
-		CHECK(alloc_live == 0, "budget %ld: %ld blocks leaked", k, alloc_live);
+		CHECK(live_allocs == 0, "budget %ld: %ld blocks leaked", k, live_allocs);
 	}
 	CHECK(k < 200 && nomem_seen > 5, "allocation failures tried: %d", nomem_seen);
 
@@ -612,22 +585,22 @@ test_nomem(const uint8_t *file, size_t file_len)
 		{
 			int			rc;
 
-			alloc_budget = k;
-			alloc_live = 0;
+			fail_after = k;
+			live_allocs = 0;
 			rc = mt_st_serialize(3, names, dt, nd, sh, datas, 2, names, names,
 								 &out, &out_len, &err);
 			if (rc == MT_OK)
 			{
 				mt_free(out);
-				CHECK(alloc_live == 0, "writer leak");
+				CHECK(live_allocs == 0, "writer leak");
 				break;
 			}
-			CHECK(rc == MT_ERR_NOMEM && out == NULL && alloc_live == 0,
+			CHECK(rc == MT_ERR_NOMEM && out == NULL && live_allocs == 0,
 				  "writer budget %ld: rc %d", k, rc);
 		}
 		CHECK(k > 0 && k < 20, "writer allocation failures tried: %ld", k);
 	}
-	alloc_budget = -1;
+	fail_after = -1;
 	mt_set_allocator(NULL, NULL);
 }
 
