@@ -95,3 +95,58 @@ def psql(sql, db, timing=False):
 
 def sql_lit(s):
     return "'" + str(s).replace("'", "''") + "'"
+
+
+def rel(a, b):
+    """Relative error of torch tensor a against b, in double:
+    max|a - b| / max(max|b|, 1e-6)."""
+    a = a.double()
+    b = b.double()
+    return float((a - b).abs().max() / max(float(b.abs().max()), 1e-6))
+
+
+def bn_random_affine(model, g):
+    """Every BatchNorm2d of a torch model gets a random affine (weight in
+    [0.5, 1.5), bias in [-0.2, 0.2), drawn from generator g) and running
+    statistics reset for bn_calibrate; returns those modules."""
+    import torch
+    bns = [mod for mod in model.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for mod in bns:
+            c = mod.num_features
+            mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            mod.bias.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
+            mod.reset_running_stats()
+            mod.momentum = None
+    return bns
+
+
+def bn_calibrate(model, bns, g, shape):
+    """Running statistics of the BN modules bns (from bn_random_affine) set to
+    those of the activations they produce (as a trained network has), from
+    one training-mode forward pass of model on a random batch of `shape`
+    drawn from g, then perturbed (mean x [0.8, 1.2) + [-0.1, 0.1), var x
+    [0.8, 1.2)); momentum back to 0.1, num_batches_tracked 0."""
+    import torch
+    with torch.no_grad():
+        model.train()
+        model(torch.randn(*shape, generator=g))
+        for mod in bns:
+            c = mod.num_features
+            mod.momentum = 0.1
+            mod.running_mean.mul_(torch.rand(c, generator=g) * 0.4 + 0.8)
+            mod.running_mean.add_(torch.rand(c, generator=g) * 0.2 - 0.1)
+            mod.running_var.mul_(torch.rand(c, generator=g) * 0.4 + 0.8)
+            mod.num_batches_tracked.zero_()
+
+
+def backward_and_step(model, opt, loss):
+    """loss.backward(), then opt.step(): returns the gradients (as they were
+    before the step) and the model's state after it (num_batches_tracked
+    left out), detached copies by name."""
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    opt.step()
+    after = {n: t.detach().clone() for n, t in model.state_dict().items()
+             if not n.endswith("num_batches_tracked")}
+    return grads, after

@@ -77,7 +77,8 @@ import tempfile
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from medtl_testlib import Report, read_safetensors, write_safetensors  # noqa: E402
+from medtl_testlib import (Report, backward_and_step, bn_calibrate, bn_random_affine, read_safetensors,  # noqa: E402
+                           rel, write_safetensors)
 
 import torch
 import torchvision
@@ -157,32 +158,11 @@ def build(arch):
     torch.manual_seed(SEED)
     m = getattr(torchvision.models, arch)(num_classes=CLASSES)
     g = torch.Generator().manual_seed(SEED + 1)
-    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        # random affine; running statistics of the activations they produce
-        # (as a trained network has), on another batch, then perturbed
-        for mod in bns:
-            c = mod.num_features
-            mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            mod.bias.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
-            mod.reset_running_stats()
-            mod.momentum = None
-        m.train()
-        m(torch.randn(8, 3, 64, 64, generator=g))
-        for mod in bns:
-            c = mod.num_features
-            mod.momentum = 0.1
-            mod.running_mean.mul_(torch.rand(c, generator=g) * 0.4 + 0.8)
-            mod.running_mean.add_(torch.rand(c, generator=g) * 0.2 - 0.1)
-            mod.running_var.mul_(torch.rand(c, generator=g) * 0.4 + 0.8)
-            mod.num_batches_tracked.zero_()
+    # random affine; running statistics of the activations they produce
+    # (as a trained network has), on another batch, then perturbed
+    bns = bn_random_affine(m, g)
+    bn_calibrate(m, bns, g, (8, 3, 64, 64))
     return m
-
-
-def rel(a, b):
-    a = a.double()
-    b = b.double()
-    return float((a - b).abs().max() / max(float(b.abs().max()), 1e-6))
 
 
 def frozen_names(model, upto):
@@ -231,11 +211,7 @@ def torch_step(model, x, y, case):
     opt.zero_grad()
     logits = forward(model, x)
     loss = torch.nn.functional.cross_entropy(logits, y)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    opt.step()
-    after = {n: t.detach().clone() for n, t in model.state_dict().items()
-             if not n.endswith("num_batches_tracked")}
+    grads, after = backward_and_step(model, opt, loss)
     return float(loss), logits.detach(), grads, after
 
 

@@ -66,7 +66,8 @@ import tempfile
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from medtl_testlib import Report, read_safetensors, write_safetensors  # noqa: E402
+from medtl_testlib import (Report, backward_and_step, bn_calibrate, bn_random_affine, read_safetensors,  # noqa: E402
+                           rel, write_safetensors)
 
 import torch
 import torch.nn as nn
@@ -177,26 +178,12 @@ def build(arch):
     torch.manual_seed(SEED)
     m = UNet(arch, CLASSES)
     g = torch.Generator().manual_seed(SEED + 1)
-    bns = [mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
+    bns = bn_random_affine(m, g)
     with torch.no_grad():
-        for mod in bns:
-            c = mod.num_features
-            mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            mod.bias.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
-            mod.reset_running_stats()
-            mod.momentum = None
         for mod in m.modules():
             if isinstance(mod, (nn.ConvTranspose2d, nn.Conv2d)) and mod.bias is not None:
                 mod.bias.copy_(torch.rand(mod.bias.shape, generator=g) * 0.2 - 0.1)
-        m.train()
-        m(torch.randn(4, 3, 64, 64, generator=g))
-        for mod in bns:
-            c = mod.num_features
-            mod.momentum = 0.1
-            mod.running_mean.mul_(torch.rand(c, generator=g) * 0.4 + 0.8)
-            mod.running_mean.add_(torch.rand(c, generator=g) * 0.2 - 0.1)
-            mod.running_var.mul_(torch.rand(c, generator=g) * 0.4 + 0.8)
-            mod.num_batches_tracked.zero_()
+    bn_calibrate(m, bns, g, (4, 3, 64, 64))
     return m
 
 
@@ -212,12 +199,6 @@ def seg_loss(logits, masks, ce_weight=1.0, dice_weight=1.0):
     inter = (p * g).sum((0, 2, 3))
     dice = (2 * inter + 1) / (p.sum((0, 2, 3)) + g.sum((0, 2, 3)) + 1)
     return ce_weight * ce + dice_weight * (1 - dice[1:].mean())
-
-
-def rel(a, b):
-    a = a.double()
-    b = b.double()
-    return float((a - b).abs().max() / max(float(b.abs().max()), 1e-6))
 
 
 def masks_for(n, h, w):
@@ -283,11 +264,7 @@ def torch_step(model, x, masks, freeze, lr, momentum, wd):
     opt.zero_grad()
     logits = model(x)
     loss = seg_loss(logits, masks)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    opt.step()
-    after = {n: t.detach().clone() for n, t in model.state_dict().items()
-             if not n.endswith("num_batches_tracked")}
+    grads, after = backward_and_step(model, opt, loss)
     return float(loss), logits.detach(), grads, after
 
 
