@@ -656,13 +656,16 @@ test_unet(void)
 	}
 
 	/*
-	 * A non-square image against the per-tile reference: each tile
-	 * forwarded alone, blended in double into a full-size map.
+	 * Non-square images against the per-tile reference: each tile cut here
+	 * (zeros outside the image: an image narrower than a tile sits centred
+	 * in it) and forwarded alone, blended in double into a full-size map.
 	 */
-	for (int blend = 0; blend < 2; blend++)
+	for (int t = 0; t < 6; t++)
 	{
-		const int	w = 75,
-					h = 50;
+		static const int sizes[3][2] = {{75, 50}, {20, 13}, {40, 20}};
+		const int	w = sizes[t / 2][0],
+					h = sizes[t / 2][1],
+					blend = t % 2;
 		const double overlap = 0.4;
 		float	   *img = rimage(w, h);
 		int			xs[64],
@@ -682,8 +685,14 @@ test_unet(void)
 			{
 				for (int r = 0; r < s; r++)
 					for (int q = 0; q < s; q++)
-						memcpy(tile + ((size_t) r * s + q) * 3,
-							   img + ((size_t) (ys[j] + r) * w + xs[i] + q) * 3, sizeof(float) * 3);
+					{
+						int			y = ys[j] + r,
+									x = xs[i] + q;
+
+						for (int l = 0; l < 3; l++)
+							tile[((size_t) r * s + q) * 3 + l] =
+								y >= 0 && y < h && x >= 0 && x < w ? img[((size_t) y * w + x) * 3 + l] : 0;
+					}
 				CHECK(mt_model_forward(m, tile, 1, s, s, out, NULL, &err) == MT_OK, "%s", err.msg);
 				for (int r = 0; r < s; r++)
 					for (int q = 0; q < s; q++)
@@ -693,6 +702,8 @@ test_unet(void)
 									p[3],
 									wt = oracle_weight(blend, s, r, q);
 
+						if (ys[j] + r < 0 || ys[j] + r >= h || xs[i] + q < 0 || xs[i] + q >= w)
+							continue;
 						for (int l = 0; l < k; l++)
 							z[l] = out[((size_t) r * s + q) * k + l];
 						softmax_d(z, k, p);
