@@ -321,7 +321,8 @@ mt_tile_segment(const float *img, int w, int h, const mt_tile_opts *o,
 	int			resample;
 	int			stride,
 				nx,
-				ny;
+				ny,
+				passes;
 	size_t		row_floats;
 	int			rc = MT_OK;
 
@@ -381,9 +382,18 @@ mt_tile_segment(const float *img, int w, int h, const mt_tile_opts *o,
 			mt_tile_source_index(x, w, out_w, &t.rs.x0[x], &t.rs.x1[x], &t.rs.tx[x]);
 	}
 
+	/*
+	 * The band's tiles split evenly into the fewest passes of at most
+	 * tiles_per_pass: a model plans its activations per batch size, so
+	 * equal passes (the same in every band) plan once instead of re-planning
+	 * for a short last pass.
+	 */
+	passes = (nx + o->tiles_per_pass - 1) / o->tiles_per_pass;
+
 	for (int j = 0; j < ny && rc == MT_OK; j++)
 	{
 		int			y0 = t.ys[j];
+		int			nb = 0;
 
 		/* keep the rows this band shares with the last; the rest start empty */
 		if (j > 0)
@@ -402,10 +412,10 @@ mt_tile_segment(const float *img, int w, int h, const mt_tile_opts *o,
 			memset(t.wsum + (size_t) keep * w, 0, sizeof(float) * (s - keep) * w);
 		}
 
-		for (int i0 = 0; i0 < nx && rc == MT_OK; i0 += o->tiles_per_pass)
+		for (int i0 = 0, pass = 0; i0 < nx && rc == MT_OK; i0 += nb, pass++)
 		{
-			int			nb = nx - i0 < o->tiles_per_pass ? nx - i0 : o->tiles_per_pass;
 
+			nb = nx / passes + (pass < nx % passes);
 			if (mt_interrupted())
 			{
 				rc = mt_seterr(err, MT_ERR_CANCELLED, "cancelled");

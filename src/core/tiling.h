@@ -83,13 +83,13 @@ size_t		mt_tile_memory(int w, const mt_tile_opts *o);
 
 /*
  * Segment img (h x w x 3 floats, HWC, normalised) tile by tile: for each
- * band of tiles sharing a row origin, forward the band's tiles
- * tiles_per_pass at a time, softmax each pixel's logits, add them weighted
- * by the importance map into the band's accumulators, and hand the rows no
- * later band touches to sink, divided by their summed weight.  Pixels of a
- * tile outside the image (padding) are never accumulated.
- * mt_interrupted() is polled before each forward call (MT_ERR_CANCELLED).
- * Errors of fwd or sink are returned as they are.
+ * band of tiles sharing a row origin, forward the band's tiles in the
+ * fewest passes of at most tiles_per_pass (split evenly), softmax each
+ * pixel's logits, add them weighted by the importance map into the band's
+ * accumulators, and hand the rows no later band touches to sink, divided
+ * by their summed weight.  Pixels of a tile outside the image (padding)
+ * are never accumulated.  mt_interrupted() is polled before each forward
+ * call (MT_ERR_CANCELLED).  Errors of fwd or sink are returned as they are.
  */
 int			mt_tile_segment(const float *img, int w, int h, const mt_tile_opts *o,
 							mt_tile_forward_fn fwd, void *fwd_ctx,
