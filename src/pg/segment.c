@@ -262,7 +262,8 @@ pg_tile_forward(void *ctx, const float *x, int n, int size, float *logits, mt_er
 		MemoryContextSwitchTo(old);
 		tf->edata = CopyErrorData();
 		FlushErrorState();
-		rc = mt_seterr(err, MT_ERR_INTERNAL, "%s", tf->edata->message);
+		rc = mt_seterr(err, MT_ERR_INTERNAL, "%s",
+					   tf->edata->message ? tf->edata->message : "the forward pass failed");
 	}
 	PG_END_TRY();
 	return rc;
