@@ -161,9 +161,8 @@ resample_rows(resampler *rs, int r0, int n, const float *src, mt_err *err)
 			float		tx = rs->tx[x];
 			float	   *o = rs->row + (size_t) x * k;
 
-			/* the expression medtl.segment's resize mode evaluates */
 			for (int j = 0; j < k; j++)
-				o[j] = (1 - ty) * ((1 - tx) * a[j] + tx * b[j]) + ty * ((1 - tx) * c[j] + tx * d[j]);
+				o[j] = mt_tile_bilerp(a[j], b[j], c[j], d[j], tx, ty);
 		}
 		if ((rc = rs->sink(rs->sink_ctx, rs->next_y, 1, rs->row, err)) != MT_OK)
 			return rc;

@@ -109,4 +109,15 @@ int			mt_tile_model_forward(void *model, const float *x, int n, int size,
  */
 void		mt_tile_source_index(int o, int n_in, int n_out, int *i0, int *i1, float *t);
 
+/*
+ * Bilinear blend of a (top left), b (top right), c (bottom left), d
+ * (bottom right): one expression shared by the resize mode and the
+ * sliding window's resampling, so both round alike.
+ */
+static inline float
+mt_tile_bilerp(float a, float b, float c, float d, float tx, float ty)
+{
+	return (1 - ty) * ((1 - tx) * a + tx * b) + ty * ((1 - tx) * c + tx * d);
+}
+
 #endif

@@ -83,27 +83,8 @@ class_map(MedtlModel *mm, bytea *image)
 }
 
 /*
- * Source coordinate of output index o when n_in values are resized to n_out
- * (PyTorch's bilinear, align_corners=False): the two neighbours and the
- * weight of the second.
- */
-static void
-source_index(int o, int n_in, int n_out, int *i0, int *i1, float *t)
-{
-	float		x = ((float) o + 0.5f) * (float) n_in / (float) n_out - 0.5f;
-
-	if (x < 0)
-		x = 0;
-	*i0 = (int) x;
-	if (*i0 > n_in - 1)
-		*i0 = n_in - 1;
-	*i1 = *i0 < n_in - 1 ? *i0 + 1 : *i0;
-	*t = x - (float) *i0;
-}
-
-/*
  * The probabilities of pixel (x, y) of a w x h image, interpolated from the
- * s x s x k map: out[k].
+ * s x s x k map (PyTorch's bilinear, align_corners=False): out[k].
  */
 static void
 prob_at(const float *map, int s, int k, int w, int h, int x, int y, float *out)
@@ -119,14 +100,14 @@ prob_at(const float *map, int s, int k, int w, int h, int x, int y, float *out)
 			   *c,
 			   *d;
 
-	source_index(x, s, w, &x0, &x1, &tx);
-	source_index(y, s, h, &y0, &y1, &ty);
+	mt_tile_source_index(x, s, w, &x0, &x1, &tx);
+	mt_tile_source_index(y, s, h, &y0, &y1, &ty);
 	a = map + ((size_t) y0 * s + x0) * k;
 	b = map + ((size_t) y0 * s + x1) * k;
 	c = map + ((size_t) y1 * s + x0) * k;
 	d = map + ((size_t) y1 * s + x1) * k;
 	for (int j = 0; j < k; j++)
-		out[j] = (1 - ty) * ((1 - tx) * a[j] + tx * b[j]) + ty * ((1 - tx) * c[j] + tx * d[j]);
+		out[j] = mt_tile_bilerp(a[j], b[j], c[j], d[j], tx, ty);
 }
 
 /*
