@@ -17,6 +17,7 @@ OBJS = \
 	src/core/ops_cpu_cnn.o \
 	src/core/ops_cpu_unet.o \
 	src/core/metrics.o \
+	src/core/tiling.o \
 	src/nn/zoo.o \
 	src/nn/zoo_cnn.o \
 	src/nn/unet.o \
@@ -88,7 +89,7 @@ endif
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
 ENGINE_SRC = src/cuda/cuda_stub.c src/core/mt_common.c src/core/blas.c src/core/pool.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c src/io/mask.c \
-	src/core/graph.c src/core/metrics.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c src/io/image.c src/io/safetensors.c src/io/pth.c \
+	src/core/graph.c src/core/metrics.c src/core/tiling.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c src/io/image.c src/io/safetensors.c src/io/pth.c \
 	src/core/ops_cpu_vit.c src/core/graph_vit.c src/nn/vit.c
 UNIT_TESTS = $(patsubst test/unit/%.c,test/bin/%,$(wildcard test/unit/test_*.c))
 UNIT_CFLAGS = -std=gnu11 -O2 -g $(WARNFLAGS) -Isrc -Itest/unit

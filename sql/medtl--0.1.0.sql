@@ -181,13 +181,19 @@ CREATE FUNCTION medtl.predict_topk(model text, image bytea, k int DEFAULT 5,
     AS 'MODULE_PATHNAME', 'medtl_predict_topk' LANGUAGE C STABLE STRICT PARALLEL SAFE ROWS 5;
 COMMENT ON FUNCTION medtl.predict_topk(text, bytea, int) IS 'The k most probable labels of an image with their probabilities.';
 
-CREATE FUNCTION medtl.segment(model text, image bytea) RETURNS bytea
+-- mode => 'resize' (the default) scores the image resized to the model's
+-- input size; mode => 'sliding' tiles it at its own resolution (times
+-- scale) with overlap and blends the tiles' probabilities (blend constant
+-- or gaussian), as MONAI's sliding_window_inference.
+CREATE FUNCTION medtl.segment(model text, image bytea, mode text DEFAULT 'resize',
+    overlap float8 DEFAULT 0.25, scale float8 DEFAULT 1.0, blend text DEFAULT 'constant') RETURNS bytea
     AS 'MODULE_PATHNAME', 'medtl_segment' LANGUAGE C STABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION medtl.segment(text, bytea) IS 'The predicted mask of an image as an 8-bit PNG at the image''s own size: 0/255 for a two-label model, else class indexes (0 = the first label).';
+COMMENT ON FUNCTION medtl.segment(text, bytea, text, float8, float8, text) IS 'The predicted mask of an image as an 8-bit PNG at the image''s own size: 0/255 for a two-label model, else class indexes (0 = the first label). mode => ''sliding'' tiles the image (scaled by scale) in input-size tiles overlapping by overlap (0..0.9) and blends their probabilities (blend constant or gaussian) instead of resizing it to the input size.';
 
-CREATE FUNCTION medtl.segment_proba(model text, image bytea) RETURNS real[]
+CREATE FUNCTION medtl.segment_proba(model text, image bytea, mode text DEFAULT 'resize',
+    overlap float8 DEFAULT 0.25, scale float8 DEFAULT 1.0, blend text DEFAULT 'constant') RETURNS real[]
     AS 'MODULE_PATHNAME', 'medtl_segment_proba' LANGUAGE C STABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION medtl.segment_proba(text, bytea) IS 'Per-pixel probabilities at the image''s own size: [height][width] of the second class for a two-label model, else [class][height][width].';
+COMMENT ON FUNCTION medtl.segment_proba(text, bytea, text, float8, float8, text) IS 'Per-pixel probabilities at the image''s own size: [height][width] of the second class for a two-label model, else [class][height][width]; mode, overlap, scale and blend as for medtl.segment.';
 
 ------------------------------------------------------------------------------
 -- Registering models
@@ -691,11 +697,11 @@ CREATE FUNCTION medtl._score_source(model text, source text, image_column text, 
 COMMENT ON FUNCTION medtl._score_source(text, text, text, text, boolean) IS 'Class probabilities of the labelled rows of a source, scored in batches (used by evaluate).';
 
 CREATE FUNCTION medtl._segment_source(model text, source text, image_column text, mask_column text,
-    skip_bad_rows boolean, OUT row_number bigint, OUT width int, OUT height int, OUT pixels bigint,
+    skip_bad_rows boolean, mode text, overlap float8, scale float8, blend text, OUT row_number bigint, OUT width int, OUT height int, OUT pixels bigint,
     OUT correct bigint, OUT tp bigint[], OUT fp bigint[], OUT fn bigint[])
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'medtl_segment_source' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION medtl._segment_source(text, text, text, text, boolean) IS 'Per image of a source with masks: the predicted mask against the truth at the truth''s size, pixel counts per class (used by evaluate).';
+COMMENT ON FUNCTION medtl._segment_source(text, text, text, text, boolean, text, float8, float8, text) IS 'Per image of a source with masks: the predicted mask (scored as medtl.segment with mode, overlap, scale and blend) against the truth at the truth''s size, pixel counts per class (used by evaluate).';
 
 -- evaluate() of a segmentation model.  Per image: Dice = 2 TP / (2 TP + FP +
 -- FN) and IoU = TP / (TP + FP + FN) of each foreground class (every class
@@ -706,7 +712,8 @@ COMMENT ON FUNCTION medtl._segment_source(text, text, text, text, boolean) IS 'P
 -- accuracy is pixel accuracy; precision, recall (sensitivity) and
 -- specificity are pooled over pixels (macro over foreground classes).
 CREATE FUNCTION medtl._evaluate_segmentation(m medtl.models, source text, image_column text,
-    mask_column text, skip_bad_rows boolean, empty_dice float8)
+    mask_column text, skip_bad_rows boolean, empty_dice float8, mode text, overlap float8,
+    scale float8, blend text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -721,7 +728,7 @@ BEGIN
     CREATE TEMP TABLE _medtl_seg AS
     SELECT * FROM medtl._segment_source(m.name,
                format('SELECT * FROM %s t WHERE t.%I IS NOT NULL', medtl._source_from(source), mask_column),
-               image_column, mask_column, skip_bad_rows);
+               image_column, mask_column, skip_bad_rows, mode, overlap, scale, blend);
     GET DIAGNOSTICS n_rows = ROW_COUNT;
 
     INSERT INTO medtl.evaluations (model_id, source, n, positive_label)
@@ -769,7 +776,7 @@ BEGIN
     RETURN eid;
 END
 $$;
-COMMENT ON FUNCTION medtl._evaluate_segmentation(medtl.models, text, text, text, boolean, float8) IS 'evaluate() of a segmentation model.';
+COMMENT ON FUNCTION medtl._evaluate_segmentation(medtl.models, text, text, text, boolean, float8, text, float8, float8, text) IS 'evaluate() of a segmentation model.';
 
 CREATE FUNCTION medtl.evaluate(
     model text,
@@ -779,7 +786,11 @@ CREATE FUNCTION medtl.evaluate(
     positive text DEFAULT NULL,
     skip_bad_rows boolean DEFAULT false,
     mask_column text DEFAULT 'mask',
-    empty_dice float8 DEFAULT 1.0)
+    empty_dice float8 DEFAULT 1.0,
+    mode text DEFAULT 'resize',
+    overlap float8 DEFAULT 0.25,
+    scale float8 DEFAULT 1.0,
+    blend text DEFAULT 'constant')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -794,8 +805,16 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
     END IF;
+    IF mode IS NULL OR overlap IS NULL OR scale IS NULL OR blend IS NULL THEN
+        RAISE EXCEPTION 'mode, overlap, scale and blend must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     IF m.task = 'segmentation' THEN
-        RETURN medtl._evaluate_segmentation(m, source, image_column, mask_column, skip_bad_rows, empty_dice);
+        RETURN medtl._evaluate_segmentation(m, source, image_column, mask_column, skip_bad_rows, empty_dice,
+                                            mode, overlap, scale, blend);
+    END IF;
+    IF mode <> 'resize' OR scale <> 1.0 OR blend <> 'constant' THEN
+        RAISE EXCEPTION 'mode, scale and blend apply to segmentation models; "%" is a % model', model, m.task
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     labels := coalesce(m.labels, ARRAY(SELECT g::text FROM generate_series(0, m.num_classes - 1) g));
     k := cardinality(labels);
@@ -920,7 +939,7 @@ BEGIN
     RETURN eid;
 END
 $$;
-COMMENT ON FUNCTION medtl.evaluate(text, text, text, text, text, boolean, text, float8) IS 'Score a labelled set (a table name or a query); accuracy, AUC, F1, precision, recall, specificity, log loss, confusion matrix, ROC points and per-class metrics become rows; for a segmentation model (masks in mask_column) mean Dice and IoU, pixel accuracy, sensitivity, specificity and one medtl.image_metrics row per image. Returns the evaluation id.';
+COMMENT ON FUNCTION medtl.evaluate(text, text, text, text, text, boolean, text, float8, text, float8, float8, text) IS 'Score a labelled set (a table name or a query); accuracy, AUC, F1, precision, recall, specificity, log loss, confusion matrix, ROC points and per-class metrics become rows; for a segmentation model (masks in mask_column) mean Dice and IoU, pixel accuracy, sensitivity, specificity and one medtl.image_metrics row per image, the images scored as medtl.segment scores them with mode, overlap, scale and blend. Returns the evaluation id.';
 
 ------------------------------------------------------------------------------
 -- Training

@@ -95,6 +95,77 @@ SELECT abs(e.dice - (SELECT mean_dice(segment('polyp', image), mask) FROM kv_tes
   FROM evaluations e WHERE evaluation_id = :eval_id;
 SELECT class_index, class, support FROM class_metrics WHERE evaluation_id = :eval_id ORDER BY class_index;
 
+-- sliding window: input-size tiles (64) at the image's own resolution,
+-- overlapping, their probabilities blended; the mask is still at the image's size
+SELECT (image_info(segment('polyp', image, mode => 'sliding'))).* FROM kv_test WHERE id = 1;
+SELECT (mask_info(segment('polyp', image, mode => 'sliding'))).distinct_values <@ ARRAY[0, 255] AS binary_mask,
+       dice(segment('polyp', image, mode => 'sliding'), segment('polyp', image, mode => 'sliding')) AS self_dice,
+       dice(segment('polyp', image, mode => 'sliding', blend => 'gaussian'),
+            segment('polyp', image, mode => 'sliding', blend => 'gaussian')) AS self_dice_gaussian
+  FROM kv_test WHERE id = 1;
+SELECT array_dims(p) AS dims, (SELECT min(v) >= 0 AND max(v) <= 1 FROM unnest(p) v) AS in_range
+  FROM (SELECT segment_proba('polyp', image, mode => 'sliding', overlap => 0.5) AS p FROM kv_test WHERE id = 1) s;
+-- scaled by 1/4, a 256x256 image is one 64x64 tile: exactly what the resize mode computes
+SELECT count(*) AS images,
+       bool_and(segment('polyp', image, mode => 'sliding', scale => 0.25) = segment('polyp', image)) AS same_masks,
+       bool_and(segment_proba('polyp', image, mode => 'sliding', scale => 0.25) = segment_proba('polyp', image)) AS same_proba
+  FROM kv_test;
+-- an image of exactly the input size: sliding = resize (gaussian weights divide out to within rounding)
+CREATE TEMP TABLE synth AS
+SELECT w, h, mask_png(ARRAY(SELECT ARRAY(SELECT (x * 37 + y * 11 + (x * y) % 53) % 256
+                                           FROM generate_series(0, w - 1) x)
+                              FROM generate_series(0, h - 1) y)) AS image
+  FROM (VALUES (64, 64), (100, 70), (40, 30), (300, 64)) v(w, h);
+SELECT segment('polyp', image, mode => 'sliding') = segment('polyp', image) AS same_mask,
+       segment_proba('polyp', image, mode => 'sliding') = segment_proba('polyp', image) AS same_proba,
+       (SELECT max(abs(a - b)) < 1e-6
+          FROM unnest(segment_proba('polyp', image, mode => 'sliding', blend => 'gaussian'),
+                      segment_proba('polyp', image)) AS u(a, b)) AS gaussian_close
+  FROM synth WHERE w = 64 AND h = 64;
+-- non-square, smaller than a tile (padded, never part of the output), one tile high; overlaps 0 and 0.9
+SELECT w, h, (image_info(segment('polyp', image, mode => 'sliding'))).width AS mask_w,
+       (image_info(segment('polyp', image, mode => 'sliding'))).height AS mask_h,
+       array_dims(segment_proba('polyp', image, mode => 'sliding', overlap => 0)) AS dims_overlap_0,
+       array_dims(segment_proba('polyp', image, mode => 'sliding', overlap => 0.9, blend => 'gaussian')) AS dims_overlap_09
+  FROM synth ORDER BY w, h;
+-- evaluate passes the mode through: its per-image Dice is that of the sliding masks
+SELECT evaluate('polyp', 'kv_test', mode => 'sliding', overlap => 0.5) AS slide_eval \gset
+SELECT count(*) AS images,
+       max(abs(i.dice - dice(segment('polyp', t.image, mode => 'sliding', overlap => 0.5), t.mask))) < 1e-12 AS same_dice
+  FROM kv_test t JOIN image_metrics i ON i.evaluation_id = :slide_eval AND i.row_number = t.id;
+-- bad options: 22023 (and a scaled image over medtl.max_image_pixels: 54000)
+CREATE FUNCTION pg_temp.try_seg(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE q;
+    RETURN 'ok';
+EXCEPTION WHEN others THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+SELECT q AS call, pg_temp.try_seg('SELECT ' || q || ' FROM kv_test WHERE id = 1') AS result
+  FROM (VALUES ('segment(''polyp'', image, mode => ''tiles'')'),
+               ('segment(''polyp'', image, mode => ''sliding'', overlap => 0.95)'),
+               ('segment(''polyp'', image, mode => ''sliding'', overlap => -0.1)'),
+               ('segment_proba(''polyp'', image, mode => ''sliding'', overlap => ''NaN'')'),
+               ('segment(''polyp'', image, mode => ''sliding'', scale => 0)'),
+               ('segment(''polyp'', image, scale => 2)'),
+               ('segment(''polyp'', image, mode => ''sliding'', blend => ''linear'')'),
+               ('segment(''polyp'', image, mode => NULL) IS NULL'),
+               ('evaluate(''polyp'', ''kv_test'', mode => ''sliding'', overlap => 1)'),
+               ('evaluate(''mobilenet_v2_imagenet'', ''kv_test'', mode => ''sliding'')')) v(q);
+SET medtl.max_image_pixels = 100000;
+SELECT pg_temp.try_seg('SELECT segment(''polyp'', image, mode => ''sliding'', scale => 2) FROM kv_test WHERE id = 1') AS over_budget;
+RESET medtl.max_image_pixels;
+-- a long tiling stops on statement_timeout: the image scaled by 16 is 4096x4096,
+-- 85x85 tiles; the cancel is noticed between forward passes
+SELECT clock_timestamp() AS t0 \gset
+SET statement_timeout = 1000;
+SELECT segment('polyp', image, mode => 'sliding', scale => 16) FROM kv_test WHERE id = 1;
+RESET statement_timeout;
+SELECT clock_timestamp() - :'t0'::timestamptz < interval '15 seconds' AS stopped_promptly;
+SELECT dice(segment('polyp', image, mode => 'sliding'), segment('polyp', image, mode => 'sliding')) AS still_up
+  FROM kv_test WHERE id = 1;
+
 -- export and import: the same masks from the re-imported model
 SELECT import_model('polyp_copy', 'unet_mobilenet_v2', export_model('polyp')) > 0 AS imported;
 SELECT task, labels, input_size FROM models WHERE name = 'polyp_copy';

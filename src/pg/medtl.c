@@ -169,8 +169,8 @@ medtl_engine_enter(void)
 	}
 }
 
-float *
-medtl_image_tensor(bytea *image, int size, const float mean[3], const float std[3])
+void
+medtl_decode_image(bytea *image, int out_w, int out_h, struct mt_image *out)
 {
 	mt_err		err;
 	mt_image	img,
@@ -184,18 +184,27 @@ medtl_image_tensor(bytea *image, int size, const float mean[3], const float std[
 			mt_setdetail(&err, "medtl.max_image_pixels is %d.", medtl_max_image_pixels);
 		medtl_raise(&err, "invalid image");
 	}
-	if (img.width != size || img.height != size)
+	if (out_w > 0 && (img.width != out_w || img.height != out_h))
 	{
 		mt_image_info info;
 		bool		eight_bit = mt_image_probe(buf, len, &info, &err) == MT_OK && info.bit_depth <= 8;
 
 		/* 8-bit sources are resized as PIL resizes 8-bit images */
-		if ((eight_bit ? mt_image_resize_u8(&img, size, size, &resized, &err) :
-			 mt_image_resize(&img, size, size, &resized, &err)) != MT_OK)
+		if ((eight_bit ? mt_image_resize_u8(&img, out_w, out_h, &resized, &err) :
+			 mt_image_resize(&img, out_w, out_h, &resized, &err)) != MT_OK)
 			medtl_raise(&err, "could not resize image");
 		mt_image_free(&img);
 		img = resized;
 	}
+	*out = img;
+}
+
+float *
+medtl_image_tensor(bytea *image, int size, const float mean[3], const float std[3])
+{
+	mt_image	img;
+
+	medtl_decode_image(image, size, size, &img);
 	mt_image_normalize(&img, mean, std);
 	return img.data;
 }
