@@ -137,6 +137,20 @@ mask_to_bytes(bytea *mask, int n_classes, int size, int w, int h, uint8 *out, mt
 	return true;
 }
 
+Portal
+medtl_source_cursor(const char *source, const char *columns)
+{
+	StringInfoData q;
+	SPIPlanPtr	plan;
+
+	initStringInfo(&q);
+	appendStringInfo(&q, "SELECT %s FROM %s t", columns, medtl_source_from_item(source));
+	plan = SPI_prepare(q.data, 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the source query: %s", SPI_result_code_string(SPI_result));
+	return SPI_cursor_open(NULL, plan, NULL, NULL, true);
+}
+
 MedtlDataset *
 medtl_read_dataset(const char *source, const char *image_col, const char *label_col,
 				   const char *group_col, char **labels, int n_labels, int size,
@@ -150,7 +164,6 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 	size_t		max_mem = budget / per;	/* images that fit the budget */
 	int			mem_cap = (int) Min((size_t) cap, max_mem);
 	StringInfoData q;
-	SPIPlanPtr	plan;
 	Portal		portal;
 	int64		row = 0;
 	uint8	   *tmp = palloc(per);
@@ -167,15 +180,11 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	initStringInfo(&q);
-	appendStringInfo(&q, "SELECT t.%s, t.%s%s", quote_identifier(image_col), quote_identifier(label_col),
+	appendStringInfo(&q, "t.%s, t.%s%s", quote_identifier(image_col), quote_identifier(label_col),
 					 masks ? "" : "::text");
 	if (group_col)
 		appendStringInfo(&q, ", t.%s::text", quote_identifier(group_col));
-	appendStringInfo(&q, " FROM %s t", medtl_source_from_item(source));
-	plan = SPI_prepare(q.data, 0, NULL);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare the source query: %s", SPI_result_code_string(SPI_result));
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	portal = medtl_source_cursor(source, q.data);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, 64);

@@ -134,5 +134,10 @@ void		medtl_dataset_free(MedtlDataset *ds);
 char	   *medtl_join_labels(char **labels, int n);
 /* The FROM item of a source (a query or a table name); needs SPI connected. */
 char	   *medtl_source_from_item(const char *source);
+/*
+ * A read-only SPI cursor over "SELECT columns FROM source t" (columns name
+ * the source's row as t), with the caller's privileges; needs SPI connected.
+ */
+struct PortalData *medtl_source_cursor(const char *source, const char *columns);
 
 #endif

@@ -560,11 +560,9 @@ medtl_segment_source(PG_FUNCTION_ARGS)
 	MedtlModel *mm;
 	int			k;
 	StringInfoData q;
-	SPIPlanPtr	plan;
 	Portal		portal;
 	int64		row = 0;
 	int			n_bad = 0;
-	char	   *from;
 
 	options_from_args(fcinfo, 5, &so);
 	InitMaterializedSRF(fcinfo, 0);
@@ -575,14 +573,9 @@ medtl_segment_source(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	from = medtl_source_from_item(source);
 	initStringInfo(&q);
-	appendStringInfo(&q, "SELECT t.%s, t.%s FROM %s t", quote_identifier(image_col),
-					 quote_identifier(mask_col), from);
-	plan = SPI_prepare(q.data, 0, NULL);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare the source query: %s", SPI_result_code_string(SPI_result));
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	appendStringInfo(&q, "t.%s, t.%s", quote_identifier(image_col), quote_identifier(mask_col));
+	portal = medtl_source_cursor(source, q.data);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, 16);
