@@ -883,6 +883,14 @@ dev_node_sizes(const mt_model *m, const mt_node *nd, size_t *wlen, size_t *blen)
 				*blen = nd->cout;
 				break;
 			}
+		case MT_NODE_CONV_TRANSPOSE:
+			{
+				mt_conv_desc d = mt_node_tconv_desc(nd, MT_ACT_NONE);
+
+				*wlen = mt_conv_packed_size(&d);
+				*blen = nd->cout;
+				break;
+			}
 		case MT_NODE_BN:
 			*wlen = *blen = m->params[nd->p_bn_weight].shape[0];
 			break;

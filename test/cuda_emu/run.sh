@@ -39,4 +39,4 @@ $CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -W
 # the device-less path first (the probe fails: refusal, host still works)
 EMU_NODEV=1 "$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 --archs resnet18 | tail -n 3
 "$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 \
-	--archs "${EMU_MODEL_ARCHS:-resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0}"
+	--archs "${EMU_MODEL_ARCHS:-resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0,unet_resnet18,unet_mobilenet_v2,unet_mobilenet_v2_tconv}"
