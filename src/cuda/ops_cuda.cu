@@ -1475,6 +1475,45 @@ cuda_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
 	}
 }
 
+/* one thread per channel: the CPU's double arithmetic (ops_cpu_train.c) */
+__global__ void
+k_bn_train_coeffs(int c, const float *g, const float *beta, float *rm, float *rv, float eps,
+				  float mom, double unbias, float *mean, float *var, float *scale, float *shift)
+{
+	GRID_LOOP(j, (size_t) c)
+	{
+		if (mean != NULL)
+		{
+			double		is = 1.0 / sqrt((double) var[j] + eps);
+
+			scale[j] = (float) (g[j] * is);
+			shift[j] = (float) (beta[j] - (double) mean[j] * g[j] * is);
+			rm[j] = __fadd_rn(__fmul_rn(1.0f - mom, rm[j]), __fmul_rn(mom, mean[j]));
+			rv[j] = __fadd_rn(__fmul_rn(1.0f - mom, rv[j]), __fmul_rn(mom, (float) (var[j] * unbias)));
+			var[j] = (float) is;
+		}
+		else
+		{
+			double		s = (double) g[j] / sqrt((double) rv[j] + eps);
+
+			scale[j] = (float) s;
+			if (shift != NULL)
+				shift[j] = (float) ((double) beta[j] - (double) rm[j] * s);
+		}
+	}
+}
+
+static void
+cuda_bn_train_coeffs(int c, const float *g, const float *beta, float *rm, float *rv, float eps,
+					 float mom, double unbias, float *mean, float *var, float *scale, float *shift)
+{
+	if (c <= 0 || mt_cuda_failed())
+		return;
+	k_bn_train_coeffs<<<blocks_for(c), THREADS>>>(c, g, beta, rm, rv, eps, mom, unbias, mean, var,
+												 scale, shift);
+	launched("the batch-norm coefficient kernel");
+}
+
 static void
 cuda_linear_backward(int n, int in, int out, const float *x, const float *w,
 					 const float *dy, float *dx, float *dw, float *db)
@@ -2325,6 +2364,7 @@ const mt_backend mt_cuda_backend = {
 	.scale_channels_backward = cuda_scale_channels_backward,
 	.channel_stats = cuda_channel_stats,
 	.batch_norm_backward = cuda_batch_norm_backward,
+	.bn_train_coeffs = cuda_bn_train_coeffs,
 	.max_pool2d_backward = cuda_max_pool2d_backward,
 	.avg_pool2d_backward = cuda_avg_pool2d_backward,
 	.global_avg_pool_backward = cuda_global_avg_pool_backward,
