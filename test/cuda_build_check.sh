@@ -87,7 +87,7 @@ if [ -f "$tmp/medtl.so" ]; then
 	fi
 fi
 if out=$(cd "$tmp" && nice make -s WITH_CUDA=1 NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" cuda-check 2>&1); then
-	ok "make WITH_CUDA=1 cuda-check builds test/bin/cuda_ops_check and cuda_model_check"
+	ok "make WITH_CUDA=1 cuda-check builds test/bin/cuda_ops_check, cuda_model_check and cuda_train_check"
 	out=$("$tmp/test/bin/cuda_ops_check" --no-bench 2>&1) && rc=0 || rc=$?
 	echo "$out" | grep -E '^(no CUDA device|device:|FAIL|cuda_ops:)' | tail -n 40
 	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^cuda_ops: [0-9]* passed, 0 failed'; then

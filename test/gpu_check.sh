@@ -195,13 +195,13 @@ else
 	fail "test/bin/cuda_model_check was not built"
 fi
 
-step "cuda_train_check: one training step on the device vs the CPU (224x224 batch 8), training images/s (224, batch 64)"
+step "cuda_train_check: one training step on the device vs the CPU (128x128 batch 8), training images/s (224, batch 64)"
 if [ -x test/bin/cuda_train_check ]; then
 	# at most 120 s, and never past t=290s
 	limit=$(( 290 - ($(date +%s) - start) ))
 	[ "$limit" -gt 120 ] && limit=120
 	[ "$limit" -lt 30 ] && limit=30
-	timeout "$limit" test/bin/cuda_train_check --size 224 --batch 8 --bench-size 224 --bench-batch 64 \
+	timeout "$limit" test/bin/cuda_train_check --size 128 --batch 8 --bench-size 224 --bench-batch 64 \
 		--cpu-batch 4 --seconds 2 --archs resnet18,resnet50,mobilenet_v2 \
 		> "$OUT/cuda_train_check.txt" 2>&1
 	rc=$?

@@ -28,7 +28,7 @@
  * Prints "ok: ..." / "FAIL: ..." lines, a table, and last
  * "cuda_train: N passed, M failed"; exits 1 when M > 0.  Without a device:
  * "no CUDA device: <reason>" and "cuda_train: 0 passed, 0 failed (skipped:
- * no device)", exit 0.
+ * no device)", exit 0.  CUDA_TRAIN_VERBOSE=1 prints every gradient's error.
  *
  *   cuda_train_check [--size S] [--batch B] [--cpu-batch B] [--bench-size S]
  *                    [--archs a,b,..] [--settings 0123] [--no-bench] [--seconds T]
@@ -580,7 +580,10 @@ main(int argc, char **argv)
 	mt_clearerr(&err);
 	if (mt_cuda_available(&err) != MT_OK)
 	{
-		printf("no CUDA device: %s%s%s\n", err.msg, err.detail[0] ? ": " : "", err.detail);
+		if (strcmp(err.msg, "no CUDA device") == 0)
+			printf("no CUDA device: %s\n", err.detail[0] ? err.detail : err.msg);
+		else
+			printf("no CUDA device: %s%s%s\n", err.msg, err.detail[0] ? ": " : "", err.detail);
 		printf("cuda_train: 0 passed, 0 failed (skipped: no device)\n");
 		return 0;
 	}
