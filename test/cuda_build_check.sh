@@ -2,7 +2,8 @@
 # test/cuda_build_check.sh - compile-and-link check of `make WITH_CUDA=1`.
 #
 # First runs the kernels and whole models under the CPU emulation
-# (test/cuda_emu/run.sh: cuda_ops_check, then cuda_model_check at 32x32).
+# (test/cuda_emu/run.sh: cuda_ops_check, cuda_train_check at 64x64, then
+# cuda_model_check at 32x32).
 # Then builds medtl.so with the CUDA backend and both check tools in a
 # temporary copy of the sources (the working tree's objects and the installed
 # extension are left alone), checks that medtl.so links cuBLAS/cudart and
@@ -25,13 +26,21 @@ bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
 # The kernels' logic without a GPU: src/cuda built against the CPU emulation
 # in test/cuda_emu and compared op by op with the CPU backend.
 if command -v g++ >/dev/null 2>&1; then
-	out=$(EMU_ASAN=1 nice bash "$here/test/cuda_emu/run.sh" 2>&1) && rc=0 || rc=$?
-	echo "$out" | grep -E '^(FAIL|cuda_ops:|cuda_model:)|error' | tail -n 40
+	# the training check on two models and two settings here (ASan is slow; run.sh alone does more)
+	out=$(EMU_ASAN=1 EMU_TRAIN_ARCHS=${EMU_TRAIN_ARCHS:-resnet18,unet_resnet18} EMU_TRAIN_SETTINGS=${EMU_TRAIN_SETTINGS:-04} \
+		nice bash "$here/test/cuda_emu/run.sh" 2>&1) && rc=0 || rc=$?
+	echo "$out" | grep -E '^(FAIL|cuda_ops:|cuda_train:|cuda_model:)|error' | tail -n 40
 	ops=$(echo "$out" | grep -E '^cuda_ops: ' | tail -n 1)
 	if [ "$rc" -eq 0 ] && echo "$ops" | grep -Eq '^cuda_ops: [1-9][0-9]* passed, 0 failed$'; then
 		ok "CUDA kernels vs the CPU backend under the CPU emulation with ASan ($ops)"
 	else
 		bad "CUDA kernels under the CPU emulation (test/cuda_emu/run.sh exited $rc)"
+	fi
+	train=$(echo "$out" | grep -E '^cuda_train: ' | tail -n 1)
+	if [ "$rc" -eq 0 ] && echo "$train" | grep -Eq '^cuda_train: [1-9][0-9]* passed, 0 failed$'; then
+		ok "a training step on the CUDA backend vs the CPU under the CPU emulation with ASan ($train)"
+	else
+		bad "the training step under the CPU emulation (test/cuda_emu/run.sh exited $rc)"
 	fi
 	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -Eq '^cuda_model: [1-9][0-9]* passed, 0 failed$'; then
 		ok "whole models on the CUDA backend vs the CPU under the CPU emulation with ASan ($(echo "$out" | tail -n 1))"
@@ -78,7 +87,7 @@ if [ -f "$tmp/medtl.so" ]; then
 	fi
 fi
 if out=$(cd "$tmp" && nice make -s WITH_CUDA=1 NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" cuda-check 2>&1); then
-	ok "make WITH_CUDA=1 cuda-check builds test/bin/cuda_ops_check and cuda_model_check"
+	ok "make WITH_CUDA=1 cuda-check builds test/bin/cuda_ops_check, cuda_model_check and cuda_train_check"
 	out=$("$tmp/test/bin/cuda_ops_check" --no-bench 2>&1) && rc=0 || rc=$?
 	echo "$out" | grep -E '^(no CUDA device|device:|FAIL|cuda_ops:)' | tail -n 40
 	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^cuda_ops: [0-9]* passed, 0 failed'; then
@@ -93,6 +102,13 @@ if out=$(cd "$tmp" && nice make -s WITH_CUDA=1 NVCC="$NVCC" CUDA_HOME="$CUDA_HOM
 		ok "cuda_model_check ($(echo "$out" | tail -n 1))"
 	else
 		bad "cuda_model_check exited $rc"
+	fi
+	out=$("$tmp/test/bin/cuda_train_check" --no-bench --size 64 --batch 4 --archs resnet18 2>&1) && rc=0 || rc=$?
+	echo "$out" | grep -E '^(no CUDA device|device:|FAIL|cuda_train:)' | tail -n 40
+	if [ "$rc" -eq 0 ] && echo "$out" | tail -n 1 | grep -q '^cuda_train: [0-9]* passed, 0 failed'; then
+		ok "cuda_train_check ($(echo "$out" | tail -n 1))"
+	else
+		bad "cuda_train_check exited $rc"
 	fi
 else
 	echo "$out" | tail -n 40

@@ -3,9 +3,14 @@
 # PostgreSQL there): builds the CUDA backend, the op-by-op comparison tool
 # and the whole-model comparison from the engine sources only (src/core,
 # src/nn, src/cuda; no src/pg, no image IO) and runs them: every backend
-# entry CUDA vs CPU, then every CNN of the zoo at 224x224 (logits and
-# features CUDA vs CPU, device images/s at batch 64 beside the CPU's at
-# batch 4); optionally both under compute-sanitizer.  Writes everything to
+# entry CUDA vs CPU, then every CNN of the zoo and three U-Nets at 224x224
+# (logits and features CUDA vs CPU, device images/s at batch 64 beside the
+# CPU's at batch 4), then one training step on the device vs the CPU
+# (resnet18, resnet50, mobilenet_v2; SGD and AdamW, full fine-tune and
+# frozen backbone; loss, every gradient, every updated parameter) and
+# training images/s at 224, batch 64 beside the CPU's at batch 4;
+# optionally the first two under compute-sanitizer.  Ends with a summary:
+# one PASS/FAIL line per step and the two tables.  Writes everything to
 # $OUT/gpu_check.log.  Exit 0 only when every step passed.
 #
 #   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out)
@@ -20,16 +25,27 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here" || exit 2
 OUT=${OUT:-/tmp/medtl-gpu-out}
 mkdir -p "$OUT"
-rm -f "$OUT/cuda_model_check.txt"
+rm -f "$OUT/cuda_model_check.txt" "$OUT/cuda_train_check.txt"
 LOG=$OUT/gpu_check.log
 start=$(date +%s)
 status=0
+results=()
 step() { printf '\n== %s (t=%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
-fail() { echo "GPU_CHECK FAIL: $*"; status=1; }
+fail() { echo "GPU_CHECK FAIL: $*"; results+=("FAIL  $*"); status=1; }
+pass() { echo "PASS: $*"; results+=("PASS  $*"); }
 finish() {
+	step "summary"
+	for r in "${results[@]}"; do echo "$r"; done
 	if [ -f "$OUT/cuda_model_check.txt" ]; then
-		step "summary: whole-model relative errors and images/s"
+		echo
+		echo "inference (cuda_model_check):"
 		sed -n '/^model /,$p' "$OUT/cuda_model_check.txt"
+	fi
+	if [ -f "$OUT/cuda_train_check.txt" ]; then
+		echo
+		echo "training (cuda_train_check):"
+		grep -E '^(FAIL|ok: .*(loss|gradient|parameter after))' "$OUT/cuda_train_check.txt" | sed 's/^/  /'
+		sed -n '/^model (training step)/,$p' "$OUT/cuda_train_check.txt"
 	fi
 	step "done"
 	if [ "$status" -eq 0 ]; then echo "GPU_CHECK OK"; else echo "GPU_CHECK FAILED (see the FAIL lines above)"; fi
@@ -112,11 +128,11 @@ else
 fi
 
 step "build (engine + src/cuda + cuda_ops_check + cuda_model_check; no PostgreSQL)"
-rm -f src/cuda/*.o test/bin/cuda_ops_check test/bin/cuda_model_check
+rm -f src/cuda/*.o test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check
 t0=$(date +%s)
 if command -v make >/dev/null 2>&1; then
 	# warnings are not errors here: this compiler may be newer than CI's
-	timeout 120 make -f src/cuda/cuda.mk -j4 cuda-check CC="$CC" NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" \
+	timeout 150 make -f src/cuda/cuda.mk -j4 cuda-check CC="$CC" NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" \
 		CUDA_INCDIR="$CUDA_INCDIR" CUDA_LIBDIR="$CUDA_LIBDIR" CUDA_WARN="-Wall,-Wno-unused-parameter" \
 		CUDA_CHECK_CFLAGS="-std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA" ||
 		fail "build failed"
@@ -136,6 +152,12 @@ else
 			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
 			src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c \
 			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
+			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread &&
+		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
+			-o test/bin/cuda_train_check test/tools/cuda_train_check.c src/core/mt_common.c \
+			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
+			src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c \
+			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
 			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread || fail "build failed"
 fi
 echo "build time: $(( $(date +%s) - t0 ))s"
@@ -148,13 +170,14 @@ cat "$OUT/cuda_ops_check.txt"
 if [ "$rc" -eq 124 ]; then fail "cuda_ops_check timed out after 90s"
 elif [ "$rc" -ne 0 ]; then fail "cuda_ops_check exited $rc"
 elif grep -q 'skipped: no device' "$OUT/cuda_ops_check.txt"; then fail "cuda_ops_check found no CUDA device"
+else pass "every backend entry on CUDA matches the CPU ($(tail -n 1 "$OUT/cuda_ops_check.txt"))"
 fi
 
 step "cuda_model_check: whole CNNs on the device vs the CPU (224x224; rel err <= 1e-4), images/s"
 if [ -x test/bin/cuda_model_check ]; then
-	# at most 120 s, and never past t=280s (the device run is given 330 s)
-	limit=$(( 280 - ($(date +%s) - start) ))
-	[ "$limit" -gt 120 ] && limit=120
+	# at most 90 s, leaving the training check its time (the device run is given 330 s)
+	limit=$(( 200 - ($(date +%s) - start) ))
+	[ "$limit" -gt 90 ] && limit=90
 	[ "$limit" -lt 30 ] && limit=30
 	timeout "$limit" test/bin/cuda_model_check --size 224 --batch 64 --cpu-batch 4 --seconds 2 \
 		> "$OUT/cuda_model_check.txt" 2>&1
@@ -166,10 +189,33 @@ if [ -x test/bin/cuda_model_check ]; then
 	elif ! tail -n 1 "$OUT/cuda_model_check.txt" | grep -Eq '^cuda_model: [1-9][0-9]* passed, 0 failed$'; then
 		fail "cuda_model_check did not finish with 0 failures"
 	else
-		echo "PASS: whole-model inference on the device matches the CPU"
+		pass "whole-model inference on the device matches the CPU ($(tail -n 1 "$OUT/cuda_model_check.txt"))"
 	fi
 else
 	fail "test/bin/cuda_model_check was not built"
+fi
+
+step "cuda_train_check: one training step on the device vs the CPU (128x128 batch 8), training images/s (224, batch 64)"
+if [ -x test/bin/cuda_train_check ]; then
+	# at most 120 s, and never past t=290s
+	limit=$(( 290 - ($(date +%s) - start) ))
+	[ "$limit" -gt 120 ] && limit=120
+	[ "$limit" -lt 30 ] && limit=30
+	timeout "$limit" test/bin/cuda_train_check --size 128 --batch 8 --bench-size 224 --bench-batch 64 \
+		--cpu-batch 4 --seconds 2 --archs resnet18,resnet50,mobilenet_v2 \
+		> "$OUT/cuda_train_check.txt" 2>&1
+	rc=$?
+	cat "$OUT/cuda_train_check.txt"
+	if [ "$rc" -eq 124 ]; then fail "cuda_train_check timed out after ${limit}s"
+	elif [ "$rc" -ne 0 ]; then fail "cuda_train_check exited $rc ($(tail -n 1 "$OUT/cuda_train_check.txt"))"
+	elif grep -q 'skipped: no device' "$OUT/cuda_train_check.txt"; then fail "cuda_train_check found no CUDA device"
+	elif ! tail -n 1 "$OUT/cuda_train_check.txt" | grep -Eq '^cuda_train: [1-9][0-9]* passed, 0 failed$'; then
+		fail "cuda_train_check did not finish with 0 failures"
+	else
+		pass "a training step on the device matches the CPU ($(tail -n 1 "$OUT/cuda_train_check.txt"))"
+	fi
+else
+	fail "test/bin/cuda_train_check was not built"
 fi
 
 san=$(command -v compute-sanitizer 2>/dev/null || true)
@@ -177,28 +223,30 @@ for c in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/comput
 	[ -z "$san" ] && [ -x "$c" ] && san=$c
 done
 elapsed=$(( $(date +%s) - start ))
-if [ -n "$san" ] && [ "$elapsed" -lt 170 ]; then
+if [ -n "$san" ] && [ "$elapsed" -lt 200 ]; then
 	step "compute-sanitizer memcheck over the op comparison (no benchmark)"
-	timeout $(( 230 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
+	timeout $(( 250 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
 		test/bin/cuda_ops_check --no-bench > "$OUT/sanitizer.txt" 2>&1
 	rc=$?
 	grep -E '=========|^cuda_ops:' "$OUT/sanitizer.txt" | tail -n 40
 	if [ "$rc" -eq 124 ]; then echo "note: compute-sanitizer timed out (not counted as a failure)"
 	elif [ "$rc" -ne 0 ]; then fail "compute-sanitizer reported errors (exit $rc)"
+	else pass "compute-sanitizer memcheck: no errors in the op comparison"
 	fi
 else
 	step "compute-sanitizer over the op comparison: ${san:-not found}; skipped"
 fi
 elapsed=$(( $(date +%s) - start ))
-if [ -n "$san" ] && [ -x test/bin/cuda_model_check ] && [ "$elapsed" -lt 200 ]; then
+if [ -n "$san" ] && [ -x test/bin/cuda_model_check ] && [ "$elapsed" -lt 230 ]; then
 	step "compute-sanitizer memcheck over the whole-model comparison (64x64, batch 4)"
-	timeout $(( 260 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
+	timeout $(( 275 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
 		test/bin/cuda_model_check --no-bench --size 64 --batch 4 --cpu-batch 2 \
 		--archs resnet18,mobilenet_v2,densenet121,efficientnet_b0 > "$OUT/sanitizer_model.txt" 2>&1
 	rc=$?
 	grep -E '=========|^cuda_model:' "$OUT/sanitizer_model.txt" | tail -n 40
 	if [ "$rc" -eq 124 ]; then echo "note: compute-sanitizer timed out (not counted as a failure)"
 	elif [ "$rc" -ne 0 ]; then fail "compute-sanitizer reported errors in the model check (exit $rc)"
+	else pass "compute-sanitizer memcheck: no errors in the model comparison"
 	fi
 else
 	step "compute-sanitizer over the model comparison: ${san:-not found}; skipped"

@@ -157,6 +157,13 @@ mt_model_set_param(mt_model *m, const char *name, int is_int64, int ndim,
 	if (nbytes != p->numel * sizeof(float))
 		return mt_seterr(err, MT_ERR_SHAPE, "tensor \"%s\" holds %zu bytes, expected %zu",
 						 name, nbytes, p->numel * sizeof(float));
+	/* device training's copy: the other tensors come back, this one changes here */
+	{
+		int			rc = mt_model_train_device_drop(m, err);
+
+		if (rc != MT_OK)
+			return rc;
+	}
 	if (p->data == NULL)
 	{
 		p->data = mt_malloc(nbytes);
@@ -644,6 +651,14 @@ node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
 	return MT_OK;
 }
 
+int
+mt_node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
+			const float *w, const float *bias, int n, mt_shape3 in,
+			const float *a, const float *b, float *y, float *scratch, mt_err *err)
+{
+	return node_run(m, be, nd, w, bias, n, in, a, b, y, scratch, err);
+}
+
 /* The host copies of a prepared node's weights, as node_run takes them. */
 static void
 host_weights(const mt_model *m, const mt_node *nd, const float **w, const float **bias)
@@ -883,6 +898,14 @@ dev_node_sizes(const mt_model *m, const mt_node *nd, size_t *wlen, size_t *blen)
 				*blen = nd->cout;
 				break;
 			}
+		case MT_NODE_CONV_TRANSPOSE:
+			{
+				mt_conv_desc d = mt_node_tconv_desc(nd, MT_ACT_NONE);
+
+				*wlen = mt_conv_packed_size(&d);
+				*blen = nd->cout;
+				break;
+			}
 		case MT_NODE_BN:
 			*wlen = *blen = m->params[nd->p_bn_weight].shape[0];
 			break;
@@ -1002,6 +1025,19 @@ fail:
 	return rc;
 }
 
+int
+mt_model_device_upload(mt_model *m, mt_err *err)
+{
+	return m->dev != NULL ? dev_upload(m, err) : MT_OK;
+}
+
+void
+mt_model_device_node_weights(const mt_model *m, int i, const float **w, const float **bias)
+{
+	*w = m->dev != NULL ? m->dev->w[i] : NULL;
+	*bias = m->dev != NULL ? m->dev->b[i] : NULL;
+}
+
 const mt_backend *
 mt_model_device(const mt_model *m)
 {
@@ -1026,6 +1062,8 @@ mt_model_release_device(mt_model *m)
 {
 	struct mt_devcopy *d = m->dev;
 
+	/* device training lives on the device copy */
+	mt_model_train_device_free(m);
 	if (d == NULL)
 		return;
 	if (m->plan != NULL && m->plan->arena_be == d->be)
@@ -1043,6 +1081,10 @@ mt_model_to_device(mt_model *m, const mt_backend *be, mt_err *err)
 	struct mt_devcopy *d;
 	int			rc;
 
+	/* leaving the device (or changing it): what device training changed comes back first */
+	if (m->dev != NULL && (be == NULL || be != m->dev->be) &&
+		(rc = mt_model_train_device_drop(m, err)) != MT_OK)
+		return rc;
 	if (be == NULL || be->mem_alloc == NULL)
 	{
 		/* a host backend: passes run on m->backend */
@@ -1121,6 +1163,9 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 	int			rc = MT_OK;
 	int			mb;
 
+	/* weights that training on the device changed: fold the current ones */
+	if ((rc = mt_model_sync_to_host(m, err)) != MT_OK)
+		return rc;
 	if ((rc = mt_model_prepare(m, err)) != MT_OK)
 		return rc;
 	if (n <= 0 || h <= 0 || w <= 0)

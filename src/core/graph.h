@@ -148,6 +148,7 @@ typedef enum mt_head_init
 
 struct mt_train_state;
 struct mt_devcopy;
+struct mt_devtrain;
 
 typedef struct mt_model
 {
@@ -182,6 +183,7 @@ typedef struct mt_model
 	int			no_arena_keep;	/* release the arena after every pass (benchmarks) */
 	int			micro_batch;	/* images per inference pass; 0: the default */
 	struct mt_devcopy *dev;		/* inference on a device (mt_model_to_device) */
+	struct mt_devtrain *devtrain;	/* training on that device (train.c) */
 } mt_model;
 
 /* Building (used by the model zoo). */
@@ -231,7 +233,10 @@ size_t		mt_model_plan_bytes(const mt_model *m);
  * the batch shape changes), and logits/features are downloaded.  Callers
  * still pass and receive host memory.  be NULL (or a host backend such as
  * mt_cpu_backend) releases the device copy: passes run on m->backend again.
- * Training (train.h) always runs on m->backend, in host memory.
+ * Training (train.h) runs on the device too once the model is there: see
+ * "Training on a device" in train.h; mt_model_forward first brings the
+ * host copy up to date (mt_model_sync_to_host) when device training
+ * changed the weights.
  *
  * Ownership: the device memory belongs to the model and is freed through
  * be->mem_free by mt_model_release_device (= mt_model_to_device(m, NULL)),
@@ -253,6 +258,19 @@ void		mt_model_release_device(mt_model *m);
 const mt_backend *mt_model_device(const mt_model *m);
 /* Bytes of device memory the model holds (weights and arena). */
 size_t		mt_model_device_bytes(const mt_model *m);
+
+/*
+ * Device training's parameters (train.h): mt_model_sync_to_host copies
+ * every parameter, running statistic and gradient that training on the
+ * device changed back into the host copy (a no-op when nothing changed or
+ * training runs on the host).  mt_model_train_device_drop syncs, then frees
+ * the device training state (the next training pass on the device uploads
+ * again); mt_model_train_device_free frees it without syncing (what the
+ * device changed since the last sync is lost).
+ */
+int			mt_model_sync_to_host(mt_model *m, mt_err *err);
+int			mt_model_train_device_drop(mt_model *m, mt_err *err);
+void		mt_model_train_device_free(mt_model *m);
 
 /* Bytes of float data held (parameters and packed copies). */
 size_t		mt_model_memory(const mt_model *m);
@@ -289,6 +307,24 @@ mt_pool_desc mt_node_pool_desc(const mt_node *n);
 int			mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n,
 								 mt_shape3 in, const float *a, const float *b,
 								 float *y, float *scratch, mt_err *err);
+
+/*
+ * Run one node through be with the given weights (as prepared nodes take
+ * them: a convolution's packed weights and bias, a BN node's scale and
+ * shift, a linear layer's weight and bias), e.g. device copies.
+ */
+int			mt_node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
+						const float *w, const float *bias, int n, mt_shape3 in,
+						const float *a, const float *b, float *y, float *scratch,
+						mt_err *err);
+/*
+ * The model's device copy (mt_model_to_device): upload the prepared
+ * weights if they are not there (after a re-prepare), and node i's
+ * weights in it.
+ */
+int			mt_model_device_upload(mt_model *m, mt_err *err);
+void		mt_model_device_node_weights(const mt_model *m, int i, const float **w,
+										 const float **bias);
 
 /*
  * Transformer nodes (graph_vit.c), called from the generic code above for

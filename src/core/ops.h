@@ -187,6 +187,20 @@ typedef struct mt_backend
 										const float *dy, const float *mean,
 										const float *invstd, const float *gamma,
 										float *dx, float *dgamma, float *dbeta);
+	/*
+	 * Batch-norm coefficients in training (train.c), per channel of c.
+	 * With batch statistics (mean, var from channel_stats): scale = gamma
+	 * / sqrt(var + eps), shift = beta - mean * scale, the running
+	 * statistics rm, rv move by momentum (rv toward var * unbias), and var
+	 * is overwritten with 1 / sqrt(var + eps).  With mean NULL, from the
+	 * running statistics: scale = gamma / sqrt(rv + eps), shift = beta -
+	 * rm * scale (shift NULL: scale only; beta and rm are then unread).
+	 * Computed in double as the CPU always did.
+	 */
+	void		(*bn_train_coeffs) (int c, const float *gamma, const float *beta,
+									float *rm, float *rv, float eps, float momentum,
+									double unbias, float *mean, float *var,
+									float *scale, float *shift);
 	/* dx += dy routed to each window's maximum (first in scan order), from x */
 	void		(*max_pool2d_backward) (const mt_pool_desc *p, int n, int h, int w, int c,
 										const float *x, const float *dy, float *dx);

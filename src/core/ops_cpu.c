@@ -646,6 +646,7 @@ const mt_backend mt_cpu_backend = {
 	.scale_channels_backward = mt_cpu_scale_channels_backward,
 	.channel_stats = mt_cpu_channel_stats,
 	.batch_norm_backward = mt_cpu_batch_norm_backward,
+	.bn_train_coeffs = mt_cpu_bn_train_coeffs,
 	.max_pool2d_backward = mt_cpu_max_pool2d_backward,
 	.avg_pool2d_backward = mt_cpu_avg_pool2d_backward,
 	.global_avg_pool_backward = mt_cpu_global_avg_pool_backward,

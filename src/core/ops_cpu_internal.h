@@ -108,4 +108,8 @@ void		mt_cpu_vit_tokens(int n, int p, int d, const float *patches,
 void		mt_cpu_vit_tokens_backward(int n, int p, int d, const float *dy,
 									   float *dpatches, float *dcls, float *dpos);
 
+void		mt_cpu_bn_train_coeffs(int c, const float *g, const float *beta, float *rm,
+								   float *rv, float eps, float mom, double unbias,
+								   float *mean, float *var, float *scale, float *shift);
+
 #endif

@@ -561,3 +561,33 @@ mt_cpu_adam_update(size_t len, float *p, const float *g, float *m1, float *m2,
 		p[i] = p[i] + (-step_size) * (m1[i] / denom);
 	}
 }
+
+/* Batch-norm coefficients in training (ops.h): train.c's loops, moved here. */
+void
+mt_cpu_bn_train_coeffs(int c, const float *g, const float *beta, float *rm, float *rv,
+					   float eps, float mom, double unbias, float *mean, float *var,
+					   float *scale, float *shift)
+{
+	if (mean != NULL)
+	{
+		for (int j = 0; j < c; j++)
+		{
+			double		is = 1.0 / sqrt((double) var[j] + eps);
+
+			scale[j] = (float) (g[j] * is);
+			shift[j] = (float) (beta[j] - (double) mean[j] * g[j] * is);
+			rm[j] = (1.0f - mom) * rm[j] + mom * mean[j];
+			rv[j] = (1.0f - mom) * rv[j] + mom * (float) (var[j] * unbias);
+			var[j] = (float) is;
+		}
+		return;
+	}
+	for (int j = 0; j < c; j++)
+	{
+		double		s = (double) g[j] / sqrt((double) rv[j] + eps);
+
+		scale[j] = (float) s;
+		if (shift != NULL)
+			shift[j] = (float) ((double) beta[j] - (double) rm[j] * s);
+	}
+}

@@ -45,6 +45,7 @@ struct mt_train_state
 	int		   *bw_last;		/* lowest node whose backward reads buf[k], or -1 */
 	int			first;			/* lowest node with req, n_nodes if none */
 	size_t		bytes;			/* kept bytes */
+	struct mt_devtrain *dt;		/* buffers in its arena; NULL: host memory */
 };
 
 /* Whether parameter idx receives gradients. */
@@ -99,6 +100,408 @@ node_len(const struct mt_train_state *st, int i)
 	return (size_t) st->n * st->shp[i].h * st->shp[i].w * st->shp[i].c;
 }
 
+/*
+ * Training on a device (train.h).  The device copy of the parameters:
+ * every float parameter's values (convolution and transposed-convolution
+ * weights in the packed layout of mt_conv_pack_oihw, which the convolution
+ * entries read and their weight gradients add into; the optimizer updates
+ * are elementwise, so the layout is theirs too) and the gradients of the
+ * trainable ones, in one block of device memory.  A step's activations,
+ * saved state and gradient buffers come from one device arena: a first-fit
+ * sub-allocator whose bookkeeping is on the host.  The first step at a new
+ * shape finds how much it needs (what does not fit gets its own
+ * allocation); the arena is then made that large, and from the next step
+ * on nothing else is allocated.
+ */
+typedef struct dt_blk
+{
+	size_t		off,			/* floats into the arena's address range */
+				len;
+	float	   *ptr;			/* arena + off, or its own allocation */
+	int			own;
+} dt_blk;
+
+struct mt_devtrain
+{
+	const mt_backend *be;
+	void	   *block;			/* values, then gradients */
+	size_t		block_bytes;
+	float	  **data;			/* per parameter: its values on the device, or NULL */
+	float	  **grad;			/* per parameter: its gradient (trainable ones), or NULL */
+	float	   *grads;			/* the gradients' part of block */
+	size_t		grads_len;		/* floats */
+	unsigned char *had_grad;	/* a backward pass reached it (torch: grad not None) */
+	int			host_stale;		/* the device changed values the host has not seen */
+	float	   *arena;
+	size_t		arena_len;		/* floats */
+	size_t		want;			/* floats the arena needs (the largest step so far) */
+	dt_blk	   *blk;			/* live blocks, by offset */
+	int			n_blk,
+				cap_blk;
+	int			alloc_rc;		/* why the last allocation failed */
+	mt_err		pending;		/* a failure of mt_model_zero_grad, for the next pass */
+};
+
+#define DT_ALIGN 64				/* floats: 256-byte boundaries */
+
+static size_t
+dt_align(size_t v)
+{
+	return (v + DT_ALIGN - 1) / DT_ALIGN * DT_ALIGN;
+}
+
+/* A block of len floats from the arena (zeroed if asked); NULL on failure. */
+static float *
+dt_alloc(struct mt_devtrain *dt, size_t len, int zero)
+{
+	const mt_backend *be = dt->be;
+	size_t		at = 0;
+	int			j;
+	dt_blk		b;
+	mt_err		e;
+
+	mt_clearerr(&e);
+	len = dt_align(len > 0 ? len : 1);
+	for (j = 0; j < dt->n_blk; j++)
+	{
+		if (dt->blk[j].off >= at + len)
+			break;
+		if (dt->blk[j].off + dt->blk[j].len > at)
+			at = dt->blk[j].off + dt->blk[j].len;
+	}
+	if (dt->n_blk == dt->cap_blk)
+	{
+		int			cap = dt->cap_blk > 0 ? 2 * dt->cap_blk : 64;
+		dt_blk	   *nb = mt_malloc(sizeof(dt_blk) * cap);
+
+		if (nb == NULL)
+		{
+			dt->alloc_rc = MT_ERR_NOMEM;
+			return NULL;
+		}
+		if (dt->n_blk > 0)
+			memcpy(nb, dt->blk, sizeof(dt_blk) * dt->n_blk);
+		mt_free(dt->blk);
+		dt->blk = nb;
+		dt->cap_blk = cap;
+	}
+	b.off = at;
+	b.len = len;
+	b.own = 0;
+	if (at + len > dt->want)
+		dt->want = at + len;
+	if (dt->arena != NULL && at + len <= dt->arena_len)
+		b.ptr = dt->arena + at;
+	else
+	{
+		void	   *p = NULL;
+
+		if ((dt->alloc_rc = be->mem_alloc(&p, len * sizeof(float), &e)) != MT_OK)
+			return NULL;
+		b.ptr = p;
+		b.own = 1;
+	}
+	if (zero && (dt->alloc_rc = be->mem_zero(b.ptr, len * sizeof(float), &e)) != MT_OK)
+	{
+		if (b.own)
+			be->mem_free(b.ptr);
+		return NULL;
+	}
+	memmove(&dt->blk[j + 1], &dt->blk[j], sizeof(dt_blk) * (dt->n_blk - j));
+	dt->blk[j] = b;
+	dt->n_blk++;
+	return b.ptr;
+}
+
+static void
+dt_release(struct mt_devtrain *dt, float *p)
+{
+	if (p == NULL)
+		return;
+	for (int j = 0; j < dt->n_blk; j++)
+		if (dt->blk[j].ptr == p)
+		{
+			if (dt->blk[j].own)
+				dt->be->mem_free(p);
+			memmove(&dt->blk[j], &dt->blk[j + 1], sizeof(dt_blk) * (dt->n_blk - j - 1));
+			dt->n_blk--;
+			return;
+		}
+}
+
+/*
+ * At the start of a step (nothing allocated): make the arena as large as
+ * the largest step so far needed.  A failure leaves it as it was (the
+ * blocks then get their own allocations, which report the shortage).
+ */
+static void
+dt_arena_fit(struct mt_devtrain *dt)
+{
+	void	   *p = NULL;
+	mt_err		e;
+
+	if (dt->n_blk > 0 || dt->want <= dt->arena_len)
+		return;
+	mt_clearerr(&e);
+	dt->be->mem_free(dt->arena);
+	dt->arena = NULL;
+	dt->arena_len = 0;
+	if (dt->be->mem_alloc(&p, dt->want * sizeof(float), &e) == MT_OK)
+	{
+		dt->arena = p;
+		dt->arena_len = dt->want;
+	}
+}
+
+/* Step memory: device arena when training runs on a device, else the heap. */
+static float *
+t_alloc(struct mt_devtrain *dt, size_t len, int zero)
+{
+	if (dt != NULL)
+		return dt_alloc(dt, len, zero);
+	return zero ? mt_calloc(len, sizeof(float)) : mt_malloc(len * sizeof(float));
+}
+
+static void
+t_free(struct mt_devtrain *dt, float *p)
+{
+	if (dt != NULL)
+		dt_release(dt, p);
+	else
+		mt_free(p);
+}
+
+/*
+ * The convolution whose packed layout parameter i has on the device (a
+ * convolution's or transposed convolution's weight): 1 and *d, else 0.
+ */
+static int
+param_packing(const mt_model *m, int i, mt_conv_desc *d)
+{
+	for (int k = 0; k < m->n_nodes; k++)
+	{
+		const mt_node *nd = &m->nodes[k];
+
+		if (nd->p_weight != i)
+			continue;
+		if (nd->kind == MT_NODE_CONV)
+		{
+			*d = mt_node_conv_desc(m, nd, 1, 1, MT_ACT_NONE);
+			return 1;
+		}
+		if (nd->kind == MT_NODE_CONV_TRANSPOSE)
+		{
+			*d = mt_node_tconv_desc(nd, MT_ACT_NONE);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Upload numel host values of parameter i's layout (packing a conv weight). */
+static int
+dev_put(const mt_model *m, const mt_backend *be, int i, float *dst, const float *src,
+		mt_err *err)
+{
+	size_t		numel = m->params[i].numel;
+	mt_conv_desc d;
+	float	   *tmp;
+	int			rc;
+
+	if (!param_packing(m, i, &d))
+		return be->upload(dst, src, numel * sizeof(float), err);
+	if ((tmp = mt_malloc(numel * sizeof(float))) == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory packing \"%s\"", m->params[i].name);
+	mt_conv_pack_oihw(&d, src, tmp);
+	rc = be->upload(dst, tmp, numel * sizeof(float), err);
+	mt_free(tmp);
+	return rc;
+}
+
+/* Download parameter i's device layout into host values (unpacking). */
+static int
+dev_get(const mt_model *m, const mt_backend *be, int i, float *dst, const float *src,
+		mt_err *err)
+{
+	size_t		numel = m->params[i].numel;
+	mt_conv_desc d;
+	float	   *tmp;
+	int			rc;
+
+	if (!param_packing(m, i, &d))
+		return be->download(dst, src, numel * sizeof(float), err);
+	if ((tmp = mt_malloc(numel * sizeof(float))) == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory unpacking \"%s\"", m->params[i].name);
+	if ((rc = be->download(tmp, src, numel * sizeof(float), err)) == MT_OK)
+	{
+		memset(dst, 0, numel * sizeof(float));
+		mt_conv_unpack_add_oihw(&d, tmp, dst);
+	}
+	mt_free(tmp);
+	return rc;
+}
+
+/* Free the device training state without syncing. */
+void
+mt_model_train_device_free(mt_model *m)
+{
+	struct mt_devtrain *dt = m->devtrain;
+
+	if (dt == NULL)
+		return;
+	mt_model_train_release(m);
+	for (int j = 0; j < dt->n_blk; j++)
+		if (dt->blk[j].own)
+			dt->be->mem_free(dt->blk[j].ptr);
+	dt->be->mem_free(dt->arena);
+	dt->be->mem_free(dt->block);
+	mt_free(dt->blk);
+	mt_free(dt->data);
+	mt_free(dt->grad);
+	mt_free(dt->had_grad);
+	mt_free(dt);
+	m->devtrain = NULL;
+}
+
+/* Copy what device training changed back into the host copy. */
+int
+mt_model_sync_to_host(mt_model *m, mt_err *err)
+{
+	struct mt_devtrain *dt = m->devtrain;
+	int			rc;
+
+	if (dt == NULL || !dt->host_stale)
+		return MT_OK;
+	if ((rc = dt->be->synchronize(err)) != MT_OK)
+		return rc;
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+
+		if (dt->data[i] != NULL &&
+			(rc = dev_get(m, dt->be, i, p->data, dt->data[i], err)) != MT_OK)
+			return rc;
+		if (dt->grad[i] != NULL && dt->had_grad[i])
+		{
+			if (p->grad == NULL && (p->grad = mt_calloc(p->numel, sizeof(float))) == NULL)
+				return mt_seterr(err, MT_ERR_NOMEM, "out of memory for the gradient of \"%s\"",
+								 p->name);
+			if ((rc = dev_get(m, dt->be, i, p->grad, dt->grad[i], err)) != MT_OK)
+				return rc;
+		}
+	}
+	dt->host_stale = 0;
+	m->prepared = 0;			/* the folded copies are of the old values */
+	return MT_OK;
+}
+
+/* Sync, then free the device training state. */
+int
+mt_model_train_device_drop(mt_model *m, mt_err *err)
+{
+	int			rc = mt_model_sync_to_host(m, err);
+
+	if (rc == MT_OK)
+		mt_model_train_device_free(m);
+	return rc;
+}
+
+/*
+ * The device training state of a model on a device (mt_model_to_device),
+ * made from the host copy if there is none: one block for the values of
+ * every float parameter and the gradients of the trainable ones (a host
+ * gradient, if any, is uploaded; otherwise zero).
+ */
+static int
+dt_create(mt_model *m, mt_err *err)
+{
+	const mt_backend *be = mt_model_device(m);
+	struct mt_devtrain *dt;
+	size_t		vals = 0,
+				grads = 0;
+	float	   *base;
+	void	   *blk = NULL;
+	int			rc;
+
+	if (m->devtrain != NULL)
+		return MT_OK;
+	for (int i = 0; i < m->n_params; i++)
+	{
+		const mt_param *p = &m->params[i];
+
+		if (p->is_counter || p->data == NULL)
+			continue;
+		vals += dt_align(p->numel);
+		if (param_trains(m, i))
+			grads += dt_align(p->numel);
+	}
+	if ((dt = mt_calloc(1, sizeof(*dt))) == NULL ||
+		(dt->data = mt_calloc(m->n_params, sizeof(float *))) == NULL ||
+		(dt->grad = mt_calloc(m->n_params, sizeof(float *))) == NULL ||
+		(dt->had_grad = mt_calloc(m->n_params, 1)) == NULL)
+	{
+		if (dt != NULL)
+		{
+			mt_free(dt->data);
+			mt_free(dt->grad);
+			mt_free(dt);
+		}
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory moving training of %s to a device",
+						 m->arch);
+	}
+	dt->be = be;
+	if ((rc = be->mem_alloc(&blk, (vals + grads) * sizeof(float), err)) != MT_OK)
+		goto fail;
+	dt->block = blk;
+	dt->block_bytes = (vals + grads) * sizeof(float);
+	base = blk;
+	dt->grads = base + vals;
+	dt->grads_len = grads;
+	if (grads > 0 && (rc = be->mem_zero(dt->grads, grads * sizeof(float), err)) != MT_OK)
+		goto fail;
+	{
+		float	   *g = dt->grads;
+
+		for (int i = 0; i < m->n_params; i++)
+		{
+			mt_param   *p = &m->params[i];
+
+			if (p->is_counter || p->data == NULL)
+				continue;
+			dt->data[i] = base;
+			base += dt_align(p->numel);
+			if ((rc = dev_put(m, be, i, dt->data[i], p->data, err)) != MT_OK)
+				goto fail;
+			if (!param_trains(m, i))
+				continue;
+			dt->grad[i] = g;
+			g += dt_align(p->numel);
+			if (p->grad != NULL)
+			{
+				if ((rc = dev_put(m, be, i, dt->grad[i], p->grad, err)) != MT_OK)
+					goto fail;
+				dt->had_grad[i] = 1;
+			}
+		}
+	}
+	m->devtrain = dt;
+	return MT_OK;
+
+fail:
+	m->devtrain = dt;
+	mt_model_train_device_free(m);
+	return rc;
+}
+
+/* Parameter idx's values where training runs (NULL for idx < 0). */
+static float *
+pdata(const mt_model *m, int idx)
+{
+	if (idx < 0)
+		return NULL;
+	return m->devtrain != NULL ? m->devtrain->data[idx] : m->params[idx].data;
+}
+
 /* Free a training state and everything it holds. */
 static void
 train_state_free(struct mt_train_state *st)
@@ -108,11 +511,11 @@ train_state_free(struct mt_train_state *st)
 	for (int i = 0; i < st->n_nodes; i++)
 	{
 		if (st->buf != NULL)
-			mt_free(st->buf[i]);
+			t_free(st->dt, st->buf[i]);
 		if (st->bn_mean != NULL)
-			mt_free(st->bn_mean[i]);
+			t_free(st->dt, st->bn_mean[i]);
 		if (st->bn_invstd != NULL)
-			mt_free(st->bn_invstd[i]);
+			t_free(st->dt, st->bn_invstd[i]);
 	}
 	mt_free(st->shp);
 	mt_free(st->owner);
@@ -213,6 +616,13 @@ mt_model_freeze(mt_model *m, const char *upto, mt_err *err)
 		return mt_seterr(err, MT_ERR_INVALID, "freezing up to \"%s\" leaves nothing to train in %s",
 						 upto, m->arch);
 
+	/* a device training copy holds gradients for the old choice: made again */
+	{
+		int			rc = mt_model_train_device_drop(m, err);
+
+		if (rc != MT_OK)
+			return rc;
+	}
 	mt_model_train_release(m);
 	for (int i = 0; i < m->n_params; i++)
 	{
@@ -248,9 +658,21 @@ mt_model_trainable_count(const mt_model *m, size_t *n_values)
 void
 mt_model_zero_grad(mt_model *m)
 {
+	struct mt_devtrain *dt = m->devtrain;
+
 	for (int i = 0; i < m->n_params; i++)
 		if (m->params[i].grad != NULL)
 			memset(m->params[i].grad, 0, m->params[i].numel * sizeof(float));
+	/* the device's gradients are one range; a failure shows at the next synchronize */
+	if (dt != NULL && dt->grads_len > 0)
+	{
+		mt_err		e;
+
+		mt_clearerr(&e);
+		if (dt->be->mem_zero(dt->grads, dt->grads_len * sizeof(float), &e) != MT_OK &&
+			dt->pending.code == MT_OK)
+			dt->pending = e;
+	}
 }
 
 /* The parameter's gradient buffer, allocated zeroed on first use. */
@@ -259,6 +681,12 @@ param_grad(mt_model *m, int idx)
 {
 	mt_param   *p = &m->params[idx];
 
+	if (m->devtrain != NULL)
+	{
+		/* the device copy's (made with the state, zeroed) */
+		m->devtrain->had_grad[idx] = 1;
+		return m->devtrain->grad[idx];
+	}
 	if (p->grad == NULL)
 		p->grad = mt_calloc(p->numel, sizeof(float));
 	return p->grad;
@@ -275,7 +703,7 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 			   float *mean, float *var, float *scale, float *shift,
 			   int *stats_changed, mt_err *err)
 {
-	const mt_backend *be = m->backend;
+	const mt_backend *be = st->dt != NULL ? st->dt->be : m->backend;
 	mt_node    *nd = &m->nodes[i];
 	mt_shape3	in = nd->in0 >= 0 ? st->shp[nd->in0] : (mt_shape3) {st->h, st->w, 3};
 	int			n = st->n;
@@ -287,23 +715,27 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 		case MT_NODE_CONV:
 			{
 				mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, nd->act);
+				const float *wt = pdata(m, nd->p_weight);
 
-				mt_conv_pack_oihw(&d, m->params[nd->p_weight].data, wpack);
-				return be->conv2d(&d, n, in.h, in.w, a, wpack,
-								  nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL,
+				/* on a device the weights are kept packed */
+				if (st->dt == NULL)
+				{
+					mt_conv_pack_oihw(&d, wt, wpack);
+					wt = wpack;
+				}
+				return be->conv2d(&d, n, in.h, in.w, a, wt, pdata(m, nd->p_bias),
 								  y, scratch, err);
 			}
 		case MT_NODE_BN:
 			{
 				int			c = in.c;
-				const float *g = m->params[nd->p_bn_weight].data;
-				const float *beta = m->params[nd->p_bn_bias].data;
-				float	   *rm = m->params[nd->p_bn_mean].data;
-				float	   *rv = m->params[nd->p_bn_var].data;
+				const float *g = pdata(m, nd->p_bn_weight);
+				const float *beta = pdata(m, nd->p_bn_bias);
+				float	   *rm = pdata(m, nd->p_bn_mean);
+				float	   *rv = pdata(m, nd->p_bn_var);
 
 				if (bn_uses_batch(m, nd))
 				{
-					const float mom = MT_BN_MOMENTUM;
 					double		unbias;
 
 					if (rows < 2)
@@ -311,50 +743,43 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 										 "batch norm \"%s\" needs more than one value per channel in training",
 										 m->params[nd->p_bn_weight].name);
 					unbias = (double) rows / (double) (rows - 1);
-					be->channel_stats(rows, c, a, mean, var);
-					for (int j = 0; j < c; j++)
-					{
-						double		is = 1.0 / sqrt((double) var[j] + nd->eps);
-
-						scale[j] = (float) (g[j] * is);
-						shift[j] = (float) (beta[j] - (double) mean[j] * g[j] * is);
-						rm[j] = (1.0f - mom) * rm[j] + mom * mean[j];
-						rv[j] = (1.0f - mom) * rv[j] + mom * (float) (var[j] * unbias);
-						var[j] = (float) is;
-					}
-					*stats_changed = 1;
 					if (st->req[i])
 					{
-						st->bn_mean[i] = mt_malloc(sizeof(float) * c);
-						st->bn_invstd[i] = mt_malloc(sizeof(float) * c);
+						/* backward reads the mean and 1/std: computed in place */
+						st->bn_mean[i] = t_alloc(st->dt, c, 0);
+						st->bn_invstd[i] = t_alloc(st->dt, c, 0);
 						if (st->bn_mean[i] == NULL || st->bn_invstd[i] == NULL)
-							return mt_seterr(err, MT_ERR_NOMEM, "out of memory in training forward pass");
-						memcpy(st->bn_mean[i], mean, sizeof(float) * c);
-						memcpy(st->bn_invstd[i], var, sizeof(float) * c);
+							return mt_seterr(err, st->dt && st->dt->alloc_rc ? st->dt->alloc_rc : MT_ERR_NOMEM,
+											 "out of memory in training forward pass");
+						mean = st->bn_mean[i];
+						var = st->bn_invstd[i];
 						st->bytes += 2 * sizeof(float) * c;
 					}
+					be->channel_stats(rows, c, a, mean, var);
+					be->bn_train_coeffs(c, g, beta, rm, rv, nd->eps, MT_BN_MOMENTUM, unbias,
+										mean, var, scale, shift);
+					*stats_changed = 1;
 				}
 				else
-					for (int j = 0; j < c; j++)
-					{
-						double		s = (double) g[j] / sqrt((double) rv[j] + nd->eps);
-
-						scale[j] = (float) s;
-						shift[j] = (float) ((double) beta[j] - (double) rm[j] * s);
-					}
+					be->bn_train_coeffs(c, g, beta, rm, rv, nd->eps, 0.0f, 0.0, NULL, NULL,
+										scale, shift);
 				be->channel_affine(rows, c, a, scale, shift, nd->act, y);
 				break;
 			}
 		case MT_NODE_CONV_TRANSPOSE:
 			{
 				mt_conv_desc d = mt_node_tconv_desc(nd, nd->act);
+				const float *wt = pdata(m, nd->p_weight);
 
 				if (be->conv_transpose2d == NULL)
 					return mt_seterr(err, MT_ERR_UNSUPPORTED,
 									 "the %s backend has no transposed convolution", be->name);
-				mt_conv_pack_oihw(&d, m->params[nd->p_weight].data, wpack);
-				return be->conv_transpose2d(&d, n, in.h, in.w, a, wpack,
-											nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL,
+				if (st->dt == NULL)
+				{
+					mt_conv_pack_oihw(&d, wt, wpack);
+					wt = wpack;
+				}
+				return be->conv_transpose2d(&d, n, in.h, in.w, a, wt, pdata(m, nd->p_bias),
 											y, scratch, err);
 			}
 		case MT_NODE_ADD:
@@ -363,6 +788,9 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 			break;
 		default:
 			/* activations, pooling, linear: the same as in inference */
+			if (st->dt != NULL)
+				return mt_node_run(m, be, nd, pdata(m, nd->p_weight), pdata(m, nd->p_bias),
+								   n, in, a, b, y, scratch, err);
 			return mt_node_run_prepared(m, nd, n, in, a, b, y, scratch, err);
 	}
 	return MT_OK;
@@ -406,9 +834,31 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 							 "node %d of %s: an activation that needs its input for training must be a node of its own",
 							 i, m->arch);
 
+	/* on a device: its copy of the parameters, made once */
+	if (mt_model_device(m) != NULL && (rc = dt_create(m, err)) != MT_OK)
+		return rc;
+	if (m->devtrain != NULL && m->devtrain->pending.code != MT_OK)
+	{
+		/* zero_grad failed: the gradients are not zero */
+		if (err != NULL)
+			*err = m->devtrain->pending;
+		rc = m->devtrain->pending.code;
+		mt_clearerr(&m->devtrain->pending);
+		return rc;
+	}
+	if (m->devtrain != NULL)
+	{
+		for (int i = 0; i < nn; i++)
+			if (mt_node_is_transformer(m->nodes[i].kind))
+				return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s training does not run on %s yet",
+								 m->arch, m->devtrain->be->name);
+		dt_arena_fit(m->devtrain);
+	}
+
 	st = mt_calloc(1, sizeof(*st));
 	if (st == NULL)
 		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in training forward pass");
+	st->dt = m->devtrain;
 	st->n = n;
 	st->h = h;
 	st->w = w;
@@ -444,9 +894,11 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 	for (int i = 0; i < fast_end; i++)
 		if (bn_uses_batch(m, &m->nodes[i]))
 			fast_end = i;
-	if (fast_end > 0)
+	/* folded weights are read only by a prefix with more than the input node */
+	if (fast_end > 1 || (fast_end == 1 && m->nodes[0].kind != MT_NODE_INPUT))
 	{
-		if ((rc = mt_model_prepare(m, err)) != MT_OK)
+		if ((rc = mt_model_prepare(m, err)) != MT_OK ||
+			(st->dt != NULL && (rc = mt_model_device_upload(m, err)) != MT_OK))
 			goto done;
 		/* never split a fused group (conv + BN + activation) */
 		while (fast_end > 0 && fast_end < nn && m->nodes[fast_end].folded)
@@ -467,8 +919,10 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 			last_use[st->owner[nd->in1]] = i;
 		if (i >= fast_end)
 		{
-			if (nd->kind == MT_NODE_CONV || nd->kind == MT_NODE_CONV_TRANSPOSE)
+			if ((nd->kind == MT_NODE_CONV || nd->kind == MT_NODE_CONV_TRANSPOSE) &&
+				st->dt == NULL)
 			{
+				/* the host packs weights per pass; a device keeps them packed */
 				mt_conv_desc d = nd->kind == MT_NODE_CONV ?
 					mt_node_conv_desc(m, nd, 1, 1, MT_ACT_NONE) :
 					mt_node_tconv_desc(nd, MT_ACT_NONE);
@@ -510,11 +964,11 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 	if (m->logits_node >= 0)
 		last_use[st->owner[m->logits_node]] = nn;
 
-	if (scratch_len > 0 && (scratch = mt_malloc(scratch_len * sizeof(float))) == NULL)
+	if (scratch_len > 0 && (scratch = t_alloc(st->dt, scratch_len, 0)) == NULL)
 		goto nomem;
 	if (wpack_len > 0 && (wpack = mt_malloc(wpack_len * sizeof(float))) == NULL)
 		goto nomem;
-	if ((chan = mt_calloc((size_t) max_c * 4, sizeof(float))) == NULL)
+	if ((chan = t_alloc(st->dt, (size_t) max_c * 4, 1)) == NULL)
 		goto nomem;
 
 	for (int i = 0; i < nn; i++)
@@ -532,17 +986,34 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 		}
 		if (i < fast_end && nd->folded)
 			continue;
-		if ((y = mt_malloc(out_len * sizeof(float))) == NULL)
+		if ((y = t_alloc(st->dt, out_len, 0)) == NULL)
 			goto nomem;
 		st->buf[i] = y;
 		if (nd->kind == MT_NODE_INPUT)
 		{
-			memcpy(y, x, out_len * sizeof(float));
+			if (st->dt != NULL)
+			{
+				if ((rc = st->dt->be->upload(y, x, out_len * sizeof(float), err)) != MT_OK)
+					goto done;
+			}
+			else
+				memcpy(y, x, out_len * sizeof(float));
 			continue;
 		}
 		a = nd->in0 >= 0 ? st->buf[st->owner[nd->in0]] : x;
 		b = nd->in1 >= 0 ? st->buf[st->owner[nd->in1]] : NULL;
-		if (i < fast_end)
+		if (i < fast_end && st->dt != NULL)
+		{
+			/* the frozen prefix: the model's folded device copy */
+			const float *fw,
+					   *fb;
+
+			mt_model_device_node_weights(m, i, &fw, &fb);
+			rc = mt_node_run(m, st->dt->be, nd, fw, fb, n,
+							 nd->in0 >= 0 ? st->shp[nd->in0] : (mt_shape3) {h, w, 3},
+							 a, b, y, scratch, err);
+		}
+		else if (i < fast_end)
 			rc = mt_node_run_prepared(m, nd, n,
 									  nd->in0 >= 0 ? st->shp[nd->in0] : (mt_shape3) {h, w, 3},
 									  a, b, y, scratch, err);
@@ -561,23 +1032,43 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 			src = st->owner[src];
 			if (last_use[src] == i && st->bw_last[src] < 0 && st->buf[src] != NULL)
 			{
-				mt_free(st->buf[src]);
+				t_free(st->dt, st->buf[src]);
 				st->buf[src] = NULL;
 			}
 		}
 	}
 
-	if (features != NULL && m->features_node >= 0)
-		memcpy(features, st->buf[st->owner[m->features_node]],
-			   node_len(st, m->features_node) * sizeof(float));
-	if (logits != NULL && m->logits_node >= 0)
-		memcpy(logits, st->buf[st->owner[m->logits_node]],
-			   node_len(st, m->logits_node) * sizeof(float));
+	if (st->dt != NULL)
+	{
+		/* the outputs come to the host (the loss runs there: n x classes values) */
+		const mt_backend *be = st->dt->be;
+
+		if (features != NULL && m->features_node >= 0 &&
+			(rc = be->download(features, st->buf[st->owner[m->features_node]],
+							   node_len(st, m->features_node) * sizeof(float), err)) != MT_OK)
+			goto done;
+		if (logits != NULL && m->logits_node >= 0 &&
+			(rc = be->download(logits, st->buf[st->owner[m->logits_node]],
+							   node_len(st, m->logits_node) * sizeof(float), err)) != MT_OK)
+			goto done;
+		/* the entries that queue work report their first failure here */
+		if ((rc = be->synchronize(err)) != MT_OK)
+			goto done;
+	}
+	else
+	{
+		if (features != NULL && m->features_node >= 0)
+			memcpy(features, st->buf[st->owner[m->features_node]],
+				   node_len(st, m->features_node) * sizeof(float));
+		if (logits != NULL && m->logits_node >= 0)
+			memcpy(logits, st->buf[st->owner[m->logits_node]],
+				   node_len(st, m->logits_node) * sizeof(float));
+	}
 	for (int i = 0; i < nn; i++)
 	{
 		if (st->buf[i] != NULL && st->bw_last[i] < 0)
 		{
-			mt_free(st->buf[i]);
+			t_free(st->dt, st->buf[i]);
 			st->buf[i] = NULL;
 		}
 		if (st->buf[i] != NULL)
@@ -586,14 +1077,25 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 	goto done;
 
 nomem:
-	rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in training forward pass of %s", m->arch);
+	if (st->dt != NULL)
+		rc = mt_seterr(err, st->dt->alloc_rc != MT_OK ? st->dt->alloc_rc : MT_ERR_NOMEM,
+					   "out of device memory in training forward pass of %s", m->arch);
+	else
+		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in training forward pass of %s", m->arch);
 done:
-	if (stats_changed)
+	/*
+	 * New running statistics: the host's folded copy is stale.  On a
+	 * device the host copy is stale as a whole (mt_model_sync_to_host
+	 * re-folds); the device's frozen prefix never holds a BN that changed.
+	 */
+	if (stats_changed && st->dt != NULL)
+		st->dt->host_stale = 1;
+	else if (stats_changed)
 		m->prepared = 0;
 	mt_free(last_use);
-	mt_free(scratch);
+	t_free(st->dt, scratch);
 	mt_free(wpack);
-	mt_free(chan);
+	t_free(st->dt, chan);
 	if (rc == MT_OK)
 		m->train = st;
 	else
@@ -606,6 +1108,7 @@ typedef struct bw_ctx
 {
 	mt_model   *m;
 	struct mt_train_state *st;
+	const mt_backend *be;		/* where the pass runs */
 	float	  **dbuf;			/* gradient of each node's output */
 	float	   *wpack;
 	float	   *dwpack;
@@ -619,7 +1122,7 @@ static float *
 grad_buf(bw_ctx *c, int k)
 {
 	if (c->dbuf[k] == NULL)
-		c->dbuf[k] = mt_calloc(node_len(c->st, k), sizeof(float));
+		c->dbuf[k] = t_alloc(c->st->dt, node_len(c->st, k), 1);
 	return c->dbuf[k];
 }
 
@@ -635,7 +1138,7 @@ give_grad(bw_ctx *c, int i, int k)
 		c->dbuf[i] = NULL;
 	}
 	else
-		c->m->backend->accumulate(node_len(c->st, k), c->dbuf[i], c->dbuf[k]);
+		c->be->accumulate(node_len(c->st, k), c->dbuf[i], c->dbuf[k]);
 	return MT_OK;
 }
 
@@ -647,14 +1150,21 @@ copy_grad(bw_ctx *c, int i, int k)
 
 	if (!c->st->req[k])
 		return MT_OK;
-	if (c->dbuf[k] == NULL)
+	if (c->dbuf[k] == NULL && c->st->dt != NULL)
+	{
+		/* a copy on the device: zero plus the gradient, exactly it */
+		if ((c->dbuf[k] = t_alloc(c->st->dt, len, 1)) == NULL)
+			return MT_ERR_NOMEM;
+		c->be->accumulate(len, c->dbuf[i], c->dbuf[k]);
+	}
+	else if (c->dbuf[k] == NULL)
 	{
 		if ((c->dbuf[k] = mt_malloc(len * sizeof(float))) == NULL)
 			return MT_ERR_NOMEM;
 		memcpy(c->dbuf[k], c->dbuf[i], len * sizeof(float));
 	}
 	else
-		c->m->backend->accumulate(len, c->dbuf[i], c->dbuf[k]);
+		c->be->accumulate(len, c->dbuf[i], c->dbuf[k]);
 	return MT_OK;
 }
 
@@ -664,7 +1174,7 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 {
 	mt_model   *m = c->m;
 	struct mt_train_state *st = c->st;
-	const mt_backend *be = m->backend;
+	const mt_backend *be = c->be;
 	const mt_node *nd = &m->nodes[i];
 	int			n = st->n;
 	int			in0 = nd->in0;
@@ -703,11 +1213,21 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 
 					if (g == NULL)
 						goto nomem;
-					memset(c->dwpack, 0, mt_conv_packed_size(&d) * sizeof(float));
-					if ((rc = be->conv2d_backward_weight(&d, n, in.h, in.w, x, dy, c->dwpack,
-														 c->scratch, err)) != MT_OK)
-						return rc;
-					mt_conv_unpack_add_oihw(&d, c->dwpack, g);
+					if (st->dt != NULL)
+					{
+						/* the device's gradient is packed: add straight into it */
+						if ((rc = be->conv2d_backward_weight(&d, n, in.h, in.w, x, dy, g,
+															 c->scratch, err)) != MT_OK)
+							return rc;
+					}
+					else
+					{
+						memset(c->dwpack, 0, mt_conv_packed_size(&d) * sizeof(float));
+						if ((rc = be->conv2d_backward_weight(&d, n, in.h, in.w, x, dy, c->dwpack,
+															 c->scratch, err)) != MT_OK)
+							return rc;
+						mt_conv_unpack_add_oihw(&d, c->dwpack, g);
+					}
 				}
 				if (param_trains(m, nd->p_bias))
 				{
@@ -719,10 +1239,16 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 				}
 				if (want_dx)
 				{
+					const float *wt = pdata(m, nd->p_weight);
+
 					if ((dx = grad_buf(c, in0)) == NULL)
 						goto nomem;
-					mt_conv_pack_oihw(&d, m->params[nd->p_weight].data, c->wpack);
-					rc = be->conv2d_backward_data(&d, n, in.h, in.w, dy, c->wpack, dx,
+					if (st->dt == NULL)
+					{
+						mt_conv_pack_oihw(&d, wt, c->wpack);
+						wt = c->wpack;
+					}
+					rc = be->conv2d_backward_data(&d, n, in.h, in.w, dy, wt, dx,
 												  c->scratch, err);
 				}
 				return rc;
@@ -731,7 +1257,7 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 			{
 				float	   *dgamma = NULL,
 						   *dbeta = NULL;
-				const float *gamma = m->params[nd->p_bn_weight].data;
+				const float *gamma = pdata(m, nd->p_bn_weight);
 
 				if (param_trains(m, nd->p_bn_weight) &&
 					(dgamma = param_grad(m, nd->p_bn_weight)) == NULL)
@@ -753,10 +1279,9 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 					be->bias_backward(rows_out, out.c, dy, dbeta);
 				if (want_dx)
 				{
-					const float *rv = m->params[nd->p_bn_var].data;
-
-					for (int j = 0; j < out.c; j++)
-						c->scale[j] = (float) ((double) gamma[j] / sqrt((double) rv[j] + nd->eps));
+					/* scale = gamma / sqrt(running_var + eps) */
+					be->bn_train_coeffs(out.c, gamma, NULL, NULL, pdata(m, nd->p_bn_var), nd->eps,
+										0.0f, 0.0, NULL, NULL, c->scale, NULL);
 					be->channel_affine(rows_out, out.c, dy, c->scale, c->zero, MT_ACT_NONE, dy);
 					return give_grad(c, i, in0);
 				}
@@ -773,11 +1298,20 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 					if (g == NULL)
 						goto nomem;
 					/* the transposed convolution's weight is d's: d maps dy to x */
-					memset(c->dwpack, 0, mt_conv_packed_size(&d) * sizeof(float));
-					if ((rc = be->conv2d_backward_weight(&d, n, out.h, out.w, dy, x, c->dwpack,
-														 c->scratch, err)) != MT_OK)
-						return rc;
-					mt_conv_unpack_add_oihw(&d, c->dwpack, g);
+					if (st->dt != NULL)
+					{
+						if ((rc = be->conv2d_backward_weight(&d, n, out.h, out.w, dy, x, g,
+															 c->scratch, err)) != MT_OK)
+							return rc;
+					}
+					else
+					{
+						memset(c->dwpack, 0, mt_conv_packed_size(&d) * sizeof(float));
+						if ((rc = be->conv2d_backward_weight(&d, n, out.h, out.w, dy, x, c->dwpack,
+															 c->scratch, err)) != MT_OK)
+							return rc;
+						mt_conv_unpack_add_oihw(&d, c->dwpack, g);
+					}
 				}
 				if (param_trains(m, nd->p_bias))
 				{
@@ -789,13 +1323,20 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 				}
 				if (want_dx)
 				{
+					const float *wt = pdata(m, nd->p_weight);
+
 					if (be->conv_transpose2d_backward_data == NULL)
 						return mt_seterr(err, MT_ERR_UNSUPPORTED,
 										 "the %s backend has no transposed convolution", be->name);
+
 					if ((dx = grad_buf(c, in0)) == NULL)
 						goto nomem;
-					mt_conv_pack_oihw(&d, m->params[nd->p_weight].data, c->wpack);
-					rc = be->conv_transpose2d_backward_data(&d, n, in.h, in.w, dy, c->wpack, dx,
+					if (st->dt == NULL)
+					{
+						mt_conv_pack_oihw(&d, wt, c->wpack);
+						wt = c->wpack;
+					}
+					rc = be->conv_transpose2d_backward_data(&d, n, in.h, in.w, dy, wt, dx,
 															c->scratch, err);
 				}
 				return rc;
@@ -867,7 +1408,7 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 				if (want_dx && (dx = grad_buf(c, in0)) == NULL)
 					goto nomem;
 				be->linear_backward(n, nd->in_features, nd->out_features, x,
-									m->params[nd->p_weight].data, dy, dx, dw, db);
+									pdata(m, nd->p_weight), dy, dx, dw, db);
 				return MT_OK;
 			}
 		default:
@@ -914,6 +1455,7 @@ mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
 	memset(&c, 0, sizeof(c));
 	c.m = m;
 	c.st = st;
+	c.be = st->dt != NULL ? st->dt->be : m->backend;
 	if (ln < 0 || !st->req[ln])
 		goto done;				/* nothing trainable feeds the logits */
 
@@ -942,19 +1484,33 @@ mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
 		if (nd->kind == MT_NODE_BN && st->shp[i].c > max_c)
 			max_c = st->shp[i].c;
 	}
+	if (st->dt != NULL)
+		wpack_len = 0;			/* a device keeps the weights and gradients packed */
 	c.dbuf = mt_calloc(m->n_nodes, sizeof(float *));
-	c.scale = mt_calloc(max_c, sizeof(float));
-	c.zero = mt_calloc(max_c, sizeof(float));
+	c.scale = t_alloc(st->dt, max_c, 1);
+	c.zero = t_alloc(st->dt, max_c, 1);
 	if (c.dbuf == NULL || c.scale == NULL || c.zero == NULL ||
-		(scratch_len > 0 && (c.scratch = mt_malloc(scratch_len * sizeof(float))) == NULL) ||
+		(scratch_len > 0 && (c.scratch = t_alloc(st->dt, scratch_len, 0)) == NULL) ||
 		(wpack_len > 0 && (c.wpack = mt_malloc(wpack_len * sizeof(float))) == NULL) ||
 		(wpack_len > 0 && (c.dwpack = mt_malloc(wpack_len * sizeof(float))) == NULL) ||
-		(c.dbuf[ln] = mt_malloc(node_len(st, ln) * sizeof(float))) == NULL)
+		(c.dbuf[ln] = t_alloc(st->dt, node_len(st, ln), 0)) == NULL)
 	{
-		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in backward pass of %s", m->arch);
+		if (st->dt != NULL)
+			rc = mt_seterr(err, st->dt->alloc_rc != MT_OK ? st->dt->alloc_rc : MT_ERR_NOMEM,
+						   "out of device memory in backward pass of %s", m->arch);
+		else
+			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in backward pass of %s", m->arch);
 		goto done;
 	}
-	memcpy(c.dbuf[ln], dlogits, node_len(st, ln) * sizeof(float));
+	if (st->dt != NULL)
+	{
+		/* gradients change on the device: the host's are stale from here */
+		st->dt->host_stale = 1;
+		if ((rc = c.be->upload(c.dbuf[ln], dlogits, node_len(st, ln) * sizeof(float), err)) != MT_OK)
+			goto done;
+	}
+	else
+		memcpy(c.dbuf[ln], dlogits, node_len(st, ln) * sizeof(float));
 
 	for (int i = m->n_nodes - 1; i >= st->first; i--)
 	{
@@ -967,26 +1523,29 @@ mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
 			(rc = backward_node(&c, i, err)) != MT_OK)
 			goto done;
 		/* node i's gradient and the buffers only its backward still read */
-		mt_free(c.dbuf[i]);
+		t_free(st->dt, c.dbuf[i]);
 		c.dbuf[i] = NULL;
 		for (int k = 0; k <= i; k++)
 			if (st->bw_last[k] == i && st->buf[k] != NULL)
 			{
-				mt_free(st->buf[k]);
+				t_free(st->dt, st->buf[k]);
 				st->buf[k] = NULL;
 			}
 	}
+	/* the entries that queue work report their first failure here */
+	if (st->dt != NULL)
+		rc = c.be->synchronize(err);
 
 done:
 	if (c.dbuf != NULL)
 		for (int i = 0; i < m->n_nodes; i++)
-			mt_free(c.dbuf[i]);
+			t_free(st->dt, c.dbuf[i]);
 	mt_free(c.dbuf);
-	mt_free(c.scratch);
+	t_free(st->dt, c.scratch);
 	mt_free(c.wpack);
 	mt_free(c.dwpack);
-	mt_free(c.scale);
-	mt_free(c.zero);
+	t_free(st->dt, c.scale);
+	t_free(st->dt, c.zero);
 	mt_model_train_release(m);
 	return rc;
 }
@@ -1253,7 +1812,34 @@ struct mt_optim
 	float	  **s2;				/* Adam second moment */
 	int64_t    *steps;
 	size_t		bytes;			/* state allocated */
+
+	/*
+	 * The state on a device (made by the first step on one): one block
+	 * with both buffers for every float parameter the device training
+	 * copy holds (so freezing differently later needs nothing new), in
+	 * the device's layout (packed convolution weights).  While it exists
+	 * the host's s1 / s2 are stale; a step on the host brings them back.
+	 */
+	const mt_backend *dbe;
+	void	   *dblock;
+	size_t		dbytes;
+	float	  **d1,
+			  **d2;
 };
+
+/* Free the device state (its values are lost: see optim_state_to_host). */
+static void
+optim_device_free(mt_optim *o)
+{
+	if (o->dblock != NULL)
+		o->dbe->mem_free(o->dblock);
+	o->dblock = NULL;
+	o->dbytes = 0;
+	mt_free(o->d1);
+	mt_free(o->d2);
+	o->d1 = o->d2 = NULL;
+	o->dbe = NULL;
+}
 
 /* Free an optimizer and its state. */
 void
@@ -1268,6 +1854,7 @@ mt_optim_free(mt_optim *o)
 		if (o->s2 != NULL)
 			mt_free(o->s2[i]);
 	}
+	optim_device_free(o);
 	mt_free(o->s1);
 	mt_free(o->s2);
 	mt_free(o->steps);
@@ -1367,16 +1954,134 @@ nomem:
 	return NULL;
 }
 
+/* Bring device optimizer state back into s1 / s2 and free it. */
+static int
+optim_state_to_host(mt_optim *o, const mt_model *m, mt_err *err)
+{
+	int			rc;
+
+	if (o->dblock == NULL)
+		return MT_OK;
+	for (int i = 0; i < m->n_params; i++)
+	{
+		if (o->d1[i] == NULL)
+			continue;
+		if (optim_state(o, &m->params[i], i) != MT_OK)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory in optimizer step");
+		if ((o->s1[i] != NULL &&
+			 (rc = dev_get(m, o->dbe, i, o->s1[i], o->d1[i], err)) != MT_OK) ||
+			(o->s2[i] != NULL &&
+			 (rc = dev_get(m, o->dbe, i, o->s2[i], o->d2[i], err)) != MT_OK))
+			return rc;
+	}
+	optim_device_free(o);
+	return MT_OK;
+}
+
+/* The optimizer's state on dt's device, made from the host state if none. */
+static int
+optim_state_to_device(mt_optim *o, const mt_model *m, const struct mt_devtrain *dt,
+					  mt_err *err)
+{
+	size_t		total = 0;
+	float	   *base;
+	void	   *blk = NULL;
+	int			rc;
+
+	if (o->dblock != NULL && o->dbe == dt->be)
+		return MT_OK;
+	if (o->dblock != NULL && (rc = optim_state_to_host(o, m, err)) != MT_OK)
+		return rc;
+	for (int i = 0; i < m->n_params; i++)
+		if (dt->data[i] != NULL && param_learnable(&m->params[i]))
+			total += 2 * dt_align(m->params[i].numel);
+	if ((o->d1 = mt_calloc(m->n_params, sizeof(float *))) == NULL ||
+		(o->d2 = mt_calloc(m->n_params, sizeof(float *))) == NULL)
+	{
+		optim_device_free(o);
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in optimizer step");
+	}
+	o->dbe = dt->be;
+	if ((rc = dt->be->mem_alloc(&blk, total * sizeof(float), err)) != MT_OK ||
+		(o->dblock = blk, o->dbytes = total * sizeof(float),
+		 rc = dt->be->mem_zero(blk, total * sizeof(float), err)) != MT_OK)
+	{
+		if (o->dblock == NULL)
+			o->dbe = NULL;
+		optim_device_free(o);
+		return rc;
+	}
+	base = blk;
+	for (int i = 0; i < m->n_params; i++)
+	{
+		if (dt->data[i] == NULL || !param_learnable(&m->params[i]))
+			continue;
+		o->d1[i] = base;
+		o->d2[i] = base + dt_align(m->params[i].numel);
+		base += 2 * dt_align(m->params[i].numel);
+		/* state the host built up so far (zero, unless it took steps) */
+		if ((o->s1[i] != NULL && o->steps[i] > 0 &&
+			 (rc = dev_put(m, dt->be, i, o->d1[i], o->s1[i], err)) != MT_OK) ||
+			(o->s2[i] != NULL && o->steps[i] > 0 &&
+			 (rc = dev_put(m, dt->be, i, o->d2[i], o->s2[i], err)) != MT_OK))
+		{
+			optim_device_free(o);
+			return rc;
+		}
+	}
+	return MT_OK;
+}
+
+/* One update on the device of every trainable parameter that had a backward pass. */
+static int
+optim_step_device(mt_optim *o, mt_model *m, float lr, mt_err *err)
+{
+	struct mt_devtrain *dt = m->devtrain;
+	const mt_backend *be = dt->be;
+	int			rc;
+
+	if ((rc = optim_state_to_device(o, m, dt, err)) != MT_OK)
+		return rc;
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+		int			sgd_buf = o->kind == MT_OPTIM_SGD && o->momentum != 0.0f;
+
+		if (!param_trains(m, i) || dt->grad[i] == NULL || !dt->had_grad[i])
+			continue;
+		o->steps[i]++;
+		if (o->kind == MT_OPTIM_SGD)
+			be->sgd_update(p->numel, dt->data[i], dt->grad[i], sgd_buf ? o->d1[i] : NULL, lr,
+						   o->momentum, o->weight_decay, o->nesterov, o->steps[i] == 1);
+		else
+			be->adam_update(p->numel, dt->data[i], dt->grad[i], o->d1[i], o->d2[i], lr,
+							o->beta1, o->beta2, o->eps, o->weight_decay,
+							o->kind == MT_OPTIM_ADAMW, o->steps[i]);
+	}
+	dt->host_stale = 1;
+	/*
+	 * m->prepared stays: the folded copy serves only the frozen prefix of a
+	 * device training pass (unchanged); mt_model_forward syncs and re-folds.
+	 */
+	return be->synchronize(err);
+}
+
 /* One update of every trainable parameter that has a gradient. */
 int
 mt_optim_step(mt_optim *o, mt_model *m, float lr, mt_err *err)
 {
 	const mt_backend *be = m->backend;
+	int			rc;
 
 	if (o->n_params != m->n_params)
 		return mt_seterr(err, MT_ERR_INVALID, "optimizer was created for another model");
 	if (!(lr >= 0.0f) || !isfinite(lr))
 		return mt_seterr(err, MT_ERR_INVALID, "learning rate must be 0 or more, not %g", lr);
+	if (m->devtrain != NULL)
+		return optim_step_device(o, m, lr, err);
+	/* back on the host after steps on a device: the state comes along */
+	if ((rc = optim_state_to_host(o, m, err)) != MT_OK)
+		return rc;
 	for (int i = 0; i < m->n_params; i++)
 	{
 		mt_param   *p = &m->params[i];
@@ -1414,7 +2119,7 @@ mt_optim_steps(const mt_optim *o)
 size_t
 mt_optim_memory(const mt_optim *o)
 {
-	return o->bytes;
+	return o->bytes + o->dbytes;
 }
 
 /* Copy parameter data between two models of the same architecture. */
@@ -1432,6 +2137,18 @@ mt_model_copy_params(const mt_model *src, mt_model *dst, mt_err *err)
 		if (strcmp(s->name, d->name) != 0 || s->numel != d->numel || s->ndim != d->ndim)
 			return mt_seterr(err, MT_ERR_SHAPE, "tensor \"%s\" does not match \"%s\"",
 							 s->name, d->name);
+	}
+	{
+		/*
+		 * src's host copy brought up to date (its values do not change, so
+		 * src stays const to callers); dst's device copy is replaced.
+		 */
+		int			rc = mt_model_sync_to_host((mt_model *) src, err);
+
+		if (rc == MT_OK)
+			rc = mt_model_train_device_drop(dst, err);
+		if (rc != MT_OK)
+			return rc;
 	}
 	mt_model_train_release(dst);
 	for (int i = 0; i < src->n_params; i++)
@@ -1685,6 +2402,12 @@ mt_model_init_head(mt_model *m, uint64_t seed, mt_err *err)
 	if (m->logits_node < 0 || m->nodes[m->logits_node].kind != MT_NODE_LINEAR)
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "model %s has no linear classifier head", m->arch);
 	rng_seed(&r, seed);
+	{
+		int			rc = mt_model_train_device_drop(m, err);
+
+		if (rc != MT_OK)
+			return rc;
+	}
 	if (init_linear(m, &m->nodes[m->logits_node], &r) != MT_OK)
 		return mt_seterr(err, MT_ERR_NOMEM, "out of memory initialising the head of %s", m->arch);
 	mt_model_train_release(m);
@@ -1701,6 +2424,8 @@ init_params(mt_model *m, uint64_t seed, int keep_loaded, mt_err *err)
 	unsigned char *keep = NULL;
 
 	rng_seed(&r, seed);
+	if ((rc = mt_model_train_device_drop(m, err)) != MT_OK)
+		return rc;
 	if (keep_loaded)
 	{
 		/* which were loaded before: filling a parameter marks it loaded */

@@ -31,6 +31,33 @@
  *
  * Every function returns MT_OK or an mt_err code with *err set; on any error
  * the saved training state is released.
+ *
+ * Training on a device.  Once mt_model_to_device(m, &mt_cuda_backend, ...)
+ * has put the model on a device, the same calls run there (CNNs and
+ * U-Nets; a transformer is refused with MT_ERR_UNSUPPORTED).  The first
+ * mt_model_forward_train uploads a training copy: every float parameter
+ * (convolution weights packed as the convolution entries read them) and
+ * the gradients of the trainable ones, in one device block owned by the
+ * model (m->devtrain).  A step's activations, saved statistics and
+ * gradient buffers come from one device arena kept with it (sized by the
+ * first step at a batch shape; later steps allocate nothing).  The
+ * optimizer keeps its state in one device block of its own (made by its
+ * first step on a device, for every float parameter so that freezing
+ * differently later needs nothing new; freed by mt_optim_free; brought
+ * back into host memory by a later step on the host).  Callers still pass
+ * host memory: the input batch is uploaded, logits and features are
+ * downloaded, the losses run on the host (logits are n x classes values;
+ * a U-Net's n x h x w x c), dlogits are uploaded.  The frozen prefix of
+ * the graph runs with the model's folded inference copy on the device.
+ *
+ * The host copy (m->params[i].data and .grad) is NOT updated by device
+ * steps: mt_model_sync_to_host(m, &err) brings it up to date (call it
+ * before reading weights, writing them to SQL or exporting);
+ * mt_model_forward, mt_model_copy_params (from such a model), freezing,
+ * set_param, the init functions and mt_model_to_device(m, NULL) do so
+ * themselves first (the last three then drop the device copy, which the
+ * next training pass makes again).  mt_model_release_device and
+ * mt_model_free drop it without syncing.
  */
 #ifndef MT_TRAIN_H
 #define MT_TRAIN_H

@@ -1,8 +1,8 @@
 # src/cuda/cuda.mk - CUDA build rules, included by the top-level Makefile
 # (PGXS) and usable on its own without PostgreSQL:
 #
-#   make -f src/cuda/cuda.mk cuda-check     builds test/bin/cuda_ops_check
-#                                           and test/bin/cuda_model_check
+#   make -f src/cuda/cuda.mk cuda-check     builds test/bin/cuda_ops_check,
+#                                           cuda_model_check and cuda_train_check
 #
 # nvcc compiles src/cuda/*.cu for sm_90 plus compute_90 PTX (override with
 # CUDA_ARCH=...).  The objects are linked into medtl.so through SHLIB_LINK,
@@ -45,6 +45,12 @@ test/bin/cuda_model_check: test/tools/cuda_model_check.c $(CUDA_MODEL_SRC) $(CUD
 	@mkdir -p test/bin
 	$(CC) $(CUDA_CHECK_CFLAGS) -o $@ $< $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
 
-cuda-check: test/bin/cuda_ops_check test/bin/cuda_model_check
+# One training step on the device against the CPU, and training images/s.
+test/bin/cuda_train_check: test/tools/cuda_train_check.c $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_HDRS) \
+		src/core/graph.h src/core/train.h src/nn/zoo.h
+	@mkdir -p test/bin
+	$(CC) $(CUDA_CHECK_CFLAGS) -o $@ $< $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
+
+cuda-check: test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check
 
 .PHONY: cuda-check

@@ -1475,6 +1475,45 @@ cuda_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
 	}
 }
 
+/* one thread per channel: the CPU's double arithmetic (ops_cpu_train.c) */
+__global__ void
+k_bn_train_coeffs(int c, const float *g, const float *beta, float *rm, float *rv, float eps,
+				  float mom, double unbias, float *mean, float *var, float *scale, float *shift)
+{
+	GRID_LOOP(j, (size_t) c)
+	{
+		if (mean != NULL)
+		{
+			double		is = 1.0 / sqrt((double) var[j] + eps);
+
+			scale[j] = (float) (g[j] * is);
+			shift[j] = (float) (beta[j] - (double) mean[j] * g[j] * is);
+			rm[j] = __fadd_rn(__fmul_rn(1.0f - mom, rm[j]), __fmul_rn(mom, mean[j]));
+			rv[j] = __fadd_rn(__fmul_rn(1.0f - mom, rv[j]), __fmul_rn(mom, (float) (var[j] * unbias)));
+			var[j] = (float) is;
+		}
+		else
+		{
+			double		s = (double) g[j] / sqrt((double) rv[j] + eps);
+
+			scale[j] = (float) s;
+			if (shift != NULL)
+				shift[j] = (float) ((double) beta[j] - (double) rm[j] * s);
+		}
+	}
+}
+
+static void
+cuda_bn_train_coeffs(int c, const float *g, const float *beta, float *rm, float *rv, float eps,
+					 float mom, double unbias, float *mean, float *var, float *scale, float *shift)
+{
+	if (c <= 0 || mt_cuda_failed())
+		return;
+	k_bn_train_coeffs<<<blocks_for(c), THREADS>>>(c, g, beta, rm, rv, eps, mom, unbias, mean, var,
+												 scale, shift);
+	launched("the batch-norm coefficient kernel");
+}
+
 static void
 cuda_linear_backward(int n, int in, int out, const float *x, const float *w,
 					 const float *dy, float *dx, float *dw, float *db)
@@ -1973,6 +2012,325 @@ cuda_attention_backward(int n, int t, int d, int heads, const float *qkv, const 
 	return MT_OK;
 }
 
+/* ---------------------------------------------------------------- U-Net --- */
+
+/*
+ * Source index of output position o for the integer factor f, as
+ * ops_cpu_unet.c's bilinear_source (torch, align_corners=False, in float):
+ * the lower index, the upper one (clamped to in - 1), the upper one's
+ * weight.  __fmul_rn / __fadd_rn keep nvcc from contracting the two steps
+ * into an FMA, so the indices and weights are the CPU's bit for bit.
+ */
+__device__ __forceinline__ void
+bilinear_src(int o, int f, int in, int *i0, int *i1, float *l1)
+{
+	float		scale = (float) (1.0 / f);
+	float		src = __fadd_rn(__fmul_rn(scale, __fadd_rn((float) o, 0.5f)), -0.5f);
+	int			lo;
+
+	if (src < 0.0f)
+		src = 0.0f;
+	lo = (int) src;
+	if (lo > in - 1)
+		lo = in - 1;
+	*i0 = lo;
+	*i1 = lo + (lo < in - 1 ? 1 : 0);
+	*l1 = src - (float) lo;
+}
+
+/* one thread per output value: the CPU's expression, term for term */
+__global__ void
+k_upsample(int n, int h, int w, int c, int f, const float *__restrict__ x, float *__restrict__ y)
+{
+	int			oh = h * f,
+				ow = w * f;
+	size_t		total = (size_t) n * oh * ow * c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % c);
+		size_t		p = i / c;
+		int			ox = (int) (p % ow);
+		int			oy = (int) ((p / ow) % oh);
+		size_t		img = p / ((size_t) ow * oh);
+		int			y0,
+					y1,
+					x0,
+					x1;
+		float		ly1,
+					lx1;
+		const float *xi = x + img * h * w * c;
+
+		bilinear_src(oy, f, h, &y0, &y1, &ly1);
+		bilinear_src(ox, f, w, &x0, &x1, &lx1);
+		{
+			float		ly0 = 1.0f - ly1,
+						lx0 = 1.0f - lx1;
+			float		p00 = xi[((size_t) y0 * w + x0) * c + j],
+						p01 = xi[((size_t) y0 * w + x1) * c + j],
+						p10 = xi[((size_t) y1 * w + x0) * c + j],
+						p11 = xi[((size_t) y1 * w + x1) * c + j];
+
+			y[i] = __fadd_rn(__fmul_rn(ly0, __fadd_rn(__fmul_rn(lx0, p00), __fmul_rn(lx1, p01))),
+							 __fmul_rn(ly1, __fadd_rn(__fmul_rn(lx0, p10), __fmul_rn(lx1, p11))));
+		}
+	}
+}
+
+/*
+ * The adjoint, gathered: one thread per dx value collects the output rows
+ * and columns that read it (within one source step: oy in [(iy - 1) f,
+ * (iy + 2) f), as the CPU kernel bounds them), so no atomics.
+ */
+__global__ void
+k_upsample_bwd(int n, int h, int w, int c, int f, const float *__restrict__ dy, float *__restrict__ dx)
+{
+	int			oh = h * f,
+				ow = w * f;
+	size_t		total = (size_t) n * h * w * c;
+
+	GRID_LOOP(i, total)
+	{
+		int			j = (int) (i % c);
+		size_t		p = i / c;
+		int			ix = (int) (p % w);
+		int			iy = (int) ((p / w) % h);
+		size_t		img = p / ((size_t) w * h);
+		const float *g = dy + img * oh * ow * c;
+		int			ylo = (iy - 1) * f,
+					yhi = (iy + 2) * f,
+					xlo = (ix - 1) * f,
+					xhi = (ix + 2) * f;
+		float		s = 0.0f;
+
+		ylo = ylo < 0 ? 0 : ylo;
+		yhi = yhi > oh ? oh : yhi;
+		xlo = xlo < 0 ? 0 : xlo;
+		xhi = xhi > ow ? ow : xhi;
+		for (int oy = ylo; oy < yhi; oy++)
+		{
+			int			y0,
+						y1;
+			float		ly1,
+						wy = 0.0f;
+
+			bilinear_src(oy, f, h, &y0, &y1, &ly1);
+			if (y0 == iy)
+				wy += 1.0f - ly1;
+			if (y1 == iy)
+				wy += ly1;
+			if (y0 != iy && y1 != iy)
+				continue;
+			for (int ox = xlo; ox < xhi; ox++)
+			{
+				int			x0,
+							x1;
+				float		lx1,
+							wx = 0.0f;
+
+				bilinear_src(ox, f, w, &x0, &x1, &lx1);
+				if (x0 == ix)
+					wx += wy * (1.0f - lx1);
+				if (x1 == ix)
+					wx += wy * lx1;
+				if (x0 != ix && x1 != ix)
+					continue;
+				s += wx * g[((size_t) oy * ow + ox) * c + j];
+			}
+		}
+		dx[i] += s;
+	}
+}
+
+static void
+cuda_upsample_bilinear(int n, int h, int w, int c, int f, const float *x, float *y)
+{
+	size_t		total = (size_t) n * h * f * w * f * c;
+
+	if (total == 0 || f <= 0 || mt_cuda_failed())
+		return;
+	k_upsample<<<blocks_for(total), THREADS>>>(n, h, w, c, f, x, y);
+	launched("the bilinear upsampling kernel");
+}
+
+static void
+cuda_upsample_bilinear_backward(int n, int h, int w, int c, int f, const float *dy, float *dx)
+{
+	size_t		total = (size_t) n * h * w * c;
+
+	if (total == 0 || f <= 0 || mt_cuda_failed())
+		return;
+	k_upsample_bwd<<<blocks_for(total), THREADS>>>(n, h, w, c, f, dy, dx);
+	launched("the bilinear upsampling backward kernel");
+}
+
+/*
+ * col2im of a transposed convolution's forward pass: y (nimg images of the
+ * convolution's input size g.h x g.w, g.cin channels) = bias + the column
+ * entries of every input position whose window covers it, then the
+ * activation.  A gather, as k_col2im_add, but setting y.
+ */
+__global__ void
+k_tconv_col2im(conv_geo g, int nimg, const float *__restrict__ col,
+			   const float *__restrict__ bias, mt_act act, float *__restrict__ y)
+{
+	size_t		total = (size_t) nimg * g.h * g.w * g.cin;
+	size_t		kcols = (size_t) g.kh * g.kw * g.cin;
+
+	GRID_LOOP(i, total)
+	{
+		int			ci = (int) (i % g.cin);
+		size_t		p = i / g.cin;
+		int			ix = (int) (p % g.w);
+		int			iy = (int) ((p / g.w) % g.h);
+		size_t		img = p / ((size_t) g.w * g.h);
+		const float *c = col + img * g.oh * g.ow * kcols;
+		float		s = bias != NULL ? bias[ci] : 0.0f;
+
+		for (int ky = 0; ky < g.kh; ky++)
+		{
+			int			ty = iy + g.pt - ky;
+			int			oy;
+
+			if (ty < 0 || ty % g.sh != 0 || (oy = ty / g.sh) >= g.oh)
+				continue;
+			for (int kx = 0; kx < g.kw; kx++)
+			{
+				int			tx = ix + g.pl - kx;
+				int			ox;
+
+				if (tx < 0 || tx % g.sw != 0 || (ox = tx / g.sw) >= g.ow)
+					continue;
+				s += c[((size_t) oy * g.ow + ox) * kcols + ((size_t) ky * g.kw + kx) * g.cin + ci];
+			}
+		}
+		y[i] = apply_act(s, act);
+	}
+}
+
+/* Sizes of a transposed convolution (ops.h): its output oh x ow, checked. */
+static int
+tconv_sizes(const mt_conv_desc *d, int h, int w, int *oh, int *ow, mt_err *err)
+{
+	*oh = mt_conv_transpose_out_size(h, d->kh, d->sh, d->pad_t, d->pad_b);
+	*ow = mt_conv_transpose_out_size(w, d->kw, d->sw, d->pad_l, d->pad_r);
+	if (d->groups != 1 || d->dh != 1 || d->dw != 1 || *oh <= 0 || *ow <= 0)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED,
+						 "transposed convolution with groups %d, dilation %dx%d on %dx%d",
+						 d->groups, d->dh, d->dw, h, w);
+	if (mt_out_size(*oh, d->kh, d->sh, 1, d->pad_t, d->pad_b) != h ||
+		mt_out_size(*ow, d->kw, d->sw, 1, d->pad_l, d->pad_r) != w)
+		return mt_seterr(err, MT_ERR_INTERNAL, "transposed convolution sizes do not invert");
+	return MT_OK;
+}
+
+/*
+ * Transposed convolution (ops.h): per chunk of images col = x W^T (one
+ * GEMM, h w rows of K = kh kw d->cin values per image), then the gathering
+ * col2im with bias and activation.  A 1x1 stride-1 unpadded one is a GEMM
+ * straight into y.
+ */
+static int
+cuda_conv_transpose2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
+					  const float *packed_w, const float *bias, float *y, float *scratch,
+					  mt_err *err)
+{
+	int			oh,
+				ow,
+				rc;
+	int			cx = d->cout,
+				cy = d->cin;
+	int			k = d->kh * d->kw * cy;
+	size_t		in_img,
+				out_img;
+	conv_geo	g;
+
+	if ((rc = tconv_sizes(d, h, w, &oh, &ow, err)) != MT_OK || (rc = pending_status(err)) != MT_OK)
+		return rc;
+	if (n <= 0)
+		return MT_OK;
+	in_img = (size_t) h * w * cx;
+	out_img = (size_t) oh * ow * cy;
+	if (conv_is_pointwise(d))
+	{
+		size_t		rows = (size_t) n * oh * ow;
+
+		if ((rc = gemm_rm(0, 1, n * h * w, cy, cx, 1.0f, x, cx, packed_w, cx, 0.0f,
+						  y, cy, err)) != MT_OK)
+			return rc;
+		if (bias == NULL && d->act == MT_ACT_NONE)
+			return MT_OK;
+		k_bias_act<<<blocks_for(rows * cy), THREADS>>>(rows, cy, bias, d->act, y);
+		return launch_status("the bias/activation kernel", err);
+	}
+	g = make_geo(d, oh, ow, h, w);
+	{
+		float	   *col;
+		int			chunk = conv_chunk(n, (size_t) h * w * k, scratch, &col);
+
+		for (int i = 0; i < n; i += chunk)
+		{
+			int			ni = n - i < chunk ? n - i : chunk;
+			size_t		total = (size_t) ni * out_img;
+
+			if ((rc = gemm_rm(0, 1, ni * h * w, k, cx, 1.0f, x + i * in_img, cx,
+							  packed_w, cx, 0.0f, col, k, err)) != MT_OK)
+				return rc;
+			k_tconv_col2im<<<blocks_for(total), THREADS>>>(g, ni, col, bias, d->act,
+														   y + i * out_img);
+			if ((rc = launch_status("the transposed-convolution col2im kernel", err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
+/* dx += the convolution d applied to dy: im2col of dy, a GEMM adding into dx */
+static int
+cuda_conv_transpose2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+									const float *dy, const float *packed_w, float *dx,
+									float *scratch, mt_err *err)
+{
+	int			oh,
+				ow,
+				rc;
+	int			cx = d->cout,
+				cy = d->cin;
+	int			k = d->kh * d->kw * cy;
+	size_t		in_img,
+				out_img,
+				colsz;
+	conv_geo	g;
+
+	if ((rc = tconv_sizes(d, h, w, &oh, &ow, err)) != MT_OK || (rc = pending_status(err)) != MT_OK)
+		return rc;
+	if (n <= 0)
+		return MT_OK;
+	in_img = (size_t) h * w * cx;
+	out_img = (size_t) oh * ow * cy;
+	if (conv_is_pointwise(d))
+		return gemm_rm(0, 0, n * h * w, cx, cy, 1.0f, dy, cy, packed_w, cx, 1.0f, dx, cx, err);
+	g = make_geo(d, oh, ow, h, w);
+	colsz = (size_t) h * w * k;
+	{
+		float	   *col;
+		int			chunk = conv_chunk(n, colsz, scratch, &col);
+
+		for (int i = 0; i < n; i += chunk)
+		{
+			int			ni = n - i < chunk ? n - i : chunk;
+
+			k_im2col<<<blocks_for(ni * colsz), THREADS>>>(g, ni, 0, dy + i * out_img, col);
+			if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
+				return rc;
+			if ((rc = gemm_rm(0, 0, ni * h * w, cx, k, 1.0f, col, k, packed_w, cx, 1.0f,
+							  dx + i * in_img, cx, err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
 /* --------------------------------------------------------------- memory --- */
 
 static int
@@ -2006,6 +2364,7 @@ const mt_backend mt_cuda_backend = {
 	.scale_channels_backward = cuda_scale_channels_backward,
 	.channel_stats = cuda_channel_stats,
 	.batch_norm_backward = cuda_batch_norm_backward,
+	.bn_train_coeffs = cuda_bn_train_coeffs,
 	.max_pool2d_backward = cuda_max_pool2d_backward,
 	.avg_pool2d_backward = cuda_avg_pool2d_backward,
 	.global_avg_pool_backward = cuda_global_avg_pool_backward,
@@ -2021,11 +2380,10 @@ const mt_backend mt_cuda_backend = {
 	.attention_backward = cuda_attention_backward,
 	.vit_tokens = cuda_vit_tokens,
 	.vit_tokens_backward = cuda_vit_tokens_backward,
-	/* the U-Net decoder's upsampling and transposed convolution: not on CUDA yet */
-	.upsample_bilinear = NULL,
-	.upsample_bilinear_backward = NULL,
-	.conv_transpose2d = NULL,
-	.conv_transpose2d_backward_data = NULL,
+	.upsample_bilinear = cuda_upsample_bilinear,
+	.upsample_bilinear_backward = cuda_upsample_bilinear_backward,
+	.conv_transpose2d = cuda_conv_transpose2d,
+	.conv_transpose2d_backward_data = cuda_conv_transpose2d_backward_data,
 	.mem_alloc = cuda_mem_alloc,
 	.mem_free = mt_cuda_free,
 	.mem_zero = mt_cuda_zero,

@@ -5,9 +5,12 @@
 # whole-model comparison at a tiny size (32x32, device batch 3, CPU batch 2, every CNN of
 # the zoo: the emulation runs kernels thread by thread).  No GPU or CUDA toolkit
 # needed.  Prints the tools' lines: "cuda_ops: N passed, M failed", then
-# last "cuda_model: N passed, M failed"; exits 1 on a failure.
+# "cuda_train: N passed, M failed" (one training step, test/tools/cuda_train_check.c,
+# at 64x64 batch 4: at 32x32 the last stage has 1x1 positions and batch
+# statistics of 4 values amplify rounding), last "cuda_model: N passed, M failed"; exits 1 on a failure.
 # EMU_MODEL_ARCHS overrides the architectures of the model check;
-# EMU_SKIP_OPS=1 runs only the model check.
+# EMU_SKIP_OPS=1 skips the op check, EMU_SKIP_TRAIN=1 the training check;
+# EMU_TRAIN_ARCHS overrides the training check's architectures.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 emu=$here/test/cuda_emu
@@ -36,7 +39,18 @@ $CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -W
 	"$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c" \
 	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c" \
 	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
+$CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
+	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_train_check" "$here/test/tools/cuda_train_check.c" \
+	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
+	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
+	"$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c" \
+	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c" \
+	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
+# one training step on the device vs the CPU (SGD / AdamW, full / frozen backbone)
+[ -n "${EMU_SKIP_TRAIN:-}" ] || "$tmp/cuda_train_check" --no-bench ${EMU_TRAIN_SIZE:---size 64 --batch 4} \
+	--settings "${EMU_TRAIN_SETTINGS:-0134}" \
+	--archs "${EMU_TRAIN_ARCHS:-resnet18,mobilenet_v2,unet_resnet18}"
 # the device-less path first (the probe fails: refusal, host still works)
 EMU_NODEV=1 "$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 --archs resnet18 | tail -n 3
 "$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 \
-	--archs "${EMU_MODEL_ARCHS:-resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0}"
+	--archs "${EMU_MODEL_ARCHS:-resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0,unet_resnet18,unet_mobilenet_v2,unet_mobilenet_v2_tconv}"

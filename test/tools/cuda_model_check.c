@@ -30,7 +30,9 @@
  *   cuda_model_check [--size S] [--batch B] [--cpu-batch B] [--archs a,b,..]
  *                    [--no-bench] [--seconds T]
  *   defaults: 224, 64, 4, resnet18,resnet34,resnet50,mobilenet_v2,
- *             densenet121,efficientnet_b0
+ *             densenet121,efficientnet_b0, unet_resnet18,
+ *             unet_mobilenet_v2,unet_mobilenet_v2_tconv (U-Nets: logits
+ *             n x size x size x 3, size a multiple of 32)
  */
 #include "core/blas.h"
 #include "core/graph.h"
@@ -48,7 +50,16 @@
 #define TOL 1e-4
 #define CLASSES 1000
 
+#define SEG_CLASSES 3			/* a U-Net's classes (its logits are n x h x w x 3) */
+
 static int	n_pass = 0;
+
+/* U-Nets: spatial logits, input sides multiples of 32 */
+static int
+is_unet(const char *arch)
+{
+	return strncmp(arch, "unet_", 5) == 0;
+}
 static int	n_fail = 0;
 
 static void
@@ -111,7 +122,7 @@ rel_err(const float *a, const float *b, size_t len)
 static mt_model *
 random_model(const char *arch, uint64_t seed, mt_err *err)
 {
-	mt_model   *m = mt_zoo_build(arch, CLASSES, 0, err);
+	mt_model   *m = mt_zoo_build(arch, is_unet(arch) ? SEG_CLASSES : CLASSES, 0, err);
 	mt_rng		rng;
 
 	if (m == NULL)
@@ -281,6 +292,7 @@ check_arch(const char *arch, int size, int batch, int cpu_batch, int bench, doub
 	mt_model   *m;
 	mt_rng		rng;
 	size_t		xs = (size_t) batch * size * size * 3;
+	size_t		per;			/* logits per image */
 	float	   *x,
 			   *cl,
 			   *cf,
@@ -299,10 +311,11 @@ check_arch(const char *arch, int size, int batch, int cpu_batch, int bench, doub
 		return r;
 	}
 	fd = m->feature_dim;
+	per = is_unet(arch) ? (size_t) size * size * SEG_CLASSES : CLASSES;
 	x = xmalloc(sizeof(float) * xs);
-	cl = xmalloc(sizeof(float) * (size_t) cpu_batch * CLASSES);
+	cl = xmalloc(sizeof(float) * (size_t) cpu_batch * per);
 	cf = xmalloc(sizeof(float) * (size_t) cpu_batch * fd);
-	gl = xmalloc(sizeof(float) * (size_t) batch * CLASSES);
+	gl = xmalloc(sizeof(float) * (size_t) batch * per);
 	gf = xmalloc(sizeof(float) * (size_t) batch * fd);
 	mt_rng_seed(&rng, 3, 0);
 	for (size_t i = 0; i < xs; i++)
@@ -328,7 +341,7 @@ check_arch(const char *arch, int size, int batch, int cpu_batch, int bench, doub
 	}
 	if (!forward(m, x, batch, size, gl, gf, "device forward"))
 		goto out;
-	r.err_logits = rel_err(gl, cl, (size_t) cpu_batch * CLASSES);
+	r.err_logits = rel_err(gl, cl, (size_t) cpu_batch * per);
 	r.err_features = rel_err(gf, cf, (size_t) cpu_batch * fd);
 	snprintf(what, sizeof(what), "logits %dx%d batch %d on the device vs CPU: rel err %.2e",
 			 size, size, batch, r.err_logits);
@@ -353,7 +366,8 @@ check_arch(const char *arch, int size, int batch, int cpu_batch, int bench, doub
 		}
 		r.gpu_ips = batch / best;
 	}
-	if (first)
+	/* the life cycle assumes classification logits */
+	if (first && !is_unet(arch))
 		lifecycle(m, x, size, batch, cl, cpu_batch);
 
 out:
@@ -370,7 +384,8 @@ out:
 int
 main(int argc, char **argv)
 {
-	const char *archs = "resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0";
+	const char *archs = "resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0,"
+		"unet_resnet18,unet_mobilenet_v2,unet_mobilenet_v2_tconv";
 	int			size = 224,
 				batch = 64,
 				cpu_batch = 4,
@@ -463,8 +478,8 @@ main(int argc, char **argv)
 	check(mt_cuda_mem_used() == 0, "all models",
 		  "freed: no device memory left after mt_model_free and mt_cuda_shutdown");
 
-	printf("\n%-16s %12s %12s %18s %18s\n", "model", "rel err", "rel err", "device images/s", "CPU images/s");
-	printf("%-16s %12s %12s %18s %18s\n", "", "logits", "features", "", "");
+	printf("\n%-24s %12s %12s %18s %18s\n", "model", "rel err", "rel err", "device images/s", "CPU images/s");
+	printf("%-24s %12s %12s %18s %18s\n", "", "logits", "features", "", "");
 	for (int i = 0; i < nres; i++)
 	{
 		char		g[40] = "-",
@@ -474,7 +489,7 @@ main(int argc, char **argv)
 			snprintf(g, sizeof(g), "%.1f (b%d)", res[i].gpu_ips, batch);
 		if (!isnan(res[i].cpu_ips))
 			snprintf(c, sizeof(c), "%.1f (b%d)", res[i].cpu_ips, cpu_batch);
-		printf("%-16s %12.2e %12.2e %18s %18s%s\n", res[i].arch, res[i].err_logits,
+		printf("%-24s %12.2e %12.2e %18s %18s%s\n", res[i].arch, res[i].err_logits,
 			   res[i].err_features, g, c, res[i].ok ? "" : "  FAILED");
 	}
 	if (bench)

@@ -412,6 +412,151 @@ pool_check(const pool_case *pc)
 	GPU->mem_free(gdx);
 }
 
+/* ---------------------------------------------------------------- U-Net --- */
+
+static void
+upsample_check(int n, int h, int w, int c, int f)
+{
+	size_t		nx = (size_t) n * h * w * c,
+				ny = nx * f * f;
+	float	   *x = hrand(nx, -1, 1),
+			   *y = hrand(ny, -1, 1),
+			   *dy = hrand(ny, -1, 1),
+			   *dx = hrand(nx, -1, 1);
+	float	   *gx = dcopy(x, nx),
+			   *gy = dcopy(y, ny),
+			   *gdy = dcopy(dy, ny),
+			   *gdx = dcopy(dx, nx);
+	char		label[160];
+
+	snprintf(label, sizeof(label), "upsample_bilinear [n%d %dx%dx%d x%d]", n, h, w, c, f);
+	CPU->upsample_bilinear(n, h, w, c, f, x, y);
+	GPU->upsample_bilinear(n, h, w, c, f, gx, gy);
+	check(label, y, gy, ny);
+	/* adds into a random dx */
+	snprintf(label, sizeof(label), "upsample_bilinear_backward [n%d %dx%dx%d x%d]", n, h, w, c, f);
+	CPU->upsample_bilinear_backward(n, h, w, c, f, dy, dx);
+	GPU->upsample_bilinear_backward(n, h, w, c, f, gdy, gdx);
+	check(label, dx, gdx, nx);
+	free(x);
+	free(y);
+	free(dy);
+	free(dx);
+	GPU->mem_free(gx);
+	GPU->mem_free(gy);
+	GPU->mem_free(gdy);
+	GPU->mem_free(gdx);
+}
+
+/*
+ * A transposed convolution of cx -> cy channels, kernel k, stride s,
+ * padding p (described by the convolution d it transposes: d->cin = cy,
+ * d->cout = cx); batching as conv_check.
+ */
+static void
+tconv_check(int n, int h, int w, int cx, int cy, int k, int s, int p, mt_act act,
+			int bias, int batching)
+{
+	mt_conv_desc d = {.cin = cy, .cout = cx, .kh = k, .kw = k, .sh = s, .sw = s, .dh = 1,
+	.dw = 1, .groups = 1, .pad_t = p, .pad_l = p, .pad_b = p, .pad_r = p, .act = act};
+	int			oh = mt_conv_transpose_out_size(h, k, s, p, p),
+				ow = mt_conv_transpose_out_size(w, k, s, p, p);
+	size_t		nx = (size_t) n * h * w * cx,
+				ny = (size_t) n * oh * ow * cy,
+				nw = mt_conv_packed_size(&d),
+				ns = mt_conv_scratch_size(&d, oh, ow);
+	float	   *x = hrand(nx, -1, 1),
+			   *wt = hrand(nw, -0.5f, 0.5f),
+			   *b = hrand(cy, -0.5f, 0.5f),
+			   *y = hrand(ny, -1, 1),
+			   *dy = hrand(ny, -1, 1),
+			   *dx = hrand(nx, -1, 1),
+			   *dw = hrand(nw, -1, 1),
+			   *hs = hrand(ns, 0, 0);
+	float	   *gx = dcopy(x, nx),
+			   *gw = dcopy(wt, nw),
+			   *gb = dcopy(b, cy),
+			   *gy = dcopy(y, ny),
+			   *gdy = dcopy(dy, ny),
+			   *gdx = dcopy(dx, nx),
+			   *gdw = dcopy(dw, nw),
+			   *gs = dcopy(hs, ns);
+	char		label[200],
+				l2[260];
+	mt_err		err;
+
+	snprintf(label, sizeof(label), "[n%d %dx%dx%d -> %dx%dx%d k%d s%d p%d %s%s]%s", n, h, w, cx,
+			 oh, ow, cy, k, s, p, act_name(act), bias ? " bias" : "",
+			 batching == 1 ? " (per image)" : batching == 3 ? " (3 images per GEMM)" : "");
+	if (batching == 0)
+		mt_cuda_set_im2col_limit((size_t) 128 << 20);
+	else
+		mt_cuda_set_im2col_limit((size_t) batching * h * w * k * k * cy * sizeof(float));
+	mt_clearerr(&err);
+	if (CPU->conv_transpose2d(&d, n, h, w, x, wt, bias ? b : NULL, y, hs, &err) != MT_OK)
+		die("cpu conv_transpose2d", &err);
+	snprintf(l2, sizeof(l2), "conv_transpose2d %s", label);
+	if (GPU->conv_transpose2d(&d, n, h, w, gx, gw, bias ? gb : NULL, gy, gs, &err) != MT_OK)
+		printf("FAIL: %s: %s %s\n", l2, err.msg, err.detail), n_fail++;
+	else
+		check(l2, y, gy, ny);
+
+	if (CPU->conv_transpose2d_backward_data(&d, n, h, w, dy, wt, dx, hs, &err) != MT_OK)
+		die("cpu conv_transpose2d_backward_data", &err);
+	snprintf(l2, sizeof(l2), "conv_transpose2d_backward_data %s", label);
+	if (GPU->conv_transpose2d_backward_data(&d, n, h, w, gdy, gw, gdx, gs, &err) != MT_OK)
+		printf("FAIL: %s: %s %s\n", l2, err.msg, err.detail), n_fail++;
+	else
+		check(l2, dx, gdx, nx);
+
+	/* the weight gradient: d's backward_weight with dy as its input, x as its output gradient */
+	if (CPU->conv2d_backward_weight(&d, n, oh, ow, dy, x, dw, hs, &err) != MT_OK)
+		die("cpu conv2d_backward_weight (transposed)", &err);
+	snprintf(l2, sizeof(l2), "conv_transpose2d weight gradient %s", label);
+	if (GPU->conv2d_backward_weight(&d, n, oh, ow, gdy, gx, gdw, gs, &err) != MT_OK)
+		printf("FAIL: %s: %s %s\n", l2, err.msg, err.detail), n_fail++;
+	else
+		check(l2, dw, gdw, nw);
+
+	free(x);
+	free(wt);
+	free(b);
+	free(y);
+	free(dy);
+	free(dx);
+	free(dw);
+	free(hs);
+	GPU->mem_free(gx);
+	GPU->mem_free(gw);
+	GPU->mem_free(gb);
+	GPU->mem_free(gy);
+	GPU->mem_free(gdy);
+	GPU->mem_free(gdx);
+	GPU->mem_free(gdw);
+	GPU->mem_free(gs);
+	mt_cuda_set_im2col_limit((size_t) 128 << 20);
+}
+
+static void
+unet_checks(void)
+{
+	upsample_check(2, 4, 4, 8, 2);
+	upsample_check(3, 5, 7, 3, 2);		/* odd sizes */
+	upsample_check(1, 3, 5, 5, 3);		/* a factor that is not a power of two */
+	upsample_check(2, 7, 7, 16, 4);
+	upsample_check(1, 1, 1, 4, 2);		/* one source pixel */
+	/* n   h  w  cx cy k  s  p  act          bias batching */
+	tconv_check(2, 4, 4, 16, 8, 2, 2, 0, MT_ACT_NONE, 1, 0);	/* the U-Net's k2 s2 */
+	tconv_check(4, 5, 7, 8, 6, 2, 2, 0, MT_ACT_RELU, 1, 0);	/* odd sizes */
+	tconv_check(4, 5, 7, 8, 6, 2, 2, 0, MT_ACT_RELU, 1, 1);
+	tconv_check(4, 5, 7, 8, 6, 2, 2, 0, MT_ACT_RELU, 1, 3);
+	tconv_check(3, 6, 5, 12, 10, 3, 2, 1, MT_ACT_NONE, 1, 0);	/* k3 s2 p1 */
+	tconv_check(3, 6, 5, 12, 10, 3, 2, 1, MT_ACT_RELU, 0, 1);
+	tconv_check(2, 9, 9, 4, 7, 3, 1, 1, MT_ACT_RELU6, 1, 0);	/* k3 s1 p1 */
+	tconv_check(2, 6, 6, 8, 5, 1, 1, 0, MT_ACT_NONE, 1, 0);	/* 1x1: one GEMM */
+	tconv_check(1, 3, 4, 6, 6, 4, 2, 1, MT_ACT_NONE, 0, 0);	/* k4 s2 p1 */
+}
+
 /* ----------------------------------------------------------- the others --- */
 
 static void
@@ -1117,6 +1262,8 @@ main(int argc, char **argv)
 			ENTRY(attention), ENTRY(attention_backward), ENTRY(vit_tokens),
 			ENTRY(vit_tokens_backward), ENTRY(concat), ENTRY(concat_backward),
 			ENTRY(scale_channels), ENTRY(scale_channels_backward), ENTRY(act_backward_input),
+			ENTRY(upsample_bilinear), ENTRY(upsample_bilinear_backward),
+			ENTRY(conv_transpose2d), ENTRY(conv_transpose2d_backward_data),
 #undef ENTRY
 		};
 
@@ -1165,6 +1312,7 @@ main(int argc, char **argv)
 	transformer_checks(37, 96, 2, 17, 48, 4);
 	transformer_checks(5, 33, 1, 5, 8, 2);
 	transformer_checks(2 * 50, 64, 2, 50, 64, 4);
+	unet_checks();
 	memory_checks();
 
 	if (bench)

@@ -1,0 +1,633 @@
+/*
+ * cuda_train_check - one training step on the CUDA backend against the same
+ * step on the CPU backend (built by `make -f src/cuda/cuda.mk cuda-check` or
+ * `make WITH_CUDA=1 cuda-check`; under the CPU emulation by
+ * test/cuda_emu/run.sh).
+ *
+ * For each architecture and each setting (SGD with momentum and AdamW, each
+ * with every layer training and with the backbone frozen): two copies of
+ * one random model (torchvision's initialisation, then random batch-norm
+ * statistics and affine parameters); one stays on the host, the other goes
+ * to the device (mt_model_to_device).  Both take one step from the same
+ * batch: zero_grad, forward_train, the loss (cross-entropy; a U-Net's
+ * segmentation loss on random masks), backward, optimizer step.  Then the
+ * device copy is brought to the host (mt_model_sync_to_host) and compared:
+ * the loss, every gradient, every parameter after the update (weights and
+ * running statistics), each as max|a - b| / max(max|b|, 1e-6) <= 1e-4 per
+ * tensor, b the CPU's, on the graph with ReLU replaced by the sigmoid (see
+ * smooth_acts: activation-threshold flips are not kernel errors); then the
+ * model as built, SGD, every layer training, within 1e-1 (loss 1e-4).  The first setting also checks inference after the
+ * step (mt_model_forward syncs and re-folds) and the return to the host.
+ * At the end no device memory may be left.
+ *
+ * Then (unless --no-bench) training images/s, one step = zero_grad +
+ * forward_train + loss + backward + optimizer step (AdamW, every layer
+ * training): the device at the benchmark batch (best of timed steps after
+ * a warm-up) beside the CPU at its smaller batch (one timed step).
+ *
+ * Prints "ok: ..." / "FAIL: ..." lines, a table, and last
+ * "cuda_train: N passed, M failed"; exits 1 when M > 0.  Without a device:
+ * "no CUDA device: <reason>" and "cuda_train: 0 passed, 0 failed (skipped:
+ * no device)", exit 0.  CUDA_TRAIN_VERBOSE=1 prints every gradient's error.
+ *
+ *   cuda_train_check [--size S] [--batch B] [--cpu-batch B] [--bench-size S]
+ *                    [--archs a,b,..] [--settings 0123] [--no-bench] [--seconds T]
+ *   settings: 0 SGD full fine-tune, 1 AdamW full, 2 SGD frozen backbone,
+ *   3 AdamW frozen backbone (0-3 with the sigmoid for ReLU, bound 1e-4),
+ *   4 SGD full fine-tune of the model as built (bound 1e-1)
+ *   defaults: compared at 64x64 batch 4; benchmark 224x224, device batch
+ *   64, CPU batch 4; resnet18,resnet50,mobilenet_v2
+ */
+#include "core/blas.h"
+#include "core/graph.h"
+#include "core/rng.h"
+#include "core/train.h"
+#include "cuda/cuda.h"
+#include "nn/zoo.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define TOL 1e-4
+#define CLASSES 10
+#define SEG_CLASSES 3
+
+static int	n_pass = 0;
+static int	n_fail = 0;
+
+static void
+check(int ok, const char *what)
+{
+	printf("%s: %s\n", ok ? "ok" : "FAIL", what);
+	if (ok)
+		n_pass++;
+	else
+		n_fail++;
+}
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void *
+xmalloc(size_t bytes)
+{
+	void	   *p = malloc(bytes ? bytes : 1);
+
+	if (p == NULL)
+	{
+		printf("FAIL: host out of memory\n");
+		printf("cuda_train: %d passed, %d failed\n", n_pass, n_fail + 1);
+		exit(1);
+	}
+	return p;
+}
+
+static int
+is_unet(const char *arch)
+{
+	return strncmp(arch, "unet_", 5) == 0;
+}
+
+/* max|a - b| / max(max|b|, floor) */
+static double
+rel_err_floor(const float *a, const float *b, size_t len, double floor)
+{
+	double		diff = 0,
+				scale = floor;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		double		d = fabs((double) a[i] - (double) b[i]);
+
+		if (d > diff || isnan(d))
+			diff = isnan(d) ? INFINITY : d;
+		if (fabs((double) b[i]) > scale)
+			scale = fabs((double) b[i]);
+	}
+	return diff / scale;
+}
+
+/* max|a - b| / max(max|b|, 1e-6) */
+static double
+rel_err(const float *a, const float *b, size_t len)
+{
+	return rel_err_floor(a, b, len, 1e-6);
+}
+
+/* torchvision's initialisation, then random batch-norm statistics (as cuda_model_check) */
+static mt_model *
+random_model(const char *arch, uint64_t seed, mt_err *err)
+{
+	mt_model   *m = mt_zoo_build(arch, is_unet(arch) ? SEG_CLASSES : CLASSES, 0, err);
+	mt_rng		rng;
+
+	if (m == NULL)
+		return NULL;
+	if (mt_model_init_all(m, seed, err) != MT_OK)
+	{
+		mt_model_free(m);
+		return NULL;
+	}
+	mt_rng_seed(&rng, seed, 7);
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+
+		if (nd->kind != MT_NODE_BN)
+			continue;
+		for (size_t j = 0; j < m->params[nd->p_bn_weight].numel; j++)
+		{
+			m->params[nd->p_bn_weight].data[j] = (float) (0.5 + mt_rng_uniform(&rng));
+			m->params[nd->p_bn_bias].data[j] = (float) (0.2 * mt_rng_uniform(&rng) - 0.1);
+			m->params[nd->p_bn_mean].data[j] = (float) (0.2 * mt_rng_uniform(&rng) - 0.1);
+			m->params[nd->p_bn_var].data[j] = (float) (0.5 + mt_rng_uniform(&rng));
+		}
+	}
+	m->prepared = 0;
+	return m;
+}
+
+/* A batch, its labels (or masks) */
+typedef struct batch
+{
+	int			n,
+				size;
+	float	   *x;
+	int		   *labels;
+	uint8_t    *masks;
+} batch;
+
+static batch
+make_batch(int n, int size, int seg)
+{
+	batch		b = {n, size, NULL, NULL, NULL};
+	mt_rng		rng;
+	size_t		xs = (size_t) n * size * size * 3;
+
+	mt_rng_seed(&rng, 11, 0);
+	b.x = xmalloc(sizeof(float) * xs);
+	for (size_t i = 0; i < xs; i++)
+		b.x[i] = (float) mt_rng_normal(&rng);
+	b.labels = xmalloc(sizeof(int) * n);
+	for (int i = 0; i < n; i++)
+		b.labels[i] = i % CLASSES;
+	if (seg)
+	{
+		b.masks = xmalloc((size_t) n * size * size);
+		for (size_t i = 0; i < (size_t) n * size * size; i++)
+			b.masks[i] = (uint8_t) (mt_rng_uniform(&rng) * SEG_CLASSES) % SEG_CLASSES;
+	}
+	return b;
+}
+
+static void
+free_batch(batch *b)
+{
+	free(b->x);
+	free(b->labels);
+	free(b->masks);
+}
+
+/* Floats of the logits per image. */
+static size_t
+logits_per(const mt_model *m, int size)
+{
+	return is_unet(m->arch) ? (size_t) size * size * SEG_CLASSES : (size_t) m->num_classes;
+}
+
+/* One step; the loss into *loss.  Prints the failure and returns 0 on one. */
+static int
+step(mt_model *m, mt_optim *o, const batch *b, float lr, float *loss, const char *what)
+{
+	size_t		per = logits_per(m, b->size);
+	float	   *logits = xmalloc(sizeof(float) * per * b->n);
+	float	   *dlogits = xmalloc(sizeof(float) * per * b->n);
+	mt_err		err;
+	int			rc;
+
+	mt_clearerr(&err);
+	mt_model_zero_grad(m);
+	rc = mt_model_forward_train(m, b->x, b->n, b->size, b->size, logits, NULL, &err);
+	if (rc == MT_OK)
+		rc = is_unet(m->arch) ?
+			mt_loss_segmentation(logits, b->masks, b->n, b->size * b->size, SEG_CLASSES, NULL,
+								 1.0f, 1.0f, loss, dlogits, &err) :
+			mt_loss_cross_entropy(logits, b->labels, b->n, m->num_classes, NULL, 0.0f, 0.0f,
+								  loss, dlogits, &err);
+	if (rc == MT_OK)
+		rc = mt_model_backward(m, dlogits, &err);
+	if (rc == MT_OK)
+		rc = mt_optim_step(o, m, lr, &err);
+	free(logits);
+	free(dlogits);
+	if (rc != MT_OK)
+	{
+		printf("FAIL: %s %s: %s%s%s\n", m->arch, what, err.msg, err.detail[0] ? " " : "", err.detail);
+		n_fail++;
+		return 0;
+	}
+	return 1;
+}
+
+/*
+ * AdamW with eps 1e-3 here: Adam's first update is lr g / (|g| + eps), which
+ * for eps 1e-8 is lr sign(g) and turns a gradient of ~1e-9 that differs by
+ * fp32 rounding into an update that differs by up to 2 lr; with eps of
+ * the gradients' order the update is a smooth function of them, so the
+ * comparison tests the kernels, not the conditioning.  (cuda_ops_check
+ * compares the update kernel itself with eps 1e-8.)
+ */
+static mt_optim *
+make_optim(mt_model *m, int adamw, mt_err *err)
+{
+	if (adamw)
+		return mt_optim_create(m, MT_OPTIM_ADAMW, 0.0f, 0.9f, 0.999f, 1e-3f, 0.01f, 0, err);
+	return mt_optim_create(m, MT_OPTIM_SGD, 0.9f, 0.0f, 0.0f, 0.0f, 1e-4f, 0, err);
+}
+
+/* Worst relative errors of one compared step. */
+typedef struct cmp
+{
+	double		loss,
+				grad,
+				param;
+	const char *grad_at,
+			   *param_at;
+} cmp;
+
+/*
+ * ReLU and ReLU6 replaced by the sigmoid (a smooth model).  With ReLU, an
+ * activation input within rounding of 0 (or 6) takes the other side on
+ * one of the two backends, and that element's whole gradient is then
+ * routed differently: a difference of one term in a weight gradient's sum,
+ * far above 1e-4 for a deep net on a small batch, whatever the kernels'
+ * accuracy.  The strict comparison therefore runs the same graph with a
+ * smooth activation (every kernel path is the same; the ReLU masks
+ * themselves are compared op by op in cuda_ops_check), and the model as
+ * built is compared with a bound that catches wrong kernels, not rounding.
+ */
+static void
+smooth_acts(mt_model *m)
+{
+	for (int i = 0; i < m->n_nodes; i++)
+		if (m->nodes[i].act == MT_ACT_RELU || m->nodes[i].act == MT_ACT_RELU6)
+			m->nodes[i].act = MT_ACT_SIGMOID;
+	m->prepared = 0;
+}
+
+/* One setting: a step on the CPU and on the device from identical weights. */
+static void
+compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecycle, int smooth)
+{
+	char		label[160],
+				what[512];
+	mt_err		err;
+	mt_model   *mc = NULL,
+			   *md = NULL;
+	mt_optim   *oc = NULL,
+			   *od = NULL;
+	float		lc = 0,
+				ld = 0;
+	float		lr = adamw ? 1e-3f : 1e-2f;
+	cmp			r = {0, 0, 0, "-", "-"};
+	double		gmax = 1e-6;
+
+	double		tol = smooth ? TOL : 1e-1;
+
+	snprintf(label, sizeof(label), "%s %s %s (%dx%d batch %d%s)", arch, adamw ? "AdamW" : "SGD",
+			 frozen ? "frozen backbone" : "full fine-tune", b->size, b->size, b->n,
+			 smooth ? ", sigmoid for ReLU" : ", as built, bound 1e-1");
+	mt_clearerr(&err);
+	if ((mc = random_model(arch, 42, &err)) == NULL || (md = random_model(arch, 42, &err)) == NULL ||
+		mt_model_freeze(mc, frozen ? "backbone" : "none", &err) != MT_OK ||
+		mt_model_freeze(md, frozen ? "backbone" : "none", &err) != MT_OK ||
+		(oc = make_optim(mc, adamw, &err)) == NULL || (od = make_optim(md, adamw, &err)) == NULL)
+	{
+		printf("FAIL: %s: setup: %s\n", label, err.msg);
+		n_fail++;
+		goto out;
+	}
+	if (smooth)
+	{
+		smooth_acts(mc);
+		smooth_acts(md);
+	}
+	if (mt_model_to_device(md, &mt_cuda_backend, &err) != MT_OK)
+	{
+		printf("FAIL: %s: to_device: %s%s%s\n", label, err.msg, err.detail[0] ? " " : "", err.detail);
+		n_fail++;
+		goto out;
+	}
+	if (!step(mc, oc, b, lr, &lc, "CPU step") || !step(md, od, b, lr, &ld, "device step"))
+		goto out;
+	snprintf(what, sizeof(what), "%s: training state on the device (%zu MB of parameters and gradients)",
+			 label, mt_cuda_mem_used() >> 20);
+	check(md->devtrain != NULL && mt_model_device(md) != NULL, what);
+	if (mt_model_sync_to_host(md, &err) != MT_OK)
+	{
+		printf("FAIL: %s: sync_to_host: %s %s\n", label, err.msg, err.detail);
+		n_fail++;
+		goto out;
+	}
+	r.loss = fabs((double) ld - lc) / fmax(fabs((double) lc), 1e-6);
+	/*
+	 * A gradient that is exactly zero in exact arithmetic (MobileNetV2's
+	 * linear bottleneck: a BN bias feeding, through a convolution, a BN
+	 * with batch statistics, which cancels any constant shift) is rounding
+	 * noise of ~1e-9 on both sides; gradients are therefore compared
+	 * against max(max|cpu|, 1e-3 of the model's largest gradient).
+	 */
+	for (int i = 0; i < mc->n_params; i++)
+		if (mc->params[i].grad != NULL)
+			for (size_t j = 0; j < mc->params[i].numel; j++)
+				gmax = fmax(gmax, fabs(mc->params[i].grad[j]));
+	if (getenv("CUDA_TRAIN_VERBOSE"))
+		for (int i = 0; i < mc->n_params; i++)
+		{
+			const mt_param *pc = &mc->params[i];
+			double		mx = 0;
+
+			if (pc->grad == NULL || md->params[i].grad == NULL)
+				continue;
+			for (size_t j = 0; j < pc->numel; j++)
+				mx = fmax(mx, fabs(pc->grad[j]));
+			printf("  grad %-44s rel err %.2e  max|grad| %.3e  param rel err %.2e\n", pc->name,
+				   rel_err_floor(md->params[i].grad, pc->grad, pc->numel, 1e-3 * gmax), mx,
+				   rel_err(md->params[i].data, pc->data, pc->numel));
+		}
+	for (int i = 0; i < mc->n_params; i++)
+	{
+		const mt_param *pc = &mc->params[i],
+				   *pd = &md->params[i];
+		double		e;
+
+		if (pc->is_counter || pc->data == NULL)
+			continue;
+		if ((pc->grad != NULL) != (pd->grad != NULL))
+		{
+			snprintf(what, sizeof(what), "%s: gradient of %s %s on the device only", label, pc->name,
+					 pc->grad != NULL ? "missing" : "present");
+			check(0, what);
+		}
+		else if (pc->grad != NULL &&
+				 (e = rel_err_floor(pd->grad, pc->grad, pc->numel, 1e-3 * gmax)) >= r.grad)
+		{
+			r.grad = e;
+			r.grad_at = pc->name;
+		}
+		if ((e = rel_err(pd->data, pc->data, pc->numel)) >= r.param)
+		{
+			r.param = e;
+			r.param_at = pc->name;
+		}
+	}
+	snprintf(what, sizeof(what), "%s: loss %.6f vs CPU %.6f: rel err %.2e", label, ld, lc, r.loss);
+	check(r.loss <= TOL, what);
+	snprintf(what, sizeof(what), "%s: every gradient: worst rel err %.2e (%s)", label, r.grad, r.grad_at);
+	check(r.grad <= tol, what);
+	snprintf(what, sizeof(what), "%s: every parameter after the update: worst rel err %.2e (%s)",
+			 label, r.param, r.param_at);
+	check(r.param <= tol, what);
+
+	if (lifecycle)
+	{
+		size_t		per = logits_per(mc, b->size);
+		float	   *l1 = xmalloc(sizeof(float) * per * b->n),
+				   *l2 = xmalloc(sizeof(float) * per * b->n);
+		size_t		used;
+
+		/* a second step on the device: the arena is reused, nothing new */
+		if (step(md, od, b, lr, &ld, "second device step") && step(mc, oc, b, lr, &lc, "second CPU step"))
+		{
+			used = mt_cuda_mem_used();
+			if (step(md, od, b, lr, &ld, "third device step") && step(mc, oc, b, lr, &lc, "third CPU step"))
+			{
+				snprintf(what, sizeof(what), "%s: a third step allocates nothing new (%zu MB in use)",
+						 label, used >> 20);
+				check(mt_cuda_mem_used() == used, what);
+			}
+		}
+		/* inference on the device after training: synced and re-folded */
+		mt_clearerr(&err);
+		if (mt_model_forward(md, b->x, b->n, b->size, b->size, l1, NULL, &err) != MT_OK ||
+			mt_model_forward(mc, b->x, b->n, b->size, b->size, l2, NULL, &err) != MT_OK)
+			printf("FAIL: %s: inference after training: %s\n", label, err.msg), n_fail++;
+		else
+		{
+			snprintf(what, sizeof(what), "%s: inference on the device after 3 steps vs CPU: rel err %.2e",
+					 label, rel_err(l1, l2, per * b->n));
+			check(rel_err(l1, l2, per * b->n) <= TOL, what);
+		}
+		/* back to the host: values come along, training goes on there */
+		if (mt_model_to_device(md, NULL, &err) != MT_OK)
+			printf("FAIL: %s: to_device(NULL): %s\n", label, err.msg), n_fail++;
+		else if (step(md, od, b, lr, &ld, "host step after the device") &&
+				 step(mc, oc, b, lr, &lc, "fourth CPU step"))
+		{
+			double		worst = 0;
+			const char *at = "-";
+
+			for (int i = 0; i < mc->n_params; i++)
+				if (!mc->params[i].is_counter && mc->params[i].data != NULL &&
+					rel_err(md->params[i].data, mc->params[i].data, mc->params[i].numel) >= worst)
+				{
+					worst = rel_err(md->params[i].data, mc->params[i].data, mc->params[i].numel);
+					at = mc->params[i].name;
+				}
+			/* four steps compound fp32 differences: 1e-3 here */
+			snprintf(what, sizeof(what),
+					 "%s: back on the host (optimizer state too), a 4th step: worst rel err %.2e (%s) <= 1e-3",
+					 label, worst, at);
+			check(md->devtrain == NULL && worst <= 1e-3, what);
+		}
+		free(l1);
+		free(l2);
+	}
+
+out:
+	mt_optim_free(oc);
+	mt_optim_free(od);
+	mt_model_free(mc);
+	mt_model_free(md);
+}
+
+/* Training images/s: the device at batch, the CPU at cpu_batch (AdamW, full). */
+static void
+bench(const char *arch, int size, int batch_n, int cpu_batch, double seconds,
+	  double *dev_ips, double *cpu_ips)
+{
+	mt_err		err;
+	mt_model   *m;
+	mt_optim   *o;
+	batch		b = make_batch(batch_n, size, is_unet(arch));
+	batch		bc = b;
+	float		loss;
+	double		best = INFINITY,
+				start,
+				t0;
+
+	*dev_ips = *cpu_ips = NAN;
+	bc.n = cpu_batch;
+	mt_clearerr(&err);
+	if ((m = random_model(arch, 5, &err)) == NULL || (o = make_optim(m, 1, &err)) == NULL)
+	{
+		printf("FAIL: %s bench setup: %s\n", arch, err.msg);
+		n_fail++;
+		mt_model_free(m);
+		free_batch(&b);
+		return;
+	}
+	/* the CPU: a warm-up step (first-touch allocations), then one timed */
+	if (step(m, o, &bc, 1e-4f, &loss, "CPU bench step"))
+	{
+		t0 = now();
+		if (step(m, o, &bc, 1e-4f, &loss, "CPU timed step"))
+			*cpu_ips = cpu_batch / (now() - t0);
+	}
+	if (mt_model_to_device(m, &mt_cuda_backend, &err) != MT_OK)
+	{
+		printf("FAIL: %s bench to_device: %s\n", arch, err.msg);
+		n_fail++;
+	}
+	else if (step(m, o, &b, 1e-4f, &loss, "device warm-up step"))
+	{
+		start = now();
+		for (int it = 0; it < 20 && (it < 3 || now() - start < seconds); it++)
+		{
+			double		s = now();
+
+			if (!step(m, o, &b, 1e-4f, &loss, "device timed step"))
+				break;
+			if (now() - s < best)
+				best = now() - s;
+		}
+		if (isfinite(best))
+			*dev_ips = batch_n / best;
+		printf("%s: device training memory %zu MB at batch %d\n", arch, mt_cuda_mem_used() >> 20, batch_n);
+	}
+	mt_optim_free(o);
+	mt_model_free(m);
+	free_batch(&b);
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *archs = "resnet18,resnet50,mobilenet_v2";
+	/* 0 SGD full, 1 AdamW full, 2 SGD frozen, 3 AdamW frozen (smooth); 4 SGD full as built */
+	const char *settings = "01234";
+	int			size = 64,
+				batch_n = 4,
+				bench_size = 224,
+				bench_batch = 64,
+				cpu_batch = 4,
+				do_bench = 1;
+	double		seconds = 2.0;
+	mt_err		err;
+	char		list[512];
+	struct
+	{
+		const char *arch;
+		double		dev,
+					cpu;
+	}			res[16];
+	int			nres = 0;
+
+	for (int i = 1; i < argc; i++)
+	{
+		if (strcmp(argv[i], "--no-bench") == 0)
+			do_bench = 0;
+		else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc)
+			size = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+			batch_n = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--bench-size") == 0 && i + 1 < argc)
+			bench_size = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--bench-batch") == 0 && i + 1 < argc)
+			bench_batch = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--cpu-batch") == 0 && i + 1 < argc)
+			cpu_batch = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--archs") == 0 && i + 1 < argc)
+			archs = argv[++i];
+		else if (strcmp(argv[i], "--settings") == 0 && i + 1 < argc)
+			settings = argv[++i];
+		else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+			seconds = atof(argv[++i]);
+		else
+		{
+			fprintf(stderr, "usage: cuda_train_check [--size S] [--batch B] [--bench-size S] "
+					"[--bench-batch B] [--cpu-batch B] [--archs a,b,..] [--no-bench] [--seconds T]\n");
+			return 2;
+		}
+	}
+	if (size < 32 || size % 32 != 0 || batch_n < 2 || cpu_batch < 2 || bench_batch < 2)
+	{
+		fprintf(stderr, "cuda_train_check: sizes are multiples of 32; batches at least 2 (batch norm)\n");
+		return 2;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (mt_blas_init("auto", &err) != MT_OK)
+		printf("note: %s (the CPU reference uses the C GEMM)\n", err.msg);
+	mt_clearerr(&err);
+	if (mt_cuda_available(&err) != MT_OK)
+	{
+		if (strcmp(err.msg, "no CUDA device") == 0)
+			printf("no CUDA device: %s\n", err.detail[0] ? err.detail : err.msg);
+		else
+			printf("no CUDA device: %s%s%s\n", err.msg, err.detail[0] ? ": " : "", err.detail);
+		printf("cuda_train: 0 passed, 0 failed (skipped: no device)\n");
+		return 0;
+	}
+	printf("device: %s\n", mt_cuda_device_name());
+
+	snprintf(list, sizeof(list), "%s", archs);
+	for (char *save = NULL, *a = strtok_r(list, ",", &save); a != NULL; a = strtok_r(NULL, ",", &save))
+	{
+		batch		b = make_batch(batch_n, size, is_unet(a));
+
+		for (const char *c = settings; *c >= '0' && *c <= '4'; c++)
+			if (*c == '4')
+				compare_step(a, 0, 0, &b, 0, 0);
+			else
+				compare_step(a, (*c - '0') & 1, (*c - '0') >> 1, &b, *c == '0' && a == list, 1);
+		free_batch(&b);
+		if (do_bench && nres < 16)
+		{
+			res[nres].arch = a;
+			bench(a, bench_size, bench_batch, cpu_batch, seconds, &res[nres].dev, &res[nres].cpu);
+			nres++;
+		}
+	}
+	mt_cuda_shutdown();
+	check(mt_cuda_mem_used() == 0,
+		  "all models and optimizers freed: no device memory left");
+	if (do_bench)
+	{
+		printf("\n%-24s %24s %24s\n", "model (training step)", "device images/s", "CPU images/s");
+		for (int i = 0; i < nres; i++)
+		{
+			char		g[40] = "-",
+						c[40] = "-";
+
+			if (!isnan(res[i].dev))
+				snprintf(g, sizeof(g), "%.1f (b%d)", res[i].dev, bench_batch);
+			if (!isnan(res[i].cpu))
+				snprintf(c, sizeof(c), "%.1f (b%d)", res[i].cpu, cpu_batch);
+			printf("%-24s %24s %24s\n", res[i].arch, g, c);
+		}
+		printf("(%dx%d fp32, AdamW, every layer training; a step is zero_grad + forward_train + loss "
+			   "+ backward + update; device: best of timed steps; CPU: one timed step, %d threads)\n",
+			   bench_size, bench_size, mt_blas_threads());
+	}
+	printf("cuda_train: %d passed, %d failed\n", n_pass, n_fail);
+	return n_fail > 0;
+}
