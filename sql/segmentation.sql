@@ -202,6 +202,34 @@ SELECT e.n, i.truth_pixels, i.dice = CASE WHEN i.predicted_pixels = 0 THEN 1 ELS
        i.dice = dice(segment('polyp', b.image), b.mask) AS same_as_dice
   FROM evaluations e JOIN image_metrics i USING (evaluation_id), kv_bad b
  WHERE e.evaluation_id = :empty_eval;
+-- three classes: synthetic 64x64 scans whose columns are dark (class 0),
+-- bright (class 1) or mid-gray (class 2), masks holding the class indexes
+CREATE TABLE stripes AS
+SELECT i, mask_png(array_agg(img ORDER BY y)) AS image, mask_png(array_agg(msk ORDER BY y)) AS mask
+  FROM (SELECT i, y, array_agg(CASE c WHEN 0 THEN 20 WHEN 1 THEN 230 ELSE 120 END ORDER BY x) AS img,
+               array_agg(c ORDER BY x) AS msk
+          FROM generate_series(1, 12) i, generate_series(0, 63) y, generate_series(0, 63) x,
+               LATERAL (SELECT ((x + 7 * i) / 22) % 3 AS c) k
+         GROUP BY i, y) r
+ GROUP BY i;
+SELECT create_model('stripes', 'resnet18', ARRAY['dark', 'bright', 'gray'], task => 'segmentation',
+                    pretrained => false, input_size => 64) > 0 AS created;
+SET client_min_messages = warning;
+SELECT train('stripes', 'SELECT image, mask FROM stripes WHERE i <= 10', epochs => 2, batch_size => 4,
+             freeze => 'none', validation => 0) > 0 AS trained;
+RESET client_min_messages;
+SELECT (mask_info(segment('stripes', image))).distinct_values <@ ARRAY[0, 1, 2] AS class_indexes,
+       array_dims(segment_proba('stripes', image)) AS proba_dims
+  FROM stripes WHERE i = 11;
+SELECT evaluate('stripes', 'SELECT image, mask FROM stripes WHERE i > 10') AS stripes_eval \gset
+SELECT e.n, e.positive_label IS NULL AS no_positive, count(c.*) AS class_rows,
+       bool_and(c.support = 2) AS every_class_in_both
+  FROM evaluations e JOIN class_metrics c USING (evaluation_id)
+ WHERE e.evaluation_id = :stripes_eval GROUP BY e.n, e.positive_label;
+-- a value that is no class of a three-class model
+SELECT train('stripes', 'SELECT image, mask_png(ARRAY[ARRAY[0, 3], ARRAY[1, 2]]) AS mask FROM (SELECT mask_png(ARRAY[ARRAY[0, 3], ARRAY[1, 2]]) AS image) s', epochs => 1);
+SELECT drop_model('stripes');
+
 -- wrong model kinds, options and architectures
 SELECT predict('polyp', image) FROM kv_test WHERE id = 1;
 SELECT predict_proba('polyp', image) FROM kv_test WHERE id = 1;
