@@ -1168,6 +1168,71 @@ copy_grad(bw_ctx *c, int i, int k)
 	return MT_OK;
 }
 
+/*
+ * Weight and bias gradients of a convolution or a transposed convolution,
+ * d being the convolution that maps a (h x w per image) to b: the weight
+ * gradient is d's conv2d_backward_weight over (a, b) (a transposed
+ * convolution passes its output gradient as a and its input as b), the bias
+ * gradient the channel sums of dy (rows_out x cout).  A host gradient is
+ * OIHW, so the packed result is unpacked into it; the device's gradient is
+ * packed already and is added to directly.
+ */
+static int
+conv_param_backward(bw_ctx *c, const mt_node *nd, const mt_conv_desc *d, int h, int w,
+					const float *a, const float *b, size_t rows_out, int cout,
+					const float *dy, mt_err *err)
+{
+	mt_model   *m = c->m;
+	const mt_backend *be = c->be;
+	int			n = c->st->n;
+	int			rc;
+
+	if (param_trains(m, nd->p_weight))
+	{
+		float	   *g = param_grad(m, nd->p_weight);
+
+		if (g == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory in backward pass of %s", m->arch);
+		if (c->st->dt != NULL)
+		{
+			if ((rc = be->conv2d_backward_weight(d, n, h, w, a, b, g, c->scratch, err)) != MT_OK)
+				return rc;
+		}
+		else
+		{
+			memset(c->dwpack, 0, mt_conv_packed_size(d) * sizeof(float));
+			if ((rc = be->conv2d_backward_weight(d, n, h, w, a, b, c->dwpack,
+												 c->scratch, err)) != MT_OK)
+				return rc;
+			mt_conv_unpack_add_oihw(d, c->dwpack, g);
+		}
+	}
+	if (param_trains(m, nd->p_bias))
+	{
+		float	   *g = param_grad(m, nd->p_bias);
+
+		if (g == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory in backward pass of %s", m->arch);
+		be->bias_backward(rows_out, cout, dy, g);
+	}
+	return MT_OK;
+}
+
+/*
+ * The weight as the backward-data entries take it: packed for d (on the
+ * host into c->wpack; the device keeps its copy packed).
+ */
+static const float *
+conv_backward_weight(bw_ctx *c, const mt_node *nd, const mt_conv_desc *d)
+{
+	const float *wt = pdata(c->m, nd->p_weight);
+
+	if (c->st->dt != NULL)
+		return wt;
+	mt_conv_pack_oihw(d, wt, c->wpack);
+	return c->wpack;
+}
+
 /* Backward through node i: parameter gradients and its inputs' gradients. */
 static int
 backward_node(bw_ctx *c, int i, mt_err *err)
@@ -1207,49 +1272,15 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 			{
 				mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, MT_ACT_NONE);
 
-				if (param_trains(m, nd->p_weight))
-				{
-					float	   *g = param_grad(m, nd->p_weight);
-
-					if (g == NULL)
-						goto nomem;
-					if (st->dt != NULL)
-					{
-						/* the device's gradient is packed: add straight into it */
-						if ((rc = be->conv2d_backward_weight(&d, n, in.h, in.w, x, dy, g,
-															 c->scratch, err)) != MT_OK)
-							return rc;
-					}
-					else
-					{
-						memset(c->dwpack, 0, mt_conv_packed_size(&d) * sizeof(float));
-						if ((rc = be->conv2d_backward_weight(&d, n, in.h, in.w, x, dy, c->dwpack,
-															 c->scratch, err)) != MT_OK)
-							return rc;
-						mt_conv_unpack_add_oihw(&d, c->dwpack, g);
-					}
-				}
-				if (param_trains(m, nd->p_bias))
-				{
-					float	   *g = param_grad(m, nd->p_bias);
-
-					if (g == NULL)
-						goto nomem;
-					be->bias_backward(rows_out, out.c, dy, g);
-				}
+				if ((rc = conv_param_backward(c, nd, &d, in.h, in.w, x, dy, rows_out, out.c, dy,
+											  err)) != MT_OK)
+					return rc;
 				if (want_dx)
 				{
-					const float *wt = pdata(m, nd->p_weight);
-
 					if ((dx = grad_buf(c, in0)) == NULL)
 						goto nomem;
-					if (st->dt == NULL)
-					{
-						mt_conv_pack_oihw(&d, wt, c->wpack);
-						wt = c->wpack;
-					}
-					rc = be->conv2d_backward_data(&d, n, in.h, in.w, dy, wt, dx,
-												  c->scratch, err);
+					rc = be->conv2d_backward_data(&d, n, in.h, in.w, dy, conv_backward_weight(c, nd, &d),
+												  dx, c->scratch, err);
 				}
 				return rc;
 			}
@@ -1291,52 +1322,20 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 			{
 				mt_conv_desc d = mt_node_tconv_desc(nd, MT_ACT_NONE);
 
-				if (param_trains(m, nd->p_weight))
-				{
-					float	   *g = param_grad(m, nd->p_weight);
-
-					if (g == NULL)
-						goto nomem;
-					/* the transposed convolution's weight is d's: d maps dy to x */
-					if (st->dt != NULL)
-					{
-						if ((rc = be->conv2d_backward_weight(&d, n, out.h, out.w, dy, x, g,
-															 c->scratch, err)) != MT_OK)
-							return rc;
-					}
-					else
-					{
-						memset(c->dwpack, 0, mt_conv_packed_size(&d) * sizeof(float));
-						if ((rc = be->conv2d_backward_weight(&d, n, out.h, out.w, dy, x, c->dwpack,
-															 c->scratch, err)) != MT_OK)
-							return rc;
-						mt_conv_unpack_add_oihw(&d, c->dwpack, g);
-					}
-				}
-				if (param_trains(m, nd->p_bias))
-				{
-					float	   *g = param_grad(m, nd->p_bias);
-
-					if (g == NULL)
-						goto nomem;
-					be->bias_backward(rows_out, out.c, dy, g);
-				}
+				/* the transposed convolution's weight is d's: d maps dy to x */
+				if ((rc = conv_param_backward(c, nd, &d, out.h, out.w, dy, x, rows_out, out.c, dy,
+											  err)) != MT_OK)
+					return rc;
 				if (want_dx)
 				{
-					const float *wt = pdata(m, nd->p_weight);
-
 					if (be->conv_transpose2d_backward_data == NULL)
 						return mt_seterr(err, MT_ERR_UNSUPPORTED,
 										 "the %s backend has no transposed convolution", be->name);
 
 					if ((dx = grad_buf(c, in0)) == NULL)
 						goto nomem;
-					if (st->dt == NULL)
-					{
-						mt_conv_pack_oihw(&d, wt, c->wpack);
-						wt = c->wpack;
-					}
-					rc = be->conv_transpose2d_backward_data(&d, n, in.h, in.w, dy, wt, dx,
+					rc = be->conv_transpose2d_backward_data(&d, n, in.h, in.w, dy,
+															conv_backward_weight(c, nd, &d), dx,
 															c->scratch, err);
 				}
 				return rc;
