@@ -144,18 +144,18 @@ else
 		timeout 100 "$NVCC" $flags -c -o src/cuda/ops_cuda.o src/cuda/ops_cuda.cu &&
 		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
 			-o test/bin/cuda_ops_check test/tools/cuda_ops_check.c src/core/mt_common.c \
-			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
+			src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
 			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
 			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread &&
 		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
 			-o test/bin/cuda_model_check test/tools/cuda_model_check.c src/core/mt_common.c \
-			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
+			src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
 			src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c \
 			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
 			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread &&
 		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
 			-o test/bin/cuda_train_check test/tools/cuda_train_check.c src/core/mt_common.c \
-			src/core/blas.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
+			src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
 			src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c \
 			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
 			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread || fail "build failed"

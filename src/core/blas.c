@@ -7,6 +7,7 @@
  * it: the first GEMM dlopen()s it after setting the variable from CPUID.
  */
 #include "blas.h"
+#include "onednn.h"
 #include "pool.h"
 
 #include <cpuid.h>
@@ -251,6 +252,7 @@ void
 mt_blas_set_threads(int n)
 {
 	mt_pool_set_threads(n);
+	mt_onednn_set_threads(n);
 	if (blas_set_threads != NULL && n > 0)
 		blas_set_threads(n);
 }

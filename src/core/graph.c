@@ -2,6 +2,7 @@
  * graph.c - parameters, batch-norm folding and the forward pass of a model.
  */
 #include "graph.h"
+#include "onednn.h"
 #include "train.h"
 
 #include <math.h>
@@ -258,6 +259,8 @@ free_packed(mt_model *m)
 	dev_drop_weights(m);
 	for (int i = 0; i < m->n_nodes; i++)
 	{
+		mt_conv_cache_free(m->nodes[i].conv_cache);
+		m->nodes[i].conv_cache = NULL;
 		mt_free(m->nodes[i].packed);
 		mt_free(m->nodes[i].packed_bias);
 		m->nodes[i].packed = m->nodes[i].packed_bias = NULL;
@@ -265,6 +268,29 @@ free_packed(mt_model *m)
 		m->nodes[i].run_act = m->nodes[i].act;
 	}
 	m->prepared = 0;
+}
+
+void
+mt_model_release_external(mt_model *m)
+{
+	if (m == NULL)
+		return;
+	mt_model_release_device(m);
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		mt_conv_cache_free(m->nodes[i].conv_cache);
+		m->nodes[i].conv_cache = NULL;
+	}
+}
+
+size_t
+mt_model_cache_bytes(const mt_model *m)
+{
+	size_t		b = 0;
+
+	for (int i = 0; i < m->n_nodes; i++)
+		b += mt_conv_cache_bytes(m->nodes[i].conv_cache);
+	return b;
 }
 
 /* A conv descriptor with symmetric padding (the SAME case is resolved later). */
@@ -587,6 +613,9 @@ node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
 			{
 				mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, nd->run_act);
 
+				if (be->conv2d_cached != NULL && w == nd->packed && w != NULL)
+					return be->conv2d_cached(&d, n, in.h, in.w, a, w, bias, y, scratch,
+											 &((mt_node *) nd)->conv_cache, err);
 				return be->conv2d(&d, n, in.h, in.w, a, w, bias, y, scratch, err);
 			}
 		case MT_NODE_BN:

@@ -134,6 +134,12 @@ typedef struct mt_node
 	mt_act		run_act;		/* act, or the activation fused into it */
 	float	   *packed;			/* conv: packed weights (BN folded); BN: scale */
 	float	   *packed_bias;	/* conv: bias (BN folded); BN: shift */
+	/*
+	 * conv: the backend's kernels and re-laid-out weights for packed
+	 * (ops.h conv2d_cached); freed with packed.  A cache, so it may be
+	 * filled through a const node.
+	 */
+	struct mt_conv_cache *conv_cache;
 } mt_node;
 
 /* How mt_model_init_head initialises a linear classifier (train.h). */
@@ -218,6 +224,15 @@ int			mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 void		mt_model_free(mt_model *m);
 /* Drop the inference memory plan and its arena (re-made on the next pass). */
 void		mt_model_release_plan(mt_model *m);
+/*
+ * Free what the model holds outside its allocator: kernel caches
+ * (onednn.h) and the device copy.  For a host that frees the model's
+ * memory wholesale (a PostgreSQL memory context reset) instead of calling
+ * mt_model_free.
+ */
+void		mt_model_release_external(mt_model *m);
+/* Bytes of re-laid-out convolution weights the kernel caches hold. */
+size_t		mt_model_cache_bytes(const mt_model *m);
 /* Bytes of the host activation arena kept with the model (0 if none; a
  * device arena counts in mt_model_device_bytes). */
 size_t		mt_model_plan_bytes(const mt_model *m);

@@ -101,6 +101,9 @@ size_t		mt_conv_scratch_size(const mt_conv_desc *d, int h, int w);
  */
 int			mt_conv_transpose_out_size(int in, int k, int s, int pad_before, int pad_after);
 
+/* A convolution node's kernel cache (onednn.h); owned by the node. */
+struct mt_conv_cache;
+
 typedef struct mt_backend
 {
 	const char *name;
@@ -108,6 +111,15 @@ typedef struct mt_backend
 	int			(*conv2d) (const mt_conv_desc *d, int n, int h, int w,
 						   const float *x, const float *packed_w, const float *bias,
 						   float *y, float *scratch, mt_err *err);
+	/*
+	 * The same for weights that stay fixed while *cache lives (a prepared
+	 * model's node): the backend may keep kernels and re-laid-out weights
+	 * in *cache (freed with mt_conv_cache_free).  NULL: use conv2d.
+	 */
+	int			(*conv2d_cached) (const mt_conv_desc *d, int n, int h, int w,
+								  const float *x, const float *packed_w, const float *bias,
+								  float *y, float *scratch, struct mt_conv_cache **cache,
+								  mt_err *err);
 	void		(*max_pool2d) (const mt_pool_desc *p, int n, int h, int w, int c,
 							   const float *x, float *y);
 	void		(*avg_pool2d) (const mt_pool_desc *p, int n, int h, int w, int c,

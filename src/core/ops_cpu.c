@@ -5,6 +5,7 @@
 #include "ops.h"
 #include "ops_cpu_internal.h"
 #include "blas.h"
+#include "onednn.h"
 #include "pool.h"
 
 #include <float.h>
@@ -349,9 +350,9 @@ depthwise_task(void *p, size_t b, size_t e)
 }
 
 static int
-cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
-		   const float *packed_w, const float *bias, float *y, float *scratch,
-		   mt_err *err)
+cpu_conv2d_cached(const mt_conv_desc *d, int n, int h, int w, const float *x,
+				  const float *packed_w, const float *bias, float *y, float *scratch,
+				  mt_conv_cache **cache, mt_err *err)
 {
 	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
 	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
@@ -364,6 +365,23 @@ cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 	if (oh <= 0 || ow <= 0)
 		return mt_seterr(err, MT_ERR_SHAPE,
 						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+
+	/*
+	 * oneDNN for the convolutions of a prepared model (inference, and the
+	 * frozen prefix of training).  Training's own convolutions stay on
+	 * im2col + GEMM, like their backward passes: oneDNN sums in another
+	 * order, and in parity_unet's step with every batch norm on running
+	 * statistics those last-bit differences moved encoder gradients by 1e-3
+	 * (its outputs matched GEMM's within 1e-5 of their scale).
+	 */
+	if (cache != NULL && mt_onednn_enabled())
+	{
+		int			rc = mt_onednn_conv2d(d, n, h, w, x, packed_w, bias, y, cache, err);
+
+		if (rc != MT_ERR_UNSUPPORTED)
+			return rc;
+		mt_clearerr(err);		/* a shape oneDNN does not take: our own kernel */
+	}
 
 	if (mt_conv_is_depthwise(d))
 	{
@@ -394,6 +412,14 @@ cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 	}
 	par_bias_act((size_t) n * oh * ow, d->cout, bias, d->act, y);
 	return MT_OK;
+}
+
+static int
+cpu_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
+		   const float *packed_w, const float *bias, float *y, float *scratch,
+		   mt_err *err)
+{
+	return cpu_conv2d_cached(d, n, h, w, x, packed_w, bias, y, scratch, NULL, err);
 }
 
 /* Max pooling; padded positions never win (as -inf). */
@@ -627,6 +653,7 @@ cpu_softmax(int n, int c, const float *x, float *y)
 const mt_backend mt_cpu_backend = {
 	.name = "cpu",
 	.conv2d = cpu_conv2d,
+	.conv2d_cached = cpu_conv2d_cached,
 	.max_pool2d = cpu_max_pool2d,
 	.avg_pool2d = cpu_avg_pool2d,
 	.global_avg_pool = cpu_global_avg_pool,

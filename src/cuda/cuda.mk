@@ -25,7 +25,7 @@ src/cuda/%.o: src/cuda/%.cu $(CUDA_HDRS)
 
 # The op-by-op CUDA vs CPU check: only the CPU kernels it compares against,
 # no PostgreSQL, no image libraries.
-CUDA_CHECK_SRC = src/core/mt_common.c src/core/blas.c src/core/pool.c \
+CUDA_CHECK_SRC = src/core/mt_common.c src/core/blas.c src/core/onednn.c src/core/pool.c \
 	src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c \
 	src/core/ops_cpu_unet.c
 CUDA_CHECK_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter \

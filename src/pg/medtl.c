@@ -18,6 +18,7 @@
 #include <png.h>
 
 #include "core/blas.h"
+#include "core/onednn.h"
 #include "cuda/cuda.h"
 #include "io/image.h"
 
@@ -30,6 +31,13 @@ int			medtl_model_cache_size = 8;
 char	   *medtl_blas_core = NULL;
 int			medtl_device = MEDTL_DEVICE_CPU;
 int			medtl_device_memory_mb = 0;
+static int	medtl_conv_kernels = MT_CONV_AUTO;
+
+static const struct config_enum_entry conv_kernel_options[] = {
+	{"auto", MT_CONV_AUTO, false},
+	{"gemm", MT_CONV_GEMM, false},
+	{NULL, 0, false}
+};
 
 static const struct config_enum_entry device_options[] = {
 	{"cpu", MEDTL_DEVICE_CPU, false},
@@ -110,6 +118,11 @@ _PG_init(void)
 							"Cached models keep their weights and activations on the device until evicted.",
 							&medtl_device_memory_mb, 0, 0, INT_MAX / 2,
 							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
+	DefineCustomEnumVariable("medtl.conv_kernels",
+							 "CPU convolution kernels: auto (oneDNN when libdnnl.so.2 loads, else im2col + GEMM) or gemm (always im2col + OpenBLAS GEMM).",
+							 "runtime_info() says which is in use.",
+							 &medtl_conv_kernels, MT_CONV_AUTO, conv_kernel_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("medtl");
 
 	mt_set_allocator(pg_engine_malloc, pg_engine_free);
@@ -160,6 +173,7 @@ medtl_engine_enter(void)
 
 	if (mt_blas_init(medtl_blas_core, &err) != MT_OK)
 		medtl_raise(&err, NULL);
+	mt_onednn_set_mode((mt_conv_kernels) medtl_conv_kernels);
 	want = IsParallelWorker() ? medtl_worker_threads :
 		(medtl_threads > 0 ? medtl_threads : mt_cpu_count());
 	if (want != applied_threads)
@@ -262,6 +276,7 @@ medtl_runtime_info(PG_FUNCTION_ARGS)
 	json_kv(&s, "blas_core", mt_blas_corename(), false);
 	json_kv(&s, "blas_core_choice", mt_blas_core_requested(), false);
 	json_kv(&s, "blas_config", mt_blas_config(), false);
+	json_kv(&s, "conv_kernels", mt_onednn_info(), false);
 	appendStringInfo(&s, ", \"threads\": %d", mt_blas_threads());
 	appendStringInfo(&s, ", \"parallel_worker\": %s", IsParallelWorker() ? "true" : "false");
 	json_kv(&s, "device", medtl_device_in_use(), false);

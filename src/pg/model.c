@@ -239,7 +239,7 @@ load_members(MedtlModel *mm, const char *name, MemoryContext cxt)
 static void
 release_device_cb(void *arg)
 {
-	mt_model_release_device((mt_model *) arg);
+	mt_model_release_external((mt_model *) arg);
 }
 
 /* Load the model's description and weights into cxt (SPI connected). */

@@ -28,20 +28,20 @@ $CXX $flags -c "$tmp/cuda_runtime.cpp" -o "$tmp/cuda_runtime.o"
 $CXX $flags -c "$emu/emu.cpp" -o "$tmp/emu.o"
 $CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
 	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_ops_check" "$here/test/tools/cuda_ops_check.c" \
-	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
+	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/onednn.c" "$here/src/core/pool.c" \
 	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
 	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
 [ -n "${EMU_SKIP_OPS:-}" ] || "$tmp/cuda_ops_check" --no-bench
 $CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
 	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_model_check" "$here/test/tools/cuda_model_check.c" \
-	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
+	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/onednn.c" "$here/src/core/pool.c" \
 	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
 	"$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c" \
 	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c" \
 	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
 $CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
 	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_train_check" "$here/test/tools/cuda_train_check.c" \
-	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/pool.c" \
+	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/onednn.c" "$here/src/core/pool.c" \
 	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
 	"$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c" \
 	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c" \

@@ -5,9 +5,12 @@
  *
  *   make tools && test/bin/bench_engine [arch] [batch] [threads] [seconds]
  *   e.g. test/bin/bench_engine mobilenet_v2 1 2 5
+ *
+ * MEDTL_CONV_KERNELS=gemm in the environment turns oneDNN off (onednn.h).
  */
 #include "core/blas.h"
 #include "core/graph.h"
+#include "core/onednn.h"
 #include "core/pool.h"
 #include "core/rng.h"
 #include "nn/zoo.h"
@@ -51,6 +54,7 @@ main(int argc, char **argv)
 	}
 	if (threads > 0)
 		mt_blas_set_threads(threads);
+	fprintf(stderr, "convolutions: %s\n", mt_onednn_info());
 	/* A/B switch for the engine's own thread pool (default: as many as OpenBLAS) */
 	if (getenv("MEDTL_POOL_THREADS") != NULL)
 		mt_pool_set_threads(atoi(getenv("MEDTL_POOL_THREADS")));

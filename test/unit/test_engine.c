@@ -8,6 +8,7 @@
 #include "core/blas.h"
 #include "core/pool.h"
 #include "core/graph.h"
+#include "core/onednn.h"
 #include "core/train.h"
 #include "core/ops.h"
 #include "io/image.h"
@@ -117,6 +118,10 @@ conv_ref(const mt_conv_desc *d, int n, int h, int w, const float *x,
 						s = 0;
 					if (d->act == MT_ACT_RELU6)
 						s = s < 0 ? 0 : (s > 6 ? 6 : s);
+					if (d->act == MT_ACT_SILU)
+						s = s / (1.0 + exp(-s));
+					if (d->act == MT_ACT_SIGMOID)
+						s = 1.0 / (1.0 + exp(-s));
 					y[(((size_t) b * oh + oy) * ow + ox) * d->cout + o] = (float) s;
 				}
 }
@@ -137,11 +142,48 @@ check_conv(const char *what, mt_conv_desc d, int n, int h, int w)
 			   *y2 = malloc(sizeof(float) * ys);
 	mt_err		err;
 
+	float		tol;
+
 	mt_conv_pack_oihw(&d, wt, packed);
+	conv_ref(&d, n, h, w, x, wt, bias, y2);
+	/*
+	 * float32 sums of K = kh * kw * cin_g terms in some blocked order: the
+	 * rounding error grows about as sqrt(K) (1e-4 up to K = 256)
+	 */
+	tol = 1e-4f * fmaxf(1.0f, sqrtf((float) (d.kh * d.kw * (d.cin / d.groups)) / 256.0f));
+	/* im2col + GEMM (conv2d; what training uses) */
 	CHECK(mt_cpu_backend.conv2d(&d, n, h, w, x, packed, bias, y1, scratch, &err) == MT_OK,
 		  "%s runs", what);
-	conv_ref(&d, n, h, w, x, wt, bias, y2);
-	CHECK(max_abs_diff(y1, y2, ys) < 1e-4, "%s: max diff %g", what, max_abs_diff(y1, y2, ys));
+	CHECK(max_abs_diff(y1, y2, ys) < tol, "%s: max diff %g", what, max_abs_diff(y1, y2, ys));
+	/* a prepared model's path (conv2d_cached): oneDNN when it loads, twice per shape, two shapes */
+	for (int mode = 0; mode < 2; mode++)
+	{
+		const char *kernels = mode == 0 ? "cached, gemm" : "cached, oneDNN";
+		struct mt_conv_cache *cache = NULL;
+		unsigned long before = mt_onednn_conv_count();
+
+		mt_onednn_set_mode(mode == 0 ? MT_CONV_GEMM : MT_CONV_AUTO);
+		for (int rep = 0; rep < 2; rep++)
+		{
+			memset(y1, 0, sizeof(float) * ys);
+			CHECK(mt_cpu_backend.conv2d_cached(&d, n, h, w, x, packed, bias, y1, scratch,
+											   &cache, &err) == MT_OK, "%s (%s) runs", what, kernels);
+			CHECK(max_abs_diff(y1, y2, ys) < tol, "%s (%s, pass %d): max diff %g", what, kernels,
+				  rep + 1, max_abs_diff(y1, y2, ys));
+			/* the first image alone through the same cache (another shape) */
+			memset(y1, 0, sizeof(float) * ys);
+			CHECK(mt_cpu_backend.conv2d_cached(&d, 1, h, w, x, packed, bias, y1, scratch,
+											   &cache, &err) == MT_OK, "%s (%s, n=1) runs", what, kernels);
+			CHECK(max_abs_diff(y1, y2, ys / n) < tol, "%s (%s, n=1): max diff %g", what, kernels,
+				  max_abs_diff(y1, y2, ys / n));
+		}
+		if (mode == 0)
+			CHECK(mt_onednn_conv_count() == before, "%s: gemm mode kept oneDNN out", what);
+		else if (mt_onednn_enabled() && d.cin >= 3 && d.cout >= 4)
+			CHECK(mt_onednn_conv_count() >= before + 4, "%s: oneDNN took the convolution", what);
+		mt_conv_cache_free(cache);
+	}
+	mt_onednn_set_mode(MT_CONV_AUTO);
 	free(x);
 	free(wt);
 	free(bias);
@@ -176,6 +218,10 @@ test_conv(void)
 	check_conv("grouped 3x3 g=2", desc(6, 10, 3, 1, 1, 2, 1, 1, 1, 1, MT_ACT_NONE), 2, 6, 5);
 	check_conv("depth multiplier 2 (g=cin, cout=2cin)", desc(4, 8, 3, 1, 1, 4, 1, 1, 1, 1, MT_ACT_NONE), 1, 6, 6);
 	check_conv("3x3 dilation 2", desc(3, 4, 3, 1, 2, 1, 2, 2, 2, 2, MT_ACT_NONE), 1, 9, 9);
+	check_conv("3x3 SiLU", desc(16, 32, 3, 1, 1, 1, 1, 1, 1, 1, MT_ACT_SILU), 2, 7, 7);
+	check_conv("1x1 sigmoid", desc(24, 40, 1, 1, 1, 1, 0, 0, 0, 0, MT_ACT_SIGMOID), 2, 5, 5);
+	check_conv("depthwise 5x5 s2 SiLU (EfficientNet)", desc(48, 48, 5, 2, 1, 48, 1, 1, 2, 2, MT_ACT_SILU), 3, 13, 13);
+	check_conv("ResNet stage 3x3 256", desc(256, 256, 3, 1, 1, 1, 1, 1, 1, 1, MT_ACT_RELU), 2, 14, 14);
 	mt_same_padding(224, 3, 2, 1, &b, &a);
 	CHECK(b == 0 && a == 1, "SAME 224 k3 s2: %d/%d, want 0/1", b, a);
 	mt_same_padding(112, 3, 1, 1, &b, &a);
@@ -604,6 +650,12 @@ test_device_path(void)
 	int			hi;
 
 	fake_dev = mt_cpu_backend;
+	/*
+	 * the host's passes through im2col + GEMM, as the fake device's (its
+	 * weights are device copies, so it never takes the oneDNN cache path):
+	 * the comparisons below are bit for bit
+	 */
+	mt_onednn_set_mode(MT_CONV_GEMM);
 	fake_dev.name = "fake device";
 	fake_dev.mem_alloc = fake_alloc;
 	fake_dev.mem_free = fake_free;
@@ -685,6 +737,7 @@ test_device_path(void)
 	free(x);
 	free(f0);
 	free(f1);
+	mt_onednn_set_mode(MT_CONV_AUTO);
 }
 
 int

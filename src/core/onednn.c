@@ -1,0 +1,601 @@
+/*
+ * onednn.c - convolutions through oneDNN, loaded with dlopen (onednn.h).
+ *
+ * Only oneDNN's C API types come from <oneapi/dnnl/dnnl.h> (libdnnl-dev);
+ * the functions are looked up in libdnnl.so.2 at first use, so medtl loads
+ * and runs without the library (every convolution then goes through
+ * im2col + GEMM).
+ */
+#include "onednn.h"
+#include "blas.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if __has_include(<oneapi/dnnl/dnnl.h>)
+#define MT_HAVE_ONEDNN 1
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
+#ifdef MT_HAVE_ONEDNN
+
+/* the oneDNN functions medtl calls, looked up by name */
+#define ONEDNN_FUNCS(X) \
+	X(dnnl_version) \
+	X(dnnl_engine_create) \
+	X(dnnl_stream_create) \
+	X(dnnl_memory_desc_init_by_tag) \
+	X(dnnl_memory_desc_equal) \
+	X(dnnl_memory_desc_get_size) \
+	X(dnnl_memory_create) \
+	X(dnnl_memory_set_data_handle) \
+	X(dnnl_memory_destroy) \
+	X(dnnl_dilated_convolution_forward_desc_init) \
+	X(dnnl_primitive_attr_create) \
+	X(dnnl_primitive_attr_destroy) \
+	X(dnnl_primitive_attr_set_post_ops) \
+	X(dnnl_post_ops_create) \
+	X(dnnl_post_ops_destroy) \
+	X(dnnl_post_ops_append_eltwise) \
+	X(dnnl_primitive_desc_create) \
+	X(dnnl_primitive_desc_destroy) \
+	X(dnnl_primitive_desc_query) \
+	X(dnnl_primitive_desc_query_md) \
+	X(dnnl_reorder_primitive_desc_create) \
+	X(dnnl_primitive_create) \
+	X(dnnl_primitive_destroy) \
+	X(dnnl_primitive_execute) \
+	X(dnnl_stream_wait)
+
+#define DECLARE_FN(name) static __typeof__(name) *p_##name;
+ONEDNN_FUNCS(DECLARE_FN)
+#undef DECLARE_FN
+
+typedef void (*omp_set_fn) (int);
+
+static void *lib = NULL;
+static int	load_state = 0;		/* 0 not tried, 1 loaded, -1 failed */
+static char info[256] = "oneDNN not loaded yet";
+static dnnl_engine_t engine;
+static dnnl_stream_t stream;
+static omp_set_fn omp_set_threads;
+static int	want_threads = 0;	/* 0: the library's default */
+static int	set_threads = -1;	/* last count given to OpenMP */
+static int	mode = -1;			/* -1: not set, MEDTL_CONV_KERNELS decides */
+static unsigned long conv_count = 0;
+
+#define CACHE_SHAPES 4
+
+typedef struct conv_entry
+{
+	int			used;
+	int			n,
+				h,
+				w,
+				threads;
+	unsigned long stamp;
+	dnnl_primitive_t conv;
+	dnnl_memory_t src,
+				wei,
+				bias,
+				dst;
+	float	   *wbuf;			/* weights in the kernel's layout; NULL: packed as is */
+	size_t		wbuf_bytes;
+} conv_entry;
+
+struct mt_conv_cache
+{
+	const float *packed;		/* weights wbuf was reordered from */
+	unsigned long clock;
+	conv_entry	e[CACHE_SHAPES];
+};
+
+static int
+load(void)
+{
+	const char *names[] = {"libdnnl.so.2", "libdnnl.so"};
+	const dnnl_version_t *v;
+
+	if (load_state != 0)
+		return load_state == 1;
+	load_state = -1;
+
+	/*
+	 * OpenMP's idle workers spin by default, and on a few cores they take
+	 * the CPU from medtl's pool and OpenBLAS between convolutions (ResNet-18
+	 * at batch 1 ran 6x slower here).  libgomp reads this when it loads,
+	 * which is now; a value the user set wins.
+	 */
+	setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) && lib == NULL; i++)
+		lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+	if (lib == NULL)
+	{
+		snprintf(info, sizeof(info), "oneDNN not found (%s); convolutions use im2col + GEMM",
+				 dlerror());
+		return 0;
+	}
+#define LOOKUP(name) \
+	if ((p_##name = (__typeof__(name) *) dlsym(lib, #name)) == NULL) \
+	{ \
+		snprintf(info, sizeof(info), "oneDNN lacks %s; convolutions use im2col + GEMM", #name); \
+		return 0; \
+	}
+	ONEDNN_FUNCS(LOOKUP)
+#undef LOOKUP
+	omp_set_threads = (omp_set_fn) dlsym(lib, "omp_set_num_threads");
+	if (p_dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
+		p_dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success)
+	{
+		snprintf(info, sizeof(info), "oneDNN could not create a CPU engine; convolutions use im2col + GEMM");
+		return 0;
+	}
+	v = p_dnnl_version();
+	snprintf(info, sizeof(info), "oneDNN %d.%d.%d (%s runtime)", v->major, v->minor, v->patch,
+			 v->cpu_runtime == DNNL_RUNTIME_OMP ? "OpenMP" :
+			 v->cpu_runtime == DNNL_RUNTIME_SEQ ? "sequential" : "other");
+	load_state = 1;
+	return 1;
+}
+
+void
+mt_onednn_set_mode(mt_conv_kernels m)
+{
+	mode = m;
+}
+
+mt_conv_kernels
+mt_onednn_mode(void)
+{
+	if (mode < 0)
+	{
+		const char *env = getenv("MEDTL_CONV_KERNELS");
+
+		mode = env != NULL && strcmp(env, "gemm") == 0 ? MT_CONV_GEMM : MT_CONV_AUTO;
+	}
+	return (mt_conv_kernels) mode;
+}
+
+int
+mt_onednn_enabled(void)
+{
+	return mt_onednn_mode() == MT_CONV_AUTO && load();
+}
+
+const char *
+mt_onednn_info(void)
+{
+	if (mt_onednn_mode() == MT_CONV_GEMM)
+		return "off (medtl.conv_kernels or MEDTL_CONV_KERNELS = gemm): convolutions use im2col + GEMM";
+	load();
+	return info;
+}
+
+void
+mt_onednn_set_threads(int n)
+{
+	want_threads = n;
+}
+
+unsigned long
+mt_onednn_conv_count(void)
+{
+	return conv_count;
+}
+
+static void
+entry_free(conv_entry *e)
+{
+	if (e->conv)
+		p_dnnl_primitive_destroy(e->conv);
+	if (e->src)
+		p_dnnl_memory_destroy(e->src);
+	if (e->wei)
+		p_dnnl_memory_destroy(e->wei);
+	if (e->bias)
+		p_dnnl_memory_destroy(e->bias);
+	if (e->dst)
+		p_dnnl_memory_destroy(e->dst);
+	free(e->wbuf);
+	memset(e, 0, sizeof(*e));
+}
+
+void
+mt_conv_cache_free(mt_conv_cache *c)
+{
+	if (c == NULL)
+		return;
+	for (int i = 0; i < CACHE_SHAPES; i++)
+		entry_free(&c->e[i]);
+	free(c);
+}
+
+size_t
+mt_conv_cache_bytes(const mt_conv_cache *c)
+{
+	size_t		b = 0;
+
+	if (c != NULL)
+		for (int i = 0; i < CACHE_SHAPES; i++)
+			b += c->e[i].wbuf_bytes;
+	return b;
+}
+
+static int
+fail(mt_err *err, const char *what, dnnl_status_t st)
+{
+	return mt_seterr(err, MT_ERR_INTERNAL, "oneDNN failed to %s (status %d)", what, (int) st);
+}
+
+/* The packed weights (ops.h) as a oneDNN memory descriptor. */
+static dnnl_status_t
+weights_md(const mt_conv_desc *d, dnnl_memory_desc_t *md)
+{
+	if (d->groups == 1)
+	{
+		dnnl_dims_t dims = {d->cout, d->cin, d->kh, d->kw};
+
+		return p_dnnl_memory_desc_init_by_tag(md, 4, dims, dnnl_f32, dnnl_hwio);
+	}
+	else
+	{
+		dnnl_dims_t dims = {d->groups, d->cout / d->groups, d->cin / d->groups, d->kh, d->kw};
+
+		/* depthwise packs kh x kw x C: hwigo with i = o = 1 */
+		return p_dnnl_memory_desc_init_by_tag(md, 5, dims, dnnl_f32,
+											  mt_conv_is_depthwise(d) ? dnnl_hwigo : dnnl_ghwio);
+	}
+}
+
+static dnnl_status_t
+post_ops_attr(mt_act act, dnnl_primitive_attr_t *attr)
+{
+	dnnl_post_ops_t po;
+	dnnl_status_t st;
+	dnnl_alg_kind_t alg;
+	float		alpha = 0.0f,
+				beta = 0.0f;
+
+	if ((st = p_dnnl_primitive_attr_create(attr)) != dnnl_success)
+		return st;
+	switch (act)
+	{
+		case MT_ACT_NONE:
+			return dnnl_success;
+		case MT_ACT_RELU:
+			alg = dnnl_eltwise_relu;
+			break;
+		case MT_ACT_RELU6:
+			alg = dnnl_eltwise_clip;
+			beta = 6.0f;
+			break;
+		case MT_ACT_SILU:
+			alg = dnnl_eltwise_swish;
+			alpha = 1.0f;
+			break;
+		case MT_ACT_SIGMOID:
+			alg = dnnl_eltwise_logistic;
+			break;
+		default:
+			return dnnl_unimplemented;
+	}
+	if ((st = p_dnnl_post_ops_create(&po)) != dnnl_success)
+		return st;
+	st = p_dnnl_post_ops_append_eltwise(po, 1.0f, alg, alpha, beta);
+	if (st == dnnl_success)
+		st = p_dnnl_primitive_attr_set_post_ops(*attr, po);
+	p_dnnl_post_ops_destroy(po);
+	return st;
+}
+
+/* Run a primitive with every signal blocked (see onednn.h). */
+static dnnl_status_t
+execute(dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args)
+{
+	sigset_t	all,
+				old;
+	dnnl_status_t st;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	if (omp_set_threads != NULL && want_threads != set_threads)
+	{
+		if (want_threads > 0)
+			omp_set_threads(want_threads);
+		set_threads = want_threads;
+	}
+	st = p_dnnl_primitive_execute(p, stream, nargs, args);
+	if (st == dnnl_success)
+		st = p_dnnl_stream_wait(stream);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return st;
+}
+
+/*
+ * Build the primitive for d on an n x h x w input into e (memories without
+ * data), and reorder the weights into e->wbuf when the kernel wants another
+ * layout.  MT_ERR_UNSUPPORTED when oneDNN has no implementation.
+ */
+static int
+entry_make(conv_entry *e, const mt_conv_desc *d, int n, int h, int w,
+		   const float *packed_w, int with_bias, mt_err *err)
+{
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	dnnl_memory_desc_t src_md,
+				dst_md,
+				bias_md,
+				plain_w,
+				any_w;
+	dnnl_convolution_desc_t cd;
+	dnnl_primitive_attr_t attr = NULL;
+	dnnl_primitive_desc_t pd = NULL;
+	const dnnl_memory_desc_t *want_w;
+	dnnl_status_t st;
+	int			rc = MT_OK;
+
+	memset(e, 0, sizeof(*e));
+	{
+		dnnl_dims_t sd = {n, d->cin, h, w};
+		dnnl_dims_t dd = {n, d->cout, oh, ow};
+		dnnl_dims_t bd = {d->cout};
+		dnnl_dims_t strides = {d->sh, d->sw};
+		dnnl_dims_t dil = {d->dh - 1, d->dw - 1};
+		dnnl_dims_t pl = {d->pad_t, d->pad_l};
+		dnnl_dims_t pr = {d->pad_b, d->pad_r};
+
+		if ((st = p_dnnl_memory_desc_init_by_tag(&src_md, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+			(st = p_dnnl_memory_desc_init_by_tag(&dst_md, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+			(st = p_dnnl_memory_desc_init_by_tag(&bias_md, 1, bd, dnnl_f32, dnnl_x)) != dnnl_success ||
+			(st = weights_md(d, &plain_w)) != dnnl_success)
+			return fail(err, "describe a convolution", st);
+		any_w = plain_w;
+		if (d->groups == 1)
+			st = p_dnnl_memory_desc_init_by_tag(&any_w, 4, plain_w.dims, dnnl_f32, dnnl_format_tag_any);
+		else
+			st = p_dnnl_memory_desc_init_by_tag(&any_w, 5, plain_w.dims, dnnl_f32, dnnl_format_tag_any);
+		if (st != dnnl_success)
+			return fail(err, "describe a convolution", st);
+		st = p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
+														  dnnl_convolution_direct, &src_md, &any_w,
+														  with_bias ? &bias_md : NULL, &dst_md,
+														  strides, dil, pl, pr);
+		if (st != dnnl_success)
+			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot describe this convolution");
+	}
+	if ((st = post_ops_attr(d->act, &attr)) != dnnl_success)
+	{
+		if (attr)
+			p_dnnl_primitive_attr_destroy(attr);
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot fuse this activation");
+	}
+	st = p_dnnl_primitive_desc_create(&pd, &cd, attr, engine, NULL);
+	p_dnnl_primitive_attr_destroy(attr);
+	if (st != dnnl_success)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
+
+	{
+		const char *impl = NULL;
+
+		/* a reference (unvectorised) kernel is slower than im2col + GEMM */
+		if (p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+			impl == NULL || strncmp(impl, "ref", 3) == 0)
+		{
+			p_dnnl_primitive_desc_destroy(pd);
+			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
+		}
+	}
+	want_w = p_dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+	if ((st = p_dnnl_primitive_create(&e->conv, pd)) != dnnl_success)
+	{
+		p_dnnl_primitive_desc_destroy(pd);
+		return fail(err, "create a convolution", st);
+	}
+	if ((st = p_dnnl_memory_create(&e->src, &src_md, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&e->dst, &dst_md, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&e->wei, want_w, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+		(with_bias &&
+		 (st = p_dnnl_memory_create(&e->bias, &bias_md, engine, DNNL_MEMORY_NONE)) != dnnl_success))
+	{
+		rc = fail(err, "create memory", st);
+		goto out;
+	}
+	e->used = 1;
+	e->n = n;
+	e->h = h;
+	e->w = w;
+	if (!p_dnnl_memory_desc_equal(want_w, &plain_w))
+	{
+		/* reorder the packed weights into the kernel's layout, once */
+		dnnl_primitive_desc_t rpd = NULL;
+		dnnl_primitive_t reorder = NULL;
+		dnnl_memory_t from = NULL;
+
+		e->wbuf_bytes = p_dnnl_memory_desc_get_size(want_w);
+		e->wbuf = aligned_alloc(64, (e->wbuf_bytes + 63) / 64 * 64);
+		if (e->wbuf == NULL)
+		{
+			e->wbuf_bytes = 0;
+			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory for reordered convolution weights");
+			goto out;
+		}
+		if ((st = p_dnnl_reorder_primitive_desc_create(&rpd, &plain_w, engine, want_w,
+													   engine, NULL)) != dnnl_success ||
+			(st = p_dnnl_primitive_create(&reorder, rpd)) != dnnl_success ||
+			(st = p_dnnl_memory_create(&from, &plain_w, engine, (void *) packed_w)) != dnnl_success ||
+			(st = p_dnnl_memory_set_data_handle(e->wei, e->wbuf)) != dnnl_success)
+			rc = fail(err, "reorder weights", st);
+		else
+		{
+			dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, e->wei}};
+
+			if ((st = execute(reorder, 2, args)) != dnnl_success)
+				rc = fail(err, "reorder weights", st);
+		}
+		if (from)
+			p_dnnl_memory_destroy(from);
+		if (reorder)
+			p_dnnl_primitive_destroy(reorder);
+		if (rpd)
+			p_dnnl_primitive_desc_destroy(rpd);
+	}
+out:
+	p_dnnl_primitive_desc_destroy(pd);
+	if (rc != MT_OK)
+		entry_free(e);
+	return rc;
+}
+
+static int
+entry_run(conv_entry *e, const float *x, const float *packed_w, const float *bias,
+		  float *y, mt_err *err)
+{
+	dnnl_exec_arg_t args[4];
+	int			nargs = 0;
+	dnnl_status_t st;
+
+	if ((st = p_dnnl_memory_set_data_handle(e->src, (void *) x)) != dnnl_success ||
+		(st = p_dnnl_memory_set_data_handle(e->dst, y)) != dnnl_success ||
+		(st = p_dnnl_memory_set_data_handle(e->wei, e->wbuf ? (void *) e->wbuf : (void *) packed_w)) != dnnl_success ||
+		(e->bias && (st = p_dnnl_memory_set_data_handle(e->bias, (void *) bias)) != dnnl_success))
+		return fail(err, "set memory", st);
+	args[nargs++] = (dnnl_exec_arg_t) {DNNL_ARG_SRC, e->src};
+	args[nargs++] = (dnnl_exec_arg_t) {DNNL_ARG_WEIGHTS, e->wei};
+	if (e->bias)
+		args[nargs++] = (dnnl_exec_arg_t) {DNNL_ARG_BIAS, e->bias};
+	args[nargs++] = (dnnl_exec_arg_t) {DNNL_ARG_DST, e->dst};
+	if ((st = execute(e->conv, nargs, args)) != dnnl_success)
+		return fail(err, "run a convolution", st);
+	conv_count++;
+	return MT_OK;
+}
+
+int
+mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
+				 const float *x, const float *packed_w, const float *bias,
+				 float *y, mt_conv_cache **cache, mt_err *err)
+{
+	conv_entry *e = NULL;
+	conv_entry	tmp;
+	int			rc;
+
+	if (!mt_onednn_enabled())
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
+	if (cache != NULL)
+	{
+		mt_conv_cache *c = *cache;
+
+		if (c != NULL && c->packed != packed_w)
+		{
+			/* other weights than the cache was made for: start again */
+			mt_conv_cache_free(c);
+			*cache = c = NULL;
+		}
+		if (c == NULL)
+		{
+			c = calloc(1, sizeof(*c));
+			if (c == NULL)
+				return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a convolution cache");
+			c->packed = packed_w;
+			*cache = c;
+		}
+		for (int i = 0; i < CACHE_SHAPES && e == NULL; i++)
+			if (c->e[i].used && c->e[i].n == n && c->e[i].h == h && c->e[i].w == w &&
+				c->e[i].threads == want_threads && (c->e[i].bias != NULL) == (bias != NULL))
+				e = &c->e[i];
+		if (e == NULL)
+		{
+			/* a free slot, or the least recently used */
+			int			victim = 0;
+
+			for (int i = 0; i < CACHE_SHAPES; i++)
+			{
+				if (!c->e[i].used)
+				{
+					victim = i;
+					break;
+				}
+				if (c->e[i].stamp < c->e[victim].stamp)
+					victim = i;
+			}
+			entry_free(&c->e[victim]);
+			if ((rc = entry_make(&c->e[victim], d, n, h, w, packed_w, bias != NULL, err)) != MT_OK)
+				return rc;
+			e = &c->e[victim];
+			e->threads = want_threads;
+		}
+		e->stamp = ++c->clock;
+		return entry_run(e, x, packed_w, bias, y, err);
+	}
+	/* no cache: make, run, free */
+	if ((rc = entry_make(&tmp, d, n, h, w, packed_w, bias != NULL, err)) != MT_OK)
+		return rc;
+	rc = entry_run(&tmp, x, packed_w, bias, y, err);
+	entry_free(&tmp);
+	return rc;
+}
+
+#else							/* built without oneDNN's headers */
+
+static mt_conv_kernels mode = MT_CONV_AUTO;
+
+void
+mt_onednn_set_mode(mt_conv_kernels m)
+{
+	mode = m;
+}
+
+mt_conv_kernels
+mt_onednn_mode(void)
+{
+	return mode;
+}
+
+int
+mt_onednn_enabled(void)
+{
+	return 0;
+}
+
+const char *
+mt_onednn_info(void)
+{
+	return "built without oneDNN (libdnnl-dev): convolutions use im2col + GEMM";
+}
+
+void
+mt_onednn_set_threads(int n)
+{
+	(void) n;
+}
+
+unsigned long
+mt_onednn_conv_count(void)
+{
+	return 0;
+}
+
+int
+mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
+				 const float *x, const float *packed_w, const float *bias,
+				 float *y, mt_conv_cache **cache, mt_err *err)
+{
+	return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", mt_onednn_info());
+}
+
+void
+mt_conv_cache_free(mt_conv_cache *c)
+{
+	(void) c;
+}
+
+size_t
+mt_conv_cache_bytes(const mt_conv_cache *c)
+{
+	return 0;
+}
+#endif

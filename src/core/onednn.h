@@ -1,0 +1,75 @@
+/*
+ * onednn.h - convolutions through oneDNN (Debian's libdnnl2, the library
+ * PyTorch's CPU convolutions use), loaded lazily with dlopen.
+ *
+ * The engine's own convolution is im2col + OpenBLAS GEMM (ops_cpu.c).  On
+ * batches of images oneDNN's direct convolutions (JIT kernels for the CPU's
+ * vector ISA, weights in a blocked layout) are faster, so the CPU backend
+ * hands every convolution it can to oneDNN when the library is present and
+ * medtl.conv_kernels allows it, and falls back to im2col + GEMM otherwise
+ * (library missing, a shape oneDNN refuses).  Activations stay NHWC; the
+ * packed weights (ops.h) are described to oneDNN as they are (hwio /
+ * ghwio / hwigo) and reordered to the layout the kernel wants.
+ *
+ * A convolution node of a prepared model keeps an mt_conv_cache: the
+ * oneDNN primitive for each input shape it has seen and the weights
+ * reordered once, so scoring a row neither re-creates kernels nor
+ * re-reorders weights.  Without a cache (training, whose weights change
+ * every step) the weights are reordered on every call.
+ *
+ * Threads: Debian's oneDNN runs on OpenMP (libgomp).  The thread count
+ * follows mt_blas_set_threads.  Every call runs with all signals blocked on
+ * the calling thread, so OpenMP's worker threads, created inside a call,
+ * inherit a full signal mask and PostgreSQL's handlers only ever run on the
+ * backend's own thread (as with medtl's pool, pool.h).
+ */
+#ifndef MT_ONEDNN_H
+#define MT_ONEDNN_H
+
+#include "ops.h"
+
+typedef struct mt_conv_cache mt_conv_cache;
+
+typedef enum mt_conv_kernels
+{
+	MT_CONV_AUTO = 0,			/* oneDNN when it loads, else im2col + GEMM */
+	MT_CONV_GEMM				/* always im2col + GEMM */
+} mt_conv_kernels;
+
+/*
+ * Until set, the mode is MT_CONV_GEMM when the environment holds
+ * MEDTL_CONV_KERNELS=gemm (engine tools, A/B runs), else MT_CONV_AUTO.
+ */
+void		mt_onednn_set_mode(mt_conv_kernels mode);
+mt_conv_kernels mt_onednn_mode(void);
+
+/*
+ * Whether convolutions go to oneDNN now (mode auto and the library loaded;
+ * the first call tries to load it).
+ */
+int			mt_onednn_enabled(void);
+/* "oneDNN 2.6.3 (libdnnl.so.2)", or why it is not used. */
+const char *mt_onednn_info(void);
+
+/*
+ * y = act(conv(x, w) + bias) as ops.h's conv2d.  cache may be NULL.
+ * Returns MT_OK, MT_ERR_UNSUPPORTED when oneDNN cannot take this
+ * convolution (the caller then uses its own kernel; nothing was written),
+ * MT_ERR_NOMEM, or MT_ERR_INTERNAL for a library failure.
+ */
+int			mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
+							 const float *x, const float *packed_w, const float *bias,
+							 float *y, mt_conv_cache **cache, mt_err *err);
+
+/* Free a cache (NULL is fine). */
+void		mt_conv_cache_free(mt_conv_cache *c);
+/* Bytes of reordered weights a cache holds. */
+size_t		mt_conv_cache_bytes(const mt_conv_cache *c);
+
+/* Convolutions oneDNN has run in this process (for tests and diagnostics). */
+unsigned long mt_onednn_conv_count(void);
+
+/* Called by mt_blas_set_threads. */
+void		mt_onednn_set_threads(int n);
+
+#endif
