@@ -106,3 +106,14 @@ SET medtl.threads = 1;
 SELECT (runtime_info()->>'threads')::int AS threads, predict('mobilenet_v2_imagenet', image) AS label
   FROM samples WHERE name = 'cat_224.png';
 RESET medtl.threads;
+-- convolution kernels are a GUC: oneDNN (auto, where libdnnl.so.2 loads)
+-- and im2col + GEMM give the same logits
+CREATE TEMP TABLE lg_auto AS SELECT name, logits('mobilenet_v2_imagenet', image) AS lg FROM samples;
+SELECT runtime_info()->>'conv_kernels' ~ '^(oneDNN [0-9]|oneDNN not found|built without oneDNN)' AS reported;
+SET medtl.conv_kernels = gemm;
+SELECT runtime_info()->>'conv_kernels' LIKE 'off (medtl.conv_kernels%' AS gemm_in_use;
+SELECT count(*) AS logits, max(abs(a - g)) < 1e-3 AS agree
+  FROM (SELECT unnest(l.lg) AS a, unnest(logits('mobilenet_v2_imagenet', s.image)) AS g
+          FROM samples s JOIN lg_auto l USING (name)) x;
+RESET medtl.conv_kernels;
+SET medtl.conv_kernels = direct;
