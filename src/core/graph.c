@@ -268,6 +268,25 @@ free_packed(mt_model *m)
 		m->nodes[i].run_act = m->nodes[i].act;
 	}
 	m->prepared = 0;
+	m->packed_released = 0;
+}
+
+/* Re-prepare if kernel caches hold weights whose packed copy is gone. */
+static int
+ensure_packed(mt_model *m, mt_err *err)
+{
+	if (!m->packed_released)
+		return MT_OK;
+	free_packed(m);
+	return mt_model_prepare(m, err);
+}
+
+void
+mt_model_keep_packed(mt_model *m)
+{
+	m->keep_packed = 1;
+	if (m->packed_released)
+		free_packed(m);			/* the next prepare packs them again */
 }
 
 void
@@ -281,6 +300,8 @@ mt_model_release_external(mt_model *m)
 		mt_conv_cache_free(m->nodes[i].conv_cache);
 		m->nodes[i].conv_cache = NULL;
 	}
+	if (m->packed_released)
+		m->prepared = 0;		/* weights only the caches held: pack again if used */
 }
 
 size_t
@@ -613,9 +634,27 @@ node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
 			{
 				mt_conv_desc d = mt_node_conv_desc(m, nd, in.h, in.w, nd->run_act);
 
-				if (be->conv2d_cached != NULL && w == nd->packed && w != NULL)
-					return be->conv2d_cached(&d, n, in.h, in.w, a, w, bias, y, scratch,
-											 &((mt_node *) nd)->conv_cache, err);
+				if (be->conv2d_cached != NULL && w == nd->packed &&
+					(w != NULL || nd->conv_cache != NULL))
+				{
+					/* the node's cache is mutable state of a const node */
+					mt_node    *mn = (mt_node *) nd;
+					int			rc = be->conv2d_cached(&d, n, in.h, in.w, a, w, bias, y, scratch,
+													   &mn->conv_cache, err);
+
+					if (rc == MT_OK && w != NULL && !m->keep_packed &&
+						mt_conv_cache_holds_weights(mn->conv_cache))
+					{
+						/* one copy of the weights, in the kernel's layout */
+						mt_free(mn->packed);
+						mn->packed = NULL;
+						((mt_model *) m)->packed_released = 1;
+					}
+					return rc;
+				}
+				if (w == NULL)
+					return mt_seterr(err, MT_ERR_INTERNAL, "convolution weights of node %d are missing",
+									 (int) (nd - m->nodes));
 				return be->conv2d(&d, n, in.h, in.w, a, w, bias, y, scratch, err);
 			}
 		case MT_NODE_BN:
@@ -1003,6 +1042,8 @@ dev_upload(mt_model *m, mt_err *err)
 
 	if (d->block != NULL)
 		return MT_OK;
+	if ((rc = ensure_packed(m, err)) != MT_OK)
+		return rc;
 	for (int i = 0; i < m->n_nodes; i++)
 	{
 		size_t		wl,
@@ -1195,6 +1236,9 @@ mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 	/* weights that training on the device changed: fold the current ones */
 	if ((rc = mt_model_sync_to_host(m, err)) != MT_OK)
 		return rc;
+	/* im2col + GEMM needs the packed weights a kernel cache may hold alone */
+	if (m->packed_released && dev == NULL && !mt_onednn_enabled())
+		free_packed(m);
 	if ((rc = mt_model_prepare(m, err)) != MT_OK)
 		return rc;
 	if (n <= 0 || h <= 0 || w <= 0)
@@ -1326,6 +1370,18 @@ done:
 	}
 	else if (p->total * sizeof(float) > MT_ARENA_KEEP || m->no_arena_keep)
 		plan_free_arena(p);
+	if (rc == MT_ERR_UNSUPPORTED && dev == NULL && m->packed_released)
+	{
+		/*
+		 * a convolution whose packed weights only a kernel cache held could
+		 * not run from it (oneDNN turned off, or no kernel for this shape):
+		 * pack them again, keep them, and run the pass again
+		 */
+		mt_clearerr(err);
+		m->keep_packed = 1;
+		free_packed(m);
+		return mt_model_forward(m, x, n, h, w, logits, features, err);
+	}
 	return rc;
 }
 

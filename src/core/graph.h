@@ -190,6 +190,14 @@ typedef struct mt_model
 	int			micro_batch;	/* images per inference pass; 0: the default */
 	struct mt_devcopy *dev;		/* inference on a device (mt_model_to_device) */
 	struct mt_devtrain *devtrain;	/* training on that device (train.c) */
+	/*
+	 * Convolution weights held by kernel caches only (onednn.h): a node's
+	 * packed copy is freed once its cache holds the weights in the
+	 * kernel's layout, unless keep_packed; anything else that needs them
+	 * (im2col + GEMM, a device upload, training) re-prepares first.
+	 */
+	int			packed_released;
+	int			keep_packed;
 } mt_model;
 
 /* Building (used by the model zoo). */
@@ -231,6 +239,11 @@ void		mt_model_release_plan(mt_model *m);
  * mt_model_free.
  */
 void		mt_model_release_external(mt_model *m);
+/*
+ * Keep every prepared node's packed weights from now on (training reads
+ * them); re-prepares on the next use if some were released.
+ */
+void		mt_model_keep_packed(mt_model *m);
 /* Bytes of re-laid-out convolution weights the kernel caches hold. */
 size_t		mt_model_cache_bytes(const mt_model *m);
 /* Bytes of the host activation arena kept with the model (0 if none; a

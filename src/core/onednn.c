@@ -84,12 +84,24 @@ typedef struct conv_entry
 				bias,
 				dst;
 	float	   *wbuf;			/* weights in the kernel's layout; NULL: packed as is */
-	size_t		wbuf_bytes;
+	int			own_wbuf;		/* wbuf is this entry's (else the cache's master) */
+	size_t		wbuf_bytes;		/* of an own wbuf */
 } conv_entry;
 
+/*
+ * Weights are reordered once per node: the first layout a kernel wants
+ * other than the packed one becomes the cache's master copy, which every
+ * shape wanting that layout shares (in practice all of them); a shape
+ * wanting yet another layout gets its own copy, reordered from the master.
+ * Once the master serves every shape the node's packed weights are not
+ * needed while the cache lives (graph.c then frees them).
+ */
 struct mt_conv_cache
 {
-	const float *packed;		/* weights wbuf was reordered from */
+	const float *packed;		/* weights the cache was made from */
+	float	   *master;
+	size_t		master_bytes;
+	dnnl_memory_desc_t master_md;
 	unsigned long clock;
 	conv_entry	e[CACHE_SHAPES];
 };
@@ -200,7 +212,8 @@ entry_free(conv_entry *e)
 		p_dnnl_memory_destroy(e->bias);
 	if (e->dst)
 		p_dnnl_memory_destroy(e->dst);
-	free(e->wbuf);
+	if (e->own_wbuf)
+		free(e->wbuf);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -211,6 +224,7 @@ mt_conv_cache_free(mt_conv_cache *c)
 		return;
 	for (int i = 0; i < CACHE_SHAPES; i++)
 		entry_free(&c->e[i]);
+	free(c->master);
 	free(c);
 }
 
@@ -220,9 +234,29 @@ mt_conv_cache_bytes(const mt_conv_cache *c)
 	size_t		b = 0;
 
 	if (c != NULL)
+	{
+		b = c->master_bytes;
 		for (int i = 0; i < CACHE_SHAPES; i++)
 			b += c->e[i].wbuf_bytes;
+	}
 	return b;
+}
+
+int
+mt_conv_cache_holds_weights(const mt_conv_cache *c)
+{
+	int			any = 0;
+
+	if (c == NULL || c->master == NULL)
+		return 0;
+	for (int i = 0; i < CACHE_SHAPES; i++)
+		if (c->e[i].used)
+		{
+			if (c->e[i].wbuf == NULL)
+				return 0;
+			any = 1;
+		}
+	return any;
 }
 
 static int
@@ -315,13 +349,64 @@ execute(dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args)
 	return st;
 }
 
+/* Reorder weights from (src, src_md) into a new buffer laid out as dst_md. */
+static int
+reorder_new(const dnnl_memory_desc_t *src_md, const float *src,
+			const dnnl_memory_desc_t *dst_md, float **out, size_t *bytes, mt_err *err)
+{
+	dnnl_primitive_desc_t rpd = NULL;
+	dnnl_primitive_t reorder = NULL;
+	dnnl_memory_t from = NULL,
+				to = NULL;
+	dnnl_status_t st;
+	size_t		sz = p_dnnl_memory_desc_get_size(dst_md);
+	float	   *buf = aligned_alloc(64, (sz + 63) / 64 * 64);
+	int			rc = MT_OK;
+
+	*out = NULL;
+	*bytes = 0;
+	if (buf == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory for reordered convolution weights");
+	if ((st = p_dnnl_reorder_primitive_desc_create(&rpd, src_md, engine, dst_md,
+												   engine, NULL)) != dnnl_success ||
+		(st = p_dnnl_primitive_create(&reorder, rpd)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&from, src_md, engine, (void *) src)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&to, dst_md, engine, buf)) != dnnl_success)
+		rc = fail(err, "reorder weights", st);
+	else
+	{
+		dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+
+		if ((st = execute(reorder, 2, args)) != dnnl_success)
+			rc = fail(err, "reorder weights", st);
+	}
+	if (to)
+		p_dnnl_memory_destroy(to);
+	if (from)
+		p_dnnl_memory_destroy(from);
+	if (reorder)
+		p_dnnl_primitive_destroy(reorder);
+	if (rpd)
+		p_dnnl_primitive_desc_destroy(rpd);
+	if (rc != MT_OK)
+	{
+		free(buf);
+		return rc;
+	}
+	*out = buf;
+	*bytes = sz;
+	return MT_OK;
+}
+
 /*
  * Build the primitive for d on an n x h x w input into e (memories without
- * data), and reorder the weights into e->wbuf when the kernel wants another
- * layout.  MT_ERR_UNSUPPORTED when oneDNN has no implementation.
+ * data) and find its weights: the packed ones as they are, the cache's
+ * master copy, or a new reordered copy (see mt_conv_cache).  packed_w may be
+ * NULL once the master serves every shape.  MT_ERR_UNSUPPORTED when oneDNN
+ * has no optimised implementation.
  */
 static int
-entry_make(conv_entry *e, const mt_conv_desc *d, int n, int h, int w,
+entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h, int w,
 		   const float *packed_w, int with_bias, mt_err *err)
 {
 	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
@@ -408,41 +493,24 @@ entry_make(conv_entry *e, const mt_conv_desc *d, int n, int h, int w,
 	e->n = n;
 	e->h = h;
 	e->w = w;
-	if (!p_dnnl_memory_desc_equal(want_w, &plain_w))
+	if (c->master != NULL && p_dnnl_memory_desc_equal(want_w, &c->master_md))
+		e->wbuf = c->master;
+	else if (c->master == NULL && p_dnnl_memory_desc_equal(want_w, &plain_w) && packed_w != NULL)
+		e->wbuf = NULL;			/* the kernel reads the packed weights */
+	else if (c->master == NULL)
 	{
-		/* reorder the packed weights into the kernel's layout, once */
-		dnnl_primitive_desc_t rpd = NULL;
-		dnnl_primitive_t reorder = NULL;
-		dnnl_memory_t from = NULL;
-
-		e->wbuf_bytes = p_dnnl_memory_desc_get_size(want_w);
-		e->wbuf = aligned_alloc(64, (e->wbuf_bytes + 63) / 64 * 64);
-		if (e->wbuf == NULL)
+		if (packed_w == NULL)
+			rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "convolution weights were released");
+		else if ((rc = reorder_new(&plain_w, packed_w, want_w, &c->master, &c->master_bytes,
+								   err)) == MT_OK)
 		{
-			e->wbuf_bytes = 0;
-			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory for reordered convolution weights");
-			goto out;
+			c->master_md = *want_w;
+			e->wbuf = c->master;
 		}
-		if ((st = p_dnnl_reorder_primitive_desc_create(&rpd, &plain_w, engine, want_w,
-													   engine, NULL)) != dnnl_success ||
-			(st = p_dnnl_primitive_create(&reorder, rpd)) != dnnl_success ||
-			(st = p_dnnl_memory_create(&from, &plain_w, engine, (void *) packed_w)) != dnnl_success ||
-			(st = p_dnnl_memory_set_data_handle(e->wei, e->wbuf)) != dnnl_success)
-			rc = fail(err, "reorder weights", st);
-		else
-		{
-			dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, e->wei}};
-
-			if ((st = execute(reorder, 2, args)) != dnnl_success)
-				rc = fail(err, "reorder weights", st);
-		}
-		if (from)
-			p_dnnl_memory_destroy(from);
-		if (reorder)
-			p_dnnl_primitive_destroy(reorder);
-		if (rpd)
-			p_dnnl_primitive_desc_destroy(rpd);
 	}
+	else if ((rc = reorder_new(&c->master_md, c->master, want_w, &e->wbuf, &e->wbuf_bytes,
+							   err)) == MT_OK)
+		e->own_wbuf = 1;
 out:
 	p_dnnl_primitive_desc_destroy(pd);
 	if (rc != MT_OK)
@@ -479,64 +547,60 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 				 const float *x, const float *packed_w, const float *bias,
 				 float *y, mt_conv_cache **cache, mt_err *err)
 {
+	mt_conv_cache *c;
 	conv_entry *e = NULL;
-	conv_entry	tmp;
 	int			rc;
 
 	if (!mt_onednn_enabled())
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
-	if (cache != NULL)
+	if (cache == NULL)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN runs only convolutions with a cache");
+	c = *cache;
+	if (c != NULL && packed_w != NULL && c->packed != packed_w)
 	{
-		mt_conv_cache *c = *cache;
-
-		if (c != NULL && c->packed != packed_w)
-		{
-			/* other weights than the cache was made for: start again */
-			mt_conv_cache_free(c);
-			*cache = c = NULL;
-		}
-		if (c == NULL)
-		{
-			c = calloc(1, sizeof(*c));
-			if (c == NULL)
-				return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a convolution cache");
-			c->packed = packed_w;
-			*cache = c;
-		}
-		for (int i = 0; i < CACHE_SHAPES && e == NULL; i++)
-			if (c->e[i].used && c->e[i].n == n && c->e[i].h == h && c->e[i].w == w &&
-				c->e[i].threads == want_threads && (c->e[i].bias != NULL) == (bias != NULL))
-				e = &c->e[i];
-		if (e == NULL)
-		{
-			/* a free slot, or the least recently used */
-			int			victim = 0;
-
-			for (int i = 0; i < CACHE_SHAPES; i++)
-			{
-				if (!c->e[i].used)
-				{
-					victim = i;
-					break;
-				}
-				if (c->e[i].stamp < c->e[victim].stamp)
-					victim = i;
-			}
-			entry_free(&c->e[victim]);
-			if ((rc = entry_make(&c->e[victim], d, n, h, w, packed_w, bias != NULL, err)) != MT_OK)
-				return rc;
-			e = &c->e[victim];
-			e->threads = want_threads;
-		}
-		e->stamp = ++c->clock;
-		return entry_run(e, x, packed_w, bias, y, err);
+		/* other weights than the cache was made for: start again */
+		mt_conv_cache_free(c);
+		*cache = c = NULL;
 	}
-	/* no cache: make, run, free */
-	if ((rc = entry_make(&tmp, d, n, h, w, packed_w, bias != NULL, err)) != MT_OK)
-		return rc;
-	rc = entry_run(&tmp, x, packed_w, bias, y, err);
-	entry_free(&tmp);
-	return rc;
+	if (c == NULL)
+	{
+		if (packed_w == NULL)
+			return mt_seterr(err, MT_ERR_UNSUPPORTED, "convolution weights were released");
+		c = calloc(1, sizeof(*c));
+		if (c == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a convolution cache");
+		c->packed = packed_w;
+		*cache = c;
+	}
+	for (int i = 0; i < CACHE_SHAPES && e == NULL; i++)
+		if (c->e[i].used && c->e[i].n == n && c->e[i].h == h && c->e[i].w == w &&
+			c->e[i].threads == want_threads && (c->e[i].bias != NULL) == (bias != NULL))
+			e = &c->e[i];
+	if (e == NULL)
+	{
+		/* a free slot, or the least recently used */
+		int			victim = 0;
+
+		for (int i = 0; i < CACHE_SHAPES; i++)
+		{
+			if (!c->e[i].used)
+			{
+				victim = i;
+				break;
+			}
+			if (c->e[i].stamp < c->e[victim].stamp)
+				victim = i;
+		}
+		entry_free(&c->e[victim]);
+		if ((rc = entry_make(c, &c->e[victim], d, n, h, w, packed_w, bias != NULL, err)) != MT_OK)
+			return rc;
+		e = &c->e[victim];
+		e->threads = want_threads;
+	}
+	if (e->wbuf == NULL && packed_w == NULL)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "convolution weights were released");
+	e->stamp = ++c->clock;
+	return entry_run(e, x, packed_w, bias, y, err);
 }
 
 #else							/* built without oneDNN's headers */
@@ -595,6 +659,12 @@ mt_conv_cache_free(mt_conv_cache *c)
 
 size_t
 mt_conv_cache_bytes(const mt_conv_cache *c)
+{
+	return 0;
+}
+
+int
+mt_conv_cache_holds_weights(const mt_conv_cache *c)
 {
 	return 0;
 }

@@ -14,8 +14,8 @@
  * A convolution node of a prepared model keeps an mt_conv_cache: the
  * oneDNN primitive for each input shape it has seen and the weights
  * reordered once, so scoring a row neither re-creates kernels nor
- * re-reorders weights.  Without a cache (training, whose weights change
- * every step) the weights are reordered on every call.
+ * re-reorders weights.  Convolutions without a cache (training, whose
+ * weights change every step) stay on im2col + GEMM.
  *
  * Threads: Debian's oneDNN runs on OpenMP (libgomp).  The thread count
  * follows mt_blas_set_threads.  Every call runs with all signals blocked on
@@ -52,10 +52,14 @@ int			mt_onednn_enabled(void);
 const char *mt_onednn_info(void);
 
 /*
- * y = act(conv(x, w) + bias) as ops.h's conv2d.  cache may be NULL.
- * Returns MT_OK, MT_ERR_UNSUPPORTED when oneDNN cannot take this
- * convolution (the caller then uses its own kernel; nothing was written),
- * MT_ERR_NOMEM, or MT_ERR_INTERNAL for a library failure.
+ * y = act(conv(x, w) + bias) as ops.h's conv2d, for fixed weights whose
+ * kernels and re-laid-out copy live in *cache (created on the first call;
+ * a call with other packed_w starts it again).  packed_w may be NULL once
+ * mt_conv_cache_holds_weights(*cache).  Returns MT_OK, MT_ERR_UNSUPPORTED
+ * when oneDNN cannot take this convolution (no cache, no optimised kernel,
+ * a shape that would need the released packed weights: the caller then
+ * uses its own kernel; nothing was written), MT_ERR_NOMEM, or
+ * MT_ERR_INTERNAL for a library failure.
  */
 int			mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 							 const float *x, const float *packed_w, const float *bias,
@@ -65,6 +69,11 @@ int			mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 void		mt_conv_cache_free(mt_conv_cache *c);
 /* Bytes of reordered weights a cache holds. */
 size_t		mt_conv_cache_bytes(const mt_conv_cache *c);
+/*
+ * Whether every shape the cache runs reads the cache's own copy of the
+ * weights, so the packed weights it was made from may be freed.
+ */
+int			mt_conv_cache_holds_weights(const mt_conv_cache *c);
 
 /* Convolutions oneDNN has run in this process (for tests and diagnostics). */
 unsigned long mt_onednn_conv_count(void);

@@ -380,8 +380,12 @@ cpu_conv2d_cached(const mt_conv_desc *d, int n, int h, int w, const float *x,
 
 		if (rc != MT_ERR_UNSUPPORTED)
 			return rc;
+		if (packed_w == NULL)
+			return rc;			/* the weights live in the cache only: the caller re-packs */
 		mt_clearerr(err);		/* a shape oneDNN does not take: our own kernel */
 	}
+	if (packed_w == NULL)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "convolution weights were released");
 
 	if (mt_conv_is_depthwise(d))
 	{

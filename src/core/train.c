@@ -834,6 +834,9 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 							 "node %d of %s: an activation that needs its input for training must be a node of its own",
 							 i, m->arch);
 
+	/* the frozen prefix may need the packed weights (im2col + GEMM) */
+	mt_model_keep_packed(m);
+
 	/* on a device: its copy of the parameters, made once */
 	if (mt_model_device(m) != NULL && (rc = dt_create(m, err)) != MT_OK)
 		return rc;

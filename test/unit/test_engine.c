@@ -633,6 +633,80 @@ fake_sync(mt_err *err)
 	return MT_OK;
 }
 
+/*
+ * A prepared model's convolutions through oneDNN's caches: the packed
+ * weights are freed once the caches hold them (one copy), and whatever
+ * needs them again (im2col + GEMM, another batch size, a device, training)
+ * gets them back; the logits stay those of im2col + GEMM.
+ */
+static void
+test_conv_caches(void)
+{
+	mt_err		err;
+	mt_model   *m = mt_zoo_build("resnet18", 4, 0, &err);
+	int			n = 3,
+				hw = 40;
+	float	   *x = rand_buf((size_t) n * hw * hw * 3);
+	float		ref[3 * 4],
+				got[3 * 4];
+	size_t		mem_gemm,
+				mem_onednn;
+
+	CHECK(m != NULL && mt_model_init_all(m, 9, &err) == MT_OK, "resnet18 builds: %s", err.msg);
+	if (m == NULL)
+		return;
+	mt_onednn_set_mode(MT_CONV_GEMM);
+	CHECK(mt_model_forward(m, x, n, hw, hw, ref, NULL, &err) == MT_OK, "gemm forward: %s", err.msg);
+	mem_gemm = mt_model_memory(m);
+	CHECK(!m->packed_released && mt_model_cache_bytes(m) == 0, "gemm: no caches");
+	mt_onednn_set_mode(MT_CONV_AUTO);
+	if (!mt_onednn_enabled())
+	{
+		printf("  (oneDNN not loaded: %s)\n", mt_onednn_info());
+		mt_model_free(m);
+		free(x);
+		return;
+	}
+	for (int pass = 0; pass < 2; pass++)
+	{
+		CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK, "oneDNN forward %d: %s",
+			  pass + 1, err.msg);
+		CHECK(max_abs_diff(ref, got, 12) < 1e-4, "oneDNN pass %d gives gemm's logits (diff %g)",
+			  pass + 1, max_abs_diff(ref, got, 12));
+	}
+	mem_onednn = mt_model_memory(m) + mt_model_cache_bytes(m);
+	CHECK(m->packed_released && mt_model_cache_bytes(m) > 0,
+		  "oneDNN: caches hold the weights (%zu bytes), packed copies released", mt_model_cache_bytes(m));
+	CHECK(mem_onednn <= mem_gemm + mem_gemm / 20,
+		  "one copy of the convolution weights: %zu bytes with oneDNN, %zu with gemm", mem_onednn, mem_gemm);
+	/* one image: another shape, weights from the cache's copy */
+	CHECK(mt_model_forward(m, x, 1, hw, hw, got, NULL, &err) == MT_OK &&
+		  max_abs_diff(ref, got, 4) < 1e-4, "batch of one after the release: %s", err.msg);
+	/* gemm again: packed again */
+	mt_onednn_set_mode(MT_CONV_GEMM);
+	CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK &&
+		  max_abs_diff(ref, got, 12) < 1e-6 && !m->packed_released,
+		  "gemm after a release re-packs: %s (diff %g)", err.msg, max_abs_diff(ref, got, 12));
+	mt_onednn_set_mode(MT_CONV_AUTO);
+	CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK && m->packed_released &&
+		  max_abs_diff(ref, got, 12) < 1e-4, "oneDNN again: %s", err.msg);
+	/* training keeps (and re-makes) the packed weights */
+	mt_model_keep_packed(m);
+	CHECK(!m->packed_released, "keep_packed brings the packed weights back on the next prepare");
+	CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK && !m->packed_released &&
+		  max_abs_diff(ref, got, 12) < 1e-4, "kept: %s", err.msg);
+	/* a context reset frees the caches; the model re-prepares when used */
+	m->keep_packed = 0;
+	CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK && m->packed_released,
+		  "released again");
+	mt_model_release_external(m);
+	CHECK(mt_model_cache_bytes(m) == 0, "release_external frees the caches");
+	CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK &&
+		  max_abs_diff(ref, got, 12) < 1e-4, "usable after release_external: %s", err.msg);
+	mt_model_free(m);
+	free(x);
+}
+
 static void
 test_device_path(void)
 {
@@ -755,6 +829,7 @@ main(int argc, char **argv)
 	test_mobilenet(shared);
 	test_thread_pool();
 	test_micro_batch();
+	test_conv_caches();
 	test_device_path();
 	/* the same kernels again split over 3 threads (uneven parts) */
 	mt_pool_set_threads(3);
