@@ -25,8 +25,13 @@ that other work on the machine hits all alike).  Prints images/s and the
 ratios medtl/PyTorch-best; --csv PATH appends rows (timestamp, machine,
 arch, what, batch, images_per_s).
 
-Not covered yet (issue 5): training throughput, peak memory, the fraction
-of the machine's fp32 peak, parallel workers.
+After the speeds, the memory of a fresh backend that loads the model and
+scores every row: its peak resident set (VmHWM, which also counts the
+shared-buffer pages of medtl.weights it read and mapped libraries) and its
+private memory (RssAnon), next to 2 x the weights + 100 MB.
+
+Not covered yet (issue 5): training throughput, the fraction of the
+machine's fp32 peak, parallel workers.
 """
 import argparse
 import csv
@@ -166,6 +171,24 @@ def main():
                 ratio = " medtl/PyTorch-best %.2f" % (r / pt) if name.startswith("medtl") else ""
                 print("  batch %2d  %-36s %8.1f img/s%s" % (bs, name, r, ratio), flush=True)
                 results.append((arch, name, bs, r))
+        # memory of a fresh backend that loads the model and scores every row
+        # (batch 1): peak resident set (VmHWM: private memory, shared-buffer
+        # pages of medtl.weights it read, mapped libraries) and private
+        # memory after scoring (RssAnon), against 2 x weights + 100 MB
+        out = psql(setup + "SELECT sum(length(w.data)) FROM medtl.weights w JOIN medtl.models m USING (model_id)"
+                   " WHERE m.name = %s;\n" % sql_lit(arch) +
+                   "SELECT count(medtl.predict(%s, image)) FROM imgs;\n" % sql_lit(arch) +
+                   "SELECT pg_read_file('/proc/' || pg_backend_pid() || '/status');\n")
+        wbytes = int(out[0])
+        status = dict((l.split(":")[0], l.split(":")[1].strip()) for l in out[2:] if ":" in l)
+        hwm = int(status["VmHWM"].split()[0]) * 1024
+        anon = int(status["RssAnon"].split()[0]) * 1024
+        limit = 2 * wbytes + 100e6
+        print("  memory    weights %.1f MB; backend peak RSS %.1f MB, private %.1f MB; 2 x weights + 100 MB = %.1f MB"
+              % (wbytes / 1e6, hwm / 1e6, anon / 1e6, limit / 1e6), flush=True)
+        results.append((arch, "backend peak RSS MB", 1, hwm / 1e6))
+        results.append((arch, "backend private MB", 1, anon / 1e6))
+        results.append((arch, "weights MB", 1, wbytes / 1e6))
         psql("SELECT medtl.drop_model(%s);" % sql_lit(arch))
 
     if args.csv:
