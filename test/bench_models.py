@@ -30,8 +30,18 @@ scores every row: its peak resident set (VmHWM, which also counts the
 shared-buffer pages of medtl.weights it read and mapped libraries) and its
 private memory (RssAnon), next to 2 x the weights + 100 MB.
 
-Not covered yet (issue 5): training throughput, the fraction of the
-machine's fp32 peak, parallel workers.
+Then training at batch 16 (SGD with momentum, cross-entropy) for
+--train-archs (default mobilenet_v2, resnet18): the engine's training step
+(test/bin/train_step bench, full fine-tune and head only), medtl.train()
+over the generated images (2 epochs, full fine-tune, end to end: decode,
+batches, steps, writing the weights; and --head-epochs epochs head only,
+where medtl computes the frozen backbone's features once) and PyTorch eager
+(full fine-tune; head only as the usual loop does it, the best of
+model.train() with frozen backbone parameters and an eval-mode backbone
+under no_grad), with the ratios.
+
+Not covered yet (issue 5): the fraction of the machine's fp32 peak,
+parallel workers.
 """
 import argparse
 import csv
@@ -76,6 +86,89 @@ def engine_rate(arch, batch, threads, seconds):
     return float(m.group(1))
 
 
+STEP = os.path.join(HERE, "bin", "train_step")
+
+
+def engine_train_rate(arch, threads, freeze):
+    out = subprocess.run([STEP, "bench", arch, "224", "224", "16", str(threads), freeze],
+                         capture_output=True, text=True, check=True).stdout
+    m = re.search(r"\(([0-9.]+) img/s\)", out)
+    if not m:
+        raise RuntimeError("unexpected train_step output: %r" % out)
+    return float(m.group(1))
+
+
+def head_params(arch, model):
+    head = model.fc if arch.startswith("resnet") else model.classifier
+    return list(head.parameters())
+
+
+def torch_train_rates(arch, seconds):
+    """Images/s of PyTorch training steps at batch 16 (SGD momentum 0.9,
+    cross-entropy, eager, channels_last): full fine-tune, and head only as
+    the usual loop does it, best of (a) model.train() with the backbone's
+    parameters frozen and (b) the backbone in eval mode under no_grad, then
+    the head."""
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=2).to(memory_format=torch.channels_last)
+    x = torch.randn(16, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (16,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def timed(step):
+        for _ in range(2):
+            step()
+        n = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            step()
+            n += 16
+        return n / (time.perf_counter() - t0)
+
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def full():
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    r_full = timed(full)
+
+    head = head_params(arch, model)
+    ids = set(id(p) for p in head)
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    opt_h = torch.optim.SGD(head, lr=0.01, momentum=0.9)
+
+    def head_a():
+        opt_h.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt_h.step()
+    r_a = timed(head_a)
+
+    if arch.startswith("resnet"):
+        trunk = torch.nn.Sequential(*list(model.children())[:-1], torch.nn.Flatten())
+        fc = model.fc
+    else:
+        trunk = torch.nn.Sequential(model.features, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        fc = model.classifier
+
+    def head_b():
+        trunk.eval()
+        with torch.no_grad():
+            f = trunk(x)
+        fc.train()
+        opt_h.zero_grad()
+        loss_fn(fc(f), y).backward()
+        opt_h.step()
+    r_b = timed(head_b)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return r_full, max(r_a, r_b)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--archs", default="mobilenet_v2,resnet18,resnet50,densenet121,efficientnet_b0")
@@ -84,6 +177,9 @@ def main():
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--csv")
+    ap.add_argument("--train-archs", default="mobilenet_v2,resnet18",
+                    help="architectures whose training is measured ('' for none)")
+    ap.add_argument("--head-epochs", type=int, default=10)
     args = ap.parse_args()
 
     import numpy as np
@@ -190,6 +286,61 @@ def main():
         results.append((arch, "backend private MB", 1, anon / 1e6))
         results.append((arch, "weights MB", 1, wbytes / 1e6))
         psql("SELECT medtl.drop_model(%s);" % sql_lit(arch))
+
+    # training at batch 16: engine (train_step bench), SQL (medtl.train over
+    # the generated images, end to end from the table) and PyTorch eager
+    train_archs = [a for a in args.train_archs.split(",") if a]
+    if train_archs:
+        psql("CREATE TABLE timgs AS SELECT image, CASE WHEN id % 2 = 0 THEN 'a' ELSE 'b' END AS label FROM imgs;")
+    for arch in train_archs:
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)(num_classes=1000).eval()
+        path = os.path.join(work, "%s.safetensors" % arch)
+        write_safetensors(path, model.state_dict())
+        psql("SELECT medtl.import_model_file(%s, %s, %s, replace => true);" % (sql_lit(arch), sql_lit(arch), sql_lit(path)))
+        os.unlink(path)
+
+        def sql_train(freeze, epochs):
+            out = psql(setup + "SELECT medtl.create_model('t_' || %(a)s, %(a)s, ARRAY['a', 'b'], replace => true);\n"
+                       "SELECT seconds FROM medtl.runs WHERE run_id = medtl.train('t_' || %(a)s, 'timgs', "
+                       "epochs => %(e)d, batch_size => 16, optimizer => 'sgd', lr => 0.01, freeze => %(f)s, "
+                       "augment => false, validation => 0%(bn)s);\n"
+                       % {"a": sql_lit(arch), "e": epochs, "f": sql_lit(freeze),
+                          "bn": ", batch_norm => 'train'" if freeze == "none" else ""})
+            return float(out[-1])
+
+        best = {}
+        for _ in range(args.runs):
+            for key, fn in (("engine full", lambda: engine_train_rate(arch, args.threads, "none")),
+                            ("engine head", lambda: engine_train_rate(arch, args.threads, "backbone")),
+                            ("SQL full", lambda: 2 * args.images / sql_train("none", 2)),
+                            ("SQL head 10 epochs s", lambda: -sql_train("backbone", args.head_epochs)),
+                            ("torch", lambda: torch_train_rates(arch, args.seconds))):
+                r = fn()
+                if key == "torch":
+                    best["torch full"] = max(best.get("torch full", 0.0), r[0])
+                    best["torch head"] = max(best.get("torch head", 0.0), r[1])
+                else:
+                    best[key] = max(best.get(key, -1e30), r)
+        head_s = -best["SQL head 10 epochs s"]
+        torch_head_s = args.head_epochs * args.images / best["torch head"]
+        print("\n== %s training (224x224, batch 16, SGD, %d threads)" % (arch, args.threads), flush=True)
+        for name, key in (("medtl engine, full fine-tune", "engine full"),
+                          ("medtl SQL train(), full fine-tune", "SQL full"),
+                          ("PyTorch eager, full fine-tune", "torch full"),
+                          ("medtl engine, head only", "engine head"),
+                          ("PyTorch eager, head only (best loop)", "torch head")):
+            ratio = ""
+            if key.startswith("engine") or key.startswith("SQL"):
+                ratio = " medtl/PyTorch %.2f" % (best[key] / best["torch " + key.split()[-1]])
+            print("  %-40s %8.1f img/s%s" % (name, best[key], ratio), flush=True)
+            results.append((arch, "train " + name, 16, best[key]))
+        print("  head only, %d epochs over %d images: medtl SQL train(freeze => 'backbone') %.1f s (features"
+              " computed once), PyTorch loop %.1f s (backbone every epoch): %.1fx" % (
+                  args.head_epochs, args.images, head_s, torch_head_s, torch_head_s / head_s), flush=True)
+        results.append((arch, "train head-only epochs SQL s", 16, head_s))
+        results.append((arch, "train head-only epochs PyTorch s", 16, torch_head_s))
+        psql("SELECT medtl.drop_model('t_' || %s); SELECT medtl.drop_model(%s);" % (sql_lit(arch), sql_lit(arch)))
 
     if args.csv:
         new = not os.path.exists(args.csv)

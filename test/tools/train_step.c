@@ -23,12 +23,13 @@
  * --bn-weights-frozen: after FREEZE, no BN weight trains (so every BN runs
  * on its running statistics; the BN biases still train).
  *
- *   train_step bench ARCH [H W BATCH THREADS]
+ *   train_step bench ARCH [H W BATCH THREADS [FREEZE]]
  *
  * times, on random weights, one inference pass of one H x W image (default
  * 256 x 256; weights already folded, best of 3) and one training step (CE + Dice for a U-Net, else CE; SGD) of
- * BATCH (default 8) images, best of 3, on THREADS threads (default 2), and
- * prints one line.
+ * BATCH (default 8) images, best of 3, on THREADS threads (default 2), with
+ * FREEZE (default none; "backbone": the head alone trains, the backbone
+ * runs as inference every step), and prints one line.
  */
 #include "core/blas.h"
 #include "core/graph.h"
@@ -100,6 +101,7 @@ bench(int argc, char **argv)
 				w = argc > 4 ? atoi(argv[4]) : 256,
 				n = argc > 5 ? atoi(argv[5]) : 8,
 				threads = argc > 6 ? atoi(argv[6]) : 2,
+				ok,
 				seg = mt_zoo_is_segmentation(arch),
 				k = 2;
 	size_t		hw = (size_t) h * w,
@@ -119,8 +121,13 @@ bench(int argc, char **argv)
 	if (mt_blas_init("auto", &err) != MT_OK)
 		fprintf(stderr, "train_step: no OpenBLAS (%s), reference GEMM\n", err.msg);
 	mt_blas_set_threads(threads);
+	const char *freeze = argc > 7 ? argv[7] : "none";
+
 	if ((m = mt_zoo_build(arch, k, 0, &err)) == NULL || mt_model_init_all(m, 1, &err) != MT_OK)
 		die("build", &err);
+	ok = mt_model_freeze(m, freeze, &err) == MT_OK;
+	if (!ok)
+		die("freeze", &err);
 	x = malloc(sizeof(float) * n * hw * 3);
 	logits = malloc(sizeof(float) * n * per);
 	dlogits = malloc(sizeof(float) * n * per);
@@ -157,7 +164,8 @@ bench(int argc, char **argv)
 		t_step = fmin(t_step, now() - t0);
 	}
 	printf("bench %s: %d threads (pool %d), forward 1x%dx%dx3 %.3f s, train step %dx%dx%dx3 %.3f s "
-		   "(%.1f img/s)\n", arch, threads, mt_pool_threads(), h, w, t_inf, n, h, w, t_step, n / t_step);
+		   "(%.1f img/s), freeze %s\n", arch, threads, mt_pool_threads(), h, w, t_inf, n, h, w, t_step,
+		   n / t_step, freeze);
 	mt_optim_free(o);
 	mt_model_free(m);
 	free(x);
