@@ -8,6 +8,7 @@
  */
 #include "onednn.h"
 #include "blas.h"
+#include "pool.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -35,6 +36,8 @@
 	X(dnnl_memory_set_data_handle) \
 	X(dnnl_memory_destroy) \
 	X(dnnl_dilated_convolution_forward_desc_init) \
+	X(dnnl_dilated_convolution_backward_data_desc_init) \
+	X(dnnl_dilated_convolution_backward_weights_desc_init) \
 	X(dnnl_primitive_attr_create) \
 	X(dnnl_primitive_attr_destroy) \
 	X(dnnl_primitive_attr_set_post_ops) \
@@ -603,6 +606,271 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 	return entry_run(e, x, packed_w, bias, y, err);
 }
 
+
+/*
+ * Backward passes for training (ops.h conv2d_backward_data / _weight):
+ * made per call (oneDNN's own primitive cache keeps the kernels between
+ * steps), weights reordered per call (they change every step), results
+ * added into the caller's gradients.
+ */
+typedef struct bwd_mds
+{
+	dnnl_memory_desc_t src,
+				dst,
+				plain_w,
+				any_w;
+	dnnl_dims_t strides,
+				dil,
+				pl,
+				pr;
+} bwd_mds;
+
+static int
+bwd_describe(const mt_conv_desc *d, int n, int h, int w, bwd_mds *m,
+			 dnnl_primitive_desc_t *hint, mt_err *err)
+{
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	dnnl_dims_t sd = {n, d->cin, h, w};
+	dnnl_dims_t dd = {n, d->cout, oh, ow};
+	dnnl_convolution_desc_t cd;
+	dnnl_status_t st;
+
+	*hint = NULL;
+	if (oh <= 0 || ow <= 0)
+		return mt_seterr(err, MT_ERR_SHAPE,
+						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+	m->strides[0] = d->sh;
+	m->strides[1] = d->sw;
+	m->dil[0] = d->dh - 1;
+	m->dil[1] = d->dw - 1;
+	m->pl[0] = d->pad_t;
+	m->pl[1] = d->pad_l;
+	m->pr[0] = d->pad_b;
+	m->pr[1] = d->pad_r;
+	if ((st = p_dnnl_memory_desc_init_by_tag(&m->src, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(&m->dst, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+		(st = weights_md(d, &m->plain_w)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(&m->any_w, m->plain_w.ndims, m->plain_w.dims, dnnl_f32,
+											 dnnl_format_tag_any)) != dnnl_success)
+		return fail(err, "describe a convolution", st);
+	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
+													 &m->src, &m->any_w, NULL, &m->dst, m->strides,
+													 m->dil, m->pl, m->pr) != dnnl_success ||
+		p_dnnl_primitive_desc_create(hint, &cd, NULL, engine, NULL) != dnnl_success)
+	{
+		*hint = NULL;
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
+	}
+	return MT_OK;
+}
+
+/* Create the primitive of pd unless its kernel is a reference one. */
+static int
+bwd_primitive(dnnl_primitive_desc_t pd, dnnl_primitive_t *prim, mt_err *err)
+{
+	const char *impl = NULL;
+	dnnl_status_t st;
+
+	*prim = NULL;
+	if (p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+		impl == NULL || strncmp(impl, "ref", 3) == 0)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
+	if ((st = p_dnnl_primitive_create(prim, pd)) != dnnl_success)
+		return fail(err, "create a convolution", st);
+	return MT_OK;
+}
+
+/* y[i] += x[i] */
+typedef struct add_args
+{
+	float	   *y;
+	const float *x;
+} add_args;
+
+static void
+add_task(void *p, size_t b, size_t e)
+{
+	add_args   *a = p;
+
+	for (size_t i = b; i < e; i++)
+		a->y[i] += a->x[i];
+}
+
+static void
+add_into(float *y, const float *x, size_t len)
+{
+	add_args	a = {y, x};
+
+	mt_parallel_for(len, 1 << 15, add_task, &a);
+}
+
+static float *
+falloc(size_t bytes)
+{
+	return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
+int
+mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+							   const float *dy, const float *packed_w, float *dx, mt_err *err)
+{
+	bwd_mds		m;
+	dnnl_primitive_desc_t hint = NULL,
+				pd = NULL;
+	dnnl_primitive_t prim = NULL;
+	dnnl_convolution_desc_t cd;
+	const dnnl_memory_desc_t *want_w;
+	dnnl_memory_t mdy = NULL,
+				mw = NULL,
+				mdx = NULL;
+	float	   *wbuf = NULL,
+			   *tmp = NULL;
+	size_t		wbytes = 0;
+	dnnl_status_t st;
+	int			rc;
+
+	if (!mt_onednn_enabled())
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
+	if ((rc = bwd_describe(d, n, h, w, &m, &hint, err)) != MT_OK)
+		return rc;
+	if (p_dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &m.src, &m.any_w,
+														   &m.dst, m.strides, m.dil, m.pl,
+														   m.pr) != dnnl_success ||
+		p_dnnl_primitive_desc_create(&pd, &cd, NULL, engine, hint) != dnnl_success)
+	{
+		pd = NULL;
+		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward-data kernel for this convolution");
+		goto out;
+	}
+	if ((rc = bwd_primitive(pd, &prim, err)) != MT_OK)
+		goto out;
+	want_w = p_dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+	if (!p_dnnl_memory_desc_equal(want_w, &m.plain_w) &&
+		(rc = reorder_new(&m.plain_w, packed_w, want_w, &wbuf, &wbytes, err)) != MT_OK)
+		goto out;
+	if ((tmp = falloc(p_dnnl_memory_desc_get_size(&m.src))) == NULL)
+	{
+		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
+		goto out;
+	}
+	if ((st = p_dnnl_memory_create(&mdy, &m.dst, engine, (void *) dy)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&mw, want_w, engine, wbuf ? (void *) wbuf : (void *) packed_w)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&mdx, &m.src, engine, tmp)) != dnnl_success)
+		rc = fail(err, "create memory", st);
+	else
+	{
+		dnnl_exec_arg_t args[3] = {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}};
+
+		if ((st = execute(prim, 3, args)) != dnnl_success)
+			rc = fail(err, "run a convolution's backward pass", st);
+		else
+		{
+			add_into(dx, tmp, (size_t) n * h * w * d->cin);
+			conv_count++;
+		}
+	}
+out:
+	if (mdy)
+		p_dnnl_memory_destroy(mdy);
+	if (mw)
+		p_dnnl_memory_destroy(mw);
+	if (mdx)
+		p_dnnl_memory_destroy(mdx);
+	if (prim)
+		p_dnnl_primitive_destroy(prim);
+	if (pd)
+		p_dnnl_primitive_desc_destroy(pd);
+	if (hint)
+		p_dnnl_primitive_desc_destroy(hint);
+	free(wbuf);
+	free(tmp);
+	return rc;
+}
+
+int
+mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+								 const float *x, const float *dy, float *packed_dw, mt_err *err)
+{
+	bwd_mds		m;
+	dnnl_primitive_desc_t hint = NULL,
+				pd = NULL;
+	dnnl_primitive_t prim = NULL;
+	dnnl_convolution_desc_t cd;
+	const dnnl_memory_desc_t *want_dw;
+	dnnl_memory_t mx = NULL,
+				mdy = NULL,
+				mdw = NULL;
+	float	   *dwbuf = NULL,
+			   *plain = NULL;
+	size_t		pbytes = 0;
+	dnnl_status_t st;
+	int			rc;
+
+	if (!mt_onednn_enabled())
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
+	if ((rc = bwd_describe(d, n, h, w, &m, &hint, err)) != MT_OK)
+		return rc;
+	if (p_dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &m.src,
+															  &m.any_w, NULL, &m.dst, m.strides,
+															  m.dil, m.pl, m.pr) != dnnl_success ||
+		p_dnnl_primitive_desc_create(&pd, &cd, NULL, engine, hint) != dnnl_success)
+	{
+		pd = NULL;
+		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward-weights kernel for this convolution");
+		goto out;
+	}
+	if ((rc = bwd_primitive(pd, &prim, err)) != MT_OK)
+		goto out;
+	want_dw = p_dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
+	if ((dwbuf = falloc(p_dnnl_memory_desc_get_size(want_dw))) == NULL)
+	{
+		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
+		goto out;
+	}
+	if ((st = p_dnnl_memory_create(&mx, &m.src, engine, (void *) x)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&mdy, &m.dst, engine, (void *) dy)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&mdw, want_dw, engine, dwbuf)) != dnnl_success)
+	{
+		rc = fail(err, "create memory", st);
+		goto out;
+	}
+	{
+		dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}};
+
+		if ((st = execute(prim, 3, args)) != dnnl_success)
+		{
+			rc = fail(err, "run a convolution's backward pass", st);
+			goto out;
+		}
+	}
+	if (!p_dnnl_memory_desc_equal(want_dw, &m.plain_w))
+	{
+		if ((rc = reorder_new(want_dw, dwbuf, &m.plain_w, &plain, &pbytes, err)) != MT_OK)
+			goto out;
+		add_into(packed_dw, plain, mt_conv_packed_size(d));
+	}
+	else
+		add_into(packed_dw, dwbuf, mt_conv_packed_size(d));
+	conv_count++;
+out:
+	if (mx)
+		p_dnnl_memory_destroy(mx);
+	if (mdy)
+		p_dnnl_memory_destroy(mdy);
+	if (mdw)
+		p_dnnl_memory_destroy(mdw);
+	if (prim)
+		p_dnnl_primitive_destroy(prim);
+	if (pd)
+		p_dnnl_primitive_desc_destroy(pd);
+	if (hint)
+		p_dnnl_primitive_desc_destroy(hint);
+	free(dwbuf);
+	free(plain);
+	return rc;
+}
+
 #else							/* built without oneDNN's headers */
 
 static mt_conv_kernels mode = MT_CONV_AUTO;
@@ -667,5 +935,19 @@ int
 mt_conv_cache_holds_weights(const mt_conv_cache *c)
 {
 	return 0;
+}
+
+int
+mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+							   const float *dy, const float *packed_w, float *dx, mt_err *err)
+{
+	return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", mt_onednn_info());
+}
+
+int
+mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+								 const float *x, const float *dy, float *packed_dw, mt_err *err)
+{
+	return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", mt_onednn_info());
 }
 #endif

@@ -65,6 +65,18 @@ int			mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 							 const float *x, const float *packed_w, const float *bias,
 							 float *y, mt_conv_cache **cache, mt_err *err);
 
+/*
+ * Training's backward passes, as ops.h's conv2d_backward_data (dx +=) and
+ * conv2d_backward_weight (packed_dw +=); d->act is ignored.  Same returns
+ * as mt_onednn_conv2d.
+ */
+int			mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+										   const float *dy, const float *packed_w, float *dx,
+										   mt_err *err);
+int			mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+											 const float *x, const float *dy, float *packed_dw,
+											 mt_err *err);
+
 /* Free a cache (NULL is fine). */
 void		mt_conv_cache_free(mt_conv_cache *c);
 /* Bytes of reordered weights a cache holds. */

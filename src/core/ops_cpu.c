@@ -54,12 +54,62 @@ mt_conv_packed_size(const mt_conv_desc *d)
 	return (size_t) d->cout * (d->cin / d->groups) * d->kh * d->kw;
 }
 
+/*
+ * Packing is a transpose of each group's [cout_g][cin_g kh kw] weights into
+ * [kh kw cin_g][cout_g]: done in blocks of PACK_BLOCK output channels (one
+ * contiguous run per row of the packed matrix), blocks spread over the pool
+ * (training packs every convolution's weights every step).
+ */
+#define PACK_BLOCK 16
+#define PACK_MIN_BLOCKS(d) ((size_t) (32768 / ((size_t) (d)->kh * (d)->kw * ((d)->cin / (d)->groups) * PACK_BLOCK) + 1))
+
+typedef struct pack_args
+{
+	const mt_conv_desc *d;
+	float	   *oihw;
+	float	   *packed;
+	int			unpack_add;		/* oihw += packed instead of packed = oihw */
+} pack_args;
+
+static void
+pack_task(void *p, size_t b, size_t e)
+{
+	pack_args  *a = p;
+	const mt_conv_desc *d = a->d;
+	int			cin_g = d->cin / d->groups;
+	int			cout_g = d->cout / d->groups;
+	size_t		khw = (size_t) d->kh * d->kw;
+	size_t		k = khw * cin_g;
+	size_t		blocks = (cout_g + PACK_BLOCK - 1) / PACK_BLOCK;
+
+	for (size_t j = b; j < e; j++)
+	{
+		int			g = (int) (j / blocks);
+		int			o0 = (int) (j % blocks) * PACK_BLOCK;
+		int			o1 = o0 + PACK_BLOCK < cout_g ? o0 + PACK_BLOCK : cout_g;
+		float	   *pk = a->packed + (size_t) g * k * cout_g;
+		float	   *src = a->oihw + (size_t) g * cout_g * k;
+
+		for (int ci = 0; ci < cin_g; ci++)
+			for (size_t t = 0; t < khw; t++)
+			{
+				size_t		row = t * cin_g + ci;
+				size_t		col = (size_t) ci * khw + t;	/* (ci, ky, kx) in an OIHW row */
+
+				if (a->unpack_add)
+					for (int o = o0; o < o1; o++)
+						src[(size_t) o * k + col] += pk[row * cout_g + o];
+				else
+					for (int o = o0; o < o1; o++)
+						pk[row * cout_g + o] = src[(size_t) o * k + col];
+			}
+	}
+}
+
 void
 mt_conv_pack_oihw(const mt_conv_desc *d, const float *oihw, float *packed)
 {
-	int			cin_g = d->cin / d->groups;
-	int			cout_g = d->cout / d->groups;
-	size_t		k = (size_t) d->kh * d->kw * cin_g;
+	pack_args	a = {d, (float *) oihw, packed, 0};
 
 	if (mt_conv_is_depthwise(d))
 	{
@@ -70,26 +120,15 @@ mt_conv_pack_oihw(const mt_conv_desc *d, const float *oihw, float *packed)
 						oihw[((size_t) c * d->kh + ky) * d->kw + kx];
 		return;
 	}
-	for (int g = 0; g < d->groups; g++)
-		for (int o = 0; o < cout_g; o++)
-			for (int ci = 0; ci < cin_g; ci++)
-				for (int ky = 0; ky < d->kh; ky++)
-					for (int kx = 0; kx < d->kw; kx++)
-					{
-						size_t		row = ((size_t) ky * d->kw + kx) * cin_g + ci;
-						size_t		src = (((size_t) (g * cout_g + o) * cin_g + ci) * d->kh + ky) * d->kw + kx;
-
-						packed[(size_t) g * k * cout_g + row * cout_g + o] = oihw[src];
-					}
+	mt_parallel_for((size_t) d->groups * ((d->cout / d->groups + PACK_BLOCK - 1) / PACK_BLOCK),
+					PACK_MIN_BLOCKS(d), pack_task, &a);
 }
 
 /* Add packed-layout weights into OIHW: the inverse of mt_conv_pack_oihw, adding. */
 void
 mt_conv_unpack_add_oihw(const mt_conv_desc *d, const float *packed, float *oihw)
 {
-	int			cin_g = d->cin / d->groups;
-	int			cout_g = d->cout / d->groups;
-	size_t		k = (size_t) d->kh * d->kw * cin_g;
+	pack_args	a = {d, oihw, (float *) packed, 1};
 
 	if (mt_conv_is_depthwise(d))
 	{
@@ -100,17 +139,8 @@ mt_conv_unpack_add_oihw(const mt_conv_desc *d, const float *packed, float *oihw)
 						packed[((size_t) ky * d->kw + kx) * d->cout + c];
 		return;
 	}
-	for (int g = 0; g < d->groups; g++)
-		for (int o = 0; o < cout_g; o++)
-			for (int ci = 0; ci < cin_g; ci++)
-				for (int ky = 0; ky < d->kh; ky++)
-					for (int kx = 0; kx < d->kw; kx++)
-					{
-						size_t		row = ((size_t) ky * d->kw + kx) * cin_g + ci;
-						size_t		dst = (((size_t) (g * cout_g + o) * cin_g + ci) * d->kh + ky) * d->kw + kx;
-
-						oihw[dst] += packed[(size_t) g * k * cout_g + row * cout_g + o];
-					}
+	mt_parallel_for((size_t) d->groups * ((d->cout / d->groups + PACK_BLOCK - 1) / PACK_BLOCK),
+					PACK_MIN_BLOCKS(d), pack_task, &a);
 }
 
 /* Whether the convolution is a plain GEMM on the input (1x1, stride 1, no pad). */

@@ -7,6 +7,7 @@
  * chunks of CHUNK channels on the stack so the kernels never allocate.
  */
 #include "ops_cpu_internal.h"
+#include "onednn.h"
 #include "blas.h"
 
 #include <float.h>
@@ -142,6 +143,14 @@ mt_cpu_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 	if (oh <= 0 || ow <= 0)
 		return mt_seterr(err, MT_ERR_SHAPE,
 						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+	/*
+	 * Not through oneDNN (mt_onednn_conv2d_backward_data exists and is
+	 * unit-tested): its input gradients differ from GEMM's in the last bits,
+	 * and parity_train.py's first Adam step, which turns each weight
+	 * gradient into about +-lr by its sign, then moved near-zero entries of
+	 * ResNet-18's layer3 beyond 4x PyTorch float32's own error against
+	 * float64 (3.2e-3 against 2.6e-4); the weight gradient (below) passes.
+	 */
 	if (mt_conv_is_depthwise(d))
 	{
 		for (int i = 0; i < n; i++)
@@ -184,6 +193,18 @@ mt_cpu_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 	if (oh <= 0 || ow <= 0)
 		return mt_seterr(err, MT_ERR_SHAPE,
 						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
+	/*
+	 * oneDNN for the weight gradient: its JIT kernels read x and dy once
+	 * instead of an im2col copy per image
+	 */
+	if (mt_onednn_enabled())
+	{
+		int			rc = mt_onednn_conv2d_backward_weight(d, n, h, w, x, dy, packed_dw, err);
+
+		if (rc != MT_ERR_UNSUPPORTED)
+			return rc;
+		mt_clearerr(err);		/* a shape oneDNN does not take: our own kernel */
+	}
 	if (mt_conv_is_depthwise(d))
 	{
 		for (int i = 0; i < n; i++)

@@ -184,6 +184,44 @@ check_conv(const char *what, mt_conv_desc d, int n, int h, int w)
 		mt_conv_cache_free(cache);
 	}
 	mt_onednn_set_mode(MT_CONV_AUTO);
+
+	/* backward passes: oneDNN's against im2col + GEMM, both adding into random gradients */
+	if (mt_onednn_enabled())
+	{
+		size_t		ps = mt_conv_packed_size(&d);
+		float	   *dy = rand_buf(ys),
+				   *dx0 = rand_buf(xs),
+				   *dx1 = malloc(sizeof(float) * xs),
+				   *dw0 = rand_buf(ps),
+				   *dw1 = malloc(sizeof(float) * ps);
+		int			rc;
+		float		gtol = tol * (1.0f + sqrtf((float) n * oh * ow / 64.0f));
+
+		memcpy(dx1, dx0, sizeof(float) * xs);
+		memcpy(dw1, dw0, sizeof(float) * ps);
+		mt_onednn_set_mode(MT_CONV_GEMM);
+		CHECK(mt_cpu_backend.conv2d_backward_data(&d, n, h, w, dy, packed, dx0, scratch, &err) == MT_OK &&
+			  mt_cpu_backend.conv2d_backward_weight(&d, n, h, w, x, dy, dw0, scratch, &err) == MT_OK,
+			  "%s: gemm backward", what);
+		mt_onednn_set_mode(MT_CONV_AUTO);
+		rc = mt_onednn_conv2d_backward_data(&d, n, h, w, dy, packed, dx1, &err);
+		CHECK(rc == MT_OK || rc == MT_ERR_UNSUPPORTED, "%s: oneDNN backward data: %s", what, err.msg);
+		if (rc == MT_OK)
+			CHECK(max_abs_diff(dx0, dx1, xs) < tol, "%s: oneDNN backward data adds gemm's (diff %g)",
+				  what, max_abs_diff(dx0, dx1, xs));
+		rc = mt_onednn_conv2d_backward_weight(&d, n, h, w, x, dy, dw1, &err);
+		CHECK(rc == MT_OK || rc == MT_ERR_UNSUPPORTED, "%s: oneDNN backward weight: %s", what, err.msg);
+		if (rc == MT_OK)
+			CHECK(max_abs_diff(dw0, dw1, ps) < gtol, "%s: oneDNN backward weight adds gemm's (diff %g, tol %g)",
+				  what, max_abs_diff(dw0, dw1, ps), gtol);
+		if (d.cin >= 16 && d.groups == 1)
+			CHECK(rc == MT_OK, "%s: oneDNN took the weight gradient", what);
+		free(dy);
+		free(dx0);
+		free(dx1);
+		free(dw0);
+		free(dw1);
+	}
 	free(x);
 	free(wt);
 	free(bias);
