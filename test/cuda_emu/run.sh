@@ -20,6 +20,9 @@ CXX=${CXX:-g++}
 # EMU_ASAN=1: AddressSanitizer over the kernels (device memory is host memory here)
 san=${EMU_ASAN:+-fsanitize=address -fno-omit-frame-pointer}
 CC=${CC:-gcc}
+# the CPU reference is im2col + GEMM: oneDNN's OpenMP threads, alive at exit,
+# stop LeakSanitizer (EMU_ASAN=1) from suspending the process ("fatal error")
+export MEDTL_CONV_KERNELS=gemm
 flags="$san -std=c++20 -O1 -ffp-contract=off -Wall -Wno-unused-parameter -Wno-sign-compare -Werror -I$emu/inc -I$here/src -DMEDTL_CUDA"
 python3 "$emu/launches.py" "$here/src/cuda/ops_cuda.cu" "$tmp/ops_cuda.cpp"
 cp "$here/src/cuda/cuda_runtime.cu" "$tmp/cuda_runtime.cpp"
