@@ -34,6 +34,7 @@ import datetime
 import os
 import platform
 import re
+import subprocess
 import sys
 import time
 
@@ -188,7 +189,42 @@ def main():
                         net(x).argmax(1)
             return run
 
-        variants = [("medtl SQL count(predict) (decode+forward per row)", timed_sql)]
+        def timed_sql_parallel(workers, threads_each):
+            # the same query; workers > 0: that many parallel workers with
+            # medtl.worker_threads = threads_each, the leader only gathering
+            par = ("SET medtl.threads = %d; SET medtl.worker_threads = %d;\n"
+                   "SET max_parallel_workers_per_gather = %d; SET parallel_leader_participation = %s;\n"
+                   "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;\n"
+                   % (threads_each, threads_each, workers, "off" if workers else "on"))
+            q = "SELECT count(medtl.predict('m', image)) FROM xrays;\n"
+
+            def run():
+                # the heap is a few pages (images are TOASTed): the planner
+                # gives it no worker unless told how many
+                psql("ALTER TABLE xrays SET (parallel_workers = %d);" % max(workers, 1))
+                out = psql(par + "\\timing on\n" + q + q + "\\timing off\nEXPLAIN (COSTS OFF) " + q)
+                times = [float(m.group(1)) / 1000.0 for m in (re.match(r"Time: ([0-9.]+) ms", l) for l in out) if m]
+                plan = " ".join(l for l in out if not l.startswith("Time:"))
+                if workers and "Workers Planned: %d" % workers not in plan:
+                    raise RuntimeError("no parallel plan: %s" % plan)
+                if len(times) != 2:
+                    raise RuntimeError("unexpected psql output: %r" % out)
+                return times[1]
+            return run
+
+        def engine_only():
+            # medtl's engine on a pre-made batch of one (no decode, no SQL):
+            # random weights, torch padding; the same network size
+            out = subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "bin", "bench_engine"),
+                                  "mobilenet_v2", "1", str(threads), "3"],
+                                 capture_output=True, text=True, check=True).stdout
+            m = re.search(r": ([0-9.]+) images/s \(mean\)", out)
+            return n / float(m.group(1))
+
+        variants = [("medtl SQL count(predict) (decode+forward per row)", timed_sql),
+                    ("medtl engine only, batch 1, pre-made tensors", engine_only),
+                    ("medtl SQL, one process, 1 thread", timed_sql_parallel(0, 1)),
+                    ("medtl SQL, 2 parallel workers x 1 thread", timed_sql_parallel(2, 1))]
         for name, net in (("eager", model), (jit_name, traced)):
             for bs in (1, 16):
                 variants.append(("PyTorch %s batch %d end to end (read+decode+forward)" % (name, bs),
@@ -216,6 +252,12 @@ def main():
     # -------------------------------------------------------------- report
     print()
     print("predictions: medtl and PyTorch agree on %d of %d images (top-1 ImageNet label)" % (agree, n))
+    eng = best["medtl engine only, batch 1, pre-made tensors"]
+    print("SQL predict() / engine only: %.2f (decode, resize and SQL cost %.0f%%)"
+          % (eng / t_sql, 100.0 * (1 - eng / t_sql)))
+    print("2 parallel workers x 1 thread / one process x 1 thread: %.2f; / one process x %d threads: %.2f"
+          % (best["medtl SQL, one process, 1 thread"] / best["medtl SQL, 2 parallel workers x 1 thread"],
+             threads, t_sql / best["medtl SQL, 2 parallel workers x 1 thread"]))
     print("%d chest X-ray test images (224x224 JPEG), %d threads, best of %d, %s"
           % (n, threads, args.runs, machine))
     print("load average at start %.2f, at end %.2f (other work on the machine skews the figures)"
