@@ -94,6 +94,14 @@ SELECT w.data <> b.data AS backbone_changed
   FROM weights w JOIN models m ON m.model_id = w.model_id AND m.name = 'pneumonia_seed_7'
   JOIN weights b ON b.tensor = w.tensor AND b.model_id = (SELECT model_id FROM models WHERE name = 'mobilenet_v2_imagenet')
  WHERE w.tensor = 'features.0.0.weight';
+-- the batch size fine_tune resolves: as given, else 16 for a source of fewer
+-- than 1000 rows and 32 from 1000 on (zero epochs: nothing trains)
+SELECT fine_tune('pneumonia_seed_7', 'train_xrays', head_epochs => 0, epochs => 0) AS run_small \gset
+SELECT fine_tune('pneumonia_seed_7', 'SELECT t.image, t.label FROM train_xrays t, generate_series(1, 1000) g',
+                 head_epochs => 0, epochs => 0) AS run_large \gset
+SELECT run_id = :run3 AS given, run_id = :run_small AS small, resolved->>'batch_size' AS batch_size,
+       params ? 'batch_size' AS in_params
+  FROM runs WHERE run_id IN (:run3, :run_small, :run_large) ORDER BY run_id;
 
 -- batch norm stays as it is by default (statistics and affine frozen);
 -- batch_norm => 'train' normalises with batch statistics and updates them
