@@ -33,9 +33,11 @@ private memory (RssAnon), next to 2 x the weights + 100 MB.
 Then training at batch 16 (SGD with momentum, cross-entropy) for
 --train-archs (default mobilenet_v2, resnet18): the engine's training step
 (test/bin/train_step bench, full fine-tune and head only), medtl.train()
-over the generated images (2 epochs, full fine-tune, end to end: decode,
-batches, steps, writing the weights; and --head-epochs epochs head only,
-where medtl computes the frozen backbone's features once) and PyTorch eager
+over --train-images rows of the generated images (2 epochs of full
+fine-tuning, timed by the second epoch's row in medtl.epochs: batches and
+steps from the decoded images; and --head-epochs epochs head only, timed
+end to end by medtl.runs, where medtl computes the frozen backbone's
+features once, against PyTorch's rate x images x epochs) and PyTorch eager
 (full fine-tune; head only as the usual loop does it, the best of
 model.train() with frozen backbone parameters and an eval-mode backbone
 under no_grad), with the ratios.
@@ -180,6 +182,7 @@ def main():
     ap.add_argument("--train-archs", default="mobilenet_v2,resnet18",
                     help="architectures whose training is measured ('' for none)")
     ap.add_argument("--head-epochs", type=int, default=10)
+    ap.add_argument("--train-images", type=int, default=256)
     args = ap.parse_args()
 
     import numpy as np
@@ -208,7 +211,7 @@ def main():
     setup = "SET medtl.threads = %d; SET max_parallel_workers_per_gather = 0;\n" % args.threads
 
     results = []
-    for arch in args.archs.split(","):
+    for arch in [a for a in args.archs.split(",") if a]:
         torch.manual_seed(0)
         model = getattr(torchvision.models, arch)(num_classes=1000).eval()
         path = os.path.join(work, "%s.safetensors" % arch)
@@ -291,7 +294,9 @@ def main():
     # the generated images, end to end from the table) and PyTorch eager
     train_archs = [a for a in args.train_archs.split(",") if a]
     if train_archs:
-        psql("CREATE TABLE timgs AS SELECT image, CASE WHEN id % 2 = 0 THEN 'a' ELSE 'b' END AS label FROM imgs;")
+        # --train-images rows, the generated images repeated, labels a and b
+        psql("CREATE TABLE timgs AS SELECT i.image, CASE WHEN g %% 2 = 0 THEN 'a' ELSE 'b' END AS label"
+             " FROM generate_series(0, %d) g JOIN imgs i ON i.id = g %% %d;" % (args.train_images - 1, args.images))
     for arch in train_archs:
         torch.manual_seed(0)
         model = getattr(torchvision.models, arch)(num_classes=1000).eval()
@@ -301,20 +306,25 @@ def main():
         os.unlink(path)
 
         def sql_train(freeze, epochs):
+            # (seconds of the whole run, seconds of its last epoch)
+            # train() once (a volatile call in a WHERE clause would run per row)
             out = psql(setup + "SELECT medtl.create_model('t_' || %(a)s, %(a)s, ARRAY['a', 'b'], replace => true);\n"
-                       "SELECT seconds FROM medtl.runs WHERE run_id = medtl.train('t_' || %(a)s, 'timgs', "
+                       "SELECT medtl.train('t_' || %(a)s, 'timgs', "
                        "epochs => %(e)d, batch_size => 16, optimizer => 'sgd', lr => 0.01, freeze => %(f)s, "
-                       "augment => false, validation => 0%(bn)s);\n"
+                       "augment => false, validation => 0%(bn)s) AS rid \\gset\n"
+                       "SELECT r.seconds || ' ' || e.seconds FROM medtl.runs r JOIN medtl.epochs e USING (run_id)"
+                       " WHERE r.run_id = :rid ORDER BY e.phase DESC, e.epoch DESC LIMIT 1;\n"
                        % {"a": sql_lit(arch), "e": epochs, "f": sql_lit(freeze),
                           "bn": ", batch_norm => 'train'" if freeze == "none" else ""})
-            return float(out[-1])
+            run_s, epoch_s = (float(v) for v in out[-1].split())
+            return run_s, epoch_s
 
         best = {}
         for _ in range(args.runs):
             for key, fn in (("engine full", lambda: engine_train_rate(arch, args.threads, "none")),
                             ("engine head", lambda: engine_train_rate(arch, args.threads, "backbone")),
-                            ("SQL full", lambda: 2 * args.images / sql_train("none", 2)),
-                            ("SQL head 10 epochs s", lambda: -sql_train("backbone", args.head_epochs)),
+                            ("SQL full", lambda: args.train_images / sql_train("none", 2)[1]),
+                            ("SQL head 10 epochs s", lambda: -sql_train("backbone", args.head_epochs)[0]),
                             ("torch", lambda: torch_train_rates(arch, args.seconds))):
                 r = fn()
                 if key == "torch":
@@ -323,10 +333,10 @@ def main():
                 else:
                     best[key] = max(best.get(key, -1e30), r)
         head_s = -best["SQL head 10 epochs s"]
-        torch_head_s = args.head_epochs * args.images / best["torch head"]
+        torch_head_s = args.head_epochs * args.train_images / best["torch head"]
         print("\n== %s training (224x224, batch 16, SGD, %d threads)" % (arch, args.threads), flush=True)
         for name, key in (("medtl engine, full fine-tune", "engine full"),
-                          ("medtl SQL train(), full fine-tune", "SQL full"),
+                          ("medtl SQL train(), full fine-tune, epoch 2", "SQL full"),
                           ("PyTorch eager, full fine-tune", "torch full"),
                           ("medtl engine, head only", "engine head"),
                           ("PyTorch eager, head only (best loop)", "torch head")):
@@ -337,7 +347,7 @@ def main():
             results.append((arch, "train " + name, 16, best[key]))
         print("  head only, %d epochs over %d images: medtl SQL train(freeze => 'backbone') %.1f s (features"
               " computed once), PyTorch loop %.1f s (backbone every epoch): %.1fx" % (
-                  args.head_epochs, args.images, head_s, torch_head_s, torch_head_s / head_s), flush=True)
+                  args.head_epochs, args.train_images, head_s, torch_head_s, torch_head_s / head_s), flush=True)
         results.append((arch, "train head-only epochs SQL s", 16, head_s))
         results.append((arch, "train head-only epochs PyTorch s", 16, torch_head_s))
         psql("SELECT medtl.drop_model('t_' || %s); SELECT medtl.drop_model(%s);" % (sql_lit(arch), sql_lit(arch)))
