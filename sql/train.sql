@@ -89,6 +89,21 @@ SELECT fine_tune('pneumonia_seed_7', 'SELECT image, label, patient FROM train_xr
 SELECT status, params->>'recipe' AS recipe, jsonb_array_length(resolved->'phases') AS phases
   FROM runs WHERE run_id = :run3;
 SELECT phase, epoch FROM epochs WHERE run_id = :run3 ORDER BY phase, epoch;
+-- full fine-tuning (augmentation, every layer) repeats bit for bit from the
+-- same start and seed: epoch rows and every weight
+SELECT create_model('pneumonia_seed_7_again', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 7) > 0 AS created;
+\set VERBOSITY terse
+SELECT fine_tune('pneumonia_seed_7_again', 'SELECT image, label, patient FROM train_xrays',
+                 head_epochs => 1, epochs => 1, batch_size => 8, group_column => 'patient') AS run3b \gset
+\set VERBOSITY default
+SELECT count(*) AS epochs,
+       bool_and(a.train_loss = b.train_loss AND a.val_loss = b.val_loss AND a.val_accuracy = b.val_accuracy) AS identical
+  FROM epochs a JOIN epochs b USING (phase, epoch) WHERE a.run_id = :run3 AND b.run_id = :run3b;
+SELECT count(*) AS tensors, bool_and(a.data = b.data) AS same_weights
+  FROM weights a JOIN weights b USING (tensor)
+ WHERE a.model_id = (SELECT model_id FROM models WHERE name = 'pneumonia_seed_7')
+   AND b.model_id = (SELECT model_id FROM models WHERE name = 'pneumonia_seed_7_again');
+SELECT drop_model('pneumonia_seed_7_again');
 -- after full fine-tuning the backbone changed too
 SELECT w.data <> b.data AS backbone_changed
   FROM weights w JOIN models m ON m.model_id = w.model_id AND m.name = 'pneumonia_seed_7'
