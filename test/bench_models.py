@@ -210,14 +210,19 @@ def main():
         psql("INSERT INTO imgs VALUES (%d, medtl.read_server_file(%s));" % (i, sql_lit(path)))
     setup = "SET medtl.threads = %d; SET max_parallel_workers_per_gather = 0;\n" % args.threads
 
-    results = []
-    for arch in [a for a in args.archs.split(",") if a]:
+    def import_random(arch):
+        """torchvision's arch with seeded random weights, imported as arch."""
         torch.manual_seed(0)
         model = getattr(torchvision.models, arch)(num_classes=1000).eval()
         path = os.path.join(work, "%s.safetensors" % arch)
         write_safetensors(path, model.state_dict())
         psql("SELECT medtl.import_model_file(%s, %s, %s, replace => true);" % (sql_lit(arch), sql_lit(arch), sql_lit(path)))
         os.unlink(path)
+        return model
+
+    results = []
+    for arch in [a for a in args.archs.split(",") if a]:
+        model = import_random(arch)
 
         def sql_rate(batch):
             if batch == 1:
@@ -298,12 +303,7 @@ def main():
         psql("CREATE TABLE timgs AS SELECT i.image, CASE WHEN g %% 2 = 0 THEN 'a' ELSE 'b' END AS label"
              " FROM generate_series(0, %d) g JOIN imgs i ON i.id = g %% %d;" % (args.train_images - 1, args.images))
     for arch in train_archs:
-        torch.manual_seed(0)
-        model = getattr(torchvision.models, arch)(num_classes=1000).eval()
-        path = os.path.join(work, "%s.safetensors" % arch)
-        write_safetensors(path, model.state_dict())
-        psql("SELECT medtl.import_model_file(%s, %s, %s, replace => true);" % (sql_lit(arch), sql_lit(arch), sql_lit(path)))
-        os.unlink(path)
+        import_random(arch)
 
         def sql_train(freeze, epochs):
             # (seconds of the whole run, seconds of its last epoch)

@@ -665,19 +665,77 @@ bwd_describe(const mt_conv_desc *d, int n, int h, int w, bwd_mds *m,
 	return MT_OK;
 }
 
-/* Create the primitive of pd unless its kernel is a reference one. */
-static int
-bwd_primitive(dnnl_primitive_desc_t pd, dnnl_primitive_t *prim, mt_err *err)
+/*
+ * One backward primitive of a convolution, made for a call: its
+ * descriptors, the forward hint, the primitive, up to three memories and
+ * two buffers, all released by bwd_end.
+ */
+typedef struct bwd_call
 {
+	bwd_mds		m;
+	dnnl_primitive_desc_t hint,
+				pd;
+	dnnl_primitive_t prim;
+	dnnl_memory_t mem[3];
+	float	   *buf[2];
+} bwd_call;
+
+static void
+bwd_end(bwd_call *c)
+{
+	for (int i = 0; i < 3; i++)
+		if (c->mem[i])
+			p_dnnl_memory_destroy(c->mem[i]);
+	if (c->prim)
+		p_dnnl_primitive_destroy(c->prim);
+	if (c->pd)
+		p_dnnl_primitive_desc_destroy(c->pd);
+	if (c->hint)
+		p_dnnl_primitive_desc_destroy(c->hint);
+	free(c->buf[0]);
+	free(c->buf[1]);
+}
+
+/*
+ * Describe and create the backward-data (weight_grad 0) or backward-weights
+ * (1) primitive of d on an n x h x w input.  MT_ERR_UNSUPPORTED when oneDNN
+ * has no optimised kernel; call bwd_end in every case.
+ */
+static int
+bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int w, mt_err *err)
+{
+	dnnl_convolution_desc_t cd;
+	bwd_mds    *m = &c->m;
 	const char *impl = NULL;
 	dnnl_status_t st;
+	int			rc;
 
-	*prim = NULL;
-	if (p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+	memset(c, 0, sizeof(*c));
+	if (!mt_onednn_enabled())
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
+	if ((rc = bwd_describe(d, n, h, w, m, &c->hint, err)) != MT_OK)
+		return rc;
+	st = weight_grad ?
+		p_dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &m->src,
+															  &m->any_w, NULL, &m->dst, m->strides,
+															  m->dil, m->pl, m->pr) :
+		p_dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &m->src,
+														   &m->any_w, &m->dst, m->strides, m->dil,
+														   m->pl, m->pr);
+	if (st != dnnl_success || p_dnnl_primitive_desc_create(&c->pd, &cd, NULL, engine, c->hint) != dnnl_success)
+	{
+		c->pd = NULL;
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward kernel for this convolution");
+	}
+	/* a reference (unvectorised) kernel is slower than im2col + GEMM */
+	if (p_dnnl_primitive_desc_query(c->pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
 		impl == NULL || strncmp(impl, "ref", 3) == 0)
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
-	if ((st = p_dnnl_primitive_create(prim, pd)) != dnnl_success)
+	if ((st = p_dnnl_primitive_create(&c->prim, c->pd)) != dnnl_success)
+	{
+		c->prim = NULL;
 		return fail(err, "create a convolution", st);
+	}
 	return MT_OK;
 }
 
@@ -715,76 +773,46 @@ int
 mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 							   const float *dy, const float *packed_w, float *dx, mt_err *err)
 {
-	bwd_mds		m;
-	dnnl_primitive_desc_t hint = NULL,
-				pd = NULL;
-	dnnl_primitive_t prim = NULL;
-	dnnl_convolution_desc_t cd;
+	bwd_call	c;
 	const dnnl_memory_desc_t *want_w;
-	dnnl_memory_t mdy = NULL,
-				mw = NULL,
-				mdx = NULL;
-	float	   *wbuf = NULL,
-			   *tmp = NULL;
-	size_t		wbytes = 0;
+	size_t		wbytes;
 	dnnl_status_t st;
 	int			rc;
 
-	if (!mt_onednn_enabled())
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
-	if ((rc = bwd_describe(d, n, h, w, &m, &hint, err)) != MT_OK)
-		return rc;
-	if (p_dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &m.src, &m.any_w,
-														   &m.dst, m.strides, m.dil, m.pl,
-														   m.pr) != dnnl_success ||
-		p_dnnl_primitive_desc_create(&pd, &cd, NULL, engine, hint) != dnnl_success)
-	{
-		pd = NULL;
-		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward-data kernel for this convolution");
+	if ((rc = bwd_begin(&c, 0, d, n, h, w, err)) != MT_OK)
 		goto out;
-	}
-	if ((rc = bwd_primitive(pd, &prim, err)) != MT_OK)
+	/* weights into the kernel's layout (they change every step) */
+	want_w = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_weights_md, 0);
+	if (!p_dnnl_memory_desc_equal(want_w, &c.m.plain_w) &&
+		(rc = reorder_new(&c.m.plain_w, packed_w, want_w, &c.buf[0], &wbytes, err)) != MT_OK)
 		goto out;
-	want_w = p_dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-	if (!p_dnnl_memory_desc_equal(want_w, &m.plain_w) &&
-		(rc = reorder_new(&m.plain_w, packed_w, want_w, &wbuf, &wbytes, err)) != MT_OK)
-		goto out;
-	if ((tmp = falloc(p_dnnl_memory_desc_get_size(&m.src))) == NULL)
+	if ((c.buf[1] = falloc(p_dnnl_memory_desc_get_size(&c.m.src))) == NULL)
 	{
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
 	}
-	if ((st = p_dnnl_memory_create(&mdy, &m.dst, engine, (void *) dy)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&mw, want_w, engine, wbuf ? (void *) wbuf : (void *) packed_w)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&mdx, &m.src, engine, tmp)) != dnnl_success)
-		rc = fail(err, "create memory", st);
-	else
+	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.dst, engine, (void *) dy)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine,
+								   c.buf[0] ? (void *) c.buf[0] : (void *) packed_w)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[2], &c.m.src, engine, c.buf[1])) != dnnl_success)
 	{
-		dnnl_exec_arg_t args[3] = {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}};
+		rc = fail(err, "create memory", st);
+		goto out;
+	}
+	{
+		dnnl_exec_arg_t args[3] = {{DNNL_ARG_DIFF_DST, c.mem[0]}, {DNNL_ARG_WEIGHTS, c.mem[1]},
+		{DNNL_ARG_DIFF_SRC, c.mem[2]}};
 
-		if ((st = execute(prim, 3, args)) != dnnl_success)
-			rc = fail(err, "run a convolution's backward pass", st);
-		else
+		if ((st = execute(c.prim, 3, args)) != dnnl_success)
 		{
-			add_into(dx, tmp, (size_t) n * h * w * d->cin);
-			conv_count++;
+			rc = fail(err, "run a convolution's backward pass", st);
+			goto out;
 		}
 	}
+	add_into(dx, c.buf[1], (size_t) n * h * w * d->cin);
+	conv_count++;
 out:
-	if (mdy)
-		p_dnnl_memory_destroy(mdy);
-	if (mw)
-		p_dnnl_memory_destroy(mw);
-	if (mdx)
-		p_dnnl_memory_destroy(mdx);
-	if (prim)
-		p_dnnl_primitive_destroy(prim);
-	if (pd)
-		p_dnnl_primitive_desc_destroy(pd);
-	if (hint)
-		p_dnnl_primitive_desc_destroy(hint);
-	free(wbuf);
-	free(tmp);
+	bwd_end(&c);
 	return rc;
 }
 
@@ -792,82 +820,49 @@ int
 mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 								 const float *x, const float *dy, float *packed_dw, mt_err *err)
 {
-	bwd_mds		m;
-	dnnl_primitive_desc_t hint = NULL,
-				pd = NULL;
-	dnnl_primitive_t prim = NULL;
-	dnnl_convolution_desc_t cd;
+	bwd_call	c;
 	const dnnl_memory_desc_t *want_dw;
-	dnnl_memory_t mx = NULL,
-				mdy = NULL,
-				mdw = NULL;
-	float	   *dwbuf = NULL,
-			   *plain = NULL;
-	size_t		pbytes = 0;
+	size_t		pbytes;
 	dnnl_status_t st;
 	int			rc;
 
-	if (!mt_onednn_enabled())
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
-	if ((rc = bwd_describe(d, n, h, w, &m, &hint, err)) != MT_OK)
-		return rc;
-	if (p_dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &m.src,
-															  &m.any_w, NULL, &m.dst, m.strides,
-															  m.dil, m.pl, m.pr) != dnnl_success ||
-		p_dnnl_primitive_desc_create(&pd, &cd, NULL, engine, hint) != dnnl_success)
-	{
-		pd = NULL;
-		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward-weights kernel for this convolution");
+	if ((rc = bwd_begin(&c, 1, d, n, h, w, err)) != MT_OK)
 		goto out;
-	}
-	if ((rc = bwd_primitive(pd, &prim, err)) != MT_OK)
-		goto out;
-	want_dw = p_dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
-	if ((dwbuf = falloc(p_dnnl_memory_desc_get_size(want_dw))) == NULL)
+	want_dw = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_diff_weights_md, 0);
+	if ((c.buf[0] = falloc(p_dnnl_memory_desc_get_size(want_dw))) == NULL)
 	{
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
 	}
-	if ((st = p_dnnl_memory_create(&mx, &m.src, engine, (void *) x)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&mdy, &m.dst, engine, (void *) dy)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&mdw, want_dw, engine, dwbuf)) != dnnl_success)
+	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.src, engine, (void *) x)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[1], &c.m.dst, engine, (void *) dy)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[2], want_dw, engine, c.buf[0])) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
 		goto out;
 	}
 	{
-		dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, mx}, {DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DIFF_WEIGHTS, mdw}};
+		dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, c.mem[0]}, {DNNL_ARG_DIFF_DST, c.mem[1]},
+		{DNNL_ARG_DIFF_WEIGHTS, c.mem[2]}};
 
-		if ((st = execute(prim, 3, args)) != dnnl_success)
+		if ((st = execute(c.prim, 3, args)) != dnnl_success)
 		{
 			rc = fail(err, "run a convolution's backward pass", st);
 			goto out;
 		}
 	}
-	if (!p_dnnl_memory_desc_equal(want_dw, &m.plain_w))
+	/* back into the packed layout, added to the caller's gradient */
+	if (!p_dnnl_memory_desc_equal(want_dw, &c.m.plain_w))
 	{
-		if ((rc = reorder_new(want_dw, dwbuf, &m.plain_w, &plain, &pbytes, err)) != MT_OK)
+		if ((rc = reorder_new(want_dw, c.buf[0], &c.m.plain_w, &c.buf[1], &pbytes, err)) != MT_OK)
 			goto out;
-		add_into(packed_dw, plain, mt_conv_packed_size(d));
+		add_into(packed_dw, c.buf[1], mt_conv_packed_size(d));
 	}
 	else
-		add_into(packed_dw, dwbuf, mt_conv_packed_size(d));
+		add_into(packed_dw, c.buf[0], mt_conv_packed_size(d));
 	conv_count++;
 out:
-	if (mx)
-		p_dnnl_memory_destroy(mx);
-	if (mdy)
-		p_dnnl_memory_destroy(mdy);
-	if (mdw)
-		p_dnnl_memory_destroy(mdw);
-	if (prim)
-		p_dnnl_primitive_destroy(prim);
-	if (pd)
-		p_dnnl_primitive_desc_destroy(pd);
-	if (hint)
-		p_dnnl_primitive_desc_destroy(hint);
-	free(dwbuf);
-	free(plain);
+	bwd_end(&c);
 	return rc;
 }
 
