@@ -42,8 +42,10 @@ features once, against PyTorch's rate x images x epochs) and PyTorch eager
 model.train() with frozen backbone parameters and an eval-mode backbone
 under no_grad), with the ratios.
 
-Not covered yet (issue 5): the fraction of the machine's fp32 peak,
-parallel workers.
+The fraction of the machine's fp32 peak: the engine's convolutions'
+arithmetic (2 x multiply-adds per image x images/s) against OpenBLAS sgemm
+1024^3 on the same threads (close to the cores' fp32 peak with the right
+kernel set).  Parallel workers: test/bench_predict.py.
 """
 import argparse
 import csv
@@ -79,13 +81,26 @@ def machine_name():
     return platform.processor() or platform.machine()
 
 
+CONV_GFLOP = {}     # arch -> GFLOP of its convolutions per 224x224 image
+
+
 def engine_rate(arch, batch, threads, seconds):
     out = subprocess.run([ENGINE, arch, str(batch), str(threads), str(seconds)],
                          capture_output=True, text=True, check=True).stdout
     m = re.search(r": ([0-9.]+) images/s \(mean\)", out)
     if not m:
         raise RuntimeError("unexpected bench_engine output: %r" % out)
+    g = re.search(r"convolutions ([0-9.]+) GFLOP per image", out)
+    if g:
+        CONV_GFLOP[arch] = float(g.group(1))
     return float(m.group(1))
+
+
+def sgemm_peak(threads):
+    """GFLOP/s of OpenBLAS sgemm 1024^3: the reference for the fp32 peak."""
+    out = subprocess.run([ENGINE, "sgemm", str(threads), "3"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r": ([0-9.]+) GFLOP/s", out)
+    return float(m.group(1)) if m else 0.0
 
 
 STEP = os.path.join(HERE, "bin", "train_step")
@@ -220,7 +235,9 @@ def main():
         os.unlink(path)
         return model
 
-    results = []
+    peak = sgemm_peak(args.threads)
+    print("fp32 reference: OpenBLAS sgemm 1024^3 on %d threads, %.1f GFLOP/s" % (args.threads, peak), flush=True)
+    results = [("sgemm", "sgemm 1024^3 GFLOP/s", 0, peak)]
     for arch in [a for a in args.archs.split(",") if a]:
         model = import_random(arch)
 
@@ -275,6 +292,12 @@ def main():
                 ratio = " medtl/PyTorch-best %.2f" % (r / pt) if name.startswith("medtl") else ""
                 print("  batch %2d  %-36s %8.1f img/s%s" % (bs, name, r, ratio), flush=True)
                 results.append((arch, name, bs, r))
+        if arch in CONV_GFLOP and peak > 0:
+            for bs in (1, 16):
+                rate = CONV_GFLOP[arch] * best[("medtl engine", bs)]
+                print("  convs     batch %2d: %.2f GFLOP per image, %.1f GFLOP/s, %.0f%% of sgemm's %.1f"
+                      % (bs, CONV_GFLOP[arch], rate, 100.0 * rate / peak, peak), flush=True)
+                results.append((arch, "engine conv GFLOP/s", bs, rate))
         # memory of a fresh backend that loads the model and scores every row
         # (batch 1): peak resident set (VmHWM: private memory, shared-buffer
         # pages of medtl.weights it read, mapped libraries) and private

@@ -7,6 +7,12 @@
  *   e.g. test/bin/bench_engine mobilenet_v2 1 2 5
  *
  * MEDTL_CONV_KERNELS=gemm in the environment turns oneDNN off (onednn.h).
+ * Also prints the convolutions' arithmetic rate (2 x multiply-adds of every
+ * convolution per image x images/s).
+ *
+ *   test/bin/bench_engine sgemm [threads] [seconds]
+ *
+ * times OpenBLAS sgemm 1024^3 as a reference for the machine's fp32 peak.
  */
 #include "core/blas.h"
 #include "core/graph.h"
@@ -29,6 +35,68 @@ now(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Multiply-adds x 2 of every convolution of m for one h x w image. */
+static double
+conv_flops(const mt_model *m, int h, int w)
+{
+	mt_shape3  *shp = calloc(m->n_nodes, sizeof(mt_shape3));
+	size_t		scratch;
+	mt_err		err;
+	double		f = 0;
+
+	if (shp == NULL || mt_model_shapes(m, h, w, shp, &scratch, &err) != MT_OK)
+	{
+		free(shp);
+		return 0;
+	}
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+
+		if (nd->kind == MT_NODE_CONV)
+			f += 2.0 * shp[i].h * shp[i].w * nd->cout * nd->kh * nd->kw * (nd->cin / nd->groups);
+	}
+	free(shp);
+	return f;
+}
+
+static int
+bench_sgemm(int threads, double seconds)
+{
+	int			n = 1024;
+	float	   *a = malloc(sizeof(float) * n * n),
+			   *b = malloc(sizeof(float) * n * n),
+			   *c = malloc(sizeof(float) * n * n);
+	double		t0,
+				best = 1e30;
+	mt_err		err;
+
+	if (mt_blas_init("auto", &err) != MT_OK)
+	{
+		fprintf(stderr, "%s\n", err.msg);
+		return 1;
+	}
+	if (threads > 0)
+		mt_blas_set_threads(threads);
+	for (size_t i = 0; i < (size_t) n * n; i++)
+		a[i] = b[i] = (float) (i % 7) * 0.1f;
+	t0 = now();
+	do
+	{
+		double		s = now();
+
+		mt_sgemm(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+		if (now() - s < best)
+			best = now() - s;
+	} while (now() - t0 < seconds);
+	printf("sgemm %d^3 threads %d core %s: %.1f GFLOP/s (best)\n", n, mt_blas_threads(),
+		   mt_blas_corename(), 2.0 * n * n * n / best / 1e9);
+	free(a);
+	free(b);
+	free(c);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -47,6 +115,8 @@ main(int argc, char **argv)
 				t1,
 				best = 1e30;
 
+	if (strcmp(arch, "sgemm") == 0)
+		return bench_sgemm(argc > 2 ? atoi(argv[2]) : 0, argc > 3 ? atof(argv[3]) : 3.0);
 	if (mt_blas_init("auto", &err) != MT_OK)
 	{
 		fprintf(stderr, "%s\n", err.msg);
@@ -111,9 +181,11 @@ main(int argc, char **argv)
 		iters++;
 		t1 = now();
 	} while (t1 - t0 < seconds);
-	printf("engine %s batch %d threads %d (pool %d) core %s: %.1f images/s (mean), %.1f images/s (best batch)\n",
+	printf("engine %s batch %d threads %d (pool %d) core %s: %.1f images/s (mean), %.1f images/s (best batch), "
+		   "convolutions %.2f GFLOP per image, %.1f GFLOP/s (mean)\n",
 		   arch, batch, mt_blas_threads(), mt_pool_threads(), mt_blas_corename(),
-		   iters * batch / (t1 - t0), batch / best);
+		   iters * batch / (t1 - t0), batch / best, conv_flops(m, 224, 224) / 1e9,
+		   conv_flops(m, 224, 224) * iters * batch / (t1 - t0) / 1e9);
 	mt_model_free(m);
 	free(x);
 	free(logits);
