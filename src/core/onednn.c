@@ -8,7 +8,7 @@
  */
 #include "onednn.h"
 #include "blas.h"
-#include "pool.h"
+#include "ops_cpu_internal.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -352,6 +352,13 @@ execute(dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args)
 	return st;
 }
 
+/* 64-byte aligned, for oneDNN buffers (free with free) */
+static float *
+falloc(size_t bytes)
+{
+	return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
 /* Reorder weights from (src, src_md) into a new buffer laid out as dst_md. */
 static int
 reorder_new(const dnnl_memory_desc_t *src_md, const float *src,
@@ -363,7 +370,7 @@ reorder_new(const dnnl_memory_desc_t *src_md, const float *src,
 				to = NULL;
 	dnnl_status_t st;
 	size_t		sz = p_dnnl_memory_desc_get_size(dst_md);
-	float	   *buf = aligned_alloc(64, (sz + 63) / 64 * 64);
+	float	   *buf = falloc(sz);
 	int			rc = MT_OK;
 
 	*out = NULL;
@@ -739,36 +746,6 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 	return MT_OK;
 }
 
-/* y[i] += x[i] */
-typedef struct add_args
-{
-	float	   *y;
-	const float *x;
-} add_args;
-
-static void
-add_task(void *p, size_t b, size_t e)
-{
-	add_args   *a = p;
-
-	for (size_t i = b; i < e; i++)
-		a->y[i] += a->x[i];
-}
-
-static void
-add_into(float *y, const float *x, size_t len)
-{
-	add_args	a = {y, x};
-
-	mt_parallel_for(len, 1 << 15, add_task, &a);
-}
-
-static float *
-falloc(size_t bytes)
-{
-	return aligned_alloc(64, (bytes + 63) / 64 * 64);
-}
-
 int
 mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 							   const float *dy, const float *packed_w, float *dx, mt_err *err)
@@ -809,7 +786,7 @@ mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 			goto out;
 		}
 	}
-	add_into(dx, c.buf[1], (size_t) n * h * w * d->cin);
+	mt_cpu_accumulate((size_t) n * h * w * d->cin, c.buf[1], dx);
 	conv_count++;
 out:
 	bwd_end(&c);
@@ -856,10 +833,10 @@ mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 	{
 		if ((rc = reorder_new(want_dw, c.buf[0], &c.m.plain_w, &c.buf[1], &pbytes, err)) != MT_OK)
 			goto out;
-		add_into(packed_dw, c.buf[1], mt_conv_packed_size(d));
+		mt_cpu_accumulate(mt_conv_packed_size(d), c.buf[1], packed_dw);
 	}
 	else
-		add_into(packed_dw, c.buf[0], mt_conv_packed_size(d));
+		mt_cpu_accumulate(mt_conv_packed_size(d), c.buf[0], packed_dw);
 	conv_count++;
 out:
 	bwd_end(&c);

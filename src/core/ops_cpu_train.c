@@ -9,6 +9,7 @@
 #include "ops_cpu_internal.h"
 #include "onednn.h"
 #include "blas.h"
+#include "pool.h"
 
 #include <float.h>
 #include <math.h>
@@ -527,12 +528,28 @@ mt_cpu_linear_backward(int n, int in, int out, const float *x, const float *w,
 		mt_cpu_bias_backward((size_t) n, out, dy, db);
 }
 
-/* dst += src, elementwise. */
-MT_HOT void
+typedef struct accumulate_args
+{
+	const float *src;
+	float	   *dst;
+} accumulate_args;
+
+MT_HOT static void
+accumulate_task(void *p, size_t b, size_t e)
+{
+	accumulate_args *a = p;
+
+	for (size_t i = b; i < e; i++)
+		a->dst[i] += a->src[i];
+}
+
+/* dst += src, elementwise over the pool (the same sums however it splits) */
+void
 mt_cpu_accumulate(size_t len, const float *src, float *dst)
 {
-	for (size_t i = 0; i < len; i++)
-		dst[i] += src[i];
+	accumulate_args a = {src, dst};
+
+	mt_parallel_for(len, 1 << 15, accumulate_task, &a);
 }
 
 /* torch.optim.SGD's update (dampening 0), in float as torch does. */
