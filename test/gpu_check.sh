@@ -140,25 +140,20 @@ else
 	echo "no make: building with the same commands directly"
 	flags="-O3 -std=c++20 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -fPIC,-Wall,-Wno-unused-parameter -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA"
 	mkdir -p test/bin
+	ops_src="src/core/mt_common.c src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c"
+	model_src="$ops_src src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c"
+	# link_tool NAME SOURCES: test/bin/NAME from test/tools/NAME.c, the sources and src/cuda
+	link_tool() {
+		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
+			-o "test/bin/$1" "test/tools/$1.c" $2 \
+			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
+			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread
+	}
 	timeout 100 "$NVCC" $flags -c -o src/cuda/cuda_runtime.o src/cuda/cuda_runtime.cu &&
 		timeout 100 "$NVCC" $flags -c -o src/cuda/ops_cuda.o src/cuda/ops_cuda.cu &&
-		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
-			-o test/bin/cuda_ops_check test/tools/cuda_ops_check.c src/core/mt_common.c \
-			src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
-			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
-			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread &&
-		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
-			-o test/bin/cuda_model_check test/tools/cuda_model_check.c src/core/mt_common.c \
-			src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
-			src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c \
-			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
-			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread &&
-		timeout 60 "$CC" -std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I"$CUDA_INCDIR" -DMEDTL_CUDA \
-			-o test/bin/cuda_train_check test/tools/cuda_train_check.c src/core/mt_common.c \
-			src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c \
-			src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c \
-			src/cuda/cuda_runtime.o src/cuda/ops_cuda.o -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" \
-			-lcublas -lcudart -lstdc++ -ldl -lm -lpthread || fail "build failed"
+		link_tool cuda_ops_check "$ops_src" &&
+		link_tool cuda_model_check "$model_src" &&
+		link_tool cuda_train_check "$model_src" || fail "build failed"
 fi
 echo "build time: $(( $(date +%s) - t0 ))s"
 [ -x test/bin/cuda_ops_check ] || { fail "test/bin/cuda_ops_check was not built"; finish; }

@@ -29,26 +29,24 @@ cp "$here/src/cuda/cuda_runtime.cu" "$tmp/cuda_runtime.cpp"
 $CXX $flags -c "$tmp/ops_cuda.cpp" -o "$tmp/ops_cuda.o"
 $CXX $flags -c "$tmp/cuda_runtime.cpp" -o "$tmp/cuda_runtime.o"
 $CXX $flags -c "$emu/emu.cpp" -o "$tmp/emu.o"
-$CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
-	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_ops_check" "$here/test/tools/cuda_ops_check.c" \
-	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/onednn.c" "$here/src/core/pool.c" \
-	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
-	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
+# the CPU kernels the op check compares against, and the engine for the model checks
+ops_src=(mt_common blas onednn pool ops_cpu ops_cpu_train ops_cpu_vit ops_cpu_cnn ops_cpu_unet)
+ops_src=("${ops_src[@]/#/$here/src/core/}")
+ops_src=("${ops_src[@]/%/.c}")
+model_src=("${ops_src[@]}" "$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c"
+	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c")
+# link_tool NAME SOURCES...: test/tools/NAME.c with the sources, the kernels and the emulation
+link_tool() {
+	local name=$1
+	shift
+	$CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
+		-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/$name" "$here/test/tools/$name.c" "$@" \
+		"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
+}
+link_tool cuda_ops_check "${ops_src[@]}"
 [ -n "${EMU_SKIP_OPS:-}" ] || "$tmp/cuda_ops_check" --no-bench
-$CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
-	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_model_check" "$here/test/tools/cuda_model_check.c" \
-	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/onednn.c" "$here/src/core/pool.c" \
-	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
-	"$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c" \
-	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c" \
-	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
-$CC $san -std=gnu11 -O1 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror \
-	-I"$emu/inc" -I"$here/src" -DMEDTL_CUDA -o "$tmp/cuda_train_check" "$here/test/tools/cuda_train_check.c" \
-	"$here/src/core/mt_common.c" "$here/src/core/blas.c" "$here/src/core/onednn.c" "$here/src/core/pool.c" \
-	"$here/src/core/ops_cpu.c" "$here/src/core/ops_cpu_train.c" "$here/src/core/ops_cpu_vit.c" "$here/src/core/ops_cpu_cnn.c" "$here/src/core/ops_cpu_unet.c" \
-	"$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c" \
-	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c" \
-	"$tmp/ops_cuda.o" "$tmp/cuda_runtime.o" "$tmp/emu.o" -lstdc++ -ldl -lm -lpthread
+link_tool cuda_model_check "${model_src[@]}"
+link_tool cuda_train_check "${model_src[@]}"
 # one training step on the device vs the CPU (SGD / AdamW, full / frozen backbone)
 [ -n "${EMU_SKIP_TRAIN:-}" ] || "$tmp/cuda_train_check" --no-bench ${EMU_TRAIN_SIZE:---size 64 --batch 4} \
 	--settings "${EMU_TRAIN_SETTINGS:-0134}" \
