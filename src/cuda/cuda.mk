@@ -41,13 +41,13 @@ CUDA_MODEL_SRC = $(CUDA_CHECK_SRC) src/core/graph.c src/core/graph_vit.c src/cor
 	src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c
 
 test/bin/cuda_model_check: test/tools/cuda_model_check.c $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_HDRS) \
-		src/core/graph.h src/core/train.h src/nn/zoo.h
+		src/core/graph.h src/core/train.h src/nn/zoo.h test/tools/cuda_check_common.h
 	@mkdir -p test/bin
 	$(CC) $(CUDA_CHECK_CFLAGS) -o $@ $< $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
 
 # One training step on the device against the CPU, and training images/s.
 test/bin/cuda_train_check: test/tools/cuda_train_check.c $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_HDRS) \
-		src/core/graph.h src/core/train.h src/nn/zoo.h
+		src/core/graph.h src/core/train.h src/nn/zoo.h test/tools/cuda_check_common.h
 	@mkdir -p test/bin
 	$(CC) $(CUDA_CHECK_CFLAGS) -o $@ $< $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
 

@@ -52,15 +52,8 @@
 
 #define SEG_CLASSES 3			/* a U-Net's classes (its logits are n x h x w x 3) */
 
-static int	n_pass = 0;
-
-/* U-Nets: spatial logits, input sides multiples of 32 */
-static int
-is_unet(const char *arch)
-{
-	return strncmp(arch, "unet_", 5) == 0;
-}
-static int	n_fail = 0;
+#define CHECK_TOOL "cuda_model"
+#include "cuda_check_common.h"
 
 static void
 check(int ok, const char *arch, const char *what)
@@ -70,85 +63,6 @@ check(int ok, const char *arch, const char *what)
 		n_pass++;
 	else
 		n_fail++;
-}
-
-static double
-now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void *
-xmalloc(size_t bytes)
-{
-	void	   *p = malloc(bytes ? bytes : 1);
-
-	if (p == NULL)
-	{
-		printf("FAIL: host out of memory\n");
-		printf("cuda_model: %d passed, %d failed\n", n_pass, n_fail + 1);
-		exit(1);
-	}
-	return p;
-}
-
-/* max|a - b| / max(max|b|, 1e-6) over len values */
-static double
-rel_err(const float *a, const float *b, size_t len)
-{
-	double		diff = 0,
-				scale = 1e-6;
-
-	for (size_t i = 0; i < len; i++)
-	{
-		double		d = fabs((double) a[i] - (double) b[i]);
-
-		if (d > diff || isnan(d))
-			diff = isnan(d) ? INFINITY : d;
-		if (fabs((double) b[i]) > scale)
-			scale = fabs((double) b[i]);
-	}
-	return diff / scale;
-}
-
-/*
- * A model with torchvision's initialisation, then batch-norm statistics
- * and affine parameters drawn at random (the initialisation's 1/0/0/1
- * would make folding trivial).
- */
-static mt_model *
-random_model(const char *arch, uint64_t seed, mt_err *err)
-{
-	mt_model   *m = mt_zoo_build(arch, is_unet(arch) ? SEG_CLASSES : CLASSES, 0, err);
-	mt_rng		rng;
-
-	if (m == NULL)
-		return NULL;
-	if (mt_model_init_all(m, seed, err) != MT_OK)
-	{
-		mt_model_free(m);
-		return NULL;
-	}
-	mt_rng_seed(&rng, seed, 7);
-	for (int i = 0; i < m->n_nodes; i++)
-	{
-		const mt_node *nd = &m->nodes[i];
-
-		if (nd->kind != MT_NODE_BN)
-			continue;
-		for (size_t j = 0; j < m->params[nd->p_bn_weight].numel; j++)
-		{
-			m->params[nd->p_bn_weight].data[j] = (float) (0.5 + mt_rng_uniform(&rng));
-			m->params[nd->p_bn_bias].data[j] = (float) (0.2 * mt_rng_uniform(&rng) - 0.1);
-			m->params[nd->p_bn_mean].data[j] = (float) (0.2 * mt_rng_uniform(&rng) - 0.1);
-			m->params[nd->p_bn_var].data[j] = (float) (0.5 + mt_rng_uniform(&rng));
-		}
-	}
-	m->prepared = 0;
-	return m;
 }
 
 /* One forward pass; prints the error and returns 0 on failure. */
