@@ -42,6 +42,13 @@ Conditioning.  The same step also runs in torch with float64.
   first step is about lr * sign(g), so a near-zero gradient's sign flips.
   Such a tensor is compared with float64 and must be within max(1e-3, 4 x
   torch float32's own error).
+- For that reason the updated weights of the Adam/AdamW cases leave out the
+  entries whose float64 gradient is within 2x of a float32 gradient's error
+  at that entry (torch float32's or medtl's, both checked above): their
+  sign, hence their update of about +-lr, is not determined in float32
+  (one such entry of ResNet-18's layer3 took the other sign with oneDNN's
+  summation order, 3e-3 of the tensor's largest weight).  The line counts
+  them.
 - A forward pass whose float32 torch loss is more than 1e-4 from float64
   (EfficientNet-B0 with frozen, perturbed running statistics has logits
   ~1e4) has its loss compared with float64 the same way.
@@ -359,11 +366,30 @@ def run_case(arch, case, x, y, tmp):
     for n in t_grads:
         grads.check(n, m_grads[n], t_grads[n], d_grads[n])
     after = Checker()
+    undetermined = 0
     for n in t_after:
         if n not in out:
             problems.append("missing tensor %s" % n)
             continue
-        after.check(n, out[n], t_after[n], d_after[n])
+        m_after, t32_after, t64_after = out[n], t_after[n], d_after[n]
+        if case["optim"] in ("adam", "adamw") and n in d_grads:
+            # Adam's first step is about lr * sign(g): an entry whose float64
+            # gradient is within 2x of a float32 gradient's own error there
+            # (torch's or medtl's, both compared above) has no determined
+            # sign, so its update is left out (all three set to float64's
+            # value); the gradients themselves were compared in full
+            g64 = d_grads[n].double()
+            noise = torch.maximum((t_grads[n].double() - g64).abs(),
+                                  (m_grads[n].double().reshape(g64.shape) - g64).abs())
+            mask = g64.abs() < 2 * noise
+            if bool(mask.any()):
+                undetermined += int(mask.sum())
+                ref = t64_after.double()
+                m_after = m_after.double().reshape(ref.shape).clone()
+                m_after[mask] = ref[mask]
+                t32_after = t32_after.double().clone()
+                t32_after[mask] = ref[mask]
+        after.check(n, m_after, t32_after, t64_after)
     if len(grads.fails) > len(grads.zero_fails) and grads.ill > (grads.n - grads.nzero) // 2:
         grads.judge_as_whole()
     problems += ["gradient " + f for f in grads.fails] + ["updated " + f for f in after.fails]
@@ -374,7 +400,8 @@ def run_case(arch, case, x, y, tmp):
         problems.append("optimizer on medtl's gradients: %s rel %.2e" % (opt_worst[1], opt_worst[0]))
     msg = "%s: loss rel %.1e%s; gradients %s; updated %s; optimizer alone %.1e" % (
         name, loss_err, " (vs float64: ill-conditioned, torch float32 %.1e)" % loss_own if loss_own > TOL_LOSS else "",
-        grads.summary(), after.summary(), opt_worst[0])
+        grads.summary(), after.summary() + (" (%d updates of sign-undetermined gradients left out)"
+                                            % undetermined if undetermined else ""), opt_worst[0])
     if problems:
         msg += " -- " + "; ".join(problems[:4])
     report(not problems, msg)

@@ -32,7 +32,7 @@ Checks:
             its BN in eval(), medtl's default); every convolution training
             with every BN on running statistics (BN weights frozen, BN in
             eval(), biases training: the encoder's gradients through the
-            skip connections, well conditioned); and a full fine-tune
+            skip connections); and a full fine-tune
             (model.train()), on
             unet_resnet18 (bilinear) and unet_mobilenet_v2_tconv, batch 4
             at 64x64: loss and training logits <= 1e-4, every gradient and
@@ -41,7 +41,7 @@ Checks:
 Conditioning.  As in test/parity_train.py, a tensor whose torch float32
 result is itself more than 1e-4 from float64 (a ReLU6 input within rounding
 of a kink) is compared with float64 and must be within max(1e-3, 4 x torch
-float32's own error); otherwise the first two cases must meet 1e-3.  A full fine-tune of a freshly initialised
+float32's own error); otherwise the encoder-frozen case must meet 1e-3.  A full fine-tune of a freshly initialised
 U-Net in training mode is chaotic: its BN layers normalise the deepest maps
 over 16 values per channel, and so many ReLU/ReLU6 inputs lie near a kink
 that moving the input by 1e-6 (float32 rounding of the activations) moves
@@ -49,11 +49,17 @@ float64's own gradients by up to 10% (and at 128x128 more, not less).  Any
 two float32 implementations then differ by that much in places.  So a
 tensor of the full fine-tune that misses 1e-3 against torch float32 is
 compared with float64 and must be within max(1e-3, 4 x torch float32's
-own error, 2 x the spread of float64's gradient under two input
+own error, 2 x the spread of float64's gradient under eight input
 perturbations of 1e-6); the line says how many needed that rule.  The
 same applies to the updated weights (a gradient's error shows there
-scaled by lr).  A gradient off by O(1) fails it; smaller errors in the
-encoder's gradients are the second case's to catch.
+scaled by lr), and to the case with every BN on running statistics: with
+no batch statistics it is far less chaotic, but unet_resnet18 still has
+ReLU inputs that close to 0 (float64's own gradients of encoder layer2 to
+layer4 and of decoder block 2 move by 1e-3 to 2e-3 under such
+perturbations, and oneDNN's summation order, against im2col + GEMM's,
+moves medtl's by as much; two perturbations undercounted it, so there are
+eight).  A gradient off by O(1) fails it; parity_train.py checks the same
+convolution, BN and ReLU gradients on well-conditioned cases to 1e-3.
 
 Output: "ok: ..." / "FAIL: ..." per check, last line
 "parity_unet: N passed, M failed"; exit 1 on failures.  Arguments: arch
@@ -286,10 +292,11 @@ def check_step(arch, freeze, tmp):
                                              momentum, wd)
     out = run_driver(arch, wpath, bpath, opath, freeze, lr, momentum, wd)
 
-    # float64's own spread under input perturbations of 1e-6 (full fine-tune)
+    # float64's own spread under input perturbations of 1e-6 (the cases
+    # where the encoder trains)
     spread_g, spread_a = {}, {}
-    if freeze == "none":
-        for s in (1, 2):
+    if freeze in ("none", "bnweights"):
+        for s in range(1, 9):
             xp = x.double() + 1e-6 * torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED + 10 + s)).double()
             _, _, pg, pa = torch_step(build(arch).double(), xp, masks, freeze, lr, momentum, wd)
             for k in pg:
@@ -324,8 +331,8 @@ def check_step(arch, freeze, tmp):
                 worst = max(worst, (e32, k))
                 continue
             e64, own = rel(mk, t64[k]), rel(t32[k], t64[k])
-            allowed = max(TOL, 4 * own, 2 * spread.get(k, 0.0) if freeze == "none" else 0.0)
-            if (own <= TOL_ILL and freeze != "none") or e64 > allowed:
+            allowed = max(TOL, 4 * own, 2 * spread.get(k, 0.0))
+            if (own <= TOL_ILL and k not in spread) or e64 > allowed:
                 fails.append("%s rel %.2e (vs float64 %.2e, torch float32 itself %.2e, float64 spread %.2e)"
                              % (k, e32, e64, own, spread.get(k, 0.0)))
                 continue

@@ -1398,6 +1398,7 @@ mt_model_free(mt_model *m)
 	if (m == NULL)
 		return;
 	mt_model_train_release(m);
+	mt_model_step_cache_release(m);
 	mt_model_release_device(m);
 	if (m->nodes != NULL)
 		free_packed(m);

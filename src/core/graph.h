@@ -185,6 +185,7 @@ typedef struct mt_model
 	int			conv_init_fan_in;	/* init_all: kaiming normal over fan_in (DenseNet) */
 	int			bn_train_frozen;	/* frozen BN layers use batch statistics too */
 	struct mt_train_state *train;	/* kept by mt_model_forward_train */
+	struct mt_step_cache *step_cache;	/* host blocks reused by training steps */
 	struct mt_plan *plan;		/* inference memory plan (graph.c) */
 	int			no_arena_keep;	/* release the arena after every pass (benchmarks) */
 	int			micro_batch;	/* images per inference pass; 0: the default */

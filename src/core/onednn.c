@@ -614,6 +614,52 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 }
 
 
+/* Training's forward pass: a cache made for this call only. */
+int
+mt_onednn_conv2d_once(const mt_conv_desc *d, int n, int h, int w,
+					  const float *x, const float *packed_w, const float *bias,
+					  float *y, mt_err *err)
+{
+	mt_conv_cache *c = NULL;
+	int			rc;
+
+	if (packed_w == NULL)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "no weights for a convolution");
+	rc = mt_onednn_conv2d(d, n, h, w, x, packed_w, bias, y, &c, err);
+	mt_conv_cache_free(c);
+	return rc;
+}
+
+/*
+ * The input gradient is computed into a buffer of the module and then added
+ * to the caller's: kept between calls (a fresh one per call would page-fault
+ * through tens of MB at every convolution), released by
+ * mt_onednn_release_scratch at the end of a backward pass.
+ */
+static float *bwd_scratch = NULL;
+static size_t bwd_scratch_bytes = 0;
+
+void
+mt_onednn_release_scratch(void)
+{
+	free(bwd_scratch);
+	bwd_scratch = NULL;
+	bwd_scratch_bytes = 0;
+}
+
+static float *
+bwd_scratch_get(size_t bytes)
+{
+	if (bytes > bwd_scratch_bytes)
+	{
+		mt_onednn_release_scratch();
+		if ((bwd_scratch = falloc(bytes)) == NULL)
+			return NULL;
+		bwd_scratch_bytes = bytes;
+	}
+	return bwd_scratch;
+}
+
 /*
  * Backward passes for training (ops.h conv2d_backward_data / _weight):
  * made per call (oneDNN's own primitive cache keeps the kernels between
@@ -752,6 +798,7 @@ mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 {
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_w;
+	float	   *dsrc;
 	size_t		wbytes;
 	dnnl_status_t st;
 	int			rc;
@@ -763,7 +810,7 @@ mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 	if (!p_dnnl_memory_desc_equal(want_w, &c.m.plain_w) &&
 		(rc = reorder_new(&c.m.plain_w, packed_w, want_w, &c.buf[0], &wbytes, err)) != MT_OK)
 		goto out;
-	if ((c.buf[1] = falloc(p_dnnl_memory_desc_get_size(&c.m.src))) == NULL)
+	if ((dsrc = bwd_scratch_get(p_dnnl_memory_desc_get_size(&c.m.src))) == NULL)
 	{
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
@@ -771,7 +818,7 @@ mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.dst, engine, (void *) dy)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine,
 								   c.buf[0] ? (void *) c.buf[0] : (void *) packed_w)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&c.mem[2], &c.m.src, engine, c.buf[1])) != dnnl_success)
+		(st = p_dnnl_memory_create(&c.mem[2], &c.m.src, engine, dsrc)) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
 		goto out;
@@ -786,7 +833,7 @@ mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 			goto out;
 		}
 	}
-	mt_cpu_accumulate((size_t) n * h * w * d->cin, c.buf[1], dx);
+	mt_cpu_accumulate((size_t) n * h * w * d->cin, dsrc, dx);
 	conv_count++;
 out:
 	bwd_end(&c);
@@ -907,6 +954,19 @@ int
 mt_conv_cache_holds_weights(const mt_conv_cache *c)
 {
 	return 0;
+}
+
+int
+mt_onednn_conv2d_once(const mt_conv_desc *d, int n, int h, int w,
+					  const float *x, const float *packed_w, const float *bias,
+					  float *y, mt_err *err)
+{
+	return mt_seterr(err, MT_ERR_UNSUPPORTED, "built without oneDNN");
+}
+
+void
+mt_onednn_release_scratch(void)
+{
 }
 
 int

@@ -14,8 +14,9 @@
  * A convolution node of a prepared model keeps an mt_conv_cache: the
  * oneDNN primitive for each input shape it has seen and the weights
  * reordered once, so scoring a row neither re-creates kernels nor
- * re-reorders weights.  Convolutions without a cache (training, whose
- * weights change every step) stay on im2col + GEMM.
+ * re-reorders weights.  Training, whose weights change every step, runs
+ * its convolutions (forward, input and weight gradients) through oneDNN
+ * too, with kernels and reordered weights made per call.
  *
  * Threads: Debian's oneDNN runs on OpenMP (libgomp).  The thread count
  * follows mt_blas_set_threads.  Every call runs with all signals blocked on
@@ -66,6 +67,14 @@ int			mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 							 float *y, mt_conv_cache **cache, mt_err *err);
 
 /*
+ * The same for weights that change between calls (training's forward
+ * pass): the kernel and the reordered weights are made for this call only
+ * (oneDNN's own primitive cache keeps the kernels between steps).
+ */
+int			mt_onednn_conv2d_once(const mt_conv_desc *d, int n, int h, int w,
+								  const float *x, const float *packed_w, const float *bias,
+								  float *y, mt_err *err);
+/*
  * Training's backward passes, as ops.h's conv2d_backward_data (dx +=) and
  * conv2d_backward_weight (packed_dw +=); d->act is ignored.  Same returns
  * as mt_onednn_conv2d.
@@ -77,6 +86,8 @@ int			mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int 
 											 const float *x, const float *dy, float *packed_dw,
 											 mt_err *err);
 
+/* Free the input-gradient buffer backward_data keeps between calls. */
+void		mt_onednn_release_scratch(void);
 /* Free a cache (NULL is fine). */
 void		mt_conv_cache_free(mt_conv_cache *c);
 /* Bytes of reordered weights a cache holds. */

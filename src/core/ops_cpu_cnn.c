@@ -96,10 +96,10 @@ mt_cpu_scale_channels_backward(int n, size_t hw, int c, const float *x,
 	}
 }
 
-/* dx = dy * act'(x) from the activation's input x. */
+/* dx = dy * act'(x) from the activation's input x, on the calling thread. */
 void
-mt_cpu_act_backward_input(size_t len, const float *x, const float *dy,
-						  mt_act act, float *dx)
+mt_cpu_act_backward_input_serial(size_t len, const float *x, const float *dy,
+								 mt_act act, float *dx)
 {
 	for (size_t i = 0; i < len; i++)
 	{

@@ -38,6 +38,9 @@ void		mt_cpu_scale_channels(int n, size_t hw, int c, const float *x,
 								  const float *s, float *y);
 void		mt_cpu_act_backward_input(size_t len, const float *x, const float *dy,
 									  mt_act act, float *dx);
+/* the same on the calling thread (ops_cpu_train.c runs it over the pool) */
+void		mt_cpu_act_backward_input_serial(size_t len, const float *x, const float *dy,
+											 mt_act act, float *dx);
 void		mt_cpu_concat_backward(size_t rows, int ca, int cb, const float *dy,
 								   float *da, float *db);
 void		mt_cpu_scale_channels_backward(int n, size_t hw, int c, const float *x,

@@ -92,6 +92,30 @@ depthwise_backward_data(const mt_conv_desc *d, int h, int w, int oh, int ow,
 		}
 }
 
+typedef struct dw_data_args
+{
+	const mt_conv_desc *d;
+	int			h,
+				w,
+				oh,
+				ow;
+	const float *dy;
+	const float *wt;
+	float	   *dx;
+} dw_data_args;
+
+static void
+dw_data_task(void *p, size_t b, size_t e)
+{
+	dw_data_args *a = p;
+	size_t		in_img = (size_t) a->h * a->w * a->d->cin;
+	size_t		out_img = (size_t) a->oh * a->ow * a->d->cout;
+
+	for (size_t i = b; i < e; i++)
+		depthwise_backward_data(a->d, a->h, a->w, a->oh, a->ow, a->dy + i * out_img, a->wt,
+								a->dx + i * in_img);
+}
+
 /* Depthwise convolution, weight gradient of one image (packed kh x kw x C). */
 MT_HOT static void
 depthwise_backward_weight(const mt_conv_desc *d, int h, int w, int oh, int ow,
@@ -144,18 +168,21 @@ mt_cpu_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 	if (oh <= 0 || ow <= 0)
 		return mt_seterr(err, MT_ERR_SHAPE,
 						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
-	/*
-	 * Not through oneDNN (mt_onednn_conv2d_backward_data exists and is
-	 * unit-tested): its input gradients differ from GEMM's in the last bits,
-	 * and parity_train.py's first Adam step, which turns each weight
-	 * gradient into about +-lr by its sign, then moved near-zero entries of
-	 * ResNet-18's layer3 beyond 4x PyTorch float32's own error against
-	 * float64 (3.2e-3 against 2.6e-4); the weight gradient (below) passes.
-	 */
+	/* oneDNN when it takes the shape, as for the weight gradient below */
+	if (mt_onednn_enabled())
+	{
+		int			rc = mt_onednn_conv2d_backward_data(d, n, h, w, dy, packed_w, dx, err);
+
+		if (rc != MT_ERR_UNSUPPORTED)
+			return rc;
+		mt_clearerr(err);
+	}
 	if (mt_conv_is_depthwise(d))
 	{
-		for (int i = 0; i < n; i++)
-			depthwise_backward_data(d, h, w, oh, ow, dy + i * out_img, packed_w, dx + i * in_img);
+		dw_data_args a = {d, h, w, oh, ow, dy, packed_w, dx};
+
+		/* each image adds into its own slice of dx */
+		mt_parallel_for((size_t) n, 1, dw_data_task, &a);
 		return MT_OK;
 	}
 	if (mt_cpu_conv_is_pointwise(d) && d->groups == 1)
@@ -231,31 +258,160 @@ mt_cpu_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 	return MT_OK;
 }
 
+/*
+ * Per-channel sums over rows run over the thread pool in blocks of rows
+ * whose bounds depend on the row count alone; each block sums its rows in
+ * order into its own slot and the slots are added in block order, so the
+ * result is the same bits whatever the number of threads.  Channels go
+ * CHUNK at a time, the slots on the stack (no allocation).
+ */
+#define RBLOCKS 64				/* most blocks per channel chunk */
+#define RBLOCK_MIN 64			/* fewest rows per block */
+
+typedef enum red_kind
+{
+	RED_SUM,					/* s0 = sum x */
+	RED_STATS,					/* s0 = sum (x - K), s1 = sum (x - K)^2, K = x[0] */
+	RED_BN_BACKWARD				/* s0 = sum dy, s1 = sum dy * xhat */
+} red_kind;
+
+typedef struct red_args
+{
+	red_kind	kind;
+	size_t		rows;
+	size_t		per;			/* rows per block */
+	int			c;
+	int			c0;
+	int			cn;
+	const float *x;
+	const float *dy;
+	const float *mean;			/* RED_BN_BACKWARD */
+	const float *invstd;
+	double		(*s0)[CHUNK];
+	double		(*s1)[CHUNK];
+} red_args;
+
+MT_HOT static void
+red_task(void *p, size_t b, size_t e)
+{
+	red_args   *a = p;
+	int			c = a->c,
+				c0 = a->c0,
+				cn = a->cn;
+
+	for (size_t blk = b; blk < e; blk++)
+	{
+		size_t		r0 = blk * a->per,
+					r1 = r0 + a->per < a->rows ? r0 + a->per : a->rows;
+		double		s0[CHUNK],
+					s1[CHUNK];
+
+		memset(s0, 0, sizeof(s0));
+		memset(s1, 0, sizeof(s1));
+		if (a->kind == RED_SUM)
+		{
+			for (size_t r = r0; r < r1; r++)
+			{
+				const float *row = a->x + r * c + c0;
+
+				for (int j = 0; j < cn; j++)
+					s0[j] += row[j];
+			}
+		}
+		else if (a->kind == RED_STATS)
+		{
+			const float *k = a->x + c0;
+
+			for (size_t r = r0; r < r1; r++)
+			{
+				const float *row = a->x + r * c + c0;
+
+				for (int j = 0; j < cn; j++)
+				{
+					double		v = (double) row[j] - (double) k[j];
+
+					s0[j] += v;
+					s1[j] += v * v;
+				}
+			}
+		}
+		else
+		{
+			float		mu[CHUNK],
+						is[CHUNK];
+
+			for (int j = 0; j < cn; j++)
+			{
+				mu[j] = a->mean[c0 + j];
+				is[j] = a->invstd[c0 + j];
+			}
+			for (size_t r = r0; r < r1; r++)
+			{
+				const float *xr = a->x + r * c + c0;
+				const float *gr = a->dy + r * c + c0;
+
+				for (int j = 0; j < cn; j++)
+				{
+					s0[j] += gr[j];
+					s1[j] += (double) gr[j] * ((xr[j] - mu[j]) * is[j]);
+				}
+			}
+		}
+		memcpy(a->s0[blk], s0, sizeof(s0));
+		memcpy(a->s1[blk], s1, sizeof(s1));
+	}
+}
+
+/* Sums over all rows of channels [c0, c0 + cn) into s0, s1 (see red_kind). */
+static void
+chan_reduce(red_args *a, int c0, int cn, double *s0, double *s1)
+{
+	double		p0[RBLOCKS][CHUNK],
+				p1[RBLOCKS][CHUNK];
+	size_t		nb = (a->rows + RBLOCK_MIN - 1) / RBLOCK_MIN;
+
+	if (nb > RBLOCKS)
+		nb = RBLOCKS;
+	if (nb < 1)
+		nb = 1;
+	a->per = (a->rows + nb - 1) / nb;
+	nb = a->per > 0 ? (a->rows + a->per - 1) / a->per : 0;
+	a->c0 = c0;
+	a->cn = cn;
+	a->s0 = p0;
+	a->s1 = p1;
+	mt_parallel_for(nb, 1, red_task, a);
+	for (int j = 0; j < cn; j++)
+		s0[j] = s1[j] = 0.0;
+	for (size_t blk = 0; blk < nb; blk++)
+		for (int j = 0; j < cn; j++)
+		{
+			s0[j] += p0[blk][j];
+			s1[j] += p1[blk][j];
+		}
+}
+
 /* db[j] += column sums of dy, accumulated in double. */
 void
 mt_cpu_bias_backward(size_t rows, int c, const float *dy, float *db)
 {
+	red_args	a = {.kind = RED_SUM, .rows = rows, .c = c, .x = dy};
+
 	for (int c0 = 0; c0 < c; c0 += CHUNK)
 	{
 		int			cn = c - c0 < CHUNK ? c - c0 : CHUNK;
-		double		s[CHUNK];
+		double		s[CHUNK],
+					unused[CHUNK];
 
-		memset(s, 0, sizeof(s));
-		for (size_t r = 0; r < rows; r++)
-		{
-			const float *row = dy + r * c + c0;
-
-			for (int j = 0; j < cn; j++)
-				s[j] += row[j];
-		}
+		chan_reduce(&a, c0, cn, s, unused);
 		for (int j = 0; j < cn; j++)
 			db[c0 + j] += (float) s[j];
 	}
 }
 
 /* dx = dy where the activation passed its input, from its output y. */
-MT_HOT void
-mt_cpu_act_backward(size_t len, const float *y, const float *dy, mt_act act,
+MT_HOT static void
+act_backward_serial(size_t len, const float *y, const float *dy, mt_act act,
 					float *dx)
 {
 	if (act == MT_ACT_RELU)
@@ -271,44 +427,111 @@ mt_cpu_act_backward(size_t len, const float *y, const float *dy, mt_act act,
 		memcpy(dx, dy, len * sizeof(float));
 }
 
-/* Mean and biased variance per channel, two passes in double. */
+typedef struct ew_args
+{
+	const float *x;
+	const float *dy;
+	float	   *dx;
+	mt_act		act;
+	int			c;				/* channels of a row to do */
+	int			stride;			/* channels in a row */
+	const float *mean;
+	const float *invstd;
+	const float *k;
+	const float *a;
+	const float *b;
+} ew_args;
+
+static void
+act_backward_task(void *p, size_t b, size_t e)
+{
+	ew_args    *a = p;
+
+	act_backward_serial(e - b, a->x + b, a->dy + b, a->act, a->dx + b);
+}
+
+static void
+act_backward_input_task(void *p, size_t b, size_t e)
+{
+	ew_args    *a = p;
+
+	mt_cpu_act_backward_input_serial(e - b, a->x + b, a->dy + b, a->act, a->dx + b);
+}
+
+/* dx = dy where the activation passed its input, over the pool. */
+void
+mt_cpu_act_backward(size_t len, const float *y, const float *dy, mt_act act,
+					float *dx)
+{
+	ew_args		a = {.x = y, .dy = dy, .dx = dx, .act = act};
+
+	if (act == MT_ACT_NONE && dx == dy)
+		return;
+	mt_parallel_for(len, 1 << 15, act_backward_task, &a);
+}
+
+/* dx = dy * act'(x) from the activation's input x, over the pool. */
+void
+mt_cpu_act_backward_input(size_t len, const float *x, const float *dy,
+						  mt_act act, float *dx)
+{
+	ew_args		a = {.x = x, .dy = dy, .dx = dx, .act = act};
+
+	mt_parallel_for(len, 1 << 14, act_backward_input_task, &a);
+}
+
+/*
+ * Mean and biased variance per channel: one pass of sums about the first
+ * row's values (double), which keeps the variance exact to float however
+ * far the mean is from zero.
+ */
 void
 mt_cpu_channel_stats(size_t rows, int c, const float *x, float *mean, float *var)
 {
+	red_args	a = {.kind = RED_STATS, .rows = rows, .c = c, .x = x};
+
 	for (int c0 = 0; c0 < c; c0 += CHUNK)
 	{
 		int			cn = c - c0 < CHUNK ? c - c0 : CHUNK;
-		double		s[CHUNK],
-					mu[CHUNK];
+		double		s0[CHUNK],
+					s1[CHUNK];
 
-		memset(s, 0, sizeof(s));
-		for (size_t r = 0; r < rows; r++)
+		if (rows == 0)
 		{
-			const float *row = x + r * c + c0;
-
 			for (int j = 0; j < cn; j++)
-				s[j] += row[j];
+				mean[c0 + j] = var[c0 + j] = 0.0f;
+			continue;
 		}
+		chan_reduce(&a, c0, cn, s0, s1);
 		for (int j = 0; j < cn; j++)
 		{
-			mu[j] = rows > 0 ? s[j] / (double) rows : 0.0;
-			s[j] = 0.0;
-		}
-		for (size_t r = 0; r < rows; r++)
-		{
-			const float *row = x + r * c + c0;
+			double		d = s0[j] / (double) rows,
+						v = s1[j] / (double) rows - d * d;
 
-			for (int j = 0; j < cn; j++)
-			{
-				double		dv = row[j] - mu[j];
-
-				s[j] += dv * dv;
-			}
+			mean[c0 + j] = (float) ((double) x[c0 + j] + d);
+			var[c0 + j] = (float) (v > 0.0 ? v : 0.0);
 		}
-		for (int j = 0; j < cn; j++)
+	}
+}
+
+MT_HOT static void
+bn_dx_task(void *p, size_t b, size_t e)
+{
+	ew_args    *a = p;
+	int			c = a->c;
+	size_t		st = (size_t) a->stride;
+
+	for (size_t r = b; r < e; r++)
+	{
+		const float *xr = a->x + r * st;
+		const float *gr = a->dy + r * st;
+		float	   *out = a->dx + r * st;
+
+		for (int j = 0; j < c; j++)
 		{
-			mean[c0 + j] = (float) mu[j];
-			var[c0 + j] = rows > 0 ? (float) (s[j] / (double) rows) : 0.0f;
+			float		xhat = (xr[j] - a->mean[j]) * a->invstd[j];
+
+			out[j] += a->k[j] * (gr[j] - a->a[j] - xhat * a->b[j]);
 		}
 	}
 }
@@ -324,35 +547,19 @@ mt_cpu_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
 						   const float *gamma, float *dx, float *dgamma,
 						   float *dbeta)
 {
+	red_args	r = {.kind = RED_BN_BACKWARD, .rows = rows, .c = c, .x = x, .dy = dy,
+	.mean = mean, .invstd = invstd};
+
 	for (int c0 = 0; c0 < c; c0 += CHUNK)
 	{
 		int			cn = c - c0 < CHUNK ? c - c0 : CHUNK;
 		double		sdy[CHUNK],
 					sdyx[CHUNK];
-		float		mu[CHUNK],
-					is[CHUNK],
+		float		k[CHUNK],
 					a[CHUNK],
-					b[CHUNK],
-					k[CHUNK];
+					b[CHUNK];
 
-		memset(sdy, 0, sizeof(sdy));
-		memset(sdyx, 0, sizeof(sdyx));
-		for (int j = 0; j < cn; j++)
-		{
-			mu[j] = mean[c0 + j];
-			is[j] = invstd[c0 + j];
-		}
-		for (size_t r = 0; r < rows; r++)
-		{
-			const float *xr = x + r * c + c0;
-			const float *gr = dy + r * c + c0;
-
-			for (int j = 0; j < cn; j++)
-			{
-				sdy[j] += gr[j];
-				sdyx[j] += (double) gr[j] * ((xr[j] - mu[j]) * is[j]);
-			}
-		}
+		chan_reduce(&r, c0, cn, sdy, sdyx);
 		for (int j = 0; j < cn; j++)
 		{
 			if (dbeta != NULL)
@@ -360,24 +567,16 @@ mt_cpu_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
 			if (dgamma != NULL)
 				dgamma[c0 + j] += (float) sdyx[j];
 			/* dx = k * (dy - a - xhat * b) */
-			k[j] = gamma[c0 + j] * is[j];
+			k[j] = gamma[c0 + j] * invstd[c0 + j];
 			a[j] = rows > 0 ? (float) (sdy[j] / (double) rows) : 0.0f;
 			b[j] = rows > 0 ? (float) (sdyx[j] / (double) rows) : 0.0f;
 		}
-		if (dx == NULL)
-			continue;
-		for (size_t r = 0; r < rows; r++)
+		if (dx != NULL)
 		{
-			const float *xr = x + r * c + c0;
-			const float *gr = dy + r * c + c0;
-			float	   *out = dx + r * c + c0;
+			ew_args		e = {.x = x + c0, .dy = dy + c0, .dx = dx + c0, .c = cn,
+			.stride = c, .mean = mean + c0, .invstd = invstd + c0, .k = k, .a = a, .b = b};
 
-			for (int j = 0; j < cn; j++)
-			{
-				float		xhat = (xr[j] - mu[j]) * is[j];
-
-				out[j] += k[j] * (gr[j] - a[j] - xhat * b[j]);
-			}
+			mt_parallel_for(rows, (1 << 14) / (size_t) cn + 1, bn_dx_task, &e);
 		}
 	}
 }

@@ -114,6 +114,12 @@ void		mt_model_zero_grad(mt_model *m);
 /* Drop the state kept by mt_model_forward_train (no-op if none). */
 void		mt_model_train_release(mt_model *m);
 
+/*
+ * Free the host blocks a CPU training run keeps from one step to the next
+ * (its peak step memory; a run calls this when it ends, mt_model_free too).
+ */
+void		mt_model_step_cache_release(mt_model *m);
+
 /* Bytes held by the saved training state (activations and statistics). */
 size_t		mt_model_train_memory(const mt_model *m);
 

@@ -1045,6 +1045,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		ereport(NOTICE, (errmsg("keeping the weights of epoch %d (best %s)", best_epoch, a.keep_best)));
 	}
 	mt_optim_free(opt);
+	mt_model_step_cache_release(mm->net);
 	if (vds != NULL && vds != ds)
 		medtl_dataset_free(vds);
 	medtl_dataset_free(ds);

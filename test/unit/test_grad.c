@@ -14,6 +14,7 @@
 #include "core/blas.h"
 #include "core/graph.h"
 #include "core/ops.h"
+#include "core/pool.h"
 #include "core/train.h"
 #include "nn/zoo.h"
 #include "mt_test.h"
@@ -663,6 +664,94 @@ test_bn_kernel(void)
 }
 
 /*
+ * The per-channel reductions (channel_stats, batch_norm_backward,
+ * bias_backward) run over the pool in blocks fixed by the row count: the
+ * same bits with 1, 2 or 3 threads, and right against double sums on a
+ * batch of 16 x 28 x 28 rows x 70 channels (two chunks of channels) whose
+ * mean (1000) is far from 0 and whose variance is small.
+ */
+static void
+test_reductions_threads(void)
+{
+	size_t		rows = 16 * 28 * 28;
+	int			c = 70;
+	size_t		len = rows * (size_t) c;
+	uint64_t	saved = rng_state;
+	float	   *x,
+			   *dy,
+			   *g;
+	float		mean[3][70],
+				var[3][70],
+				is[70],
+				dg[3][70],
+				db[3][70],
+				bb[3][70];
+	float	   *dx[3];
+	int			threads[3] = {1, 2, 3};
+	double		worst_m = 0,
+				worst_v = 0;
+	int			same = 1;
+
+	/* a stream of its own: the other groups draw the values they always did */
+	rng_state = 0x853C49E6748FEA9Bull;
+	x = rbuf(len, 999.5f, 1000.5f);
+	dy = rbuf(len, -1, 1);
+	g = rbuf(c, 0.5f, 1.5f);
+	rng_state = saved;
+	for (int t = 0; t < 3; t++)
+	{
+		mt_pool_set_threads(threads[t]);
+		dx[t] = zbuf(len);
+		memset(dg[t], 0, sizeof(dg[t]));
+		memset(db[t], 0, sizeof(db[t]));
+		memset(bb[t], 0, sizeof(bb[t]));
+		be->channel_stats(rows, c, x, mean[t], var[t]);
+		if (t == 0)
+			for (int j = 0; j < c; j++)
+				is[j] = (float) (1.0 / sqrt((double) var[0][j] + 1e-5));
+		be->batch_norm_backward(rows, c, x, dy, mean[0], is, g, dx[t], dg[t], db[t]);
+		be->bias_backward(rows, c, dy, bb[t]);
+	}
+	mt_pool_set_threads(1);
+	for (int t = 1; t < 3; t++)
+		same = same && memcmp(mean[t], mean[0], sizeof(mean[0])) == 0 &&
+			memcmp(var[t], var[0], sizeof(var[0])) == 0 &&
+			memcmp(dg[t], dg[0], sizeof(dg[0])) == 0 &&
+			memcmp(db[t], db[0], sizeof(db[0])) == 0 &&
+			memcmp(bb[t], bb[0], sizeof(bb[0])) == 0 &&
+			memcmp(dx[t], dx[0], sizeof(float) * len) == 0;
+	CHECK(same, "channel reductions give the same bits with 1, 2 and 3 threads");
+	for (int j = 0; j < c; j++)
+	{
+		double		s = 0,
+					s2 = 0,
+					sd = 0;
+
+		for (size_t r = 0; r < rows; r++)
+		{
+			s += x[r * c + j];
+			sd += dy[r * c + j];
+		}
+		s /= (double) rows;
+		for (size_t r = 0; r < rows; r++)
+			s2 += (x[r * c + j] - s) * (x[r * c + j] - s);
+		s2 /= (double) rows;
+		worst_m = fmax(worst_m, fabs(mean[0][j] - s) / fabs(s));
+		worst_v = fmax(worst_v, fabs(var[0][j] - s2) / s2);
+		CHECK(fabs(db[0][j] - sd) <= 1e-5 * fmax(1.0, fabs(sd)) &&
+			  fabs(bb[0][j] - sd) <= 1e-5 * fmax(1.0, fabs(sd)),
+			  "column sum %d: %g %g vs %g", j, db[0][j], bb[0][j], sd);
+	}
+	CHECK(worst_m < 1e-7 && worst_v < 1e-6,
+		  "channel stats about a far mean: mean rel %.2e, variance rel %.2e", worst_m, worst_v);
+	for (int t = 0; t < 3; t++)
+		free(dx[t]);
+	free(x);
+	free(dy);
+	free(g);
+}
+
+/*
  * The kernels DenseNet and EfficientNet add: SiLU and sigmoid, gradients
  * from an activation's input, concatenation, channel scaling.  On a random
  * stream of their own, so the other groups draw the values they always did.
@@ -701,6 +790,7 @@ test_small_kernels(void)
 	test_act_case("residual add", MT_ACT_NONE, 1);
 	test_linear_kernel();
 	test_bn_kernel();
+	test_reductions_threads();
 }
 
 /* ---- graphs ------------------------------------------------------------- */
