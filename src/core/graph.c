@@ -218,8 +218,8 @@ consumers(const mt_model *m, int i)
 }
 
 /* The node right after i if it is of kind k and reads only i, else -1. */
-static int
-single_follower(const mt_model *m, int i, mt_node_kind k)
+int
+mt_node_single_follower(const mt_model *m, int i, mt_node_kind k)
 {
 	if (i + 1 >= m->n_nodes || consumers(m, i) != 1)
 		return -1;
@@ -295,6 +295,7 @@ mt_model_release_external(mt_model *m)
 	if (m == NULL)
 		return;
 	mt_model_release_device(m);
+	mt_onednn_release_scratch();	/* a training run's buffer (onednn.c) */
 	for (int i = 0; i < m->n_nodes; i++)
 	{
 		mt_conv_cache_free(m->nodes[i].conv_cache);
@@ -357,7 +358,7 @@ mt_model_prepare(mt_model *m, mt_err *err)
 		{
 			mt_conv_desc d = conv_desc(n, n->act);
 			size_t		sz = mt_conv_packed_size(&d);
-			int			bn = single_follower(m, i, MT_NODE_BN);
+			int			bn = mt_node_single_follower(m, i, MT_NODE_BN);
 			int			last = i;
 			float	   *w = mt_malloc(sz * sizeof(float));
 			float	   *bias = mt_calloc(n->cout, sizeof(float));
@@ -402,7 +403,7 @@ mt_model_prepare(mt_model *m, mt_err *err)
 				mt_conv_pack_oihw(&d, m->params[n->p_weight].data, w);
 			if (n->run_act == MT_ACT_NONE)
 			{
-				int			a = single_follower(m, last, MT_NODE_ACT);
+				int			a = mt_node_single_follower(m, last, MT_NODE_ACT);
 
 				if (a >= 0)
 				{
@@ -427,7 +428,7 @@ mt_model_prepare(mt_model *m, mt_err *err)
 		else if (n->kind == MT_NODE_BN)
 		{
 			int			c = m->params[n->p_bn_weight].shape[0];
-			int			a = single_follower(m, i, MT_NODE_ACT);
+			int			a = mt_node_single_follower(m, i, MT_NODE_ACT);
 
 			n->packed = mt_malloc(sizeof(float) * c);
 			n->packed_bias = mt_malloc(sizeof(float) * c);
@@ -442,7 +443,7 @@ mt_model_prepare(mt_model *m, mt_err *err)
 		}
 		else if (n->kind == MT_NODE_ADD && n->run_act == MT_ACT_NONE)
 		{
-			int			a = single_follower(m, i, MT_NODE_ACT);
+			int			a = mt_node_single_follower(m, i, MT_NODE_ACT);
 
 			if (a >= 0)
 			{

@@ -241,6 +241,11 @@ void		mt_model_release_plan(mt_model *m);
  */
 void		mt_model_release_external(mt_model *m);
 /*
+ * The node right after node i if it is of kind k and the only reader of
+ * i's output (not the features or logits either), else -1.
+ */
+int			mt_node_single_follower(const mt_model *m, int i, mt_node_kind k);
+/*
  * Keep every prepared node's packed weights from now on (training reads
  * them); re-prepares on the next use if some were released.
  */

@@ -288,6 +288,27 @@ weights_md(const mt_conv_desc *d, dnnl_memory_desc_t *md)
 	}
 }
 
+/*
+ * A parameter's own layout (PyTorch's [cout][cin / groups][kh][kw]) as a
+ * oneDNN descriptor: training reads and writes it without packing.
+ */
+static dnnl_status_t
+weights_md_oihw(const mt_conv_desc *d, dnnl_memory_desc_t *md)
+{
+	if (d->groups == 1)
+	{
+		dnnl_dims_t dims = {d->cout, d->cin, d->kh, d->kw};
+
+		return p_dnnl_memory_desc_init_by_tag(md, 4, dims, dnnl_f32, dnnl_oihw);
+	}
+	else
+	{
+		dnnl_dims_t dims = {d->groups, d->cout / d->groups, d->cin / d->groups, d->kh, d->kw};
+
+		return p_dnnl_memory_desc_init_by_tag(md, 5, dims, dnnl_f32, dnnl_goihw);
+	}
+}
+
 static dnnl_status_t
 post_ops_attr(mt_act act, dnnl_primitive_attr_t *attr)
 {
@@ -614,27 +635,12 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 }
 
 
-/* Training's forward pass: a cache made for this call only. */
-int
-mt_onednn_conv2d_once(const mt_conv_desc *d, int n, int h, int w,
-					  const float *x, const float *packed_w, const float *bias,
-					  float *y, mt_err *err)
-{
-	mt_conv_cache *c = NULL;
-	int			rc;
-
-	if (packed_w == NULL)
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "no weights for a convolution");
-	rc = mt_onednn_conv2d(d, n, h, w, x, packed_w, bias, y, &c, err);
-	mt_conv_cache_free(c);
-	return rc;
-}
-
 /*
  * The input gradient is computed into a buffer of the module and then added
  * to the caller's: kept between calls (a fresh one per call would page-fault
  * through tens of MB at every convolution), released by
- * mt_onednn_release_scratch at the end of a backward pass.
+ * mt_onednn_release_scratch at the end of a training run (train.c) or when
+ * a host frees a model wholesale (mt_model_release_external).
  */
 static float *bwd_scratch = NULL;
 static size_t bwd_scratch_bytes = 0;
@@ -678,18 +684,20 @@ typedef struct bwd_mds
 				pr;
 } bwd_mds;
 
+/*
+ * The descriptors of d on an n x h x w input: NHWC activations, the weights
+ * packed (ops.h) or in the parameter's own layout (oihw), and "any" for the
+ * kernel's choice.
+ */
 static int
-bwd_describe(const mt_conv_desc *d, int n, int h, int w, bwd_mds *m,
-			 dnnl_primitive_desc_t *hint, mt_err *err)
+train_mds(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m, mt_err *err)
 {
 	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
 	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
 	dnnl_dims_t sd = {n, d->cin, h, w};
 	dnnl_dims_t dd = {n, d->cout, oh, ow};
-	dnnl_convolution_desc_t cd;
 	dnnl_status_t st;
 
-	*hint = NULL;
 	if (oh <= 0 || ow <= 0)
 		return mt_seterr(err, MT_ERR_SHAPE,
 						 "input of %dx%d is too small for a %dx%d convolution", h, w, d->kh, d->kw);
@@ -703,10 +711,24 @@ bwd_describe(const mt_conv_desc *d, int n, int h, int w, bwd_mds *m,
 	m->pr[1] = d->pad_r;
 	if ((st = p_dnnl_memory_desc_init_by_tag(&m->src, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
 		(st = p_dnnl_memory_desc_init_by_tag(&m->dst, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
-		(st = weights_md(d, &m->plain_w)) != dnnl_success ||
+		(st = (oihw ? weights_md_oihw(d, &m->plain_w) : weights_md(d, &m->plain_w))) != dnnl_success ||
 		(st = p_dnnl_memory_desc_init_by_tag(&m->any_w, m->plain_w.ndims, m->plain_w.dims, dnnl_f32,
 											 dnnl_format_tag_any)) != dnnl_success)
 		return fail(err, "describe a convolution", st);
+	return MT_OK;
+}
+
+/* train_mds and the forward primitive descriptor backward passes take as a hint. */
+static int
+bwd_describe(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m,
+			 dnnl_primitive_desc_t *hint, mt_err *err)
+{
+	dnnl_convolution_desc_t cd;
+	int			rc;
+
+	*hint = NULL;
+	if ((rc = train_mds(d, n, h, w, oihw, m, err)) != MT_OK)
+		return rc;
 	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
 													 &m->src, &m->any_w, NULL, &m->dst, m->strides,
 													 m->dil, m->pl, m->pr) != dnnl_success ||
@@ -755,7 +777,8 @@ bwd_end(bwd_call *c)
  * has no optimised kernel; call bwd_end in every case.
  */
 static int
-bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int w, mt_err *err)
+bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int w, int oihw,
+		  mt_err *err)
 {
 	dnnl_convolution_desc_t cd;
 	bwd_mds    *m = &c->m;
@@ -766,7 +789,7 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 	memset(c, 0, sizeof(*c));
 	if (!mt_onednn_enabled())
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
-	if ((rc = bwd_describe(d, n, h, w, m, &c->hint, err)) != MT_OK)
+	if ((rc = bwd_describe(d, n, h, w, oihw, m, &c->hint, err)) != MT_OK)
 		return rc;
 	st = weight_grad ?
 		p_dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &m->src,
@@ -792,9 +815,9 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 	return MT_OK;
 }
 
-int
-mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
-							   const float *dy, const float *packed_w, float *dx, mt_err *err)
+static int
+backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const float *packed_w,
+			  int oihw, float *dx, mt_err *err)
 {
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_w;
@@ -803,7 +826,7 @@ mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 	dnnl_status_t st;
 	int			rc;
 
-	if ((rc = bwd_begin(&c, 0, d, n, h, w, err)) != MT_OK)
+	if ((rc = bwd_begin(&c, 0, d, n, h, w, oihw, err)) != MT_OK)
 		goto out;
 	/* weights into the kernel's layout (they change every step) */
 	want_w = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_weights_md, 0);
@@ -840,9 +863,9 @@ out:
 	return rc;
 }
 
-int
-mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
-								 const float *x, const float *dy, float *packed_dw, mt_err *err)
+static int
+backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, const float *dy,
+				int oihw, float *packed_dw, mt_err *err)
 {
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_dw;
@@ -850,7 +873,7 @@ mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 	dnnl_status_t st;
 	int			rc;
 
-	if ((rc = bwd_begin(&c, 1, d, n, h, w, err)) != MT_OK)
+	if ((rc = bwd_begin(&c, 1, d, n, h, w, oihw, err)) != MT_OK)
 		goto out;
 	want_dw = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_diff_weights_md, 0);
 	if ((c.buf[0] = falloc(p_dnnl_memory_desc_get_size(want_dw))) == NULL)
@@ -886,6 +909,126 @@ mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 		mt_cpu_accumulate(mt_conv_packed_size(d), c.buf[0], packed_dw);
 	conv_count++;
 out:
+	bwd_end(&c);
+	return rc;
+}
+
+int
+mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+							   const float *dy, const float *packed_w, float *dx, mt_err *err)
+{
+	return backward_data(d, n, h, w, dy, packed_w, 0, dx, err);
+}
+
+int
+mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+								 const float *x, const float *dy, float *packed_dw, mt_err *err)
+{
+	return backward_weight(d, n, h, w, x, dy, 0, packed_dw, err);
+}
+
+int
+mt_onednn_train_backward_data(const mt_conv_desc *d, int n, int h, int w,
+							  const float *dy, const float *w_oihw, float *dx, mt_err *err)
+{
+	return backward_data(d, n, h, w, dy, w_oihw, 1, dx, err);
+}
+
+int
+mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+								const float *x, const float *dy, float *dw_oihw, mt_err *err)
+{
+	return backward_weight(d, n, h, w, x, dy, 1, dw_oihw, err);
+}
+
+/* Training's forward pass from the parameter's own layout (onednn.h). */
+int
+mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float *x,
+						const float *w_oihw, const float *bias, float *y, mt_err *err)
+{
+	bwd_call	c;
+	bwd_mds    *m = &c.m;
+	dnnl_convolution_desc_t cd;
+	dnnl_memory_desc_t bias_md;
+	dnnl_primitive_attr_t attr = NULL;
+	const dnnl_memory_desc_t *want_w;
+	const char *impl = NULL;
+	dnnl_dims_t bd = {d->cout};
+	size_t		wbytes;
+	dnnl_status_t st;
+	int			rc;
+
+	memset(&c, 0, sizeof(c));
+	if (!mt_onednn_enabled())
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
+	if ((rc = train_mds(d, n, h, w, 1, m, err)) != MT_OK)
+		goto out;
+	if ((st = p_dnnl_memory_desc_init_by_tag(&bias_md, 1, bd, dnnl_f32, dnnl_x)) != dnnl_success)
+	{
+		rc = fail(err, "describe a convolution", st);
+		goto out;
+	}
+	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
+													 &m->src, &m->any_w, bias ? &bias_md : NULL,
+													 &m->dst, m->strides, m->dil, m->pl,
+													 m->pr) != dnnl_success ||
+		post_ops_attr(d->act, &attr) != dnnl_success ||
+		p_dnnl_primitive_desc_create(&c.pd, &cd, attr, engine, NULL) != dnnl_success)
+	{
+		c.pd = NULL;
+		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
+		goto out;
+	}
+	/* a reference (unvectorised) kernel is slower than im2col + GEMM */
+	if (p_dnnl_primitive_desc_query(c.pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+		impl == NULL || strncmp(impl, "ref", 3) == 0)
+	{
+		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
+		goto out;
+	}
+	if ((st = p_dnnl_primitive_create(&c.prim, c.pd)) != dnnl_success)
+	{
+		c.prim = NULL;
+		rc = fail(err, "create a convolution", st);
+		goto out;
+	}
+	want_w = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_weights_md, 0);
+	if (!p_dnnl_memory_desc_equal(want_w, &m->plain_w) &&
+		(rc = reorder_new(&m->plain_w, w_oihw, want_w, &c.buf[0], &wbytes, err)) != MT_OK)
+		goto out;
+	if ((st = p_dnnl_memory_create(&c.mem[0], &m->src, engine, (void *) x)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine,
+								   c.buf[0] ? (void *) c.buf[0] : (void *) w_oihw)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[2], &m->dst, engine, y)) != dnnl_success)
+	{
+		rc = fail(err, "create memory", st);
+		goto out;
+	}
+	{
+		dnnl_memory_t bmem = NULL;
+		dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, c.mem[0]}, {DNNL_ARG_WEIGHTS, c.mem[1]},
+		{DNNL_ARG_DST, c.mem[2]}, {DNNL_ARG_BIAS, NULL}};
+
+		if (bias != NULL &&
+			(st = p_dnnl_memory_create(&bmem, &bias_md, engine, (void *) bias)) != dnnl_success)
+		{
+			rc = fail(err, "create memory", st);
+			goto out;
+		}
+		args[3].memory = bmem;
+		st = execute(c.prim, bias != NULL ? 4 : 3, args);
+		if (bmem)
+			p_dnnl_memory_destroy(bmem);
+		if (st != dnnl_success)
+		{
+			rc = fail(err, "run a convolution", st);
+			goto out;
+		}
+	}
+	conv_count++;
+out:
+	if (attr)
+		p_dnnl_primitive_attr_destroy(attr);
 	bwd_end(&c);
 	return rc;
 }
@@ -957,9 +1100,22 @@ mt_conv_cache_holds_weights(const mt_conv_cache *c)
 }
 
 int
-mt_onednn_conv2d_once(const mt_conv_desc *d, int n, int h, int w,
-					  const float *x, const float *packed_w, const float *bias,
-					  float *y, mt_err *err)
+mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float *x,
+						const float *w_oihw, const float *bias, float *y, mt_err *err)
+{
+	return mt_seterr(err, MT_ERR_UNSUPPORTED, "built without oneDNN");
+}
+
+int
+mt_onednn_train_backward_data(const mt_conv_desc *d, int n, int h, int w,
+							  const float *dy, const float *w_oihw, float *dx, mt_err *err)
+{
+	return mt_seterr(err, MT_ERR_UNSUPPORTED, "built without oneDNN");
+}
+
+int
+mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+								const float *x, const float *dy, float *dw_oihw, mt_err *err)
 {
 	return mt_seterr(err, MT_ERR_UNSUPPORTED, "built without oneDNN");
 }
@@ -969,16 +1125,16 @@ mt_onednn_release_scratch(void)
 {
 }
 
-int
-mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
-							   const float *dy, const float *packed_w, float *dx, mt_err *err)
+static int
+backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const float *packed_w,
+			  int oihw, float *dx, mt_err *err)
 {
 	return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", mt_onednn_info());
 }
 
-int
-mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
-								 const float *x, const float *dy, float *packed_dw, mt_err *err)
+static int
+backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, const float *dy,
+				int oihw, float *packed_dw, mt_err *err)
 {
 	return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", mt_onednn_info());
 }

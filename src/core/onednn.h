@@ -67,14 +67,6 @@ int			mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 							 float *y, mt_conv_cache **cache, mt_err *err);
 
 /*
- * The same for weights that change between calls (training's forward
- * pass): the kernel and the reordered weights are made for this call only
- * (oneDNN's own primitive cache keeps the kernels between steps).
- */
-int			mt_onednn_conv2d_once(const mt_conv_desc *d, int n, int h, int w,
-								  const float *x, const float *packed_w, const float *bias,
-								  float *y, mt_err *err);
-/*
  * Training's backward passes, as ops.h's conv2d_backward_data (dx +=) and
  * conv2d_backward_weight (packed_dw +=); d->act is ignored.  Same returns
  * as mt_onednn_conv2d.
@@ -86,7 +78,23 @@ int			mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int 
 											 const float *x, const float *dy, float *packed_dw,
 											 mt_err *err);
 
-/* Free the input-gradient buffer backward_data keeps between calls. */
+/*
+ * Training (train.c): the forward pass (y = act(conv(x, w) + bias)), the
+ * input gradient (dx +=) and the weight gradient (dw +=) with the weights
+ * and their gradient in the parameter's own layout, PyTorch's [cout][cin /
+ * groups][kh][kw], so nothing is packed; made per call (oneDNN's primitive
+ * cache keeps the kernels between steps), weights reordered per call.  Same
+ * returns as mt_onednn_conv2d.
+ */
+int			mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float *x,
+									const float *w_oihw, const float *bias, float *y, mt_err *err);
+int			mt_onednn_train_backward_data(const mt_conv_desc *d, int n, int h, int w,
+										  const float *dy, const float *w_oihw, float *dx,
+										  mt_err *err);
+int			mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+											const float *x, const float *dy, float *dw_oihw,
+											mt_err *err);
+/* Free the input-gradient buffer the backward-data entries keep between calls. */
 void		mt_onednn_release_scratch(void);
 /* Free a cache (NULL is fine). */
 void		mt_conv_cache_free(mt_conv_cache *c);

@@ -581,15 +581,33 @@ mt_cpu_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
 	}
 }
 
-/* Max pooling backward: each output's gradient goes to its window's first maximum. */
-void
-mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
-						   const float *x, const float *dy, float *dx)
+typedef struct maxpool_args
 {
+	const mt_pool_desc *p;
+	int			h,
+				w,
+				c;
+	const float *x;
+	const float *dy;
+	float	   *dx;
+} maxpool_args;
+
+/* Images [b, e) of max pooling backward (each adds into its own slice of dx). */
+static void
+max_pool_backward_task(void *arg, size_t b, size_t e)
+{
+	maxpool_args *a = arg;
+	const mt_pool_desc *p = a->p;
+	int			h = a->h,
+				w = a->w,
+				c = a->c;
+	const float *x = a->x,
+			   *dy = a->dy;
+	float	   *dx = a->dx;
 	int			oh = mt_out_size(h, p->kh, p->sh, 1, p->pad_t, p->pad_b);
 	int			ow = mt_out_size(w, p->kw, p->sw, 1, p->pad_l, p->pad_r);
 
-	for (int i = 0; i < n; i++)
+	for (size_t i = b; i < e; i++)
 		for (int oy = 0; oy < oh; oy++)
 			for (int ox = 0; ox < ow; ox++)
 			{
@@ -633,6 +651,16 @@ mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
 							dx[arg[j]] += g[c0 + j];
 				}
 			}
+}
+
+/* Max pooling backward: each output's gradient goes to its window's first maximum. */
+void
+mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
+						   const float *x, const float *dy, float *dx)
+{
+	maxpool_args a = {p, h, w, c, x, dy, dx};
+
+	mt_parallel_for((size_t) n, 1, max_pool_backward_task, &a);
 }
 
 /* Average pooling backward, with the divisor the forward pass used. */
@@ -752,8 +780,8 @@ mt_cpu_accumulate(size_t len, const float *src, float *dst)
 }
 
 /* torch.optim.SGD's update (dampening 0), in float as torch does. */
-MT_HOT void
-mt_cpu_sgd_update(size_t len, float *p, const float *g, float *buf, float lr,
+MT_HOT static void
+sgd_update_serial(size_t len, float *p, const float *g, float *buf, float lr,
 				  float momentum, float weight_decay, int nesterov, int first)
 {
 	for (size_t i = 0; i < len; i++)
@@ -772,17 +800,11 @@ mt_cpu_sgd_update(size_t len, float *p, const float *g, float *buf, float lr,
 }
 
 /* torch.optim.Adam / AdamW's update (no amsgrad), in float as torch does. */
-MT_HOT void
-mt_cpu_adam_update(size_t len, float *p, const float *g, float *m1, float *m2,
-				   float lr, float beta1, float beta2, float eps,
-				   float weight_decay, int decoupled, int64_t step)
+MT_HOT static void
+adam_update_serial(size_t len, float *p, const float *g, float *m1, float *m2,
+				   float beta1, float beta2, float eps, int decoupled, float weight_decay,
+				   float step_size, float bc2_sqrt, float shrink)
 {
-	double		bc1 = 1.0 - pow((double) beta1, (double) step);
-	double		bc2 = 1.0 - pow((double) beta2, (double) step);
-	float		step_size = (float) ((double) lr / bc1);
-	float		bc2_sqrt = (float) sqrt(bc2);
-	float		shrink = (float) (1.0 - (double) lr * weight_decay);
-
 	for (size_t i = 0; i < len; i++)
 	{
 		float		gi = g[i];
@@ -797,6 +819,71 @@ mt_cpu_adam_update(size_t len, float *p, const float *g, float *m1, float *m2,
 		denom = sqrtf(m2[i]) / bc2_sqrt + eps;
 		p[i] = p[i] + (-step_size) * (m1[i] / denom);
 	}
+}
+
+/* The optimizer updates over the pool (elementwise: the same bits however split). */
+typedef struct optim_args
+{
+	float	   *p;
+	const float *g;
+	float	   *s1,
+			   *s2;
+	float		lr,
+				momentum,
+				weight_decay,
+				beta1,
+				beta2,
+				eps,
+				step_size,
+				bc2_sqrt,
+				shrink;
+	int			nesterov,
+				first,
+				decoupled;
+} optim_args;
+
+static void
+sgd_task(void *arg, size_t b, size_t e)
+{
+	optim_args *a = arg;
+
+	sgd_update_serial(e - b, a->p + b, a->g + b, a->s1 ? a->s1 + b : NULL, a->lr, a->momentum,
+					  a->weight_decay, a->nesterov, a->first);
+}
+
+void
+mt_cpu_sgd_update(size_t len, float *p, const float *g, float *buf, float lr,
+				  float momentum, float weight_decay, int nesterov, int first)
+{
+	optim_args	a = {.p = p, .g = g, .s1 = buf, .lr = lr, .momentum = momentum,
+	.weight_decay = weight_decay, .nesterov = nesterov, .first = first};
+
+	mt_parallel_for(len, 1 << 15, sgd_task, &a);
+}
+
+static void
+adam_task(void *arg, size_t b, size_t e)
+{
+	optim_args *a = arg;
+
+	adam_update_serial(e - b, a->p + b, a->g + b, a->s1 + b, a->s2 + b, a->beta1, a->beta2,
+					   a->eps, a->decoupled, a->weight_decay, a->step_size, a->bc2_sqrt,
+					   a->shrink);
+}
+
+void
+mt_cpu_adam_update(size_t len, float *p, const float *g, float *m1, float *m2,
+				   float lr, float beta1, float beta2, float eps,
+				   float weight_decay, int decoupled, int64_t step)
+{
+	double		bc1 = 1.0 - pow((double) beta1, (double) step);
+	double		bc2 = 1.0 - pow((double) beta2, (double) step);
+	optim_args	a = {.p = p, .g = g, .s1 = m1, .s2 = m2, .beta1 = beta1, .beta2 = beta2,
+		.eps = eps, .weight_decay = weight_decay, .decoupled = decoupled,
+		.step_size = (float) ((double) lr / bc1), .bc2_sqrt = (float) sqrt(bc2),
+	.shrink = (float) (1.0 - (double) lr * weight_decay)};
+
+	mt_parallel_for(len, 1 << 15, adam_task, &a);
 }
 
 /* Batch-norm coefficients in training (ops.h): train.c's loops, moved here. */

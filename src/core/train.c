@@ -43,6 +43,7 @@ struct mt_train_state
 	float	  **bn_mean;		/* batch-statistics BN: mean, per channel */
 	float	  **bn_invstd;		/* ... and 1 / sqrt(var + eps) */
 	unsigned char *req;			/* output depends on a trainable parameter */
+	unsigned char *fused;		/* an activation its producer applied */
 	int		   *bw_last;		/* lowest node whose backward reads buf[k], or -1 */
 	int			first;			/* lowest node with req, n_nodes if none */
 	size_t		bytes;			/* kept bytes */
@@ -57,7 +58,8 @@ struct mt_train_state
  * MobileNetV2 step at batch 16), so freed blocks of STEP_BLOCK_MIN bytes
  * or more wait here and are handed out again best fit.  The cache never
  * holds more than the most the step had in use at once; it is emptied by
- * mt_model_step_cache_release() (end of a run, mt_model_free).
+ * mt_model_step_cache_release() (end of a run, mt_model_free), which also
+ * frees the buffer oneDNN's input gradients go through (onednn.c).
  */
 #define STEP_BLOCK_MIN ((size_t) 1 << 18)
 
@@ -123,6 +125,17 @@ node_applies_act(const mt_node *nd)
 		(nd->kind == MT_NODE_CONV || nd->kind == MT_NODE_BN ||
 		 nd->kind == MT_NODE_ACT || nd->kind == MT_NODE_ADD ||
 		 nd->kind == MT_NODE_CONV_TRANSPOSE);
+}
+
+/*
+ * Whether the host's training convolutions go to oneDNN directly, on the
+ * parameters' own layout (onednn.h), instead of through be's packed
+ * entries: for the CPU backend itself, when oneDNN is in use.
+ */
+static int
+host_onednn(const mt_backend *be)
+{
+	return be == &mt_cpu_backend && mt_onednn_enabled();
 }
 
 /* Elements of node i's output. */
@@ -370,6 +383,7 @@ mt_model_step_cache_release(mt_model *m)
 {
 	struct mt_step_cache *c = m != NULL ? m->step_cache : NULL;
 
+	mt_onednn_release_scratch();	/* the input-gradient buffer of oneDNN */
 	if (c == NULL)
 		return;
 	for (int i = 0; i < c->n_free; i++)
@@ -662,6 +676,7 @@ train_state_free(struct mt_train_state *st)
 	mt_free(st->bn_mean);
 	mt_free(st->bn_invstd);
 	mt_free(st->req);
+	mt_free(st->fused);
 	mt_free(st->bw_last);
 	mt_free(st);
 }
@@ -848,6 +863,8 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 	int			n = st->n;
 	size_t		rows = (size_t) n * in.h * in.w;
 	size_t		len = node_len(st, i);
+	/* an activation node right after, applied here (see fuse_act) */
+	mt_act		act = i + 1 < st->n_nodes && st->fused[i + 1] ? m->nodes[i + 1].act : nd->act;
 
 	switch (nd->kind)
 	{
@@ -859,17 +876,18 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 				/* on a device the weights are kept packed */
 				if (st->dt == NULL)
 				{
-					mt_conv_pack_oihw(&d, wt, wpack);
-					wt = wpack;
-					if (mt_onednn_enabled())
+					if (host_onednn(be))
 					{
-						int			rc = mt_onednn_conv2d_once(&d, n, in.h, in.w, a, wt,
-															   pdata(m, nd->p_bias), y, err);
+						/* oneDNN reads the weights as they are */
+						int			rc = mt_onednn_train_forward(&d, n, in.h, in.w, a, wt,
+																 pdata(m, nd->p_bias), y, err);
 
 						if (rc != MT_ERR_UNSUPPORTED)
 							return rc;
 						mt_clearerr(err);	/* a shape oneDNN does not take */
 					}
+					mt_conv_pack_oihw(&d, wt, wpack);
+					wt = wpack;
 				}
 				return be->conv2d(&d, n, in.h, in.w, a, wt, pdata(m, nd->p_bias),
 								  y, scratch, err);
@@ -911,7 +929,7 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 				else
 					be->bn_train_coeffs(c, g, beta, rm, rv, nd->eps, 0.0f, 0.0, NULL, NULL,
 										scale, shift);
-				be->channel_affine(rows, c, a, scale, shift, nd->act, y);
+				be->channel_affine(rows, c, a, scale, shift, act, y);
 				break;
 			}
 		case MT_NODE_CONV_TRANSPOSE:
@@ -932,7 +950,7 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 			}
 		case MT_NODE_ADD:
 			/* the activation as built (inference may have fused another into run_act) */
-			be->add_act(len, a, b, nd->act, y);
+			be->add_act(len, a, b, act, y);
 			break;
 		default:
 			/* activations, pooling, linear: the same as in inference */
@@ -1023,10 +1041,11 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 	st->bn_mean = mt_calloc(nn, sizeof(float *));
 	st->bn_invstd = mt_calloc(nn, sizeof(float *));
 	st->req = mt_calloc(nn, 1);
+	st->fused = mt_calloc(nn, 1);
 	st->bw_last = mt_calloc(nn, sizeof(int));
 	last_use = mt_calloc(nn, sizeof(int));
 	if (!st->shp || !st->owner || !st->buf || !st->bn_mean || !st->bn_invstd ||
-		!st->req || !st->bw_last || !last_use)
+		!st->req || !st->fused || !st->bw_last || !last_use)
 		goto nomem;
 	if ((rc = mt_model_shapes(m, h, w, st->shp, &scratch_len, err)) != MT_OK)
 		goto done;
@@ -1059,12 +1078,28 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 			fast_end--;
 	}
 
+	/*
+	 * An activation node that alone reads a batch norm or an addition runs
+	 * inside it (one pass over the tensor instead of two) and shares its
+	 * buffer, when its gradient comes from its output (ReLU, ReLU6,
+	 * sigmoid): the batch norm's backward reads only its input.
+	 */
+	for (int i = fast_end; i + 1 < nn; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+
+		if ((nd->kind == MT_NODE_BN || nd->kind == MT_NODE_ADD) && nd->act == MT_ACT_NONE &&
+			mt_node_single_follower(m, i, MT_NODE_ACT) == i + 1 &&
+			!mt_act_needs_input(m->nodes[i + 1].act))
+			st->fused[i + 1] = 1;
+	}
+
 	/* buffer owners, what backward reads, forward lifetimes */
 	for (int i = 0; i < nn; i++)
 	{
 		const mt_node *nd = &m->nodes[i];
 
-		st->owner[i] = (i < fast_end && nd->folded) ? st->owner[nd->in0] : i;
+		st->owner[i] = ((i < fast_end && nd->folded) || st->fused[i]) ? st->owner[nd->in0] : i;
 		st->bw_last[i] = -1;
 		last_use[i] = i;
 		if (nd->in0 >= 0 && last_use[st->owner[nd->in0]] < i)
@@ -1098,7 +1133,7 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 		if (node_applies_act(nd) && mt_act_needs_input(nd->act))
 			mark_read(st, st->owner[nd->in0], j);	/* SiLU: from its input */
 		else if (node_applies_act(nd))
-			mark_read(st, j, j);
+			mark_read(st, st->owner[j], j);	/* its output (a fused one: its producer's) */
 		if (nd->kind == MT_NODE_SCALE)
 		{
 			mark_read(st, st->owner[nd->in0], j);
@@ -1138,7 +1173,7 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 			rc = mt_seterr(err, MT_ERR_CANCELLED, "canceled");
 			goto done;
 		}
-		if (i < fast_end && nd->folded)
+		if ((i < fast_end && nd->folded) || st->fused[i])
 			continue;
 		if ((y = t_alloc(st, out_len, 0)) == NULL)
 			goto nomem;
@@ -1354,11 +1389,20 @@ conv_param_backward(bw_ctx *c, const mt_node *nd, const mt_conv_desc *d, int h, 
 		}
 		else
 		{
-			memset(c->dwpack, 0, mt_conv_packed_size(d) * sizeof(float));
-			if ((rc = be->conv2d_backward_weight(d, n, h, w, a, b, c->dwpack,
-												 c->scratch, err)) != MT_OK)
+			/* oneDNN adds into the parameter's layout; else packed, through the backend */
+			rc = host_onednn(be) ? mt_onednn_train_backward_weight(d, n, h, w, a, b, g, err) :
+				MT_ERR_UNSUPPORTED;
+			if (rc == MT_ERR_UNSUPPORTED)
+			{
+				mt_clearerr(err);
+				memset(c->dwpack, 0, mt_conv_packed_size(d) * sizeof(float));
+				if ((rc = be->conv2d_backward_weight(d, n, h, w, a, b, c->dwpack,
+													 c->scratch, err)) != MT_OK)
+					return rc;
+				mt_conv_unpack_add_oihw(d, c->dwpack, g);
+			}
+			else if (rc != MT_OK)
 				return rc;
-			mt_conv_unpack_add_oihw(d, c->dwpack, g);
 		}
 	}
 	if (param_trains(m, nd->p_bias))
@@ -1410,7 +1454,7 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 	if (node_applies_act(nd) && mt_act_needs_input(nd->act))
 		be->act_backward_input(len, x, dy, nd->act, dy);	/* only MT_NODE_ACT */
 	else if (node_applies_act(nd))
-		be->act_backward(len, st->buf[i], dy, nd->act, dy);
+		be->act_backward(len, st->buf[st->owner[i]], dy, nd->act, dy);
 
 	switch (nd->kind)
 	{
@@ -1433,8 +1477,17 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 				{
 					if ((dx = grad_buf(c, in0)) == NULL)
 						goto nomem;
-					rc = be->conv2d_backward_data(&d, n, in.h, in.w, dy, conv_backward_weight(c, nd, &d),
-												  dx, c->scratch, err);
+					/* oneDNN reads the weights as they are; else packed */
+					rc = st->dt == NULL && host_onednn(be) ?
+						mt_onednn_train_backward_data(&d, n, in.h, in.w, dy, pdata(m, nd->p_weight),
+													  dx, err) : MT_ERR_UNSUPPORTED;
+					if (rc == MT_ERR_UNSUPPORTED)
+					{
+						mt_clearerr(err);
+						rc = be->conv2d_backward_data(&d, n, in.h, in.w, dy,
+													  conv_backward_weight(c, nd, &d),
+													  dx, c->scratch, err);
+					}
 				}
 				return rc;
 			}
@@ -1700,7 +1753,6 @@ done:
 	t_free(st, c.scale);
 	t_free(st, c.zero);
 	mt_model_train_release(m);
-	mt_onednn_release_scratch();
 	return rc;
 }
 
