@@ -520,18 +520,24 @@ bn_dx_task(void *p, size_t b, size_t e)
 	ew_args    *a = p;
 	int			c = a->c;
 	size_t		st = (size_t) a->stride;
+	/* locals: stores through out must not make the compiler reload a's fields */
+	const float *restrict mu = a->mean,
+			   *restrict is = a->invstd,
+			   *restrict k = a->k,
+			   *restrict sa = a->a,
+			   *restrict sb = a->b;
 
 	for (size_t r = b; r < e; r++)
 	{
-		const float *xr = a->x + r * st;
-		const float *gr = a->dy + r * st;
-		float	   *out = a->dx + r * st;
+		const float *restrict xr = a->x + r * st;
+		const float *restrict gr = a->dy + r * st;
+		float	   *restrict out = a->dx + r * st;
 
 		for (int j = 0; j < c; j++)
 		{
-			float		xhat = (xr[j] - a->mean[j]) * a->invstd[j];
+			float		xhat = (xr[j] - mu[j]) * is[j];
 
-			out[j] += a->k[j] * (gr[j] - a->a[j] - xhat * a->b[j]);
+			out[j] += k[j] * (gr[j] - sa[j] - xhat * sb[j]);
 		}
 	}
 }
@@ -765,9 +771,11 @@ MT_HOT static void
 accumulate_task(void *p, size_t b, size_t e)
 {
 	accumulate_args *a = p;
+	const float *restrict src = a->src;
+	float	   *restrict dst = a->dst;
 
 	for (size_t i = b; i < e; i++)
-		a->dst[i] += a->src[i];
+		dst[i] += src[i];
 }
 
 /* dst += src, elementwise over the pool (the same sums however it splits) */
