@@ -107,7 +107,9 @@ SELECT (runtime_info()->>'threads')::int AS threads, predict('mobilenet_v2_image
   FROM samples WHERE name = 'cat_224.png';
 RESET medtl.threads;
 -- convolution kernels are a GUC: oneDNN (auto, where libdnnl.so.2 loads)
--- and im2col + GEMM give the same logits
+-- and im2col + GEMM give the same logits (scoring with oneDNN frees the
+-- cached model's raw convolution weights; GEMM reads them back from
+-- medtl.weights)
 CREATE TEMP TABLE lg_auto AS SELECT name, logits('mobilenet_v2_imagenet', image) AS lg FROM samples;
 SELECT runtime_info()->>'conv_kernels' ~ '^(oneDNN [0-9]|oneDNN not found|built without oneDNN)' AS reported;
 SET medtl.conv_kernels = gemm;

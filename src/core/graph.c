@@ -281,6 +281,19 @@ ensure_packed(mt_model *m, mt_err *err)
 	return mt_model_prepare(m, err);
 }
 
+int
+mt_model_raw_reloaded(mt_model *m, mt_err *err)
+{
+	int			rc = mt_model_check_complete(m, err);
+
+	if (rc == MT_OK)
+	{
+		m->raw_released = 0;
+		m->prepared = 0;		/* prepared anew from the weights given again */
+	}
+	return rc;
+}
+
 void
 mt_model_keep_packed(mt_model *m)
 {
@@ -341,9 +354,14 @@ int
 mt_model_prepare(mt_model *m, mt_err *err)
 {
 	int			rc;
+	int			release_raw = m->release_raw && m->train == NULL && !m->keep_packed;
 
 	if (m->prepared)
 		return MT_OK;
+	if (m->raw_released)
+		return mt_seterr(err, MT_ERR_RELOAD,
+						 "the weights of %s were released after preparing; they must be set again",
+						 m->arch);
 	if ((rc = mt_model_check_complete(m, err)) != MT_OK)
 		return rc;
 	free_packed(m);
@@ -401,6 +419,16 @@ mt_model_prepare(mt_model *m, mt_err *err)
 			}
 			else
 				mt_conv_pack_oihw(&d, m->params[n->p_weight].data, w);
+			if (release_raw)
+			{
+				/* a scoring-only model: the packed copy is all it reads now */
+				mt_param   *p = &m->params[n->p_weight];
+
+				mt_free(p->data);
+				p->data = NULL;
+				p->loaded = 0;
+				m->raw_released = 1;
+			}
 			if (n->run_act == MT_ACT_NONE)
 			{
 				int			a = mt_node_single_follower(m, last, MT_NODE_ACT);

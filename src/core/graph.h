@@ -186,6 +186,17 @@ typedef struct mt_model
 	int			bn_train_frozen;	/* frozen BN layers use batch statistics too */
 	struct mt_train_state *train;	/* kept by mt_model_forward_train */
 	struct mt_step_cache *step_cache;	/* host blocks reused by training steps */
+	/*
+	 * Set by a host for a model that only scores: mt_model_prepare frees each
+	 * convolution's raw weights once it has packed them (the packed copy, or
+	 * the kernel cache made from it, is all inference reads).  Preparing
+	 * anew (another kernel mode, a device, a shape oneDNN refuses) then
+	 * fails with MT_ERR_RELOAD until the host sets those weights again
+	 * (mt_model_set_param) and calls mt_model_raw_reloaded.  Never for a
+	 * model that trains.
+	 */
+	int			release_raw;
+	int			raw_released;	/* some raw weights are gone (release_raw) */
 	struct mt_plan *plan;		/* inference memory plan (graph.c) */
 	int			no_arena_keep;	/* release the arena after every pass (benchmarks) */
 	int			micro_batch;	/* images per inference pass; 0: the default */
@@ -240,6 +251,8 @@ void		mt_model_release_plan(mt_model *m);
  * mt_model_free.
  */
 void		mt_model_release_external(mt_model *m);
+/* After the host set every released weight again: MT_OK, or what is missing. */
+int			mt_model_raw_reloaded(mt_model *m, mt_err *err);
 /*
  * The node right after node i if it is of kind k and the only reader of
  * i's output (not the features or logits either), else -1.

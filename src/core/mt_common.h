@@ -21,7 +21,8 @@ typedef enum mt_code
 	MT_ERR_LIMIT,			/* over a size limit (dimensions, memory budget) */
 	MT_ERR_UNSUPPORTED,		/* valid but not supported (format, dtype) */
 	MT_ERR_CANCELLED,		/* the interrupt callback asked us to stop */
-	MT_ERR_INTERNAL			/* a bug or a library failure */
+	MT_ERR_INTERNAL,		/* a bug or a library failure */
+	MT_ERR_RELOAD			/* the host must give the model its weights again */
 } mt_code;
 
 /* An error: a code, a one-line message, an optional detail sentence. */

@@ -92,22 +92,29 @@ depthwise_backward_data(const mt_conv_desc *d, int h, int w, int oh, int ow,
 		}
 }
 
-typedef struct dw_data_args
+/*
+ * A backward pass split over the pool by image, each image adding into its
+ * own slice of dx (depthwise input gradient, max pooling).
+ */
+typedef struct image_bw_args
 {
-	const mt_conv_desc *d;
+	const mt_conv_desc *d;		/* depthwise */
+	const mt_pool_desc *p;		/* max pooling */
 	int			h,
 				w,
 				oh,
-				ow;
+				ow,
+				c;
+	const float *x;
 	const float *dy;
 	const float *wt;
 	float	   *dx;
-} dw_data_args;
+} image_bw_args;
 
 static void
 dw_data_task(void *p, size_t b, size_t e)
 {
-	dw_data_args *a = p;
+	image_bw_args *a = p;
 	size_t		in_img = (size_t) a->h * a->w * a->d->cin;
 	size_t		out_img = (size_t) a->oh * a->ow * a->d->cout;
 
@@ -179,7 +186,8 @@ mt_cpu_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 	}
 	if (mt_conv_is_depthwise(d))
 	{
-		dw_data_args a = {d, h, w, oh, ow, dy, packed_w, dx};
+		image_bw_args a = {.d = d, .h = h, .w = w, .oh = oh, .ow = ow, .dy = dy, .wt = packed_w,
+		.dx = dx};
 
 		/* each image adds into its own slice of dx */
 		mt_parallel_for((size_t) n, 1, dw_data_task, &a);
@@ -587,22 +595,11 @@ mt_cpu_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
 	}
 }
 
-typedef struct maxpool_args
-{
-	const mt_pool_desc *p;
-	int			h,
-				w,
-				c;
-	const float *x;
-	const float *dy;
-	float	   *dx;
-} maxpool_args;
-
-/* Images [b, e) of max pooling backward (each adds into its own slice of dx). */
+/* Images [b, e) of max pooling backward. */
 static void
 max_pool_backward_task(void *arg, size_t b, size_t e)
 {
-	maxpool_args *a = arg;
+	image_bw_args *a = arg;
 	const mt_pool_desc *p = a->p;
 	int			h = a->h,
 				w = a->w,
@@ -664,7 +661,7 @@ void
 mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
 						   const float *x, const float *dy, float *dx)
 {
-	maxpool_args a = {p, h, w, c, x, dy, dx};
+	image_bw_args a = {.p = p, .h = h, .w = w, .c = c, .x = x, .dy = dy, .dx = dx};
 
 	mt_parallel_for((size_t) n, 1, max_pool_backward_task, &a);
 }

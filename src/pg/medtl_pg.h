@@ -83,6 +83,7 @@ typedef struct MedtlModel
 	char	  **labels;
 	mt_model   *net;			/* NULL for an ensemble */
 	bool		cpu_only;		/* forward passes ignore medtl.device (training) */
+	bool		trimmed;		/* malloc_trim ran after its first pass (medtl_forward) */
 	MemoryContext cxt;			/* holds the model: its forward pass allocates here */
 	/* an ensemble (arch "ensemble"): member names and normalised weights */
 	int			n_members;

@@ -31,6 +31,10 @@
 #include "io/image.h"
 #include "nn/zoo.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>				/* malloc_trim */
+#endif
+
 #define MODEL_NAME_MAX 256
 
 typedef struct CacheEntry
@@ -242,9 +246,99 @@ release_device_cb(void *arg)
 	mt_model_release_external((mt_model *) arg);
 }
 
+/*
+ * Stream the model's weight rows through a cursor, a few tensors at a time,
+ * into mm->net (SPI connected); only_missing: only the tensors the model
+ * does not hold (the raw weights a cached model released: mt_model.release_raw).
+ */
+static void
+load_weights(MedtlModel *mm, const char *name, bool only_missing)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(mm->model_id)};
+	MemoryContext old;
+	bool		isnull;
+	Portal		portal;
+	SPIPlanPtr	plan;
+	mt_err		err;
+	int			rc;
+
+	plan = SPI_prepare("SELECT tensor, dtype, shape, data FROM medtl.weights "
+					   "WHERE model_id OPERATOR(pg_catalog.=) $1", 1, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 16);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	wt = SPI_tuptable->vals[i];
+			TupleDesc	wd = SPI_tuptable->tupdesc;
+			char	   *tensor = TextDatumGetCString(SPI_getbinval(wt, wd, 1, &isnull));
+			char	   *dtype;
+			Datum		shape_d,
+						data_d;
+			ArrayType  *shape;
+			bytea	   *data;
+			Datum	   *dims;
+			bool	   *dnulls;
+			int			ndim;
+			int64_t		shp[MT_MAX_DIMS];
+
+			if (only_missing)
+			{
+				int			pi = mt_model_find_param(mm->net, tensor);
+
+				if (pi >= 0 && mm->net->params[pi].loaded)
+				{
+					pfree(tensor);	/* still held */
+					continue;
+				}
+			}
+			dtype = TextDatumGetCString(SPI_getbinval(wt, wd, 2, &isnull));
+			shape_d = SPI_getbinval(wt, wd, 3, &isnull);
+			data_d = SPI_getbinval(wt, wd, 4, &isnull);
+			shape = DatumGetArrayTypeP(shape_d);
+			data = DatumGetByteaPP(data_d);
+			deconstruct_array(shape, INT4OID, 4, true, TYPALIGN_INT, &dims, &dnulls, &ndim);
+			if (ndim > MT_MAX_DIMS)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_EXCEPTION),
+						 errmsg("tensor \"%s\" of model \"%s\" has %d dimensions", tensor, name, ndim)));
+			for (int k = 0; k < ndim; k++)
+				shp[k] = DatumGetInt32(dims[k]);
+			old = MemoryContextSwitchTo(mm->cxt);
+			rc = mt_model_set_param(mm->net, tensor, strcmp(dtype, "I64") == 0, ndim, shp,
+									VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), &err);
+			MemoryContextSwitchTo(old);
+			if (rc != MT_OK)
+				medtl_raise(&err, "stored weights are invalid");
+			/*
+			 * The detoasted copy lives in SPI's context until SPI_finish: free
+			 * it now, or loading holds every tensor twice (ResNet-50: 100 MB)
+			 */
+			if ((Pointer) data != DatumGetPointer(data_d))
+				pfree(data);
+			pfree(tensor);
+			pfree(dtype);
+			if ((Pointer) shape != DatumGetPointer(shape_d))
+				pfree(shape);
+			pfree(dims);
+			pfree(dnulls);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	SPI_freeplan(plan);
+}
+
 /* Load the model's description and weights into cxt (SPI connected). */
 static MedtlModel *
-load_model(const char *name, const ModelRow *row, MemoryContext cxt)
+load_model(const char *name, const ModelRow *row, MemoryContext cxt, bool cached)
 {
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(row->model_id)};
@@ -255,8 +349,6 @@ load_model(const char *name, const ModelRow *row, MemoryContext cxt)
 	bool		isnull;
 	char	   *padding;
 	int			num_classes;
-	Portal		portal;
-	SPIPlanPtr	plan;
 	mt_err		err;
 	int			rc;
 
@@ -315,55 +407,24 @@ load_model(const char *name, const ModelRow *row, MemoryContext cxt)
 	}
 	MemoryContextSwitchTo(old);
 
-	/* stream the weight rows through a cursor, a few tensors at a time */
-	plan = SPI_prepare("SELECT tensor, dtype, shape, data FROM medtl.weights "
-					   "WHERE model_id OPERATOR(pg_catalog.=) $1", 1, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
-	for (;;)
-	{
-		SPI_cursor_fetch(portal, true, 16);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	wt = SPI_tuptable->vals[i];
-			TupleDesc	wd = SPI_tuptable->tupdesc;
-			char	   *tensor = TextDatumGetCString(SPI_getbinval(wt, wd, 1, &isnull));
-			char	   *dtype = TextDatumGetCString(SPI_getbinval(wt, wd, 2, &isnull));
-			ArrayType  *shape = DatumGetArrayTypeP(SPI_getbinval(wt, wd, 3, &isnull));
-			bytea	   *data = DatumGetByteaPP(SPI_getbinval(wt, wd, 4, &isnull));
-			Datum	   *dims;
-			bool	   *dnulls;
-			int			ndim;
-			int64_t		shp[MT_MAX_DIMS];
+	load_weights(mm, name, false);
 
-			deconstruct_array(shape, INT4OID, 4, true, TYPALIGN_INT, &dims, &dnulls, &ndim);
-			if (ndim > MT_MAX_DIMS)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_EXCEPTION),
-						 errmsg("tensor \"%s\" of model \"%s\" has %d dimensions", tensor, name, ndim)));
-			for (int k = 0; k < ndim; k++)
-				shp[k] = DatumGetInt32(dims[k]);
-			old = MemoryContextSwitchTo(cxt);
-			rc = mt_model_set_param(mm->net, tensor, strcmp(dtype, "I64") == 0, ndim, shp,
-									VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), &err);
-			MemoryContextSwitchTo(old);
-			if (rc != MT_OK)
-				medtl_raise(&err, "stored weights are invalid");
-		}
-		SPI_freetuptable(SPI_tuptable);
-		CHECK_FOR_INTERRUPTS();
-	}
-	SPI_cursor_close(portal);
-	SPI_freeplan(plan);
-
+	/*
+	 * A model of the backend cache only scores: its convolutions keep one
+	 * copy of their weights, packed or in the kernels' layout, and the raw
+	 * copy goes once packed (ResNet-50: 100 MB); they are read again from
+	 * medtl.weights if the model must be prepared anew (medtl_forward).
+	 */
+	mm->net->release_raw = cached;
 	old = MemoryContextSwitchTo(cxt);
 	rc = mt_model_prepare(mm->net, &err);
 	MemoryContextSwitchTo(old);
 	if (rc != MT_OK)
 		medtl_raise(&err, "could not prepare model");
+#ifdef __GLIBC__
+	if (mm->net->raw_released)
+		malloc_trim(0);			/* the freed weights sat amid the heap */
+#endif
 	return mm;
 }
 
@@ -377,7 +438,7 @@ medtl_load_model_private(const char *name, MemoryContext cxt)
 		elog(ERROR, "SPI_connect failed");
 	if (!read_model_row(name, &row))
 		unknown_model(name);
-	mm = load_model(name, &row, cxt);
+	mm = load_model(name, &row, cxt, false);
 	SPI_finish();
 	if (mm->net == NULL)
 		ereport(ERROR,
@@ -428,7 +489,7 @@ get_model(const char *name, CallCache *cc)
 									ALLOCSET_DEFAULT_SIZES);
 		PG_TRY();
 		{
-			mm = load_model(name, &row, cxt);
+			mm = load_model(name, &row, cxt, true);
 		}
 		PG_CATCH();
 		{
@@ -483,6 +544,20 @@ score_image(MedtlModel *mm, bytea *image, float **logits, float **features)
 	pfree(x);
 }
 
+/* Give a cached model the raw weights it released (release_raw), from its rows. */
+static void
+reload_weights(MedtlModel *mm)
+{
+	mt_err		err;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	load_weights(mm, mm->name, true);
+	SPI_finish();
+	if (mt_model_raw_reloaded(mm->net, &err) != MT_OK)
+		medtl_raise(&err, "stored weights are incomplete");
+}
+
 /*
  * mt_model_forward on the device medtl.device chooses (the CPU for models
  * marked cpu_only, in parallel workers, and under auto for a model the
@@ -499,21 +574,40 @@ medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *featu
 	mt_err		err;
 	int			rc = MT_OK;
 
-	/* the device copy's host bookkeeping belongs with the model */
-	old = MemoryContextSwitchTo(mm->cxt);
-	if (mt_model_device(mm->net) != dev)
+	for (int attempt = 0;; attempt++)
 	{
-		rc = mt_model_to_device(mm->net, dev, &err);
-		/* a model the device cannot run yet (ViT): auto means the CPU then */
-		if (rc == MT_ERR_UNSUPPORTED && medtl_device == MEDTL_DEVICE_AUTO)
+		/* the device copy's host bookkeeping belongs with the model */
+		old = MemoryContextSwitchTo(mm->cxt);
+		rc = MT_OK;
+		if (mt_model_device(mm->net) != dev)
 		{
-			dev = NULL;
-			rc = MT_OK;
+			rc = mt_model_to_device(mm->net, dev, &err);
+			/* a model the device cannot run yet (ViT): auto means the CPU then */
+			if (rc == MT_ERR_UNSUPPORTED && medtl_device == MEDTL_DEVICE_AUTO)
+			{
+				dev = NULL;
+				rc = MT_OK;
+			}
 		}
+		if (rc == MT_OK)
+			rc = mt_model_forward(mm->net, x, n, mm->input_size, mm->input_size, logits, features, &err);
+		MemoryContextSwitchTo(old);
+#ifdef __GLIBC__
+		/*
+		 * The first pass moved the convolutions' weights into the kernels'
+		 * layout and freed the packed copies amid the heap: hand those
+		 * pages back once (ResNet-50: 160 -> 130 MB of private memory)
+		 */
+		if (rc == MT_OK && !mm->trimmed && mm->net->packed_released)
+		{
+			malloc_trim(0);
+			mm->trimmed = true;
+		}
+#endif
+		if (rc != MT_ERR_RELOAD || attempt > 0)
+			break;
+		reload_weights(mm);
 	}
-	if (rc == MT_OK)
-		rc = mt_model_forward(mm->net, x, n, mm->input_size, mm->input_size, logits, features, &err);
-	MemoryContextSwitchTo(old);
 	if (rc != MT_OK && dev != NULL && (rc == MT_ERR_NOMEM || rc == MT_ERR_LIMIT))
 		ereport(ERROR,
 				(errcode(rc == MT_ERR_NOMEM ? ERRCODE_OUT_OF_MEMORY : ERRCODE_PROGRAM_LIMIT_EXCEEDED),

@@ -741,6 +741,62 @@ test_conv_caches(void)
 	CHECK(mt_model_cache_bytes(m) == 0, "release_external frees the caches");
 	CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK &&
 		  max_abs_diff(ref, got, 12) < 1e-4, "usable after release_external: %s", err.msg);
+
+	/*
+	 * A scoring-only model drops its raw convolution weights; what needs
+	 * them again says MT_ERR_RELOAD until the host sets them again.
+	 */
+	{
+		float	  **saved = calloc(m->n_params, sizeof(float *));
+		size_t		freed;
+		int			reloaded = 0,
+					rc;
+
+		for (int i = 0; i < m->n_params; i++)
+			if (m->params[i].data != NULL)
+			{
+				saved[i] = malloc(m->params[i].numel * sizeof(float));
+				memcpy(saved[i], m->params[i].data, m->params[i].numel * sizeof(float));
+			}
+		m->release_raw = 1;
+		mt_model_keep_packed(m);	/* prepared anew on the next pass, as training does */
+		CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK && !m->raw_released,
+			  "a model that keeps its packed weights (training) keeps its raw ones");
+		m->keep_packed = 0;
+		CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK && m->packed_released,
+			  "packed copies released into the caches again");
+		mt_model_release_external(m);	/* prepared anew on the next pass */
+		freed = mt_model_memory(m);
+		CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK && m->packed_released &&
+			  m->raw_released && max_abs_diff(ref, got, 12) < 1e-4, "prepared with release_raw: %s", err.msg);
+		freed -= mt_model_memory(m);
+		CHECK(freed > 10000000, "raw convolution weights freed: %zu bytes", freed);
+		CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK &&
+			  max_abs_diff(ref, got, 12) < 1e-4, "scores without them: %s", err.msg);
+		CHECK(mt_model_forward(m, x, 2, hw, hw, got, NULL, &err) == MT_OK &&
+			  max_abs_diff(ref, got, 8) < 1e-4, "another batch size without them: %s", err.msg);
+		mt_onednn_set_mode(MT_CONV_GEMM);
+		rc = mt_model_forward(m, x, n, hw, hw, got, NULL, &err);
+		CHECK(rc == MT_ERR_RELOAD, "gemm needs them: %d %s", rc, err.msg);
+		for (int i = 0; i < m->n_params; i++)
+			if (!m->params[i].loaded && saved[i] != NULL)
+			{
+				CHECK(mt_model_set_param(m, m->params[i].name, 0, m->params[i].ndim, m->params[i].shape,
+										 saved[i], m->params[i].numel * sizeof(float), &err) == MT_OK,
+					  "set %s again: %s", m->params[i].name, err.msg);
+				reloaded++;
+			}
+		CHECK(reloaded > 0 && mt_model_raw_reloaded(m, &err) == MT_OK && !m->raw_released,
+			  "%d tensors set again: %s", reloaded, err.msg);
+		m->release_raw = 0;
+		CHECK(mt_model_forward(m, x, n, hw, hw, got, NULL, &err) == MT_OK &&
+			  max_abs_diff(ref, got, 12) < 1e-6, "gemm after the reload: %s (diff %g)", err.msg,
+			  max_abs_diff(ref, got, 12));
+		mt_onednn_set_mode(MT_CONV_AUTO);
+		for (int i = 0; i < m->n_params; i++)
+			free(saved[i]);
+		free(saved);
+	}
 	mt_model_free(m);
 	free(x);
 }
