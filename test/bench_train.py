@@ -15,7 +15,8 @@ schedule; batch norm resolves to frozen for the pretrained model and to
 batch statistics for the one from scratch).
 
 Options: --datasets a,b,c  --limit N (images per class and split, for a quick
-smoke run)  --scratch  --csv PATH.
+smoke run)  --scratch  --csv PATH  --seeds 42,1,2 (one run per seed, then the
+mean)  --options "epochs => 10" (extra fine_tune arguments).
 """
 import argparse
 import csv
@@ -71,6 +72,11 @@ def main():
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--scratch", action="store_true")
     ap.add_argument("--csv")
+    ap.add_argument("--seeds", default="",
+                    help="comma-separated seeds: one run per seed (create_model and fine_tune seed), "
+                         "then the mean; default one run at fine_tune's own seed")
+    ap.add_argument("--options", default="",
+                    help="extra fine_tune arguments, e.g. \"epochs => 10\" (then not the defaults)")
     args = ap.parse_args()
 
     _psql("DROP DATABASE IF EXISTS %s;" % DB, "postgres")
@@ -88,24 +94,38 @@ def main():
         table, counts = load(name, args.limit)
         print("\n== %s: %s" % (name, "; ".join(c.replace("|", " ") for c in counts)), flush=True)
         labels = psql("SELECT array_agg(DISTINCT label ORDER BY label) FROM %s;" % table)[0]
-        psql("SELECT medtl.create_model(%s, 'mnv2', %s::text[], replace => true);" % (sql_lit(name), sql_lit(labels)))
         src = "SELECT image, label FROM %s WHERE split IN (%s)" % (table, ", ".join("'%s'" % s for s in splits))
-        t0 = time.time()
-        run = psql("SELECT medtl.fine_tune(%s, %s);" % (sql_lit(name), sql_lit(src)))[0]
-        t_train = time.time() - t0
-        t0 = time.time()
-        ev = psql("SELECT medtl.evaluate(%s, %s);" % (
-            sql_lit(name), sql_lit("SELECT image, label FROM %s WHERE split = 'test'" % table)))[0]
-        t_eval = time.time() - t0
-        acc, auc, n, pos = psql("SELECT accuracy, auc, n, positive_label FROM medtl.evaluations "
-                                "WHERE evaluation_id = %s;" % ev)[0].split("|")
-        acc, auc = float(acc), float(auc)
-        ok = auc >= auc_t and acc >= acc_t
-        print("%s: test n=%s accuracy %.4f (target %.3f), AUC %.4f (target %.3f) -> %s; train %.0f s, "
-              "evaluate %.0f s; run %s; baseline: %s"
-              % (name, n, acc, acc_t, auc, auc_t, "met" if ok else "NOT met", t_train, t_eval, run, baseline),
-              flush=True)
-        results.append((name, "fine_tune defaults", n, acc, auc, t_train))
+        what = "fine_tune " + (args.options if args.options else "defaults")
+        seeds = [int(x) for x in args.seeds.split(",") if x] or [None]
+        per_seed = []
+        for seed in seeds:
+            sd = "" if seed is None else ", seed => %d" % seed
+            psql("SELECT medtl.create_model(%s, 'mnv2', %s::text[], replace => true%s);"
+                 % (sql_lit(name), sql_lit(labels), sd))
+            t0 = time.time()
+            run = psql("SELECT medtl.fine_tune(%s, %s%s%s);" % (sql_lit(name), sql_lit(src), sd,
+                                                             ", " + args.options if args.options else ""))[0]
+            t_train = time.time() - t0
+            t0 = time.time()
+            ev = psql("SELECT medtl.evaluate(%s, %s);" % (
+                sql_lit(name), sql_lit("SELECT image, label FROM %s WHERE split = 'test'" % table)))[0]
+            t_eval = time.time() - t0
+            acc, auc, n, pos = psql("SELECT accuracy, auc, n, positive_label FROM medtl.evaluations "
+                                    "WHERE evaluation_id = %s;" % ev)[0].split("|")
+            acc, auc = float(acc), float(auc)
+            ok = auc >= auc_t and acc >= acc_t
+            print("%s%s: test n=%s accuracy %.4f (target %.3f), AUC %.4f (target %.3f) -> %s; train %.0f s, "
+                  "evaluate %.0f s; run %s; baseline: %s"
+                  % (name, "" if seed is None else " seed %d" % seed, n, acc, acc_t, auc, auc_t,
+                     "met" if ok else "NOT met", t_train, t_eval, run, baseline), flush=True)
+            results.append((name, what + ("" if seed is None else " seed %d" % seed), n, acc, auc, t_train))
+            per_seed.append((acc, auc))
+        if len(per_seed) > 1:
+            m_acc = sum(a for a, _ in per_seed) / len(per_seed)
+            m_auc = sum(u for _, u in per_seed) / len(per_seed)
+            print("%s: mean over %d seeds: accuracy %.4f, AUC %.4f -> %s" % (
+                name, len(per_seed), m_acc, m_auc, "met" if m_auc >= auc_t and m_acc >= acc_t else "NOT met"),
+                flush=True)
 
     if args.scratch:
         table, _ = load("chest_xray", args.limit or 500)
