@@ -99,6 +99,13 @@ test/bin/%: test/unit/%.c $(ENGINE_SRC) $(wildcard src/*/*.h) $(wildcard test/un
 	@mkdir -p test/bin
 	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm -lpthread
 
+# the same engine built as if libdnnl-dev were absent (im2col + GEMM only):
+# the fallback must compile, link and train right
+UNIT_TESTS += test/bin/test_grad_nodnnl
+test/bin/test_grad_nodnnl: test/unit/test_grad.c $(ENGINE_SRC) $(wildcard src/*/*.h) $(wildcard test/unit/*.h)
+	@mkdir -p test/bin
+	$(CC) $(UNIT_CFLAGS) -DMT_NO_ONEDNN -o $@ $< $(ENGINE_SRC) -ljpeg -lpng -lz -ldl -lm -lpthread
+
 unittest: $(UNIT_TESTS)
 
 # fuzz targets built as replay drivers with the system compiler

@@ -75,7 +75,7 @@ def psql(sql, timing=False):
 def backend_memory(setup, sql):
     """Run setup + sql in a fresh backend while sampling its
     /proc/PID/status every millisecond; returns (peak RssAnon, peak VmHWM,
-    RssAnon at the end), in bytes.  RssAnon is the backend's private memory;
+    RssAnon at the end), in bytes; sql's own output is read and dropped.  RssAnon is the backend's private memory;
     VmHWM also counts the shared-buffer pages it touched and mapped files.
     Needs to run on the database's machine as a user that may read the
     backend's /proc entry (root, or postgres)."""
@@ -106,18 +106,16 @@ def backend_memory(setup, sql):
     p.stdin.write(sql + "SELECT 1;\n")
     p.stdin.flush()
     # wait for the marker so the backend is still there for the last sample
-    out = []
     while True:
         line = p.stdout.readline()
         if line == "" or line.strip() == "1":
             break
-        out.append(line)
     time.sleep(0.01)
     done.set()
     t.join()
     p.stdin.close()
     p.wait()
-    return peak["RssAnon"], peak["VmHWM"], last.get("RssAnon", 0), out
+    return peak["RssAnon"], peak["VmHWM"], last.get("RssAnon", 0)
 
 
 def machine_name():
@@ -354,7 +352,7 @@ def main():
         # memory after scoring (RssAnon), against 2 x weights + 100 MB
         wbytes = int(psql("SELECT sum(length(w.data)) FROM medtl.weights w JOIN medtl.models m USING (model_id)"
                           " WHERE m.name = %s;" % sql_lit(arch))[0])
-        peak_anon, hwm, anon, _ = backend_memory(
+        peak_anon, hwm, anon = backend_memory(
             setup, "SELECT count(medtl.predict(%s, image)) FROM imgs;\n" % sql_lit(arch))
         limit = 2 * wbytes + 100e6
         print("  memory    weights %.1f MB; backend peak private %.1f MB (sampled every ms), private after "

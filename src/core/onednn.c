@@ -17,7 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if __has_include(<oneapi/dnnl/dnnl.h>)
+/* MT_NO_ONEDNN: build as without the headers (make unittest checks that build) */
+#if __has_include(<oneapi/dnnl/dnnl.h>) && !defined(MT_NO_ONEDNN)
 #define MT_HAVE_ONEDNN 1
 #include <oneapi/dnnl/dnnl.h>
 #endif
@@ -350,6 +351,16 @@ post_ops_attr(mt_act act, dnnl_primitive_attr_t *attr)
 	return st;
 }
 
+/* Whether pd's kernel is a reference (unvectorised) one: slower than im2col + GEMM. */
+static int
+reference_kernel(const_dnnl_primitive_desc_t pd)
+{
+	const char *impl = NULL;
+
+	return p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+		impl == NULL || strncmp(impl, "ref", 3) == 0;
+}
+
 /* Run a primitive with every signal blocked (see onednn.h). */
 static dnnl_status_t
 execute(dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args)
@@ -494,16 +505,10 @@ entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h,
 	if (st != dnnl_success)
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
 
+	if (reference_kernel(pd))
 	{
-		const char *impl = NULL;
-
-		/* a reference (unvectorised) kernel is slower than im2col + GEMM */
-		if (p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
-			impl == NULL || strncmp(impl, "ref", 3) == 0)
-		{
-			p_dnnl_primitive_desc_destroy(pd);
-			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
-		}
+		p_dnnl_primitive_desc_destroy(pd);
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
 	}
 	want_w = p_dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
 	if ((st = p_dnnl_primitive_create(&e->conv, pd)) != dnnl_success)
@@ -771,6 +776,22 @@ bwd_end(bwd_call *c)
 	free(c->buf[1]);
 }
 
+/* c->prim from c->pd, unless its kernel is a reference one. */
+static int
+call_primitive(bwd_call *c, mt_err *err)
+{
+	dnnl_status_t st;
+
+	if (reference_kernel(c->pd))
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
+	if ((st = p_dnnl_primitive_create(&c->prim, c->pd)) != dnnl_success)
+	{
+		c->prim = NULL;
+		return fail(err, "create a convolution", st);
+	}
+	return MT_OK;
+}
+
 /*
  * Describe and create the backward-data (weight_grad 0) or backward-weights
  * (1) primitive of d on an n x h x w input.  MT_ERR_UNSUPPORTED when oneDNN
@@ -782,7 +803,6 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 {
 	dnnl_convolution_desc_t cd;
 	bwd_mds    *m = &c->m;
-	const char *impl = NULL;
 	dnnl_status_t st;
 	int			rc;
 
@@ -803,14 +823,27 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 		c->pd = NULL;
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward kernel for this convolution");
 	}
-	/* a reference (unvectorised) kernel is slower than im2col + GEMM */
-	if (p_dnnl_primitive_desc_query(c->pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
-		impl == NULL || strncmp(impl, "ref", 3) == 0)
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
-	if ((st = p_dnnl_primitive_create(&c->prim, c->pd)) != dnnl_success)
+	return call_primitive(c, err);
+}
+
+/*
+ * The weights as c's kernel reads them: w itself, or a copy reordered into
+ * c->buf[0] (they change every step); *want is the kernel's descriptor.
+ */
+static int
+call_weights(bwd_call *c, const float *w, const dnnl_memory_desc_t **want, const float **kw,
+			 mt_err *err)
+{
+	size_t		bytes;
+	int			rc;
+
+	*want = p_dnnl_primitive_desc_query_md(c->pd, dnnl_query_weights_md, 0);
+	*kw = w;
+	if (!p_dnnl_memory_desc_equal(*want, &c->m.plain_w))
 	{
-		c->prim = NULL;
-		return fail(err, "create a convolution", st);
+		if ((rc = reorder_new(&c->m.plain_w, w, *want, &c->buf[0], &bytes, err)) != MT_OK)
+			return rc;
+		*kw = c->buf[0];
 	}
 	return MT_OK;
 }
@@ -821,17 +854,13 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 {
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_w;
+	const float *kw;
 	float	   *dsrc;
-	size_t		wbytes;
 	dnnl_status_t st;
 	int			rc;
 
-	if ((rc = bwd_begin(&c, 0, d, n, h, w, oihw, err)) != MT_OK)
-		goto out;
-	/* weights into the kernel's layout (they change every step) */
-	want_w = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_weights_md, 0);
-	if (!p_dnnl_memory_desc_equal(want_w, &c.m.plain_w) &&
-		(rc = reorder_new(&c.m.plain_w, packed_w, want_w, &c.buf[0], &wbytes, err)) != MT_OK)
+	if ((rc = bwd_begin(&c, 0, d, n, h, w, oihw, err)) != MT_OK ||
+		(rc = call_weights(&c, packed_w, &want_w, &kw, err)) != MT_OK)
 		goto out;
 	if ((dsrc = bwd_scratch_get(p_dnnl_memory_desc_get_size(&c.m.src))) == NULL)
 	{
@@ -839,8 +868,7 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 		goto out;
 	}
 	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.dst, engine, (void *) dy)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine,
-								   c.buf[0] ? (void *) c.buf[0] : (void *) packed_w)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine, (void *) kw)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[2], &c.m.src, engine, dsrc)) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
@@ -898,7 +926,7 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 			goto out;
 		}
 	}
-	/* back into the packed layout, added to the caller's gradient */
+	/* back into the caller's layout (packed or the parameter's own), added to its gradient */
 	if (!p_dnnl_memory_desc_equal(want_dw, &c.m.plain_w))
 	{
 		if ((rc = reorder_new(want_dw, c.buf[0], &c.m.plain_w, &c.buf[1], &pbytes, err)) != MT_OK)
@@ -913,34 +941,6 @@ out:
 	return rc;
 }
 
-int
-mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
-							   const float *dy, const float *packed_w, float *dx, mt_err *err)
-{
-	return backward_data(d, n, h, w, dy, packed_w, 0, dx, err);
-}
-
-int
-mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
-								 const float *x, const float *dy, float *packed_dw, mt_err *err)
-{
-	return backward_weight(d, n, h, w, x, dy, 0, packed_dw, err);
-}
-
-int
-mt_onednn_train_backward_data(const mt_conv_desc *d, int n, int h, int w,
-							  const float *dy, const float *w_oihw, float *dx, mt_err *err)
-{
-	return backward_data(d, n, h, w, dy, w_oihw, 1, dx, err);
-}
-
-int
-mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
-								const float *x, const float *dy, float *dw_oihw, mt_err *err)
-{
-	return backward_weight(d, n, h, w, x, dy, 1, dw_oihw, err);
-}
-
 /* Training's forward pass from the parameter's own layout (onednn.h). */
 int
 mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float *x,
@@ -952,9 +952,8 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 	dnnl_memory_desc_t bias_md;
 	dnnl_primitive_attr_t attr = NULL;
 	const dnnl_memory_desc_t *want_w;
-	const char *impl = NULL;
+	const float *kw;
 	dnnl_dims_t bd = {d->cout};
-	size_t		wbytes;
 	dnnl_status_t st;
 	int			rc;
 
@@ -979,26 +978,11 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
 		goto out;
 	}
-	/* a reference (unvectorised) kernel is slower than im2col + GEMM */
-	if (p_dnnl_primitive_desc_query(c.pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
-		impl == NULL || strncmp(impl, "ref", 3) == 0)
-	{
-		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has only a reference kernel for this convolution");
-		goto out;
-	}
-	if ((st = p_dnnl_primitive_create(&c.prim, c.pd)) != dnnl_success)
-	{
-		c.prim = NULL;
-		rc = fail(err, "create a convolution", st);
-		goto out;
-	}
-	want_w = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_weights_md, 0);
-	if (!p_dnnl_memory_desc_equal(want_w, &m->plain_w) &&
-		(rc = reorder_new(&m->plain_w, w_oihw, want_w, &c.buf[0], &wbytes, err)) != MT_OK)
+	if ((rc = call_primitive(&c, err)) != MT_OK ||
+		(rc = call_weights(&c, w_oihw, &want_w, &kw, err)) != MT_OK)
 		goto out;
 	if ((st = p_dnnl_memory_create(&c.mem[0], &m->src, engine, (void *) x)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine,
-								   c.buf[0] ? (void *) c.buf[0] : (void *) w_oihw)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine, (void *) kw)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[2], &m->dst, engine, y)) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
@@ -1103,21 +1087,7 @@ int
 mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float *x,
 						const float *w_oihw, const float *bias, float *y, mt_err *err)
 {
-	return mt_seterr(err, MT_ERR_UNSUPPORTED, "built without oneDNN");
-}
-
-int
-mt_onednn_train_backward_data(const mt_conv_desc *d, int n, int h, int w,
-							  const float *dy, const float *w_oihw, float *dx, mt_err *err)
-{
-	return mt_seterr(err, MT_ERR_UNSUPPORTED, "built without oneDNN");
-}
-
-int
-mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
-								const float *x, const float *dy, float *dw_oihw, mt_err *err)
-{
-	return mt_seterr(err, MT_ERR_UNSUPPORTED, "built without oneDNN");
+	return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", mt_onednn_info());
 }
 
 void
@@ -1139,3 +1109,32 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 	return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", mt_onednn_info());
 }
 #endif
+
+/* The backward entries, packed (ops.h) or in the parameters' own layout (training). */
+int
+mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+							   const float *dy, const float *packed_w, float *dx, mt_err *err)
+{
+	return backward_data(d, n, h, w, dy, packed_w, 0, dx, err);
+}
+
+int
+mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+								 const float *x, const float *dy, float *packed_dw, mt_err *err)
+{
+	return backward_weight(d, n, h, w, x, dy, 0, packed_dw, err);
+}
+
+int
+mt_onednn_train_backward_data(const mt_conv_desc *d, int n, int h, int w,
+							  const float *dy, const float *w_oihw, float *dx, mt_err *err)
+{
+	return backward_data(d, n, h, w, dy, w_oihw, 1, dx, err);
+}
+
+int
+mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+								const float *x, const float *dy, float *dw_oihw, mt_err *err)
+{
+	return backward_weight(d, n, h, w, x, dy, 1, dw_oihw, err);
+}

@@ -1478,7 +1478,7 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 					if ((dx = grad_buf(c, in0)) == NULL)
 						goto nomem;
 					/* oneDNN reads the weights as they are; else packed */
-					rc = st->dt == NULL && host_onednn(be) ?
+					rc = host_onednn(be) ?
 						mt_onednn_train_backward_data(&d, n, in.h, in.w, dy, pdata(m, nd->p_weight),
 													  dx, err) : MT_ERR_UNSUPPORTED;
 					if (rc == MT_ERR_UNSUPPORTED)
