@@ -162,6 +162,16 @@ mt_blas_init(const char *core, mt_err *err)
 		setenv("OPENBLAS_CORETYPE", core, 1);
 	}
 
+	/*
+	 * OpenBLAS's idle threads wait for the next call by calling sched_yield
+	 * for up to 2^28 cycles (about 0.1 s), so one GEMM per batch (a
+	 * classifier head) kept a core's worth of threads yielding through every
+	 * convolution after it: a fifth of MobileNetV2's CPU time at batch 16
+	 * went to the scheduler.  2^4 cycles makes them sleep at once; read when
+	 * the library loads, which is now; a value the user set wins.
+	 */
+	setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
+
 	/* MEDTL_OPENBLAS=/path/libopenblas.so.0 names the library (and only it) */
 	envpath = getenv("MEDTL_OPENBLAS");
 	if (envpath != NULL && envpath[0] != '\0')

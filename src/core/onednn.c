@@ -8,6 +8,7 @@
  */
 #include "onednn.h"
 #include "blas.h"
+#include "pool.h"
 #include "ops_cpu_internal.h"
 
 #include <dlfcn.h>
@@ -121,12 +122,19 @@ load(void)
 	load_state = -1;
 
 	/*
-	 * OpenMP's idle workers spin by default, and on a few cores they take
-	 * the CPU from medtl's pool and OpenBLAS between convolutions (ResNet-18
-	 * at batch 1 ran 6x slower here).  libgomp reads this when it loads,
-	 * which is now; a value the user set wins.
+	 * OpenMP's idle workers spin before they sleep: about 3 ms by default,
+	 * which on a few cores took the CPU from medtl's own threads and
+	 * OpenBLAS between convolutions (ResNet-18 at batch 1 ran 6x slower
+	 * here), and none when passive, which makes every convolution wake its
+	 * workers through the kernel.  Once oneDNN is loaded medtl's own jobs run
+	 * on the same OpenMP threads (mt_pool_use_openmp below), so a short spin
+	 * (10,000 rounds, about 0.1 ms) keeps them awake across a layer's ops
+	 * without taking a core for long: MobileNetV2's training step went from
+	 * 50 to 60 img/s here.  libgomp reads this when it loads, which is now;
+	 * OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user win.
 	 */
-	setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+	if (getenv("OMP_WAIT_POLICY") == NULL)
+		setenv("GOMP_SPINCOUNT", "10000", 0);
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) && lib == NULL; i++)
 		lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
 	if (lib == NULL)
@@ -144,6 +152,16 @@ load(void)
 	ONEDNN_FUNCS(LOOKUP)
 #undef LOOKUP
 	omp_set_threads = (omp_set_fn) dlsym(lib, "omp_set_num_threads");
+	/*
+	 * medtl's own parallel jobs (batch norm, activations, pooling, optimizer
+	 * steps) go to the OpenMP threads the convolutions run on, as in PyTorch:
+	 * two sets of threads took turns on the same cores, each woken through
+	 * the kernel for every op.  MEDTL_OWN_POOL=1 keeps medtl's own threads
+	 * (for comparison).
+	 */
+	if (getenv("MEDTL_OWN_POOL") == NULL || strcmp(getenv("MEDTL_OWN_POOL"), "1") != 0)
+		mt_pool_use_openmp(dlsym(lib, "GOMP_parallel"), (int (*) (void)) dlsym(lib, "omp_get_thread_num"),
+						   (int (*) (void)) dlsym(lib, "omp_get_num_threads"));
 	if (p_dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
 		p_dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success)
 	{
@@ -391,24 +409,18 @@ falloc(size_t bytes)
 	return aligned_alloc(64, (bytes + 63) / 64 * 64);
 }
 
-/* Reorder weights from (src, src_md) into a new buffer laid out as dst_md. */
+/* Reorder weights from (src, src_md) into buf, laid out as dst_md. */
 static int
-reorder_new(const dnnl_memory_desc_t *src_md, const float *src,
-			const dnnl_memory_desc_t *dst_md, float **out, size_t *bytes, mt_err *err)
+reorder_to(const dnnl_memory_desc_t *src_md, const float *src,
+		   const dnnl_memory_desc_t *dst_md, float *buf, mt_err *err)
 {
 	dnnl_primitive_desc_t rpd = NULL;
 	dnnl_primitive_t reorder = NULL;
 	dnnl_memory_t from = NULL,
 				to = NULL;
 	dnnl_status_t st;
-	size_t		sz = p_dnnl_memory_desc_get_size(dst_md);
-	float	   *buf = falloc(sz);
 	int			rc = MT_OK;
 
-	*out = NULL;
-	*bytes = 0;
-	if (buf == NULL)
-		return mt_seterr(err, MT_ERR_NOMEM, "out of memory for reordered convolution weights");
 	if ((st = p_dnnl_reorder_primitive_desc_create(&rpd, src_md, engine, dst_md,
 												   engine, NULL)) != dnnl_success ||
 		(st = p_dnnl_primitive_create(&reorder, rpd)) != dnnl_success ||
@@ -430,7 +442,23 @@ reorder_new(const dnnl_memory_desc_t *src_md, const float *src,
 		p_dnnl_primitive_destroy(reorder);
 	if (rpd)
 		p_dnnl_primitive_desc_destroy(rpd);
-	if (rc != MT_OK)
+	return rc;
+}
+
+/* Reorder weights from (src, src_md) into a new buffer laid out as dst_md. */
+static int
+reorder_new(const dnnl_memory_desc_t *src_md, const float *src,
+			const dnnl_memory_desc_t *dst_md, float **out, size_t *bytes, mt_err *err)
+{
+	size_t		sz = p_dnnl_memory_desc_get_size(dst_md);
+	float	   *buf = falloc(sz);
+	int			rc;
+
+	*out = NULL;
+	*bytes = 0;
+	if (buf == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory for reordered convolution weights");
+	if ((rc = reorder_to(src_md, src, dst_md, buf, err)) != MT_OK)
 	{
 		free(buf);
 		return rc;
@@ -641,34 +669,53 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 
 
 /*
- * The input gradient is computed into a buffer of the module and then added
- * to the caller's: kept between calls (a fresh one per call would page-fault
- * through tens of MB at every convolution), released by
+ * Buffers of the module that training's convolutions go through, one per
+ * use within a call: the input gradient (computed here, then added to the
+ * caller's), the weights reordered into the kernel's layout, the weight
+ * gradient in the kernel's layout and back in the parameter's, and oneDNN's
+ * own scratchpad (the primitives are made with a user scratchpad).  Kept
+ * between calls, grown as needed: fresh ones per call page-faulted through
+ * tens of MB at every convolution, and the weight reorders of a
+ * MobileNetV2 step took 13 ms instead of 3.  Released by
  * mt_onednn_release_scratch at the end of a training run (train.c) or when
  * a host frees a model wholesale (mt_model_release_external).
  */
-static float *bwd_scratch = NULL;
-static size_t bwd_scratch_bytes = 0;
+enum
+{
+	SCR_DSRC,
+	SCR_W,
+	SCR_DW,
+	SCR_DW_PLAIN,
+	SCR_PAD,
+	N_SCR
+};
+static float *scratch[N_SCR];
+static size_t scratch_bytes[N_SCR];
 
 void
 mt_onednn_release_scratch(void)
 {
-	free(bwd_scratch);
-	bwd_scratch = NULL;
-	bwd_scratch_bytes = 0;
+	for (int i = 0; i < N_SCR; i++)
+	{
+		free(scratch[i]);
+		scratch[i] = NULL;
+		scratch_bytes[i] = 0;
+	}
 }
 
+/* Scratch buffer slot of at least bytes (NULL: out of memory). */
 static float *
-bwd_scratch_get(size_t bytes)
+scratch_get(int slot, size_t bytes)
 {
-	if (bytes > bwd_scratch_bytes)
+	if (bytes > scratch_bytes[slot])
 	{
-		mt_onednn_release_scratch();
-		if ((bwd_scratch = falloc(bytes)) == NULL)
+		free(scratch[slot]);
+		scratch_bytes[slot] = 0;
+		if ((scratch[slot] = falloc(bytes)) == NULL)
 			return NULL;
-		bwd_scratch_bytes = bytes;
+		scratch_bytes[slot] = bytes;
 	}
-	return bwd_scratch;
+	return scratch[slot];
 }
 
 /*
@@ -747,8 +794,8 @@ bwd_describe(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m,
 
 /*
  * One backward primitive of a convolution, made for a call: its
- * descriptors, the forward hint, the primitive, up to three memories and
- * two buffers, all released by bwd_end.
+ * descriptors, the forward hint, the primitive and up to three memories,
+ * all released by bwd_end (its buffers are the module's scratch).
  */
 typedef struct bwd_call
 {
@@ -757,7 +804,6 @@ typedef struct bwd_call
 				pd;
 	dnnl_primitive_t prim;
 	dnnl_memory_t mem[3];
-	float	   *buf[2];
 } bwd_call;
 
 static void
@@ -772,8 +818,6 @@ bwd_end(bwd_call *c)
 		p_dnnl_primitive_desc_destroy(c->pd);
 	if (c->hint)
 		p_dnnl_primitive_desc_destroy(c->hint);
-	free(c->buf[0]);
-	free(c->buf[1]);
 }
 
 /* c->prim from c->pd, unless its kernel is a reference one. */
@@ -828,22 +872,25 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 
 /*
  * The weights as c's kernel reads them: w itself, or a copy reordered into
- * c->buf[0] (they change every step); *want is the kernel's descriptor.
+ * the SCR_W scratch (they change every step); *want is the kernel's
+ * descriptor.
  */
 static int
 call_weights(bwd_call *c, const float *w, const dnnl_memory_desc_t **want, const float **kw,
 			 mt_err *err)
 {
-	size_t		bytes;
+	float	   *buf;
 	int			rc;
 
 	*want = p_dnnl_primitive_desc_query_md(c->pd, dnnl_query_weights_md, 0);
 	*kw = w;
 	if (!p_dnnl_memory_desc_equal(*want, &c->m.plain_w))
 	{
-		if ((rc = reorder_new(&c->m.plain_w, w, *want, &c->buf[0], &bytes, err)) != MT_OK)
+		if ((buf = scratch_get(SCR_W, p_dnnl_memory_desc_get_size(*want))) == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory for reordered convolution weights");
+		if ((rc = reorder_to(&c->m.plain_w, w, *want, buf, err)) != MT_OK)
 			return rc;
-		*kw = c->buf[0];
+		*kw = buf;
 	}
 	return MT_OK;
 }
@@ -862,7 +909,7 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 	if ((rc = bwd_begin(&c, 0, d, n, h, w, oihw, err)) != MT_OK ||
 		(rc = call_weights(&c, packed_w, &want_w, &kw, err)) != MT_OK)
 		goto out;
-	if ((dsrc = bwd_scratch_get(p_dnnl_memory_desc_get_size(&c.m.src))) == NULL)
+	if ((dsrc = scratch_get(SCR_DSRC, p_dnnl_memory_desc_get_size(&c.m.src))) == NULL)
 	{
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
@@ -897,21 +944,22 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 {
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_dw;
-	size_t		pbytes;
+	float	   *kdw,
+			   *pdw;
 	dnnl_status_t st;
 	int			rc;
 
 	if ((rc = bwd_begin(&c, 1, d, n, h, w, oihw, err)) != MT_OK)
 		goto out;
 	want_dw = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_diff_weights_md, 0);
-	if ((c.buf[0] = falloc(p_dnnl_memory_desc_get_size(want_dw))) == NULL)
+	if ((kdw = scratch_get(SCR_DW, p_dnnl_memory_desc_get_size(want_dw))) == NULL)
 	{
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
 	}
 	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.src, engine, (void *) x)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[1], &c.m.dst, engine, (void *) dy)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&c.mem[2], want_dw, engine, c.buf[0])) != dnnl_success)
+		(st = p_dnnl_memory_create(&c.mem[2], want_dw, engine, kdw)) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
 		goto out;
@@ -929,12 +977,17 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 	/* back into the caller's layout (packed or the parameter's own), added to its gradient */
 	if (!p_dnnl_memory_desc_equal(want_dw, &c.m.plain_w))
 	{
-		if ((rc = reorder_new(want_dw, c.buf[0], &c.m.plain_w, &c.buf[1], &pbytes, err)) != MT_OK)
+		if ((pdw = scratch_get(SCR_DW_PLAIN, p_dnnl_memory_desc_get_size(&c.m.plain_w))) == NULL)
+		{
+			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 			goto out;
-		mt_cpu_accumulate(mt_conv_packed_size(d), c.buf[1], packed_dw);
+		}
+		if ((rc = reorder_to(want_dw, kdw, &c.m.plain_w, pdw, err)) != MT_OK)
+			goto out;
+		mt_cpu_accumulate(mt_conv_packed_size(d), pdw, packed_dw);
 	}
 	else
-		mt_cpu_accumulate(mt_conv_packed_size(d), c.buf[0], packed_dw);
+		mt_cpu_accumulate(mt_conv_packed_size(d), kdw, packed_dw);
 	conv_count++;
 out:
 	bwd_end(&c);

@@ -117,6 +117,42 @@ mt_pool_threads(void)
 	return n_threads;
 }
 
+typedef void (*gomp_parallel_fn) (void (*) (void *), void *, unsigned, unsigned);
+static gomp_parallel_fn gomp_parallel = NULL;
+static int	(*omp_thread_num) (void);
+static int	(*omp_num_threads) (void);
+
+void
+mt_pool_use_openmp(void *gp, int (*thread_num) (void), int (*num_threads) (void))
+{
+	gomp_parallel = gp != NULL && thread_num != NULL && num_threads != NULL ? (gomp_parallel_fn) gp : NULL;
+	omp_thread_num = thread_num;
+	omp_num_threads = num_threads;
+}
+
+typedef struct omp_job
+{
+	mt_range_fn fn;
+	void	   *arg;
+	size_t		n;
+	int			parts;
+} omp_job;
+
+/* One OpenMP thread's share of a job: parts t, t + nt, ... */
+static void
+omp_body(void *p)
+{
+	omp_job    *j = p;
+	int			t = omp_thread_num(),
+				nt = omp_num_threads(),
+				was = in_task;
+
+	in_task = 1;
+	for (int part = t; part < j->parts; part += nt > 0 ? nt : 1)
+		run_part(part, j->parts, j->n, j->fn, j->arg);
+	in_task = was;
+}
+
 void
 mt_parallel_for(size_t n, size_t min_part, mt_range_fn fn, void *arg)
 {
@@ -132,6 +168,19 @@ mt_parallel_for(size_t n, size_t min_part, mt_range_fn fn, void *arg)
 	if (parts <= 1 || in_task)
 	{
 		fn(arg, 0, n);
+		return;
+	}
+	if (gomp_parallel != NULL)
+	{
+		omp_job		j = {fn, arg, n, parts};
+		sigset_t	all,
+					old;
+
+		/* threads libgomp starts here must not take the host's signals */
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, &old);
+		gomp_parallel(omp_body, &j, (unsigned) parts, 0);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		return;
 	}
 

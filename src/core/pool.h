@@ -25,6 +25,14 @@ typedef void (*mt_range_fn) (void *arg, size_t begin, size_t end);
  */
 void		mt_parallel_for(size_t n, size_t min_part, mt_range_fn fn, void *arg);
 
+/*
+ * Run jobs on OpenMP's threads instead of the pool's own: gomp_parallel is
+ * libgomp's GOMP_parallel and thread_num/num_threads its omp_get_thread_num
+ * and omp_get_num_threads (onednn.c passes them once it has loaded oneDNN,
+ * whose convolutions run on those threads).  NULL goes back to the pool.
+ */
+void		mt_pool_use_openmp(void *gomp_parallel, int (*thread_num) (void), int (*num_threads) (void));
+
 /* Threads to use, the caller included (1: everything on the caller). */
 void		mt_pool_set_threads(int n);
 int			mt_pool_threads(void);

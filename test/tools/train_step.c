@@ -29,7 +29,8 @@
  * 256 x 256; weights already folded, best of 3) and one training step (CE + Dice for a U-Net, else CE; SGD) of
  * BATCH (default 8) images, best of 3, on THREADS threads (default 2), with
  * FREEZE (default none; "backbone": the head alone trains, the backbone
- * runs as inference every step), and prints one line.
+ * runs as inference every step), and prints one line.  MT_BENCH_STEPS=N
+ * takes the best of N steps instead of 3 (for perf record).
  */
 #include "core/blas.h"
 #include "core/graph.h"
@@ -149,7 +150,7 @@ bench(int argc, char **argv)
 		if (r > 0)
 			t_inf = fmin(t_inf, now() - t0);
 	}
-	for (int r = 0; r < 3; r++)
+	for (int r = 0, steps = getenv("MT_BENCH_STEPS") ? atoi(getenv("MT_BENCH_STEPS")) : 3; r < steps; r++)
 	{
 		double		t0 = now();
 
