@@ -119,3 +119,24 @@ SELECT count(*) AS logits, max(abs(a - g)) < 1e-3 AS agree
           FROM samples s JOIN lg_auto l USING (name)) x;
 RESET medtl.conv_kernels;
 SET medtl.conv_kernels = direct;
+-- bfloat16 convolutions (medtl.precision = bf16): the same top-1 label for
+-- every sample and logits within bf16's rounding of the float32 ones (where
+-- oneDNN is absent convolutions stay float32 and the logits are equal);
+-- back at fp32 the cached model scores exactly as before
+SET medtl.precision = bf16;
+SELECT runtime_info()->>'precision' AS precision;
+CREATE TEMP TABLE lg_bf16 AS SELECT name, logits('mobilenet_v2_imagenet', image) AS lg FROM samples;
+SELECT count(*) AS samples,
+       count(*) FILTER (WHERE (SELECT array_position(a.lg, max(v)) FROM unnest(a.lg) v)
+                            = (SELECT array_position(b.lg, max(v)) FROM unnest(b.lg) v)) AS same_top1
+  FROM lg_auto a JOIN lg_bf16 b USING (name);
+SELECT max(abs(x.a - x.b)) < 0.5 AS close,
+       max(abs(x.a)) > 5 AS logits_not_trivial,
+       max(abs(x.a - x.b)) > 0 OR runtime_info()->>'conv_kernels' !~ '^oneDNN [0-9]' AS bf16_in_effect
+  FROM (SELECT unnest(a.lg) AS a, unnest(b.lg) AS b FROM lg_auto a JOIN lg_bf16 b USING (name)) x;
+RESET medtl.precision;
+SELECT runtime_info()->>'precision' AS precision;
+SELECT count(*) AS logits, max(abs(x.a - x.f)) = 0 AS same_as_before
+  FROM (SELECT unnest(l.lg) AS a, unnest(logits('mobilenet_v2_imagenet', s.image)) AS f
+          FROM samples s JOIN lg_auto l USING (name)) x;
+SET medtl.precision = half;

@@ -71,6 +71,7 @@ static omp_set_fn omp_set_threads;
 static int	want_threads = 0;	/* 0: the library's default */
 static int	set_threads = -1;	/* last count given to OpenMP */
 static int	mode = -1;			/* -1: not set, MEDTL_CONV_KERNELS decides */
+static int	precision = -1;		/* -1: not set, MEDTL_PRECISION decides */
 static unsigned long conv_count = 0;
 
 #define CACHE_SHAPES 4
@@ -88,6 +89,11 @@ typedef struct conv_entry
 				wei,
 				bias,
 				dst;
+	/* bf16 entries: the f32 input converted into the SCR_BF16 scratch */
+	dnnl_primitive_t cvt;
+	dnnl_memory_t cvt_from,
+				cvt_to;
+	size_t		cvt_bytes;
 	float	   *wbuf;			/* weights in the kernel's layout; NULL: packed as is */
 	int			own_wbuf;		/* wbuf is this entry's (else the cache's master) */
 	size_t		wbuf_bytes;		/* of an own wbuf */
@@ -104,6 +110,7 @@ typedef struct conv_entry
 struct mt_conv_cache
 {
 	const float *packed;		/* weights the cache was made from */
+	int			bf16;			/* kernels and weights in bfloat16 */
 	float	   *master;
 	size_t		master_bytes;
 	dnnl_memory_desc_t master_md;
@@ -182,6 +189,24 @@ mt_onednn_set_mode(mt_conv_kernels m)
 	mode = m;
 }
 
+void
+mt_onednn_set_precision(mt_precision p)
+{
+	precision = p;
+}
+
+mt_precision
+mt_onednn_precision(void)
+{
+	if (precision < 0)
+	{
+		const char *env = getenv("MEDTL_PRECISION");
+
+		precision = env != NULL && strcmp(env, "bf16") == 0 ? MT_PREC_BF16 : MT_PREC_FP32;
+	}
+	return (mt_precision) precision;
+}
+
 mt_conv_kernels
 mt_onednn_mode(void)
 {
@@ -234,6 +259,12 @@ entry_free(conv_entry *e)
 		p_dnnl_memory_destroy(e->bias);
 	if (e->dst)
 		p_dnnl_memory_destroy(e->dst);
+	if (e->cvt)
+		p_dnnl_primitive_destroy(e->cvt);
+	if (e->cvt_from)
+		p_dnnl_memory_destroy(e->cvt_from);
+	if (e->cvt_to)
+		p_dnnl_memory_destroy(e->cvt_to);
 	if (e->own_wbuf)
 		free(e->wbuf);
 	memset(e, 0, sizeof(*e));
@@ -469,6 +500,55 @@ reorder_new(const dnnl_memory_desc_t *src_md, const float *src,
 }
 
 /*
+ * Buffers of the module that convolutions go through, one per use within
+ * a call: training's input gradient (computed here, then added to the
+ * caller's), the weights reordered into the kernel's layout, the weight
+ * gradient in the kernel's layout and back in the parameter's, and
+ * scoring's input converted to bfloat16 (MT_PREC_BF16).  Kept between
+ * calls, grown as needed (fresh ones per call page-fault through tens of
+ * MB at every convolution).  Released by mt_onednn_release_scratch at the
+ * end of a training run (train.c) or when a host frees a model wholesale
+ * (mt_model_release_external).
+ */
+enum
+{
+	SCR_DSRC,
+	SCR_W,
+	SCR_DW,
+	SCR_DW_PLAIN,
+	SCR_BF16,
+	N_SCR
+};
+static float *scratch[N_SCR];
+static size_t scratch_bytes[N_SCR];
+
+void
+mt_onednn_release_scratch(void)
+{
+	for (int i = 0; i < N_SCR; i++)
+	{
+		free(scratch[i]);
+		scratch[i] = NULL;
+		scratch_bytes[i] = 0;
+	}
+}
+
+/* Scratch buffer slot of at least bytes (NULL: out of memory). */
+static float *
+scratch_get(int slot, size_t bytes)
+{
+	if (bytes > scratch_bytes[slot])
+	{
+		free(scratch[slot]);
+		scratch_bytes[slot] = 0;
+		if ((scratch[slot] = falloc(bytes)) == NULL)
+			return NULL;
+		scratch_bytes[slot] = bytes;
+	}
+	return scratch[slot];
+}
+
+/*
  * Build the primitive for d on an n x h x w input into e (memories without
  * data) and find its weights: the packed ones as they are, the cache's
  * master copy, or a new reordered copy (see mt_conv_cache).  packed_w may be
@@ -479,6 +559,8 @@ static int
 entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h, int w,
 		   const float *packed_w, int with_bias, mt_err *err)
 {
+	dnnl_data_type_t kt = c->bf16 ? dnnl_bf16 : dnnl_f32;	/* the kernel's input and weights */
+	dnnl_memory_desc_t src32_md;
 	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
 	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
 	dnnl_memory_desc_t src_md,
@@ -503,16 +585,17 @@ entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h,
 		dnnl_dims_t pl = {d->pad_t, d->pad_l};
 		dnnl_dims_t pr = {d->pad_b, d->pad_r};
 
-		if ((st = p_dnnl_memory_desc_init_by_tag(&src_md, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+		if ((st = p_dnnl_memory_desc_init_by_tag(&src_md, 4, sd, kt, dnnl_nhwc)) != dnnl_success ||
+			(st = p_dnnl_memory_desc_init_by_tag(&src32_md, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
 			(st = p_dnnl_memory_desc_init_by_tag(&dst_md, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
 			(st = p_dnnl_memory_desc_init_by_tag(&bias_md, 1, bd, dnnl_f32, dnnl_x)) != dnnl_success ||
 			(st = weights_md(d, &plain_w)) != dnnl_success)
 			return fail(err, "describe a convolution", st);
 		any_w = plain_w;
 		if (d->groups == 1)
-			st = p_dnnl_memory_desc_init_by_tag(&any_w, 4, plain_w.dims, dnnl_f32, dnnl_format_tag_any);
+			st = p_dnnl_memory_desc_init_by_tag(&any_w, 4, plain_w.dims, kt, dnnl_format_tag_any);
 		else
-			st = p_dnnl_memory_desc_init_by_tag(&any_w, 5, plain_w.dims, dnnl_f32, dnnl_format_tag_any);
+			st = p_dnnl_memory_desc_init_by_tag(&any_w, 5, plain_w.dims, kt, dnnl_format_tag_any);
 		if (st != dnnl_success)
 			return fail(err, "describe a convolution", st);
 		st = p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
@@ -553,13 +636,29 @@ entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h,
 		rc = fail(err, "create memory", st);
 		goto out;
 	}
+	if (c->bf16)
+	{
+		dnnl_primitive_desc_t rpd = NULL;
+
+		e->cvt_bytes = p_dnnl_memory_desc_get_size(&src_md);
+		if ((st = p_dnnl_reorder_primitive_desc_create(&rpd, &src32_md, engine, &src_md, engine,
+													   NULL)) != dnnl_success ||
+			(st = p_dnnl_primitive_create(&e->cvt, rpd)) != dnnl_success ||
+			(st = p_dnnl_memory_create(&e->cvt_from, &src32_md, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+			(st = p_dnnl_memory_create(&e->cvt_to, &src_md, engine, DNNL_MEMORY_NONE)) != dnnl_success)
+			rc = fail(err, "convert to bfloat16", st);
+		if (rpd)
+			p_dnnl_primitive_desc_destroy(rpd);
+		if (rc != MT_OK)
+			goto out;
+	}
 	e->used = 1;
 	e->n = n;
 	e->h = h;
 	e->w = w;
 	if (c->master != NULL && p_dnnl_memory_desc_equal(want_w, &c->master_md))
 		e->wbuf = c->master;
-	else if (c->master == NULL && p_dnnl_memory_desc_equal(want_w, &plain_w) && packed_w != NULL)
+	else if (c->master == NULL && !c->bf16 && p_dnnl_memory_desc_equal(want_w, &plain_w) && packed_w != NULL)
 		e->wbuf = NULL;			/* the kernel reads the packed weights */
 	else if (c->master == NULL)
 	{
@@ -590,6 +689,21 @@ entry_run(conv_entry *e, const float *x, const float *packed_w, const float *bia
 	int			nargs = 0;
 	dnnl_status_t st;
 
+	if (e->cvt != NULL)
+	{
+		/* the input in bfloat16, through the module's scratch */
+		void	   *xb = scratch_get(SCR_BF16, e->cvt_bytes);
+		dnnl_exec_arg_t cargs[2] = {{DNNL_ARG_FROM, e->cvt_from}, {DNNL_ARG_TO, e->cvt_to}};
+
+		if (xb == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a bfloat16 input");
+		if ((st = p_dnnl_memory_set_data_handle(e->cvt_from, (void *) x)) != dnnl_success ||
+			(st = p_dnnl_memory_set_data_handle(e->cvt_to, xb)) != dnnl_success)
+			return fail(err, "set memory", st);
+		if ((st = execute(e->cvt, 2, cargs)) != dnnl_success)
+			return fail(err, "convert to bfloat16", st);
+		x = xb;
+	}
 	if ((st = p_dnnl_memory_set_data_handle(e->src, (void *) x)) != dnnl_success ||
 		(st = p_dnnl_memory_set_data_handle(e->dst, y)) != dnnl_success ||
 		(st = p_dnnl_memory_set_data_handle(e->wei, e->wbuf ? (void *) e->wbuf : (void *) packed_w)) != dnnl_success ||
@@ -613,16 +727,21 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 {
 	mt_conv_cache *c;
 	conv_entry *e = NULL;
-	int			rc;
+	int			rc,
+				bf16 = mt_onednn_precision() == MT_PREC_BF16;
 
 	if (!mt_onednn_enabled())
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
 	if (cache == NULL)
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN runs only convolutions with a cache");
 	c = *cache;
-	if (c != NULL && packed_w != NULL && c->packed != packed_w)
+	if (c != NULL && ((packed_w != NULL && c->packed != packed_w) || c->bf16 != bf16))
 	{
-		/* other weights than the cache was made for: start again */
+		/*
+		 * other weights than the cache was made for, or the other precision:
+		 * start again (from the packed weights: a caller that released them
+		 * gets MT_ERR_UNSUPPORTED below and packs them again)
+		 */
 		mt_conv_cache_free(c);
 		*cache = c = NULL;
 	}
@@ -634,6 +753,7 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 		if (c == NULL)
 			return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a convolution cache");
 		c->packed = packed_w;
+		c->bf16 = bf16;
 		*cache = c;
 	}
 	for (int i = 0; i < CACHE_SHAPES && e == NULL; i++)
@@ -668,55 +788,6 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 }
 
 
-/*
- * Buffers of the module that training's convolutions go through, one per
- * use within a call: the input gradient (computed here, then added to the
- * caller's), the weights reordered into the kernel's layout, the weight
- * gradient in the kernel's layout and back in the parameter's, and oneDNN's
- * own scratchpad (the primitives are made with a user scratchpad).  Kept
- * between calls, grown as needed: fresh ones per call page-faulted through
- * tens of MB at every convolution, and the weight reorders of a
- * MobileNetV2 step took 13 ms instead of 3.  Released by
- * mt_onednn_release_scratch at the end of a training run (train.c) or when
- * a host frees a model wholesale (mt_model_release_external).
- */
-enum
-{
-	SCR_DSRC,
-	SCR_W,
-	SCR_DW,
-	SCR_DW_PLAIN,
-	SCR_PAD,
-	N_SCR
-};
-static float *scratch[N_SCR];
-static size_t scratch_bytes[N_SCR];
-
-void
-mt_onednn_release_scratch(void)
-{
-	for (int i = 0; i < N_SCR; i++)
-	{
-		free(scratch[i]);
-		scratch[i] = NULL;
-		scratch_bytes[i] = 0;
-	}
-}
-
-/* Scratch buffer slot of at least bytes (NULL: out of memory). */
-static float *
-scratch_get(int slot, size_t bytes)
-{
-	if (bytes > scratch_bytes[slot])
-	{
-		free(scratch[slot]);
-		scratch_bytes[slot] = 0;
-		if ((scratch[slot] = falloc(bytes)) == NULL)
-			return NULL;
-		scratch_bytes[slot] = bytes;
-	}
-	return scratch[slot];
-}
 
 /*
  * Backward passes for training (ops.h conv2d_backward_data / _weight):
@@ -1073,6 +1144,18 @@ out:
 #else							/* built without oneDNN's headers */
 
 static mt_conv_kernels mode = MT_CONV_AUTO;
+
+void
+mt_onednn_set_precision(mt_precision p)
+{
+	(void) p;
+}
+
+mt_precision
+mt_onednn_precision(void)
+{
+	return MT_PREC_FP32;
+}
 
 void
 mt_onednn_set_mode(mt_conv_kernels m)

@@ -44,6 +44,24 @@ typedef enum mt_conv_kernels
 void		mt_onednn_set_mode(mt_conv_kernels mode);
 mt_conv_kernels mt_onednn_mode(void);
 
+typedef enum mt_precision
+{
+	MT_PREC_FP32 = 0,			/* float32 throughout */
+	MT_PREC_BF16				/* scoring's oneDNN convolutions read bfloat16 */
+} mt_precision;
+
+/*
+ * Precision of scoring's convolutions.  MT_PREC_BF16: each oneDNN
+ * convolution converts its input to bfloat16, keeps its weights in
+ * bfloat16 and accumulates and writes float32 (everything else stays
+ * float32; training is float32 either way).  A cache made in the other
+ * precision starts again (MT_ERR_UNSUPPORTED when the packed weights were
+ * released: the caller packs them again).  Until set, MEDTL_PRECISION=bf16
+ * in the environment selects bf16, else fp32.
+ */
+void		mt_onednn_set_precision(mt_precision p);
+mt_precision mt_onednn_precision(void);
+
 /*
  * Whether convolutions go to oneDNN now (mode auto and the library loaded;
  * the first call tries to load it).

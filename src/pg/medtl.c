@@ -32,6 +32,13 @@ char	   *medtl_blas_core = NULL;
 int			medtl_device = MEDTL_DEVICE_CPU;
 int			medtl_device_memory_mb = 0;
 static int	medtl_conv_kernels = MT_CONV_AUTO;
+static int	medtl_precision = MT_PREC_FP32;
+
+static const struct config_enum_entry precision_options[] = {
+	{"fp32", MT_PREC_FP32, false},
+	{"bf16", MT_PREC_BF16, false},
+	{NULL, 0, false}
+};
 
 static const struct config_enum_entry conv_kernel_options[] = {
 	{"auto", MT_CONV_AUTO, false},
@@ -123,6 +130,11 @@ _PG_init(void)
 							 "runtime_info() says which is in use.",
 							 &medtl_conv_kernels, MT_CONV_AUTO, conv_kernel_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("medtl.precision",
+							 "Precision of scoring's CPU convolutions: fp32, or bf16 (oneDNN convolutions read bfloat16 inputs and weights and accumulate in float32).",
+							 "Only oneDNN convolutions change; everything else, and training, stays float32.",
+							 &medtl_precision, MT_PREC_FP32, precision_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("medtl");
 
 	mt_set_allocator(pg_engine_malloc, pg_engine_free);
@@ -174,6 +186,7 @@ medtl_engine_enter(void)
 	if (mt_blas_init(medtl_blas_core, &err) != MT_OK)
 		medtl_raise(&err, NULL);
 	mt_onednn_set_mode((mt_conv_kernels) medtl_conv_kernels);
+	mt_onednn_set_precision((mt_precision) medtl_precision);
 	want = IsParallelWorker() ? medtl_worker_threads :
 		(medtl_threads > 0 ? medtl_threads : mt_cpu_count());
 	if (want != applied_threads)
@@ -277,6 +290,7 @@ medtl_runtime_info(PG_FUNCTION_ARGS)
 	json_kv(&s, "blas_core_choice", mt_blas_core_requested(), false);
 	json_kv(&s, "blas_config", mt_blas_config(), false);
 	json_kv(&s, "conv_kernels", mt_onednn_info(), false);
+	json_kv(&s, "precision", precision_options[medtl_precision].name, false);
 	appendStringInfo(&s, ", \"threads\": %d", mt_blas_threads());
 	appendStringInfo(&s, ", \"parallel_worker\": %s", IsParallelWorker() ? "true" : "false");
 	json_kv(&s, "device", medtl_device_in_use(), false);
