@@ -89,7 +89,7 @@ def main():
                                            sql_lit(mdir + "labels.txt")))
     print("runtime:", psql("SELECT medtl.runtime_info();")[0], flush=True)
     results = []
-    for name in args.datasets.split(","):
+    for name in [n for n in args.datasets.split(",") if n]:
         splits, (auc_t, acc_t), baseline = DATASETS[name]
         table, counts = load(name, args.limit)
         print("\n== %s: %s" % (name, "; ".join(c.replace("|", " ") for c in counts)), flush=True)

@@ -517,6 +517,7 @@ enum
 	SCR_DW,
 	SCR_DW_PLAIN,
 	SCR_BF16,
+	SCR_BF16_DY,
 	N_SCR
 };
 static float *scratch[N_SCR];
@@ -800,7 +801,11 @@ typedef struct bwd_mds
 	dnnl_memory_desc_t src,
 				dst,
 				plain_w,
-				any_w;
+				any_w,
+				src_k,			/* src, dst and "any" weights in the kernel's type: */
+				dst_k,			/* bfloat16 for bf16 training, else as above */
+				any_dw;			/* the weight gradient: float32, any layout */
+	int			bf16;
 	dnnl_dims_t strides,
 				dil,
 				pl,
@@ -815,6 +820,8 @@ typedef struct bwd_mds
 static int
 train_mds(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m, mt_err *err)
 {
+	/* bfloat16 kernels for training from the parameters' own layout only */
+	dnnl_data_type_t kt = oihw && mt_onednn_precision() == MT_PREC_BF16 ? dnnl_bf16 : dnnl_f32;
 	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
 	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
 	dnnl_dims_t sd = {n, d->cin, h, w};
@@ -832,12 +839,39 @@ train_mds(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m, mt_e
 	m->pl[1] = d->pad_l;
 	m->pr[0] = d->pad_b;
 	m->pr[1] = d->pad_r;
+	m->bf16 = kt == dnnl_bf16;
 	if ((st = p_dnnl_memory_desc_init_by_tag(&m->src, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
 		(st = p_dnnl_memory_desc_init_by_tag(&m->dst, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(&m->src_k, 4, sd, kt, dnnl_nhwc)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(&m->dst_k, 4, dd, kt, dnnl_nhwc)) != dnnl_success ||
 		(st = (oihw ? weights_md_oihw(d, &m->plain_w) : weights_md(d, &m->plain_w))) != dnnl_success ||
-		(st = p_dnnl_memory_desc_init_by_tag(&m->any_w, m->plain_w.ndims, m->plain_w.dims, dnnl_f32,
+		(st = p_dnnl_memory_desc_init_by_tag(&m->any_w, m->plain_w.ndims, m->plain_w.dims, kt,
+											 dnnl_format_tag_any)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(&m->any_dw, m->plain_w.ndims, m->plain_w.dims, dnnl_f32,
 											 dnnl_format_tag_any)) != dnnl_success)
 		return fail(err, "describe a convolution", st);
+	return MT_OK;
+}
+
+/*
+ * An activation for a bfloat16 kernel: x (float32, as md) converted into
+ * scratch slot (bf16 training), or x itself.
+ */
+static int
+kernel_input(const bwd_mds *m, const dnnl_memory_desc_t *md, const dnnl_memory_desc_t *md_k,
+			 int slot, const float *x, const void **out, mt_err *err)
+{
+	float	   *buf;
+	int			rc;
+
+	*out = x;
+	if (!m->bf16)
+		return MT_OK;
+	if ((buf = scratch_get(slot, p_dnnl_memory_desc_get_size(md_k))) == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a bfloat16 activation");
+	if ((rc = reorder_to(md, x, md_k, buf, err)) != MT_OK)
+		return rc;
+	*out = buf;
 	return MT_OK;
 }
 
@@ -853,7 +887,7 @@ bwd_describe(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m,
 	if ((rc = train_mds(d, n, h, w, oihw, m, err)) != MT_OK)
 		return rc;
 	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
-													 &m->src, &m->any_w, NULL, &m->dst, m->strides,
+													 &m->src_k, &m->any_w, NULL, &m->dst_k, m->strides,
 													 m->dil, m->pl, m->pr) != dnnl_success ||
 		p_dnnl_primitive_desc_create(hint, &cd, NULL, engine, NULL) != dnnl_success)
 	{
@@ -927,11 +961,11 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 	if ((rc = bwd_describe(d, n, h, w, oihw, m, &c->hint, err)) != MT_OK)
 		return rc;
 	st = weight_grad ?
-		p_dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &m->src,
-															  &m->any_w, NULL, &m->dst, m->strides,
+		p_dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &m->src_k,
+															  &m->any_dw, NULL, &m->dst_k, m->strides,
 															  m->dil, m->pl, m->pr) :
 		p_dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &m->src,
-														   &m->any_w, &m->dst, m->strides, m->dil,
+														   &m->any_w, &m->dst_k, m->strides, m->dil,
 														   m->pl, m->pr);
 	if (st != dnnl_success || p_dnnl_primitive_desc_create(&c->pd, &cd, NULL, engine, c->hint) != dnnl_success)
 	{
@@ -973,19 +1007,21 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_w;
 	const float *kw;
+	const void *kdy;
 	float	   *dsrc;
 	dnnl_status_t st;
 	int			rc;
 
 	if ((rc = bwd_begin(&c, 0, d, n, h, w, oihw, err)) != MT_OK ||
-		(rc = call_weights(&c, packed_w, &want_w, &kw, err)) != MT_OK)
+		(rc = call_weights(&c, packed_w, &want_w, &kw, err)) != MT_OK ||
+		(rc = kernel_input(&c.m, &c.m.dst, &c.m.dst_k, SCR_BF16_DY, dy, &kdy, err)) != MT_OK)
 		goto out;
 	if ((dsrc = scratch_get(SCR_DSRC, p_dnnl_memory_desc_get_size(&c.m.src))) == NULL)
 	{
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
 	}
-	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.dst, engine, (void *) dy)) != dnnl_success ||
+	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.dst_k, engine, (void *) kdy)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine, (void *) kw)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[2], &c.m.src, engine, dsrc)) != dnnl_success)
 	{
@@ -1015,12 +1051,16 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 {
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_dw;
+	const void *kx,
+			   *kdy;
 	float	   *kdw,
 			   *pdw;
 	dnnl_status_t st;
 	int			rc;
 
-	if ((rc = bwd_begin(&c, 1, d, n, h, w, oihw, err)) != MT_OK)
+	if ((rc = bwd_begin(&c, 1, d, n, h, w, oihw, err)) != MT_OK ||
+		(rc = kernel_input(&c.m, &c.m.src, &c.m.src_k, SCR_BF16, x, &kx, err)) != MT_OK ||
+		(rc = kernel_input(&c.m, &c.m.dst, &c.m.dst_k, SCR_BF16_DY, dy, &kdy, err)) != MT_OK)
 		goto out;
 	want_dw = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_diff_weights_md, 0);
 	if ((kdw = scratch_get(SCR_DW, p_dnnl_memory_desc_get_size(want_dw))) == NULL)
@@ -1028,8 +1068,8 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
 	}
-	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.src, engine, (void *) x)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&c.mem[1], &c.m.dst, engine, (void *) dy)) != dnnl_success ||
+	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.src_k, engine, (void *) kx)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[1], &c.m.dst_k, engine, (void *) kdy)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[2], want_dw, engine, kdw)) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
@@ -1077,6 +1117,7 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 	dnnl_primitive_attr_t attr = NULL;
 	const dnnl_memory_desc_t *want_w;
 	const float *kw;
+	const void *kx;
 	dnnl_dims_t bd = {d->cout};
 	dnnl_status_t st;
 	int			rc;
@@ -1092,7 +1133,7 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 		goto out;
 	}
 	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
-													 &m->src, &m->any_w, bias ? &bias_md : NULL,
+													 &m->src_k, &m->any_w, bias ? &bias_md : NULL,
 													 &m->dst, m->strides, m->dil, m->pl,
 													 m->pr) != dnnl_success ||
 		post_ops_attr(d->act, &attr) != dnnl_success ||
@@ -1103,9 +1144,10 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 		goto out;
 	}
 	if ((rc = call_primitive(&c, err)) != MT_OK ||
-		(rc = call_weights(&c, w_oihw, &want_w, &kw, err)) != MT_OK)
+		(rc = call_weights(&c, w_oihw, &want_w, &kw, err)) != MT_OK ||
+		(rc = kernel_input(m, &m->src, &m->src_k, SCR_BF16, x, &kx, err)) != MT_OK)
 		goto out;
-	if ((st = p_dnnl_memory_create(&c.mem[0], &m->src, engine, (void *) x)) != dnnl_success ||
+	if ((st = p_dnnl_memory_create(&c.mem[0], &m->src_k, engine, (void *) kx)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine, (void *) kw)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[2], &m->dst, engine, y)) != dnnl_success)
 	{

@@ -51,10 +51,14 @@ typedef enum mt_precision
 } mt_precision;
 
 /*
- * Precision of scoring's convolutions.  MT_PREC_BF16: each oneDNN
- * convolution converts its input to bfloat16, keeps its weights in
- * bfloat16 and accumulates and writes float32 (everything else stays
- * float32; training is float32 either way).  A cache made in the other
+ * Precision of the oneDNN convolutions.  MT_PREC_BF16: scoring's
+ * convolutions convert their input to bfloat16, keep their weights in
+ * bfloat16 and accumulate and write float32; training's (from the
+ * parameters' own layout) do the same for the forward pass, and read
+ * bfloat16 activations, output gradients and weights for the input and
+ * weight gradients, which they write in float32 (the weights, gradients
+ * and optimizer state stay float32: mixed precision with float32 master
+ * weights).  Everything else stays float32.  A cache made in the other
  * precision starts again (MT_ERR_UNSUPPORTED when the packed weights were
  * released: the caller packs them again).  Until set, MEDTL_PRECISION=bf16
  * in the environment selects bf16, else fp32.

@@ -131,8 +131,8 @@ _PG_init(void)
 							 &medtl_conv_kernels, MT_CONV_AUTO, conv_kernel_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomEnumVariable("medtl.precision",
-							 "Precision of scoring's CPU convolutions: fp32, or bf16 (oneDNN convolutions read bfloat16 inputs and weights and accumulate in float32).",
-							 "Only oneDNN convolutions change; everything else, and training, stays float32.",
+							 "Precision of CPU convolutions, scoring and training: fp32, or bf16 (oneDNN convolutions read bfloat16 inputs and weights and accumulate in float32).",
+							 "Only oneDNN convolutions change; everything else (and training's weights, gradients and optimizer) stays float32. A training run records the precision it used in medtl.runs.",
 							 &medtl_precision, MT_PREC_FP32, precision_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("medtl");

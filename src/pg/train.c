@@ -21,6 +21,7 @@
 
 #include "core/blas.h"
 #include "core/metrics.h"
+#include "core/onednn.h"
 #include "core/rng.h"
 #include "core/train.h"
 #include "io/augment.h"
@@ -1061,9 +1062,11 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	initStringInfo(&summary);
 	appendStringInfo(&summary,
 					 "{\"n_train\": %d, \"n_val\": %d, \"skipped_rows\": %d, \"epochs_run\": %d, "
-					 "\"best_epoch\": %d, \"keep_best\": \"%s\", \"head_only_features\": %s, \"seconds\": %.3f}",
+					 "\"best_epoch\": %d, \"keep_best\": \"%s\", \"head_only_features\": %s, "
+					 "\"precision\": \"%s\", \"seconds\": %.3f}",
 					 sp.n_train, sp.n_val, ds->n_bad + (vds != ds && vds ? vds->n_bad : 0),
 					 ran, best_epoch, a.keep_best, features_once ? "true" : "false",
+					 mt_onednn_precision() == MT_PREC_BF16 && mt_onednn_enabled() ? "bf16" : "fp32",
 					 INSTR_TIME_GET_DOUBLE(t_now) - INSTR_TIME_GET_DOUBLE(t_start));
 	MemoryContextDelete(cxt);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(summary.data)));
