@@ -156,6 +156,29 @@ SELECT count(*) AS same_weights FROM weights a JOIN weights b USING (tensor)
  WHERE a.model_id = (SELECT model_id FROM models WHERE name = 'spill_a')
    AND b.model_id = (SELECT model_id FROM models WHERE name = 'spill_b') AND a.data = b.data;
 
+-- ema => d keeps a moving average of the weights: training follows the
+-- weights themselves (the same training losses as without), validation and
+-- the stored weights are the average's (other validation losses, other
+-- weights for every trained tensor, the frozen ones untouched)
+SELECT create_model('ema_off', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+SELECT create_model('ema_on', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+\set VERBOSITY terse
+SELECT train('ema_off', 'train_xrays', epochs => 2, batch_size => 8, freeze => 'features.14') AS run_ema_off \gset
+SELECT train('ema_on', 'train_xrays', epochs => 2, batch_size => 8, freeze => 'features.14', ema => 0.9) AS run_ema_on \gset
+\set VERBOSITY default
+SELECT resolved->>'ema' AS ema FROM runs WHERE run_id = :run_ema_on;
+SELECT count(*) AS epochs, bool_and(a.train_loss = b.train_loss) AS same_training,
+       bool_and(a.val_loss <> b.val_loss) AS other_validation
+  FROM epochs a JOIN epochs b USING (phase, epoch) WHERE a.run_id = :run_ema_off AND b.run_id = :run_ema_on;
+SELECT a.data <> c.data AS trained, count(*) AS tensors, count(*) FILTER (WHERE a.data = b.data) AS equal
+  FROM weights a JOIN weights b USING (tensor) JOIN weights c USING (tensor)
+ WHERE a.model_id = (SELECT model_id FROM models WHERE name = 'ema_off')
+   AND b.model_id = (SELECT model_id FROM models WHERE name = 'ema_on')
+   AND c.model_id = (SELECT model_id FROM models WHERE name = 'mobilenet_v2_imagenet')
+   AND a.tensor !~ '^classifier'
+ GROUP BY 1 ORDER BY 1;
+SELECT train('ema_on', 'train_xrays', ema => 1);
+
 -- from scratch (no pretrained weights) with the same head init
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';

@@ -64,6 +64,7 @@ typedef struct TrainArgs
 	int64		seed;
 	bool		skip_bad_rows;
 	bool		bn_frozen;		/* batch norm keeps its statistics and affine */
+	double		ema;			/* decay of the weights' moving average; 0: none */
 	/* segmentation: label_col is the mask column; loss weights */
 	bool		seg;
 	float		ce_weight,
@@ -546,6 +547,73 @@ may_change(mt_model *m, int i, bool head_only)
 	return head_only ? is_head_param(m, i) : true;
 }
 
+/*
+ * Exponential moving average of the weights (as timm's ModelEma and
+ * torch.optim.swa_utils.AveragedModel keep one): after optimizer step t the
+ * average is sum over s <= t of decay^(t-s) w_s, divided by the sum of the
+ * factors, i.e. avg = d_t avg + (1 - d_t) w with d_t = decay (1 - decay^(t-1))
+ * / (1 - decay^t) (Adam's bias correction: the weights before the first
+ * step do not count, so a short run is not dragged back to its start).
+ * Validation, keep_best and the weights a run leaves are the average's.
+ * Only tensors that change are averaged: trainable ones, and the running
+ * statistics when batch norm trains.
+ */
+static float **
+ema_create(mt_model *m, bool head_only, bool bn_frozen, MemoryContext cxt)
+{
+	float	  **avg = palloc0(sizeof(float *) * m->n_params);
+
+	for (int i = 0; i < m->n_params; i++)
+	{
+		mt_param   *p = &m->params[i];
+
+		if (may_change(m, i, head_only) && (p->trainable || (p->is_buffer && !bn_frozen)))
+		{
+			avg[i] = MemoryContextAllocHuge(cxt, sizeof(float) * p->numel);
+			memcpy(avg[i], p->data, sizeof(float) * p->numel);
+		}
+	}
+	return avg;
+}
+
+static void
+ema_update(mt_model *m, float **avg, double decay, int64 t)
+{
+	float		d = (float) (decay * (1.0 - pow(decay, (double) (t - 1))) / (1.0 - pow(decay, (double) t))),
+				e = 1.0f - d;
+
+	for (int i = 0; i < m->n_params; i++)
+		if (avg[i] != NULL)
+		{
+			float	   *restrict a = avg[i];
+			const float *restrict w = m->params[i].data;
+
+			for (size_t j = 0; j < m->params[i].numel; j++)
+				a[j] = d * a[j] + e * w[j];
+		}
+}
+
+/* Exchange the model's weights and their average (the model is re-folded). */
+static void
+ema_swap(mt_model *m, float **avg)
+{
+	for (int i = 0; i < m->n_params; i++)
+		if (avg[i] != NULL)
+		{
+			float	   *a = avg[i],
+					   *w = m->params[i].data;
+
+			for (size_t j = 0; j < m->params[i].numel; j++)
+			{
+				float		t = a[j];
+
+				a[j] = w[j];
+				w[j] = t;
+			}
+		}
+	m->prepared = 0;
+}
+
 /* Write every parameter that training may have changed back to medtl.weights. */
 static void
 write_weights(MedtlModel *mm, bool head_only)
@@ -656,6 +724,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	int			best_epoch = 0;
 	double		best_metric = -INFINITY;
 	float	  **best = NULL;
+	float	  **ema = NULL;
+	int64		ema_steps = 0;
 	int			since_best = 0;
 	instr_time	t_start,
 				t_now;
@@ -663,10 +733,10 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	double		epoch_secs = 0;
 
 	/* a library newer or older than the installed SQL objects must not read past the arguments */
-	if (PG_NARGS() != 35)
+	if (PG_NARGS() != 36)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 35",
+				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 36",
 						PG_NARGS()),
 				 errhint("The installed SQL objects do not match the medtl library; update the extension (ALTER EXTENSION medtl UPDATE, or drop and re-create it).")));
 	for (int i = 0; i < PG_NARGS(); i++)
@@ -723,6 +793,11 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	a.patience = PG_ARGISNULL(30) ? 0 : PG_GETARG_INT32(30);
 	a.seed = PG_GETARG_INT64(31);
 	a.skip_bad_rows = PG_GETARG_BOOL(32);
+	a.ema = PG_GETARG_FLOAT8(35);
+	if (!(a.ema >= 0 && a.ema < 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ema must be at least 0 and below 1 (0: no moving average of the weights)")));
 	{
 		char	   *bn = text_arg(fcinfo, 33);
 
@@ -838,6 +913,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		for (int i = 0; i < np; i++)
 			if (may_change(mm->net, i, head_only))
 				best[i] = MemoryContextAllocHuge(cxt, sizeof(float) * mm->net->params[i].numel);
+		if (a.ema > 0)
+			ema = ema_create(mm->net, head_only, a.bn_frozen, cxt);
 	}
 
 	ereport(NOTICE,
@@ -957,6 +1034,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					pfree(idx);
 				}
 				check(mt_optim_step(opt, mm->net, (float) lr, &err), &err, "optimizer step");
+				if (ema != NULL)
+					ema_update(mm->net, ema, a.ema, ++ema_steps);
 				loss_sum += (double) loss * m;
 				if (a.seg)
 					seg_scores(logits, masks, m, npx, k, &px_correct, &px_valid, &dice_unused);
@@ -964,7 +1043,9 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					correct += mt_count_correct(logits, y, m, k);
 			}
 
-			/* validation */
+			/* validation (of the weights' average, when there is one) */
+			if (ema != NULL)
+				ema_swap(mm->net, ema);
 			if (sp.n_val > 0)
 			{
 				if (a.seg)
@@ -1033,10 +1114,19 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					ereport(NOTICE,
 							(errmsg("stopping early: no improvement of %s for %d epochs",
 									a.keep_best, a.patience)));
+					if (ema != NULL)
+						ema_swap(mm->net, ema);
 					break;
 				}
 			}
+			if (ema != NULL)
+				ema_swap(mm->net, ema);	/* training goes on from the weights themselves */
 		}
+	}
+	if (ema != NULL && !(best_epoch > 0 && best_epoch != ran))
+	{
+		/* the run leaves the average (a best epoch restored below is one too) */
+		ema_swap(mm->net, ema);
 	}
 	if (best_epoch > 0 && best_epoch != ran)
 	{
