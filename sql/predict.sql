@@ -140,3 +140,16 @@ SELECT count(*) AS logits, max(abs(x.a - x.f)) = 0 AS same_as_before
   FROM (SELECT unnest(l.lg) AS a, unnest(logits('mobilenet_v2_imagenet', s.image)) AS f
           FROM samples s JOIN lg_auto l USING (name)) x;
 SET medtl.precision = half;
+-- medtl.jpeg_scaling: a JPEG at least twice the input size decodes at 1/2,
+-- 1/4 or 1/8 scale (test_image checks the sizes and the pixels); the
+-- shared chest X-rays are 224 pixels a side already, so they score exactly
+-- as before, and so do PNGs
+CREATE TEMP TABLE lg_full AS SELECT path, logits('mobilenet_v2_imagenet', image) AS lg,
+       (image_info(image)).width AS w, (image_info(image)).height AS h FROM xrays;
+SET medtl.jpeg_scaling = on;
+SELECT count(*) AS jpegs, max(greatest(f.w, f.h)) AS largest_side,
+       bool_and(f.lg = logits('mobilenet_v2_imagenet', x.image)) AS unchanged
+  FROM lg_full f JOIN xrays x USING (path);
+SELECT count(*) AS pngs, bool_and(l.lg = logits('mobilenet_v2_imagenet', s.image)) AS unchanged
+  FROM samples s JOIN lg_auto l USING (name);
+RESET medtl.jpeg_scaling;

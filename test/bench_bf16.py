@@ -9,8 +9,10 @@ the variants over --runs rounds (best of the rounds):
                 and test/bin/train_step bench ARCH 224 224 16 THREADS
                 (a training step), with MEDTL_PRECISION=fp32 and =bf16
   PyTorch       torchvision's model, channels_last, eager, eval + no_grad
-                for scoring and model.train() + SGD for a training step,
-                without and with torch.autocast("cpu", dtype=bfloat16)
+                for scoring (mean over --seconds, as bench_engine's figure)
+                and model.train() + SGD for a training step (best of 3, as
+                train_step's best of 4), without and with
+                torch.autocast("cpu", dtype=bfloat16)
 
 Prints images/s, bf16/fp32 for each, and medtl bf16 / PyTorch bf16.
 PyTorch 1.13 cannot train MobileNetV2 under bf16 autocast (no bf16
@@ -47,7 +49,7 @@ def step(arch, threads, prec):
     return float(m.group(1))
 
 
-def torch_rates(arch, threads, batch, bf16):
+def torch_rates(arch, threads, batch, bf16, seconds):
     import torch
     import torchvision
     torch.set_num_threads(threads)
@@ -55,14 +57,13 @@ def torch_rates(arch, threads, batch, bf16):
     model = getattr(torchvision.models, arch)(num_classes=1000).to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     model.eval()
-    best = 1e9
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for i in range(4):
-            t0 = time.perf_counter()
+        model(x)
+        n, t0 = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - t0 < seconds:
             model(x)
-            if i:
-                best = min(best, time.perf_counter() - t0)
-    score = batch / best
+            n += 1
+        score = batch * n / (time.perf_counter() - t0)   # mean, as bench_engine's figure
     xt = torch.randn(16, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (16,))
     model.train()
@@ -103,7 +104,7 @@ def main():
                 o = best.get(k, (0, 0))
                 best[k] = (max(o[0], s), max(o[1], t))
                 k = ("torch", prec)
-                s, t = torch_rates(arch, args.threads, args.batch, prec == "bf16")
+                s, t = torch_rates(arch, args.threads, args.batch, prec == "bf16", args.seconds)
                 o = best.get(k, (0, 0))
                 best[k] = (max(o[0], s), t if isinstance(t, str) else max(o[1] if not isinstance(o[1], str) else 0, t))
         print("== %s, %d threads, best of %d" % (arch, args.threads, args.runs))

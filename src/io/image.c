@@ -335,11 +335,24 @@ jpeg_decode(const uint8_t *buf, size_t len, size_t max_pixels,
 	/* Adobe (Photoshop) CMYK JPEGs store inverted ink values, as PIL assumes. */
 	inverted = cinfo.saw_Adobe_marker;
 
+	/* DCT scaling: the largest reduction that keeps the size asked for */
+	cinfo.scale_num = 1;
+	cinfo.scale_denom = 1;
+	if (sink->jpeg_min_w > 0 && sink->jpeg_min_h > 0)
+		for (unsigned int d = 8; d > 1; d /= 2)
+			if ((cinfo.image_width + d - 1) / d >= (JDIMENSION) sink->jpeg_min_w &&
+				(cinfo.image_height + d - 1) / d >= (JDIMENSION) sink->jpeg_min_h)
+			{
+				cinfo.scale_denom = d;
+				break;
+			}
+
 	jpeg_start_decompress(&cinfo);
 	width = cinfo.output_width;
 	height = cinfo.output_height;
 	ncomp = (size_t) cinfo.output_components;
-	if (width != cinfo.image_width || height != cinfo.image_height ||
+	if (width != (cinfo.image_width + cinfo.scale_denom - 1) / cinfo.scale_denom ||
+		height != (cinfo.image_height + cinfo.scale_denom - 1) / cinfo.scale_denom ||
 		(ncomp != 1 && ncomp != 3 && ncomp != 4))
 	{
 		jpeg_destroy_decompress(&cinfo);
@@ -907,6 +920,13 @@ int
 mt_image_decode(const uint8_t *buf, size_t len, size_t max_pixels,
 				mt_image *out, mt_err *err)
 {
+	return mt_image_decode_scaled(buf, len, max_pixels, 0, 0, out, err);
+}
+
+int
+mt_image_decode_scaled(const uint8_t *buf, size_t len, size_t max_pixels,
+					   int min_w, int min_h, mt_image *out, mt_err *err)
+{
 	float_sink	fs;
 	mt_row_sink sink;
 	int			rc;
@@ -923,6 +943,8 @@ mt_image_decode(const uint8_t *buf, size_t len, size_t max_pixels,
 	sink.start = float_sink_start;
 	sink.row = float_sink_row;
 	sink.ctx = &fs;
+	sink.jpeg_min_w = min_w;
+	sink.jpeg_min_h = min_h;
 	rc = mt_image_decode_rows(buf, len, max_pixels, &sink, err);
 	if (rc != MT_OK)
 	{

@@ -46,6 +46,19 @@ int			mt_image_probe(const uint8_t *buf, size_t len, mt_image_info *info,
 int			mt_image_decode(const uint8_t *buf, size_t len, size_t max_pixels,
 							mt_image *out, mt_err *err);
 
+/*
+ * As mt_image_decode, but a JPEG may come out smaller: libjpeg-turbo's DCT
+ * scaling decodes it at 1/2, 1/4 or 1/8 of its size, the largest reduction
+ * that keeps the width at least min_w and the height at least min_h (the
+ * size it will be resized to), which skips most of the inverse DCT and
+ * colour conversion of a large image (as PIL's Image.draft does).  The
+ * pixels are not those of a full decode followed by the same resize, so
+ * this is an option (medtl.jpeg_scaling), not the default.  Other formats,
+ * and min_w or min_h <= 0, decode at full size.
+ */
+int			mt_image_decode_scaled(const uint8_t *buf, size_t len, size_t max_pixels,
+								   int min_w, int min_h, mt_image *out, mt_err *err);
+
 void		mt_image_free(mt_image *img);
 
 /*
@@ -68,6 +81,12 @@ typedef struct mt_row_sink
 {
 	/* JPEG: ask libjpeg for luminance only, whatever the colour space */
 	int			jpeg_gray;
+	/*
+	 * JPEG: when both > 0, decode at the smallest DCT scale (1/2, 1/4, 1/8)
+	 * that keeps width >= jpeg_min_w and height >= jpeg_min_h
+	 */
+	int			jpeg_min_w,
+				jpeg_min_h;
 	/*
 	 * PNG: deliver a colour palette's indices (8 bits, 1 channel) instead of
 	 * its colours; a palette whose entries are all gray is still expanded.

@@ -45,17 +45,19 @@ label_index(char **labels, int n_labels, const char *label)
 
 /*
  * Decode and resize one image into size x size x 3 bytes; false (with err)
- * if bad.  *w and *h (if not NULL) get the image's own size.
+ * if bad.  *w and *h (if not NULL) get the image's own size (its decoded
+ * size when scaled: a JPEG through DCT scaling, medtl.jpeg_scaling).
  */
 static bool
-image_to_bytes(bytea *image, int size, uint8 *out, int *w, int *h, mt_err *err)
+image_to_bytes(bytea *image, int size, bool scaled, uint8 *out, int *w, int *h, mt_err *err)
 {
 	mt_image	img,
 				resized;
 	size_t		n = (size_t) size * size * 3;
 
-	if (mt_image_decode((const uint8_t *) VARDATA_ANY(image), VARSIZE_ANY_EXHDR(image),
-						(size_t) medtl_max_image_pixels, &img, err) != MT_OK)
+	if (mt_image_decode_scaled((const uint8_t *) VARDATA_ANY(image), VARSIZE_ANY_EXHDR(image),
+							   (size_t) medtl_max_image_pixels, scaled ? size : 0,
+							   scaled ? size : 0, &img, err) != MT_OK)
 		return false;
 	if (w)
 		*w = img.width;
@@ -239,7 +241,9 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 						label, detail);
 				continue;
 			}
-			if (!image_to_bytes(DatumGetByteaPP(img), size, tmp, &img_w, &img_h, &err))
+			/* medtl.jpeg_scaling; not with masks, which must match the image's own size */
+			if (!image_to_bytes(DatumGetByteaPP(img), size, medtl_jpeg_scaling && !masks, tmp,
+								&img_w, &img_h, &err))
 			{
 				char	   *what = psprintf("invalid image: %s", err.msg);
 

@@ -27,6 +27,7 @@ PG_MODULE_MAGIC;
 int			medtl_threads = 0;
 int			medtl_worker_threads = 1;
 int			medtl_max_image_pixels = 64 * 1024 * 1024;
+bool		medtl_jpeg_scaling = false;
 int			medtl_model_cache_size = 8;
 char	   *medtl_blas_core = NULL;
 int			medtl_device = MEDTL_DEVICE_CPU;
@@ -130,6 +131,11 @@ _PG_init(void)
 							 "runtime_info() says which is in use.",
 							 &medtl_conv_kernels, MT_CONV_AUTO, conv_kernel_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("medtl.jpeg_scaling",
+							 "Decode JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg-turbo's DCT scaling) when the image is at least that much larger than the model's input.",
+							 "Faster for large JPEGs; the pixels then differ from a full decode followed by the same resize (torchvision's), so it is off by default.",
+							 &medtl_jpeg_scaling, false,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomEnumVariable("medtl.precision",
 							 "Precision of CPU convolutions, scoring and training: fp32, or bf16 (oneDNN convolutions read bfloat16 inputs and weights and accumulate in float32).",
 							 "Only oneDNN convolutions change; everything else (and training's weights, gradients and optimizer) stays float32. A training run records the precision it used in medtl.runs.",
@@ -205,7 +211,9 @@ medtl_decode_image(bytea *image, int out_w, int out_h, struct mt_image *out)
 	const uint8_t *buf = (const uint8_t *) VARDATA_ANY(image);
 	size_t		len = VARSIZE_ANY_EXHDR(image);
 
-	if (mt_image_decode(buf, len, (size_t) medtl_max_image_pixels, &img, &err) != MT_OK)
+	if (mt_image_decode_scaled(buf, len, (size_t) medtl_max_image_pixels,
+							   medtl_jpeg_scaling ? out_w : 0, medtl_jpeg_scaling ? out_h : 0,
+							   &img, &err) != MT_OK)
 	{
 		if (err.code == MT_ERR_LIMIT && err.detail[0] == '\0')
 			mt_setdetail(&err, "medtl.max_image_pixels is %d.", medtl_max_image_pixels);

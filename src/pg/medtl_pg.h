@@ -15,6 +15,7 @@
 extern int	medtl_threads;
 extern int	medtl_worker_threads;
 extern int	medtl_max_image_pixels;
+extern bool medtl_jpeg_scaling;
 extern int	medtl_model_cache_size;
 extern char *medtl_blas_core;
 extern int	medtl_device;

@@ -14,9 +14,11 @@
 #include "codec_writers.h"
 #include "count_alloc.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jpeglib.h>
 #include <png.h>
@@ -433,6 +435,109 @@ test_png_palette_trns(void)
 /* ------------------------------------------------ synthetic JPEGs -- */
 
 /* Gray, RGB, CMYK and YCCK JPEGs made with libjpeg, uniform 8x8 blocks. */
+/*
+ * DCT scaling (mt_image_decode_scaled, medtl.jpeg_scaling): a 1000 x 600
+ * JPEG asked for at least 224 x 224 decodes at 1/2 (500 x 300; 1/4 would
+ * make the height 150), at least 100 x 70 at 1/8 (125 x 75), at least
+ * 600 x 600 at full size; resized to 224 x 224 it is within 1% (mean
+ * absolute difference) of the full decode resized the same way on a smooth
+ * image; PNGs ignore the request.  Also prints both decode times of a
+ * 2400 x 2400 JPEG (information, not a check).
+ */
+static void
+test_jpeg_scaling(void)
+{
+	int			w = 1000,
+				h = 600;
+	uint8_t    *pix = malloc((size_t) w * h * 3),
+			   *buf;
+	size_t		len;
+	mt_image	full,
+				half,
+				r_full,
+				r_half,
+				img;
+	mt_err		err;
+	double		diff = 0;
+	static const int asks[][4] = {{224, 224, 500, 300}, {100, 70, 125, 75}, {600, 600, 1000, 600},
+	{0, 0, 1000, 600}};
+
+	for (int y = 0; y < h; y++)
+		for (int x = 0; x < w; x++)
+		{
+			uint8_t    *p = pix + ((size_t) y * w + x) * 3;
+
+			p[0] = (uint8_t) (128 + 100 * sin(x / 37.0));
+			p[1] = (uint8_t) (128 + 100 * cos(y / 23.0));
+			p[2] = (uint8_t) ((x + y) % 256 < 128 ? (x + y) % 256 : 255 - (x + y) % 256);
+		}
+	buf = make_jpeg(w, h, 3, JCS_RGB, JCS_UNKNOWN, pix, 95, &len);
+	for (size_t i = 0; i < sizeof(asks) / sizeof(asks[0]); i++)
+	{
+		CHECK(mt_image_decode_scaled(buf, len, 0, asks[i][0], asks[i][1], &img, &err) == MT_OK,
+			  "scaled decode: %s", err.msg);
+		CHECK(img.width == asks[i][2] && img.height == asks[i][3],
+			  "asked for %dx%d: got %dx%d, want %dx%d", asks[i][0], asks[i][1], img.width, img.height,
+			  asks[i][2], asks[i][3]);
+		mt_image_free(&img);
+	}
+	CHECK(mt_image_decode(buf, len, 0, &full, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_image_decode_scaled(buf, len, 0, 224, 224, &half, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_image_resize_u8(&full, 224, 224, &r_full, &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_image_resize_u8(&half, 224, 224, &r_half, &err) == MT_OK, "%s", err.msg);
+	for (size_t i = 0; i < (size_t) 224 * 224 * 3; i++)
+		diff += fabs((double) r_full.data[i] - r_half.data[i]);
+	diff /= 224.0 * 224 * 3;
+	CHECK(diff < 0.01 && diff > 0, "scaled then resized: mean difference %.4f from the full decode", diff);
+	printf("  jpeg scaling: 1000x600 -> 500x300 for 224x224, mean difference after resize %.4f\n", diff);
+	mt_image_free(&full);
+	mt_image_free(&half);
+	mt_image_free(&r_full);
+	mt_image_free(&r_half);
+	free(buf);
+	free(pix);
+
+	/* a PNG ignores the request */
+	{
+		uint16_t   *g = calloc((size_t) 600 * 500, sizeof(uint16_t));
+		size_t		plen;
+		uint8_t    *png = make_png(600, 500, PNG_COLOR_TYPE_GRAY, 8, 0, g, NULL, 0, NULL, 0, NULL, &plen);
+
+		CHECK(png != NULL && mt_image_decode_scaled(png, plen, 0, 100, 100, &img, &err) == MT_OK &&
+			  img.width == 600 && img.height == 500, "PNG with a scale request");
+		if (png != NULL)
+			mt_image_free(&img);
+		free(png);
+		free(g);
+	}
+
+	/* timing of a large JPEG (printed only) */
+	{
+		int			bw = 2400;
+		uint8_t    *bp = malloc((size_t) bw * bw * 3);
+		double		t[2];
+
+		for (size_t i = 0; i < (size_t) bw * bw * 3; i++)
+			bp[i] = (uint8_t) ((i * 7 + i / 9000) & 0xff);
+		buf = make_jpeg(bw, bw, 3, JCS_RGB, JCS_UNKNOWN, bp, 90, &len);
+		for (int k = 0; k < 2; k++)
+		{
+			struct timespec a,
+						b;
+
+			clock_gettime(CLOCK_MONOTONIC, &a);
+			if (mt_image_decode_scaled(buf, len, 0, k ? 224 : 0, k ? 224 : 0, &img, &err) == MT_OK)
+				mt_image_free(&img);
+			clock_gettime(CLOCK_MONOTONIC, &b);
+			t[k] = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+		}
+		printf("  jpeg scaling: 2400x2400 JPEG decoded in %.1f ms at full size, %.1f ms at 1/8 (300x300)\n",
+			   t[0], t[1]);
+		free(buf);
+		free(bp);
+	}
+}
+
 static void
 test_jpeg_synthetic(void)
 {
@@ -898,6 +1003,7 @@ main(int argc, char **argv)
 	test_png_direct();
 	test_png_palette_trns();
 	test_jpeg_synthetic();
+	test_jpeg_scaling();
 	test_hostile(shared);
 	test_resize();
 
