@@ -28,6 +28,7 @@ int			medtl_threads = 0;
 int			medtl_worker_threads = 1;
 int			medtl_max_image_pixels = 64 * 1024 * 1024;
 bool		medtl_jpeg_scaling = false;
+static int	medtl_arena_keep_mb = 512;
 int			medtl_model_cache_size = 8;
 char	   *medtl_blas_core = NULL;
 int			medtl_device = MEDTL_DEVICE_CPU;
@@ -131,6 +132,11 @@ _PG_init(void)
 							 "runtime_info() says which is in use.",
 							 &medtl_conv_kernels, MT_CONV_AUTO, conv_kernel_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("medtl.arena_keep_mb",
+							"Largest activation arena (MB) a cached model keeps between scoring calls; larger ones are freed after each call.",
+							"Scoring a batch re-uses the kept arena instead of faulting its pages in again; a backend holds up to this much per cached model after predict_batch.",
+							&medtl_arena_keep_mb, 512, 0, INT_MAX / 2,
+							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomBoolVariable("medtl.jpeg_scaling",
 							 "Decode JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg-turbo's DCT scaling) when the image is at least that much larger than the model's input.",
 							 "Faster for large JPEGs; the pixels then differ from a full decode followed by the same resize (torchvision's), so it is off by default.",
@@ -193,6 +199,7 @@ medtl_engine_enter(void)
 		medtl_raise(&err, NULL);
 	mt_onednn_set_mode((mt_conv_kernels) medtl_conv_kernels);
 	mt_onednn_set_precision((mt_precision) medtl_precision);
+	mt_set_arena_keep((size_t) medtl_arena_keep_mb << 20);
 	want = IsParallelWorker() ? medtl_worker_threads :
 		(medtl_threads > 0 ? medtl_threads : mt_cpu_count());
 	if (want != applied_threads)
