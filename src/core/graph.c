@@ -791,11 +791,11 @@ mt_node_run_prepared(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
  * run (first fit over the live blocks, in execution order); convolution
  * scratch sits at the arena's start.  Planned once per (n, h, w) and kept
  * with the model, so repeated forward passes allocate nothing; an arena
- * larger than mt_arena_keep() bytes is released after each pass.  The
- * default keeps 512 MB: releasing anything over 64 MB (the earlier rule)
- * made every batch of 16 fault its arena's pages in again, and scoring
- * ran at 105 instead of 127 img/s for ResNet-18, 200 instead of 390 for
- * MobileNetV2 (test/bin/bench_engine ARCH 16 2 3, here).
+ * larger than arena_keep bytes (mt_set_arena_keep) is released after each
+ * pass.  The default keeps 512 MB: releasing anything over 64 MB (the
+ * earlier rule) made every batch of 16 fault its arena's pages in again,
+ * and scoring ran at 105 instead of 127 img/s for ResNet-18, 200 instead
+ * of 390 for MobileNetV2 (test/bin/bench_engine ARCH 16 2 3, here).
  */
 static size_t arena_keep = (size_t) 512 << 20;
 
@@ -803,12 +803,6 @@ void
 mt_set_arena_keep(size_t bytes)
 {
 	arena_keep = bytes;
-}
-
-size_t
-mt_arena_keep(void)
-{
-	return arena_keep;
 }
 
 #define MT_ARENA_ALIGN 16		/* floats: 64 bytes */

@@ -235,18 +235,17 @@ int			mt_model_check_complete(const mt_model *m, mt_err *err);
 /* Inference. */
 int			mt_model_prepare(mt_model *m, mt_err *err);
 /*
- * x is n x h x w x 3 (NHWC, normalised).  logits (n x num_classes, or for
- * a spatial logits node such as a U-Net's n x oh x ow x num_classes, the
- * node's whole output) and features (n x feature_dim) may each be NULL.
- */
-/*
  * Host arenas of inference plans up to this many bytes stay with their
  * model between passes (default 512 MB); larger ones are released after
  * each pass.  medtl.arena_keep_mb sets it.
  */
 void		mt_set_arena_keep(size_t bytes);
-size_t		mt_arena_keep(void);
 
+/*
+ * x is n x h x w x 3 (NHWC, normalised).  logits (n x num_classes, or for
+ * a spatial logits node such as a U-Net's n x oh x ow x num_classes, the
+ * node's whole output) and features (n x feature_dim) may each be NULL.
+ */
 int			mt_model_forward(mt_model *m, const float *x, int n, int h, int w,
 							 float *logits, float *features, mt_err *err);
 void		mt_model_free(mt_model *m);

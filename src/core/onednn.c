@@ -550,6 +550,25 @@ scratch_get(int slot, size_t bytes)
 }
 
 /*
+ * Reorder (src, src_md) into scratch slot, laid out as dst_md; *out is the
+ * slot.  nomem names the buffer in the out-of-memory error.
+ */
+static int
+reorder_scratch(int slot, const dnnl_memory_desc_t *src_md, const float *src,
+				const dnnl_memory_desc_t *dst_md, const void **out, const char *nomem, mt_err *err)
+{
+	float	   *buf = scratch_get(slot, p_dnnl_memory_desc_get_size(dst_md));
+	int			rc;
+
+	if (buf == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory %s", nomem);
+	if ((rc = reorder_to(src_md, src, dst_md, buf, err)) != MT_OK)
+		return rc;
+	*out = buf;
+	return MT_OK;
+}
+
+/*
  * Build the primitive for d on an n x h x w input into e (memories without
  * data) and find its weights: the packed ones as they are, the cache's
  * master copy, or a new reordered copy (see mt_conv_cache).  packed_w may be
@@ -861,18 +880,10 @@ static int
 kernel_input(const bwd_mds *m, const dnnl_memory_desc_t *md, const dnnl_memory_desc_t *md_k,
 			 int slot, const float *x, const void **out, mt_err *err)
 {
-	float	   *buf;
-	int			rc;
-
 	*out = x;
 	if (!m->bf16)
 		return MT_OK;
-	if ((buf = scratch_get(slot, p_dnnl_memory_desc_get_size(md_k))) == NULL)
-		return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a bfloat16 activation");
-	if ((rc = reorder_to(md, x, md_k, buf, err)) != MT_OK)
-		return rc;
-	*out = buf;
-	return MT_OK;
+	return reorder_scratch(slot, md, x, md_k, out, "for a bfloat16 activation", err);
 }
 
 /* train_mds and the forward primitive descriptor backward passes take as a hint. */
@@ -981,23 +992,14 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
  * descriptor.
  */
 static int
-call_weights(bwd_call *c, const float *w, const dnnl_memory_desc_t **want, const float **kw,
+call_weights(bwd_call *c, const float *w, const dnnl_memory_desc_t **want, const void **kw,
 			 mt_err *err)
 {
-	float	   *buf;
-	int			rc;
-
 	*want = p_dnnl_primitive_desc_query_md(c->pd, dnnl_query_weights_md, 0);
 	*kw = w;
-	if (!p_dnnl_memory_desc_equal(*want, &c->m.plain_w))
-	{
-		if ((buf = scratch_get(SCR_W, p_dnnl_memory_desc_get_size(*want))) == NULL)
-			return mt_seterr(err, MT_ERR_NOMEM, "out of memory for reordered convolution weights");
-		if ((rc = reorder_to(&c->m.plain_w, w, *want, buf, err)) != MT_OK)
-			return rc;
-		*kw = buf;
-	}
-	return MT_OK;
+	if (p_dnnl_memory_desc_equal(*want, &c->m.plain_w))
+		return MT_OK;
+	return reorder_scratch(SCR_W, &c->m.plain_w, w, *want, kw, "for reordered convolution weights", err);
 }
 
 static int
@@ -1006,8 +1008,8 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 {
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_w;
-	const float *kw;
-	const void *kdy;
+	const void *kw,
+			   *kdy;
 	float	   *dsrc;
 	dnnl_status_t st;
 	int			rc;
@@ -1052,9 +1054,9 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_dw;
 	const void *kx,
-			   *kdy;
-	float	   *kdw,
+			   *kdy,
 			   *pdw;
+	float	   *kdw;
 	dnnl_status_t st;
 	int			rc;
 
@@ -1088,12 +1090,8 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 	/* back into the caller's layout (packed or the parameter's own), added to its gradient */
 	if (!p_dnnl_memory_desc_equal(want_dw, &c.m.plain_w))
 	{
-		if ((pdw = scratch_get(SCR_DW_PLAIN, p_dnnl_memory_desc_get_size(&c.m.plain_w))) == NULL)
-		{
-			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
-			goto out;
-		}
-		if ((rc = reorder_to(want_dw, kdw, &c.m.plain_w, pdw, err)) != MT_OK)
+		if ((rc = reorder_scratch(SCR_DW_PLAIN, want_dw, kdw, &c.m.plain_w, &pdw,
+								  "in a convolution's backward pass", err)) != MT_OK)
 			goto out;
 		mt_cpu_accumulate(mt_conv_packed_size(d), pdw, packed_dw);
 	}
@@ -1116,8 +1114,8 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 	dnnl_memory_desc_t bias_md;
 	dnnl_primitive_attr_t attr = NULL;
 	const dnnl_memory_desc_t *want_w;
-	const float *kw;
-	const void *kx;
+	const void *kw,
+			   *kx;
 	dnnl_dims_t bd = {d->cout};
 	dnnl_status_t st;
 	int			rc;
