@@ -121,7 +121,7 @@ fuzz: $(FUZZ_TARGETS)
 # --- command-line tools over the engine (benchmarks, parity drivers): make tools
 TOOLS = $(patsubst test/tools/%.c,test/bin/%,$(filter-out test/tools/cuda_%.c,$(wildcard test/tools/*.c)))
 ifeq ($(WITH_CUDA),1)
-TOOLS += test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check
+TOOLS += test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check test/bin/cuda_train_step
 endif
 test/bin/%: test/tools/%.c $(ENGINE_SRC) $(wildcard src/*/*.h) $(wildcard test/unit/*.h)
 	@mkdir -p test/bin

@@ -8,24 +8,28 @@
 # CPU's at batch 4), then one training step on the device vs the CPU
 # (resnet18, resnet50, mobilenet_v2; SGD and AdamW, full fine-tune and
 # frozen backbone; loss, every gradient, every updated parameter) and
-# training images/s at 224, batch 64 beside the CPU's at batch 4;
-# optionally the first two under compute-sanitizer.  Ends with a summary:
-# one PASS/FAIL line per step and the two tables.  Writes everything to
-# $OUT/gpu_check.log.  Exit 0 only when every step passed.
+# training images/s at 224, batch 64 beside the CPU's at batch 4, each in
+# float32 and with bf16 GEMM operands (medtl's precision setting); then, where
+# python3 has torch, test/parity_train.py with the step on the device
+# (test/bin/cuda_train_step, MEDTL_DEVICE=cuda) and PyTorch's own images/s
+# on the device (test/bench_torch_gpu.py, for scale); optionally the first
+# two checks under compute-sanitizer.  Ends with a summary: one PASS/FAIL
+# line per step and the tables.  Writes everything to $OUT/gpu_check.log.
+# Exit 0 only when every step passed.
 #
 #   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out)
 #
 # The CPU reference loads OpenBLAS from .gpu/lib (made by test/gpu_prepare.sh
 # on the Debian machine and carried along), else a system OpenBLAS, else it
-# falls back to medtl's portable C GEMM.  Budget: at most about 4.5 minutes
-# (timeouts on every step; the device run is given 330 s).
+# falls back to medtl's portable C GEMM.  Budget: about 4 minutes, at most
+# about 9 (timeouts on every step; give the device run 600 s).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here" || exit 2
 OUT=${OUT:-/tmp/medtl-gpu-out}
 mkdir -p "$OUT"
-rm -f "$OUT/cuda_model_check.txt" "$OUT/cuda_train_check.txt"
+rm -f "$OUT/cuda_model_check.txt" "$OUT/cuda_train_check.txt" "$OUT/bench_torch_gpu.txt"
 LOG=$OUT/gpu_check.log
 start=$(date +%s)
 status=0
@@ -46,6 +50,11 @@ finish() {
 		echo "training (cuda_train_check):"
 		grep -E '^(FAIL|ok: .*(loss|gradient|parameter after))' "$OUT/cuda_train_check.txt" | sed 's/^/  /'
 		sed -n '/^model (training step)/,$p' "$OUT/cuda_train_check.txt"
+	fi
+	if [ -f "$OUT/bench_torch_gpu.txt" ]; then
+		echo
+		echo "PyTorch on this device, for scale (bench_torch_gpu.py):"
+		cat "$OUT/bench_torch_gpu.txt"
 	fi
 	step "done"
 	if [ "$status" -eq 0 ]; then echo "GPU_CHECK OK"; else echo "GPU_CHECK FAILED (see the FAIL lines above)"; fi
@@ -128,7 +137,7 @@ else
 fi
 
 step "build (engine + src/cuda + cuda_ops_check + cuda_model_check; no PostgreSQL)"
-rm -f src/cuda/*.o test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check
+rm -f src/cuda/*.o test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check test/bin/cuda_train_step
 t0=$(date +%s)
 if command -v make >/dev/null 2>&1; then
 	# warnings are not errors here: this compiler may be newer than CI's
@@ -153,7 +162,10 @@ else
 		timeout 100 "$NVCC" $flags -c -o src/cuda/ops_cuda.o src/cuda/ops_cuda.cu &&
 		link_tool cuda_ops_check "$ops_src" &&
 		link_tool cuda_model_check "$model_src" &&
-		link_tool cuda_train_check "$model_src" || fail "build failed"
+		link_tool cuda_train_check "$model_src" &&
+		{ cp test/tools/train_step.c test/tools/cuda_train_step.c &&
+		  link_tool cuda_train_step "$model_src src/io/safetensors.c -Itest/unit"; rc=$?;
+		  rm -f test/tools/cuda_train_step.c; [ "$rc" -eq 0 ]; } || fail "build failed"
 fi
 echo "build time: $(( $(date +%s) - t0 ))s"
 [ -x test/bin/cuda_ops_check ] || { fail "test/bin/cuda_ops_check was not built"; finish; }
@@ -170,10 +182,7 @@ fi
 
 step "cuda_model_check: whole CNNs on the device vs the CPU (224x224; rel err <= 1e-4), images/s"
 if [ -x test/bin/cuda_model_check ]; then
-	# at most 90 s, leaving the training check its time (the device run is given 330 s)
-	limit=$(( 200 - ($(date +%s) - start) ))
-	[ "$limit" -gt 90 ] && limit=90
-	[ "$limit" -lt 30 ] && limit=30
+	limit=120
 	timeout "$limit" test/bin/cuda_model_check --size 224 --batch 64 --cpu-batch 4 --seconds 2 \
 		> "$OUT/cuda_model_check.txt" 2>&1
 	rc=$?
@@ -192,10 +201,7 @@ fi
 
 step "cuda_train_check: one training step on the device vs the CPU (128x128 batch 8), training images/s (224, batch 64)"
 if [ -x test/bin/cuda_train_check ]; then
-	# at most 120 s, and never past t=290s
-	limit=$(( 290 - ($(date +%s) - start) ))
-	[ "$limit" -gt 120 ] && limit=120
-	[ "$limit" -lt 30 ] && limit=30
+	limit=150
 	timeout "$limit" test/bin/cuda_train_check --size 128 --batch 8 --bench-size 224 --bench-batch 64 \
 		--cpu-batch 4 --seconds 2 --archs resnet18,resnet50,mobilenet_v2 \
 		> "$OUT/cuda_train_check.txt" 2>&1
@@ -213,14 +219,41 @@ else
 	fail "test/bin/cuda_train_check was not built"
 fi
 
+step "PyTorch parity of one training step on the device (test/parity_train.py with test/bin/cuda_train_step)"
+if ! timeout 30 python3 -c 'import torch, torchvision' >/dev/null 2>&1; then
+	echo "note: python3 has no torch/torchvision here: skipped"
+elif [ ! -x test/bin/cuda_train_step ]; then
+	fail "test/bin/cuda_train_step was not built"
+else
+	MEDTL_TRAIN_STEP=$here/test/bin/cuda_train_step MEDTL_DEVICE=cuda PYTHONUNBUFFERED=1 \
+		timeout 120 python3 test/parity_train.py mobilenet_v2 resnet18 densenet121 efficientnet_b0 \
+		> "$OUT/parity_train.txt" 2>&1
+	rc=$?
+	grep -v '^  ' "$OUT/parity_train.txt" | tail -n 60
+	if [ "$rc" -eq 124 ]; then fail "parity_train on the device timed out after 120s"
+	elif ! tail -n 1 "$OUT/parity_train.txt" | grep -Eq '^parity_train: [1-9][0-9]* passed, 0 failed$'; then
+		fail "parity_train on the device: $(tail -n 1 "$OUT/parity_train.txt")"
+	else
+		pass "PyTorch parity of a training step on the device ($(tail -n 1 "$OUT/parity_train.txt"))"
+	fi
+fi
+
+step "PyTorch's own images/s on this device (information only; test/bench_torch_gpu.py)"
+if timeout 30 python3 -c 'import torch, torchvision' >/dev/null 2>&1; then
+	PYTHONUNBUFFERED=1 timeout 100 python3 test/bench_torch_gpu.py > "$OUT/bench_torch_gpu.txt" 2>&1
+	cat "$OUT/bench_torch_gpu.txt"
+else
+	echo "note: python3 has no torch/torchvision here: skipped"
+fi
+
 san=$(command -v compute-sanitizer 2>/dev/null || true)
 for c in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/compute-sanitizer"; do
 	[ -z "$san" ] && [ -x "$c" ] && san=$c
 done
 elapsed=$(( $(date +%s) - start ))
-if [ -n "$san" ] && [ "$elapsed" -lt 200 ]; then
+if [ -n "$san" ] && [ "$elapsed" -lt 420 ]; then
 	step "compute-sanitizer memcheck over the op comparison (no benchmark)"
-	timeout $(( 250 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
+	timeout $(( 470 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
 		test/bin/cuda_ops_check --no-bench > "$OUT/sanitizer.txt" 2>&1
 	rc=$?
 	grep -E '=========|^cuda_ops:' "$OUT/sanitizer.txt" | tail -n 40
@@ -232,9 +265,9 @@ else
 	step "compute-sanitizer over the op comparison: ${san:-not found}; skipped"
 fi
 elapsed=$(( $(date +%s) - start ))
-if [ -n "$san" ] && [ -x test/bin/cuda_model_check ] && [ "$elapsed" -lt 230 ]; then
+if [ -n "$san" ] && [ -x test/bin/cuda_model_check ] && [ "$elapsed" -lt 450 ]; then
 	step "compute-sanitizer memcheck over the whole-model comparison (64x64, batch 4)"
-	timeout $(( 275 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
+	timeout $(( 500 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
 		test/bin/cuda_model_check --no-bench --size 64 --batch 4 --cpu-batch 2 \
 		--archs resnet18,mobilenet_v2,densenet121,efficientnet_b0 > "$OUT/sanitizer_model.txt" 2>&1
 	rc=$?

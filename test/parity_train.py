@@ -91,7 +91,9 @@ import torch
 import torchvision
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DRIVER = os.path.join(HERE, "bin", "train_step")
+# MEDTL_TRAIN_STEP: another driver, e.g. test/bin/cuda_train_step with
+# MEDTL_DEVICE=cuda (test/gpu_check.sh: the same step on a CUDA device)
+DRIVER = os.environ.get("MEDTL_TRAIN_STEP") or os.path.join(HERE, "bin", "train_step")
 SEED = 20240611
 CLASSES = 3
 TOL_LOSS = 1e-4

@@ -51,6 +51,14 @@ test/bin/cuda_train_check: test/tools/cuda_train_check.c $(CUDA_MODEL_SRC) $(CUD
 	@mkdir -p test/bin
 	$(CC) $(CUDA_CHECK_CFLAGS) -o $@ $< $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
 
-cuda-check: test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check
+# test/tools/train_step.c on the device (MEDTL_DEVICE=cuda): the PyTorch
+# parity of one training step (test/parity_train.py, MEDTL_TRAIN_STEP names it)
+test/bin/cuda_train_step: test/tools/train_step.c $(CUDA_MODEL_SRC) src/io/safetensors.c $(CUDA_OBJS) \
+		$(CUDA_HDRS) src/core/graph.h src/core/train.h src/nn/zoo.h src/io/safetensors.h test/unit/mt_test.h
+	@mkdir -p test/bin
+	$(CC) $(CUDA_CHECK_CFLAGS) -Itest/unit -o $@ $< $(CUDA_MODEL_SRC) src/io/safetensors.c $(CUDA_OBJS) \
+		$(CUDA_LIBS) -ldl -lm -lpthread
+
+cuda-check: test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check test/bin/cuda_train_step
 
 .PHONY: cuda-check

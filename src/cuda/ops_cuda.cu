@@ -14,14 +14,26 @@
  * cuBLAS is column-major; a row-major C = op(A) op(B) is the column-major
  * C^T = op(B)^T op(A)^T, which is what gemm_rm() asks cuBLAS for.
  *
+ * With the engine's precision at bf16 (mt_onednn_set_precision, the GUC
+ * medtl.precision) the dense convolutions' GEMMs read bfloat16 operands
+ * (columns, weights, output gradients converted in the workspace) and
+ * accumulate and write float32 through cublasGemmEx on the tensor cores;
+ * weights, gradients, activations and everything else stay float32.
+ *
  * Entries returning void queue their work on the default stream and record
  * the first failure for mt_cuda_synchronize(); after a failure the later
  * entries do nothing until it has been reported.
  */
 #include "cuda/cuda_internal.h"
 
+#include <cuda_bf16.h>
 #include <float.h>
 #include <math.h>
+
+extern "C"
+{
+#include "core/onednn.h"
+}
 
 #define THREADS 256
 
@@ -90,6 +102,30 @@ gemm_rm_async(int ta, int tb, int m, int n, int k, float alpha, const float *a, 
 		mt_cuda_note_err(&err);
 }
 
+/*
+ * gemm_rm with bfloat16 A and B, float32 C, accumulation in float32 (the
+ * tensor cores); the same row-major convention.
+ */
+static int
+gemm_rm_bf16(int ta, int tb, int m, int n, int k, float alpha, const __nv_bfloat16 *a, int lda,
+			 const __nv_bfloat16 *b, int ldb, float beta, float *c, int ldc, mt_err *err)
+{
+	cublasHandle_t h;
+
+	if (m <= 0 || n <= 0 || (k <= 0 && beta == 1.0f))
+		return MT_OK;
+	if ((h = mt_cuda_blas(err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_INTERNAL;
+	if (k < 0)
+		k = 0;
+	return mt_cublas_status(cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+										 ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+										 n, m, k, &alpha, b, CUDA_R_16BF, ldb, a, CUDA_R_16BF, lda,
+										 &beta, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+										 CUBLAS_GEMM_DEFAULT),
+							"cublasGemmEx (bf16)", err);
+}
+
 /* A kernel-launch failure as the return value of an int entry. */
 static int
 launch_status(const char *what, mt_err *err)
@@ -151,19 +187,36 @@ make_geo(const mt_conv_desc *d, int h, int w, int oh, int ow)
 	return g;
 }
 
-/*
- * im2col of nimg images and one group: col[((img*oh + oy)*ow + ox)]
- * [(ky*kw + kx)*cin_g + ci] = x[img][iy][ix][g*cin_g + ci], or 0 in padding
- */
-__global__ void
-k_im2col(conv_geo g, int nimg, int grp, const float *__restrict__ x, float *__restrict__ col)
+__device__ __forceinline__ float
+to_elem(float v, float *)
 {
-	size_t		total = (size_t) nimg * g.oh * g.ow * g.kh * g.kw * g.cin_g;
+	return v;
+}
+
+__device__ __forceinline__ __nv_bfloat16
+to_elem(float v, __nv_bfloat16 *)
+{
+	return __float2bfloat16_rn(v);
+}
+
+/*
+ * im2col of nimg images and one group: col[((img*oh + oy)*ow + ox) * ldc +
+ * (ky*kw + kx)*cin_g + ci] = x[img][iy][ix][g*cin_g + ci], or 0 in padding
+ * (and in the row's columns past kh*kw*cin_g up to ldc); T is float or
+ * __nv_bfloat16.
+ */
+template <typename T>
+__global__ void
+k_im2col(conv_geo g, int nimg, int grp, int ldc, const float *__restrict__ x, T *__restrict__ col)
+{
+	size_t		total = (size_t) nimg * g.oh * g.ow * ldc;
+	int			k = g.kh * g.kw * g.cin_g;
 
 	GRID_LOOP(i, total)
 	{
-		size_t		t = i;
-		int			ci = (int) (t % g.cin_g);
+		size_t		t = i / ldc;
+		int			kk = (int) (i % ldc);
+		int			ci = kk % g.cin_g;
 		int			kx,
 					ky,
 					ox,
@@ -171,19 +224,51 @@ k_im2col(conv_geo g, int nimg, int grp, const float *__restrict__ x, float *__re
 					iy,
 					ix;
 
-		t /= g.cin_g;
-		kx = (int) (t % g.kw);
-		t /= g.kw;
-		ky = (int) (t % g.kh);
-		t /= g.kh;
+		if (kk >= k)
+		{
+			col[i] = to_elem(0.0f, col);
+			continue;
+		}
+		kk /= g.cin_g;
+		kx = kk % g.kw;
+		ky = kk / g.kw;
 		ox = (int) (t % g.ow);
 		t /= g.ow;
 		oy = (int) (t % g.oh);
 		t /= g.oh;				/* the image */
 		iy = oy * g.sh - g.pt + ky * g.dh;
 		ix = ox * g.sw - g.pl + kx * g.dw;
-		col[i] = (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) ? 0.0f :
-			x[((t * g.h + iy) * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci];
+		col[i] = to_elem((iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) ? 0.0f :
+						 x[((t * g.h + iy) * g.w + ix) * g.cin + (size_t) grp * g.cin_g + ci], col);
+	}
+}
+
+/* y[i] = bf16(x[i]) */
+__global__ void
+k_to_bf16(size_t len, const float *__restrict__ x, __nv_bfloat16 *__restrict__ y)
+{
+	GRID_LOOP(i, len)
+		y[i] = __float2bfloat16_rn(x[i]);
+}
+
+/*
+ * Packed weights (groups x [k x cout_g], float32) as bfloat16 with each
+ * group's rows padded with zeros to kp.
+ */
+__global__ void
+k_pack_bf16(int groups, int k, int kp, int cout_g, const float *__restrict__ w,
+			__nv_bfloat16 *__restrict__ wb)
+{
+	size_t		total = (size_t) groups * kp * cout_g;
+
+	GRID_LOOP(i, total)
+	{
+		int			c = (int) (i % cout_g);
+		size_t		r = i / cout_g;
+		int			row = (int) (r % kp);
+		size_t		gr = r / kp;
+
+		wb[i] = __float2bfloat16_rn(row < k ? w[(gr * k + row) * cout_g + c] : 0.0f);
 	}
 }
 
@@ -418,6 +503,225 @@ conv_chunk(int n, size_t colsz, float *scratch, float **col)
 	return chunk;
 }
 
+/* ------------------------------------------------------ bf16 convolutions --- */
+
+static int
+conv_bf16(void)
+{
+	return mt_onednn_precision() == MT_PREC_BF16;
+}
+
+static size_t
+round_up(size_t v, size_t a)
+{
+	return (v + a - 1) / a * a;
+}
+
+/*
+ * The workspace of a bf16 convolution: bfloat16 operands of na and nb
+ * elements (*a, *b) and columns for *chunk images of per_img bytes each (as
+ * many as fit in im2col_limit, at least one), returned; NULL when the
+ * workspace cannot grow that far (over the cap, out of memory): the caller
+ * then runs in float32.
+ */
+static void *
+bf16_workspace(size_t na, size_t nb, size_t per_img, int n, int *chunk,
+			   __nv_bfloat16 **a, __nv_bfloat16 **b)
+{
+	size_t		sa = round_up(na * sizeof(__nv_bfloat16), 256);
+	size_t		sb = round_up(nb * sizeof(__nv_bfloat16), 256);
+	size_t		fit = per_img > 0 ? im2col_limit / per_img : (size_t) n;
+	int			c = fit < (size_t) n ? (int) fit : n;
+	char	   *ws;
+	mt_err		err;
+
+	if (c < 1)
+		c = 1;
+	mt_clearerr(&err);
+	ws = (char *) mt_cuda_workspace(sa + sb + (size_t) c * per_img, &err);
+	if (ws == NULL)
+		return NULL;
+	*a = (__nv_bfloat16 *) ws;
+	*b = (__nv_bfloat16 *) (ws + sa);
+	*chunk = c;
+	return ws + sa + sb;
+}
+
+/* the GEMM dimension of the columns: kh*kw*cin_g rounded up to 8 (16-byte rows) */
+static int
+bf16_kp(const mt_conv_desc *d)
+{
+	return (int) round_up((size_t) d->kh * d->kw * (d->cin / d->groups), 8);
+}
+
+/*
+ * The dense convolution's forward GEMMs on bfloat16 operands.  *done = 0
+ * (nothing queued) when the workspace is not available.
+ */
+static int
+conv2d_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const float *x,
+			const float *packed_w, float *y, int *done, mt_err *err)
+{
+	int			cout_g = d->cout / d->groups;
+	int			k = g->kh * g->kw * g->cin_g;
+	int			kp = bf16_kp(d);
+	size_t		in_img = (size_t) g->h * g->w * d->cin;
+	size_t		out_img = (size_t) g->oh * g->ow * d->cout;
+	size_t		colsz = (size_t) g->oh * g->ow * kp;
+	int			pw = conv_is_pointwise(d);
+	int			chunk,
+				rc;
+	__nv_bfloat16 *wb,
+			   *xb;
+	__nv_bfloat16 *col = (__nv_bfloat16 *)
+		bf16_workspace((size_t) d->groups * kp * cout_g, pw ? n * in_img : 0,
+					   pw ? 0 : colsz * sizeof(__nv_bfloat16), n, &chunk, &wb, &xb);
+
+	*done = 0;
+	if (col == NULL)
+		return MT_OK;
+	*done = 1;
+	k_pack_bf16<<<blocks_for((size_t) d->groups * kp * cout_g), THREADS>>>(d->groups, k, kp, cout_g,
+																		 packed_w, wb);
+	if ((rc = launch_status("the bf16 weight kernel", err)) != MT_OK)
+		return rc;
+	if (pw)
+	{
+		k_to_bf16<<<blocks_for(n * in_img), THREADS>>>(n * in_img, x, xb);
+		if ((rc = launch_status("the bf16 conversion kernel", err)) != MT_OK)
+			return rc;
+		return gemm_rm_bf16(0, 0, n * g->h * g->w, d->cout, d->cin, 1.0f, xb, d->cin,
+							wb, d->cout, 0.0f, y, d->cout, err);
+	}
+	for (int i = 0; i < n; i += chunk)
+	{
+		int			ni = n - i < chunk ? n - i : chunk;
+
+		for (int gr = 0; gr < d->groups; gr++)
+		{
+			k_im2col<__nv_bfloat16><<<blocks_for(ni * colsz), THREADS>>>(*g, ni, gr, kp,
+																		 x + i * in_img, col);
+			if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
+				return rc;
+			if ((rc = gemm_rm_bf16(0, 0, ni * g->oh * g->ow, cout_g, kp, 1.0f, col, kp,
+								   wb + (size_t) gr * kp * cout_g, cout_g, 0.0f,
+								   y + i * out_img + (size_t) gr * cout_g, d->cout, err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
+/* dx += the input gradient of a dense convolution, GEMMs on bfloat16 operands */
+static int
+conv2d_backward_data_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const float *dy,
+						  const float *packed_w, float *dx, int *done, mt_err *err)
+{
+	int			cout_g = d->cout / d->groups;
+	int			k = g->kh * g->kw * g->cin_g;
+	int			kp = bf16_kp(d);
+	size_t		in_img = (size_t) g->h * g->w * d->cin;
+	size_t		out_img = (size_t) g->oh * g->ow * d->cout;
+	int			pw = conv_is_pointwise(d);
+	int			chunk,
+				rc;
+	__nv_bfloat16 *wb,
+			   *dyb;
+	float	   *col = (float *)
+		bf16_workspace((size_t) d->groups * kp * cout_g, n * out_img,
+					   pw ? 0 : (size_t) g->oh * g->ow * k * sizeof(float), n, &chunk, &wb, &dyb);
+
+	*done = 0;
+	if (col == NULL)
+		return MT_OK;
+	*done = 1;
+	k_pack_bf16<<<blocks_for((size_t) d->groups * kp * cout_g), THREADS>>>(d->groups, k, kp, cout_g,
+																		 packed_w, wb);
+	if ((rc = launch_status("the bf16 weight kernel", err)) != MT_OK)
+		return rc;
+	k_to_bf16<<<blocks_for(n * out_img), THREADS>>>(n * out_img, dy, dyb);
+	if ((rc = launch_status("the bf16 conversion kernel", err)) != MT_OK)
+		return rc;
+	if (pw)
+		return gemm_rm_bf16(0, 1, n * g->h * g->w, d->cin, d->cout, 1.0f, dyb, d->cout,
+							wb, d->cout, 1.0f, dx, d->cin, err);
+	for (int i = 0; i < n; i += chunk)
+	{
+		int			ni = n - i < chunk ? n - i : chunk;
+
+		for (int gr = 0; gr < d->groups; gr++)
+		{
+			size_t		total = (size_t) ni * g->h * g->w * g->cin_g;
+
+			/* dcol [ni*oh*ow x k] = dY_g * W_g^T (the first k of W_g's kp rows) */
+			if ((rc = gemm_rm_bf16(0, 1, ni * g->oh * g->ow, k, cout_g, 1.0f,
+								   dyb + i * out_img + (size_t) gr * cout_g, d->cout,
+								   wb + (size_t) gr * kp * cout_g, cout_g, 0.0f,
+								   col, k, err)) != MT_OK)
+				return rc;
+			k_col2im_add<<<blocks_for(total), THREADS>>>(*g, ni, gr, col, dx + i * in_img);
+			if ((rc = launch_status("the col2im kernel", err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
+/* packed_dw += the weight gradient of a dense convolution, GEMMs on bfloat16 operands */
+static int
+conv2d_backward_weight_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const float *x,
+							const float *dy, float *packed_dw, int *done, mt_err *err)
+{
+	int			cout_g = d->cout / d->groups;
+	int			k = g->kh * g->kw * g->cin_g;
+	int			kp = bf16_kp(d);
+	size_t		in_img = (size_t) g->h * g->w * d->cin;
+	size_t		out_img = (size_t) g->oh * g->ow * d->cout;
+	size_t		colsz = (size_t) g->oh * g->ow * kp;
+	int			pw = conv_is_pointwise(d);
+	int			chunk,
+				rc;
+	__nv_bfloat16 *xb,
+			   *dyb;
+	__nv_bfloat16 *col = (__nv_bfloat16 *)
+		bf16_workspace(pw ? n * in_img : 0, n * out_img,
+					   pw ? 0 : colsz * sizeof(__nv_bfloat16), n, &chunk, &xb, &dyb);
+
+	*done = 0;
+	if (col == NULL)
+		return MT_OK;
+	*done = 1;
+	k_to_bf16<<<blocks_for(n * out_img), THREADS>>>(n * out_img, dy, dyb);
+	if ((rc = launch_status("the bf16 conversion kernel", err)) != MT_OK)
+		return rc;
+	if (pw)
+	{
+		k_to_bf16<<<blocks_for(n * in_img), THREADS>>>(n * in_img, x, xb);
+		if ((rc = launch_status("the bf16 conversion kernel", err)) != MT_OK)
+			return rc;
+		return gemm_rm_bf16(1, 0, d->cin, d->cout, n * g->h * g->w, 1.0f, xb, d->cin,
+							dyb, d->cout, 1.0f, packed_dw, d->cout, err);
+	}
+	for (int i = 0; i < n; i += chunk)
+	{
+		int			ni = n - i < chunk ? n - i : chunk;
+
+		for (int gr = 0; gr < d->groups; gr++)
+		{
+			/* dW_g [k x cout_g] += col^T [k x ni*oh*ow] * dY_g (col's rows are kp long) */
+			k_im2col<__nv_bfloat16><<<blocks_for(ni * colsz), THREADS>>>(*g, ni, gr, kp,
+																		 x + i * in_img, col);
+			if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
+				return rc;
+			if ((rc = gemm_rm_bf16(1, 0, k, cout_g, ni * g->oh * g->ow, 1.0f, col, kp,
+								   dyb + i * out_img + (size_t) gr * cout_g, d->cout, 1.0f,
+								   packed_dw + (size_t) gr * k * cout_g, cout_g, err)) != MT_OK)
+				return rc;
+		}
+	}
+	return MT_OK;
+}
+
 static int
 cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 			const float *packed_w, const float *bias, float *y, float *scratch,
@@ -425,6 +729,7 @@ cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 {
 	int			oh,
 				ow,
+				done,
 				rc;
 	int			cin_g = d->cin / d->groups;
 	int			cout_g = d->cout / d->groups;
@@ -447,7 +752,13 @@ cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 		k_depthwise<<<blocks_for(total), THREADS>>>(g, n, x, packed_w, bias, d->act, y);
 		return launch_status("the depthwise convolution kernel", err);
 	}
-	if (conv_is_pointwise(d))
+	if (conv_bf16() &&
+		((rc = conv2d_bf16(d, n, &g, x, packed_w, y, &done, err)) != MT_OK || done))
+	{
+		if (rc != MT_OK)
+			return rc;
+	}
+	else if (conv_is_pointwise(d))
 	{
 		if ((rc = gemm_rm(0, 0, n * h * w, d->cout, d->cin, 1.0f, x, d->cin,
 						  packed_w, d->cout, 0.0f, y, d->cout, err)) != MT_OK)
@@ -465,7 +776,7 @@ cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 
 			for (int gr = 0; gr < d->groups; gr++)
 			{
-				k_im2col<<<blocks_for(ni * colsz), THREADS>>>(g, ni, gr, x + i * in_img, col);
+				k_im2col<float><<<blocks_for(ni * colsz), THREADS>>>(g, ni, gr, k, x + i * in_img, col);
 				if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
 					return rc;
 				if ((rc = gemm_rm(0, 0, ni * oh * ow, cout_g, k, 1.0f, col, k,
@@ -492,6 +803,7 @@ cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 {
 	int			oh,
 				ow,
+				done,
 				rc;
 	int			cin_g = d->cin / d->groups;
 	int			cout_g = d->cout / d->groups;
@@ -514,6 +826,9 @@ cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 		k_depthwise_bwd_data<<<blocks_for(total), THREADS>>>(g, n, dy, packed_w, dx);
 		return launch_status("the depthwise backward-data kernel", err);
 	}
+	if (conv_bf16() &&
+		((rc = conv2d_backward_data_bf16(d, n, &g, dy, packed_w, dx, &done, err)) != MT_OK || done))
+		return rc;
 	if (conv_is_pointwise(d))
 		return gemm_rm(0, 1, n * h * w, d->cin, d->cout, 1.0f, dy, d->cout,
 					   packed_w, d->cout, 1.0f, dx, d->cin, err);
@@ -551,6 +866,7 @@ cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 {
 	int			oh,
 				ow,
+				done,
 				rc;
 	int			cin_g = d->cin / d->groups;
 	int			cout_g = d->cout / d->groups;
@@ -576,6 +892,9 @@ cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 		k_depthwise_bwd_weight<<<grid, block>>>(g, n, x, dy, packed_dw);
 		return launch_status("the depthwise backward-weight kernel", err);
 	}
+	if (conv_bf16() &&
+		((rc = conv2d_backward_weight_bf16(d, n, &g, x, dy, packed_dw, &done, err)) != MT_OK || done))
+		return rc;
 	if (conv_is_pointwise(d))
 		return gemm_rm(1, 0, d->cin, d->cout, n * h * w, 1.0f, x, d->cin,
 					   dy, d->cout, 1.0f, packed_dw, d->cout, err);
@@ -591,7 +910,7 @@ cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 			for (int gr = 0; gr < d->groups; gr++)
 			{
 				/* dW_g [k x cout_g] += col^T [k x ni*oh*ow] * dY_g [ni*oh*ow x cout_g] */
-				k_im2col<<<blocks_for(ni * colsz), THREADS>>>(g, ni, gr, x + i * in_img, col);
+				k_im2col<float><<<blocks_for(ni * colsz), THREADS>>>(g, ni, gr, k, x + i * in_img, col);
 				if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
 					return rc;
 				if ((rc = gemm_rm(1, 0, k, cout_g, ni * oh * ow, 1.0f, col, k,
@@ -2320,7 +2639,7 @@ cuda_conv_transpose2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 		{
 			int			ni = n - i < chunk ? n - i : chunk;
 
-			k_im2col<<<blocks_for(ni * colsz), THREADS>>>(g, ni, 0, dy + i * out_img, col);
+			k_im2col<float><<<blocks_for(ni * colsz), THREADS>>>(g, ni, 0, k, dy + i * out_img, col);
 			if ((rc = launch_status("the im2col kernel", err)) != MT_OK)
 				return rc;
 			if ((rc = gemm_rm(0, 0, ni * h * w, cx, k, 1.0f, col, k, packed_w, cx, 1.0f,

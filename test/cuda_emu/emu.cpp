@@ -13,6 +13,7 @@
  */
 #include "cuda_runtime.h"
 #include "cublas_v2.h"
+#include "cuda_bf16.h"
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -47,6 +48,30 @@ void emu_launch(const char *name, dim3 g, dim3 b, int sync, std::function<void()
 	}
 }
 struct emu_blas { int x; };
+static inline float emu_elem(const float *p, size_t i) { return p[i]; }
+static inline float emu_elem(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
+/* column-major reference with the cuBLAS argument checks */
+template <typename TA, typename TB>
+static cublasStatus_t emu_gemm(const char *what, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+	float alpha, const TA *A, int lda, const TB *B, int ldb, float beta, float *C, int ldc)
+{
+	int arows = ta == CUBLAS_OP_N ? m : k, brows = tb == CUBLAS_OP_N ? k : n;
+	if (m < 0 || n < 0 || k < 0 || lda < (arows > 1 ? arows : 1) || ldb < (brows > 1 ? brows : 1) || ldc < (m > 1 ? m : 1))
+	{ fprintf(stderr, "emu: %s invalid m%d n%d k%d lda%d ldb%d ldc%d\n", what, m, n, k, lda, ldb, ldc); return CUBLAS_STATUS_INVALID_VALUE; }
+	for (int j = 0; j < n; j++) for (int i = 0; i < m; i++)
+	{
+		double s = 0;
+		for (int p = 0; p < k; p++)
+		{
+			float a = ta == CUBLAS_OP_N ? emu_elem(A, i + (size_t) p * lda) : emu_elem(A, p + (size_t) i * lda);
+			float b = tb == CUBLAS_OP_N ? emu_elem(B, p + (size_t) j * ldb) : emu_elem(B, j + (size_t) p * ldb);
+			s += (double) a * b;
+		}
+		float *c = C + i + (size_t) j * ldc;
+		*c = (float) (alpha * s + (beta == 0.0f ? 0.0 : (double) beta * *c));
+	}
+	return CUBLAS_STATUS_SUCCESS;
+}
 extern "C" {
 const char *cudaGetErrorString(cudaError_t e) { return e ? "emulated error" : "no error"; }
 const char *cudaGetErrorName(cudaError_t e) { return e == cudaErrorMemoryAllocation ? "cudaErrorMemoryAllocation" : "cudaErrorX"; }
@@ -69,25 +94,19 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) { *ms 
 cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new emu_blas; return CUBLAS_STATUS_SUCCESS; }
 cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
 cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
-/* column-major reference with the cuBLAS argument checks */
 cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
 	const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta, float *C, int ldc)
 {
-	int arows = ta == CUBLAS_OP_N ? m : k, brows = tb == CUBLAS_OP_N ? k : n;
-	if (m < 0 || n < 0 || k < 0 || lda < (arows > 1 ? arows : 1) || ldb < (brows > 1 ? brows : 1) || ldc < (m > 1 ? m : 1))
-	{ fprintf(stderr, "emu: cublasSgemm invalid m%d n%d k%d lda%d ldb%d ldc%d\n", m, n, k, lda, ldb, ldc); return CUBLAS_STATUS_INVALID_VALUE; }
-	for (int j = 0; j < n; j++) for (int i = 0; i < m; i++)
-	{
-		double s = 0;
-		for (int p = 0; p < k; p++)
-		{
-			float a = ta == CUBLAS_OP_N ? A[i + (size_t) p * lda] : A[p + (size_t) i * lda];
-			float b = tb == CUBLAS_OP_N ? B[p + (size_t) j * ldb] : B[j + (size_t) p * ldb];
-			s += (double) a * b;
-		}
-		float *c = C + i + (size_t) j * ldc;
-		*c = (float) (*alpha * s + (*beta == 0.0f ? 0.0 : (double) *beta * *c));
-	}
-	return CUBLAS_STATUS_SUCCESS;
+	return emu_gemm("cublasSgemm", ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+}
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+	const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
+	const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t comp, cublasGemmAlgo_t)
+{
+	float al = *(const float *) alpha, be = *(const float *) beta;
+	if (at != CUDA_R_16BF || bt != CUDA_R_16BF || ct != CUDA_R_32F || comp != CUBLAS_COMPUTE_32F)
+	{ fprintf(stderr, "emu: cublasGemmEx types not emulated\n"); return CUBLAS_STATUS_NOT_SUPPORTED; }
+	return emu_gemm("cublasGemmEx", ta, tb, m, n, k, al, (const __nv_bfloat16 *) A, lda,
+					(const __nv_bfloat16 *) B, ldb, be, (float *) C, ldc);
 }
 }

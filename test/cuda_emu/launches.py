@@ -16,7 +16,8 @@ def split_top(cfg):
 def rep(m):
     name, cfg, args = m.group(1), m.group(2), m.group(3)
     g, b = split_top(cfg)
-    return 'emu_launch("%s", dim3(%s), dim3(%s), %d, [=]() { %s(%s); });' % (name, g.strip(), b.strip(), name in SYNC, name, args)
-s2, n = re.subn(r'(\w+)<<<(.*?)>>>\((.*?)\);', rep, s, flags=re.S)
+    base = name.split("<")[0]
+    return 'emu_launch("%s", dim3(%s), dim3(%s), %d, [=]() { %s(%s); });' % (base, g.strip(), b.strip(), base in SYNC, name, args)
+s2, n = re.subn(r'(\w+(?:<[\w ,]+>)?)<<<(.*?)>>>\((.*?)\);', rep, s, flags=re.S)
 sys.stderr.write("launches converted: %d\n" % n)
 open(sys.argv[2], "w").write(s2)

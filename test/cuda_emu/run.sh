@@ -49,7 +49,7 @@ link_tool cuda_model_check "${model_src[@]}"
 link_tool cuda_train_check "${model_src[@]}"
 # one training step on the device vs the CPU (SGD / AdamW, full / frozen backbone)
 [ -n "${EMU_SKIP_TRAIN:-}" ] || "$tmp/cuda_train_check" --no-bench ${EMU_TRAIN_SIZE:---size 64 --batch 4} \
-	--settings "${EMU_TRAIN_SETTINGS:-0134}" \
+	--settings "${EMU_TRAIN_SETTINGS:-01345}" \
 	--archs "${EMU_TRAIN_ARCHS:-resnet18,mobilenet_v2,unet_resnet18}"
 # the device-less path first (the probe fails: refusal, host still works)
 EMU_NODEV=1 "$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 --archs resnet18 | tail -n 3

@@ -72,6 +72,29 @@ rel_err_floor(const float *a, const float *b, size_t len, double floor)
 	return diff / scale;
 }
 
+/*
+ * ||a - b||_2 / max(||b||_2, floor): the error of a whole tensor, for
+ * results rounded on purpose (bf16), where one element's max error says
+ * little; a NaN counts as infinite
+ */
+static inline double
+rel_err_norm(const float *a, const float *b, size_t len, double floor)
+{
+	double		d2 = 0,
+				b2 = 0;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		double		d = (double) a[i] - (double) b[i];
+
+		d2 += d * d;
+		b2 += (double) b[i] * b[i];
+	}
+	if (isnan(d2))
+		return INFINITY;
+	return sqrt(d2) / fmax(sqrt(b2), floor);
+}
+
 /* max|a - b| / max(max|b|, 1e-6) */
 static inline double
 rel_err(const float *a, const float *b, size_t len)

@@ -17,6 +17,7 @@
  *   cuda_ops_check [--no-bench]
  */
 #include "core/blas.h"
+#include "core/onednn.h"
 #include "core/ops.h"
 #include "cuda/cuda.h"
 
@@ -27,6 +28,11 @@
 #include <string.h>
 
 #define TOL 1e-4
+/*
+ * bf16 convolutions (the engine's precision at bf16): GEMM operands rounded
+ * to 8 bits of mantissa, float32 accumulation, against the float32 CPU
+ */
+#define TOL_BF16 1e-2
 
 static int	n_pass = 0;
 static int	n_fail = 0;
@@ -81,9 +87,13 @@ dcopy(const float *h, size_t n)
 	return d;
 }
 
-/* Compare the device result d against the CPU result h; one ok/FAIL line. */
+/*
+ * Compare the device result d against the CPU result h within tol; when
+ * min_rel > 0 the error must also be at least that (a bf16 result that is
+ * bit-for-bit the float32 one did not take the bf16 path).  One ok/FAIL line.
+ */
 static void
-check(const char *what, const float *h, const float *d, size_t n)
+check_tol(const char *what, const float *h, const float *d, size_t n, double tol, double min_rel)
 {
 	float	   *g = malloc((n ? n : 1) * sizeof(float));
 	double		maxdiff = 0.0,
@@ -120,18 +130,30 @@ check(const char *what, const float *h, const float *d, size_t n)
 			maxref = fabs(h[i]);
 	}
 	rel = maxdiff / (maxref > 1e-6 ? maxref : 1e-6);
-	if (rel <= TOL)
+	if (rel <= tol && rel >= min_rel)
 	{
 		printf("ok: %s (rel err %.2e, %zu values)\n", what, rel, n);
 		n_pass++;
 	}
+	else if (rel < min_rel)
+	{
+		printf("FAIL: %s: rel err %.3e < %.0e: the result is the float32 one (%zu values)\n",
+			   what, rel, min_rel, n);
+		n_fail++;
+	}
 	else
 	{
 		printf("FAIL: %s: rel err %.3e > %.0e (at %zu: cuda %.8g cpu %.8g; %zu values)\n",
-			   what, rel, TOL, worst, n ? g[worst] : 0.0, n ? h[worst] : 0.0, n);
+			   what, rel, tol, worst, n ? g[worst] : 0.0, n ? h[worst] : 0.0, n);
 		n_fail++;
 	}
 	free(g);
+}
+
+static void
+check(const char *what, const float *h, const float *d, size_t n)
+{
+	check_tol(what, h, d, n, TOL, 0.0);
 }
 
 static const char *
@@ -166,10 +188,13 @@ typedef struct conv_case
 /*
  * batching: 0 the default (all images in one im2col + GEMM), 1 one image at
  * a time in the caller's scratch, 3 three images per GEMM (a partial last
- * chunk when n is 4)
+ * chunk when n is 4).  bf16: the device runs at the engine's bf16 precision
+ * (the CPU reference stays float32); dense convolutions must then differ
+ * from float32 and stay within TOL_BF16, depthwise ones (float32 on both
+ * precisions) within TOL.
  */
 static void
-conv_check(const conv_case *cc, int batching)
+conv_check(const conv_case *cc, int batching, int bf16)
 {
 	mt_conv_desc d = {.cin = cc->cin, .cout = cc->cout, .kh = cc->kh, .kw = cc->kw,
 		.sh = cc->sh, .sw = cc->sw, .dh = cc->dh, .dw = cc->dw, .groups = cc->groups,
@@ -198,6 +223,10 @@ conv_check(const conv_case *cc, int batching)
 			   *gs;
 	char		label[256];
 	mt_err		err;
+	int			rc;
+	int			depthwise = cc->groups > 1 && cc->groups == cc->cin && cc->cout == cc->cin;
+	double		tol = bf16 && !depthwise ? TOL_BF16 : TOL;
+	double		min_rel = bf16 && !depthwise ? 1e-6 : 0.0;
 
 	if (cc->pad < 0)
 	{
@@ -217,6 +246,8 @@ conv_check(const conv_case *cc, int batching)
 			 cc->sh, cc->dh, cc->groups, d.pad_t, d.pad_l, d.pad_b, d.pad_r,
 			 act_name(cc->act), cc->bias ? " bias" : "",
 			 batching == 1 ? " (per image)" : batching == 3 ? " (3 images per GEMM)" : "");
+	if (bf16)
+		strncat(label, " bf16", sizeof(label) - strlen(label) - 1);
 	if (batching == 0)
 		mt_cuda_set_im2col_limit((size_t) 128 << 20);
 	else
@@ -243,7 +274,10 @@ conv_check(const conv_case *cc, int batching)
 	mt_clearerr(&err);
 	if (CPU->conv2d(&d, cc->n, cc->h, cc->w, x, wt, cc->bias ? b : NULL, y, hs, &err) != MT_OK)
 		die("cpu conv2d", &err);
-	if (GPU->conv2d(&d, cc->n, cc->h, cc->w, gx, gw, cc->bias ? gb : NULL, gy, gs, &err) != MT_OK)
+	mt_onednn_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
+	rc = GPU->conv2d(&d, cc->n, cc->h, cc->w, gx, gw, cc->bias ? gb : NULL, gy, gs, &err);
+	mt_onednn_set_precision(MT_PREC_FP32);
+	if (rc != MT_OK)
 	{
 		printf("FAIL: conv2d %s: %s %s\n", label, err.msg, err.detail);
 		n_fail++;
@@ -253,12 +287,15 @@ conv_check(const conv_case *cc, int batching)
 		char		l2[300];
 
 		snprintf(l2, sizeof(l2), "conv2d %s", label);
-		check(l2, y, gy, ny);
+		check_tol(l2, y, gy, ny, tol, min_rel);
 	}
 
 	if (CPU->conv2d_backward_data(&d, cc->n, cc->h, cc->w, dy, wt, dx, hs, &err) != MT_OK)
 		die("cpu conv2d_backward_data", &err);
-	if (GPU->conv2d_backward_data(&d, cc->n, cc->h, cc->w, gdy, gw, gdx, gs, &err) != MT_OK)
+	mt_onednn_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
+	rc = GPU->conv2d_backward_data(&d, cc->n, cc->h, cc->w, gdy, gw, gdx, gs, &err);
+	mt_onednn_set_precision(MT_PREC_FP32);
+	if (rc != MT_OK)
 	{
 		printf("FAIL: conv2d_backward_data %s: %s %s\n", label, err.msg, err.detail);
 		n_fail++;
@@ -268,12 +305,15 @@ conv_check(const conv_case *cc, int batching)
 		char		l2[300];
 
 		snprintf(l2, sizeof(l2), "conv2d_backward_data %s", label);
-		check(l2, dx, gdx, nx);
+		check_tol(l2, dx, gdx, nx, tol, min_rel);
 	}
 
 	if (CPU->conv2d_backward_weight(&d, cc->n, cc->h, cc->w, x, dy, dwt, hs, &err) != MT_OK)
 		die("cpu conv2d_backward_weight", &err);
-	if (GPU->conv2d_backward_weight(&d, cc->n, cc->h, cc->w, gx, gdy, gdw, gs, &err) != MT_OK)
+	mt_onednn_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
+	rc = GPU->conv2d_backward_weight(&d, cc->n, cc->h, cc->w, gx, gdy, gdw, gs, &err);
+	mt_onednn_set_precision(MT_PREC_FP32);
+	if (rc != MT_OK)
 	{
 		printf("FAIL: conv2d_backward_weight %s: %s %s\n", label, err.msg, err.detail);
 		n_fail++;
@@ -283,7 +323,7 @@ conv_check(const conv_case *cc, int batching)
 		char		l2[300];
 
 		snprintf(l2, sizeof(l2), "conv2d_backward_weight %s", label);
-		check(l2, dwt, gdw, nw);
+		check_tol(l2, dwt, gdw, nw, tol, min_rel);
 	}
 
 	free(x);
@@ -1279,7 +1319,14 @@ main(int argc, char **argv)
 		printf("cpu reference: OpenBLAS %s (%s)\n", mt_blas_library(), mt_blas_corename());
 
 	for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
-		conv_check(&conv_cases[i], 0);
+		conv_check(&conv_cases[i], 0, 0);
+	/* bf16 GEMM operands (the tensor cores), batched and one image at a time */
+	for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
+	{
+		conv_check(&conv_cases[i], 0, 1);
+		if (conv_cases[i].n == 4 && conv_cases[i].kh > 1)
+			conv_check(&conv_cases[i], 1, 1);
+	}
 	/* the im2col paths again one image at a time and in partial chunks */
 	for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
 	{
@@ -1290,9 +1337,9 @@ main(int argc, char **argv)
 
 		if (dense_gemm || depthwise || cc->n == 1)
 			continue;
-		conv_check(cc, 1);
+		conv_check(cc, 1, 0);
 		if (cc->n == 4)
-			conv_check(cc, 3);
+			conv_check(cc, 3, 0);
 	}
 	for (size_t i = 0; i < sizeof(pool_cases) / sizeof(pool_cases[0]); i++)
 		pool_check(&pool_cases[i]);

@@ -23,6 +23,13 @@
  * --bn-weights-frozen: after FREEZE, no BN weight trains (so every BN runs
  * on its running statistics; the BN biases still train).
  *
+ * MEDTL_DEVICE=cuda in the environment runs the step on the CUDA device
+ * (a build with -DMEDTL_CUDA and src/cuda's objects: `make -f
+ * src/cuda/cuda.mk test/bin/cuda_train_step`): the model goes to the
+ * device after FREEZE, gradients and the updated tensors are brought back
+ * to the host before they are written (test/gpu_check.sh runs
+ * test/parity_train.py with it).
+ *
  *   train_step bench ARCH [H W BATCH THREADS [FREEZE]]
  *
  * times, on random weights, one inference pass of one H x W image (default
@@ -36,6 +43,7 @@
 #include "core/graph.h"
 #include "core/pool.h"
 #include "core/train.h"
+#include "cuda/cuda.h"
 #include "io/safetensors.h"
 #include "nn/zoo.h"
 
@@ -227,6 +235,7 @@ main(int argc, char **argv)
 	uint8_t    *out;
 	size_t		out_len;
 	FILE	   *f;
+	int			on_device = 0;
 
 	if (argc >= 3 && strcmp(argv[1], "bench") == 0)
 		return bench(argc, argv);
@@ -289,6 +298,17 @@ main(int argc, char **argv)
 		for (int i = 0; i < m->n_nodes; i++)
 			if (m->nodes[i].kind == MT_NODE_BN)
 				m->params[m->nodes[i].p_bn_weight].trainable = 0;
+	if (getenv("MEDTL_DEVICE") != NULL && strcmp(getenv("MEDTL_DEVICE"), "cuda") == 0)
+	{
+#ifdef MEDTL_CUDA
+		if (mt_model_to_device(m, &mt_cuda_backend, &err) != MT_OK)
+			die("to_device", &err);
+		on_device = 1;
+		fprintf(stderr, "train_step: on %s\n", mt_cuda_device_name());
+#else
+		die("MEDTL_DEVICE=cuda: this train_step was built without CUDA", NULL);
+#endif
+	}
 
 	/* the batch */
 	if ((bbuf = mt_test_read_file(argv[4], &blen)) == NULL)
@@ -350,6 +370,8 @@ main(int argc, char **argv)
 		die("loss", &err);
 	if (mt_model_backward(m, dlogits, &err) != MT_OK)
 		die("backward", &err);
+	if (on_device && mt_model_sync_to_host(m, &err) != MT_OK)
+		die("sync_to_host", &err);
 
 	/* gradients are written before the step changes anything */
 	names = calloc(2 * m->n_params + 3, sizeof(char *));
@@ -394,6 +416,8 @@ main(int argc, char **argv)
 	}
 	if (mt_optim_step(o, m, lr, &err) != MT_OK)
 		die("step", &err);
+	if (on_device && mt_model_sync_to_host(m, &err) != MT_OK)
+		die("sync_to_host", &err);
 	for (int i = 0; i < m->n_params; i++)
 	{
 		mt_param   *p = &m->params[i];
