@@ -17,7 +17,8 @@
 # line per step and the tables.  Writes everything to $OUT/gpu_check.log.
 # Exit 0 only when every step passed.
 #
-#   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out)
+#   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out;
+#                                      GPU_CHECK_TORCH_BENCH=0 skips PyTorch's timing)
 #
 # The CPU reference loads OpenBLAS from .gpu/lib (made by test/gpu_prepare.sh
 # on the Debian machine and carried along), else a system OpenBLAS, else it
@@ -49,6 +50,7 @@ finish() {
 		echo
 		echo "training (cuda_train_check):"
 		grep -E '^(FAIL|ok: .*(loss|gradient|parameter after))' "$OUT/cuda_train_check.txt" | sed 's/^/  /'
+		grep -E 'step, the device synchronised' "$OUT/cuda_train_check.txt"
 		sed -n '/^model (training step)/,$p' "$OUT/cuda_train_check.txt"
 	fi
 	if [ -f "$OUT/bench_torch_gpu.txt" ]; then
@@ -219,6 +221,20 @@ else
 	fail "test/bin/cuda_train_check was not built"
 fi
 
+step "cuda_train_check on densenet121 and efficientnet_b0 (the step compared only; 128x128 batch 8)"
+if [ -x test/bin/cuda_train_check ]; then
+	timeout 90 test/bin/cuda_train_check --no-bench --size 128 --batch 8 --archs densenet121,efficientnet_b0 \
+		--settings 02345 > "$OUT/cuda_train_check_more.txt" 2>&1
+	rc=$?
+	grep -E '^(FAIL|ok: .*(loss|gradient|parameter after))' "$OUT/cuda_train_check_more.txt"
+	if [ "$rc" -eq 124 ]; then fail "cuda_train_check (densenet121, efficientnet_b0) timed out after 90s"
+	elif ! tail -n 1 "$OUT/cuda_train_check_more.txt" | grep -Eq '^cuda_train: [1-9][0-9]* passed, 0 failed$'; then
+		fail "cuda_train_check (densenet121, efficientnet_b0): $(tail -n 1 "$OUT/cuda_train_check_more.txt")"
+	else
+		pass "a training step of densenet121 and efficientnet_b0 on the device matches the CPU ($(tail -n 1 "$OUT/cuda_train_check_more.txt"))"
+	fi
+fi
+
 step "PyTorch parity of one training step on the device (test/parity_train.py with test/bin/cuda_train_step)"
 if ! timeout 30 python3 -c 'import torch, torchvision' >/dev/null 2>&1; then
 	echo "note: python3 has no torch/torchvision here: skipped"
@@ -239,7 +255,9 @@ else
 fi
 
 step "PyTorch's own images/s on this device (information only; test/bench_torch_gpu.py)"
-if timeout 30 python3 -c 'import torch, torchvision' >/dev/null 2>&1; then
+if [ "${GPU_CHECK_TORCH_BENCH:-1}" = 0 ]; then
+	echo "note: GPU_CHECK_TORCH_BENCH=0: skipped"
+elif timeout 30 python3 -c 'import torch, torchvision' >/dev/null 2>&1; then
 	PYTHONUNBUFFERED=1 timeout 100 python3 test/bench_torch_gpu.py > "$OUT/bench_torch_gpu.txt" 2>&1
 	cat "$OUT/bench_torch_gpu.txt"
 else
@@ -269,9 +287,9 @@ if [ -n "$san" ] && [ -x test/bin/cuda_model_check ] && [ "$elapsed" -lt 450 ]; 
 	step "compute-sanitizer memcheck over the whole-model comparison (64x64, batch 4)"
 	timeout $(( 500 - elapsed )) "$san" --tool memcheck --leak-check no --report-api-errors no --error-exitcode 3 \
 		test/bin/cuda_model_check --no-bench --size 64 --batch 4 --cpu-batch 2 \
-		--archs resnet18,mobilenet_v2,densenet121,efficientnet_b0 > "$OUT/sanitizer_model.txt" 2>&1
+		--archs resnet18,mobilenet_v2,densenet121,efficientnet_b0 >> "$OUT/sanitizer.txt" 2>&1
 	rc=$?
-	grep -E '=========|^cuda_model:' "$OUT/sanitizer_model.txt" | tail -n 40
+	grep -E '=========|^cuda_model:' "$OUT/sanitizer.txt" | tail -n 40
 	if [ "$rc" -eq 124 ]; then echo "note: compute-sanitizer timed out (not counted as a failure)"
 	elif [ "$rc" -ne 0 ]; then fail "compute-sanitizer reported errors in the model check (exit $rc)"
 	else pass "compute-sanitizer memcheck: no errors in the model comparison"

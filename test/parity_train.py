@@ -357,7 +357,9 @@ def run_case(arch, case, x, y, tmp):
             problems.append("loss %.6f vs float64 %.6f (rel %.2e, torch float32 itself %.2e)"
                             % (float(out["loss"][0]), d_loss, loss_err, loss_own))
     elif loss_err > TOL_LOSS:
-        problems.append("loss %.6f vs %.6f (rel %.2e)" % (float(out["loss"][0]), t_loss, loss_err))
+        problems.append("loss %.6f vs %.6f (rel %.2e; against float64 %.6f: medtl %.2e, torch float32 %.2e)"
+                        % (float(out["loss"][0]), t_loss, loss_err, d_loss,
+                           abs(float(out["loss"][0]) - d_loss) / max(abs(d_loss), 1e-6), loss_own))
     m_grads = {k[5:]: v for k, v in out.items() if k.startswith("grad.")}
     if set(m_grads) != set(t_grads):
         problems.append("gradient sets differ: medtl-only %s, torch-only %s"

@@ -71,7 +71,6 @@ static omp_set_fn omp_set_threads;
 static int	want_threads = 0;	/* 0: the library's default */
 static int	set_threads = -1;	/* last count given to OpenMP */
 static int	mode = -1;			/* -1: not set, MEDTL_CONV_KERNELS decides */
-static int	precision = -1;		/* -1: not set, MEDTL_PRECISION decides */
 static unsigned long conv_count = 0;
 
 #define CACHE_SHAPES 4
@@ -187,24 +186,6 @@ void
 mt_onednn_set_mode(mt_conv_kernels m)
 {
 	mode = m;
-}
-
-void
-mt_onednn_set_precision(mt_precision p)
-{
-	precision = p;
-}
-
-mt_precision
-mt_onednn_precision(void)
-{
-	if (precision < 0)
-	{
-		const char *env = getenv("MEDTL_PRECISION");
-
-		precision = env != NULL && strcmp(env, "bf16") == 0 ? MT_PREC_BF16 : MT_PREC_FP32;
-	}
-	return (mt_precision) precision;
 }
 
 mt_conv_kernels
@@ -1186,18 +1167,6 @@ out:
 static mt_conv_kernels mode = MT_CONV_AUTO;
 
 void
-mt_onednn_set_precision(mt_precision p)
-{
-	(void) p;
-}
-
-mt_precision
-mt_onednn_precision(void)
-{
-	return MT_PREC_FP32;
-}
-
-void
 mt_onednn_set_mode(mt_conv_kernels m)
 {
 	mode = m;
@@ -1313,4 +1282,28 @@ mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 								const float *x, const float *dy, float *dw_oihw, mt_err *err)
 {
 	return backward_weight(d, n, h, w, x, dy, 1, dw_oihw, err);
+}
+
+/*
+ * The engine's precision, kept whether or not oneDNN is built in: the CUDA
+ * backend follows it too (bf16 GEMM operands on the device).
+ */
+static int	precision = -1;		/* -1: not set, MEDTL_PRECISION decides */
+
+void
+mt_onednn_set_precision(mt_precision p)
+{
+	precision = p;
+}
+
+mt_precision
+mt_onednn_precision(void)
+{
+	if (precision < 0)
+	{
+		const char *env = getenv("MEDTL_PRECISION");
+
+		precision = env != NULL && strcmp(env, "bf16") == 0 ? MT_PREC_BF16 : MT_PREC_FP32;
+	}
+	return (mt_precision) precision;
 }

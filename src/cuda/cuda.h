@@ -72,6 +72,14 @@ void		mt_cuda_shutdown(void);
 #ifdef MEDTL_CUDA
 /* Every entry takes device pointers; scratch is mt_conv_scratch_size floats. */
 extern const mt_backend mt_cuda_backend;
+
+/*
+ * Diagnostics for the check tools: with on = 1 the convolution entries
+ * synchronise the device before and after and add up their milliseconds
+ * (forward, backward data, backward weight); each call first copies the
+ * sums so far into conv_ms[3] (if not NULL) and clears them.
+ */
+void		mt_cuda_profile(int on, double *conv_ms);
 #endif
 
 #ifdef __cplusplus

@@ -29,6 +29,8 @@
 #include <cuda_bf16.h>
 #include <float.h>
 #include <math.h>
+#include <string.h>
+#include <time.h>
 
 extern "C"
 {
@@ -723,7 +725,7 @@ conv2d_backward_weight_bf16(const mt_conv_desc *d, int n, const conv_geo *g, con
 }
 
 static int
-cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
+cuda_conv2d_impl(const mt_conv_desc *d, int n, int h, int w, const float *x,
 			const float *packed_w, const float *bias, float *y, float *scratch,
 			mt_err *err)
 {
@@ -797,7 +799,7 @@ cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 }
 
 static int
-cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+cuda_conv2d_backward_data_impl(const mt_conv_desc *d, int n, int h, int w,
 						  const float *dy, const float *packed_w, float *dx,
 						  float *scratch, mt_err *err)
 {
@@ -860,7 +862,7 @@ cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 }
 
 static int
-cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+cuda_conv2d_backward_weight_impl(const mt_conv_desc *d, int n, int h, int w,
 							const float *x, const float *dy, float *packed_dw,
 							float *scratch, mt_err *err)
 {
@@ -921,6 +923,81 @@ cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 		}
 	}
 	return MT_OK;
+}
+
+/*
+ * Profiling (mt_cuda_profile): the convolution entries' wall time, the
+ * device synchronised before and after each, for the check tools'
+ * breakdown of a step.  Off: no synchronisation, no cost.
+ */
+static int	profiling = 0;
+static double prof_ms[3];
+
+static double
+prof_now(void)
+{
+	struct timespec ts;
+
+	mt_cuda_note(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+extern "C" void
+mt_cuda_profile(int on, double *conv_ms)
+{
+	if (conv_ms != NULL)
+		memcpy(conv_ms, prof_ms, sizeof(prof_ms));
+	memset(prof_ms, 0, sizeof(prof_ms));
+	profiling = on;
+}
+
+static int
+cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
+			const float *packed_w, const float *bias, float *y, float *scratch,
+			mt_err *err)
+{
+	double		t;
+	int			rc;
+
+	if (!profiling)
+		return cuda_conv2d_impl(d, n, h, w, x, packed_w, bias, y, scratch, err);
+	t = prof_now();
+	rc = cuda_conv2d_impl(d, n, h, w, x, packed_w, bias, y, scratch, err);
+	prof_ms[0] += prof_now() - t;
+	return rc;
+}
+
+static int
+cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
+						  const float *dy, const float *packed_w, float *dx,
+						  float *scratch, mt_err *err)
+{
+	double		t;
+	int			rc;
+
+	if (!profiling)
+		return cuda_conv2d_backward_data_impl(d, n, h, w, dy, packed_w, dx, scratch, err);
+	t = prof_now();
+	rc = cuda_conv2d_backward_data_impl(d, n, h, w, dy, packed_w, dx, scratch, err);
+	prof_ms[1] += prof_now() - t;
+	return rc;
+}
+
+static int
+cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
+							const float *x, const float *dy, float *packed_dw,
+							float *scratch, mt_err *err)
+{
+	double		t;
+	int			rc;
+
+	if (!profiling)
+		return cuda_conv2d_backward_weight_impl(d, n, h, w, x, dy, packed_dw, scratch, err);
+	t = prof_now();
+	rc = cuda_conv2d_backward_weight_impl(d, n, h, w, x, dy, packed_dw, scratch, err);
+	prof_ms[2] += prof_now() - t;
+	return rc;
 }
 
 /* ------------------------------------------------------------- pooling --- */

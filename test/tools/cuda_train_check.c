@@ -439,6 +439,27 @@ time_steps(mt_model *m, mt_optim *o, const batch *b, double seconds, const char 
 	return isfinite(best) ? b->n / best : NAN;
 }
 
+/* One step with the convolutions timed apart (mt_cuda_profile): where a step's time goes. */
+static void
+profile_step(mt_model *m, mt_optim *o, const batch *b, const char *arch, const char *prec)
+{
+	double		ms[3],
+				t;
+	float		loss;
+
+	mt_cuda_profile(1, NULL);
+	t = now();
+	if (step(m, o, b, 1e-4f, &loss, "profiled device step"))
+	{
+		t = (now() - t) * 1e3;
+		mt_cuda_profile(0, ms);
+		printf("%s %s step, the device synchronised around each convolution: %.1f ms; convolutions "
+			   "forward %.1f, backward data %.1f, backward weight %.1f; everything else %.1f\n",
+			   arch, prec, t, ms[0], ms[1], ms[2], t - ms[0] - ms[1] - ms[2]);
+	}
+	mt_cuda_profile(0, NULL);
+}
+
 static void
 bench(const char *arch, int size, int batch_n, int cpu_batch, double seconds,
 	  double *dev_ips, double *dev_bf16_ips, double *cpu_ips)
@@ -478,10 +499,14 @@ bench(const char *arch, int size, int batch_n, int cpu_batch, double seconds,
 	{
 		*dev_ips = time_steps(m, o, &b, seconds, "device timed step");
 		printf("%s: device training memory %zu MB at batch %d\n", arch, mt_cuda_mem_used() >> 20, batch_n);
+		profile_step(m, o, &b, arch, "fp32");
 		/* bf16 GEMM operands: a warm-up step (workspace, cuBLAS heuristics), then timed */
 		mt_onednn_set_precision(MT_PREC_BF16);
 		if (step(m, o, &b, 1e-4f, &loss, "device bf16 warm-up step"))
+		{
 			*dev_bf16_ips = time_steps(m, o, &b, seconds, "device timed bf16 step");
+			profile_step(m, o, &b, arch, "bf16");
+		}
 		mt_onednn_set_precision(MT_PREC_FP32);
 		printf("%s: device training memory %zu MB at batch %d with bf16\n", arch,
 			   mt_cuda_mem_used() >> 20, batch_n);
