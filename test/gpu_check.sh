@@ -18,7 +18,9 @@
 # Exit 0 only when every step passed.
 #
 #   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out;
-#                                      GPU_CHECK_TORCH_BENCH=0 skips PyTorch's timing)
+#                                      GPU_CHECK_TORCH_BENCH=0 skips PyTorch's timing;
+#                                      GPU_CHECK_PROFILE="resnet50 64": build, then only
+#                                      test/gpu_profile.py's kernel-by-kernel profile)
 #
 # The CPU reference loads OpenBLAS from .gpu/lib (made by test/gpu_prepare.sh
 # on the Debian machine and carried along), else a system OpenBLAS, else it
@@ -143,7 +145,8 @@ rm -f src/cuda/*.o test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cu
 t0=$(date +%s)
 if command -v make >/dev/null 2>&1; then
 	# warnings are not errors here: this compiler may be newer than CI's
-	timeout 150 make -f src/cuda/cuda.mk -j4 cuda-check CC="$CC" NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" \
+	timeout 150 make -f src/cuda/cuda.mk -j4 cuda-check ${GPU_CHECK_PROFILE:+test/bin/cuda_train_check.so} \
+		CC="$CC" NVCC="$NVCC" CUDA_HOME="$CUDA_HOME" \
 		CUDA_INCDIR="$CUDA_INCDIR" CUDA_LIBDIR="$CUDA_LIBDIR" CUDA_WARN="-Wall,-Wno-unused-parameter" \
 		CUDA_CHECK_CFLAGS="-std=gnu11 -O2 -g -Wall -Wno-unused-parameter -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA" ||
 		fail "build failed"
@@ -171,6 +174,19 @@ else
 fi
 echo "build time: $(( $(date +%s) - t0 ))s"
 [ -x test/bin/cuda_ops_check ] || { fail "test/bin/cuda_ops_check was not built"; finish; }
+
+if [ -n "${GPU_CHECK_PROFILE:-}" ]; then
+	step "profile of training steps, kernel by kernel (test/gpu_profile.py ${GPU_CHECK_PROFILE}); nothing else"
+	# GPU_CHECK_PROFILE="ARCH BATCH", e.g. "resnet50 64"
+	if [ -f test/bin/cuda_train_check.so ] && PYTHONUNBUFFERED=1 timeout 150 python3 test/gpu_profile.py \
+		${GPU_CHECK_PROFILE} > "$OUT/gpu_profile.txt" 2>&1; then
+		pass "profile written"
+	else
+		fail "test/gpu_profile.py failed"
+	fi
+	cat "$OUT/gpu_profile.txt"
+	finish
+fi
 
 step "cuda_ops_check: every backend entry, CUDA vs CPU (rel err <= 1e-4), then conv GFLOP/s"
 timeout 90 test/bin/cuda_ops_check > "$OUT/cuda_ops_check.txt" 2>&1

@@ -62,3 +62,10 @@ test/bin/cuda_train_step: test/tools/train_step.c $(CUDA_MODEL_SRC) src/io/safet
 cuda-check: test/bin/cuda_ops_check test/bin/cuda_model_check test/bin/cuda_train_check test/bin/cuda_train_step
 
 .PHONY: cuda-check
+
+# cuda_train_check as a shared library, for test/gpu_profile.py (its main()
+# run under torch.profiler, which sees every kernel of the process)
+test/bin/cuda_train_check.so: test/tools/cuda_train_check.c $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_HDRS) \
+		src/core/graph.h src/core/train.h src/nn/zoo.h test/tools/cuda_check_common.h
+	@mkdir -p test/bin
+	$(CC) $(CUDA_CHECK_CFLAGS) -fPIC -shared -o $@ $< $(CUDA_MODEL_SRC) $(CUDA_OBJS) $(CUDA_LIBS) -ldl -lm -lpthread
