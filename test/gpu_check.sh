@@ -19,6 +19,8 @@
 #
 #   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out;
 #                                      GPU_CHECK_TORCH_BENCH=0 skips PyTorch's timing;
+#                                      GPU_CHECK_FAST=1: the op, model (three CNNs) and
+#                                      training checks only;
 #                                      GPU_CHECK_PROFILE="resnet50 64": build, then only
 #                                      test/gpu_profile.py's kernel-by-kernel profile)
 #
@@ -202,6 +204,7 @@ step "cuda_model_check: whole CNNs on the device vs the CPU (224x224; rel err <=
 if [ -x test/bin/cuda_model_check ]; then
 	limit=120
 	timeout "$limit" test/bin/cuda_model_check --size 224 --batch 64 --cpu-batch 4 --seconds 2 \
+		${GPU_CHECK_FAST:+--archs resnet18,resnet50,mobilenet_v2} \
 		> "$OUT/cuda_model_check.txt" 2>&1
 	rc=$?
 	cat "$OUT/cuda_model_check.txt"
@@ -235,6 +238,11 @@ if [ -x test/bin/cuda_train_check ]; then
 	fi
 else
 	fail "test/bin/cuda_train_check was not built"
+fi
+
+if [ -n "${GPU_CHECK_FAST:-}" ]; then
+	step "GPU_CHECK_FAST: the rest skipped"
+	finish
 fi
 
 step "cuda_train_check on densenet121 and efficientnet_b0 (the step compared only; 128x128 batch 8)"

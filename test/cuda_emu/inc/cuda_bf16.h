@@ -24,4 +24,12 @@ static inline float __bfloat162float(__nv_bfloat16 b)
 	memcpy(&f, &u, 4);
 	return f;
 }
+struct __nv_bfloat162 { __nv_bfloat16 x, y; };
+static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b)
+{
+	__nv_bfloat162 r;
+	r.x = __float2bfloat16_rn(a);
+	r.y = __float2bfloat16_rn(b);
+	return r;
+}
 #endif

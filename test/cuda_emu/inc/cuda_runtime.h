@@ -9,6 +9,8 @@
 #include <functional>
 #include <thread>
 #include <vector>
+struct float4 { float x, y, z, w; };
+static inline float4 make_float4(float x, float y, float z, float w) { float4 v = {x, y, z, w}; return v; }
 struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
 extern thread_local dim3 blockIdx, threadIdx;
 extern dim3 blockDim, gridDim;
