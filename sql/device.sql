@@ -27,14 +27,29 @@ SELECT predict_proba('dev_net', image) FROM xrays WHERE id = 1;
 SELECT embed('dev_net', image) FROM xrays WHERE id = 1;
 SELECT count(*) FROM predict_batch('dev_net', ARRAY(SELECT image FROM xrays WHERE id <= 2));
 SELECT evaluate('dev_net', 'SELECT image, label FROM xrays WHERE id <= 4');
--- training runs on the CPU whatever the setting: a notice says so (shown
--- here on a source with no rows), then it trains
-SELECT train('dev_net', 'SELECT image, label FROM xrays WHERE false');
+-- training follows medtl.device too: under cuda without a device it fails
+-- the same way, before any step, and the model's weights stay as they were
+CREATE TEMP TABLE dev_before AS
+SELECT w.tensor, md5(w.data) AS h FROM medtl.weights w JOIN medtl.models m USING (model_id)
+ WHERE m.name = 'dev_net';
+SET client_min_messages = warning;
+SELECT train('dev_net', 'SELECT image, label FROM xrays', epochs => 1, batch_size => 8,
+             validation => 0);
+RESET client_min_messages;
+SELECT count(*) AS tensors, count(*) FILTER (WHERE md5(w.data) <> b.h) AS changed
+  FROM dev_before b JOIN medtl.weights w USING (tensor) JOIN medtl.models m USING (model_id)
+ WHERE m.name = 'dev_net';
+\set VERBOSITY default
+-- auto without a device trains on the CPU, and the run says where
+SET medtl.device = 'auto';
 SET client_min_messages = warning;
 SELECT train('dev_net', 'SELECT image, label FROM xrays', epochs => 1, batch_size => 8,
              validation => 0) > 0 AS trained;
 RESET client_min_messages;
-\set VERBOSITY default
+SELECT resolved->'phases'->0->>'device' AS trained_on FROM medtl.runs
+ WHERE model_id = (SELECT model_id FROM medtl.models WHERE name = 'dev_net')
+ ORDER BY run_id DESC LIMIT 1;
+SET medtl.device = 'cuda';
 
 -- auto: a device when there is one, else the CPU, silently
 SET medtl.device = 'auto';

@@ -27,7 +27,7 @@ bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
 # in test/cuda_emu and compared op by op with the CPU backend.
 if command -v g++ >/dev/null 2>&1; then
 	# the training check on two models and two settings here (ASan is slow; run.sh alone does more)
-	out=$(EMU_ASAN=1 EMU_TRAIN_ARCHS=${EMU_TRAIN_ARCHS:-resnet18,unet_resnet18} EMU_TRAIN_SETTINGS=${EMU_TRAIN_SETTINGS:-04} \
+	out=$(EMU_ASAN=1 EMU_TRAIN_ARCHS=${EMU_TRAIN_ARCHS:-resnet18,unet_resnet18} EMU_TRAIN_SETTINGS=${EMU_TRAIN_SETTINGS:-045} \
 		nice bash "$here/test/cuda_emu/run.sh" 2>&1) && rc=0 || rc=$?
 	echo "$out" | grep -E '^(FAIL|cuda_ops:|cuda_train:|cuda_model:)|error' | tail -n 40
 	ops=$(echo "$out" | grep -E '^cuda_ops: ' | tail -n 1)
@@ -62,7 +62,7 @@ fi
 tmp=$(mktemp -d /tmp/medtl-cuda-build.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$here" && tar -cf - --exclude='*.o' --exclude='*.bc' --exclude='*.so' \
-	Makefile medtl.control sql src test/tools) | tar -C "$tmp" -xf -
+	Makefile medtl.control sql src test/tools test/unit/mt_test.h) | tar -C "$tmp" -xf -
 
 jobs=${MEDTL_CUDA_BUILD_JOBS:-2}
 t0=$(date +%s)

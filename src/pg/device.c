@@ -1,5 +1,5 @@
 /*
- * device.c - where inference runs: medtl.device (cpu, cuda, auto) and
+ * device.c - where inference and training run: medtl.device (cpu, cuda, auto) and
  * medtl.device_memory_mb.
  *
  * Nothing here runs in _PG_init or the postmaster: the CUDA runtime is first
@@ -7,7 +7,8 @@
  * runtime_info), so no forked process inherits a CUDA context.  Parallel
  * workers always score on the CPU (several workers sharing one device, each
  * with its own context and copy of the weights, would mostly compete for
- * it).  Training runs on the CPU whatever medtl.device says (train.c).
+ * it).  Training follows medtl.device too (train.c: train_device), except
+ * runs with a moving average of the weights (ema), which stay on the CPU.
  *
  * medtl.device = cuda without a usable device is an ERROR with SQLSTATE
  * 0A000 (feature_not_supported), raised when a model is first used, not at

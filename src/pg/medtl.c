@@ -118,8 +118,8 @@ _PG_init(void)
 							   NULL, NULL, NULL);
 	/* read when a model is used (device.c); nothing touches CUDA here */
 	DefineCustomEnumVariable("medtl.device",
-							 "Where inference runs: cpu, cuda, or auto (a CUDA device when there is one, else the CPU).",
-							 "Applies to predict, predict_proba, logits, embed, predict_topk, predict_batch and evaluate. Training and parallel workers use the CPU.",
+							 "Where inference and training run: cpu, cuda, or auto (a CUDA device when there is one, else the CPU).",
+							 "Applies to predict, predict_proba, logits, embed, predict_topk, predict_batch, evaluate, train and fine_tune. Parallel workers, and training runs with ema, use the CPU.",
 							 &medtl_device, MEDTL_DEVICE_CPU, device_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("medtl.device_memory_mb",
@@ -143,8 +143,8 @@ _PG_init(void)
 							 &medtl_jpeg_scaling, false,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomEnumVariable("medtl.precision",
-							 "Precision of CPU convolutions, scoring and training: fp32, or bf16 (oneDNN convolutions read bfloat16 inputs and weights and accumulate in float32).",
-							 "Only oneDNN convolutions change; everything else (and training's weights, gradients and optimizer) stays float32. A training run records the precision it used in medtl.runs.",
+							 "Precision of convolutions: fp32, or bf16 (oneDNN convolutions on the CPU, and the CUDA backend's dense convolutions under medtl.device, read bfloat16 inputs and weights and accumulate in float32).",
+							 "Only those convolutions change; everything else (and training's weights, gradients and optimizer) stays float32. A training run records the precision it used in medtl.runs.",
 							 &medtl_precision, MT_PREC_FP32, precision_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("medtl");

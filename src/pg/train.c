@@ -229,6 +229,59 @@ check(int rc, const mt_err *err, const char *what)
 		medtl_raise(err, what);
 }
 
+/*
+ * Where a run's steps go: the device medtl.device chooses (an ERROR under
+ * cuda without a usable one, as for inference), with the model moved there
+ * (its training copy follows on the first step); NULL: the CPU.  A moving
+ * average of the weights (ema) reads and swaps them on the host after every
+ * step, so such a run stays on the CPU, and so does a model the device
+ * cannot run yet (a transformer) under auto; under cuda that is an ERROR
+ * (0A000).  Device out of memory is 53200, over medtl.device_memory_mb 54000.
+ */
+static const mt_backend *
+train_device(MedtlModel *mm, const TrainArgs *a)
+{
+	const mt_backend *dev = medtl_inference_device();
+	MemoryContext old;
+	mt_err		err;
+	int			rc;
+
+	if (dev == NULL)
+		return NULL;
+	if (a->ema > 0)
+	{
+		ereport(NOTICE,
+				(errmsg("training runs on the CPU: ema is not supported on the device yet"),
+				 errhint("ema => 0 trains on the device.")));
+		return NULL;
+	}
+	old = MemoryContextSwitchTo(mm->cxt);
+	rc = mt_model_to_device(mm->net, dev, &err);
+	MemoryContextSwitchTo(old);
+	if (rc == MT_ERR_UNSUPPORTED && medtl_device == MEDTL_DEVICE_AUTO)
+	{
+		ereport(NOTICE, (errmsg("training runs on the CPU: %s", err.msg)));
+		return NULL;
+	}
+	check(rc, &err, "cannot train on the device");
+	return dev;
+}
+
+/* The optimizer of a run, freed with the run's memory (its device state is not palloc'd). */
+typedef struct OptimHolder
+{
+	mt_optim   *opt;
+} OptimHolder;
+
+static void
+free_optim_cb(void *arg)
+{
+	OptimHolder *h = (OptimHolder *) arg;
+
+	mt_optim_free(h->opt);
+	h->opt = NULL;
+}
+
 /* Validation: loss, accuracy and AUC of the model on the val rows. */
 typedef struct ValResult
 {
@@ -731,6 +784,9 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				t_now;
 	int			ran = 0;
 	double		epoch_secs = 0;
+	const mt_backend *dev;
+	bool		used_device = false;
+	OptimHolder *optim_holder;
 
 	/* a library newer or older than the installed SQL objects must not read past the arguments */
 	if (PG_NARGS() != 36)
@@ -823,13 +879,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	old = MemoryContextSwitchTo(cxt);
 	medtl_engine_enter();
 	mm = medtl_load_model_private(a.model, cxt);
-	/* training is on the CPU so far, its validation passes too */
+	/* validation follows the training steps (train_device below) */
 	mm->cpu_only = true;
-	if (medtl_device == MEDTL_DEVICE_CUDA ||
-		(medtl_device == MEDTL_DEVICE_AUTO && strcmp(medtl_device_in_use(), "cuda") == 0))
-		ereport(NOTICE,
-				(errmsg("training runs on the CPU; medtl.device applies to inference"),
-				 errdetail("Training on the device is not implemented yet.")));
 	k = mm->net->num_classes;
 	a.seg = strcmp(mm->task, "segmentation") == 0;
 	if (a.seg != mt_zoo_is_segmentation(mm->arch))
@@ -901,10 +952,21 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	mm->net->bn_train_frozen = !a.bn_frozen;
 	head_only = !a.seg && only_head_trains(mm->net);
 	features_once = head_only && !mt_augment_enabled(&a.aug);
+	dev = train_device(mm, &a);
+	mm->cpu_only = dev == NULL;
 	opt = mt_optim_create(mm->net, a.optimizer, (float) a.momentum, 0.9f, 0.999f, 1e-8f,
 						  (float) a.weight_decay, 0, &err);
 	if (opt == NULL)
 		medtl_raise(&err, "optimizer");
+	{
+		MemoryContextCallback *cb = palloc0(sizeof(MemoryContextCallback));
+
+		optim_holder = palloc0(sizeof(OptimHolder));
+		optim_holder->opt = opt;
+		cb->func = free_optim_cb;
+		cb->arg = optim_holder;
+		MemoryContextRegisterResetCallback(cxt, cb);
+	}
 
 	{
 		int			np = mm->net->n_params;
@@ -918,10 +980,11 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	}
 
 	ereport(NOTICE,
-			(errmsg("training \"%s\" (phase %d): %d rows, %d for validation, %d epochs, %s",
+			(errmsg("training \"%s\" (phase %d): %d rows, %d for validation, %d epochs, %s%s",
 					a.model, a.phase, sp.n_train, sp.n_val, a.epochs,
 					features_once ? "backbone frozen: features computed once" :
-					mt_augment_enabled(&a.aug) ? "with augmentation" : "no augmentation")));
+					mt_augment_enabled(&a.aug) ? "with augmentation" : "no augmentation",
+					dev == NULL ? "" : features_once ? ", features on the device" : ", on the device")));
 
 	INSTR_TIME_SET_CURRENT(t_start);
 	{
@@ -964,6 +1027,14 @@ medtl_train_run(PG_FUNCTION_ARGS)
 			{
 				vf = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) sp.n_val * fd);
 				forward_rows(mm, vds, sp.val, sp.n_val, 32, NULL, vf);
+			}
+			/* the head trains on the host, on these features: the device is done */
+			if (dev != NULL)
+			{
+				mt_model_release_device(mm->net);
+				mm->cpu_only = true;
+				dev = NULL;
+				used_device = true;
 			}
 		}
 		for (int i = 0; i < sp.n_train; i++)
@@ -1104,6 +1175,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					best_metric = metric;
 					best_epoch = epoch;
 					since_best = 0;
+					if (dev != NULL)
+						check(mt_model_sync_to_host(mm->net, &err), &err, "weights from the device");
 					for (int i = 0; i < mm->net->n_params; i++)
 						if (best[i] != NULL)
 							memcpy(best[i], mm->net->params[i].data,
@@ -1123,6 +1196,13 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				ema_swap(mm->net, ema);	/* training goes on from the weights themselves */
 		}
 	}
+	if (dev != NULL)
+	{
+		/* the weights come back to the host (written below); the device memory goes */
+		check(mt_model_to_device(mm->net, NULL, &err), &err, "weights from the device");
+		mm->cpu_only = true;
+		used_device = true;
+	}
 	if (ema != NULL && !(best_epoch > 0 && best_epoch != ran))
 	{
 		/* the run leaves the average (a best epoch restored below is one too) */
@@ -1136,6 +1216,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		ereport(NOTICE, (errmsg("keeping the weights of epoch %d (best %s)", best_epoch, a.keep_best)));
 	}
 	mt_optim_free(opt);
+	optim_holder->opt = NULL;
 	mt_model_step_cache_release(mm->net);
 	if (vds != NULL && vds != ds)
 		medtl_dataset_free(vds);
@@ -1153,10 +1234,11 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	appendStringInfo(&summary,
 					 "{\"n_train\": %d, \"n_val\": %d, \"skipped_rows\": %d, \"epochs_run\": %d, "
 					 "\"best_epoch\": %d, \"keep_best\": \"%s\", \"head_only_features\": %s, "
-					 "\"precision\": \"%s\", \"seconds\": %.3f}",
+					 "\"precision\": \"%s\", \"device\": \"%s\", \"seconds\": %.3f}",
 					 sp.n_train, sp.n_val, ds->n_bad + (vds != ds && vds ? vds->n_bad : 0),
 					 ran, best_epoch, a.keep_best, features_once ? "true" : "false",
-					 mt_onednn_precision() == MT_PREC_BF16 && mt_onednn_enabled() ? "bf16" : "fp32",
+					 mt_onednn_precision() == MT_PREC_BF16 && (used_device || mt_onednn_enabled()) ?
+					 "bf16" : "fp32", used_device ? "cuda" : "cpu",
 					 INSTR_TIME_GET_DOUBLE(t_now) - INSTR_TIME_GET_DOUBLE(t_start));
 	MemoryContextDelete(cxt);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(summary.data)));
