@@ -18,6 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* whether the environment variable name is set to value (tools, A/B runs) */
+static int
+env_is(const char *name, const char *value)
+{
+	const char *env = getenv(name);
+
+	return env != NULL && strcmp(env, value) == 0;
+}
+
 /* MT_NO_ONEDNN: build as without the headers (make unittest checks that build) */
 #if __has_include(<oneapi/dnnl/dnnl.h>) && !defined(MT_NO_ONEDNN)
 #define MT_HAVE_ONEDNN 1
@@ -192,11 +201,7 @@ mt_conv_kernels
 mt_onednn_mode(void)
 {
 	if (mode < 0)
-	{
-		const char *env = getenv("MEDTL_CONV_KERNELS");
-
-		mode = env != NULL && strcmp(env, "gemm") == 0 ? MT_CONV_GEMM : MT_CONV_AUTO;
-	}
+		mode = env_is("MEDTL_CONV_KERNELS", "gemm") ? MT_CONV_GEMM : MT_CONV_AUTO;
 	return (mt_conv_kernels) mode;
 }
 
@@ -1300,10 +1305,6 @@ mt_precision
 mt_onednn_precision(void)
 {
 	if (precision < 0)
-	{
-		const char *env = getenv("MEDTL_PRECISION");
-
-		precision = env != NULL && strcmp(env, "bf16") == 0 ? MT_PREC_BF16 : MT_PREC_FP32;
-	}
+		precision = env_is("MEDTL_PRECISION", "bf16") ? MT_PREC_BF16 : MT_PREC_FP32;
 	return (mt_precision) precision;
 }

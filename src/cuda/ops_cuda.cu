@@ -1095,6 +1095,19 @@ prof_now(void)
 	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* return call, timed into prof_ms[slot] when profiling */
+#define PROFILED(slot, call) \
+	do { \
+		double		t_; \
+		int			rc_; \
+		if (!profiling) \
+			return call; \
+		t_ = prof_now(); \
+		rc_ = call; \
+		prof_ms[slot] += prof_now() - t_; \
+		return rc_; \
+	} while (0)
+
 extern "C" void
 mt_cuda_profile(int on, double *conv_ms)
 {
@@ -1109,15 +1122,7 @@ cuda_conv2d(const mt_conv_desc *d, int n, int h, int w, const float *x,
 			const float *packed_w, const float *bias, float *y, float *scratch,
 			mt_err *err)
 {
-	double		t;
-	int			rc;
-
-	if (!profiling)
-		return cuda_conv2d_impl(d, n, h, w, x, packed_w, bias, y, scratch, err);
-	t = prof_now();
-	rc = cuda_conv2d_impl(d, n, h, w, x, packed_w, bias, y, scratch, err);
-	prof_ms[0] += prof_now() - t;
-	return rc;
+	PROFILED(0, cuda_conv2d_impl(d, n, h, w, x, packed_w, bias, y, scratch, err));
 }
 
 static int
@@ -1125,15 +1130,7 @@ cuda_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 						  const float *dy, const float *packed_w, float *dx,
 						  float *scratch, mt_err *err)
 {
-	double		t;
-	int			rc;
-
-	if (!profiling)
-		return cuda_conv2d_backward_data_impl(d, n, h, w, dy, packed_w, dx, scratch, err);
-	t = prof_now();
-	rc = cuda_conv2d_backward_data_impl(d, n, h, w, dy, packed_w, dx, scratch, err);
-	prof_ms[1] += prof_now() - t;
-	return rc;
+	PROFILED(1, cuda_conv2d_backward_data_impl(d, n, h, w, dy, packed_w, dx, scratch, err));
 }
 
 static int
@@ -1141,15 +1138,7 @@ cuda_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 							const float *x, const float *dy, float *packed_dw,
 							float *scratch, mt_err *err)
 {
-	double		t;
-	int			rc;
-
-	if (!profiling)
-		return cuda_conv2d_backward_weight_impl(d, n, h, w, x, dy, packed_dw, scratch, err);
-	t = prof_now();
-	rc = cuda_conv2d_backward_weight_impl(d, n, h, w, x, dy, packed_dw, scratch, err);
-	prof_ms[2] += prof_now() - t;
-	return rc;
+	PROFILED(2, cuda_conv2d_backward_weight_impl(d, n, h, w, x, dy, packed_dw, scratch, err));
 }
 
 /* ------------------------------------------------------------- pooling --- */
