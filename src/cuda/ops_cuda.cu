@@ -724,6 +724,33 @@ bf16_kp(const mt_conv_desc *d)
 	return (int) round_up((size_t) d->kh * d->kw * (d->cin / d->groups), 8);
 }
 
+/* the sizes the three bf16 convolution entries share */
+typedef struct bf16_dims
+{
+	int			cout_g,
+				k,				/* kh * kw * cin_g */
+				kp,				/* k rounded up to 8 */
+				pw;				/* one GEMM over the batch (conv_is_pointwise) */
+	size_t		in_img,
+				out_img,
+				colsz;			/* bf16 column entries per image: oh * ow * kp */
+} bf16_dims;
+
+static bf16_dims
+bf16_dims_of(const mt_conv_desc *d, const conv_geo *g)
+{
+	bf16_dims	z;
+
+	z.cout_g = d->cout / d->groups;
+	z.k = g->kh * g->kw * g->cin_g;
+	z.kp = bf16_kp(d);
+	z.pw = conv_is_pointwise(d);
+	z.in_img = (size_t) g->h * g->w * d->cin;
+	z.out_img = (size_t) g->oh * g->ow * d->cout;
+	z.colsz = (size_t) g->oh * g->ow * z.kp;
+	return z;
+}
+
 /*
  * The dense convolution's forward GEMMs on bfloat16 operands.  *done = 0
  * (nothing queued) when the workspace is not available.
@@ -732,32 +759,26 @@ static int
 conv2d_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const float *x,
 			const float *packed_w, float *y, int *done, mt_err *err)
 {
-	int			cout_g = d->cout / d->groups;
-	int			k = g->kh * g->kw * g->cin_g;
-	int			kp = bf16_kp(d);
-	size_t		in_img = (size_t) g->h * g->w * d->cin;
-	size_t		out_img = (size_t) g->oh * g->ow * d->cout;
-	size_t		colsz = (size_t) g->oh * g->ow * kp;
-	int			pw = conv_is_pointwise(d);
+	bf16_dims	z = bf16_dims_of(d, g);
 	int			chunk,
 				rc;
 	__nv_bfloat16 *wb,
 			   *xb;
 	__nv_bfloat16 *col = (__nv_bfloat16 *)
-		bf16_workspace((size_t) d->groups * kp * cout_g, pw ? n * in_img : 0,
-					   pw ? 0 : colsz * sizeof(__nv_bfloat16), n, &chunk, &wb, &xb);
+		bf16_workspace((size_t) d->groups * z.kp * z.cout_g, z.pw ? n * z.in_img : 0,
+					   z.pw ? 0 : z.colsz * sizeof(__nv_bfloat16), n, &chunk, &wb, &xb);
 
 	*done = 0;
 	if (col == NULL)
 		return MT_OK;
 	*done = 1;
-	k_pack_bf16<<<blocks_for((size_t) d->groups * kp * cout_g), THREADS>>>(d->groups, k, kp, cout_g,
-																		 packed_w, wb);
+	k_pack_bf16<<<blocks_for((size_t) d->groups * z.kp * z.cout_g), THREADS>>>(d->groups, z.k, z.kp,
+																			 z.cout_g, packed_w, wb);
 	if ((rc = launch_status("the bf16 weight kernel", err)) != MT_OK)
 		return rc;
-	if (pw)
+	if (z.pw)
 	{
-		if ((rc = to_bf16(n * in_img, x, xb, err)) != MT_OK)
+		if ((rc = to_bf16(n * z.in_img, x, xb, err)) != MT_OK)
 			return rc;
 		return gemm_rm_bf16(0, 0, n * g->h * g->w, d->cout, d->cin, 1.0f, xb, d->cin,
 							wb, d->cout, 0.0f, y, d->cout, err);
@@ -768,11 +789,11 @@ conv2d_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const float *x,
 
 		for (int gr = 0; gr < d->groups; gr++)
 		{
-			if ((rc = im2col(g, ni, gr, kp, x + i * in_img, col, err)) != MT_OK)
+			if ((rc = im2col(g, ni, gr, z.kp, x + i * z.in_img, col, err)) != MT_OK)
 				return rc;
-			if ((rc = gemm_rm_bf16(0, 0, ni * g->oh * g->ow, cout_g, kp, 1.0f, col, kp,
-								   wb + (size_t) gr * kp * cout_g, cout_g, 0.0f,
-								   y + i * out_img + (size_t) gr * cout_g, d->cout, err)) != MT_OK)
+			if ((rc = gemm_rm_bf16(0, 0, ni * g->oh * g->ow, z.cout_g, z.kp, 1.0f, col, z.kp,
+								   wb + (size_t) gr * z.kp * z.cout_g, z.cout_g, 0.0f,
+								   y + i * z.out_img + (size_t) gr * z.cout_g, d->cout, err)) != MT_OK)
 				return rc;
 		}
 	}
@@ -784,31 +805,26 @@ static int
 conv2d_backward_data_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const float *dy,
 						  const float *packed_w, float *dx, int *done, mt_err *err)
 {
-	int			cout_g = d->cout / d->groups;
-	int			k = g->kh * g->kw * g->cin_g;
-	int			kp = bf16_kp(d);
-	size_t		in_img = (size_t) g->h * g->w * d->cin;
-	size_t		out_img = (size_t) g->oh * g->ow * d->cout;
-	int			pw = conv_is_pointwise(d);
+	bf16_dims	z = bf16_dims_of(d, g);
 	int			chunk,
 				rc;
 	__nv_bfloat16 *wb,
 			   *dyb;
 	float	   *col = (float *)
-		bf16_workspace((size_t) d->groups * kp * cout_g, n * out_img,
-					   pw ? 0 : (size_t) g->oh * g->ow * k * sizeof(float), n, &chunk, &wb, &dyb);
+		bf16_workspace((size_t) d->groups * z.kp * z.cout_g, n * z.out_img,
+					   z.pw ? 0 : (size_t) g->oh * g->ow * z.k * sizeof(float), n, &chunk, &wb, &dyb);
 
 	*done = 0;
 	if (col == NULL)
 		return MT_OK;
 	*done = 1;
-	k_pack_bf16<<<blocks_for((size_t) d->groups * kp * cout_g), THREADS>>>(d->groups, k, kp, cout_g,
-																		 packed_w, wb);
+	k_pack_bf16<<<blocks_for((size_t) d->groups * z.kp * z.cout_g), THREADS>>>(d->groups, z.k, z.kp,
+																			 z.cout_g, packed_w, wb);
 	if ((rc = launch_status("the bf16 weight kernel", err)) != MT_OK)
 		return rc;
-	if ((rc = to_bf16(n * out_img, dy, dyb, err)) != MT_OK)
+	if ((rc = to_bf16(n * z.out_img, dy, dyb, err)) != MT_OK)
 		return rc;
-	if (pw)
+	if (z.pw)
 		return gemm_rm_bf16(0, 1, n * g->h * g->w, d->cin, d->cout, 1.0f, dyb, d->cout,
 							wb, d->cout, 1.0f, dx, d->cin, err);
 	for (int i = 0; i < n; i += chunk)
@@ -818,12 +834,12 @@ conv2d_backward_data_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const
 		for (int gr = 0; gr < d->groups; gr++)
 		{
 			/* dcol [ni*oh*ow x k] = dY_g * W_g^T (the first k of W_g's kp rows) */
-			if ((rc = gemm_rm_bf16(0, 1, ni * g->oh * g->ow, k, cout_g, 1.0f,
-								   dyb + i * out_img + (size_t) gr * cout_g, d->cout,
-								   wb + (size_t) gr * kp * cout_g, cout_g, 0.0f,
-								   col, k, err)) != MT_OK)
+			if ((rc = gemm_rm_bf16(0, 1, ni * g->oh * g->ow, z.k, z.cout_g, 1.0f,
+								   dyb + i * z.out_img + (size_t) gr * z.cout_g, d->cout,
+								   wb + (size_t) gr * z.kp * z.cout_g, z.cout_g, 0.0f,
+								   col, z.k, err)) != MT_OK)
 				return rc;
-			if ((rc = col2im_add(g, ni, gr, col, dx + i * in_img, err)) != MT_OK)
+			if ((rc = col2im_add(g, ni, gr, col, dx + i * z.in_img, err)) != MT_OK)
 				return rc;
 		}
 	}
@@ -835,30 +851,24 @@ static int
 conv2d_backward_weight_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const float *x,
 							const float *dy, float *packed_dw, int *done, mt_err *err)
 {
-	int			cout_g = d->cout / d->groups;
-	int			k = g->kh * g->kw * g->cin_g;
-	int			kp = bf16_kp(d);
-	size_t		in_img = (size_t) g->h * g->w * d->cin;
-	size_t		out_img = (size_t) g->oh * g->ow * d->cout;
-	size_t		colsz = (size_t) g->oh * g->ow * kp;
-	int			pw = conv_is_pointwise(d);
+	bf16_dims	z = bf16_dims_of(d, g);
 	int			chunk,
 				rc;
 	__nv_bfloat16 *xb,
 			   *dyb;
 	__nv_bfloat16 *col = (__nv_bfloat16 *)
-		bf16_workspace(pw ? n * in_img : 0, n * out_img,
-					   pw ? 0 : colsz * sizeof(__nv_bfloat16), n, &chunk, &xb, &dyb);
+		bf16_workspace(z.pw ? n * z.in_img : 0, n * z.out_img,
+					   z.pw ? 0 : z.colsz * sizeof(__nv_bfloat16), n, &chunk, &xb, &dyb);
 
 	*done = 0;
 	if (col == NULL)
 		return MT_OK;
 	*done = 1;
-	if ((rc = to_bf16(n * out_img, dy, dyb, err)) != MT_OK)
+	if ((rc = to_bf16(n * z.out_img, dy, dyb, err)) != MT_OK)
 		return rc;
-	if (pw)
+	if (z.pw)
 	{
-		if ((rc = to_bf16(n * in_img, x, xb, err)) != MT_OK)
+		if ((rc = to_bf16(n * z.in_img, x, xb, err)) != MT_OK)
 			return rc;
 		return gemm_rm_bf16(1, 0, d->cin, d->cout, n * g->h * g->w, 1.0f, xb, d->cin,
 							dyb, d->cout, 1.0f, packed_dw, d->cout, err);
@@ -870,11 +880,11 @@ conv2d_backward_weight_bf16(const mt_conv_desc *d, int n, const conv_geo *g, con
 		for (int gr = 0; gr < d->groups; gr++)
 		{
 			/* dW_g [k x cout_g] += col^T [k x ni*oh*ow] * dY_g (col's rows are kp long) */
-			if ((rc = im2col(g, ni, gr, kp, x + i * in_img, col, err)) != MT_OK)
+			if ((rc = im2col(g, ni, gr, z.kp, x + i * z.in_img, col, err)) != MT_OK)
 				return rc;
-			if ((rc = gemm_rm_bf16(1, 0, k, cout_g, ni * g->oh * g->ow, 1.0f, col, kp,
-								   dyb + i * out_img + (size_t) gr * cout_g, d->cout, 1.0f,
-								   packed_dw + (size_t) gr * k * cout_g, cout_g, err)) != MT_OK)
+			if ((rc = gemm_rm_bf16(1, 0, z.k, z.cout_g, ni * g->oh * g->ow, 1.0f, col, z.kp,
+								   dyb + i * z.out_img + (size_t) gr * z.cout_g, d->cout, 1.0f,
+								   packed_dw + (size_t) gr * z.k * z.cout_g, z.cout_g, err)) != MT_OK)
 				return rc;
 		}
 	}
