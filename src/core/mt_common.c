@@ -123,3 +123,23 @@ mt_interrupted(void)
 {
 	return hook_interrupt != NULL && hook_interrupt() != 0;
 }
+
+static int	precision = -1;		/* -1: not set, MEDTL_PRECISION decides */
+
+void
+mt_set_precision(mt_precision p)
+{
+	precision = p;
+}
+
+mt_precision
+mt_get_precision(void)
+{
+	if (precision < 0)
+	{
+		const char *env = getenv("MEDTL_PRECISION");
+
+		precision = env != NULL && strcmp(env, "bf16") == 0 ? MT_PREC_BF16 : MT_PREC_FP32;
+	}
+	return (mt_precision) precision;
+}

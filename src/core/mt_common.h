@@ -69,4 +69,21 @@ typedef int (*mt_interrupt_fn) (void);
 void		mt_set_interrupt(mt_interrupt_fn fn);
 int			mt_interrupted(void);
 
+/*
+ * The engine's precision for convolutions (medtl.precision), read per call
+ * by the backends that have a bf16 path: oneDNN on the CPU (onednn.h) and
+ * the CUDA backend (ops_cuda.cu, the dense convolutions' GEMM operands).
+ * Everything else, and training's weights, gradients and optimizer state,
+ * stays float32.  Until set, MEDTL_PRECISION=bf16 in the environment
+ * selects bf16 (engine tools), else fp32.
+ */
+typedef enum mt_precision
+{
+	MT_PREC_FP32 = 0,			/* float32 throughout */
+	MT_PREC_BF16				/* convolutions read bfloat16 operands */
+} mt_precision;
+
+void		mt_set_precision(mt_precision p);
+mt_precision mt_get_precision(void);
+
 #endif

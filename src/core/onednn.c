@@ -18,15 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* whether the environment variable name is set to value (tools, A/B runs) */
-static int
-env_is(const char *name, const char *value)
-{
-	const char *env = getenv(name);
-
-	return env != NULL && strcmp(env, value) == 0;
-}
-
 /* MT_NO_ONEDNN: build as without the headers (make unittest checks that build) */
 #if __has_include(<oneapi/dnnl/dnnl.h>) && !defined(MT_NO_ONEDNN)
 #define MT_HAVE_ONEDNN 1
@@ -201,7 +192,11 @@ mt_conv_kernels
 mt_onednn_mode(void)
 {
 	if (mode < 0)
-		mode = env_is("MEDTL_CONV_KERNELS", "gemm") ? MT_CONV_GEMM : MT_CONV_AUTO;
+	{
+		const char *env = getenv("MEDTL_CONV_KERNELS");
+
+		mode = env != NULL && strcmp(env, "gemm") == 0 ? MT_CONV_GEMM : MT_CONV_AUTO;
+	}
 	return (mt_conv_kernels) mode;
 }
 
@@ -734,7 +729,7 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 	mt_conv_cache *c;
 	conv_entry *e = NULL;
 	int			rc,
-				bf16 = mt_onednn_precision() == MT_PREC_BF16;
+				bf16 = mt_get_precision() == MT_PREC_BF16;
 
 	if (!mt_onednn_enabled())
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
@@ -826,7 +821,7 @@ static int
 train_mds(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m, mt_err *err)
 {
 	/* bfloat16 kernels for training from the parameters' own layout only */
-	dnnl_data_type_t kt = oihw && mt_onednn_precision() == MT_PREC_BF16 ? dnnl_bf16 : dnnl_f32;
+	dnnl_data_type_t kt = oihw && mt_get_precision() == MT_PREC_BF16 ? dnnl_bf16 : dnnl_f32;
 	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
 	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
 	dnnl_dims_t sd = {n, d->cin, h, w};
@@ -1287,24 +1282,4 @@ mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 								const float *x, const float *dy, float *dw_oihw, mt_err *err)
 {
 	return backward_weight(d, n, h, w, x, dy, 1, dw_oihw, err);
-}
-
-/*
- * The engine's precision, kept whether or not oneDNN is built in: the CUDA
- * backend follows it too (bf16 GEMM operands on the device).
- */
-static int	precision = -1;		/* -1: not set, MEDTL_PRECISION decides */
-
-void
-mt_onednn_set_precision(mt_precision p)
-{
-	precision = p;
-}
-
-mt_precision
-mt_onednn_precision(void)
-{
-	if (precision < 0)
-		precision = env_is("MEDTL_PRECISION", "bf16") ? MT_PREC_BF16 : MT_PREC_FP32;
-	return (mt_precision) precision;
 }

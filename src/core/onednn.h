@@ -44,27 +44,17 @@ typedef enum mt_conv_kernels
 void		mt_onednn_set_mode(mt_conv_kernels mode);
 mt_conv_kernels mt_onednn_mode(void);
 
-typedef enum mt_precision
-{
-	MT_PREC_FP32 = 0,			/* float32 throughout */
-	MT_PREC_BF16				/* scoring's oneDNN convolutions read bfloat16 */
-} mt_precision;
-
 /*
- * Precision of the oneDNN convolutions.  MT_PREC_BF16: scoring's
- * convolutions convert their input to bfloat16, keep their weights in
- * bfloat16 and accumulate and write float32; training's (from the
- * parameters' own layout) do the same for the forward pass, and read
- * bfloat16 activations, output gradients and weights for the input and
- * weight gradients, which they write in float32 (the weights, gradients
- * and optimizer state stay float32: mixed precision with float32 master
- * weights).  Everything else stays float32.  A cache made in the other
+ * The oneDNN convolutions at the engine's precision (mt_set_precision,
+ * mt_common.h).  MT_PREC_BF16: scoring's convolutions convert their input
+ * to bfloat16, keep their weights in bfloat16 and accumulate and write
+ * float32; training's (from the parameters' own layout) do the same for
+ * the forward pass, and read bfloat16 activations, output gradients and
+ * weights for the input and weight gradients, which they write in float32
+ * (mixed precision with float32 master weights).  A cache made in the other
  * precision starts again (MT_ERR_UNSUPPORTED when the packed weights were
- * released: the caller packs them again).  Until set, MEDTL_PRECISION=bf16
- * in the environment selects bf16, else fp32.
+ * released: the caller packs them again).
  */
-void		mt_onednn_set_precision(mt_precision p);
-mt_precision mt_onednn_precision(void);
 
 /*
  * Whether convolutions go to oneDNN now (mode auto and the library loaded;

@@ -14,7 +14,7 @@
  * cuBLAS is column-major; a row-major C = op(A) op(B) is the column-major
  * C^T = op(B)^T op(A)^T, which is what gemm_rm() asks cuBLAS for.
  *
- * With the engine's precision at bf16 (mt_onednn_set_precision, the GUC
+ * With the engine's precision at bf16 (mt_set_precision, the GUC
  * medtl.precision) the dense convolutions' GEMMs read bfloat16 operands
  * (columns, weights, output gradients converted in the workspace) and
  * accumulate and write float32 through cublasGemmEx on the tensor cores;
@@ -31,11 +31,6 @@
 #include <math.h>
 #include <string.h>
 #include <time.h>
-
-extern "C"
-{
-#include "core/onednn.h"
-}
 
 #define THREADS 256
 
@@ -648,6 +643,15 @@ mt_cuda_set_im2col_limit(size_t bytes)
 	im2col_limit = bytes;
 }
 
+/* of n images, how many have per_img bytes of columns within im2col_limit (may be 0) */
+static int
+images_fitting(int n, size_t per_img)
+{
+	size_t		fit = per_img > 0 ? im2col_limit / per_img : (size_t) n;
+
+	return fit < (size_t) n ? (int) fit : n;
+}
+
 /*
  * Images per im2col + GEMM and the buffer for their columns: as many as fit
  * in im2col_limit in the backend's workspace, else one at a time in the
@@ -657,8 +661,7 @@ static int
 conv_chunk(int n, size_t colsz, float *scratch, float **col)
 {
 	size_t		per = colsz * sizeof(float);
-	size_t		fit = per > 0 ? im2col_limit / per : (size_t) n;
-	int			chunk = fit < (size_t) n ? (int) fit : n;
+	int			chunk = images_fitting(n, per);
 	void	   *ws;
 	mt_err		err;
 
@@ -678,7 +681,7 @@ conv_chunk(int n, size_t colsz, float *scratch, float **col)
 static int
 conv_bf16(void)
 {
-	return mt_onednn_precision() == MT_PREC_BF16;
+	return mt_get_precision() == MT_PREC_BF16;
 }
 
 static size_t
@@ -700,8 +703,7 @@ bf16_workspace(size_t na, size_t nb, size_t per_img, int n, int *chunk,
 {
 	size_t		sa = round_up(na * sizeof(__nv_bfloat16), 256);
 	size_t		sb = round_up(nb * sizeof(__nv_bfloat16), 256);
-	size_t		fit = per_img > 0 ? im2col_limit / per_img : (size_t) n;
-	int			c = fit < (size_t) n ? (int) fit : n;
+	int			c = images_fitting(n, per_img);
 	char	   *ws;
 	mt_err		err;
 
@@ -751,6 +753,16 @@ bf16_dims_of(const mt_conv_desc *d, const conv_geo *g)
 	return z;
 }
 
+/* wb = the packed weights in bfloat16, each group's rows padded to kp */
+static int
+pack_bf16(const mt_conv_desc *d, const bf16_dims *z, const float *packed_w, __nv_bfloat16 *wb,
+		  mt_err *err)
+{
+	k_pack_bf16<<<blocks_for((size_t) d->groups * z->kp * z->cout_g), THREADS>>>(d->groups, z->k, z->kp,
+																			   z->cout_g, packed_w, wb);
+	return launch_status("the bf16 weight kernel", err);
+}
+
 /*
  * The dense convolution's forward GEMMs on bfloat16 operands.  *done = 0
  * (nothing queued) when the workspace is not available.
@@ -772,9 +784,7 @@ conv2d_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const float *x,
 	if (col == NULL)
 		return MT_OK;
 	*done = 1;
-	k_pack_bf16<<<blocks_for((size_t) d->groups * z.kp * z.cout_g), THREADS>>>(d->groups, z.k, z.kp,
-																			 z.cout_g, packed_w, wb);
-	if ((rc = launch_status("the bf16 weight kernel", err)) != MT_OK)
+	if ((rc = pack_bf16(d, &z, packed_w, wb, err)) != MT_OK)
 		return rc;
 	if (z.pw)
 	{
@@ -818,9 +828,7 @@ conv2d_backward_data_bf16(const mt_conv_desc *d, int n, const conv_geo *g, const
 	if (col == NULL)
 		return MT_OK;
 	*done = 1;
-	k_pack_bf16<<<blocks_for((size_t) d->groups * z.kp * z.cout_g), THREADS>>>(d->groups, z.k, z.kp,
-																			 z.cout_g, packed_w, wb);
-	if ((rc = launch_status("the bf16 weight kernel", err)) != MT_OK)
+	if ((rc = pack_bf16(d, &z, packed_w, wb, err)) != MT_OK)
 		return rc;
 	if ((rc = to_bf16(n * z.out_img, dy, dyb, err)) != MT_OK)
 		return rc;

@@ -198,7 +198,7 @@ medtl_engine_enter(void)
 	if (mt_blas_init(medtl_blas_core, &err) != MT_OK)
 		medtl_raise(&err, NULL);
 	mt_onednn_set_mode((mt_conv_kernels) medtl_conv_kernels);
-	mt_onednn_set_precision((mt_precision) medtl_precision);
+	mt_set_precision((mt_precision) medtl_precision);
 	mt_set_arena_keep((size_t) medtl_arena_keep_mb << 20);
 	want = IsParallelWorker() ? medtl_worker_threads :
 		(medtl_threads > 0 ? medtl_threads : mt_cpu_count());

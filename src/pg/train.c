@@ -785,7 +785,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	int			ran = 0;
 	double		epoch_secs = 0;
 	const mt_backend *dev;
-	bool		used_device = false;
+	bool		used_device;
 	OptimHolder *optim_holder;
 
 	/* a library newer or older than the installed SQL objects must not read past the arguments */
@@ -953,6 +953,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	head_only = !a.seg && only_head_trains(mm->net);
 	features_once = head_only && !mt_augment_enabled(&a.aug);
 	dev = train_device(mm, &a);
+	used_device = dev != NULL;
 	mm->cpu_only = dev == NULL;
 	opt = mt_optim_create(mm->net, a.optimizer, (float) a.momentum, 0.9f, 0.999f, 1e-8f,
 						  (float) a.weight_decay, 0, &err);
@@ -1034,7 +1035,6 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				mt_model_release_device(mm->net);
 				mm->cpu_only = true;
 				dev = NULL;
-				used_device = true;
 			}
 		}
 		for (int i = 0; i < sp.n_train; i++)
@@ -1201,7 +1201,6 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		/* the weights come back to the host (written below); the device memory goes */
 		check(mt_model_to_device(mm->net, NULL, &err), &err, "weights from the device");
 		mm->cpu_only = true;
-		used_device = true;
 	}
 	if (ema != NULL && !(best_epoch > 0 && best_epoch != ran))
 	{
@@ -1237,7 +1236,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					 "\"precision\": \"%s\", \"device\": \"%s\", \"seconds\": %.3f}",
 					 sp.n_train, sp.n_val, ds->n_bad + (vds != ds && vds ? vds->n_bad : 0),
 					 ran, best_epoch, a.keep_best, features_once ? "true" : "false",
-					 mt_onednn_precision() == MT_PREC_BF16 && (used_device || mt_onednn_enabled()) ?
+					 mt_get_precision() == MT_PREC_BF16 && (used_device || mt_onednn_enabled()) ?
 					 "bf16" : "fp32", used_device ? "cuda" : "cpu",
 					 INSTR_TIME_GET_DOUBLE(t_now) - INSTR_TIME_GET_DOUBLE(t_start));
 	MemoryContextDelete(cxt);

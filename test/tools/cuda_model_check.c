@@ -36,7 +36,6 @@
  */
 #include "core/blas.h"
 #include "core/graph.h"
-#include "core/onednn.h"
 #include "core/rng.h"
 #include "core/train.h"
 #include "cuda/cuda.h"
@@ -296,7 +295,7 @@ check_arch(const char *arch, int size, int batch, int cpu_batch, int bench, doub
 	 * bf16 GEMM operands (the engine's precision): the same batch against
 	 * the float32 CPU; a result equal to float32's did not take that path
 	 */
-	mt_onednn_set_precision(MT_PREC_BF16);
+	mt_set_precision(MT_PREC_BF16);
 	if (forward(m, x, batch, size, gl, NULL, "device bf16 forward"))
 	{
 		r.err_bf16 = rel_err(gl, cl, (size_t) cpu_batch * per);
@@ -306,7 +305,7 @@ check_arch(const char *arch, int size, int batch, int cpu_batch, int bench, doub
 		if (bench)
 			r.gpu_ips_bf16 = time_forward(m, x, batch, size, gl, seconds, "device timed bf16 forward");
 	}
-	mt_onednn_set_precision(MT_PREC_FP32);
+	mt_set_precision(MT_PREC_FP32);
 	/* the life cycle assumes classification logits */
 	if (first && !is_unet(arch))
 		lifecycle(m, x, size, batch, cl, cpu_batch);

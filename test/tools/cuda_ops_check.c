@@ -17,7 +17,6 @@
  *   cuda_ops_check [--no-bench]
  */
 #include "core/blas.h"
-#include "core/onednn.h"
 #include "core/ops.h"
 #include "cuda/cuda.h"
 
@@ -274,9 +273,9 @@ conv_check(const conv_case *cc, int batching, int bf16)
 	mt_clearerr(&err);
 	if (CPU->conv2d(&d, cc->n, cc->h, cc->w, x, wt, cc->bias ? b : NULL, y, hs, &err) != MT_OK)
 		die("cpu conv2d", &err);
-	mt_onednn_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
+	mt_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
 	rc = GPU->conv2d(&d, cc->n, cc->h, cc->w, gx, gw, cc->bias ? gb : NULL, gy, gs, &err);
-	mt_onednn_set_precision(MT_PREC_FP32);
+	mt_set_precision(MT_PREC_FP32);
 	if (rc != MT_OK)
 	{
 		printf("FAIL: conv2d %s: %s %s\n", label, err.msg, err.detail);
@@ -292,9 +291,9 @@ conv_check(const conv_case *cc, int batching, int bf16)
 
 	if (CPU->conv2d_backward_data(&d, cc->n, cc->h, cc->w, dy, wt, dx, hs, &err) != MT_OK)
 		die("cpu conv2d_backward_data", &err);
-	mt_onednn_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
+	mt_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
 	rc = GPU->conv2d_backward_data(&d, cc->n, cc->h, cc->w, gdy, gw, gdx, gs, &err);
-	mt_onednn_set_precision(MT_PREC_FP32);
+	mt_set_precision(MT_PREC_FP32);
 	if (rc != MT_OK)
 	{
 		printf("FAIL: conv2d_backward_data %s: %s %s\n", label, err.msg, err.detail);
@@ -310,9 +309,9 @@ conv_check(const conv_case *cc, int batching, int bf16)
 
 	if (CPU->conv2d_backward_weight(&d, cc->n, cc->h, cc->w, x, dy, dwt, hs, &err) != MT_OK)
 		die("cpu conv2d_backward_weight", &err);
-	mt_onednn_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
+	mt_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
 	rc = GPU->conv2d_backward_weight(&d, cc->n, cc->h, cc->w, gx, gdy, gdw, gs, &err);
-	mt_onednn_set_precision(MT_PREC_FP32);
+	mt_set_precision(MT_PREC_FP32);
 	if (rc != MT_OK)
 	{
 		printf("FAIL: conv2d_backward_weight %s: %s %s\n", label, err.msg, err.detail);

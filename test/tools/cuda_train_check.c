@@ -44,7 +44,6 @@
  */
 #include "core/blas.h"
 #include "core/graph.h"
-#include "core/onednn.h"
 #include "core/rng.h"
 #include "core/train.h"
 #include "cuda/cuda.h"
@@ -253,9 +252,9 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 	}
 	if (!step(mc, oc, b, lr, &lc, "CPU step"))
 		goto out;
-	mt_onednn_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
+	mt_set_precision(bf16 ? MT_PREC_BF16 : MT_PREC_FP32);
 	dstep = step(md, od, b, lr, &ld, "device step");
-	mt_onednn_set_precision(MT_PREC_FP32);
+	mt_set_precision(MT_PREC_FP32);
 	if (!dstep)
 		goto out;
 	snprintf(what, sizeof(what), "%s: training state on the device (%zu MB of parameters and gradients)",
@@ -501,13 +500,13 @@ bench(const char *arch, int size, int batch_n, int cpu_batch, double seconds,
 		printf("%s: device training memory %zu MB at batch %d\n", arch, mt_cuda_mem_used() >> 20, batch_n);
 		profile_step(m, o, &b, arch, "fp32");
 		/* bf16 GEMM operands: a warm-up step (workspace, cuBLAS heuristics), then timed */
-		mt_onednn_set_precision(MT_PREC_BF16);
+		mt_set_precision(MT_PREC_BF16);
 		if (step(m, o, &b, 1e-4f, &loss, "device bf16 warm-up step"))
 		{
 			*dev_bf16_ips = time_steps(m, o, &b, seconds, "device timed bf16 step");
 			profile_step(m, o, &b, arch, "bf16");
 		}
-		mt_onednn_set_precision(MT_PREC_FP32);
+		mt_set_precision(MT_PREC_FP32);
 		printf("%s: device training memory %zu MB at batch %d with bf16\n", arch,
 			   mt_cuda_mem_used() >> 20, batch_n);
 	}

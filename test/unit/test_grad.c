@@ -1388,7 +1388,7 @@ test_bf16_convolutions(void)
 
 		for (int p = 0; p < 2; p++)
 		{
-			mt_onednn_set_precision(p == 0 ? MT_PREC_FP32 : MT_PREC_BF16);
+			mt_set_precision(p == 0 ? MT_PREC_FP32 : MT_PREC_BF16);
 			out[p][0] = calloc(ny, sizeof(float));
 			out[p][1] = calloc(nx, sizeof(float));
 			out[p][2] = calloc(nw, sizeof(float));
@@ -1399,7 +1399,7 @@ test_bf16_convolutions(void)
 			CHECK(mt_onednn_train_backward_weight(&d, n, hw, hw, x, dy, out[p][2], &err) == MT_OK,
 				  "bf16 case %zu weight gradient: %s", c, err.msg);
 		}
-		mt_onednn_set_precision(MT_PREC_FP32);
+		mt_set_precision(MT_PREC_FP32);
 		e[0] = rel_l2(out[1][0], out[0][0], ny);
 		e[1] = rel_l2(out[1][1], out[0][1], nx);
 		e[2] = rel_l2(out[1][2], out[0][2], nw);
