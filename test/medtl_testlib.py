@@ -7,7 +7,7 @@ import struct
 import subprocess
 import sys
 
-PSQL = "/usr/lib/postgresql/15/bin/psql"
+PSQL = os.environ.get("MEDTL_PSQL", "/usr/lib/postgresql/15/bin/psql")
 
 
 class Report:
