@@ -3,9 +3,11 @@
  * of an image alone or of an image and its mask under the same draw.
  */
 #include "augment.h"
+#include "../core/pool.h"
 #include "mask.h"
 
 #include <math.h>
+#include <string.h>
 
 int
 mt_augment_enabled(const mt_augment *a)
@@ -217,4 +219,74 @@ mt_augment_pair(const uint8_t *src, const uint8_t *mask_src, int size,
 	draw_augmentation(a, size, rng, &d);
 	render_image(&d, src, size, mean, std, dst);
 	render_mask(&d, mask_src, size, mask_dst);
+}
+
+/*
+ * A batch: every draw first, in image order from the one rng (so the
+ * stream, and each image, is the same as m calls of mt_augment_image or
+ * mt_augment_pair), then the rendering, which consumes no randomness, on the
+ * engine's threads.  Chunks of AUG_CHUNK images keep the draws on the stack.
+ */
+#define AUG_CHUNK 64
+
+typedef struct aug_batch_job
+{
+	const aug_draw *draws;		/* one per image of the chunk; NULL: normalise only */
+	const uint8_t *const *srcs;
+	const uint8_t *const *mask_srcs;
+	int			size;
+	const float *mean;
+	const float *std;
+	float	   *dst;			/* the chunk's first image */
+	uint8_t    *mask_dst;
+} aug_batch_job;
+
+static void
+aug_batch_range(void *arg, size_t begin, size_t end)
+{
+	const aug_batch_job *j = arg;
+	size_t		hw = (size_t) j->size * j->size;
+
+	for (size_t i = begin; i < end; i++)
+	{
+		if (j->draws == NULL)
+			mt_normalize_u8(j->srcs[i], hw, j->mean, j->std, j->dst + hw * 3 * i);
+		else
+			render_image(&j->draws[i], j->srcs[i], j->size, j->mean, j->std, j->dst + hw * 3 * i);
+		if (j->mask_srcs != NULL && j->draws != NULL)
+			render_mask(&j->draws[i], j->mask_srcs[i], j->size, j->mask_dst + hw * i);
+	}
+}
+
+void
+mt_augment_batch(const uint8_t *const *srcs, const uint8_t *const *mask_srcs, int m, int size,
+				 const mt_augment *a, mt_rng *rng, const float mean[3], const float std[3],
+				 float *dst, uint8_t *mask_dst)
+{
+	aug_draw	draws[AUG_CHUNK];
+	size_t		hw = (size_t) size * size;
+	int			on = a != NULL && mt_augment_enabled(a);
+
+	for (int s = 0; s < m; s += AUG_CHUNK)
+	{
+		int			n = m - s < AUG_CHUNK ? m - s : AUG_CHUNK;
+		aug_batch_job j;
+
+		if (on)
+			for (int i = 0; i < n; i++)
+				draw_augmentation(a, size, rng, &draws[i]);
+		j.draws = on ? draws : NULL;
+		j.srcs = srcs + s;
+		j.mask_srcs = on && mask_srcs != NULL ? mask_srcs + s : NULL;
+		j.size = size;
+		j.mean = mean;
+		j.std = std;
+		j.dst = dst + hw * 3 * s;
+		j.mask_dst = mask_dst != NULL ? mask_dst + hw * s : NULL;
+		mt_parallel_for((size_t) n, 1, aug_batch_range, &j);
+		/* without augmentation the masks are copied as they are */
+		if (!on && mask_srcs != NULL && mask_dst != NULL)
+			for (int i = 0; i < n; i++)
+				memcpy(mask_dst + hw * (s + i), mask_srcs[s + i], hw);
+	}
 }

@@ -43,6 +43,19 @@ void		mt_augment_pair(const uint8_t *src, const uint8_t *mask_src, int size,
 							const mt_augment *a, mt_rng *rng, const float mean[3],
 							const float std[3], float *dst, uint8_t *mask_dst);
 
+/*
+ * m images (srcs[i]: size x size x 3 bytes) into dst (m x size x size x 3
+ * floats, normalised), augmented when a is non-NULL and enabled, with their
+ * masks (mask_srcs, or NULL) into mask_dst the same way: the random draws in
+ * image order from rng, so each image equals what mt_augment_image /
+ * mt_augment_pair would make of it in a loop, then the pixels on the
+ * engine's threads (core/pool.h).  Without augmentation the images are only
+ * normalised and the masks copied.
+ */
+void		mt_augment_batch(const uint8_t *const *srcs, const uint8_t *const *mask_srcs, int m,
+							 int size, const mt_augment *a, mt_rng *rng, const float mean[3],
+							 const float std[3], float *dst, uint8_t *mask_dst);
+
 /* dst = (src / 255 - mean) / std for n pixels of 3 channels. */
 void		mt_normalize_u8(const uint8_t *src, size_t n, const float mean[3],
 							const float std[3], float *dst);

@@ -348,27 +348,44 @@ static void
 fill_batch(const MedtlDataset *ds, const int *idx, int m, const MedtlModel *mm,
 		   const mt_augment *aug, mt_rng *rng, float *x, int *y, uint8 *masks)
 {
-	size_t		hw = (size_t) ds->size * ds->size;
-	size_t		per = hw * 3;
+	size_t		per = (size_t) ds->size * ds->size * 3;
+	size_t		stored = per / 3 * (ds->has_masks ? 4 : 3);
+	const uint8 **srcs = palloc(sizeof(uint8 *) * m);
+	const uint8 **mask_srcs = ds->has_masks ? palloc(sizeof(uint8 *) * m) : NULL;
+	uint8	   *staged = NULL;
+	int			nstaged = 0;
 
+	/*
+	 * rows spilled to the temporary file come back through one buffer:
+	 * copy those aside so the whole batch can be rendered at once
+	 */
+	for (int i = 0; i < m; i++)
+		if (idx[i] >= ds->n_mem)
+			nstaged++;
+	if (nstaged > 0)
+		staged = palloc(stored * nstaged);
+	nstaged = 0;
 	for (int i = 0; i < m; i++)
 	{
 		const uint8 *src = medtl_dataset_image(ds, idx[i]);
-		bool		augment = aug != NULL && mt_augment_enabled(aug);
 
-		if (ds->has_masks && augment)
-			mt_augment_pair(src, src + per, ds->size, aug, rng, mm->mean, mm->std,
-							x + per * i, masks + hw * i);
-		else if (augment)
-			mt_augment_image(src, ds->size, aug, rng, mm->mean, mm->std, x + per * i);
-		else
+		if (idx[i] >= ds->n_mem)
 		{
-			mt_normalize_u8(src, hw, mm->mean, mm->std, x + per * i);
-			if (ds->has_masks)
-				memcpy(masks + hw * i, src + per, hw);
+			memcpy(staged + stored * nstaged, src, stored);
+			src = staged + stored * nstaged++;
 		}
+		srcs[i] = src;
+		if (mask_srcs)
+			mask_srcs[i] = src + per;
 		y[i] = ds->labels[idx[i]];
 	}
+	/* the random draws in row order, the pixels on the engine's threads */
+	mt_augment_batch(srcs, mask_srcs, m, ds->size, aug, rng, mm->mean, mm->std, x, masks);
+	pfree(srcs);
+	if (mask_srcs)
+		pfree(mask_srcs);
+	if (staged)
+		pfree(staged);
 }
 
 /* Features (or logits) of rows idx through the inference path, in batches. */

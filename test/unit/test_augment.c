@@ -3,12 +3,16 @@
  * brightness scales, rotation by 0 and a full crop change nothing, the same
  * seed repeats, and outputs stay in the normalised range.  The image+mask
  * version: its image is mt_augment_image's for the same rng state, and the
- * mask moves with the image under flips, rotations and crops.
+ * mask moves with the image under flips, rotations and crops.  The batch
+ * version: bit for bit a loop of the single-image calls from the same rng,
+ * on several threads and across its chunks, and leaves the rng where the
+ * loop does.
  *
  *   make unittest && test/bin/test_augment
  */
 #include "io/augment.h"
 #include "io/mask.h"
+#include "core/pool.h"
 #include "mt_test.h"
 
 #include <stdlib.h>
@@ -123,6 +127,76 @@ test_pair(void)
 	}
 }
 
+/* mt_augment_batch against the loop it replaces */
+static void
+test_batch(void)
+{
+	enum
+	{
+		M = 150						/* more than two of its chunks of 64 */
+	};
+	static const float mean[3] = {0.485f, 0.456f, 0.406f};
+	static const float stdv[3] = {0.229f, 0.224f, 0.225f};
+	mt_augment	all = {1, 15.0f, 0.2f, 0.2f, 0.7f};
+	uint8_t    *imgs = malloc((size_t) M * P * P * 4);
+	const uint8_t *srcs[M],
+			   *msrcs[M];
+	float	   *a = malloc(sizeof(float) * M * P * P * 3),
+			   *b = malloc(sizeof(float) * M * P * P * 3);
+	uint8_t    *ma = malloc((size_t) M * P * P),
+			   *mb = malloc((size_t) M * P * P);
+	mt_rng		r1,
+				r2;
+	int			old = mt_pool_threads();
+
+	for (size_t i = 0; i < (size_t) M * P * P * 4; i++)
+		imgs[i] = (uint8_t) ((i * 2654435761u) >> 13);
+	for (int i = 0; i < M; i++)
+	{
+		srcs[i] = imgs + (size_t) i * P * P * 4;
+		msrcs[i] = srcs[i] + P * P * 3;
+	}
+	mt_pool_set_threads(3);
+	for (int pass = 0; pass < 3; pass++)
+	{
+		/* 0: images; 1: images and masks; 2: no augmentation (normalise, copy masks) */
+		const mt_augment *cfg = pass == 2 ? NULL : &all;
+
+		mt_rng_seed(&r1, 7, 1);
+		mt_rng_seed(&r2, 7, 1);
+		memset(ma, 0, (size_t) M * P * P);
+		memset(mb, 1, (size_t) M * P * P);
+		for (int i = 0; i < M; i++)
+		{
+			float	   *o = a + (size_t) i * P * P * 3;
+
+			if (pass == 0)
+				mt_augment_image(srcs[i], P, cfg, &r1, mean, stdv, o);
+			else if (pass == 1)
+				mt_augment_pair(srcs[i], msrcs[i], P, cfg, &r1, mean, stdv, o, ma + (size_t) i * P * P);
+			else
+			{
+				mt_normalize_u8(srcs[i], P * P, mean, stdv, o);
+				memcpy(ma + (size_t) i * P * P, msrcs[i], P * P);
+			}
+		}
+		mt_augment_batch(srcs, pass == 0 ? NULL : msrcs, M, P, cfg, &r2, mean, stdv, b,
+						 pass == 0 ? NULL : mb);
+		CHECK(memcmp(a, b, sizeof(float) * M * P * P * 3) == 0,
+			  "batch of %d %s equals the loop, bit for bit, on 3 threads", M,
+			  pass == 0 ? "augmented images" : pass == 1 ? "images and masks" : "normalised images");
+		if (pass > 0)
+			CHECK(memcmp(ma, mb, (size_t) M * P * P) == 0, "its masks equal the loop's");
+		CHECK(mt_rng_uniform(&r1) == mt_rng_uniform(&r2), "the rng is left where the loop leaves it");
+	}
+	mt_pool_set_threads(old);
+	free(imgs);
+	free(a);
+	free(b);
+	free(ma);
+	free(mb);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -221,6 +295,7 @@ main(int argc, char **argv)
 		CHECK(memcmp(out, out2, sizeof(out)) != 0, "the next draw differs");
 	}
 	test_pair();
+	test_batch();
 	(void) argc;
 	(void) argv;
 	return TEST_SUMMARY("augment");
