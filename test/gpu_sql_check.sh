@@ -13,7 +13,10 @@
 #      fine_tune's defaults on the ImageNet MobileNetV2, evaluate on the test
 #      split, against issue 3's targets;
 #   3. the same on BreastMNIST over seeds 42 and 1-6, then seed 42 on this
-#      machine's CPU (all its cores) for the time ratio, if time is left.
+#      machine's CPU (all its cores) for the time ratio, if time is left;
+#   4. BreastMNIST seed 42 on the device with the host's work (decoding,
+#      augmentation, normalisation) on 1 thread and on all: the times, and
+#      the same metrics from both.
 # Writes $OUT/gpu_sql_check.log (and the server log); exit 0 only when every
 # step passed.  Budget: about 5 minutes; give the device run 600 s.
 #
@@ -29,9 +32,9 @@ cd "$here" || exit 2
 OUT=${OUT:-/tmp/medtl-gpu-sql-out}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_sql_check.log
-rm -f "$OUT/bench.txt" "$OUT/bench_cpu.txt"
+rm -f "$OUT/bench.txt" "$OUT/bench_cpu.txt" "$OUT/bench_threads.txt"
 exec > >(tee "$LOG") 2>&1
-steps=${GPU_SQL_STEPS:-1 2 3}
+steps=${GPU_SQL_STEPS:-1 2 3 4}
 budget=${GPU_SQL_BUDGET:-420}
 # trying the script out: GPU_SQL_DEVICE=cpu GPU_SQL_LIMIT=5 (images per class and split)
 dev=${GPU_SQL_DEVICE:-cuda}
@@ -174,6 +177,21 @@ if [[ " $steps " == *" 3 "* ]]; then
 			echo "note: the CPU run did not finish in the time left"
 	else
 		echo "note: no time left for the CPU run"
+	fi
+fi
+if [[ " $steps " == *" 4 "* ]]; then
+	step "4: BreastMNIST seed 42 on the device with the host on 1 thread, then on all $(nproc)"
+	# the host decodes, augments and normalises every batch: its threads set
+	# how fast the device is fed (the metrics must not change with them)
+	for t in 1 "$(nproc)"; do
+		PGOPTIONS="-c medtl.device=$dev -c medtl.precision=$prec -c medtl.threads=$t" timeout 120 \
+			python3 test/bench_train.py --datasets breastmnist --seeds 42 $limit 2>&1 |
+			grep -E '^breastmnist seed' | sed "s/^/threads $t: /; s/; baseline.*//" | tee -a "$OUT/bench_threads.txt"
+	done
+	if [ "$(cut -d' ' -f3- "$OUT/bench_threads.txt" | sed 's/; train .*//' | sort -u | wc -l)" = 1 ]; then
+		pass "BreastMNIST seed 42: the same metrics with 1 host thread and with $(nproc)"
+	else
+		fail "BreastMNIST seed 42: the metrics change with the host's threads"
 	fi
 fi
 finish

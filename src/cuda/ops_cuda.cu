@@ -572,11 +572,15 @@ k_depthwise_bwd_data(conv_geo g, int n, const float *__restrict__ dy,
  * depthwise weight gradient: block (32 channels x 8 lanes) per tap, channel
  * chunk and range of output positions (blockIdx.z of gridDim.z), each lane
  * striding over its positions; sums in double reduced through shared
- * memory, then one float atomicAdd per block and weight.
+ * memory.  With one range the block adds its sum to dw; with several it
+ * writes it to part[z][tap][channel] and k_depthwise_bwd_weight_sum adds
+ * the ranges in order: no atomics, so a run repeats bit for bit (float
+ * atomics land in whatever order the blocks finish).
  */
 __global__ void
 k_depthwise_bwd_weight(conv_geo g, int n, const float *__restrict__ x,
-					   const float *__restrict__ dy, float *__restrict__ dw)
+					   const float *__restrict__ dy, float *__restrict__ dw,
+					   double *__restrict__ part_out)
 {
 	__shared__ double part[8][32];
 	int			c = g.cin;
@@ -610,7 +614,25 @@ k_depthwise_bwd_weight(conv_geo g, int n, const float *__restrict__ x,
 	{
 		for (int l = 1; l < 8; l++)
 			s += part[l][threadIdx.x];
-		atomicAdd(dw + (size_t) tap * c + j, (float) s);
+		if (part_out == NULL)
+			dw[(size_t) tap * c + j] += (float) s;
+		else
+			part_out[((size_t) blockIdx.z * gridDim.x + tap) * c + j] = s;
+	}
+}
+
+/* dw[t] += the sum over the z ranges of part[z][t], in range order */
+__global__ void
+k_depthwise_bwd_weight_sum(size_t taps_c, int zs, const double *__restrict__ part,
+						   float *__restrict__ dw)
+{
+	GRID_LOOP(t, taps_c)
+	{
+		double		s = 0.0;
+
+		for (int z = 0; z < zs; z++)
+			s += part[(size_t) z * taps_c + t];
+		dw[t] += (float) s;
 	}
 }
 
@@ -1059,11 +1081,29 @@ cuda_conv2d_backward_weight_impl(const mt_conv_desc *d, int n, int h, int w,
 	{
 		size_t		npos = (size_t) n * oh * ow;
 		size_t		zs = (npos + 2047) / 2048;
-		dim3		grid(d->kh * d->kw, (d->cin + 31) / 32, (unsigned int) (zs > 64 ? 64 : zs));
+		size_t		taps_c = (size_t) d->kh * d->kw * d->cin;
+		double	   *part = NULL;
 		dim3		block(32, 8);
 
-		k_depthwise_bwd_weight<<<grid, block>>>(g, n, x, dy, packed_dw);
-		return launch_status("the depthwise backward-weight kernel", err);
+		zs = zs > 64 ? 64 : zs;
+		if (zs > 1)
+		{
+			mt_err		werr;
+
+			mt_clearerr(&werr);
+			part = (double *) mt_cuda_workspace(zs * taps_c * sizeof(double), &werr);
+			if (part == NULL)
+				zs = 1;			/* over the memory cap: one range, slower, same sums */
+		}
+		{
+			dim3		grid(d->kh * d->kw, (d->cin + 31) / 32, (unsigned int) zs);
+
+			k_depthwise_bwd_weight<<<grid, block>>>(g, n, x, dy, packed_dw, part);
+		}
+		if ((rc = launch_status("the depthwise backward-weight kernel", err)) != MT_OK || part == NULL)
+			return rc;
+		k_depthwise_bwd_weight_sum<<<blocks_for(taps_c), THREADS>>>(taps_c, (int) zs, part, packed_dw);
+		return launch_status("the depthwise backward-weight sum", err);
 	}
 	if (conv_bf16() &&
 		((rc = conv2d_backward_weight_bf16(d, n, &g, x, dy, packed_dw, &done, err)) != MT_OK || done))
@@ -1264,46 +1304,80 @@ k_max_pool(pool_geo g, int n, const float *__restrict__ x, float *__restrict__ y
 	}
 }
 
-/* each output's gradient to its window's first maximum (atomic: windows overlap) */
+/*
+ * The outputs whose windows hold input row iy (column ix): oy in [*lo, *hi]
+ * (empty when *lo > *hi).
+ */
+__device__ static inline void
+pool_outputs_of(int i, int pad, int k, int stride, int nout, int *lo, int *hi)
+{
+	int			top = i + pad - k + 1;	/* oy * stride >= top */
+
+	*lo = top <= 0 ? 0 : (top + stride - 1) / stride;
+	*hi = (i + pad) / stride;
+	if (*hi > nout - 1)
+		*hi = nout - 1;
+}
+
+/*
+ * dx += dy routed to each window's first maximum, gathered: one thread per
+ * input element sums, in output order, the gradients of the windows whose
+ * maximum it is (the windows' argmax found again as the forward pass finds
+ * it).  No atomics, so overlapping windows (ResNet's 3x3 stride 2) add up in
+ * the same order every run.
+ */
 __global__ void
 k_max_pool_bwd(pool_geo g, int n, const float *__restrict__ x, const float *__restrict__ dy,
 			   float *__restrict__ dx)
 {
-	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+	size_t		total = (size_t) n * g.h * g.w * g.c;
 
 	GRID_LOOP(i, total)
 	{
 		int			j = (int) (i % g.c);
-		size_t		p = i / g.c;
-		int			ox = (int) (p % g.ow);
-		int			oy = (int) ((p / g.ow) % g.oh);
-		size_t		img = p / ((size_t) g.ow * g.oh);
-		float		best = -FLT_MAX;
-		size_t		arg = (size_t) -1;
+		size_t		q = i / g.c;
+		int			ix0 = (int) (q % g.w);
+		int			iy0 = (int) ((q / g.w) % g.h);
+		size_t		img = q / ((size_t) g.w * g.h);
+		int			oy0,
+					oy1,
+					ox0,
+					ox1;
+		float		s = 0.0f;
 
-		for (int ky = 0; ky < g.kh; ky++)
-		{
-			int			iy = oy * g.sh - g.pt + ky;
-
-			if (iy < 0 || iy >= g.h)
-				continue;
-			for (int kx = 0; kx < g.kw; kx++)
+		pool_outputs_of(iy0, g.pt, g.kh, g.sh, g.oh, &oy0, &oy1);
+		pool_outputs_of(ix0, g.pl, g.kw, g.sw, g.ow, &ox0, &ox1);
+		for (int oy = oy0; oy <= oy1; oy++)
+			for (int ox = ox0; ox <= ox1; ox++)
 			{
-				int			ix = ox * g.sw - g.pl + kx;
-				size_t		at;
+				float		best = -FLT_MAX;
+				size_t		arg = (size_t) -1;
 
-				if (ix < 0 || ix >= g.w)
-					continue;
-				at = ((img * g.h + iy) * g.w + ix) * g.c + j;
-				if (x[at] > best || arg == (size_t) -1)
+				for (int ky = 0; ky < g.kh; ky++)
 				{
-					best = x[at];
-					arg = at;
+					int			iy = oy * g.sh - g.pt + ky;
+
+					if (iy < 0 || iy >= g.h)
+						continue;
+					for (int kx = 0; kx < g.kw; kx++)
+					{
+						int			ix = ox * g.sw - g.pl + kx;
+						size_t		at;
+
+						if (ix < 0 || ix >= g.w)
+							continue;
+						at = ((img * g.h + iy) * g.w + ix) * g.c + j;
+						if (x[at] > best || arg == (size_t) -1)
+						{
+							best = x[at];
+							arg = at;
+						}
+					}
 				}
+				if (arg == i)
+					s += dy[((img * g.oh + oy) * g.ow + ox) * g.c + j];
 			}
-		}
-		if (arg != (size_t) -1)
-			atomicAdd(dx + arg, dy[i]);
+		dx[i] += s;
 	}
 }
 
@@ -1342,39 +1416,39 @@ k_avg_pool(pool_geo g, int n, const float *__restrict__ x, float *__restrict__ y
 	}
 }
 
+/*
+ * dx += dy / divisor of each window holding the element, gathered per input
+ * element in output order (no atomics: the same sum every run).
+ */
 __global__ void
 k_avg_pool_bwd(pool_geo g, int n, const float *__restrict__ dy, float *__restrict__ dx)
 {
-	size_t		total = (size_t) n * g.oh * g.ow * g.c;
+	size_t		total = (size_t) n * g.h * g.w * g.c;
 
 	GRID_LOOP(i, total)
 	{
 		int			j = (int) (i % g.c);
-		size_t		p = i / g.c;
-		int			ox = (int) (p % g.ow);
-		int			oy = (int) ((p / g.ow) % g.oh);
-		size_t		img = p / ((size_t) g.ow * g.oh);
-		int			count = pool_count(g, oy, ox);
-		float		v;
+		size_t		q = i / g.c;
+		int			ix = (int) (q % g.w);
+		int			iy = (int) ((q / g.w) % g.h);
+		size_t		img = q / ((size_t) g.w * g.h);
+		int			oy0,
+					oy1,
+					ox0,
+					ox1;
+		float		s = 0.0f;
 
-		if (count <= 0)
-			continue;
-		v = dy[i] * (1.0f / (float) count);
-		for (int ky = 0; ky < g.kh; ky++)
-		{
-			int			iy = oy * g.sh - g.pt + ky;
-
-			if (iy < 0 || iy >= g.h)
-				continue;
-			for (int kx = 0; kx < g.kw; kx++)
+		pool_outputs_of(iy, g.pt, g.kh, g.sh, g.oh, &oy0, &oy1);
+		pool_outputs_of(ix, g.pl, g.kw, g.sw, g.ow, &ox0, &ox1);
+		for (int oy = oy0; oy <= oy1; oy++)
+			for (int ox = ox0; ox <= ox1; ox++)
 			{
-				int			ix = ox * g.sw - g.pl + kx;
+				int			count = pool_count(g, oy, ox);
 
-				if (ix < 0 || ix >= g.w)
-					continue;
-				atomicAdd(dx + ((img * g.h + iy) * g.w + ix) * g.c + j, v);
+				if (count > 0)
+					s += dy[((img * g.oh + oy) * g.ow + ox) * g.c + j] * (1.0f / (float) count);
 			}
-		}
+		dx[i] += s;
 	}
 }
 
@@ -1407,9 +1481,9 @@ cuda_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
 						 const float *x, const float *dy, float *dx)
 {
 	pool_geo	g = make_pool_geo(p, h, w, c);
-	size_t		total = (size_t) n * g.oh * g.ow * c;
+	size_t		total = (size_t) n * h * w * c;	/* a thread per input element */
 
-	if (total == 0 || mt_cuda_failed())
+	if (total == 0 || g.oh <= 0 || g.ow <= 0 || mt_cuda_failed())
 		return;
 	k_max_pool_bwd<<<blocks_for(total), THREADS>>>(g, n, x, dy, dx);
 	launched("the max-pool backward kernel");
@@ -1420,9 +1494,9 @@ cuda_avg_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
 						 const float *dy, float *dx)
 {
 	pool_geo	g = make_pool_geo(p, h, w, c);
-	size_t		total = (size_t) n * g.oh * g.ow * c;
+	size_t		total = (size_t) n * h * w * c;	/* a thread per input element */
 
-	if (total == 0 || mt_cuda_failed())
+	if (total == 0 || g.oh <= 0 || g.ow <= 0 || mt_cuda_failed())
 		return;
 	k_avg_pool_bwd<<<blocks_for(total), THREADS>>>(g, n, dy, dx);
 	launched("the average-pool backward kernel");

@@ -361,6 +361,8 @@ static const conv_case conv_cases[] = {
 	{"depthwise 3x3 s2 TF SAME", 4, 16, 16, 40, 40, 3, 3, 2, 2, 1, 1, 40, -1, MT_ACT_RELU6, 1},
 	{"depthwise 5x5 s2 TF SAME odd", 2, 17, 17, 12, 12, 5, 5, 2, 2, 1, 1, 12, -1, MT_ACT_NONE, 1},
 	{"depthwise 3x3 dilation 2", 1, 12, 12, 16, 16, 3, 3, 1, 1, 2, 2, 16, 2, MT_ACT_RELU, 0},
+	/* n x oh x ow over 2048: the weight gradient sums several position ranges */
+	{"depthwise 3x3 many positions", 8, 40, 40, 16, 16, 3, 3, 1, 1, 1, 1, 16, 1, MT_ACT_RELU6, 1},
 	{"3x3 s2 TF SAME", 4, 16, 16, 8, 16, 3, 3, 2, 2, 1, 1, 1, -1, MT_ACT_RELU, 1},
 	{"5x5 s1 TF SAME", 1, 11, 11, 6, 10, 5, 5, 1, 1, 1, 1, 1, -1, MT_ACT_NONE, 1},
 	{"3x1 pad 1", 2, 10, 9, 4, 6, 3, 1, 1, 1, 1, 1, 1, 1, MT_ACT_NONE, 1},

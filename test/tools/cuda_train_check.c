@@ -203,6 +203,61 @@ smooth_acts(mt_model *m)
 	m->prepared = 0;
 }
 
+/*
+ * The same step twice on the device from identical weights: every gradient,
+ * every updated parameter and the loss must agree bit for bit (the device's
+ * reductions use no atomics), so a seed repeats a run as on the CPU.
+ */
+static void
+repeat_step(const char *arch, const batch *b)
+{
+	char		what[256];
+	mt_err		err;
+	mt_model   *m[2] = {NULL, NULL};
+	mt_optim   *o[2] = {NULL, NULL};
+	float		loss[2] = {0, 0};
+	size_t		differ = 0,
+				values = 0;
+
+	mt_clearerr(&err);
+	for (int k = 0; k < 2; k++)
+		if ((m[k] = random_model(arch, 42, &err)) == NULL || mt_model_freeze(m[k], "none", &err) != MT_OK ||
+			(o[k] = make_optim(m[k], 0, &err)) == NULL ||
+			mt_model_to_device(m[k], &mt_cuda_backend, &err) != MT_OK ||
+			!step(m[k], o[k], b, 1e-2f, &loss[k], "device step (repeat)") ||
+			mt_model_sync_to_host(m[k], &err) != MT_OK)
+		{
+			printf("FAIL: %s repeat: %s %s\n", arch, err.msg, err.detail);
+			n_fail++;
+			goto out;
+		}
+	for (int i = 0; i < m[0]->n_params; i++)
+	{
+		const mt_param *a = &m[0]->params[i],
+				   *c = &m[1]->params[i];
+
+		if (a->data == NULL || a->is_counter)
+			continue;
+		values += a->numel;
+		if (memcmp(a->data, c->data, a->numel * sizeof(float)) != 0)
+			differ++;
+		if (a->grad != NULL && c->grad != NULL && memcmp(a->grad, c->grad, a->numel * sizeof(float)) != 0)
+			differ++;
+	}
+	snprintf(what, sizeof(what), "%s SGD full fine-tune (%dx%d batch %d): the device step twice gives the same "
+			 "loss, gradients and parameters bit for bit (%zu values; %zu tensors differ)",
+			 arch, b->size, b->size, b->n, values, differ);
+	check(differ == 0 && memcmp(&loss[0], &loss[1], sizeof(float)) == 0, what);
+out:
+	for (int k = 0; k < 2; k++)
+	{
+		if (o[k])
+			mt_optim_free(o[k]);
+		if (m[k])
+			mt_model_free(m[k]);
+	}
+}
+
 /* One setting: a step on the CPU and on the device from identical weights. */
 static void
 compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecycle, int smooth,
@@ -598,6 +653,7 @@ main(int argc, char **argv)
 				compare_step(a, 0, 0, &b, 0, 0, 0);
 			else
 				compare_step(a, (*c - '0') & 1, (*c - '0') >> 1, &b, *c == '0' && a == list, 1, 0);
+		repeat_step(a, &b);
 		free_batch(&b);
 		if (do_bench && nres < 16)
 		{
