@@ -1319,6 +1319,32 @@ pool_outputs_of(int i, int pad, int k, int stride, int nout, int *lo, int *hi)
 		*hi = nout - 1;
 }
 
+/* Input element i (NHWC) of a pooling backward pass and the windows that hold it. */
+typedef struct pool_elem
+{
+	int			j,				/* channel */
+				oy0,
+				oy1,
+				ox0,
+				ox1;			/* outputs [oy0, oy1] x [ox0, ox1] */
+	size_t		img;
+} pool_elem;
+
+__device__ static inline pool_elem
+pool_elem_of(const pool_geo &g, size_t i)
+{
+	pool_elem	e;
+	size_t		q = i / g.c;
+	int			ix = (int) (q % g.w);
+	int			iy = (int) ((q / g.w) % g.h);
+
+	e.j = (int) (i % g.c);
+	e.img = q / ((size_t) g.w * g.h);
+	pool_outputs_of(iy, g.pt, g.kh, g.sh, g.oh, &e.oy0, &e.oy1);
+	pool_outputs_of(ix, g.pl, g.kw, g.sw, g.ow, &e.ox0, &e.ox1);
+	return e;
+}
+
 /*
  * dx += dy routed to each window's first maximum, gathered: one thread per
  * input element sums, in output order, the gradients of the windows whose
@@ -1334,21 +1360,13 @@ k_max_pool_bwd(pool_geo g, int n, const float *__restrict__ x, const float *__re
 
 	GRID_LOOP(i, total)
 	{
-		int			j = (int) (i % g.c);
-		size_t		q = i / g.c;
-		int			ix0 = (int) (q % g.w);
-		int			iy0 = (int) ((q / g.w) % g.h);
-		size_t		img = q / ((size_t) g.w * g.h);
-		int			oy0,
-					oy1,
-					ox0,
-					ox1;
+		pool_elem	e = pool_elem_of(g, i);
+		int			j = e.j;
+		size_t		img = e.img;
 		float		s = 0.0f;
 
-		pool_outputs_of(iy0, g.pt, g.kh, g.sh, g.oh, &oy0, &oy1);
-		pool_outputs_of(ix0, g.pl, g.kw, g.sw, g.ow, &ox0, &ox1);
-		for (int oy = oy0; oy <= oy1; oy++)
-			for (int ox = ox0; ox <= ox1; ox++)
+		for (int oy = e.oy0; oy <= e.oy1; oy++)
+			for (int ox = e.ox0; ox <= e.ox1; ox++)
 			{
 				float		best = -FLT_MAX;
 				size_t		arg = (size_t) -1;
@@ -1427,26 +1445,16 @@ k_avg_pool_bwd(pool_geo g, int n, const float *__restrict__ dy, float *__restric
 
 	GRID_LOOP(i, total)
 	{
-		int			j = (int) (i % g.c);
-		size_t		q = i / g.c;
-		int			ix = (int) (q % g.w);
-		int			iy = (int) ((q / g.w) % g.h);
-		size_t		img = q / ((size_t) g.w * g.h);
-		int			oy0,
-					oy1,
-					ox0,
-					ox1;
+		pool_elem	e = pool_elem_of(g, i);
 		float		s = 0.0f;
 
-		pool_outputs_of(iy, g.pt, g.kh, g.sh, g.oh, &oy0, &oy1);
-		pool_outputs_of(ix, g.pl, g.kw, g.sw, g.ow, &ox0, &ox1);
-		for (int oy = oy0; oy <= oy1; oy++)
-			for (int ox = ox0; ox <= ox1; ox++)
+		for (int oy = e.oy0; oy <= e.oy1; oy++)
+			for (int ox = e.ox0; ox <= e.ox1; ox++)
 			{
 				int			count = pool_count(g, oy, ox);
 
 				if (count > 0)
-					s += dy[((img * g.oh + oy) * g.ow + ox) * g.c + j] * (1.0f / (float) count);
+					s += dy[((e.img * g.oh + oy) * g.ow + ox) * g.c + e.j] * (1.0f / (float) count);
 			}
 		dx[i] += s;
 	}
