@@ -25,8 +25,9 @@
 #                                      test/gpu_profile.py's kernel-by-kernel profile)
 #
 # The CPU reference loads OpenBLAS from .gpu/lib (made by test/gpu_prepare.sh
-# on the Debian machine and carried along), else a system OpenBLAS, else it
-# falls back to medtl's portable C GEMM.  Budget: about 4 minutes, at most
+# on the Debian machine and carried along, or taken from .gpu/sql's bundle
+# when only that is carried), else a system OpenBLAS, else it falls back to
+# medtl's portable C GEMM.  Budget: about 4 minutes, at most
 # about 9 (timeouts on every step; give the device run 600 s).
 set -uo pipefail
 
@@ -131,6 +132,13 @@ echo "cuda include: $CUDA_INCDIR (cuda_runtime_api.h: $rtinc)"
 echo "cublas: $cublas_dir   cudart: $cudart_dir"
 
 step "OpenBLAS for the CPU reference"
+# only the SQL bundle carried (test/gpu_prepare_sql.sh): take OpenBLAS and
+# its Fortran runtime from it, so one call can run both device scripts
+if [ ! -f "$here/.gpu/lib/libopenblas.so.0" ] && [ -f "$here/.gpu/sql/bundle.tar.xz" ]; then
+	mkdir -p "$here/.gpu/lib"
+	tar -C "$here/.gpu" -xJf "$here/.gpu/sql/bundle.tar.xz" ./lib/libopenblas.so.0 ./lib/libgfortran.so.5 \
+		./lib/libquadmath.so.0 || echo "note: could not take OpenBLAS from the SQL bundle"
+fi
 if [ -f "$here/.gpu/lib/libopenblas.so.0" ]; then
 	export MEDTL_OPENBLAS=$here/.gpu/lib/libopenblas.so.0
 	export LD_LIBRARY_PATH="$here/.gpu/lib:$LD_LIBRARY_PATH"
