@@ -3,7 +3,8 @@
 #
 # First runs the kernels and whole models under the CPU emulation
 # (test/cuda_emu/run.sh: cuda_ops_check, cuda_train_check at 64x64, then
-# cuda_model_check at 32x32).
+# cuda_model_check at 32x32), and training from SQL on the emulated device
+# (test/gpu_sql_check.sh step 1 in a copy of this PostgreSQL 15).
 # Then builds medtl.so with the CUDA backend and both check tools in a
 # temporary copy of the sources (the working tree's objects and the installed
 # extension are left alone), checks that medtl.so links cuBLAS/cudart and
@@ -46,6 +47,30 @@ if command -v g++ >/dev/null 2>&1; then
 		ok "whole models on the CUDA backend vs the CPU under the CPU emulation with ASan ($(echo "$out" | tail -n 1))"
 	else
 		bad "whole models under the CPU emulation (test/cuda_emu/run.sh exited $rc)"
+	fi
+	# training and cancelling from SQL on the emulated device: medtl.so built
+	# on the emulation, in a copy of this machine's PostgreSQL 15 (the
+	# installed extension is left alone), test/cuda_emu/train_check.sql's
+	# verdicts (test/gpu_sql_check.sh step 1, as on a lent GPU)
+	if [ -x /usr/lib/postgresql/15/bin/postgres ] && [ -d "${MEDTL_SHARED:-$here/../shared}/models" ]; then
+		sqltmp=$(mktemp -d /tmp/medtl-emu-sql.XXXXXX)
+		if nice bash "$here/test/cuda_emu/build_so.sh" "$sqltmp/build" >"$sqltmp/build.log" 2>&1; then
+			out=$(GPU_SQL_LOCAL=1 GPU_SQL_MEDTL_SO="$sqltmp/build/medtl.so" GPU_SQL_STEPS=1 \
+				GPU_SQL_DIR="$sqltmp/pg" GPU_SQL_PORT=${GPU_SQL_PORT:-5498} OUT="$sqltmp/out" \
+				nice bash "$here/test/gpu_sql_check.sh" 2>&1) && rc=0 || rc=$?
+			echo "$out" | grep -E '^ *(ok|FAIL|info):|^(PASS|FAIL) ' | tail -n 20
+			if [ "$rc" -eq 0 ] && echo "$out" | grep -q '^GPU_SQL_CHECK OK'; then
+				ok "training from SQL on the emulated device (test/gpu_sql_check.sh step 1: train_check.sql's verdicts, cancels, memory cap)"
+			else
+				bad "training from SQL on the emulated device (test/gpu_sql_check.sh exited $rc)"
+			fi
+		else
+			tail -n 30 "$sqltmp/build.log"
+			bad "test/cuda_emu/build_so.sh"
+		fi
+		rm -rf "$sqltmp"
+	else
+		echo "note: no PostgreSQL 15 server or no ../shared: training from SQL on the emulated device skipped"
 	fi
 else
 	echo "note: no g++; the CPU emulation of the CUDA kernels is skipped"

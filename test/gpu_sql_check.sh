@@ -24,7 +24,10 @@
 #   bash test/gpu_sql_check.sh     (there, with ".gpu/sql" carried)
 #   GPU_SQL_STEPS="1 2 3" selects steps; GPU_SQL_MEDTL_SO=PATH replaces the
 #   bundle's medtl.so (to try the script here on the CUDA emulation's build);
-#   GPU_SQL_DEVICE=cpu GPU_SQL_LIMIT=5 tries steps 2 and 3 quickly without one.
+#   GPU_SQL_DEVICE=cpu GPU_SQL_LIMIT=5 tries steps 2 and 3 quickly without one;
+#   GPU_SQL_LOCAL=1 (with GPU_SQL_MEDTL_SO) needs no bundle: this machine's
+#   PostgreSQL 15 and ../shared (how test/cuda_build_check.sh runs step 1 on
+#   the CUDA emulation); GPU_SQL_DIR, GPU_SQL_PORT: where and on which port.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,7 +52,7 @@ step() { printf '\n== %s (t=%ss)\n' "$*" "$(elapsed)"; }
 fail() { echo "GPU_SQL FAIL: $*"; results+=("FAIL  $*"); status=1; }
 pass() { echo "PASS: $*"; results+=("PASS  $*"); }
 B=${GPU_SQL_DIR:-/tmp/medtl-sql}
-PORT=5499
+PORT=${GPU_SQL_PORT:-5499}
 finish() {
 	if [ -n "${PGB:-}" ] && [ -d "$B/data" ]; then
 		$RUN "$PGB/pg_ctl" -D "$B/data" -m fast -w stop >/dev/null 2>&1
@@ -70,11 +73,32 @@ date -u
 echo "cpus: $(nproc)"
 timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "note: nvidia-smi failed"
 
-step "unpack"
-[ -f .gpu/sql/bundle.tar.xz ] || { fail "no .gpu/sql/bundle.tar.xz (run test/gpu_prepare_sql.sh here and carry .gpu/sql)"; finish; }
-rm -rf "$B"
-mkdir -p "$B"
-tar -C "$B" -xJf .gpu/sql/bundle.tar.xz || { fail "unpacking the bundle"; finish; }
+if [ -n "${GPU_SQL_LOCAL:-}" ]; then
+	# no bundle: this machine's PostgreSQL 15 copied beside GPU_SQL_MEDTL_SO
+	# (test/cuda_emu/build_so.sh's medtl.so: test/cuda_build_check.sh runs step
+	# 1 so, on the CUDA emulation) and the checkout's extension files
+	step "stage this machine's PostgreSQL 15"
+	[ -f "${GPU_SQL_MEDTL_SO:-}" ] || { fail "GPU_SQL_LOCAL needs GPU_SQL_MEDTL_SO"; finish; }
+	rm -rf "$B"
+	mkdir -p "$B/root/usr/lib/postgresql/15/lib" "$B/root/usr/share/postgresql" "$B/lib"
+	cp -a /usr/lib/postgresql/15/bin "$B/root/usr/lib/postgresql/15/" &&
+		cp /usr/lib/postgresql/15/lib/plpgsql.so /usr/lib/postgresql/15/lib/dict_snowball.so \
+			"$B/root/usr/lib/postgresql/15/lib/" &&
+		cp -a /usr/share/postgresql/15 "$B/root/usr/share/postgresql/" &&
+		rm -f "$B"/root/usr/share/postgresql/15/extension/medtl* &&
+		cp medtl.control sql/medtl--*.sql "$B/root/usr/share/postgresql/15/extension/" ||
+		{ fail "staging PostgreSQL"; finish; }
+	shared_dir=$(cd "${MEDTL_SHARED:-$here/../shared}" && pwd)
+	origin="this machine's, staged"
+else
+	step "unpack"
+	[ -f .gpu/sql/bundle.tar.xz ] || { fail "no .gpu/sql/bundle.tar.xz (run test/gpu_prepare_sql.sh here and carry .gpu/sql)"; finish; }
+	rm -rf "$B"
+	mkdir -p "$B"
+	tar -C "$B" -xJf .gpu/sql/bundle.tar.xz || { fail "unpacking the bundle"; finish; }
+	shared_dir=$B/shared
+	origin="from the bundle"
+fi
 PGB=$B/root/usr/lib/postgresql/15/bin
 # testing the script without a GPU: another medtl.so (test/cuda_emu/build_so.sh's)
 [ -z "${GPU_SQL_MEDTL_SO:-}" ] || cp "$GPU_SQL_MEDTL_SO" "$B/root/usr/lib/postgresql/15/lib/medtl.so"
@@ -86,9 +110,9 @@ for d in ${CUDA_HOME:-/usr/local/cuda}/lib64 /usr/local/cuda/targets/x86_64-linu
 	f=$(find -L "$d" -maxdepth 4 -name 'libcublas.so.1*' -print -quit 2>/dev/null)
 	[ -n "$f" ] && { cudalib=$(dirname "$f"); break; }
 done
-[ -n "$cudalib" ] || { fail "libcublas.so not found"; finish; }
+[ -n "$cudalib" ] || [ -n "${GPU_SQL_LOCAL:-}" ] || { fail "libcublas.so not found"; finish; }
 rt=$(find -L "$(dirname "$cudalib")" /usr/local/cuda* -maxdepth 4 -name 'libcudart.so.1*' -print -quit 2>/dev/null)
-export LD_LIBRARY_PATH="$B/lib:$cudalib${rt:+:$(dirname "$rt")}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$B/lib${cudalib:+:$cudalib}${rt:+:$(dirname "$rt")}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "cuBLAS: $cudalib  cudart: ${rt:-?}"
 if ldd "$B/root/usr/lib/postgresql/15/lib/medtl.so" | grep 'not found'; then
 	fail "medtl.so has unresolved libraries"; finish
@@ -110,9 +134,9 @@ TZ=GMT $RUN "$PGB/initdb" -D "$B/data" -U medtl --auth=trust -E UTF8 --locale=C 
 $RUN "$PGB/pg_ctl" -D "$B/data" -l "$B/server.log" -w -t 60 \
 	-o "-p $PORT -k $B/sock -c listen_addresses='' -c timezone=GMT -c log_timezone=GMT -c shared_buffers=512MB" start ||
 	{ cat "$B/server.log"; fail "starting the server"; finish; }
-export PGHOST=$B/sock PGPORT=$PORT PGUSER=medtl PGDATABASE=postgres MEDTL_SHARED=$B/shared
+export PGHOST=$B/sock PGPORT=$PORT PGUSER=medtl PGDATABASE=postgres MEDTL_SHARED=$shared_dir
 export MEDTL_PSQL=$PGB/psql PATH=$PGB:$PATH PYTHONUNBUFFERED=1
-psql -X -qAt -c "CREATE DATABASE medtl_sql_check" && pass "PostgreSQL 15 started from the bundle" ||
+psql -X -qAt -c "CREATE DATABASE medtl_sql_check" && pass "PostgreSQL 15 started ($origin)" ||
 	{ fail "psql"; finish; }
 
 if [[ " $steps " == *" 1 "* ]]; then
