@@ -277,7 +277,7 @@ mt_augment_batch(const uint8_t *const *srcs, const uint8_t *const *mask_srcs, in
 				draw_augmentation(a, size, rng, &draws[i]);
 		j.draws = on ? draws : NULL;
 		j.srcs = srcs + s;
-		j.mask_srcs = on && mask_srcs != NULL ? mask_srcs + s : NULL;
+		j.mask_srcs = on && mask_srcs != NULL && mask_dst != NULL ? mask_srcs + s : NULL;
 		j.size = size;
 		j.mean = mean;
 		j.std = std;
