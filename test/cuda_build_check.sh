@@ -54,6 +54,7 @@ if command -v g++ >/dev/null 2>&1; then
 	# verdicts (test/gpu_sql_check.sh step 1, as on a lent GPU)
 	if [ -x /usr/lib/postgresql/15/bin/postgres ] && [ -d "${MEDTL_SHARED:-$here/../shared}/models" ]; then
 		sqltmp=$(mktemp -d /tmp/medtl-emu-sql.XXXXXX)
+		chmod 755 "$sqltmp"	# the server runs as another user under it
 		if nice bash "$here/test/cuda_emu/build_so.sh" "$sqltmp/build" >"$sqltmp/build.log" 2>&1; then
 			out=$(GPU_SQL_LOCAL=1 GPU_SQL_MEDTL_SO="$sqltmp/build/medtl.so" GPU_SQL_STEPS=1 \
 				GPU_SQL_DIR="$sqltmp/pg" GPU_SQL_PORT=${GPU_SQL_PORT:-5498} OUT="$sqltmp/out" \
@@ -62,6 +63,7 @@ if command -v g++ >/dev/null 2>&1; then
 			if [ "$rc" -eq 0 ] && echo "$out" | grep -q '^GPU_SQL_CHECK OK'; then
 				ok "training from SQL on the emulated device (test/gpu_sql_check.sh step 1: train_check.sql's verdicts, cancels, memory cap)"
 			else
+				echo "$out" | tail -n 40
 				bad "training from SQL on the emulated device (test/gpu_sql_check.sh exited $rc)"
 			fi
 		else
