@@ -1346,6 +1346,41 @@ pool_elem_of(const pool_geo &g, size_t i)
 }
 
 /*
+ * Index in x of the first maximum (in scan order) of output (oy, ox)'s
+ * window in channel j of image img, as the CPU's backward routes it;
+ * (size_t) -1 when the window holds no input.
+ */
+__device__ static inline size_t
+pool_window_argmax(const pool_geo &g, const float *__restrict__ x, size_t img, int oy, int ox, int j)
+{
+	float		best = -FLT_MAX;
+	size_t		arg = (size_t) -1;
+
+	for (int ky = 0; ky < g.kh; ky++)
+	{
+		int			iy = oy * g.sh - g.pt + ky;
+
+		if (iy < 0 || iy >= g.h)
+			continue;
+		for (int kx = 0; kx < g.kw; kx++)
+		{
+			int			ix = ox * g.sw - g.pl + kx;
+			size_t		at;
+
+			if (ix < 0 || ix >= g.w)
+				continue;
+			at = ((img * g.h + iy) * g.w + ix) * g.c + j;
+			if (x[at] > best || arg == (size_t) -1)
+			{
+				best = x[at];
+				arg = at;
+			}
+		}
+	}
+	return arg;
+}
+
+/*
  * dx += dy routed to each window's first maximum, gathered: one thread per
  * input element sums, in output order, the gradients of the windows whose
  * maximum it is (the windows' argmax found again as the forward pass finds
@@ -1361,40 +1396,12 @@ k_max_pool_bwd(pool_geo g, int n, const float *__restrict__ x, const float *__re
 	GRID_LOOP(i, total)
 	{
 		pool_elem	e = pool_elem_of(g, i);
-		int			j = e.j;
-		size_t		img = e.img;
 		float		s = 0.0f;
 
 		for (int oy = e.oy0; oy <= e.oy1; oy++)
 			for (int ox = e.ox0; ox <= e.ox1; ox++)
-			{
-				float		best = -FLT_MAX;
-				size_t		arg = (size_t) -1;
-
-				for (int ky = 0; ky < g.kh; ky++)
-				{
-					int			iy = oy * g.sh - g.pt + ky;
-
-					if (iy < 0 || iy >= g.h)
-						continue;
-					for (int kx = 0; kx < g.kw; kx++)
-					{
-						int			ix = ox * g.sw - g.pl + kx;
-						size_t		at;
-
-						if (ix < 0 || ix >= g.w)
-							continue;
-						at = ((img * g.h + iy) * g.w + ix) * g.c + j;
-						if (x[at] > best || arg == (size_t) -1)
-						{
-							best = x[at];
-							arg = at;
-						}
-					}
-				}
-				if (arg == i)
-					s += dy[((img * g.oh + oy) * g.ow + ox) * g.c + j];
-			}
+				if (pool_window_argmax(g, x, e.img, oy, ox, e.j) == i)
+					s += dy[((e.img * g.oh + oy) * g.ow + ox) * g.c + e.j];
 		dx[i] += s;
 	}
 }
