@@ -323,10 +323,16 @@ medtl_read_dataset(const char *source, const char *image_col, const char *label_
 	return ds;
 }
 
+size_t
+medtl_dataset_image_bytes(const MedtlDataset *ds)
+{
+	return (size_t) ds->size * ds->size * (ds->has_masks ? 4 : 3);
+}
+
 const uint8 *
 medtl_dataset_image(const MedtlDataset *ds, int i)
 {
-	size_t		per = (size_t) ds->size * ds->size * (ds->has_masks ? 4 : 3);
+	size_t		per = medtl_dataset_image_bytes(ds);
 	size_t		off;
 
 	if (i < ds->n_mem)

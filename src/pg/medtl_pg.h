@@ -132,6 +132,8 @@ MedtlDataset *medtl_read_dataset(const char *source, const char *image_col,
  * until the next call).
  */
 const uint8 *medtl_dataset_image(const MedtlDataset *ds, int i);
+/* Bytes medtl_dataset_image returns for one image: its pixels, then its mask if any. */
+size_t		medtl_dataset_image_bytes(const MedtlDataset *ds);
 void		medtl_dataset_free(MedtlDataset *ds);
 char	   *medtl_join_labels(char **labels, int n);
 /* The FROM item of a source (a query or a table name); needs SPI connected. */

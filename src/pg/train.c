@@ -349,7 +349,7 @@ fill_batch(const MedtlDataset *ds, const int *idx, int m, const MedtlModel *mm,
 		   const mt_augment *aug, mt_rng *rng, float *x, int *y, uint8 *masks)
 {
 	size_t		per = (size_t) ds->size * ds->size * 3;
-	size_t		stored = per / 3 * (ds->has_masks ? 4 : 3);
+	size_t		stored = medtl_dataset_image_bytes(ds);
 	const uint8 **srcs = palloc(sizeof(uint8 *) * m);
 	const uint8 **mask_srcs = ds->has_masks ? palloc(sizeof(uint8 *) * m) : NULL;
 	uint8	   *staged = NULL;
