@@ -13,12 +13,19 @@
  *   test/bin/bench_engine sgemm [threads] [seconds]
  *
  * times OpenBLAS sgemm 1024^3 as a reference for the machine's fp32 peak.
+ *
+ *   test/bin/bench_engine augment [threads] [seconds]
+ *
+ * times training's batch rendering (mt_augment_batch: 32 images at 224,
+ * every augmentation on, as fine_tune's all-layers phase draws them) on one
+ * thread and on [threads] (default: every core), and the ratio.
  */
 #include "core/blas.h"
 #include "core/graph.h"
 #include "core/onednn.h"
 #include "core/pool.h"
 #include "core/rng.h"
+#include "io/augment.h"
 #include "nn/zoo.h"
 
 #include <stdio.h>
@@ -97,6 +104,60 @@ bench_sgemm(int threads, double seconds)
 	return 0;
 }
 
+/* Best time of one batch of mt_augment_batch over seconds, on threads threads. */
+static double
+time_augment(int threads, double seconds, const uint8_t *const *srcs, int n, int size, float *out)
+{
+	static const float mean[3] = {0.485f, 0.456f, 0.406f};
+	static const float stdv[3] = {0.229f, 0.224f, 0.225f};
+	mt_augment	aug = {1, 10.0f, 0.2f, 0.2f, 0.8f};	/* fine_tune's phase 2 */
+	mt_rng		r;
+	double		t0,
+				best = 1e30;
+
+	mt_pool_set_threads(threads);
+	mt_rng_seed(&r, 1, 1);
+	mt_augment_batch(srcs, NULL, n, size, &aug, &r, mean, stdv, out, NULL);
+	t0 = now();
+	do
+	{
+		double		s = now();
+
+		mt_augment_batch(srcs, NULL, n, size, &aug, &r, mean, stdv, out, NULL);
+		if (now() - s < best)
+			best = now() - s;
+	} while (now() - t0 < seconds);
+	return best;
+}
+
+static int
+bench_augment(int threads, double seconds)
+{
+	enum
+	{
+		N = 32, S = 224
+	};
+	uint8_t    *img = malloc((size_t) N * S * S * 3);
+	float	   *out = malloc(sizeof(float) * N * S * S * 3);
+	const uint8_t *srcs[N];
+	double		t1,
+				tn;
+
+	if (threads <= 0)
+		threads = mt_cpu_count();
+	for (size_t i = 0; i < (size_t) N * S * S * 3; i++)
+		img[i] = (uint8_t) ((i * 2654435761u) >> 13);
+	for (int i = 0; i < N; i++)
+		srcs[i] = img + (size_t) i * S * S * 3;
+	t1 = time_augment(1, seconds, srcs, N, S, out);
+	tn = time_augment(threads, seconds, srcs, N, S, out);
+	printf("augment %d images %dx%d: 1 thread %.1f ms (%.3f ms an image), %d threads %.1f ms: %.2fx\n",
+		   N, S, S, t1 * 1e3, t1 * 1e3 / N, threads, tn * 1e3, t1 / tn);
+	free(img);
+	free(out);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -117,6 +178,8 @@ main(int argc, char **argv)
 
 	if (strcmp(arch, "sgemm") == 0)
 		return bench_sgemm(argc > 2 ? atoi(argv[2]) : 0, argc > 3 ? atof(argv[3]) : 3.0);
+	if (strcmp(arch, "augment") == 0)
+		return bench_augment(argc > 2 ? atoi(argv[2]) : 0, argc > 3 ? atof(argv[3]) : 2.0);
 	if (mt_blas_init("auto", &err) != MT_OK)
 	{
 		fprintf(stderr, "%s\n", err.msg);
