@@ -953,10 +953,10 @@ CREATE FUNCTION medtl._train_run(
     flip boolean, rotation float8, brightness float8, contrast float8, crop_scale float8,
     class_weights text, class_weight real[], focal_gamma float8, label_smoothing float8,
     validation float8, keep_best text, patience int, seed bigint, skip_bad_rows boolean,
-    batch_norm text, segmentation_loss text, ema float8)
+    batch_norm text, segmentation_loss text, ema float8, dropout float8)
 RETURNS jsonb
     AS 'MODULE_PATHNAME', 'medtl_train_run' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text, text, float8)
+COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text, text, float8, float8)
     IS 'One phase of a training run (called by medtl.train and medtl.fine_tune); for a segmentation model label_column is the mask column and segmentation_loss the loss.';
 
 -- Check the training options shared by train() and fine_tune(); raise on nonsense.
@@ -1090,7 +1090,8 @@ CREATE FUNCTION medtl.train(
     skip_bad_rows boolean DEFAULT false,
     batch_norm text DEFAULT NULL,
     mask_column text DEFAULT 'mask',
-    ema float8 DEFAULT 0)
+    ema float8 DEFAULT 0,
+    dropout float8 DEFAULT 0)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -1098,6 +1099,7 @@ DECLARE
     rid bigint;
     v_loss text;
     v_seg boolean;
+    v_do float8;
     v_lr float8 := coalesce(lr, CASE WHEN optimizer = 'sgd' THEN 0.01 ELSE 1e-3 END);
     v_wd float8 := coalesce(weight_decay, CASE WHEN optimizer = 'adamw' THEN 0.01 ELSE 0 END);
     v_aug boolean := coalesce(augment, train.freeze IS DISTINCT FROM 'backbone');
@@ -1113,6 +1115,7 @@ BEGIN
     v_bn := coalesce(batch_norm, medtl._default_batch_norm(mid));
     v_loss := medtl._resolve_loss(mid, loss);
     v_seg := (SELECT m.task = 'segmentation' FROM medtl.models m WHERE m.model_id = mid);
+    v_do := coalesce(dropout, 0);
     given := jsonb_strip_nulls(jsonb_build_object(
         'image_column', image_column, 'label_column', label_column, 'epochs', epochs,
         'batch_size', batch_size, 'lr', lr, 'optimizer', optimizer, 'weight_decay', weight_decay,
@@ -1125,9 +1128,11 @@ BEGIN
         'group_column', group_column, 'keep_best', keep_best, 'patience', patience,
         'seed', seed, 'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm,
         'mask_column', CASE WHEN mask_column IS DISTINCT FROM 'mask' THEN mask_column END,
-        'ema', CASE WHEN ema IS DISTINCT FROM 0 THEN ema END));
+        'ema', CASE WHEN ema IS DISTINCT FROM 0 THEN ema END,
+        'dropout', CASE WHEN dropout IS DISTINCT FROM 0 THEN dropout END));
     resolved := given || jsonb_build_object('lr', v_lr, 'weight_decay', v_wd, 'augment', v_aug,
                                             'validation', v_val, 'batch_norm', v_bn, 'loss', v_loss,
+                                            'dropout', v_do,
                                             'focal_gamma', CASE WHEN v_loss = 'focal' THEN focal_gamma ELSE 0 END)
                          || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END;
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
@@ -1142,7 +1147,7 @@ BEGIN
         CASE WHEN v_aug THEN crop_scale ELSE 1 END,
         class_weights, class_weight, CASE WHEN v_loss = 'focal' THEN focal_gamma ELSE 0 END,
         label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows, v_bn,
-        CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0));
+        CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do);
 
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -1152,7 +1157,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean, text, text, float8)
+COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean, text, text, float8, float8)
     IS 'Fine-tune a model (a segmentation model on images and masks in mask_column) on the rows of a table or query; per-epoch metrics go to medtl.epochs, the run to medtl.runs, and the trained weights replace the model''s rows when the run completes. Returns the run id.';
 
 CREATE FUNCTION medtl.fine_tune(
@@ -1179,7 +1184,8 @@ CREATE FUNCTION medtl.fine_tune(
     skip_bad_rows boolean DEFAULT false,
     batch_norm text DEFAULT NULL,
     mask_column text DEFAULT 'mask',
-    ema float8 DEFAULT 0)
+    ema float8 DEFAULT 0,
+    dropout float8 DEFAULT 0)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -1187,6 +1193,7 @@ DECLARE
     rid bigint;
     v_loss text;
     v_seg boolean;
+    v_do float8;
     v_cw text;
     v_wd float8 := coalesce(weight_decay, CASE WHEN optimizer = 'adamw' THEN 0.01 ELSE 0 END);
     v_val float8 := CASE WHEN validation_source IS NULL THEN validation ELSE 0 END;
@@ -1215,6 +1222,7 @@ BEGIN
     v_seg := (SELECT m.task = 'segmentation' FROM medtl.models m WHERE m.model_id = mid);
     -- classes balanced for classifiers; a segmentation loss with Dice needs no pixel weights
     v_cw := coalesce(class_weights, CASE WHEN v_seg THEN 'none' ELSE 'balanced' END);
+    v_do := coalesce(dropout, 0);
     given := jsonb_strip_nulls(jsonb_build_object(
         'recipe', 'fine_tune', 'image_column', image_column, 'label_column', label_column,
         'head_epochs', head_epochs, 'head_lr', head_lr, 'epochs', epochs, 'lr', lr,
@@ -1224,11 +1232,11 @@ BEGIN
         'group_column', group_column, 'keep_best', keep_best, 'seed', seed,
         'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm,
         'mask_column', CASE WHEN mask_column IS DISTINCT FROM 'mask' THEN mask_column END,
-        'ema', ema));
+        'ema', ema, 'dropout', dropout));
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
     VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val, 'batch_norm', v_bn,
                                                             'loss', v_loss, 'class_weights', v_cw, 'batch_size', v_bs,
-                                                            'ema', coalesce(ema, 0))
+                                                            'ema', coalesce(ema, 0), 'dropout', v_do)
                                 || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END, seed)
     RETURNING run_id INTO rid;
 
@@ -1239,7 +1247,7 @@ BEGIN
             validation_source, 1, head_epochs, v_bs, head_lr, optimizer, v_wd, 0.9, 'cosine',
             0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, v_cw, NULL,
             CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed, skip_bad_rows,
-            v_bn, CASE WHEN v_seg THEN v_loss END, 0);
+            v_bn, CASE WHEN v_seg THEN v_loss END, 0, v_do);
     END IF;
     -- phase 2: every layer (or those after freeze) at the low learning rate
     IF epochs > 0 THEN
@@ -1250,7 +1258,7 @@ BEGIN
             CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
             CASE WHEN augment THEN 0.8 ELSE 1 END, v_cw, NULL,
             CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed + 1, skip_bad_rows,
-            v_bn, CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0));
+            v_bn, CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do);
     END IF;
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -1260,7 +1268,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8)
+COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8)
     IS 'The standard transfer-learning recipe in one call: the new head alone on the frozen backbone, then all layers (or those after freeze) at a low learning rate, with augmentation. Returns the run id.';
 
 ------------------------------------------------------------------------------

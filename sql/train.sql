@@ -179,6 +179,35 @@ SELECT a.data <> c.data AS trained, count(*) AS tensors, count(*) FILTER (WHERE 
  GROUP BY 1 ORDER BY 1;
 SELECT train('ema_on', 'train_xrays', ema => 1);
 
+-- dropout => p drops the head's input in training (torchvision's MobileNetV2
+-- has Dropout(0.2) before its classifier): in the head phase on the cached
+-- features and in the all-layers phase alike, the masks change the training
+-- losses, and the same seed repeats the run bit for bit
+SELECT create_model('drop_0', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+SELECT create_model('drop_a', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+SELECT create_model('drop_b', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+\set VERBOSITY terse
+SELECT fine_tune('drop_0', 'train_xrays', head_epochs => 2, epochs => 1, batch_size => 8, freeze => 'features.14') AS run_drop_0 \gset
+SELECT fine_tune('drop_a', 'train_xrays', head_epochs => 2, epochs => 1, batch_size => 8, freeze => 'features.14', dropout => 0.5) AS run_drop_a \gset
+SELECT fine_tune('drop_b', 'train_xrays', head_epochs => 2, epochs => 1, batch_size => 8, freeze => 'features.14', dropout => 0.5) AS run_drop_b \gset
+\set VERBOSITY default
+SELECT (SELECT resolved->>'dropout' FROM runs WHERE run_id = :run_drop_0) AS default_dropout,
+       (SELECT resolved->>'dropout' FROM runs WHERE run_id = :run_drop_a) AS dropout;
+SELECT phase, count(*) AS epochs, bool_and(a.train_loss <> z.train_loss) AS other_training,
+       bool_and(a.train_loss = b.train_loss AND a.val_loss = b.val_loss) AS repeated
+  FROM epochs a JOIN epochs b USING (phase, epoch) JOIN epochs z USING (phase, epoch)
+ WHERE a.run_id = :run_drop_a AND b.run_id = :run_drop_b AND z.run_id = :run_drop_0
+ GROUP BY phase ORDER BY phase;
+SELECT count(*) AS tensors, count(*) FILTER (WHERE a.data = b.data) AS equal
+  FROM weights a JOIN weights b USING (tensor)
+ WHERE a.model_id = (SELECT model_id FROM models WHERE name = 'drop_a')
+   AND b.model_id = (SELECT model_id FROM models WHERE name = 'drop_b');
+\set VERBOSITY terse
+SELECT train('drop_a', 'train_xrays', dropout => 1);
+SELECT train('drop_a', 'train_xrays', dropout => -0.1);
+SELECT train('drop_a', 'train_xrays', dropout => 'NaN');
+\set VERBOSITY default
+
 -- from scratch (no pretrained weights) with the same head init
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';

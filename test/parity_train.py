@@ -16,14 +16,22 @@ medtl (test/bin/train_step, built by `make tools`) from the same weights:
   stage     frozen up to layer3 / features.13 (same treatment), SGD as above
   bntrain   backbone frozen but every BN in train mode (PyTorch's plain
             model.train(); medtl's bn_train_frozen flag), SGD as above
+  dropout   full fine-tune with the head's input dropped (medtl's head
+            dropout, p 0.2: torchvision's Dropout before MobileNetV2's and
+            EfficientNet-B0's classifiers), SGD as above; medtl draws the
+            mask and writes it out, and torch multiplies the classifier's
+            input by that same mask (a forward pre-hook), so the step is
+            compared exactly, not in distribution
 
-The two newer architectures run the sgd, adam, backbone and stage cases
-(stage: features.denseblock3 / features.5).
+The two newer architectures run the sgd, backbone and stage cases
+(stage: features.denseblock3 / features.5), EfficientNet-B0 the dropout
+case too.
 
 torchvision's MobileNetV2 and EfficientNet-B0 have Dropout(0.2) before their
 classifiers, and EfficientNet-B0 stochastic depth on its residual branches;
-medtl has neither, so the torch side runs those modules in eval()
-(identity).  Arguments: architecture names to run only those.
+medtl has no stochastic depth and its head dropout is off unless asked
+for, so the torch side runs those modules in eval() (identity) and the
+dropout case applies medtl's mask itself.  Arguments: architecture names to run only those.
 
 Compared: the loss (relative error <= 1e-4), every gradient and every
 parameter and BN running statistic after the step (<= 1e-3), where the
@@ -203,8 +211,23 @@ def make_optim(case, params):
     return torch.optim.AdamW(params, lr=case["lr"], weight_decay=case.get("wd", 0.0))
 
 
-def torch_step(model, x, y, case):
+def head_module(model):
+    """The linear layer producing the logits."""
+    if hasattr(model, "fc"):
+        return model.fc
+    if hasattr(model, "heads"):
+        return model.heads.head
+    if isinstance(model.classifier, torch.nn.Linear):
+        return model.classifier
+    return model.classifier[1]
+
+
+def torch_step(model, x, y, case, mask=None):
     frozen = frozen_names(model, case["freeze"])
+    if mask is not None:
+        # medtl's head dropout with medtl's mask: the head's input times it
+        m = mask.to(next(model.parameters()).dtype)
+        head_module(model).register_forward_pre_hook(lambda mod, inp: (inp[0] * m,))
     model.train()
     for mod in model.modules():
         # dropout and stochastic depth: medtl has none (identity)
@@ -329,12 +352,9 @@ def run_case(arch, case, x, y, tmp):
         write_safetensors(wpath, list(model.state_dict().items()))
     write_safetensors(bpath, [("x", x.permute(0, 2, 3, 1).contiguous()), ("labels", y)])
 
-    t_loss, t_logits, t_grads, t_after = torch_step(model, x, y, case)
-    d_loss, _, d_grads, d_after = torch_step(build(arch).double(), x.double(), y, case)
-
     cmd = [DRIVER, arch, str(CLASSES), wpath, bpath, opath, case["optim"], repr(case["lr"]),
            case["freeze"]]
-    for opt in ("momentum", "wd"):
+    for opt in ("momentum", "wd", "dropout"):
         if opt in case:
             cmd += ["--" + opt, repr(case[opt])]
     if case.get("nesterov"):
@@ -346,6 +366,20 @@ def run_case(arch, case, x, y, tmp):
         report(False, "%s: driver failed (rc %d): %s" % (name, r.returncode, r.stderr.strip()))
         return
     out = read_safetensors(opath)[0]
+    mask = None
+    if "dropout" in case:
+        mask = out.get("dropout_mask")
+        p = case["dropout"]
+        if mask is None:
+            report(False, "%s: the driver wrote no dropout_mask" % name)
+            return
+        kept = mask != 0
+        if (not bool(torch.all(mask[kept] == torch.tensor(1 / (1 - p), dtype=mask.dtype)))
+                or not 0 < float(kept.float().mean()) < 1):
+            report(False, "%s: the mask is not 0 / 1/(1-p) with some of each" % name)
+            return
+    t_loss, t_logits, t_grads, t_after = torch_step(model, x, y, case, mask)
+    d_loss, _, d_grads, d_after = torch_step(build(arch).double(), x.double(), y, case, mask)
 
     problems = []
     loss_err = abs(float(out["loss"][0]) - t_loss) / max(abs(t_loss), 1e-6)
@@ -420,6 +454,8 @@ CASES = [
     {"name": "stage", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": None},
     {"name": "bntrain", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": "backbone",
      "bn_train_frozen": True},
+    {"name": "dropout", "optim": "sgd", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "freeze": "none",
+     "dropout": 0.2},
 ]
 STAGE = {"resnet18": "layer3", "mobilenet_v2": "features.13",
          "densenet121": "features.denseblock3", "efficientnet_b0": "features.5",
@@ -427,7 +463,7 @@ STAGE = {"resnet18": "layer3", "mobilenet_v2": "features.13",
 # The cases each architecture runs (the newer, slower ones a subset).
 ARCH_CASES = {"mobilenet_v2": None, "resnet18": None,
               "densenet121": ("sgd", "backbone", "stage"),
-              "efficientnet_b0": ("sgd", "backbone", "stage")}
+              "efficientnet_b0": ("sgd", "backbone", "stage", "dropout")}
 # Input side (default 64): at 64x64 DenseNet's last block is 2x2 and the
 # fixed batch lies within rounding of a ReLU kink in the stage case.
 SIZE = {"densenet121": 128}

@@ -11,6 +11,7 @@
 #define MT_GRAPH_H
 
 #include "ops.h"
+#include "rng.h"
 
 #define MT_NAME_MAX 128
 #define MT_MAX_DIMS 4
@@ -184,6 +185,13 @@ typedef struct mt_model
 	mt_head_init head_init;
 	int			conv_init_fan_in;	/* init_all: kaiming normal over fan_in (DenseNet) */
 	int			bn_train_frozen;	/* frozen BN layers use batch statistics too */
+	/*
+	 * Dropout on the classifier head's input in training (train.h): the
+	 * probability of zeroing a feature (0: none), and the generator the
+	 * masks come from.
+	 */
+	float		head_dropout;
+	mt_rng		dropout_rng;
 	struct mt_train_state *train;	/* kept by mt_model_forward_train */
 	struct mt_step_cache *step_cache;	/* host blocks reused by training steps */
 	/*

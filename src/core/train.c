@@ -49,6 +49,9 @@ struct mt_train_state
 	size_t		bytes;			/* kept bytes */
 	struct mt_devtrain *dt;		/* buffers in its arena; NULL: host memory */
 	struct mt_step_cache *cache;	/* host: the model's reusable blocks */
+	/* head dropout (train.h): the mask and the head's dropped input */
+	float	   *drop_mask;
+	float	   *drop_x;
 };
 
 /*
@@ -673,6 +676,8 @@ train_state_free(struct mt_train_state *st)
 		if (st->bn_invstd != NULL)
 			t_free(st, st->bn_invstd[i]);
 	}
+	t_free(st, st->drop_mask);
+	t_free(st, st->drop_x);
 	mt_free(st->shp);
 	mt_free(st->owner);
 	mt_free(st->buf);
@@ -965,6 +970,55 @@ run_train_node(mt_model *m, struct mt_train_state *st, int i, const float *a,
 	return MT_OK;
 }
 
+void
+mt_dropout_mask(mt_model *m, int n, int d, float *mask)
+{
+	float		p = m->head_dropout;
+	float		keep = 1.0f / (1.0f - p);
+	size_t		len = (size_t) n * d;
+
+	for (size_t i = 0; i < len; i++)
+		mask[i] = mt_rng_uniform(&m->dropout_rng) < p ? 0.0f : keep;
+}
+
+/*
+ * Head dropout in a training pass: a fresh mask (drawn on the host,
+ * uploaded on a device) times the logits node's input, both kept for the
+ * backward pass; *a then points at the dropped input.
+ */
+static int
+drop_head_input(mt_model *m, struct mt_train_state *st, const mt_node *nd,
+				const float **a, mt_err *err)
+{
+	const mt_backend *be = st->dt != NULL ? st->dt->be : m->backend;
+	size_t		len = (size_t) st->n * nd->in_features;
+	int			rc = MT_OK;
+
+	st->drop_mask = t_alloc(st, len, 0);
+	st->drop_x = t_alloc(st, len, 0);
+	if (st->drop_mask == NULL || st->drop_x == NULL)
+		return mt_seterr(err, st->dt && st->dt->alloc_rc ? st->dt->alloc_rc : MT_ERR_NOMEM,
+						 "out of memory for the head's dropout mask");
+	if (st->dt != NULL)
+	{
+		float	   *host = mt_malloc(len * sizeof(float));
+
+		if (host == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory for the head's dropout mask");
+		mt_dropout_mask(m, st->n, nd->in_features, host);
+		rc = be->upload(st->drop_mask, host, len * sizeof(float), err);
+		mt_free(host);
+		if (rc != MT_OK)
+			return rc;
+	}
+	else
+		mt_dropout_mask(m, st->n, nd->in_features, st->drop_mask);
+	be->scale_channels(st->n, 1, nd->in_features, *a, st->drop_mask, st->drop_x);
+	st->bytes += 2 * len * sizeof(float);
+	*a = st->drop_x;
+	return MT_OK;
+}
+
 /* Record that node j's backward reads buffer k. */
 static void
 mark_read(struct mt_train_state *st, int k, int j)
@@ -994,6 +1048,8 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 	mt_model_train_release(m);
 	if (n <= 0 || h <= 0 || w <= 0)
 		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
+	if (!(m->head_dropout >= 0.0f && m->head_dropout < 1.0f))
+		return mt_seterr(err, MT_ERR_INVALID, "head dropout must be at least 0 and below 1");
 	if ((rc = mt_model_check_complete(m, err)) != MT_OK)
 		return rc;
 	for (int i = 0; i < nn; i++)
@@ -1210,8 +1266,13 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 									  nd->in0 >= 0 ? st->shp[nd->in0] : (mt_shape3) {h, w, 3},
 									  a, b, y, scratch, err);
 		else
+		{
+			if (i == m->logits_node && nd->kind == MT_NODE_LINEAR && st->req[i] &&
+				m->head_dropout > 0.0f && (rc = drop_head_input(m, st, nd, &a, err)) != MT_OK)
+				goto done;
 			rc = run_train_node(m, st, i, a, b, y, wpack, scratch, chan, chan + max_c,
 								chan + 2 * max_c, chan + 3 * max_c, &stats_changed, err);
+		}
 		if (rc != MT_OK)
 			goto done;
 		/* release inputs whose last reader this was, unless backward reads them */
@@ -1616,6 +1677,22 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 					goto nomem;
 				if (want_dx && (dx = grad_buf(c, in0)) == NULL)
 					goto nomem;
+				if (i == m->logits_node && st->drop_x != NULL)
+				{
+					/* head dropout: through the dropped input, then the mask */
+					size_t		dl = (size_t) n * nd->in_features;
+					float	   *t = want_dx ? t_alloc(st, dl, 1) : NULL;
+
+					if (want_dx && t == NULL)
+						goto nomem;
+					be->linear_backward(n, nd->in_features, nd->out_features, st->drop_x,
+										pdata(m, nd->p_weight), dy, t, dw, db);
+					if (t != NULL)
+						be->scale_channels_backward(n, 1, nd->in_features, NULL, st->drop_mask,
+													t, dx, NULL);
+					t_free(st, t);
+					return MT_OK;
+				}
 				be->linear_backward(n, nd->in_features, nd->out_features, x,
 									pdata(m, nd->p_weight), dy, dx, dw, db);
 				return MT_OK;

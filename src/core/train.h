@@ -100,6 +100,19 @@ int			mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 								   float *logits, float *features, mt_err *err);
 
 /*
+ * Dropout on the head (torch.nn.Dropout before the classifier, as
+ * torchvision's MobileNetV2 and EfficientNet have it): with m->head_dropout
+ * = p > 0, mt_model_forward_train multiplies the input of the logits node
+ * (a linear layer) by a fresh mask, each value 0 with probability p and
+ * else 1 / (1 - p), and mt_model_backward passes the gradients through the
+ * same mask; the features output stays as it was.  Inference never drops.
+ * The masks come from m->dropout_rng (seed it with mt_rng_seed; every
+ * training pass advances it), drawn on the host row by row, so a run
+ * repeats on any backend.  p must be in [0, 1).
+ */
+void		mt_dropout_mask(mt_model *m, int n, int d, float *mask);
+
+/*
  * Backward pass from dlogits, the gradient of the (mean) loss with respect
  * to the logits (same shape as forward_train's logits).  Adds the gradients
  * into each trainable parameter's grad (allocated, zeroed, on first use);

@@ -65,6 +65,7 @@ typedef struct TrainArgs
 	bool		skip_bad_rows;
 	bool		bn_frozen;		/* batch norm keeps its statistics and affine */
 	double		ema;			/* decay of the weights' moving average; 0: none */
+	double		dropout;		/* on the classifier head's input; 0: none */
 	/* segmentation: label_col is the mask column; loss weights */
 	bool		seg;
 	float		ce_weight,
@@ -806,10 +807,10 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	OptimHolder *optim_holder;
 
 	/* a library newer or older than the installed SQL objects must not read past the arguments */
-	if (PG_NARGS() != 36)
+	if (PG_NARGS() != 37)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 36",
+				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 37",
 						PG_NARGS()),
 				 errhint("The installed SQL objects do not match the medtl library; update the extension (ALTER EXTENSION medtl UPDATE, or drop and re-create it).")));
 	for (int i = 0; i < PG_NARGS(); i++)
@@ -871,6 +872,11 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("ema must be at least 0 and below 1 (0: no moving average of the weights)")));
+	a.dropout = PG_GETARG_FLOAT8(36);
+	if (!(a.dropout >= 0 && a.dropout < 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("dropout must be at least 0 and below 1")));
 	{
 		char	   *bn = text_arg(fcinfo, 33);
 
@@ -906,6 +912,10 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				 errmsg("model \"%s\" has task %s but architecture %s", a.model, mm->task, mm->arch)));
 	if (a.seg && a.ce_weight == 0 && a.dice_weight == 0)
 		a.ce_weight = a.dice_weight = 1;
+	if (a.seg && a.dropout > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("dropout applies to a classifier's head; segmentation model \"%s\" has none", a.model)));
 	if (a.seg && k < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -967,6 +977,9 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	 * running statistics (so the backbone's features are not computed once)
 	 */
 	mm->net->bn_train_frozen = !a.bn_frozen;
+	/* head dropout: its masks on a stream of their own, so they move nothing else */
+	mm->net->head_dropout = (float) a.dropout;
+	mt_rng_seed(&mm->net->dropout_rng, (uint64_t) a.seed, 2);
 	head_only = !a.seg && only_head_trains(mm->net);
 	features_once = head_only && !mt_augment_enabled(&a.aug);
 	dev = train_device(mm, &a);
@@ -1089,6 +1102,16 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					{
 						memcpy(f + (size_t) i * fd, tf + (size_t) order[s0 + i] * fd, sizeof(float) * fd);
 						y[i] = ds->labels[sp.train[order[s0 + i]]];
+					}
+					if (a.dropout > 0)
+					{
+						/* as mt_model_forward_train drops the head's input */
+						float	   *mask = palloc(sizeof(float) * (size_t) m * fd);
+
+						mt_dropout_mask(mm->net, m, fd, mask);
+						for (size_t j = 0; j < (size_t) m * fd; j++)
+							f[j] *= mask[j];
+						pfree(mask);
 					}
 					mt_cpu_backend.linear(m, fd, k, f, hw->data, hb->data, logits);
 					check(mt_loss_cross_entropy(logits, y, m, k, cw, (float) a.focal_gamma,

@@ -34,7 +34,8 @@
  *   cuda_train_check [--size S] [--batch B] [--cpu-batch B] [--bench-size S]
  *                    [--archs a,b,..] [--settings 0123] [--no-bench] [--seconds T]
  *   settings: 0 SGD full fine-tune, 1 AdamW full, 2 SGD frozen backbone,
- *   3 AdamW frozen backbone (0-3 with the sigmoid for ReLU, bound 1e-4),
+ *   3 AdamW frozen backbone (0-3 with the sigmoid for ReLU, bound 1e-4;
+ *   the AdamW ones with head dropout 0.2, both sides drawing the same masks),
  *   4 SGD full fine-tune of the model as built (bound 1e-1), 5 SGD full
  *   fine-tune with the sigmoid, the device step at bf16 precision (loss
  *   within 1e-2, all gradients together within 5e-2 norm-wise
@@ -280,7 +281,8 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 	double		e_all;
 	int			dstep;
 
-	snprintf(label, sizeof(label), "%s %s %s (%dx%d batch %d%s%s)", arch, adamw ? "AdamW" : "SGD",
+	snprintf(label, sizeof(label), "%s %s%s %s (%dx%d batch %d%s%s)", arch, adamw ? "AdamW" : "SGD",
+			 adamw ? " head dropout 0.2" : "",
 			 frozen ? "frozen backbone" : "full fine-tune", b->size, b->size, b->n,
 			 smooth ? ", sigmoid for ReLU" : ", as built, bound 1e-1",
 			 bf16 ? ", bf16 on the device" : "");
@@ -298,6 +300,13 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 	{
 		smooth_acts(mc);
 		smooth_acts(md);
+	}
+	if (adamw)
+	{
+		/* the masks are drawn on the host: both sides get the same ones */
+		mc->head_dropout = md->head_dropout = 0.2f;
+		mt_rng_seed(&mc->dropout_rng, 5, 2);
+		md->dropout_rng = mc->dropout_rng;
 	}
 	if (mt_model_to_device(md, &mt_cuda_backend, &err) != MT_OK)
 	{

@@ -5,7 +5,7 @@
  *   train_step ARCH CLASSES WEIGHTS BATCH OUT OPTIM LR FREEZE
  *              [--momentum M] [--wd WD] [--beta1 B1] [--beta2 B2] [--eps E]
  *              [--nesterov] [--bn-train-frozen] [--bn-weights-frozen]
- *              [--ce W] [--dice W]
+ *              [--ce W] [--dice W] [--dropout P]
  *
  * WEIGHTS is a torchvision state_dict as safetensors; BATCH holds "x"
  * (F32, n x h x w x 3, NHWC) and "labels" (I64, n).  OPTIM is sgd, adam or
@@ -13,7 +13,10 @@
  * Runs forward_train, cross-entropy, backward and one optimizer step, and
  * writes OUT (safetensors): "loss" [1], "logits" [n, classes],
  * "grad.NAME" for every tensor that got a gradient and "NAME" for every
- * tensor (weights and running statistics) after the step.
+ * tensor (weights and running statistics) after the step.  --dropout P
+ * drops the head's input with probability P (mt_model_forward_train's head
+ * dropout, masks seeded with 1) and adds "dropout_mask" [n, features], the
+ * mask the step used (0 or 1 / (1 - P)), for the oracle to apply.
  *
  * For a segmentation arch (unet_*, test/parity_unet.py) BATCH holds "masks"
  * (I64, n x h x w, 255 = ignore) instead of labels, the loss is
@@ -204,7 +207,10 @@ main(int argc, char **argv)
 				bn_weights_frozen = 0,
 				seg;
 	float		ce_weight = 1.0f,
-				dice_weight = 1.0f;
+				dice_weight = 1.0f,
+				dropout = 0.0f;
+	float	   *drop_mask = NULL;
+	mt_rng		drop_rng;
 	uint8_t    *masks = NULL;
 	float	   *infer = NULL;
 	size_t		per = 0;
@@ -271,6 +277,8 @@ main(int argc, char **argv)
 			ce_weight = strtof(argv[++i], NULL);
 		else if (i + 1 < argc && strcmp(argv[i], "--dice") == 0)
 			dice_weight = strtof(argv[++i], NULL);
+		else if (i + 1 < argc && strcmp(argv[i], "--dropout") == 0)
+			dropout = strtof(argv[++i], NULL);
 		else
 		{
 			fprintf(stderr, "train_step: unknown option %s\n", argv[i]);
@@ -361,8 +369,21 @@ main(int argc, char **argv)
 	if ((o = mt_optim_create(m, kind, momentum, beta1, beta2, eps, wd, nesterov, &err)) == NULL)
 		die("optimizer", &err);
 	mt_model_zero_grad(m);
+	m->head_dropout = dropout;
+	mt_rng_seed(&m->dropout_rng, 1, 2);
+	drop_rng = m->dropout_rng;
 	if (mt_model_forward_train(m, x, n, h, w, logits, NULL, &err) != MT_OK)
 		die("forward_train", &err);
+	if (dropout > 0)
+	{
+		/* the mask that pass drew, drawn again from the same state */
+		mt_rng		after = m->dropout_rng;
+
+		drop_mask = malloc(sizeof(float) * n * m->feature_dim);
+		m->dropout_rng = drop_rng;
+		mt_dropout_mask(m, n, m->feature_dim, drop_mask);
+		m->dropout_rng = after;
+	}
 	fprintf(stderr, "train_step: %s kept %zu bytes for backward\n", arch, mt_model_train_memory(m));
 	if ((seg ? mt_loss_segmentation(logits, masks, n, h * w, classes, NULL, ce_weight, dice_weight,
 									&loss, dlogits, &err) :
@@ -374,17 +395,26 @@ main(int argc, char **argv)
 		die("sync_to_host", &err);
 
 	/* gradients are written before the step changes anything */
-	names = calloc(2 * m->n_params + 3, sizeof(char *));
-	dtypes = calloc(2 * m->n_params + 3, sizeof(mt_dtype));
-	ndims = calloc(2 * m->n_params + 3, sizeof(int));
-	shapes = calloc(2 * m->n_params + 3, sizeof(*shapes));
-	datas = calloc(2 * m->n_params + 3, sizeof(void *));
-	owned = calloc(2 * m->n_params + 3, sizeof(char *));
+	names = calloc(2 * m->n_params + 4, sizeof(char *));
+	dtypes = calloc(2 * m->n_params + 4, sizeof(mt_dtype));
+	ndims = calloc(2 * m->n_params + 4, sizeof(int));
+	shapes = calloc(2 * m->n_params + 4, sizeof(*shapes));
+	datas = calloc(2 * m->n_params + 4, sizeof(void *));
+	owned = calloc(2 * m->n_params + 4, sizeof(char *));
 	names[n_out] = "loss";
 	dtypes[n_out] = MT_F32;
 	ndims[n_out] = 1;
 	shapes[n_out][0] = 1;
 	datas[n_out++] = &loss;
+	if (drop_mask != NULL)
+	{
+		names[n_out] = "dropout_mask";
+		dtypes[n_out] = MT_F32;
+		ndims[n_out] = 2;
+		shapes[n_out][0] = n;
+		shapes[n_out][1] = m->feature_dim;
+		datas[n_out++] = drop_mask;
+	}
 	for (int k = 0; k < (seg ? 2 : 1); k++)
 	{
 		names[n_out] = k == 0 ? "logits" : "infer_logits";
@@ -460,5 +490,6 @@ main(int argc, char **argv)
 	free(dlogits);
 	free(masks);
 	free(infer);
+	free(drop_mask);
 	return 0;
 }

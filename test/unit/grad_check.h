@@ -153,6 +153,7 @@ typedef struct graph_ctx
 	int			n,
 				h,
 				w;
+	const mt_rng *drop;			/* head dropout: every pass starts from this state */
 } graph_ctx;
 
 /* Forward of a graph context in training mode (state dropped). */
@@ -163,6 +164,8 @@ graph_fwd(void *p, float *y)
 	mt_err		err;
 
 	c->m->prepared = 0;			/* parameters were just perturbed */
+	if (c->drop != NULL)
+		c->m->dropout_rng = *c->drop;	/* the same mask every time */
 	if (mt_model_forward_train(c->m, c->x, c->n, c->h, c->w, y, NULL, &err) != MT_OK)
 		fprintf(stderr, "forward_train: %s\n", err.msg);
 	mt_model_train_release(c->m);

@@ -920,7 +920,8 @@ static double
 graph_check(const char *what, mt_model *m, const float *x, int n, int h, int w,
 			int samples, double step, double tol)
 {
-	graph_ctx	c = {m, x, n, h, w};
+	mt_rng		r0 = m->dropout_rng;
+	graph_ctx	c = {m, x, n, h, w, m->head_dropout > 0 ? &r0 : NULL};
 	size_t		yl = out_len(m, n, h, w);
 	float	   *r = rbuf(yl, -1, 1),
 			   *y = zbuf(yl);
@@ -2037,6 +2038,104 @@ test_misc(void)
 }
 
 /* Run every group; the summary line is what test/run reads. */
+/*
+ * Head dropout (on cnn_graph, below): the logits are the head applied to the masked features
+ * (the mask regenerated from the same generator state), the features
+ * output is not masked, the mask keeps about 1 - p of the values at 1 / (1
+ * - p) and changes from pass to pass, and the gradients (all layers, and
+ * the head alone) match differences taken with the mask held fixed.
+ */
+static void
+test_head_dropout(void)
+{
+	uint64_t	saved = rng_state;
+	int			n = 2,
+				h = 8,
+				w = 8;
+	float	   *x;
+	mt_model   *m;
+	int			fd,
+				k;
+	float	   *y,
+			   *f,
+			   *f0,
+			   *mask,
+			   *mask2,
+			   *want;
+	const mt_node *lin;
+	mt_rng		r0;
+	mt_err		err;
+	double		worst = 0;
+	int			zeros = 0,
+				bad = 0,
+				differ = 0,
+				differ_f = 0;
+	const float p = 0.25f;
+
+	/* the smooth graph: the directional differences take long steps */
+	rng_state = 0x9E3779B97F4A7C15ull ^ 0xD80Full;
+	x = rbuf((size_t) n * h * w * 3, -1, 1);
+	m = cnn_graph();
+	fd = m->feature_dim;
+	k = m->num_classes;
+	y = zbuf((size_t) n * k);
+	f = zbuf((size_t) n * fd);
+	f0 = zbuf((size_t) n * fd);
+	mask = zbuf((size_t) n * fd);
+	mask2 = zbuf((size_t) n * fd);
+	want = zbuf((size_t) n * k);
+	lin = &m->nodes[m->logits_node];
+	CHECK(mt_model_freeze(m, "none", &err) == MT_OK, "%s", err.msg);
+	CHECK(mt_model_forward_train(m, x, n, h, w, NULL, f0, &err) == MT_OK, "%s", err.msg);
+	mt_model_train_release(m);
+	m->head_dropout = p;
+	mt_rng_seed(&m->dropout_rng, 7, 2);
+	r0 = m->dropout_rng;
+	CHECK(mt_model_forward_train(m, x, n, h, w, y, f, &err) == MT_OK, "%s", err.msg);
+	mt_model_train_release(m);
+	m->dropout_rng = r0;
+	mt_dropout_mask(m, n, fd, mask);
+	mt_dropout_mask(m, n, fd, mask2);
+	for (int i = 0; i < n * fd; i++)
+	{
+		zeros += mask[i] == 0.0f;
+		bad += mask[i] != 0.0f && mask[i] != 1.0f / (1.0f - p);
+		differ += mask[i] != mask2[i];
+		f0[i] -= f[i];
+		f[i] *= mask[i];
+	}
+	mt_cpu_backend.linear(n, fd, k, f, m->params[lin->p_weight].data,
+						  m->params[lin->p_bias].data, want);
+	for (int i = 0; i < n * k; i++)
+		worst = fmax(worst, fabs(want[i] - y[i]));
+	CHECK(worst < 1e-5, "dropout: logits = head(features * mask), worst %.2e", worst);
+	for (int i = 0; i < n * fd; i++)
+		differ_f += f0[i] != 0.0f;
+	CHECK(differ_f == 0, "dropout: the features output is not masked (%d values moved)", differ_f);
+	CHECK(bad == 0 && zeros > 0 && zeros < n * fd / 2 && differ > 0,
+		  "dropout mask: %d of %d zero (p %.2f), %d other than 0 or 1/(1-p), %d differ from the next mask",
+		  zeros, n * fd, p, bad, differ);
+
+	dir_target = 3e-3;
+	graph_check("cnn graph, head dropout 0.25", m, x, n, h, w, 12, 1e-3, 3e-2);
+	CHECK(mt_model_freeze(m, "backbone", &err) == MT_OK, "%s", err.msg);
+	graph_check("head alone, dropout 0.25", m, x, n, h, w, 12, 1e-3, 3e-2);
+	dir_target = 3e-4;
+
+	m->head_dropout = 1.0f;
+	CHECK(mt_model_forward_train(m, x, n, h, w, y, NULL, &err) == MT_ERR_INVALID,
+		  "dropout 1 refused");
+	mt_model_free(m);
+	free(x);
+	free(y);
+	free(f);
+	free(f0);
+	free(mask);
+	free(mask2);
+	free(want);
+	rng_state = saved;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2059,5 +2158,6 @@ main(int argc, char **argv)
 	test_zoo_models();
 	test_bf16_convolutions();
 	test_misc();
+	test_head_dropout();
 	return TEST_SUMMARY("grad");
 }
