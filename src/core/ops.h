@@ -227,6 +227,12 @@ typedef struct mt_backend
 	/* dst += src */
 	void		(*accumulate) (size_t len, const float *src, float *dst);
 	/*
+	 * A moving average's step over len values, avg = d * avg + e * p (in
+	 * float, d and e as given; train.h mt_ema), and the exchange of a and b.
+	 */
+	void		(*ema_update) (size_t len, float *avg, const float *p, float d, float e);
+	void		(*swap) (size_t len, float *a, float *b);
+	/*
 	 * torch.optim.SGD on len values (dampening 0): weight decay added to the
 	 * gradient; buf is the momentum buffer (NULL when momentum is 0), set
 	 * from the gradient when first is true.

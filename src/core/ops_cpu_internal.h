@@ -85,6 +85,8 @@ void		mt_cpu_linear_backward(int n, int in, int out, const float *x,
 								   const float *w, const float *dy, float *dx,
 								   float *dw, float *db);
 void		mt_cpu_accumulate(size_t len, const float *src, float *dst);
+void		mt_cpu_ema_update(size_t len, float *avg, const float *p, float d, float e);
+void		mt_cpu_swap(size_t len, float *a, float *b);
 void		mt_cpu_sgd_update(size_t len, float *p, const float *g, float *buf,
 							  float lr, float momentum, float weight_decay,
 							  int nesterov, int first);

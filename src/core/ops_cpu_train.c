@@ -784,6 +784,30 @@ mt_cpu_accumulate(size_t len, const float *src, float *dst)
 	mt_parallel_for(len, 1 << 15, accumulate_task, &a);
 }
 
+/* avg = d * avg + e * p, elementwise (the moving average of train.h's mt_ema) */
+void
+mt_cpu_ema_update(size_t len, float *avg, const float *p, float d, float e)
+{
+	float	   *restrict a = avg;
+	const float *restrict w = p;
+
+	for (size_t i = 0; i < len; i++)
+		a[i] = d * a[i] + e * w[i];
+}
+
+/* Exchange a and b, elementwise. */
+void
+mt_cpu_swap(size_t len, float *a, float *b)
+{
+	for (size_t i = 0; i < len; i++)
+	{
+		float		t = a[i];
+
+		a[i] = b[i];
+		b[i] = t;
+	}
+}
+
 /* torch.optim.SGD's update (dampening 0), in float as torch does. */
 MT_HOT static void
 sgd_update_serial(size_t len, float *p, const float *g, float *buf, float lr,

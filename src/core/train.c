@@ -2408,6 +2408,174 @@ mt_optim_memory(const mt_optim *o)
 	return o->bytes + o->dbytes;
 }
 
+/* The moving average of the weights (train.h). */
+struct mt_ema
+{
+	int			n_params;
+	unsigned char *which;
+	float	  **avg;			/* per averaged parameter: host or device values */
+	const mt_backend *dev;		/* the device holding them; NULL: host (or not yet placed) */
+	void	   *block;			/* their device block */
+	int			placed;
+	int64_t		t;
+};
+
+mt_ema *
+mt_ema_create(const mt_model *m, const unsigned char *which, mt_err *err)
+{
+	mt_ema	   *e = mt_calloc(1, sizeof(*e));
+
+	if (e == NULL || (e->which = mt_calloc(m->n_params, 1)) == NULL ||
+		(e->avg = mt_calloc(m->n_params, sizeof(float *))) == NULL)
+	{
+		mt_ema_free(e);
+		mt_seterr(err, MT_ERR_NOMEM, "out of memory for the weights' moving average");
+		return NULL;
+	}
+	e->n_params = m->n_params;
+	for (int i = 0; i < m->n_params; i++)
+		e->which[i] = which[i] && !m->params[i].is_counter;
+	return e;
+}
+
+/* Values of parameter i where training keeps them: device or host. */
+static float *
+ema_values(mt_model *m, int i)
+{
+	return m->devtrain != NULL ? m->devtrain->data[i] : m->params[i].data;
+}
+
+/* The average's memory, zeroed, on the side the model trains on. */
+static int
+ema_place(mt_ema *e, mt_model *m, mt_err *err)
+{
+	const mt_backend *dev = m->devtrain != NULL ? m->devtrain->be : NULL;
+	size_t		total = 0;
+	int			rc;
+
+	for (int i = 0; i < e->n_params; i++)
+		if (e->which[i] && m->params[i].data != NULL)
+			total += dt_align(m->params[i].numel);
+	if (dev != NULL)
+	{
+		float	   *base;
+
+		if ((rc = dev->mem_alloc(&e->block, (total > 0 ? total : 1) * sizeof(float), err)) != MT_OK)
+			return rc;
+		base = e->block;
+		if (total > 0 && (rc = dev->mem_zero(base, total * sizeof(float), err)) != MT_OK)
+		{
+			dev->mem_free(e->block);
+			e->block = NULL;
+			return rc;
+		}
+		for (int i = 0; i < e->n_params; i++)
+			if (e->which[i] && m->params[i].data != NULL)
+			{
+				e->avg[i] = base;
+				base += dt_align(m->params[i].numel);
+			}
+	}
+	else
+		for (int i = 0; i < e->n_params; i++)
+			if (e->which[i] && m->params[i].data != NULL &&
+				(e->avg[i] = mt_calloc(m->params[i].numel, sizeof(float))) == NULL)
+				return mt_seterr(err, MT_ERR_NOMEM, "out of memory for the weights' moving average");
+	e->dev = dev;
+	e->placed = 1;
+	return MT_OK;
+}
+
+/* The backend that runs the average's entries, after checking the side. */
+static const mt_backend *
+ema_backend(mt_ema *e, mt_model *m, mt_err *err)
+{
+	const mt_backend *be = m->devtrain != NULL ? m->devtrain->be : m->backend;
+
+	if (e->n_params != m->n_params)
+	{
+		mt_seterr(err, MT_ERR_INVALID, "moving average made for another model");
+		return NULL;
+	}
+	if (e->placed && e->dev != (m->devtrain != NULL ? m->devtrain->be : NULL))
+	{
+		mt_seterr(err, MT_ERR_INVALID,
+				  "the model's training moved between the host and a device during a moving average");
+		return NULL;
+	}
+	if (be->ema_update == NULL || be->swap == NULL)
+	{
+		mt_seterr(err, MT_ERR_UNSUPPORTED, "the %s backend cannot keep a moving average", be->name);
+		return NULL;
+	}
+	return be;
+}
+
+int
+mt_ema_update(mt_ema *e, mt_model *m, double decay, mt_err *err)
+{
+	const mt_backend *be = ema_backend(e, m, err);
+	double		t;
+	float		d,
+				c;
+	int			rc;
+
+	if (be == NULL)
+		return err != NULL ? err->code : MT_ERR_INVALID;
+	if (!(decay >= 0.0 && decay < 1.0))
+		return mt_seterr(err, MT_ERR_INVALID, "moving-average decay must be at least 0 and below 1");
+	if (!e->placed && (rc = ema_place(e, m, err)) != MT_OK)
+		return rc;
+	t = (double) ++e->t;
+	d = (float) (decay * (1.0 - pow(decay, t - 1.0)) / (1.0 - pow(decay, t)));
+	c = 1.0f - d;
+	if (decay == 0.0)
+		d = 0.0f, c = 1.0f;		/* 0^0: the average is the weights */
+	for (int i = 0; i < e->n_params; i++)
+		if (e->avg[i] != NULL)
+			be->ema_update(m->params[i].numel, e->avg[i], ema_values(m, i), d, c);
+	return MT_OK;
+}
+
+int
+mt_ema_swap(mt_ema *e, mt_model *m, mt_err *err)
+{
+	const mt_backend *be = ema_backend(e, m, err);
+
+	if (be == NULL)
+		return err != NULL ? err->code : MT_ERR_INVALID;
+	if (!e->placed)
+		return MT_OK;			/* no update yet: the average is the weights */
+	for (int i = 0; i < e->n_params; i++)
+		if (e->avg[i] != NULL)
+			be->swap(m->params[i].numel, e->avg[i], ema_values(m, i));
+	if (m->devtrain != NULL)
+		m->devtrain->host_stale = 1;
+	m->prepared = 0;
+	return MT_OK;
+}
+
+int64_t
+mt_ema_steps(const mt_ema *e)
+{
+	return e->t;
+}
+
+void
+mt_ema_free(mt_ema *e)
+{
+	if (e == NULL)
+		return;
+	if (e->dev != NULL && e->block != NULL)
+		e->dev->mem_free(e->block);
+	else if (e->avg != NULL)
+		for (int i = 0; i < e->n_params; i++)
+			mt_free(e->avg[i]);
+	mt_free(e->avg);
+	mt_free(e->which);
+	mt_free(e);
+}
+
 /* Copy parameter data between two models of the same architecture. */
 int
 mt_model_copy_params(const mt_model *src, mt_model *dst, mt_err *err)

@@ -220,6 +220,32 @@ size_t		mt_optim_memory(const mt_optim *o);
 void		mt_optim_free(mt_optim *o);
 
 /*
+ * A moving average of the weights (exponential, bias-corrected as Adam's
+ * moments are): after the t-th update, with decay b,
+ *
+ *     avg = d avg + (1 - d) w,   d = b (1 - b^(t-1)) / (1 - b^t)
+ *
+ * (d is 0 at t = 1, so the average starts at the first updated weights),
+ * in float, elementwise.  which[i] (n_params flags) chooses the parameters
+ * averaged.  The average lives where the model's training does: host
+ * memory, or, once the model trains on a device (m->devtrain), device
+ * memory beside it (placed by the first update; a model that changes side
+ * afterwards gets MT_ERR_INVALID).  mt_ema_swap exchanges the model's
+ * values of those parameters with the average (twice restores them); on a
+ * device the host copy is then stale until mt_model_sync_to_host, which
+ * mt_model_forward calls.  Errors: MT_ERR_NOMEM, a backend without the
+ * entries (MT_ERR_UNSUPPORTED), device errors.
+ */
+typedef struct mt_ema mt_ema;
+
+mt_ema	   *mt_ema_create(const mt_model *m, const unsigned char *which, mt_err *err);
+int			mt_ema_update(mt_ema *e, mt_model *m, double decay, mt_err *err);
+int			mt_ema_swap(mt_ema *e, mt_model *m, mt_err *err);
+/* Updates so far. */
+int64_t		mt_ema_steps(const mt_ema *e);
+void		mt_ema_free(mt_ema *e);
+
+/*
  * Copy every parameter's data (weights and running statistics) from src to
  * dst, which must have the same architecture (same tensor names and
  * shapes), e.g. for keeping the best epoch.  Gradients, trainable flags

@@ -1732,6 +1732,25 @@ k_accumulate(size_t len, const float *src, float *dst)
 		dst[i] += src[i];
 }
 
+__global__ void
+k_ema_update(size_t len, float *avg, const float *__restrict__ p, float d, float e)
+{
+	GRID_LOOP(i, len)
+		avg[i] = __fadd_rn(__fmul_rn(d, avg[i]), __fmul_rn(e, p[i]));
+}
+
+__global__ void
+k_swap(size_t len, float *a, float *b)
+{
+	GRID_LOOP(i, len)
+	{
+		float		t = a[i];
+
+		a[i] = b[i];
+		b[i] = t;
+	}
+}
+
 static void
 cuda_channel_affine(size_t rows, int c, const float *x, const float *scale,
 					const float *shift, mt_act act, float *y)
@@ -1838,6 +1857,25 @@ cuda_accumulate(size_t len, const float *src, float *dst)
 		return;
 	k_accumulate<<<blocks_for(len), THREADS>>>(len, src, dst);
 	launched("the accumulate kernel");
+}
+
+/* avg = d * avg + e * p, rounded as the host's loop (no fused multiply-add) */
+static void
+cuda_ema_update(size_t len, float *avg, const float *p, float d, float e)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_ema_update<<<blocks_for(len), THREADS>>>(len, avg, p, d, e);
+	launched("the moving-average kernel");
+}
+
+static void
+cuda_swap(size_t len, float *a, float *b)
+{
+	if (len == 0 || mt_cuda_failed())
+		return;
+	k_swap<<<blocks_for(len), THREADS>>>(len, a, b);
+	launched("the swap kernel");
 }
 
 /* ------------------------------------------------------ linear, softmax --- */
@@ -3013,6 +3051,8 @@ const mt_backend mt_cuda_backend = {
 	.global_avg_pool_backward = cuda_global_avg_pool_backward,
 	.linear_backward = cuda_linear_backward,
 	.accumulate = cuda_accumulate,
+	.ema_update = cuda_ema_update,
+	.swap = cuda_swap,
 	.sgd_update = cuda_sgd_update,
 	.adam_update = cuda_adam_update,
 	.layer_norm = cuda_layer_norm,

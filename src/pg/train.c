@@ -233,11 +233,9 @@ check(int rc, const mt_err *err, const char *what)
 /*
  * Where a run's steps go: the device medtl.device chooses (an ERROR under
  * cuda without a usable one, as for inference), with the model moved there
- * (its training copy follows on the first step); NULL: the CPU.  A moving
- * average of the weights (ema) reads and swaps them on the host after every
- * step, so such a run stays on the CPU, and so does a model the device
- * cannot run yet (a transformer) under auto; under cuda that is an ERROR
- * (0A000).  Device out of memory is 53200, over medtl.device_memory_mb 54000.
+ * (its training copy follows on the first step); NULL: the CPU.  A model
+ * the device cannot run yet (a transformer) stays on the CPU under auto;
+ * under cuda that is an ERROR (0A000).  Device out of memory is 53200, over medtl.device_memory_mb 54000.
  */
 static const mt_backend *
 train_device(MedtlModel *mm, const TrainArgs *a)
@@ -249,13 +247,6 @@ train_device(MedtlModel *mm, const TrainArgs *a)
 
 	if (dev == NULL)
 		return NULL;
-	if (a->ema > 0)
-	{
-		ereport(NOTICE,
-				(errmsg("training runs on the CPU: ema is not supported on the device yet"),
-				 errhint("ema => 0 trains on the device.")));
-		return NULL;
-	}
 	old = MemoryContextSwitchTo(mm->cxt);
 	rc = mt_model_to_device(mm->net, dev, &err);
 	MemoryContextSwitchTo(old);
@@ -268,10 +259,14 @@ train_device(MedtlModel *mm, const TrainArgs *a)
 	return dev;
 }
 
-/* The optimizer of a run, freed with the run's memory (its device state is not palloc'd). */
+/*
+ * The optimizer and the weights' moving average of a run, freed with the
+ * run's memory (their device state is not palloc'd).
+ */
 typedef struct OptimHolder
 {
 	mt_optim   *opt;
+	mt_ema	   *ema;
 } OptimHolder;
 
 static void
@@ -281,6 +276,8 @@ free_optim_cb(void *arg)
 
 	mt_optim_free(h->opt);
 	h->opt = NULL;
+	mt_ema_free(h->ema);
+	h->ema = NULL;
 }
 
 /* Validation: loss, accuracy and AUC of the model on the val rows. */
@@ -629,60 +626,32 @@ may_change(mt_model *m, int i, bool head_only)
  * Only tensors that change are averaged: trainable ones, and the running
  * statistics when batch norm trains.
  */
-static float **
-ema_create(mt_model *m, bool head_only, bool bn_frozen, MemoryContext cxt)
+static mt_ema *
+ema_create(mt_model *m, bool head_only, bool bn_frozen)
 {
-	float	  **avg = palloc0(sizeof(float *) * m->n_params);
+	unsigned char *which = palloc0(m->n_params);
+	mt_ema	   *e;
+	mt_err		err;
 
 	for (int i = 0; i < m->n_params; i++)
 	{
 		mt_param   *p = &m->params[i];
 
-		if (may_change(m, i, head_only) && (p->trainable || (p->is_buffer && !bn_frozen)))
-		{
-			avg[i] = MemoryContextAllocHuge(cxt, sizeof(float) * p->numel);
-			memcpy(avg[i], p->data, sizeof(float) * p->numel);
-		}
+		which[i] = may_change(m, i, head_only) && (p->trainable || (p->is_buffer && !bn_frozen));
 	}
-	return avg;
-}
-
-static void
-ema_update(mt_model *m, float **avg, double decay, int64 t)
-{
-	float		d = (float) (decay * (1.0 - pow(decay, (double) (t - 1))) / (1.0 - pow(decay, (double) t))),
-				e = 1.0f - d;
-
-	for (int i = 0; i < m->n_params; i++)
-		if (avg[i] != NULL)
-		{
-			float	   *restrict a = avg[i];
-			const float *restrict w = m->params[i].data;
-
-			for (size_t j = 0; j < m->params[i].numel; j++)
-				a[j] = d * a[j] + e * w[j];
-		}
+	if ((e = mt_ema_create(m, which, &err)) == NULL)
+		medtl_raise(&err, "moving average");
+	pfree(which);
+	return e;
 }
 
 /* Exchange the model's weights and their average (the model is re-folded). */
 static void
-ema_swap(mt_model *m, float **avg)
+ema_swap(mt_model *m, mt_ema *e)
 {
-	for (int i = 0; i < m->n_params; i++)
-		if (avg[i] != NULL)
-		{
-			float	   *a = avg[i],
-					   *w = m->params[i].data;
+	mt_err		err;
 
-			for (size_t j = 0; j < m->params[i].numel; j++)
-			{
-				float		t = a[j];
-
-				a[j] = w[j];
-				w[j] = t;
-			}
-		}
-	m->prepared = 0;
+	check(mt_ema_swap(e, m, &err), &err, "moving average");
 }
 
 /* Write every parameter that training may have changed back to medtl.weights. */
@@ -795,8 +764,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	int			best_epoch = 0;
 	double		best_metric = -INFINITY;
 	float	  **best = NULL;
-	float	  **ema = NULL;
-	int64		ema_steps = 0;
+	mt_ema	   *ema = NULL;
 	int			since_best = 0;
 	instr_time	t_start,
 				t_now;
@@ -1007,7 +975,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 			if (may_change(mm->net, i, head_only))
 				best[i] = MemoryContextAllocHuge(cxt, sizeof(float) * mm->net->params[i].numel);
 		if (a.ema > 0)
-			ema = ema_create(mm->net, head_only, a.bn_frozen, cxt);
+			ema = optim_holder->ema = ema_create(mm->net, head_only, a.bn_frozen);
 	}
 
 	ereport(NOTICE,
@@ -1146,7 +1114,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				}
 				check(mt_optim_step(opt, mm->net, (float) lr, &err), &err, "optimizer step");
 				if (ema != NULL)
-					ema_update(mm->net, ema, a.ema, ++ema_steps);
+					check(mt_ema_update(ema, mm->net, a.ema, &err), &err, "moving average");
 				loss_sum += (double) loss * m;
 				if (a.seg)
 					seg_scores(logits, masks, m, npx, k, &px_correct, &px_valid, &dice_unused);
@@ -1236,17 +1204,19 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				ema_swap(mm->net, ema);	/* training goes on from the weights themselves */
 		}
 	}
+	if (ema != NULL && !(best_epoch > 0 && best_epoch != ran))
+	{
+		/* the run leaves the average (a best epoch restored below is one too) */
+		ema_swap(mm->net, ema);
+	}
 	if (dev != NULL)
 	{
 		/* the weights come back to the host (written below); the device memory goes */
 		check(mt_model_to_device(mm->net, NULL, &err), &err, "weights from the device");
 		mm->cpu_only = true;
 	}
-	if (ema != NULL && !(best_epoch > 0 && best_epoch != ran))
-	{
-		/* the run leaves the average (a best epoch restored below is one too) */
-		ema_swap(mm->net, ema);
-	}
+	mt_ema_free(ema);
+	optim_holder->ema = ema = NULL;
 	if (best_epoch > 0 && best_epoch != ran)
 	{
 		for (int i = 0; i < mm->net->n_params; i++)

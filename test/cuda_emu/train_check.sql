@@ -16,6 +16,11 @@
 --     every gradient is checked far tighter by cuda_train_check, and the
 --     steps that follow amplify the kernels' different summation orders:
 --     2.9e-3 between the CPU's oneDNN and the emulation's im2col + GEMM);
+--   - the same with a moving average of the weights (ema 0.5: validation
+--     and the stored weights are the average's) and head dropout 0.2: the
+--     first epoch's training loss within 1e-3, the second's validation
+--     loss within 1e-2 (both relative), the probabilities within 1e-2 (the
+--     average itself is checked far tighter by cuda_train_check);
 --   - the head alone on device features in bf16 vs the CPU in float32:
 --     within 2e-2;
 --   - the runs record "device": "cuda";
@@ -41,7 +46,7 @@ UPDATE medtl.weights b SET data = a.data FROM medtl.weights a
 \set mnv2 :shared '/models/mobilenet_v2_imagenet/mobilenet_v2_imagenet.safetensors'
 SELECT import_model_file('emu_backbone', 'mobilenet_v2', :'mnv2', padding => 'tf_same') > 0 AS imported;
 SELECT create_model('emu_' || c, 'emu_backbone', ARRAY['normal', 'pneumonia'], input_size => 96) > 0 AS created
-  FROM unnest(ARRAY['f', 'g']) c;
+  FROM unnest(ARRAY['f', 'g', 'h', 'i']) c;
 SET client_min_messages = notice;
 -- the pretrained MobileNetV2, every layer, frozen batch norm (its default), SGD at 1e-3
 -- (at 1e-2 the loss rises: a diverging run says nothing of the device)
@@ -51,6 +56,15 @@ SELECT train('emu_f', 'SELECT image, label FROM xrays', epochs => 2, batch_size 
 SET medtl.device = cuda;
 SELECT train('emu_g', 'SELECT image, label FROM xrays', epochs => 2, batch_size => 9, validation => 0.25,
              freeze => 'none', augment => false, optimizer => 'sgd', lr => 0.001, seed => 7) AS run_g \gset
+-- the same with a moving average of the weights and head dropout
+SET medtl.device = cpu;
+SELECT train('emu_h', 'SELECT image, label FROM xrays', epochs => 2, batch_size => 9, validation => 0.25,
+             freeze => 'none', augment => false, optimizer => 'sgd', lr => 0.001, seed => 7,
+             ema => 0.5, dropout => 0.2) AS run_h \gset
+SET medtl.device = cuda;
+SELECT train('emu_i', 'SELECT image, label FROM xrays', epochs => 2, batch_size => 9, validation => 0.25,
+             freeze => 'none', augment => false, optimizer => 'sgd', lr => 0.001, seed => 7,
+             ema => 0.5, dropout => 0.2) AS run_i \gset
 -- ResNet-18 from scratch, every layer, SGD (AdamW's first steps follow the gradients' signs)
 SET medtl.device = cpu;
 SELECT train('emu_a', 'SELECT image, label FROM xrays', epochs => 2, batch_size => 9, validation => 0.25,
@@ -79,11 +93,13 @@ SELECT r.run_id, p->>'device' AS device, p->>'precision' AS precision,
        p->>'head_only_features' AS features_once, e.epoch, e.train_loss, e.val_loss
   FROM medtl.runs r CROSS JOIN LATERAL (SELECT r.resolved->'phases'->0 AS p) x
   JOIN medtl.epochs e USING (run_id)
- WHERE r.run_id IN (:run_f, :run_g, :run_a, :run_b, :run_e, :run_c, :run_d) ORDER BY r.run_id, e.epoch;
+ WHERE r.run_id IN (:run_f, :run_g, :run_h, :run_i, :run_a, :run_b, :run_e, :run_c, :run_d) ORDER BY r.run_id, e.epoch;
 SET medtl.device = cpu;
-SELECT max(abs(pf - pg)) AS pretrained_cpu_vs_device, max(abs(pa - pb)) AS scratch_cpu_vs_device,
+SELECT max(abs(pf - pg)) AS pretrained_cpu_vs_device, max(abs(ph - pi)) AS ema_cpu_vs_device,
+       max(abs(pa - pb)) AS scratch_cpu_vs_device,
        max(abs(pa - pe)) AS scratch_cpu_vs_cpu_gemm, max(abs(pc - pd)) AS head_cpu_vs_device_bf16
   FROM (SELECT unnest(predict_proba('emu_f', image)) AS pf, unnest(predict_proba('emu_g', image)) AS pg,
+               unnest(predict_proba('emu_h', image)) AS ph, unnest(predict_proba('emu_i', image)) AS pi,
                unnest(predict_proba('emu_a', image)) AS pa, unnest(predict_proba('emu_b', image)) AS pb,
                unnest(predict_proba('emu_e', image)) AS pe,
                unnest(predict_proba('emu_c', image)) AS pc, unnest(predict_proba('emu_d', image)) AS pd
@@ -97,15 +113,26 @@ SELECT CASE WHEN abs(f.train_loss - g.train_loss) <= 1e-3 * abs(f.train_loss) TH
 SELECT CASE WHEN :pretrained_cpu_vs_device <= 1e-2 THEN 'ok' ELSE 'FAIL' END
        || format(': the same after 2 epochs, largest probability difference %s',
                  round(:pretrained_cpu_vs_device::numeric, 7)) AS verdict;
+SELECT CASE WHEN abs(h1.train_loss - i1.train_loss) <= 1e-3 * abs(h1.train_loss)
+             AND abs(h2.val_loss - i2.val_loss) <= 1e-2 * abs(h2.val_loss) AND :ema_cpu_vs_device <= 1e-2
+            THEN 'ok' ELSE 'FAIL' END
+       || format(': with ema 0.5 and dropout 0.2, device vs CPU: epoch 1 train loss %s vs %s, '
+                 'epoch 2 val loss (of the average) %s vs %s, largest probability difference %s',
+                 round(i1.train_loss::numeric, 7), round(h1.train_loss::numeric, 7),
+                 round(i2.val_loss::numeric, 7), round(h2.val_loss::numeric, 7),
+                 round(:ema_cpu_vs_device::numeric, 7)) AS verdict
+  FROM medtl.epochs h1, medtl.epochs i1, medtl.epochs h2, medtl.epochs i2
+ WHERE h1.run_id = :run_h AND i1.run_id = :run_i AND h2.run_id = :run_h AND i2.run_id = :run_i
+   AND h1.epoch = 1 AND i1.epoch = 1 AND h2.epoch = 2 AND i2.epoch = 2;
 SELECT format('info: ResNet-18 from scratch trained on the device vs the CPU, largest probability difference %s '
               '(the CPU with its other kernels: %s)',
               round(:scratch_cpu_vs_device::numeric, 7), round(:scratch_cpu_vs_cpu_gemm::numeric, 7)) AS info;
 SELECT CASE WHEN :head_cpu_vs_device_bf16 <= 2e-2 THEN 'ok' ELSE 'FAIL' END
        || format(': the head on device features in bf16 vs the CPU in fp32, largest probability difference %s',
                  round(:head_cpu_vs_device_bf16::numeric, 7)) AS verdict;
-SELECT CASE WHEN count(*) = 3 AND bool_and(r.resolved->'phases'->0->>'device' = 'cuda') THEN 'ok' ELSE 'FAIL' END
+SELECT CASE WHEN count(*) = 4 AND bool_and(r.resolved->'phases'->0->>'device' = 'cuda') THEN 'ok' ELSE 'FAIL' END
        || ': the runs under medtl.device = cuda record "device": "cuda"' AS verdict
-  FROM medtl.runs r WHERE r.run_id IN (:run_g, :run_b, :run_d);
+  FROM medtl.runs r WHERE r.run_id IN (:run_g, :run_i, :run_b, :run_d);
 \pset tuples_only off
 SELECT md5(string_agg(md5(w.data), ',' ORDER BY w.tensor)) AS weights_before
   FROM medtl.weights w JOIN medtl.models m USING (model_id) WHERE m.name = 'emu_b' \gset

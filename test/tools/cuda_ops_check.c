@@ -690,6 +690,17 @@ elementwise_checks(size_t rows, int c)
 	GPU->accumulate(len, gx, gdx);
 	check(label, dx, gdx, len);
 
+	snprintf(label, sizeof(label), "ema_update [%zu]", len);
+	CPU->ema_update(len, dx, x, 0.75f, 0.25f);
+	GPU->ema_update(len, gdx, gx, 0.75f, 0.25f);
+	check(label, dx, gdx, len);
+
+	snprintf(label, sizeof(label), "swap [%zu]", len);
+	CPU->swap(len, dx, y);
+	GPU->swap(len, gdx, gy);
+	check(label, dx, gdx, len);
+	check("swap, the other side", y, gy, len);
+
 	free(x);
 	free(x2);
 	free(y);

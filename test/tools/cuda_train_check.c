@@ -36,6 +36,8 @@
  *   settings: 0 SGD full fine-tune, 1 AdamW full, 2 SGD frozen backbone,
  *   3 AdamW frozen backbone (0-3 with the sigmoid for ReLU, bound 1e-4;
  *   the AdamW ones with head dropout 0.2, both sides drawing the same masks),
+ *   then for every arch a step repeated on the device (bit for bit) and the
+ *   weights' moving average kept there against the CPU's (ema_check),
  *   4 SGD full fine-tune of the model as built (bound 1e-1), 5 SGD full
  *   fine-tune with the sigmoid, the device step at bf16 precision (loss
  *   within 1e-2, all gradients together within 5e-2 norm-wise
@@ -257,6 +259,108 @@ out:
 		if (m[k])
 			mt_model_free(m[k]);
 	}
+}
+
+/* Parameter values of m (host copy) as one array; NULL on failure. */
+static float *
+params_copy(const mt_model *m, size_t *len)
+{
+	size_t		n = 0,
+				at = 0;
+	float	   *v;
+
+	for (int i = 0; i < m->n_params; i++)
+		if (m->params[i].data != NULL && !m->params[i].is_counter)
+			n += m->params[i].numel;
+	v = xmalloc(sizeof(float) * (n > 0 ? n : 1));
+	for (int i = 0; i < m->n_params; i++)
+		if (m->params[i].data != NULL && !m->params[i].is_counter)
+		{
+			memcpy(v + at, m->params[i].data, sizeof(float) * m->params[i].numel);
+			at += m->params[i].numel;
+		}
+	*len = n;
+	return v;
+}
+
+/*
+ * The moving average of the weights (mt_ema) kept on the device beside its
+ * training against the one the CPU keeps: three SGD steps (sigmoid for
+ * ReLU) with an update at decay 0.9 after each, then the average swapped
+ * in: within 1e-3 of the CPU's (three steps compound float32 differences),
+ * and not the weights themselves; swapped back: the device's weights bit
+ * for bit as before the two swaps.
+ */
+static void
+ema_check(const char *arch, const batch *b)
+{
+	char		what[320];
+	mt_err		err;
+	mt_model   *m[2] = {NULL, NULL};
+	mt_optim   *o[2] = {NULL, NULL};
+	mt_ema	   *e[2] = {NULL, NULL};
+	unsigned char *which = NULL;
+	float	   *w_dev = NULL,
+			   *avg_dev = NULL,
+			   *avg_cpu = NULL,
+			   *again = NULL;
+	size_t		len = 0;
+	float		loss;
+
+	mt_clearerr(&err);
+	for (int k = 0; k < 2; k++)
+	{
+		if ((m[k] = random_model(arch, 42, &err)) == NULL || mt_model_freeze(m[k], "none", &err) != MT_OK ||
+			(o[k] = make_optim(m[k], 0, &err)) == NULL)
+			goto fail;
+		smooth_acts(m[k]);
+		if (which == NULL)
+		{
+			which = xmalloc(m[k]->n_params);
+			for (int i = 0; i < m[k]->n_params; i++)
+				which[i] = m[k]->params[i].trainable;
+		}
+		if ((e[k] = mt_ema_create(m[k], which, &err)) == NULL ||
+			(k == 1 && mt_model_to_device(m[k], &mt_cuda_backend, &err) != MT_OK))
+			goto fail;
+		for (int t = 0; t < 3; t++)
+			if (!step(m[k], o[k], b, 1e-2f, &loss, k == 0 ? "CPU step (ema)" : "device step (ema)") ||
+				mt_ema_update(e[k], m[k], 0.9, &err) != MT_OK)
+				goto fail;
+	}
+	if (mt_model_sync_to_host(m[1], &err) != MT_OK)
+		goto fail;
+	w_dev = params_copy(m[1], &len);
+	if (mt_ema_swap(e[0], m[0], &err) != MT_OK || mt_ema_swap(e[1], m[1], &err) != MT_OK ||
+		mt_model_sync_to_host(m[1], &err) != MT_OK)
+		goto fail;
+	avg_cpu = params_copy(m[0], &len);
+	avg_dev = params_copy(m[1], &len);
+	snprintf(what, sizeof(what), "%s moving average (decay 0.9, 3 SGD steps) kept on the device vs the CPU's: "
+			 "rel err %.2e (<= 1e-3); it is not the weights (rel %.2e from them)", arch,
+			 rel_err(avg_dev, avg_cpu, len), rel_err(avg_dev, w_dev, len));
+	check(rel_err(avg_dev, avg_cpu, len) <= 1e-3 && rel_err(avg_dev, w_dev, len) > 1e-5, what);
+	if (mt_ema_swap(e[1], m[1], &err) != MT_OK || mt_model_sync_to_host(m[1], &err) != MT_OK)
+		goto fail;
+	again = params_copy(m[1], &len);
+	snprintf(what, sizeof(what), "%s: swapped back, the device's weights are as before, bit for bit", arch);
+	check(memcmp(again, w_dev, sizeof(float) * len) == 0, what);
+	goto out;
+fail:
+	printf("FAIL: %s moving average: %s %s\n", arch, err.msg, err.detail);
+	n_fail++;
+out:
+	for (int k = 0; k < 2; k++)
+	{
+		mt_ema_free(e[k]);
+		mt_optim_free(o[k]);
+		mt_model_free(m[k]);
+	}
+	free(which);
+	free(w_dev);
+	free(avg_dev);
+	free(avg_cpu);
+	free(again);
 }
 
 /* One setting: a step on the CPU and on the device from identical weights. */
@@ -663,6 +767,7 @@ main(int argc, char **argv)
 			else
 				compare_step(a, (*c - '0') & 1, (*c - '0') >> 1, &b, *c == '0' && a == list, 1, 0);
 		repeat_step(a, &b);
+		ema_check(a, &b);
 		free_batch(&b);
 		if (do_bench && nres < 16)
 		{

@@ -2136,6 +2136,66 @@ test_head_dropout(void)
 	rng_state = saved;
 }
 
+/*
+ * The weights' moving average (mt_ema) on the host: after updates at
+ * weights w_1..w_3 it is sum_s b^(3-s) w_s / sum_s b^(3-s) (the
+ * bias-corrected average), only for the parameters chosen; a swap
+ * exchanges it with the weights and a second restores them bit for bit;
+ * a decay of 1 is refused.
+ */
+static void
+test_ema(void)
+{
+	mt_model   *m = mixed_graph(0);
+	unsigned char *which = calloc(m->n_params, 1);
+	mt_ema	   *e;
+	mt_err		err;
+	const double b = 0.8;
+	int			pw = m->nodes[m->logits_node].p_weight,
+				pb = m->nodes[m->logits_node].p_bias;
+	mt_param   *w = &m->params[pw];
+	float	   *w0 = malloc(sizeof(float) * w->numel),
+			   *bias0 = malloc(sizeof(float) * m->params[pb].numel);
+	double		worst = 0;
+
+	which[pw] = 1;
+	memcpy(bias0, m->params[pb].data, sizeof(float) * m->params[pb].numel);
+	e = mt_ema_create(m, which, &err);
+	CHECK(e != NULL, "ema create: %s", err.msg);
+	for (int t = 1; t <= 3; t++)
+	{
+		for (size_t j = 0; j < w->numel; j++)
+			w->data[j] = (float) (t * 0.5 + j * 0.01);
+		CHECK(mt_ema_update(e, m, b, &err) == MT_OK, "ema update: %s", err.msg);
+	}
+	memcpy(w0, w->data, sizeof(float) * w->numel);
+	CHECK(mt_ema_steps(e) == 3, "ema: 3 updates counted");
+	CHECK(mt_ema_swap(e, m, &err) == MT_OK, "ema swap: %s", err.msg);
+	for (size_t j = 0; j < w->numel; j++)
+	{
+		double		num = 0,
+					den = 0;
+
+		for (int s = 1; s <= 3; s++)
+		{
+			num += pow(b, 3 - s) * (s * 0.5 + j * 0.01);
+			den += pow(b, 3 - s);
+		}
+		worst = fmax(worst, fabs(w->data[j] - num / den));
+	}
+	CHECK(worst < 1e-6, "ema: the bias-corrected average after 3 updates, worst %.2e", worst);
+	CHECK(memcmp(m->params[pb].data, bias0, sizeof(float) * m->params[pb].numel) == 0,
+		  "ema: a parameter not chosen is left alone by the swap");
+	CHECK(mt_ema_swap(e, m, &err) == MT_OK && memcmp(w->data, w0, sizeof(float) * w->numel) == 0,
+		  "ema: a second swap restores the weights bit for bit");
+	CHECK(mt_ema_update(e, m, 1.0, &err) == MT_ERR_INVALID, "ema: decay 1 refused");
+	mt_ema_free(e);
+	mt_model_free(m);
+	free(which);
+	free(w0);
+	free(bias0);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2159,5 +2219,6 @@ main(int argc, char **argv)
 	test_bf16_convolutions();
 	test_misc();
 	test_head_dropout();
+	test_ema();
 	return TEST_SUMMARY("grad");
 }
