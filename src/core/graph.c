@@ -631,9 +631,12 @@ mt_model_shapes(const mt_model *m, int h, int w, mt_shape3 *shp,
 				if (mt_node_is_transformer(nd->kind))
 				{
 					int			rc = mt_vit_node_shape(m, nd, in, h, w, &shp[i], err);
+					size_t		s = mt_vit_node_scratch(nd, in);
 
 					if (rc != MT_OK)
 						return rc;
+					if (s > *scratch_len)
+						*scratch_len = s;
 					break;
 				}
 				shp[i] = in;
@@ -737,12 +740,8 @@ node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
 			be->linear(n, nd->in_features, nd->out_features, a, w, bias, y);
 			break;
 		default:
-			/* host only: mt_model_to_device refuses models with these */
-			if (be != m->backend)
-				return mt_seterr(err, MT_ERR_INTERNAL, "node kind %d cannot run on backend %s",
-								 (int) nd->kind, be->name);
 			if (mt_node_is_transformer(nd->kind))
-				return mt_vit_node_run(m, nd, n, in, a, y, err);
+				return mt_vit_node_run(m, be, nd, w, bias, n, in, a, y, scratch, err);
 			break;
 	}
 	return MT_OK;
@@ -760,7 +759,8 @@ mt_node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
 static void
 host_weights(const mt_model *m, const mt_node *nd, const float **w, const float **bias)
 {
-	if (nd->kind == MT_NODE_LINEAR)
+	if (nd->kind == MT_NODE_LINEAR || nd->kind == MT_NODE_TOKEN_LINEAR ||
+		nd->kind == MT_NODE_LAYERNORM || nd->kind == MT_NODE_TOKENS)
 	{
 		*w = m->params[nd->p_weight].data;
 		*bias = nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL;
@@ -1017,6 +1017,10 @@ dev_node_sizes(const mt_model *m, const mt_node *nd, size_t *wlen, size_t *blen)
 			*wlen = *blen = m->params[nd->p_bn_weight].shape[0];
 			break;
 		case MT_NODE_LINEAR:
+		case MT_NODE_TOKEN_LINEAR:
+		case MT_NODE_LAYERNORM:
+		case MT_NODE_TOKENS:
+			/* raw parameters (TOKENS: the class token, then the position embedding) */
 			*wlen = m->params[nd->p_weight].numel;
 			*blen = nd->p_bias >= 0 ? m->params[nd->p_bias].numel : 0;
 			break;
@@ -1208,9 +1212,11 @@ mt_model_to_device(mt_model *m, const mt_backend *be, mt_err *err)
 		{
 			const mt_node *nd = &m->nodes[i];
 
-			if (mt_node_is_transformer(nd->kind))
+			if (mt_node_is_transformer(nd->kind) &&
+				(be->layer_norm == NULL || be->attention == NULL || be->gelu == NULL ||
+				 be->vit_tokens == NULL || be->class_token == NULL || be->gemm == NULL))
 				return mt_seterr(err, MT_ERR_UNSUPPORTED,
-								 "%s inference does not run on %s yet (transformer layers)",
+								 "%s inference does not run on %s (transformer layers)",
 								 m->arch, be->name);
 			if ((nd->kind == MT_NODE_UPSAMPLE && be->upsample_bilinear == NULL) ||
 				(nd->kind == MT_NODE_CONV_TRANSPOSE && be->conv_transpose2d == NULL))

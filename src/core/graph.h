@@ -396,18 +396,27 @@ int			mt_node_is_transformer(mt_node_kind kind);
 /* Output shape of such a node for input shape in, model input h x w. */
 int			mt_vit_node_shape(const mt_model *m, const mt_node *nd, mt_shape3 in,
 							  int h, int w, mt_shape3 *out, mt_err *err);
-/* Forward of such a node (raw parameters; there is nothing to fold). */
-int			mt_vit_node_run(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
-							const float *a, float *y, mt_err *err);
 /*
- * Backward of such a node: x is its input (kept when the node's backward
- * reads it, see mt_vit_node_reads_input), dy the gradient of its output; adds
- * into dx (may be NULL) and into dw / db, the gradients of p_weight / p_bias
- * (each may be NULL).
+ * Forward of such a node through be, with wt / bs its p_weight / p_bias
+ * where be computes (host memory, or their device copies); there is
+ * nothing to fold.  scratch holds mt_vit_node_scratch(nd, in) floats where
+ * be computes (a TOKENS node resizing its position embedding on a device).
  */
-int			mt_vit_node_backward(const mt_model *m, const mt_node *nd, int n,
-								 mt_shape3 in, const float *x, const float *dy,
-								 float *dx, float *dw, float *db, mt_err *err);
+int			mt_vit_node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
+							const float *wt, const float *bs, int n, mt_shape3 in,
+							const float *a, float *y, float *scratch, mt_err *err);
+/* Floats of scratch such a node needs for input shape in (0 for most). */
+size_t		mt_vit_node_scratch(const mt_node *nd, mt_shape3 in);
+/*
+ * Backward of such a node through be: x is its input (kept when the node's
+ * backward reads it, see mt_vit_node_reads_input), dy the gradient of its
+ * output; adds into dx (may be NULL) and into dw / db, the gradients of
+ * p_weight / p_bias (each may be NULL); wt and scratch as for the forward.
+ */
+int			mt_vit_node_backward(const mt_model *m, const mt_backend *be, const mt_node *nd,
+								 const float *wt, int n, mt_shape3 in, const float *x,
+								 const float *dy, float *dx, float *dw, float *db,
+								 float *scratch, mt_err *err);
 /* Whether the node's backward reads its input (given what trains). */
 int			mt_vit_node_reads_input(const mt_node *nd, int weight_trains);
 

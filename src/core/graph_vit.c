@@ -76,9 +76,8 @@ mt_vit_node_shape(const mt_model *m, const mt_node *nd, mt_shape3 in, int h, int
 
 /* The position embedding for a gh x gw patch grid ((1 + gh * gw) x d, malloc'd). */
 static float *
-resized_pos(const mt_model *m, const mt_node *nd, int gh, int gw, int d)
+resized_pos(const mt_node *nd, const float *pos, int gh, int gw, int d)
 {
-	const float *pos = m->params[nd->p_bias].data;
 	float	   *out = mt_malloc(sizeof(float) * (size_t) (1 + gh * gw) * d);
 
 	if (out == NULL)
@@ -88,25 +87,103 @@ resized_pos(const mt_model *m, const mt_node *nd, int gh, int gw, int d)
 	return out;
 }
 
+/* Whether a TOKENS node's stored grid differs from the input's (in: its input shape). */
+static int
+pos_resized(const mt_node *nd, mt_shape3 in)
+{
+	return in.h != nd->pos_grid || in.w != nd->pos_grid;
+}
+
+size_t
+mt_vit_node_scratch(const mt_node *nd, mt_shape3 in)
+{
+	size_t		p1 = (size_t) 1 + (size_t) in.h * in.w,
+				g1 = (size_t) 1 + (size_t) nd->pos_grid * nd->pos_grid;
+
+	if (nd->kind != MT_NODE_TOKENS || !pos_resized(nd, in))
+		return 0;
+	return p1 * g1 + p1 * (size_t) in.c;
+}
+
+/*
+ * On a device the resize runs as one GEMM: the matrix R ((1 + p) x (1 +
+ * g^2), row 0 keeping the class token's entry, the others the bicubic
+ * weights of mt_bicubic_resize_ac), made on the host and uploaded into the
+ * node's scratch, and the resized embedding (R pos) right after it.
+ * Returns R's device copy, or NULL with *rc set.
+ */
+static float *
+device_resize_matrix(const mt_backend *be, const mt_node *nd, mt_shape3 in, float *scratch,
+					 int *rc, mt_err *err)
+{
+	int			g = nd->pos_grid,
+				p = in.h * in.w;
+	size_t		g2 = (size_t) g * g,
+				rows = (size_t) 1 + p,
+				cols = 1 + g2;
+	float	   *eye = mt_calloc(g2 * g2, sizeof(float)),
+			   *res = mt_malloc(sizeof(float) * (size_t) p * g2),
+			   *r = mt_calloc(rows * cols, sizeof(float));
+
+	*rc = MT_OK;
+	if (eye == NULL || res == NULL || r == NULL)
+		*rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory resizing position embeddings");
+	else
+	{
+		/* the resize of the g^2 unit grids, one per channel, gives R's columns */
+		for (size_t k = 0; k < g2; k++)
+			eye[k * g2 + k] = 1.0f;
+		mt_bicubic_resize_ac(g, g, in.h, in.w, (int) g2, eye, res);
+		r[0] = 1.0f;
+		for (int i = 0; i < p; i++)
+			memcpy(r + (size_t) (1 + i) * cols + 1, res + (size_t) i * g2, sizeof(float) * g2);
+		*rc = be->upload(scratch, r, sizeof(float) * rows * cols, err);
+	}
+	mt_free(eye);
+	mt_free(res);
+	mt_free(r);
+	return *rc == MT_OK ? scratch : NULL;
+}
+
 /* Forward of a transformer node. */
 int
-mt_vit_node_run(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
-				const float *a, float *y, mt_err *err)
+mt_vit_node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
+				const float *wt, const float *bs, int n, mt_shape3 in,
+				const float *a, float *y, float *scratch, mt_err *err)
 {
-	const mt_backend *be = m->backend;
 	size_t		rows = (size_t) n * in.h * in.w;
-	const float *wt = nd->p_weight >= 0 ? m->params[nd->p_weight].data : NULL;
-	const float *bs = nd->p_bias >= 0 ? m->params[nd->p_bias].data : NULL;
 
+	(void) m;
 	switch (nd->kind)
 	{
 		case MT_NODE_TOKENS:
 			{
-				float	   *pos = resized_pos(m, nd, in.h, in.w, in.c);
+				int			p = in.h * in.w;
+				float	   *pos;
 
-				if (pos == NULL)
+				if (!pos_resized(nd, in))
+				{
+					be->vit_tokens(n, p, in.c, a, wt, bs, y);
+					return MT_OK;
+				}
+				if (be->mem_alloc != NULL)
+				{
+					/* a device: R pos in the scratch, after R */
+					int			rc;
+					size_t		cols = (size_t) 1 + (size_t) nd->pos_grid * nd->pos_grid;
+					float	   *r = device_resize_matrix(be, nd, in, scratch, &rc, err);
+
+					if (r == NULL)
+						return rc;
+					pos = r + ((size_t) 1 + p) * cols;
+					be->gemm(0, 0, 1 + p, in.c, (int) cols, 1.0f, r, (int) cols, bs, in.c,
+							 0.0f, pos, in.c);
+					be->vit_tokens(n, p, in.c, a, wt, pos, y);
+					return MT_OK;
+				}
+				if ((pos = resized_pos(nd, bs, in.h, in.w, in.c)) == NULL)
 					return mt_seterr(err, MT_ERR_NOMEM, "out of memory resizing position embeddings");
-				be->vit_tokens(n, in.h * in.w, in.c, a, wt, pos, y);
+				be->vit_tokens(n, p, in.c, a, wt, pos, y);
 				mt_free(pos);
 				return MT_OK;
 			}
@@ -122,9 +199,7 @@ mt_vit_node_run(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
 			be->gelu(rows * in.c, a, y);
 			return MT_OK;
 		case MT_NODE_CLASS_TOKEN:
-			for (int s = 0; s < n; s++)
-				memcpy(y + (size_t) s * in.c, a + (size_t) s * in.h * in.w * in.c,
-					   sizeof(float) * in.c);
+			be->class_token(n, in.h * in.w, in.c, a, y);
 			return MT_OK;
 		default:
 			return mt_seterr(err, MT_ERR_INTERNAL, "node kind %d is not a transformer node",
@@ -151,14 +226,14 @@ mt_vit_node_reads_input(const mt_node *nd, int weight_trains)
 
 /* Backward of a transformer node (see graph.h). */
 int
-mt_vit_node_backward(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
-					 const float *x, const float *dy, float *dx, float *dw,
-					 float *db, mt_err *err)
+mt_vit_node_backward(const mt_model *m, const mt_backend *be, const mt_node *nd,
+					 const float *wt, int n, mt_shape3 in, const float *x,
+					 const float *dy, float *dx, float *dw, float *db, float *scratch,
+					 mt_err *err)
 {
-	const mt_backend *be = m->backend;
 	size_t		rows = (size_t) n * in.h * in.w;
-	const float *wt = nd->p_weight >= 0 ? m->params[nd->p_weight].data : NULL;
 
+	(void) m;
 	switch (nd->kind)
 	{
 		case MT_NODE_TOKENS:
@@ -167,18 +242,35 @@ mt_vit_node_backward(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
 							d = in.c;
 				float	   *dpos = NULL;
 
-				if (db != NULL &&
-					(dpos = mt_calloc((size_t) (1 + p) * d, sizeof(float))) == NULL)
+				if (db == NULL || !pos_resized(nd, in))
+				{
+					be->vit_tokens_backward(n, p, d, dy, dx, dw, db);
+					return MT_OK;
+				}
+				if (be->mem_alloc != NULL)
+				{
+					/* a device: db += R^T dpos, R and dpos in the scratch */
+					int			rc;
+					size_t		cols = (size_t) 1 + (size_t) nd->pos_grid * nd->pos_grid;
+					float	   *r = device_resize_matrix(be, nd, in, scratch, &rc, err);
+
+					if (r == NULL)
+						return rc;
+					dpos = r + ((size_t) 1 + p) * cols;
+					if ((rc = be->mem_zero(dpos, sizeof(float) * ((size_t) 1 + p) * d, err)) != MT_OK)
+						return rc;
+					be->vit_tokens_backward(n, p, d, dy, dx, dw, dpos);
+					be->gemm(1, 0, (int) cols, d, 1 + p, 1.0f, r, (int) cols, dpos, d, 1.0f, db, d);
+					return MT_OK;
+				}
+				if ((dpos = mt_calloc((size_t) (1 + p) * d, sizeof(float))) == NULL)
 					return mt_seterr(err, MT_ERR_NOMEM, "out of memory in backward pass");
 				be->vit_tokens_backward(n, p, d, dy, dx, dw, dpos);
-				if (dpos != NULL)
-				{
-					for (int c = 0; c < d; c++)
-						db[c] += dpos[c];
-					mt_bicubic_resize_ac_adjoint(nd->pos_grid, nd->pos_grid, in.h, in.w, d,
-												 dpos + d, db + d);
-					mt_free(dpos);
-				}
+				for (int c = 0; c < d; c++)
+					db[c] += dpos[c];
+				mt_bicubic_resize_ac_adjoint(nd->pos_grid, nd->pos_grid, in.h, in.w, d,
+											 dpos + d, db + d);
+				mt_free(dpos);
 				return MT_OK;
 			}
 		case MT_NODE_LAYERNORM:
@@ -198,13 +290,7 @@ mt_vit_node_backward(const mt_model *m, const mt_node *nd, int n, mt_shape3 in,
 			return MT_OK;
 		case MT_NODE_CLASS_TOKEN:
 			if (dx != NULL)
-				for (int s = 0; s < n; s++)
-				{
-					float	   *d0 = dx + (size_t) s * in.h * in.w * in.c;
-
-					for (int c = 0; c < in.c; c++)
-						d0[c] += dy[(size_t) s * in.c + c];
-				}
+				be->class_token_backward(n, in.h * in.w, in.c, dy, dx);
 			return MT_OK;
 		default:
 			return mt_seterr(err, MT_ERR_INTERNAL, "node kind %d is not a transformer node",

@@ -287,6 +287,18 @@ typedef struct mt_backend
 	/* dpatches, dcls, dpos (each may be NULL) of vit_tokens */
 	void		(*vit_tokens_backward) (int n, int p, int d, const float *dy,
 										float *dpatches, float *dcls, float *dpos);
+	/*
+	 * The class token of each of n sequences of t tokens: y (n x d) = row 0
+	 * of x (n x t x d); the backward adds dy into those rows of dx.
+	 */
+	void		(*class_token) (int n, int t, int d, const float *x, float *y);
+	void		(*class_token_backward) (int n, int t, int d, const float *dy, float *dx);
+	/*
+	 * Row-major C[m x n] = alpha op(A) op(B) + beta C (op: transposed when
+	 * the flag is set; lda, ldb, ldc the row strides), as mt_sgemm.
+	 */
+	void		(*gemm) (int ta, int tb, int m, int n, int k, float alpha, const float *a,
+						 int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
 	/*
 	 * U-Net decoder operations (ops_cpu_unet.c; the CUDA backend leaves

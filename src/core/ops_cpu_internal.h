@@ -110,6 +110,10 @@ int			mt_cpu_attention_backward(int n, int t, int d, int heads,
 									  float *dqkv, mt_err *err);
 void		mt_cpu_vit_tokens(int n, int p, int d, const float *patches,
 							  const float *cls, const float *pos, float *y);
+void		mt_cpu_class_token(int n, int t, int d, const float *x, float *y);
+void		mt_cpu_class_token_backward(int n, int t, int d, const float *dy, float *dx);
+void		mt_cpu_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,
+						int lda, const float *b, int ldb, float beta, float *c, int ldc);
 void		mt_cpu_vit_tokens_backward(int n, int p, int d, const float *dy,
 									   float *dpatches, float *dcls, float *dpos);
 

@@ -238,6 +238,33 @@ mt_cpu_attention_backward(int n, int t, int d, int heads, const float *qkv,
 	return MT_OK;
 }
 
+/* Row 0 of each sequence. */
+void
+mt_cpu_class_token(int n, int t, int d, const float *x, float *y)
+{
+	for (int s = 0; s < n; s++)
+		memcpy(y + (size_t) s * d, x + (size_t) s * t * d, sizeof(float) * d);
+}
+
+void
+mt_cpu_class_token_backward(int n, int t, int d, const float *dy, float *dx)
+{
+	for (int s = 0; s < n; s++)
+	{
+		float	   *d0 = dx + (size_t) s * t * d;
+
+		for (int c = 0; c < d; c++)
+			d0[c] += dy[(size_t) s * d + c];
+	}
+}
+
+void
+mt_cpu_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+			const float *b, int ldb, float beta, float *c, int ldc)
+{
+	mt_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 /* Class token and patches plus position embedding. */
 void
 mt_cpu_vit_tokens(int n, int p, int d, const float *patches, const float *cls,

@@ -1075,13 +1075,7 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 		return rc;
 	}
 	if (m->devtrain != NULL)
-	{
-		for (int i = 0; i < nn; i++)
-			if (mt_node_is_transformer(m->nodes[i].kind))
-				return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s training does not run on %s yet",
-								 m->arch, m->devtrain->be->name);
 		dt_arena_fit(m->devtrain);
-	}
 
 	st = mt_calloc(1, sizeof(*st));
 	if (st == NULL)
@@ -1709,7 +1703,8 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 					goto nomem;
 				if (want_dx && (dx = grad_buf(c, in0)) == NULL)
 					goto nomem;
-				return mt_vit_node_backward(m, nd, n, in, x, dy, dx, dw, db, err);
+				return mt_vit_node_backward(m, be, nd, pdata(m, nd->p_weight), n, in, x, dy,
+											dx, dw, db, c->scratch, err);
 			}
 			return MT_OK;
 	}
@@ -1769,6 +1764,8 @@ mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
 		}
 		if (nd->kind == MT_NODE_BN && st->shp[i].c > max_c)
 			max_c = st->shp[i].c;
+		if (mt_node_is_transformer(nd->kind) && mt_vit_node_scratch(nd, in) > scratch_len)
+			scratch_len = mt_vit_node_scratch(nd, in);
 	}
 	if (st->dt != NULL)
 		wpack_len = 0;			/* a device keeps the weights and gradients packed */

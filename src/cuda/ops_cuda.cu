@@ -2565,6 +2565,39 @@ cuda_vit_tokens_backward(int n, int p, int d, const float *dy, float *dpatches, 
 	launched("the ViT token backward kernel");
 }
 
+/* y (n x d) = row 0 of each sequence of x (n x t x d) */
+__global__ void
+k_class_token(int n, int t, int d, const float *__restrict__ x, float *__restrict__ y)
+{
+	GRID_LOOP(i, (size_t) n * d)
+		y[i] = x[(i / d) * t * d + i % d];
+}
+
+__global__ void
+k_class_token_bwd(int n, int t, int d, const float *__restrict__ dy, float *__restrict__ dx)
+{
+	GRID_LOOP(i, (size_t) n * d)
+		dx[(i / d) * t * d + i % d] += dy[i];
+}
+
+static void
+cuda_class_token(int n, int t, int d, const float *x, float *y)
+{
+	if ((size_t) n * d == 0 || mt_cuda_failed())
+		return;
+	k_class_token<<<blocks_for((size_t) n * d), THREADS>>>(n, t, d, x, y);
+	launched("the class-token kernel");
+}
+
+static void
+cuda_class_token_backward(int n, int t, int d, const float *dy, float *dx)
+{
+	if ((size_t) n * d == 0 || mt_cuda_failed())
+		return;
+	k_class_token_bwd<<<blocks_for((size_t) n * d), THREADS>>>(n, t, d, dy, dx);
+	launched("the class-token backward kernel");
+}
+
 /* rows of s (t x t): s = p * (s - rowsum(s * p)), one warp per row */
 __global__ void
 k_softmax_bwd_rows(int t, const float *__restrict__ p, float *__restrict__ s)
@@ -3063,6 +3096,9 @@ const mt_backend mt_cuda_backend = {
 	.attention_backward = cuda_attention_backward,
 	.vit_tokens = cuda_vit_tokens,
 	.vit_tokens_backward = cuda_vit_tokens_backward,
+	.class_token = cuda_class_token,
+	.class_token_backward = cuda_class_token_backward,
+	.gemm = gemm_rm_async,
 	.upsample_bilinear = cuda_upsample_bilinear,
 	.upsample_bilinear_backward = cuda_upsample_bilinear_backward,
 	.conv_transpose2d = cuda_conv_transpose2d,

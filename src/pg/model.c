@@ -582,7 +582,7 @@ medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *featu
 		if (mt_model_device(mm->net) != dev)
 		{
 			rc = mt_model_to_device(mm->net, dev, &err);
-			/* a model the device cannot run yet (ViT): auto means the CPU then */
+			/* a model the device cannot run (its backend lacks a layer): auto means the CPU then */
 			if (rc == MT_ERR_UNSUPPORTED && medtl_device == MEDTL_DEVICE_AUTO)
 			{
 				dev = NULL;

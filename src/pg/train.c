@@ -234,8 +234,8 @@ check(int rc, const mt_err *err, const char *what)
  * Where a run's steps go: the device medtl.device chooses (an ERROR under
  * cuda without a usable one, as for inference), with the model moved there
  * (its training copy follows on the first step); NULL: the CPU.  A model
- * the device cannot run yet (a transformer) stays on the CPU under auto;
- * under cuda that is an ERROR (0A000).  Device out of memory is 53200, over medtl.device_memory_mb 54000.
+ * the device cannot run (its backend lacks a layer) stays on the CPU under
+ * auto; under cuda that is an ERROR (0A000).  Device out of memory is 53200, over medtl.device_memory_mb 54000.
  */
 static const mt_backend *
 train_device(MedtlModel *mm, const TrainArgs *a)

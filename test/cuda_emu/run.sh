@@ -8,7 +8,10 @@
 # "cuda_train: N passed, M failed" (one training step, test/tools/cuda_train_check.c,
 # at 64x64 batch 4: at 32x32 the last stage has 1x1 positions and batch
 # statistics of 4 values amplify rounding), last "cuda_model: N passed, M failed"; exits 1 on a failure.
-# EMU_MODEL_ARCHS overrides the architectures of the model check;
+# EMU_MODEL_ARCHS overrides the architectures of the model check (the default
+# list ends with vit_b_16: at 32x32 its position embedding is resized),
+# EMU_MODEL_SIZE its "--size S --batch B --cpu-batch C" (vit_b_16 at 224
+# runs the stored grid: "--size 224 --batch 1 --cpu-batch 1", minutes);
 # EMU_SKIP_OPS=1 skips the op check, EMU_SKIP_TRAIN=1 the training check;
 # EMU_TRAIN_ARCHS overrides the training check's architectures.
 set -euo pipefail
@@ -53,5 +56,5 @@ link_tool cuda_train_check "${model_src[@]}"
 	--archs "${EMU_TRAIN_ARCHS:-resnet18,mobilenet_v2,unet_resnet18}"
 # the device-less path first (the probe fails: refusal, host still works)
 EMU_NODEV=1 "$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 --archs resnet18 | tail -n 3
-"$tmp/cuda_model_check" --no-bench --size 32 --batch 3 --cpu-batch 2 \
-	--archs "${EMU_MODEL_ARCHS:-resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0,unet_resnet18,unet_mobilenet_v2,unet_mobilenet_v2_tconv}"
+"$tmp/cuda_model_check" --no-bench ${EMU_MODEL_SIZE:---size 32 --batch 3 --cpu-batch 2} \
+	--archs "${EMU_MODEL_ARCHS:-resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0,unet_resnet18,unet_mobilenet_v2,unet_mobilenet_v2_tconv,vit_b_16}"

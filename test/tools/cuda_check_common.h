@@ -135,6 +135,30 @@ random_model(const char *arch, uint64_t seed, mt_err *err)
 			m->params[nd->p_bn_var].data[j] = (float) (0.5 + mt_rng_uniform(&rng));
 		}
 	}
+	/*
+	 * a transformer's constant initial values (zero head and biases, unit
+	 * layer norms) made random too, so every logit and gradient is nonzero
+	 */
+	for (int i = 0; i < m->n_nodes; i++)
+	{
+		const mt_node *nd = &m->nodes[i];
+		int			ln = nd->kind == MT_NODE_LAYERNORM;
+
+		if (!mt_node_is_transformer(nd->kind) && !(nd->kind == MT_NODE_LINEAR && i == m->logits_node &&
+												   strncmp(arch, "vit", 3) == 0))
+			continue;
+		for (int k = 0; k < 2; k++)
+		{
+			int			pi = k == 0 ? nd->p_weight : nd->p_bias;
+
+			if (pi < 0 || (k == 0 && nd->kind == MT_NODE_TOKEN_LINEAR) ||
+				(k == 1 && nd->kind == MT_NODE_TOKENS))
+				continue;		/* Xavier weights and the position embedding are random already */
+			for (size_t j = 0; j < m->params[pi].numel; j++)
+				m->params[pi].data[j] = (float) ((ln && k == 0 ? 1.0 : 0.0) +
+												 0.1 * (2.0 * mt_rng_uniform(&rng) - 1.0));
+		}
+	}
 	m->prepared = 0;
 	return m;
 }

@@ -1088,6 +1088,25 @@ transformer_checks(size_t rows, int c, int n, int t, int d, int heads)
 	snprintf(label, sizeof(label), "vit_tokens_backward dpos [n%d p%d d%d]", n, p, d);
 	check(label, dpos, gdpos, (size_t) t * d);
 
+	/* class token (row 0 of each sequence) and back, on the token buffers */
+	snprintf(label, sizeof(label), "class_token [n%d t%d d%d]", n, t, d);
+	CPU->class_token(n, t, d, tok, ay);
+	GPU->class_token(n, t, d, gtok, gay);
+	check(label, ay, gay, (size_t) n * d);
+	snprintf(label, sizeof(label), "class_token_backward [n%d t%d d%d]", n, t, d);
+	CPU->class_token_backward(n, t, d, ay, tok);
+	GPU->class_token_backward(n, t, d, gay, gtok);
+	check(label, tok, gtok, ntok);
+	/* the generic GEMM, both transposes (the position resize's R pos and R^T dpos) */
+	snprintf(label, sizeof(label), "gemm [%d x %d x %d]", t, d, p);
+	CPU->gemm(0, 0, t, d, p, 1.0f, tok, p, pat, d, 0.0f, pos, d);
+	GPU->gemm(0, 0, t, d, p, 1.0f, gtok, p, gpat, d, 0.0f, gpos, d);
+	check(label, pos, gpos, (size_t) t * d);
+	snprintf(label, sizeof(label), "gemm transposed, accumulating [%d x %d x %d]", p, d, t);
+	CPU->gemm(1, 0, p, d, t, 0.5f, tok, p, pos, d, 1.0f, pat, d);
+	GPU->gemm(1, 0, p, d, t, 0.5f, gtok, p, gpos, d, 1.0f, gpat, d);
+	check(label, pat, gpat, (size_t) p * d);
+
 	mt_clearerr(&err);
 	snprintf(label, sizeof(label), "attention [n%d t%d d%d heads %d]", n, t, d, heads);
 	if (CPU->attention(n, t, d, heads, qkv, ay, &err) != MT_OK)
