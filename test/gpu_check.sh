@@ -248,6 +248,23 @@ else
 	fail "test/bin/cuda_train_check was not built"
 fi
 
+step "cuda_train_check: vit_b_16 on the device vs the CPU (224x224 batch 4: the stored grid; 64x64: the resized one)"
+if [ -x test/bin/cuda_train_check ]; then
+	: > "$OUT/cuda_train_check_vit.txt"
+	for sz in 224 64; do
+		timeout 90 test/bin/cuda_train_check --size $sz --batch 4 --archs vit_b_16 --settings 01 --no-bench \
+			>> "$OUT/cuda_train_check_vit.txt" 2>&1
+		rc=$?
+		[ "$rc" -eq 0 ] || break
+	done
+	grep -E '^(FAIL|ok)|^cuda_train:' "$OUT/cuda_train_check_vit.txt"
+	if [ "$rc" -ne 0 ] || [ "$(grep -c '^cuda_train: [1-9][0-9]* passed, 0 failed$' "$OUT/cuda_train_check_vit.txt")" -ne 2 ]; then
+		fail "vit_b_16 training on the device (rc $rc)"
+	else
+		pass "vit_b_16 training steps on the device match the CPU at 224 and 64"
+	fi
+fi
+
 if [ -n "${GPU_CHECK_FAST:-}" ]; then
 	step "GPU_CHECK_FAST: the rest skipped"
 	finish

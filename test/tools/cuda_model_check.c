@@ -34,7 +34,7 @@
  *   defaults: 224, 64, 4, resnet18,resnet34,resnet50,mobilenet_v2,
  *             densenet121,efficientnet_b0, unet_resnet18,
  *             unet_mobilenet_v2,unet_mobilenet_v2_tconv (U-Nets: logits
- *             n x size x size x 3, size a multiple of 32)
+ *             n x size x size x 3, size a multiple of 32), vit_b_16
  */
 #include "core/blas.h"
 #include "core/graph.h"
@@ -327,7 +327,7 @@ int
 main(int argc, char **argv)
 {
 	const char *archs = "resnet18,resnet34,resnet50,mobilenet_v2,densenet121,efficientnet_b0,"
-		"unet_resnet18,unet_mobilenet_v2,unet_mobilenet_v2_tconv";
+		"unet_resnet18,unet_mobilenet_v2,unet_mobilenet_v2_tconv,vit_b_16";
 	int			size = 224,
 				batch = 64,
 				cpu_batch = 4,
