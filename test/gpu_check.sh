@@ -164,7 +164,7 @@ else
 	echo "no make: building with the same commands directly"
 	flags="-O3 -std=c++20 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -fPIC,-Wall,-Wno-unused-parameter -Isrc -I$CUDA_INCDIR -DMEDTL_CUDA"
 	mkdir -p test/bin
-	ops_src="src/core/mt_common.c src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c"
+	ops_src="src/core/mt_common.c src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c src/io/augment.c"
 	model_src="$ops_src src/core/graph.c src/core/graph_vit.c src/core/train.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/nn/vit.c"
 	# link_tool NAME SOURCES: test/bin/NAME from test/tools/NAME.c, the sources and src/cuda
 	link_tool() {

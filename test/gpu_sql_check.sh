@@ -145,7 +145,7 @@ if [[ " $steps " == *" 1 "* ]]; then
 		{ cat "$OUT/setup.out"; fail "sql/setup.sql"; finish; }
 	psql -X -d medtl_sql_check -qAt -c "SELECT medtl.runtime_info()->>'cuda_device'" -c "SET medtl.device = cuda" \
 		-c "SELECT medtl.runtime_info()->>'device'"
-	timeout 420 psql -X -d medtl_sql_check -f test/cuda_emu/train_check.sql >"$OUT/train_check.out" 2>&1
+	timeout 900 psql -X -d medtl_sql_check -f test/cuda_emu/train_check.sql >"$OUT/train_check.out" 2>&1
 	rc=$?
 	cat "$OUT/train_check.out"
 	nok=$(grep -c '^ *ok:' "$OUT/train_check.out")

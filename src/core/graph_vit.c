@@ -109,12 +109,13 @@ mt_vit_node_scratch(const mt_node *nd, mt_shape3 in)
  * On a device the resize runs as one GEMM: the matrix R ((1 + p) x (1 +
  * g^2), row 0 keeping the class token's entry, the others the bicubic
  * weights of mt_bicubic_resize_ac), made on the host and uploaded into the
- * node's scratch, and the resized embedding (R pos) right after it.
- * Returns R's device copy, or NULL with *rc set.
+ * node's scratch, and the resized embedding (R pos) or its gradient right
+ * after it (*after).  Returns R's device copy (*cols its columns), or NULL
+ * with *rc set.
  */
 static float *
 device_resize_matrix(const mt_backend *be, const mt_node *nd, mt_shape3 in, float *scratch,
-					 int *rc, mt_err *err)
+					 float **after, int *cols_out, int *rc, mt_err *err)
 {
 	int			g = nd->pos_grid,
 				p = in.h * in.w;
@@ -142,6 +143,8 @@ device_resize_matrix(const mt_backend *be, const mt_node *nd, mt_shape3 in, floa
 	mt_free(eye);
 	mt_free(res);
 	mt_free(r);
+	*after = scratch + rows * cols;
+	*cols_out = (int) cols;
 	return *rc == MT_OK ? scratch : NULL;
 }
 
@@ -169,15 +172,13 @@ mt_vit_node_run(const mt_model *m, const mt_backend *be, const mt_node *nd,
 				if (be->mem_alloc != NULL)
 				{
 					/* a device: R pos in the scratch, after R */
-					int			rc;
-					size_t		cols = (size_t) 1 + (size_t) nd->pos_grid * nd->pos_grid;
-					float	   *r = device_resize_matrix(be, nd, in, scratch, &rc, err);
+					int			rc,
+								cols;
+					float	   *r = device_resize_matrix(be, nd, in, scratch, &pos, &cols, &rc, err);
 
 					if (r == NULL)
 						return rc;
-					pos = r + ((size_t) 1 + p) * cols;
-					be->gemm(0, 0, 1 + p, in.c, (int) cols, 1.0f, r, (int) cols, bs, in.c,
-							 0.0f, pos, in.c);
+					be->gemm(0, 0, 1 + p, in.c, cols, 1.0f, r, cols, bs, in.c, 0.0f, pos, in.c);
 					be->vit_tokens(n, p, in.c, a, wt, pos, y);
 					return MT_OK;
 				}
@@ -250,17 +251,15 @@ mt_vit_node_backward(const mt_model *m, const mt_backend *be, const mt_node *nd,
 				if (be->mem_alloc != NULL)
 				{
 					/* a device: db += R^T dpos, R and dpos in the scratch */
-					int			rc;
-					size_t		cols = (size_t) 1 + (size_t) nd->pos_grid * nd->pos_grid;
-					float	   *r = device_resize_matrix(be, nd, in, scratch, &rc, err);
+					int			rc,
+								cols;
+					float	   *r = device_resize_matrix(be, nd, in, scratch, &dpos, &cols, &rc, err);
 
-					if (r == NULL)
-						return rc;
-					dpos = r + ((size_t) 1 + p) * cols;
-					if ((rc = be->mem_zero(dpos, sizeof(float) * ((size_t) 1 + p) * d, err)) != MT_OK)
+					if (r == NULL ||
+						(rc = be->mem_zero(dpos, sizeof(float) * ((size_t) 1 + p) * d, err)) != MT_OK)
 						return rc;
 					be->vit_tokens_backward(n, p, d, dy, dx, dw, dpos);
-					be->gemm(1, 0, (int) cols, d, 1 + p, 1.0f, r, (int) cols, dpos, d, 1.0f, db, d);
+					be->gemm(1, 0, cols, d, 1 + p, 1.0f, r, cols, dpos, d, 1.0f, db, d);
 					return MT_OK;
 				}
 				if ((dpos = mt_calloc((size_t) (1 + p) * d, sizeof(float))) == NULL)

@@ -294,6 +294,18 @@ typedef struct mt_backend
 	void		(*class_token) (int n, int t, int d, const float *x, float *y);
 	void		(*class_token_backward) (int n, int t, int d, const float *dy, float *dx);
 	/*
+	 * A training batch (io/augment.h): m images of size x size x 3 bytes
+	 * (src) into dst (m x size x size x 3 floats).  With params (m rows of
+	 * MT_AUG_PARAMS doubles) each as mt_augment_render makes it (on a
+	 * device the mean gray is summed in another order: equal within
+	 * rounding), without (NULL) normalised as mt_normalize_u8 does.  mean
+	 * and std are host arrays; src, params and dst are where the backend
+	 * computes.
+	 */
+	int			(*augment_images) (int m, int size, const uint8_t *src, const double *params,
+								   const float mean[3], const float std[3], float *dst,
+								   mt_err *err);
+	/*
 	 * Row-major C[m x n] = alpha op(A) op(B) + beta C (op: transposed when
 	 * the flag is set; lda, ldb, ldc the row strides), as mt_sgemm.
 	 */

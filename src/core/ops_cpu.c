@@ -726,6 +726,7 @@ const mt_backend mt_cpu_backend = {
 	.vit_tokens = mt_cpu_vit_tokens,
 	.vit_tokens_backward = mt_cpu_vit_tokens_backward,
 	.class_token = mt_cpu_class_token,
+	.augment_images = mt_cpu_augment_images,
 	.class_token_backward = mt_cpu_class_token_backward,
 	.gemm = mt_cpu_gemm,
 	.upsample_bilinear = mt_cpu_upsample_bilinear,

@@ -110,6 +110,9 @@ int			mt_cpu_attention_backward(int n, int t, int d, int heads,
 									  float *dqkv, mt_err *err);
 void		mt_cpu_vit_tokens(int n, int p, int d, const float *patches,
 							  const float *cls, const float *pos, float *y);
+int			mt_cpu_augment_images(int m, int size, const uint8_t *src, const double *params,
+								  const float mean[3], const float std[3], float *dst,
+								  mt_err *err);	/* io/augment.c */
 void		mt_cpu_class_token(int n, int t, int d, const float *x, float *y);
 void		mt_cpu_class_token_backward(int n, int t, int d, const float *dy, float *dx);
 void		mt_cpu_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,

@@ -26,6 +26,7 @@
  */
 #include "train.h"
 #include "onednn.h"
+#include "../io/augment.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -1028,9 +1029,76 @@ mark_read(struct mt_train_state *st, int k, int j)
 }
 
 /* Forward pass in training mode (see train.h). */
+/* A batch of bytes to render on the device (mt_model_forward_train_u8). */
+typedef struct u8_batch
+{
+	const uint8_t *src;
+	const double *params;
+	const float *mean;
+	const float *std;
+} u8_batch;
+
+/* The input node's output on the device, rendered from the bytes there. */
+static int
+render_u8_on_device(struct mt_train_state *st, const u8_batch *u8, int n, int size, float *y,
+					mt_err *err)
+{
+	const mt_backend *be = st->dt->be;
+	size_t		bytes = (size_t) n * size * size * 3;
+	size_t		pbytes = (size_t) n * MT_AUG_PARAMS * sizeof(double);
+	float	   *dsrc = t_alloc(st, (bytes + 3) / 4, 0);
+	float	   *dpar = u8->params != NULL ? t_alloc(st, pbytes / 4, 0) : NULL;
+	int			rc;
+
+	if (dsrc == NULL || (u8->params != NULL && dpar == NULL))
+		rc = mt_seterr(err, st->dt->alloc_rc != MT_OK ? st->dt->alloc_rc : MT_ERR_NOMEM,
+					   "out of device memory for a training batch");
+	else if ((rc = be->upload(dsrc, u8->src, bytes, err)) == MT_OK &&
+			 (dpar == NULL || (rc = be->upload(dpar, u8->params, pbytes, err)) == MT_OK))
+		rc = be->augment_images(n, size, (const uint8_t *) dsrc, (const double *) dpar,
+								u8->mean, u8->std, y, err);
+	t_free(st, dsrc);
+	t_free(st, dpar);
+	return rc;
+}
+
+static int	forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int w,
+						  float *logits, float *features, mt_err *err);
+
 int
 mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 					   float *logits, float *features, mt_err *err)
+{
+	return forward_train(m, x, NULL, n, h, w, logits, features, err);
+}
+
+int
+mt_model_forward_train_u8(mt_model *m, const uint8_t *src, const double *params, int n, int size,
+						  const float mean[3], const float std[3], float *logits,
+						  float *features, mt_err *err)
+{
+	const mt_backend *dev = mt_model_device(m);
+	u8_batch	u8 = {src, params, mean, std};
+	float	   *x;
+	int			rc;
+
+	if (n <= 0 || size <= 0)
+		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
+	if (dev != NULL && dev->augment_images != NULL)
+		return forward_train(m, NULL, &u8, n, size, size, logits, features, err);
+	/* the host renders (m->backend's entry), then the floats go as usual */
+	if ((x = mt_malloc(sizeof(float) * (size_t) n * size * size * 3)) == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a training batch");
+	rc = mt_cpu_backend.augment_images(n, size, src, params, mean, std, x, err);
+	if (rc == MT_OK)
+		rc = forward_train(m, x, NULL, n, size, size, logits, features, err);
+	mt_free(x);
+	return rc;
+}
+
+static int
+forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int w,
+			  float *logits, float *features, mt_err *err)
 {
 	struct mt_train_state *st;
 	int			nn = m->n_nodes;
@@ -1233,7 +1301,12 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 		st->buf[i] = y;
 		if (nd->kind == MT_NODE_INPUT)
 		{
-			if (st->dt != NULL)
+			if (st->dt != NULL && u8 != NULL)
+			{
+				if ((rc = render_u8_on_device(st, u8, n, h, y, err)) != MT_OK)
+					goto done;
+			}
+			else if (st->dt != NULL)
 			{
 				if ((rc = st->dt->be->upload(y, x, out_len * sizeof(float), err)) != MT_OK)
 					goto done;

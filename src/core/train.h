@@ -100,6 +100,21 @@ int			mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 								   float *logits, float *features, mt_err *err);
 
 /*
+ * mt_model_forward_train on a batch made from bytes: n images of size x
+ * size x 3 bytes (src, host memory) rendered as the backend's
+ * augment_images entry does (ops.h), with params (n rows of
+ * MT_AUG_PARAMS doubles from mt_augment_draw_params, io/augment.h) or
+ * without (NULL: only normalised with mean and std), where the model
+ * trains: on a device the bytes and rows are uploaded (a quarter of the
+ * rendered floats) and the batch is rendered there; on the host into a
+ * buffer of its own.  A device backend without the entry renders on the
+ * host and uploads the floats.
+ */
+int			mt_model_forward_train_u8(mt_model *m, const uint8_t *src, const double *params,
+									  int n, int size, const float mean[3], const float std[3],
+									  float *logits, float *features, mt_err *err);
+
+/*
  * Dropout on the head (torch.nn.Dropout before the classifier, as
  * torchvision's MobileNetV2 and EfficientNet have it): with m->head_dropout
  * = p > 0, mt_model_forward_train multiplies the input of the logits node

@@ -27,7 +27,7 @@ src/cuda/%.o: src/cuda/%.cu $(CUDA_HDRS)
 # no PostgreSQL, no image libraries.
 CUDA_CHECK_SRC = src/core/mt_common.c src/core/blas.c src/core/onednn.c src/core/pool.c \
 	src/core/ops_cpu.c src/core/ops_cpu_train.c src/core/ops_cpu_vit.c src/core/ops_cpu_cnn.c \
-	src/core/ops_cpu_unet.c
+	src/core/ops_cpu_unet.c src/io/augment.c
 CUDA_CHECK_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter \
 	-Wno-sign-compare -Wno-missing-field-initializers -Werror -Isrc -I$(CUDA_INCDIR) -DMEDTL_CUDA
 

@@ -2565,6 +2565,180 @@ cuda_vit_tokens_backward(int n, int p, int d, const float *dy, float *dpatches, 
 	launched("the ViT token backward kernel");
 }
 
+/* ------------------------------------------------ training batches --- */
+
+/* mean and std by value (kernel arguments) */
+typedef struct aug_norm
+{
+	float		mean[3],
+				std[3];
+} aug_norm;
+
+/*
+ * io/augment.c's render_image on the device, pass 1: every output pixel of
+ * every image mapped through its draw (params row: crop x0, y0, w, h, flip,
+ * cos, sin, centre x, y, brightness, contrast), sampled bilinearly from the
+ * bytes (black outside) and scaled by the brightness, unnormalised.  The
+ * same arithmetic as the host's, step by step (__fmul_rn / __fadd_rn: no
+ * contraction into FMAs), so each value is the host's bit for bit.
+ */
+__global__ void
+k_aug_render(int m, int size, const uint8_t *__restrict__ src, const double *__restrict__ params,
+			 float *__restrict__ dst)
+{
+	size_t		npix = (size_t) size * size;
+
+	GRID_LOOP(k, (size_t) m * npix)
+	{
+		size_t		img = k / npix,
+					pix = k % npix;
+		int			x = (int) (pix % size),
+					y = (int) (pix / size);
+		const double *p = params + img * 11;
+		const uint8_t *s = src + img * npix * 3;
+		double		u = (x + 0.5) / size,
+					v = (y + 0.5) / size,
+					sx,
+					sy,
+					rx,
+					ry;
+		float		fxs,
+					fys,
+					fx,
+					fy,
+					o[3] = {0.0f, 0.0f, 0.0f};
+		int			x0,
+					y0;
+		float	   *out = dst + k * 3;
+
+		if (p[4] != 0.0)
+			u = 1 - u;
+		/* the host's order of operations, each rounded (no FMA) */
+		sx = __dadd_rn(__dadd_rn(p[0], __dmul_rn(u, p[2])), -p[7]);
+		sy = __dadd_rn(__dadd_rn(p[1], __dmul_rn(v, p[3])), -p[8]);
+		rx = __dadd_rn(__dadd_rn(p[7], __dmul_rn(p[5], sx)), -__dmul_rn(p[6], sy));
+		ry = __dadd_rn(__dadd_rn(p[8], __dmul_rn(p[6], sx)), __dmul_rn(p[5], sy));
+		fxs = (float) (rx - 0.5);
+		fys = (float) (ry - 0.5);
+		x0 = (int) floorf(fxs);
+		y0 = (int) floorf(fys);
+		fx = fxs - x0;
+		fy = fys - y0;
+		for (int dy = 0; dy < 2; dy++)
+			for (int dx = 0; dx < 2; dx++)
+			{
+				int			xi = x0 + dx,
+							yi = y0 + dy;
+				float		w = __fmul_rn(dx ? fx : 1 - fx, dy ? fy : 1 - fy);
+				const uint8_t *q;
+
+				if (xi < 0 || yi < 0 || xi >= size || yi >= size || w == 0.0f)
+					continue;
+				q = s + ((size_t) yi * size + xi) * 3;
+				for (int c = 0; c < 3; c++)
+					o[c] = __fadd_rn(o[c], __fmul_rn(w, (float) q[c]));
+			}
+		for (int c = 0; c < 3; c++)
+			out[c] = (float) ((double) o[c] * p[9]);
+	}
+}
+
+/*
+ * Pass 2: the mean gray (0.299 R + 0.587 G + 0.114 B) of each image, one
+ * block per image, summed in double in a fixed order (thread strides, then
+ * the block's partial sums in thread order).
+ */
+__global__ void
+k_aug_gray(size_t npix, const float *__restrict__ dst, double *__restrict__ gray)
+{
+	__shared__ double part[256];
+	const float *img = dst + (size_t) blockIdx.x * npix * 3;
+	double		s = 0.0;
+
+	for (size_t i = threadIdx.x; i < npix; i += blockDim.x)
+		s = __dadd_rn(s, __dadd_rn(__dadd_rn(__dmul_rn(0.299, img[i * 3]), __dmul_rn(0.587, img[i * 3 + 1])),
+								   __dmul_rn(0.114, img[i * 3 + 2])));
+	part[threadIdx.x] = s;
+	__syncthreads();
+	if (threadIdx.x == 0)
+	{
+		double		t = 0.0;
+
+		for (unsigned int k = 0; k < blockDim.x; k++)
+			t += part[k];
+		gray[blockIdx.x] = t / (double) npix;
+	}
+}
+
+/* Pass 3: contrast about the mean gray, clamp to 0..255, normalise. */
+__global__ void
+k_aug_finish(int m, size_t npix, const double *__restrict__ params,
+			 const double *__restrict__ gray, aug_norm nm, float *__restrict__ dst)
+{
+	GRID_LOOP(k, (size_t) m * npix * 3)
+	{
+		size_t		img = k / (npix * 3);
+		int			c = (int) (k % 3);
+		double		con = params[img * 11 + 10],
+					g = gray[img],
+					v = dst[k];
+
+		if (con != 1)
+			v = __dadd_rn(__dmul_rn(__dadd_rn(v, -g), con), g);
+		v = v < 0 ? 0 : (v > 255 ? 255 : v);
+		dst[k] = (float) ((v / 255.0 - nm.mean[c]) / nm.std[c]);
+	}
+}
+
+/* mt_normalize_u8: (bytes / 255 - mean) / std as scale and shift in float */
+__global__ void
+k_normalize_u8(size_t len, const uint8_t *__restrict__ src, aug_norm nm, float *__restrict__ dst)
+{
+	GRID_LOOP(k, len)
+	{
+		int			c = (int) (k % 3);
+		float		scale = 1.0f / (255.0f * nm.std[c]),
+					shift = -nm.mean[c] / nm.std[c];
+
+		dst[k] = __fadd_rn(__fmul_rn((float) src[k], scale), shift);
+	}
+}
+
+static int
+cuda_augment_images(int m, int size, const uint8_t *src, const double *params,
+					const float mean[3], const float std[3], float *dst, mt_err *err)
+{
+	size_t		npix = (size_t) size * size;
+	aug_norm	nm;
+	double	   *gray;
+	int			rc;
+
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	if (m <= 0 || npix == 0)
+		return MT_OK;
+	for (int c = 0; c < 3; c++)
+	{
+		nm.mean[c] = mean[c];
+		nm.std[c] = std[c];
+	}
+	if (params == NULL)
+	{
+		k_normalize_u8<<<blocks_for((size_t) m * npix * 3), THREADS>>>((size_t) m * npix * 3, src, nm, dst);
+		return launch_status("the normalisation kernel", err);
+	}
+	if ((gray = (double *) mt_cuda_workspace(sizeof(double) * m, err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_NOMEM;
+	k_aug_render<<<blocks_for((size_t) m * npix), THREADS>>>(m, size, src, params, dst);
+	if ((rc = launch_status("the augmentation kernel", err)) != MT_OK)
+		return rc;
+	k_aug_gray<<<m, 256>>>(npix, dst, gray);
+	if ((rc = launch_status("the mean-gray kernel", err)) != MT_OK)
+		return rc;
+	k_aug_finish<<<blocks_for((size_t) m * npix * 3), THREADS>>>(m, npix, params, gray, nm, dst);
+	return launch_status("the contrast and normalisation kernel", err);
+}
+
 /* y (n x d) = row 0 of each sequence of x (n x t x d) */
 __global__ void
 k_class_token(int n, int t, int d, const float *__restrict__ x, float *__restrict__ y)
@@ -3098,6 +3272,7 @@ const mt_backend mt_cuda_backend = {
 	.vit_tokens_backward = cuda_vit_tokens_backward,
 	.class_token = cuda_class_token,
 	.class_token_backward = cuda_class_token_backward,
+	.augment_images = cuda_augment_images,
 	.gemm = gemm_rm_async,
 	.upsample_bilinear = cuda_upsample_bilinear,
 	.upsample_bilinear_backward = cuda_upsample_bilinear_backward,

@@ -3,6 +3,7 @@
  * of an image alone or of an image and its mask under the same draw.
  */
 #include "augment.h"
+#include "../core/ops_cpu_internal.h"
 #include "../core/pool.h"
 #include "mask.h"
 
@@ -197,6 +198,82 @@ render_mask(const aug_draw *d, const uint8_t *src, int size, uint8_t *dst)
 				(fx < 0 || fy < 0 || fx >= size || fy >= size) ? MT_MASK_IGNORE :
 				src[(size_t) fy * size + (size_t) fx];
 		}
+}
+
+/* A draw as a row of numbers (augment.h) and back. */
+static void
+draw_to_params(const aug_draw *d, double *p)
+{
+	p[0] = d->cx0;
+	p[1] = d->cy0;
+	p[2] = d->cw;
+	p[3] = d->ch;
+	p[4] = d->flip;
+	p[5] = d->cosr;
+	p[6] = d->sinr;
+	p[7] = d->ccx;
+	p[8] = d->ccy;
+	p[9] = d->bright;
+	p[10] = d->contrast;
+}
+
+static void
+params_to_draw(const double *p, aug_draw *d)
+{
+	d->cx0 = p[0];
+	d->cy0 = p[1];
+	d->cw = p[2];
+	d->ch = p[3];
+	d->flip = p[4] != 0;
+	d->cosr = p[5];
+	d->sinr = p[6];
+	d->ccx = p[7];
+	d->ccy = p[8];
+	d->bright = p[9];
+	d->contrast = p[10];
+}
+
+void
+mt_augment_draw_params(const mt_augment *a, int m, int size, mt_rng *rng, double *params)
+{
+	static const mt_augment none = {0, 0, 0, 0, 1.0f};
+	int			on = a != NULL && mt_augment_enabled(a);
+
+	for (int i = 0; i < m; i++)
+	{
+		aug_draw	d;
+
+		/* switched off: the identity, drawing nothing */
+		draw_augmentation(on ? a : &none, size, rng, &d);
+		draw_to_params(&d, params + (size_t) i * MT_AUG_PARAMS);
+	}
+}
+
+void
+mt_augment_render(const uint8_t *src, int size, const double *params, const float mean[3],
+				  const float std[3], float *dst)
+{
+	aug_draw	d;
+
+	params_to_draw(params, &d);
+	render_image(&d, src, size, mean, std, dst);
+}
+
+/* The CPU backend's augment_images entry (ops.h): image by image, on the calling thread. */
+int
+mt_cpu_augment_images(int m, int size, const uint8_t *src, const double *params,
+					  const float mean[3], const float std[3], float *dst, mt_err *err)
+{
+	size_t		px = (size_t) size * size;
+
+	(void) err;
+	for (int i = 0; i < m; i++)
+		if (params != NULL)
+			mt_augment_render(src + px * 3 * i, size, params + (size_t) MT_AUG_PARAMS * i, mean, std,
+							  dst + px * 3 * i);
+		else
+			mt_normalize_u8(src + px * 3 * i, px, mean, std, dst + px * 3 * i);
+	return MT_OK;
 }
 
 void

@@ -56,6 +56,22 @@ void		mt_augment_batch(const uint8_t *const *srcs, const uint8_t *const *mask_sr
 							 int size, const mt_augment *a, mt_rng *rng, const float mean[3],
 							 const float std[3], float *dst, uint8_t *mask_dst);
 
+/*
+ * The draws of mt_augment_batch as numbers, for a renderer elsewhere (a
+ * device): m rows of MT_AUG_PARAMS doubles, drawn in image order from rng
+ * exactly as mt_augment_batch draws them (nothing is drawn when a is NULL
+ * or switched off: the rows then hold the identity).  A row is the crop
+ * window (x0, y0, width, height in source pixels), the flip (0 or 1), the
+ * rotation's cosine and sine, the window's centre (x, y), the brightness
+ * and the contrast factors.  mt_augment_render renders one image from
+ * its row as mt_augment_batch does.
+ */
+#define MT_AUG_PARAMS 11
+void		mt_augment_draw_params(const mt_augment *a, int m, int size, mt_rng *rng,
+								   double *params);
+void		mt_augment_render(const uint8_t *src, int size, const double *params,
+							  const float mean[3], const float std[3], float *dst);
+
 /* dst = (src / 255 - mean) / std for n pixels of 3 channels. */
 void		mt_normalize_u8(const uint8_t *src, size_t n, const float mean[3],
 							const float std[3], float *dst);

@@ -386,6 +386,22 @@ fill_batch(const MedtlDataset *ds, const int *idx, int m, const MedtlModel *mm,
 		pfree(staged);
 }
 
+/*
+ * The stored bytes (size x size x 3) of rows idx, one after another into
+ * dst, and their labels into y.
+ */
+static void
+gather_bytes(const MedtlDataset *ds, const int *idx, int m, uint8 *dst, int *y)
+{
+	size_t		per = (size_t) ds->size * ds->size * 3;
+
+	for (int i = 0; i < m; i++)
+	{
+		memcpy(dst + per * i, medtl_dataset_image(ds, idx[i]), per);
+		y[i] = ds->labels[idx[i]];
+	}
+}
+
 /* Features (or logits) of rows idx through the inference path, in batches. */
 static void
 forward_rows(MedtlModel *mm, const MedtlDataset *ds, const int *idx, int m, int batch,
@@ -1001,6 +1017,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		int		   *order = palloc(sizeof(int) * sp.n_train);
 		size_t		per = (size_t) mm->input_size * mm->input_size * 3;
 		float	   *x = features_once ? NULL : MemoryContextAllocHuge(cxt, sizeof(float) * per * bs);
+		/* a device's batches as bytes (gather_bytes) */
+		uint8	   *u8 = features_once || dev == NULL ? NULL : MemoryContextAllocHuge(cxt, per * bs);
 		int		   *y = palloc(sizeof(int) * bs);
 		float	   *logits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * outs);
 		float	   *dlogits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * outs);
@@ -1098,9 +1116,33 @@ medtl_train_run(PG_FUNCTION_ARGS)
 
 					for (int i = 0; i < m; i++)
 						idx[i] = sp.train[order[s0 + i]];
-					fill_batch(ds, idx, m, mm, &a.aug, &rng, x, y, masks);
-					check(mt_model_forward_train(mm->net, x, m, ds->size, ds->size, logits, NULL, &err),
-						  &err, "forward pass");
+					if (dev != NULL && !a.seg)
+					{
+						/*
+						 * on a device the batch goes up as bytes and is
+						 * augmented and normalised there (the same draws,
+						 * in the same order, as fill_batch's)
+						 */
+						double	   *params = NULL;
+
+						gather_bytes(ds, idx, m, u8, y);
+						if (mt_augment_enabled(&a.aug))
+						{
+							params = palloc(sizeof(double) * MT_AUG_PARAMS * m);
+							mt_augment_draw_params(&a.aug, m, ds->size, &rng, params);
+						}
+						check(mt_model_forward_train_u8(mm->net, u8, params, m, ds->size, mm->mean,
+														mm->std, logits, NULL, &err),
+							  &err, "forward pass");
+						if (params != NULL)
+							pfree(params);
+					}
+					else
+					{
+						fill_batch(ds, idx, m, mm, &a.aug, &rng, x, y, masks);
+						check(mt_model_forward_train(mm->net, x, m, ds->size, ds->size, logits, NULL, &err),
+							  &err, "forward pass");
+					}
 					if (a.seg)
 						check(mt_loss_segmentation(logits, masks, m, (int) npx, k, cw, a.ce_weight,
 												   a.dice_weight, &loss, dlogits, &err),

@@ -35,7 +35,7 @@ $CXX $flags -c "$emu/emu.cpp" -o "$tmp/emu.o"
 # the CPU kernels the op check compares against, and the engine for the model checks
 ops_src=(mt_common blas onednn pool ops_cpu ops_cpu_train ops_cpu_vit ops_cpu_cnn ops_cpu_unet)
 ops_src=("${ops_src[@]/#/$here/src/core/}")
-ops_src=("${ops_src[@]/%/.c}")
+ops_src=("${ops_src[@]/%/.c}" "$here/src/io/augment.c")
 model_src=("${ops_src[@]}" "$here/src/core/graph.c" "$here/src/core/graph_vit.c" "$here/src/core/train.c"
 	"$here/src/nn/zoo.c" "$here/src/nn/zoo_cnn.c" "$here/src/nn/unet.c" "$here/src/nn/vit.c")
 # link_tool NAME SOURCES...: test/tools/NAME.c with the sources, the kernels and the emulation

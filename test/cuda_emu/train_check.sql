@@ -16,8 +16,10 @@
 --     every gradient is checked far tighter by cuda_train_check, and the
 --     steps that follow amplify the kernels' different summation orders:
 --     2.9e-3 between the CPU's oneDNN and the emulation's im2col + GEMM);
---   - the same with a moving average of the weights (ema 0.5: validation
---     and the stored weights are the average's) and head dropout 0.2: the
+--   - the same with augmentation (on the device: the batch goes up as
+--     bytes and is augmented there), a moving average of the weights (ema
+--     0.5: validation and the stored weights are the average's) and head
+--     dropout 0.2: the
 --     first epoch's training loss within 1e-3, the second's validation
 --     loss within 1e-2 (both relative), the probabilities within 1e-2 (the
 --     average itself is checked far tighter by cuda_train_check);
@@ -56,14 +58,14 @@ SELECT train('emu_f', 'SELECT image, label FROM xrays', epochs => 2, batch_size 
 SET medtl.device = cuda;
 SELECT train('emu_g', 'SELECT image, label FROM xrays', epochs => 2, batch_size => 9, validation => 0.25,
              freeze => 'none', augment => false, optimizer => 'sgd', lr => 0.001, seed => 7) AS run_g \gset
--- the same with a moving average of the weights and head dropout
+-- the same with augmentation, a moving average of the weights and head dropout
 SET medtl.device = cpu;
 SELECT train('emu_h', 'SELECT image, label FROM xrays', epochs => 2, batch_size => 9, validation => 0.25,
-             freeze => 'none', augment => false, optimizer => 'sgd', lr => 0.001, seed => 7,
+             freeze => 'none', augment => true, optimizer => 'sgd', lr => 0.001, seed => 7,
              ema => 0.5, dropout => 0.2) AS run_h \gset
 SET medtl.device = cuda;
 SELECT train('emu_i', 'SELECT image, label FROM xrays', epochs => 2, batch_size => 9, validation => 0.25,
-             freeze => 'none', augment => false, optimizer => 'sgd', lr => 0.001, seed => 7,
+             freeze => 'none', augment => true, optimizer => 'sgd', lr => 0.001, seed => 7,
              ema => 0.5, dropout => 0.2) AS run_i \gset
 -- ResNet-18 from scratch, every layer, SGD (AdamW's first steps follow the gradients' signs)
 SET medtl.device = cpu;
@@ -116,7 +118,7 @@ SELECT CASE WHEN :pretrained_cpu_vs_device <= 1e-2 THEN 'ok' ELSE 'FAIL' END
 SELECT CASE WHEN abs(h1.train_loss - i1.train_loss) <= 1e-3 * abs(h1.train_loss)
              AND abs(h2.val_loss - i2.val_loss) <= 1e-2 * abs(h2.val_loss) AND :ema_cpu_vs_device <= 1e-2
             THEN 'ok' ELSE 'FAIL' END
-       || format(': with ema 0.5 and dropout 0.2, device vs CPU: epoch 1 train loss %s vs %s, '
+       || format(': with augmentation, ema 0.5 and dropout 0.2, device vs CPU: epoch 1 train loss %s vs %s, '
                  'epoch 2 val loss (of the average) %s vs %s, largest probability difference %s',
                  round(i1.train_loss::numeric, 7), round(h1.train_loss::numeric, 7),
                  round(i2.val_loss::numeric, 7), round(h2.val_loss::numeric, 7),

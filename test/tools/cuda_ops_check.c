@@ -19,6 +19,7 @@
 #include "core/blas.h"
 #include "core/ops.h"
 #include "cuda/cuda.h"
+#include "io/augment.h"
 
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -1280,6 +1281,70 @@ bench_conv(const char *name, int n, int h, int w, int cin, int cout, int k, int 
 	mt_cuda_free(s_);
 }
 
+/*
+ * Training batches rendered on the device (augment_images) against the
+ * CPU's renderer: m images of size x size bytes under random draws (crop,
+ * flip, rotation, brightness, contrast: the mean gray is summed in another
+ * order, so within rounding), under the identity draw, and only
+ * normalised (params NULL: bit for bit).
+ */
+static void
+augment_checks(int m, int size)
+{
+	size_t		px = (size_t) size * size,
+				bytes = (size_t) m * px * 3;
+	uint8_t    *src = malloc(bytes);
+	double	   *par = malloc(sizeof(double) * MT_AUG_PARAMS * m);
+	float	   *y = hrand((size_t) m * px * 3, -1, 1),
+			   *gy = dcopy(y, (size_t) m * px * 3);
+	void	   *gsrc = NULL,
+			   *gpar = NULL;
+	const float mean[3] = {0.485f, 0.456f, 0.406f},
+				std[3] = {0.229f, 0.224f, 0.225f};
+	mt_augment	a = {1, 30.0f, 0.3f, 0.3f, 0.5f};
+	mt_rng		rng;
+	mt_err		err;
+	char		label[160];
+
+	for (size_t i = 0; i < bytes; i++)
+		src[i] = (uint8_t) ((i * 7919u + (i / 3) * 31u) % 256u);
+	mt_clearerr(&err);
+	if (GPU->mem_alloc(&gsrc, bytes, &err) != MT_OK ||
+		GPU->mem_alloc(&gpar, sizeof(double) * MT_AUG_PARAMS * m, &err) != MT_OK ||
+		GPU->upload(gsrc, src, bytes, &err) != MT_OK)
+		die("augment setup", &err);
+	for (int k = 0; k < 3; k++)
+	{
+		if (k < 2)
+		{
+			mt_rng_seed(&rng, 11, 1);
+			mt_augment_draw_params(k == 0 ? &a : NULL, m, size, &rng, par);
+			if (GPU->upload(gpar, par, sizeof(double) * MT_AUG_PARAMS * m, &err) != MT_OK)
+				die("augment upload", &err);
+		}
+		snprintf(label, sizeof(label), "augment_images %s [%d x %dx%d]",
+				 k == 0 ? "random draws" : k == 1 ? "identity draw" : "normalise only", m, size, size);
+		if (CPU->augment_images(m, size, src, k < 2 ? par : NULL, mean, std, y, &err) != MT_OK)
+			die("cpu augment_images", &err);
+		if (GPU->augment_images(m, size, gsrc, k < 2 ? gpar : NULL, mean, std, gy, &err) != MT_OK)
+		{
+			printf("FAIL: %s: %s %s\n", label, err.msg, err.detail);
+			n_fail++;
+			continue;
+		}
+		if (k == 2)
+			check_tol(label, y, gy, (size_t) m * px * 3, 0.0, 0.0);
+		else
+			check_tol(label, y, gy, (size_t) m * px * 3, 1e-6, 0.0);
+	}
+	free(src);
+	free(par);
+	free(y);
+	GPU->mem_free(gy);
+	GPU->mem_free(gsrc);
+	GPU->mem_free(gpar);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1387,6 +1452,8 @@ main(int argc, char **argv)
 	optimizer_checks(10007);
 	cnn_checks(4, 49, 32, 16);
 	cnn_checks(1, 9, 5, 3);
+	augment_checks(3, 40);
+	augment_checks(2, 224);
 	transformer_checks(37, 96, 2, 17, 48, 4);
 	transformer_checks(5, 33, 1, 5, 8, 2);
 	transformer_checks(2 * 50, 64, 2, 50, 64, 4);

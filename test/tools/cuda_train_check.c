@@ -50,6 +50,7 @@
 #include "core/rng.h"
 #include "core/train.h"
 #include "cuda/cuda.h"
+#include "io/augment.h"
 #include "nn/zoo.h"
 
 #include <math.h>
@@ -361,6 +362,63 @@ out:
 	free(avg_dev);
 	free(avg_cpu);
 	free(again);
+}
+
+/*
+ * A training pass on a batch of bytes (mt_model_forward_train_u8): the
+ * device renders it (augmentation draws, normalisation) and trains on it;
+ * the CPU renders the same bytes under the same draws on the host.  The
+ * logits must agree within TOL.
+ */
+static void
+u8_check(const char *arch, int size, int n)
+{
+	char		what[256];
+	mt_err		err;
+	mt_model   *m[2] = {NULL, NULL};
+	size_t		bytes = (size_t) n * size * size * 3;
+	uint8_t    *src = xmalloc(bytes);
+	double	   *par = xmalloc(sizeof(double) * MT_AUG_PARAMS * n);
+	float	   *lg[2];
+	size_t		per = 0;
+	const float mean[3] = {0.485f, 0.456f, 0.406f},
+				std[3] = {0.229f, 0.224f, 0.225f};
+	mt_augment	a = {1, 20.0f, 0.2f, 0.2f, 0.8f};
+	mt_rng		rng;
+
+	mt_clearerr(&err);
+	for (size_t i = 0; i < bytes; i++)
+		src[i] = (uint8_t) ((i * 2654435761u) >> 24);
+	mt_rng_seed(&rng, 3, 1);
+	mt_augment_draw_params(&a, n, size, &rng, par);
+	lg[0] = lg[1] = NULL;
+	for (int k = 0; k < 2; k++)
+	{
+		if ((m[k] = random_model(arch, 42, &err)) == NULL || mt_model_freeze(m[k], "none", &err) != MT_OK ||
+			(k == 1 && mt_model_to_device(m[k], &mt_cuda_backend, &err) != MT_OK))
+			goto fail;
+		per = logits_per(m[k], size);
+		lg[k] = xmalloc(sizeof(float) * per * n);
+		if (mt_model_forward_train_u8(m[k], src, par, n, size, mean, std, lg[k], NULL, &err) != MT_OK)
+			goto fail;
+		mt_model_train_release(m[k]);
+	}
+	snprintf(what, sizeof(what), "%s: a batch of bytes augmented and normalised on the device, trained on "
+			 "(%dx%d batch %d), vs rendered on the host: logits rel err %.2e", arch, size, size, n,
+			 rel_err(lg[1], lg[0], per * n));
+	check(rel_err(lg[1], lg[0], per * n) <= TOL, what);
+	goto out;
+fail:
+	printf("FAIL: %s bytes batch: %s %s\n", arch, err.msg, err.detail);
+	n_fail++;
+out:
+	for (int k = 0; k < 2; k++)
+	{
+		mt_model_free(m[k]);
+		free(lg[k]);
+	}
+	free(src);
+	free(par);
 }
 
 /* One setting: a step on the CPU and on the device from identical weights. */
@@ -768,6 +826,8 @@ main(int argc, char **argv)
 				compare_step(a, (*c - '0') & 1, (*c - '0') >> 1, &b, *c == '0' && a == list, 1, 0);
 		repeat_step(a, &b);
 		ema_check(a, &b);
+		if (a == list && !is_unet(a))
+			u8_check(a, size, batch_n);
 		free_batch(&b);
 		if (do_bench && nres < 16)
 		{

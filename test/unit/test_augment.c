@@ -12,6 +12,7 @@
  */
 #include "io/augment.h"
 #include "io/mask.h"
+#include "core/ops.h"
 #include "core/pool.h"
 #include "mt_test.h"
 
@@ -188,6 +189,29 @@ test_batch(void)
 		if (pass > 0)
 			CHECK(memcmp(ma, mb, (size_t) M * P * P) == 0, "its masks equal the loop's");
 		CHECK(mt_rng_uniform(&r1) == mt_rng_uniform(&r2), "the rng is left where the loop leaves it");
+		if (pass != 1)
+		{
+			/* the draws as numbers, rendered one by one: the batch again (a device's path) */
+			double	   *par = malloc(sizeof(double) * MT_AUG_PARAMS * M);
+			mt_err		err;
+
+			mt_rng_seed(&r1, 7, 1);
+			mt_rng_seed(&r2, 7, 1);
+			mt_augment_batch(srcs, NULL, M, P, cfg, &r1, mean, stdv, a, NULL);
+			mt_augment_draw_params(cfg, M, P, &r2, par);
+			for (int i = 0; i < M; i++)
+				if (cfg != NULL)
+					mt_augment_render(srcs[i], P, par + (size_t) MT_AUG_PARAMS * i, mean, stdv,
+									  b + (size_t) i * P * P * 3);
+				else
+					CHECK(mt_cpu_backend.augment_images(1, P, srcs[i], NULL, mean, stdv,
+														b + (size_t) i * P * P * 3, &err) == MT_OK, "normalise");
+			CHECK(memcmp(a, b, sizeof(float) * M * P * P * 3) == 0,
+				  "mt_augment_draw_params + mt_augment_render (%s) equal the batch bit for bit",
+				  cfg != NULL ? "augmented" : "normalised");
+			CHECK(mt_rng_uniform(&r1) == mt_rng_uniform(&r2), "and draw the same numbers");
+			free(par);
+		}
 	}
 	mt_pool_set_threads(old);
 	free(imgs);
