@@ -295,7 +295,7 @@ params_copy(const mt_model *m, size_t *len)
 static void
 ema_check(const char *arch, const batch *b)
 {
-	char		what[320];
+	char		what[768];
 	mt_err		err;
 	mt_model   *m[2] = {NULL, NULL};
 	mt_optim   *o[2] = {NULL, NULL};
@@ -373,7 +373,7 @@ out:
 static void
 u8_check(const char *arch, int size, int n)
 {
-	char		what[256];
+	char		what[768];
 	mt_err		err;
 	mt_model   *m[2] = {NULL, NULL};
 	size_t		bytes = (size_t) n * size * size * 3;
