@@ -115,8 +115,6 @@ int			mt_cpu_augment_images(int m, int size, const uint8_t *src, const double *p
 								  mt_err *err);	/* io/augment.c */
 void		mt_cpu_class_token(int n, int t, int d, const float *x, float *y);
 void		mt_cpu_class_token_backward(int n, int t, int d, const float *dy, float *dx);
-void		mt_cpu_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,
-						int lda, const float *b, int ldb, float beta, float *c, int ldc);
 void		mt_cpu_vit_tokens_backward(int n, int p, int d, const float *dy,
 									   float *dpatches, float *dcls, float *dpos);
 

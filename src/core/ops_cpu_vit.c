@@ -258,13 +258,6 @@ mt_cpu_class_token_backward(int n, int t, int d, const float *dy, float *dx)
 	}
 }
 
-void
-mt_cpu_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
-			const float *b, int ldb, float beta, float *c, int ldc)
-{
-	mt_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
 /* Class token and patches plus position embedding. */
 void
 mt_cpu_vit_tokens(int n, int p, int d, const float *patches, const float *cls,

@@ -1028,7 +1028,6 @@ mark_read(struct mt_train_state *st, int k, int j)
 		st->bw_last[k] = j;
 }
 
-/* Forward pass in training mode (see train.h). */
 /* A batch of bytes to render on the device (mt_model_forward_train_u8). */
 typedef struct u8_batch
 {
@@ -1086,7 +1085,7 @@ mt_model_forward_train_u8(mt_model *m, const uint8_t *src, const double *params,
 		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
 	if (dev != NULL && dev->augment_images != NULL)
 		return forward_train(m, NULL, &u8, n, size, size, logits, features, err);
-	/* the host renders (m->backend's entry), then the floats go as usual */
+	/* the host renders (the CPU backend's entry), then the floats go as usual */
 	if ((x = mt_malloc(sizeof(float) * (size_t) n * size * size * 3)) == NULL)
 		return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a training batch");
 	rc = mt_cpu_backend.augment_images(n, size, src, params, mean, std, x, err);
@@ -1096,6 +1095,7 @@ mt_model_forward_train_u8(mt_model *m, const uint8_t *src, const double *params,
 	return rc;
 }
 
+/* Forward pass in training mode (see train.h), from floats x or bytes u8. */
 static int
 forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int w,
 			  float *logits, float *features, mt_err *err)
@@ -2599,8 +2599,6 @@ mt_ema_update(mt_ema *e, mt_model *m, double decay, mt_err *err)
 	t = (double) ++e->t;
 	d = (float) (decay * (1.0 - pow(decay, t - 1.0)) / (1.0 - pow(decay, t)));
 	c = 1.0f - d;
-	if (decay == 0.0)
-		d = 0.0f, c = 1.0f;		/* 0^0: the average is the weights */
 	for (int i = 0; i < e->n_params; i++)
 		if (e->avg[i] != NULL)
 			be->ema_update(m->params[i].numel, e->avg[i], ema_values(m, i), d, c);

@@ -1016,9 +1016,11 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				   *vf = NULL;
 		int		   *order = palloc(sizeof(int) * sp.n_train);
 		size_t		per = (size_t) mm->input_size * mm->input_size * 3;
-		float	   *x = features_once ? NULL : MemoryContextAllocHuge(cxt, sizeof(float) * per * bs);
-		/* a device's batches as bytes (gather_bytes) */
-		uint8	   *u8 = features_once || dev == NULL ? NULL : MemoryContextAllocHuge(cxt, per * bs);
+		/* a classifier on a device takes its batches as bytes (gather_bytes), else as floats */
+		bool		byte_batches = !features_once && dev != NULL && !a.seg;
+		float	   *x = features_once || byte_batches ? NULL :
+			MemoryContextAllocHuge(cxt, sizeof(float) * per * bs);
+		uint8	   *u8 = byte_batches ? MemoryContextAllocHuge(cxt, per * bs) : NULL;
 		int		   *y = palloc(sizeof(int) * bs);
 		float	   *logits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * outs);
 		float	   *dlogits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * outs);
@@ -1116,7 +1118,7 @@ medtl_train_run(PG_FUNCTION_ARGS)
 
 					for (int i = 0; i < m; i++)
 						idx[i] = sp.train[order[s0 + i]];
-					if (dev != NULL && !a.seg)
+					if (byte_batches)
 					{
 						/*
 						 * on a device the batch goes up as bytes and is
