@@ -10,8 +10,9 @@
 #     unpacked;
 #   - every shared library those programs and OpenBLAS need that is not
 #     glibc's, the C++ runtime's or CUDA's (the lent machine has its own);
-#   - from ../shared: the ImageNet MobileNetV2, PneumoniaMNIST, BreastMNIST
-#     and the 24 chest X-rays that pg_regress's setup reads.
+#   - from ../shared: the ImageNet MobileNetV2, PneumoniaMNIST, BreastMNIST,
+#     the 24 chest X-rays that pg_regress's setup reads and the first 16
+#     Kvasir-SEG training pairs (train_check.sql's U-Net uses 12).
 # Carry ".gpu/sql" with the device command (the bundle stays under 64 MiB).
 #
 #   bash test/gpu_prepare_sql.sh        (MEDTL_SHARED: ../shared by default)
@@ -82,6 +83,19 @@ for label in sorted({r["label"] for r in rows}):
     for r in sorted((r for r in rows if r["label"] == label), key=lambda r: r["path"])[:12]:
         os.makedirs(os.path.dirname(os.path.join(dst, r["path"])), exist_ok=True)
         shutil.copy(os.path.join(src, r["path"]), os.path.join(dst, r["path"]))
+EOF
+# Kvasir-SEG's manifest and the first training pairs by image name (train_check.sql's U-Net reads 12)
+mkdir -p "$sd/data/kvasir_seg"
+cp "$shared/data/kvasir_seg/manifest.csv" "$sd/data/kvasir_seg/"
+python3 - "$shared/data/kvasir_seg" "$sd/data/kvasir_seg" <<'EOF'
+import csv, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+rows = sorted((r for r in csv.DictReader(open(os.path.join(src, "manifest.csv"))) if r["split"] == "train"),
+              key=lambda r: r["image"])[:16]
+for r in rows:
+    for f in (r["image"], r["mask"]):
+        os.makedirs(os.path.dirname(os.path.join(dst, f)), exist_ok=True)
+        shutil.copy(os.path.join(src, f), os.path.join(dst, f))
 EOF
 chmod -R u+rwX,go+rX "$stage"
 

@@ -101,6 +101,29 @@ size_t		mt_conv_scratch_size(const mt_conv_desc *d, int h, int w);
  */
 int			mt_conv_transpose_out_size(int in, int k, int s, int pad_before, int pad_after);
 
+/*
+ * The segmentation loss's sums over a batch (backend seg_loss_sums):
+ * [0] sum of w_g (lse - z_g), [1] sum of w_g, [2] labelled pixels, [3]
+ * labelled pixels whose largest logit (the first, in class order) is the
+ * mask's class; then for each foreground class k = 1 .. c-1, at 4 + 3 (k -
+ * 1): sum of p_k [g = k], sum of p_k, sum of [g = k].  Its gradient's
+ * coefficients (seg_loss_grad): [0] ce_weight / sum w_g (0 when nothing is
+ * labelled), [1] -dice_weight / (c - 1), then for k = 1 .. c-1 at 2 + 2 (k -
+ * 1): Dice's denominator and numerator for class k.
+ */
+#define MT_SEG_SUMS(c)	(4 + 3 * ((size_t) (c) - 1))
+#define MT_SEG_COEFS(c)	(2 + 2 * ((size_t) (c) - 1))
+
+/*
+ * The segmentation loss (loss_out) and its gradient's coefficients (coef)
+ * from a batch's sums, on the host (ops_cpu_train.c); MT_ERR_INVALID when
+ * the labelled pixels' class weights sum to 0 and ce_weight > 0.
+ * train.h's mt_loss_segmentation is the CPU's sums, this, and the CPU's
+ * gradient.
+ */
+int			mt_seg_loss_finish(const double *sums, int c, float ce_weight, float dice_weight,
+							   float *loss_out, double *coef, mt_err *err);
+
 /* A convolution node's kernel cache (onednn.h); owned by the node. */
 struct mt_conv_cache;
 
@@ -306,6 +329,39 @@ typedef struct mt_backend
 								   const float mean[3], const float std[3], float *dst,
 								   mt_err *err);
 	/*
+	 * Their segmentation masks (m of size x size class bytes, src) under
+	 * the same rows into dst, as mt_augment_render_mask maps them (nearest
+	 * neighbour, 255 where the source lies outside; params NULL: a copy).
+	 */
+	int			(*augment_masks) (int m, int size, const uint8_t *src, const double *params,
+								  uint8_t *dst, mt_err *err);
+	/*
+	 * The training losses (train.h), where the backend computes; every
+	 * pointer but mt_err is backend memory.  cross_entropy: rows n of c
+	 * logits, labels in [0, c) (checked by the caller), class weights cw
+	 * (c values, or NULL for all 1), focal gamma, label smoothing eps and
+	 * the normaliser norm as mt_loss_cross_entropy takes them; row_loss[i]
+	 * gets row i's share of the loss (the loss is their sum), dlogits the
+	 * gradient.  Each row in double, as mt_loss_cross_entropy does it.
+	 */
+	int			(*cross_entropy) (int n, int c, const float *logits, const int *labels,
+								  const float *cw, float gamma, float eps, double norm,
+								  double *row_loss, float *dlogits, mt_err *err);
+	/*
+	 * mt_loss_segmentation in two passes over pixels (n x hw) of c logits
+	 * and their mask values (255: ignored; others < c, checked by the
+	 * caller).  seg_loss_sums writes MT_SEG_SUMS(c) doubles to sums (the
+	 * layout above), summed in an order of the backend's (the CPU's:
+	 * pixel by pixel); seg_loss_grad writes dlogits from the coefficients
+	 * mt_seg_loss_finish makes of them (coef, MT_SEG_COEFS(c) doubles).
+	 */
+	int			(*seg_loss_sums) (size_t pixels, int c, const float *logits,
+								  const uint8_t *masks, const float *cw, double *sums,
+								  mt_err *err);
+	int			(*seg_loss_grad) (size_t pixels, int c, const float *logits,
+								  const uint8_t *masks, const float *cw, const double *coef,
+								  float *dlogits, mt_err *err);
+	/*
 	 * Row-major C[m x n] = alpha op(A) op(B) + beta C (op: transposed when
 	 * the flag is set; lda, ldb, ldc the row strides), as mt_sgemm.
 	 */
@@ -313,8 +369,8 @@ typedef struct mt_backend
 						 int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
 	/*
-	 * U-Net decoder operations (ops_cpu_unet.c; the CUDA backend leaves
-	 * them NULL and the graph answers MT_ERR_UNSUPPORTED).
+	 * U-Net decoder operations (ops_cpu_unet.c; a backend that leaves
+	 * them NULL gets MT_ERR_UNSUPPORTED from the graph).
 	 *
 	 * Bilinear upsampling of n images of h x w x c by the integer factor f
 	 * to (h f) x (w f), as torch's F.interpolate(scale_factor=f,

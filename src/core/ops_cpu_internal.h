@@ -85,6 +85,19 @@ void		mt_cpu_linear_backward(int n, int in, int out, const float *x,
 								   const float *w, const float *dy, float *dx,
 								   float *dw, float *db);
 void		mt_cpu_accumulate(size_t len, const float *src, float *dst);
+/* the losses' entries (ops_cpu_train.c), and one row of cross-entropy (2c doubles of scratch p) */
+void		mt_cpu_ce_row(const float *z, int c, int label, const float *class_weights,
+						  double gamma, double eps, double norm, double *p, double *total,
+						  float *d);
+int			mt_cpu_cross_entropy(int n, int c, const float *logits, const int *labels,
+								 const float *cw, float gamma, float eps, double norm,
+								 double *row_loss, float *dlogits, mt_err *err);
+int			mt_cpu_seg_loss_sums(size_t pixels, int c, const float *logits,
+								 const uint8_t *masks, const float *cw, double *sums,
+								 mt_err *err);
+int			mt_cpu_seg_loss_grad(size_t pixels, int c, const float *logits,
+								 const uint8_t *masks, const float *cw, const double *coef,
+								 float *dlogits, mt_err *err);
 void		mt_cpu_ema_update(size_t len, float *avg, const float *p, float d, float e);
 void		mt_cpu_swap(size_t len, float *a, float *b);
 void		mt_cpu_sgd_update(size_t len, float *p, const float *g, float *buf,
@@ -114,6 +127,8 @@ int			mt_cpu_augment_images(int m, int size, const uint8_t *src, const double *p
 								  const float mean[3], const float std[3], float *dst,
 								  mt_err *err);	/* io/augment.c */
 void		mt_cpu_class_token(int n, int t, int d, const float *x, float *y);
+int			mt_cpu_augment_masks(int m, int size, const uint8_t *src, const double *params,
+								 uint8_t *dst, mt_err *err);
 void		mt_cpu_class_token_backward(int n, int t, int d, const float *dy, float *dx);
 void		mt_cpu_vit_tokens_backward(int n, int p, int d, const float *dy,
 									   float *dpatches, float *dcls, float *dpos);

@@ -944,3 +944,216 @@ mt_cpu_bn_train_coeffs(int c, const float *g, const float *beta, float *rm, floa
 			shift[j] = (float) ((double) beta[j] - (double) rm[j] * s);
 	}
 }
+
+/*
+ * One row of the cross-entropy (train.c's mt_loss_cross_entropy): adds its terms to *total (one by one, in
+ * class order) and writes its gradient to d (may be NULL); p holds 2c
+ * doubles of scratch.
+ */
+void
+mt_cpu_ce_row(const float *z, int c, int label, const float *class_weights, double gamma,
+	   double eps, double norm, double *p, double *total, float *d)
+{
+	double	   *g = p + c;
+	double		mx = z[0],
+				sum = 0.0,
+				lse,
+				sg = 0.0;
+
+	for (int j = 1; j < c; j++)
+		mx = z[j] > mx ? z[j] : mx;
+	for (int j = 0; j < c; j++)
+		sum += exp((double) z[j] - mx);
+	lse = mx + log(sum);
+	for (int j = 0; j < c; j++)
+	{
+		double		logp = (double) z[j] - lse;
+		double		q = (1.0 - eps) * (j == label) + eps / c;
+		double		s = q * (class_weights ? class_weights[j] : 1.0) / norm;
+		double		l,
+					dl;
+
+		p[j] = exp(logp);
+		if (gamma == 0.0)
+		{
+			l = -logp;
+			dl = -1.0;
+		}
+		else
+		{
+			/* L = -(1-p)^g log p; dL/dz_k = (d_jk - p_k) * dl */
+			double		om = -expm1(logp);
+			double		omg = pow(om, gamma);
+
+			l = -omg * logp;
+			dl = om > 0.0 ? gamma * p[j] * pow(om, gamma - 1.0) * logp - omg : 0.0;
+		}
+		*total += s * l;
+		g[j] = s * dl;			/* s_j * dl_j */
+		sg += g[j];
+	}
+	if (d != NULL)
+		for (int j = 0; j < c; j++)
+			d[j] = (float) (g[j] - p[j] * sg);
+}
+
+/* The CPU backend's cross_entropy entry (ops.h): the rows' shares apart. */
+int
+mt_cpu_cross_entropy(int n, int c, const float *logits, const int *labels,
+					 const float *cw, float gamma, float eps, double norm,
+					 double *row_loss, float *dlogits, mt_err *err)
+{
+	double	   *p = mt_malloc(sizeof(double) * 2 * (size_t) c);
+
+	if (p == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in loss");
+	for (int i = 0; i < n; i++)
+	{
+		row_loss[i] = 0.0;
+		mt_cpu_ce_row(logits + (size_t) i * c, c, labels[i], cw, gamma, eps, norm, p,
+			   &row_loss[i], dlogits + (size_t) i * c);
+	}
+	mt_free(p);
+	return MT_OK;
+}
+
+/* Softmax of one pixel's c logits into p (double); returns log sum exp z. */
+static double
+softmax_pixel(const float *z, int c, double *p)
+{
+	double		mx = z[0],
+				sum = 0.0;
+
+	for (int j = 1; j < c; j++)
+		mx = z[j] > mx ? z[j] : mx;
+	for (int j = 0; j < c; j++)
+	{
+		p[j] = exp((double) z[j] - mx);
+		sum += p[j];
+	}
+	for (int j = 0; j < c; j++)
+		p[j] /= sum;
+	return mx + log(sum);
+}
+
+/* The CPU backend's seg_loss_sums entry (ops.h): pixel by pixel, in double. */
+int
+mt_cpu_seg_loss_sums(size_t pixels, int c, const float *logits, const uint8_t *masks,
+					 const float *cw, double *sums, mt_err *err)
+{
+	double	   *p = mt_malloc(sizeof(double) * c);
+
+	if (p == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
+	memset(sums, 0, sizeof(double) * MT_SEG_SUMS(c));
+	for (size_t i = 0; i < pixels; i++)
+	{
+		const float *z = logits + i * c;
+		int			g = masks[i],
+					best = 0;
+		double		wg;
+
+		if (g == 255)
+			continue;
+		wg = cw ? cw[g] : 1.0;
+		/* -log p_g = lse(z) - z_g, from the logits, not the rounded probability */
+		sums[0] += wg * (softmax_pixel(z, c, p) - (double) z[g]);
+		sums[1] += wg;
+		sums[2] += 1.0;
+		for (int k = 1; k < c; k++)
+			if (z[k] > z[best])
+				best = k;
+		sums[3] += best == g;
+		for (int k = 1; k < c; k++)
+		{
+			double	   *s = sums + 4 + 3 * (size_t) (k - 1);
+
+			s[1] += p[k];
+			if (k == g)
+			{
+				s[0] += p[k];
+				s[2] += 1.0;
+			}
+		}
+	}
+	mt_free(p);
+	return MT_OK;
+}
+
+/* The CPU backend's seg_loss_grad entry (ops.h). */
+int
+mt_cpu_seg_loss_grad(size_t pixels, int c, const float *logits, const uint8_t *masks,
+					 const float *cw, const double *coef, float *dlogits, mt_err *err)
+{
+	double	   *p = mt_malloc(sizeof(double) * 2 * c),
+			   *dp;
+
+	if (p == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
+	dp = p + c;
+	for (size_t i = 0; i < pixels; i++)
+	{
+		int			g = masks[i];
+		double		wg,
+					sdp = 0.0;
+		float	   *d = dlogits + i * c;
+
+		if (g == 255)
+		{
+			memset(d, 0, sizeof(float) * c);
+			continue;
+		}
+		(void) softmax_pixel(logits + i * c, c, p);
+		wg = cw ? cw[g] : 1.0;
+		/*
+		 * Dice: dD_k/dp_ik = (2 g_ik den_k - num_k) / den_k^2, and the loss
+		 * is -dice_weight / (c - 1) sum_k D_k; then through the softmax
+		 */
+		dp[0] = 0.0;
+		for (int k = 1; k < c; k++)
+		{
+			double		den = coef[2 + 2 * (size_t) (k - 1)];
+			double		num = coef[3 + 2 * (size_t) (k - 1)];
+
+			dp[k] = coef[1] * (2.0 * (k == g) * den - num) / (den * den);
+			sdp += p[k] * dp[k];
+		}
+		for (int j = 0; j < c; j++)
+			d[j] = (float) (coef[0] * wg * (p[j] - (j == g)) + p[j] * (dp[j] - sdp));
+	}
+	mt_free(p);
+	return MT_OK;
+}
+
+/* The segmentation loss and its gradient's coefficients from the sums (see ops.h). */
+int
+mt_seg_loss_finish(const double *sums, int c, float ce_weight, float dice_weight,
+				   float *loss_out, double *coef, mt_err *err)
+{
+	double		norm = sums[1],
+				ce,
+				dice = 0.0;
+	int			valid = sums[2] > 0.0;
+
+	if (ce_weight > 0.0f && valid && norm <= 0.0)
+		return mt_seterr(err, MT_ERR_INVALID,
+						 "the class weights of the batch's labelled pixels sum to zero");
+	/* no labelled pixel: nothing to learn from, loss 0 (torch would give NaN) */
+	ce = valid ? sums[0] / norm : 0.0;
+	coef[0] = valid ? (double) ce_weight / norm : 0.0;
+	coef[1] = -(double) dice_weight / (c - 1);
+	for (int k = 1; k < c; k++)
+	{
+		const double *s = sums + 4 + 3 * (size_t) (k - 1);
+		double		den = s[1] + s[2] + 1.0;
+		double		num = 2.0 * s[0] + 1.0;
+
+		dice += num / den;
+		coef[2 + 2 * (size_t) (k - 1)] = den;
+		coef[3 + 2 * (size_t) (k - 1)] = num;
+	}
+	dice = valid ? 1.0 - dice / (c - 1) : 0.0;
+	if (loss_out != NULL)
+		*loss_out = (float) ((double) ce_weight * ce + (double) dice_weight * dice);
+	return MT_OK;
+}

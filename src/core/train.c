@@ -26,6 +26,7 @@
  */
 #include "train.h"
 #include "onednn.h"
+#include "ops_cpu_internal.h"
 #include "../io/augment.h"
 
 #include <math.h>
@@ -53,6 +54,8 @@ struct mt_train_state
 	/* head dropout (train.h): the mask and the head's dropped input */
 	float	   *drop_mask;
 	float	   *drop_x;
+	/* a byte batch's rendered segmentation masks (n x h x w bytes), for the loss */
+	float	   *mask;
 };
 
 /*
@@ -679,6 +682,7 @@ train_state_free(struct mt_train_state *st)
 	}
 	t_free(st, st->drop_mask);
 	t_free(st, st->drop_x);
+	t_free(st, st->mask);
 	mt_free(st->shp);
 	mt_free(st->owner);
 	mt_free(st->buf);
@@ -1031,11 +1035,61 @@ mark_read(struct mt_train_state *st, int k, int j)
 /* A batch of bytes to render on the device (mt_model_forward_train_u8). */
 typedef struct u8_batch
 {
-	const uint8_t *src;
+	const uint8_t *src;			/* NULL: the images came as floats */
 	const double *params;
 	const float *mean;
 	const float *std;
+	const uint8_t *masks;		/* source masks, or NULL */
 } u8_batch;
+
+/*
+ * A byte batch's masks rendered under its rows into st->mask, where the
+ * model trains (on a device: uploaded and rendered there, or rendered on
+ * the host and uploaded when the backend has no augment_masks entry).
+ */
+static int
+render_masks(struct mt_train_state *st, const u8_batch *u8, int n, int size, mt_err *err)
+{
+	size_t		bytes = (size_t) n * size * size;
+	size_t		pbytes = (size_t) n * MT_AUG_PARAMS * sizeof(double);
+	const mt_backend *be = st->dt != NULL ? st->dt->be : NULL;
+	float	   *dsrc = NULL,
+			   *dpar = NULL;
+	uint8_t    *host = NULL;
+	int			rc = MT_OK;
+
+	if ((st->mask = t_alloc(st, (bytes + 3) / 4, 0)) == NULL)
+		goto nomem;
+	if (be == NULL)
+		return mt_cpu_augment_masks(n, size, u8->masks, u8->params, (uint8_t *) st->mask, err);
+	if (be->augment_masks == NULL)
+	{
+		if ((host = mt_malloc(bytes)) == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a batch's masks");
+		rc = mt_cpu_augment_masks(n, size, u8->masks, u8->params, host, err);
+		if (rc == MT_OK)
+			rc = be->upload(st->mask, host, bytes, err);
+		mt_free(host);
+		return rc;
+	}
+	if ((dsrc = t_alloc(st, (bytes + 3) / 4, 0)) == NULL ||
+		(u8->params != NULL && (dpar = t_alloc(st, pbytes / 4, 0)) == NULL))
+		goto nomem;
+	if ((rc = be->upload(dsrc, u8->masks, bytes, err)) == MT_OK &&
+		(dpar == NULL || (rc = be->upload(dpar, u8->params, pbytes, err)) == MT_OK))
+		rc = be->augment_masks(n, size, (const uint8_t *) dsrc, (const double *) dpar,
+							   (uint8_t *) st->mask, err);
+	t_free(st, dsrc);
+	t_free(st, dpar);
+	return rc;
+
+nomem:
+	t_free(st, dsrc);
+	if (be != NULL)
+		return mt_seterr(err, st->dt->alloc_rc != MT_OK ? st->dt->alloc_rc : MT_ERR_NOMEM,
+						 "out of device memory for a batch's masks");
+	return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a batch's masks");
+}
 
 /* The input node's output on the device, rendered from the bytes there. */
 static int
@@ -1072,25 +1126,33 @@ mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
 }
 
 int
-mt_model_forward_train_u8(mt_model *m, const uint8_t *src, const double *params, int n, int size,
-						  const float mean[3], const float std[3], float *logits,
-						  float *features, mt_err *err)
+mt_model_forward_train_u8(mt_model *m, const uint8_t *src, const double *params,
+						  const uint8_t *masks, int n, int size, const float mean[3],
+						  const float std[3], float *logits, float *features, mt_err *err)
 {
 	const mt_backend *dev = mt_model_device(m);
-	u8_batch	u8 = {src, params, mean, std};
+	u8_batch	u8 = {src, params, mean, std, masks};
 	float	   *x;
 	int			rc;
 
 	if (n <= 0 || size <= 0)
 		return mt_seterr(err, MT_ERR_INVALID, "empty input batch");
+	/* the masks' values are checked here, where they are still on the host */
+	if (masks != NULL)
+		for (size_t i = 0; i < (size_t) n * size * size; i++)
+			if (masks[i] != 255 && masks[i] >= m->num_classes)
+				return mt_seterr(err, MT_ERR_INVALID,
+								 "mask value %d out of range for %d classes (255 marks a pixel to ignore)",
+								 masks[i], m->num_classes);
 	if (dev != NULL && dev->augment_images != NULL)
 		return forward_train(m, NULL, &u8, n, size, size, logits, features, err);
 	/* the host renders (the CPU backend's entry), then the floats go as usual */
 	if ((x = mt_malloc(sizeof(float) * (size_t) n * size * size * 3)) == NULL)
 		return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a training batch");
 	rc = mt_cpu_backend.augment_images(n, size, src, params, mean, std, x, err);
+	u8.src = NULL;
 	if (rc == MT_OK)
-		rc = forward_train(m, x, NULL, n, size, size, logits, features, err);
+		rc = forward_train(m, x, masks != NULL ? &u8 : NULL, n, size, size, logits, features, err);
 	mt_free(x);
 	return rc;
 }
@@ -1301,7 +1363,9 @@ forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int
 		st->buf[i] = y;
 		if (nd->kind == MT_NODE_INPUT)
 		{
-			if (st->dt != NULL && u8 != NULL)
+			if (u8 != NULL && u8->masks != NULL && (rc = render_masks(st, u8, n, h, err)) != MT_OK)
+				goto done;
+			if (st->dt != NULL && u8 != NULL && u8->src != NULL)
 			{
 				if ((rc = render_u8_on_device(st, u8, n, h, y, err)) != MT_OK)
 					goto done;
@@ -1360,7 +1424,7 @@ forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int
 
 	if (st->dt != NULL)
 	{
-		/* the outputs come to the host (the loss runs there: n x classes values) */
+		/* the outputs asked for come to the host */
 		const mt_backend *be = st->dt->be;
 
 		if (features != NULL && m->features_node >= 0 &&
@@ -1384,9 +1448,11 @@ forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int
 			memcpy(logits, st->buf[st->owner[m->logits_node]],
 				   node_len(st, m->logits_node) * sizeof(float));
 	}
+	/* the logits stay for mt_model_loss_backward; the rest only if backward reads them */
 	for (int i = 0; i < nn; i++)
 	{
-		if (st->buf[i] != NULL && st->bw_last[i] < 0)
+		if (st->buf[i] != NULL && st->bw_last[i] < 0 &&
+			!(m->logits_node >= 0 && i == st->owner[m->logits_node]))
 		{
 			t_free(st, st->buf[i]);
 			st->buf[i] = NULL;
@@ -1786,9 +1852,216 @@ nomem:
 	return mt_seterr(err, MT_ERR_NOMEM, "out of memory in backward pass of %s", m->arch);
 }
 
+static int	ce_check(const int *labels, int n, int c, const float *class_weights,
+					 float focal_gamma, float label_smoothing, double *norm, mt_err *err);
+static int	seg_check(const uint8_t *masks, int n, int hw, int c, const float *class_weights,
+					  float ce_weight, float dice_weight, size_t *pixels, mt_err *err);
+
+/*
+ * The loss of spec over the logits kept by the forward pass (node ln's
+ * output) and its gradient into dl (n x classes values where the model
+ * trains); see mt_model_loss_backward.
+ */
+static int
+loss_of_logits(mt_model *m, struct mt_train_state *st, const mt_backend *be,
+			   mt_loss_spec *spec, float *dl, float *loss_out, mt_err *err)
+{
+	int			ln = m->logits_node;
+	const float *z = st->buf[st->owner[ln]];
+	int			c = st->shp[ln].c,
+				hw = st->shp[ln].h * st->shp[ln].w,
+				n = st->n;
+	size_t		len = node_len(st, ln),
+				pixels;
+	const float *cw = spec->class_weights;
+	float	   *zh = NULL,
+			   *dh = NULL,
+			   *dev[5] = {NULL, NULL, NULL, NULL, NULL};
+	double	   *sums = NULL;
+	uint8_t    *hmask = NULL;	/* host copy of a device's rendered masks */
+	const uint8_t *masks = spec->masks;	/* host masks, or NULL: st->mask */
+	float		loss = 0.0f;
+	int			rc = MT_OK;
+
+	if (spec->n != n)
+		return mt_seterr(err, MT_ERR_INVALID, "the loss has %d images, the forward pass %d", spec->n, n);
+	if (!spec->seg && hw != 1)
+		return mt_seterr(err, MT_ERR_INVALID, "cross-entropy needs a classifier's logits");
+	if (spec->seg && spec->masks == NULL && st->mask == NULL)
+		return mt_seterr(err, MT_ERR_INVALID, "the segmentation loss needs masks");
+	if (!spec->seg && spec->labels == NULL)
+		return mt_seterr(err, MT_ERR_INVALID, "the loss needs labels");
+
+	if (st->dt == NULL || (!spec->seg && be->cross_entropy == NULL) ||
+		(spec->seg && (be->seg_loss_sums == NULL || be->seg_loss_grad == NULL)))
+	{
+		/* on the host: the CPU's functions (the logits come down first from a device) */
+		if (st->dt != NULL)
+		{
+			if ((zh = mt_malloc(len * sizeof(float))) == NULL ||
+				(dh = mt_malloc(len * sizeof(float))) == NULL)
+			{
+				rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in loss");
+				goto done;
+			}
+			if ((rc = be->download(zh, z, len * sizeof(float), err)) != MT_OK)
+				goto done;
+		}
+		if (spec->seg && masks == NULL)
+		{
+			/* the rendered masks of a byte batch: host memory, or down from the device */
+			if (st->dt == NULL)
+				masks = (const uint8_t *) st->mask;
+			else if ((hmask = mt_malloc((size_t) n * hw)) == NULL)
+			{
+				rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
+				goto done;
+			}
+			else if ((rc = be->download(hmask, st->mask, (size_t) n * hw, err)) != MT_OK)
+				goto done;
+			else
+				masks = hmask;
+		}
+		if (!spec->seg)
+			rc = mt_loss_cross_entropy(zh ? zh : z, spec->labels, n, c, cw, spec->focal_gamma,
+									   spec->label_smoothing, &loss, dh ? dh : dl, err);
+		else
+		{
+			if ((rc = seg_check(masks, n, hw, c, cw, spec->ce_weight, spec->dice_weight,
+								&pixels, err)) != MT_OK)
+				goto done;
+			if ((sums = mt_malloc(sizeof(double) * (MT_SEG_SUMS(c) + MT_SEG_COEFS(c)))) == NULL)
+			{
+				rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
+				goto done;
+			}
+			if ((rc = mt_cpu_seg_loss_sums(pixels, c, zh ? zh : z, masks, cw, sums, err)) != MT_OK ||
+				(rc = mt_seg_loss_finish(sums, c, spec->ce_weight, spec->dice_weight, &loss,
+										 sums + MT_SEG_SUMS(c), err)) != MT_OK ||
+				(rc = mt_cpu_seg_loss_grad(pixels, c, zh ? zh : z, masks, cw,
+										   sums + MT_SEG_SUMS(c), dh ? dh : dl, err)) != MT_OK)
+				goto done;
+		}
+		if (rc == MT_OK && dh != NULL)
+			rc = be->upload(dl, dh, len * sizeof(float), err);
+		goto done;
+	}
+
+	/* on the device: labels or masks (and weights) up, a few sums down */
+	if (cw != NULL &&
+		((dev[0] = t_alloc(st, (size_t) c, 0)) == NULL ||
+		 (rc = be->upload(dev[0], cw, sizeof(float) * c, err)) != MT_OK))
+		goto devfail;
+	if (!spec->seg)
+	{
+		double		norm;
+
+		if ((rc = ce_check(spec->labels, n, c, cw, spec->focal_gamma, spec->label_smoothing,
+						   &norm, err)) != MT_OK)
+			goto done;
+		if ((sums = mt_malloc(sizeof(double) * n)) == NULL)
+		{
+			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in loss");
+			goto done;
+		}
+		if ((dev[1] = t_alloc(st, (size_t) n, 0)) == NULL ||
+			(dev[2] = t_alloc(st, 2 * (size_t) n, 0)) == NULL)
+			goto devfail;
+		if ((rc = be->upload(dev[1], spec->labels, sizeof(int) * n, err)) != MT_OK ||
+			(rc = be->cross_entropy(n, c, z, (const int *) dev[1], dev[0], spec->focal_gamma,
+									spec->label_smoothing, norm, (double *) dev[2], dl, err)) != MT_OK ||
+			(rc = be->download(sums, dev[2], sizeof(double) * n, err)) != MT_OK)
+			goto done;
+		{
+			double		total = 0.0;
+
+			for (int i = 0; i < n; i++)
+				total += sums[i];
+			loss = (float) total;
+		}
+	}
+	else
+	{
+		size_t		ns = MT_SEG_SUMS(c),
+					nc = MT_SEG_COEFS(c);
+		const uint8_t *dmask;
+
+		/* a byte batch's masks were checked before they went up (NULL: not scanned) */
+		if ((rc = seg_check(masks, n, hw, c, cw, spec->ce_weight, spec->dice_weight,
+							&pixels, err)) != MT_OK)
+			goto done;
+		if ((sums = mt_malloc(sizeof(double) * (ns + nc))) == NULL)
+		{
+			rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
+			goto done;
+		}
+		if ((masks != NULL && (dev[1] = t_alloc(st, (pixels + 3) / 4, 0)) == NULL) ||
+			(dev[2] = t_alloc(st, 2 * ns, 0)) == NULL ||
+			(dev[3] = t_alloc(st, 2 * nc, 0)) == NULL)
+			goto devfail;
+		if (masks == NULL)
+			dmask = (const uint8_t *) st->mask;
+		else if ((rc = be->upload(dev[1], masks, pixels, err)) != MT_OK)
+			goto done;
+		else
+			dmask = (const uint8_t *) dev[1];
+		if ((rc = be->seg_loss_sums(pixels, c, z, dmask, dev[0],
+									(double *) dev[2], err)) != MT_OK ||
+			(rc = be->download(sums, dev[2], sizeof(double) * ns, err)) != MT_OK ||
+			(rc = mt_seg_loss_finish(sums, c, spec->ce_weight, spec->dice_weight, &loss,
+									 sums + ns, err)) != MT_OK ||
+			(rc = be->upload(dev[3], sums + ns, sizeof(double) * nc, err)) != MT_OK ||
+			(rc = be->seg_loss_grad(pixels, c, z, dmask, dev[0],
+									(const double *) dev[3], dl, err)) != MT_OK)
+			goto done;
+	}
+	goto done;
+
+devfail:
+	rc = mt_seterr(err, st->dt->alloc_rc != MT_OK ? st->dt->alloc_rc : MT_ERR_NOMEM,
+				   "out of device memory in the loss of %s", m->arch);
+done:
+	if (rc == MT_OK && spec->seg && sums != NULL)
+	{
+		spec->px_valid = (int64_t) sums[2];
+		spec->px_correct = (int64_t) sums[3];
+	}
+	for (int i = 0; i < 5; i++)
+		t_free(st, dev[i]);
+	mt_free(sums);
+	mt_free(hmask);
+	mt_free(zh);
+	mt_free(dh);
+	if (rc == MT_OK && loss_out != NULL)
+		*loss_out = loss;
+	return rc;
+}
+
+static int	backward_run(mt_model *m, const float *dlogits, mt_loss_spec *spec,
+						 float *loss_out, mt_err *err);
+
 /* Backward pass (see train.h). */
 int
 mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
+{
+	return backward_run(m, dlogits, NULL, NULL, err);
+}
+
+/* The loss and the backward pass from its gradient (see train.h). */
+int
+mt_model_loss_backward(mt_model *m, mt_loss_spec *spec, float *loss_out, mt_err *err)
+{
+	spec->px_valid = spec->px_correct = 0;
+	if (m->train == NULL)
+		return mt_seterr(err, MT_ERR_INVALID, "loss without a training forward pass");
+	if (m->logits_node < 0 || m->train->buf[m->train->owner[m->logits_node]] == NULL)
+		return mt_seterr(err, MT_ERR_INVALID, "the training forward pass kept no logits");
+	return backward_run(m, NULL, spec, loss_out, err);
+}
+
+static int
+backward_run(mt_model *m, const float *dlogits, mt_loss_spec *spec, float *loss_out,
+			 mt_err *err)
 {
 	struct mt_train_state *st = m->train;
 	bw_ctx		c;
@@ -1811,7 +2084,18 @@ mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
 	c.st = st;
 	c.be = st->dt != NULL ? st->dt->be : m->backend;
 	if (ln < 0 || !st->req[ln])
-		goto done;				/* nothing trainable feeds the logits */
+	{
+		/* nothing trainable feeds the logits: the loss alone, if asked */
+		if (spec != NULL && ln >= 0)
+		{
+			float	   *dl = t_alloc(st, node_len(st, ln), 0);
+
+			rc = dl == NULL ? mt_seterr(err, MT_ERR_NOMEM, "out of memory in loss") :
+				loss_of_logits(m, st, c.be, spec, dl, loss_out, err);
+			t_free(st, dl);
+		}
+		goto done;
+	}
 
 	for (int i = st->first; i < m->n_nodes; i++)
 	{
@@ -1859,9 +2143,22 @@ mt_model_backward(mt_model *m, const float *dlogits, mt_err *err)
 		goto done;
 	}
 	if (st->dt != NULL)
+		st->dt->host_stale = 1; /* gradients change on the device: the host's are stale from here */
+	if (spec != NULL)
 	{
-		/* gradients change on the device: the host's are stale from here */
-		st->dt->host_stale = 1;
+		int			lo = st->owner[ln];
+
+		if ((rc = loss_of_logits(m, st, c.be, spec, c.dbuf[ln], loss_out, err)) != MT_OK)
+			goto done;
+		/* the logits were kept for the loss alone */
+		if (st->bw_last[lo] < 0)
+		{
+			t_free(st, st->buf[lo]);
+			st->buf[lo] = NULL;
+		}
+	}
+	else if (st->dt != NULL)
+	{
 		if ((rc = c.be->upload(c.dbuf[ln], dlogits, node_len(st, ln) * sizeof(float), err)) != MT_OK)
 			goto done;
 	}
@@ -1906,19 +2203,18 @@ done:
 	return rc;
 }
 
-/* Cross-entropy / focal loss with PyTorch semantics (see train.h). */
-int
-mt_loss_cross_entropy(const float *logits, const int *labels, int n, int c,
-					  const float *class_weights, float focal_gamma,
-					  float label_smoothing, float *loss_out, float *dlogits,
-					  mt_err *err)
+/*
+ * Checks of mt_loss_cross_entropy's arguments, and its normaliser: the sum
+ * of the labels' weights (gamma 0, as torch) or n (focal).
+ */
+static int
+ce_check(const int *labels, int n, int c, const float *class_weights, float focal_gamma,
+		 float label_smoothing, double *norm, mt_err *err)
 {
-	double		norm = 0.0;
-	double		total = 0.0;
 	double		eps = label_smoothing;
 	double		gamma = focal_gamma;
-	double	   *p;
 
+	*norm = 0.0;
 	if (n <= 0 || c <= 0)
 		return mt_seterr(err, MT_ERR_INVALID, "empty batch for the loss");
 	if (!(gamma >= 0.0) || !isfinite(gamma))
@@ -1937,102 +2233,49 @@ mt_loss_cross_entropy(const float *logits, const int *labels, int n, int c,
 	if (gamma == 0.0)
 	{
 		for (int i = 0; i < n; i++)
-			norm += class_weights ? class_weights[labels[i]] : 1.0;
-		if (norm <= 0.0)
+			*norm += class_weights ? class_weights[labels[i]] : 1.0;
+		if (*norm <= 0.0)
 			return mt_seterr(err, MT_ERR_INVALID, "the class weights of the batch's labels sum to zero");
 	}
 	else
-		norm = n;
+		*norm = n;
+	return MT_OK;
+}
+
+
+/* Cross-entropy / focal loss with PyTorch semantics (see train.h). */
+int
+mt_loss_cross_entropy(const float *logits, const int *labels, int n, int c,
+					  const float *class_weights, float focal_gamma,
+					  float label_smoothing, float *loss_out, float *dlogits,
+					  mt_err *err)
+{
+	double		norm;
+	double		total = 0.0;
+	double	   *p;
+	int			rc;
+
+	if ((rc = ce_check(labels, n, c, class_weights, focal_gamma, label_smoothing, &norm, err)) != MT_OK)
+		return rc;
 	if ((p = mt_malloc(sizeof(double) * 2 * (size_t) c)) == NULL)
 		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in loss");
-
 	for (int i = 0; i < n; i++)
-	{
-		const float *z = logits + (size_t) i * c;
-		double	   *g = p + c;
-		double		mx = z[0],
-					sum = 0.0,
-					lse,
-					sg = 0.0;
-
-		for (int j = 1; j < c; j++)
-			mx = z[j] > mx ? z[j] : mx;
-		for (int j = 0; j < c; j++)
-			sum += exp((double) z[j] - mx);
-		lse = mx + log(sum);
-		for (int j = 0; j < c; j++)
-		{
-			double		logp = (double) z[j] - lse;
-			double		q = (1.0 - eps) * (j == labels[i]) + eps / c;
-			double		s = q * (class_weights ? class_weights[j] : 1.0) / norm;
-			double		l,
-						dl;
-
-			p[j] = exp(logp);
-			if (gamma == 0.0)
-			{
-				l = -logp;
-				dl = -1.0;
-			}
-			else
-			{
-				/* L = -(1-p)^g log p; dL/dz_k = (d_jk - p_k) * dl */
-				double		om = -expm1(logp);
-				double		omg = pow(om, gamma);
-
-				l = -omg * logp;
-				dl = om > 0.0 ? gamma * p[j] * pow(om, gamma - 1.0) * logp - omg : 0.0;
-			}
-			total += s * l;
-			g[j] = s * dl;		/* s_j * dl_j */
-			sg += g[j];
-		}
-		if (dlogits != NULL)
-			for (int j = 0; j < c; j++)
-				dlogits[(size_t) i * c + j] = (float) (g[j] - p[j] * sg);
-	}
+		mt_cpu_ce_row(logits + (size_t) i * c, c, labels[i], class_weights, focal_gamma,
+			   label_smoothing, norm, p, &total, dlogits ? dlogits + (size_t) i * c : NULL);
 	mt_free(p);
 	if (loss_out != NULL)
 		*loss_out = (float) total;
 	return MT_OK;
 }
 
-/* Softmax of one pixel's c logits into p (double); returns log sum exp z. */
-static double
-softmax_pixel(const float *z, int c, double *p)
-{
-	double		mx = z[0],
-				sum = 0.0;
 
-	for (int j = 1; j < c; j++)
-		mx = z[j] > mx ? z[j] : mx;
-	for (int j = 0; j < c; j++)
-	{
-		p[j] = exp((double) z[j] - mx);
-		sum += p[j];
-	}
-	for (int j = 0; j < c; j++)
-		p[j] /= sum;
-	return mx + log(sum);
-}
 
-/* Pixel cross-entropy plus soft Dice over a batch of masks (see train.h). */
-int
-mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int hw, int c,
-					 const float *class_weights, float ce_weight, float dice_weight,
-					 float *loss_out, float *dlogits, mt_err *err)
+/* Checks of mt_loss_segmentation's arguments (see train.h). */
+static int
+seg_check(const uint8_t *masks, int n, int hw, int c, const float *class_weights,
+		  float ce_weight, float dice_weight, size_t *pixels, mt_err *err)
 {
-	size_t		pixels,
-				len;
-	double	   *p = NULL,
-			   *inter = NULL,
-			   *psum,
-			   *gsum,
-			   *dp;
-	double		norm = 0.0,
-				ce = 0.0,
-				dice = 0.0;
-	size_t		valid = 0;
+	size_t		len;
 
 	if (n <= 0 || hw <= 0)
 		return mt_seterr(err, MT_ERR_INVALID, "empty batch for the segmentation loss");
@@ -2044,113 +2287,46 @@ mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int hw, i
 		return mt_seterr(err, MT_ERR_INVALID,
 						 "loss weights must be finite and not negative, not %g and %g",
 						 ce_weight, dice_weight);
-	if (!mt_mul_size((size_t) n, (size_t) hw, &pixels) || !mt_mul_size(pixels, (size_t) c, &len))
+	if (!mt_mul_size((size_t) n, (size_t) hw, pixels) || !mt_mul_size(*pixels, (size_t) c, &len))
 		return mt_seterr(err, MT_ERR_LIMIT, "segmentation batch of %d x %d pixels is too large", n, hw);
 	if (class_weights != NULL)
 		for (int j = 0; j < c; j++)
 			if (!isfinite(class_weights[j]) || class_weights[j] < 0.0f)
 				return mt_seterr(err, MT_ERR_INVALID,
 								 "class weight %d must be finite and not negative", j);
-	for (size_t i = 0; i < pixels; i++)
+	for (size_t i = 0; masks != NULL && i < *pixels; i++)
 		if (masks[i] != 255 && masks[i] >= c)
 			return mt_seterr(err, MT_ERR_INVALID,
 							 "mask value %d out of range for %d classes (255 marks a pixel to ignore)",
 							 masks[i], c);
-
-	/* p: one pixel's probabilities; then per class intersection, sum p, sum g, dL/dp */
-	if ((p = mt_malloc(sizeof(double) * c)) == NULL ||
-		(inter = mt_calloc((size_t) 4 * c, sizeof(double))) == NULL)
-	{
-		mt_free(p);
-		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
-	}
-	psum = inter + c;
-	gsum = inter + 2 * c;
-	dp = inter + 3 * c;
-
-	/* first pass: cross-entropy and the Dice sums over the non-ignored pixels */
-	for (size_t i = 0; i < pixels; i++)
-	{
-		int			g = masks[i];
-		double		wg;
-
-		if (g == 255)
-			continue;
-		valid++;
-		wg = class_weights ? class_weights[g] : 1.0;
-		norm += wg;
-		/* -log p_g = lse(z) - z_g, from the logits, not the rounded probability */
-		ce += wg * (softmax_pixel(logits + i * c, c, p) - (double) logits[i * c + g]);
-		for (int k = 1; k < c; k++)
-		{
-			psum[k] += p[k];
-			if (k == g)
-			{
-				inter[k] += p[k];
-				gsum[k] += 1.0;
-			}
-		}
-	}
-	if (ce_weight > 0.0f && valid > 0 && norm <= 0.0)
-	{
-		mt_free(p);
-		mt_free(inter);
-		return mt_seterr(err, MT_ERR_INVALID,
-						 "the class weights of the batch's labelled pixels sum to zero");
-	}
-	/* no labelled pixel: nothing to learn from, loss 0 (torch would give NaN) */
-	ce = valid > 0 ? ce / norm : 0.0;
-	for (int k = 1; k < c; k++)
-	{
-		double		den = psum[k] + gsum[k] + 1.0;
-		double		num = 2.0 * inter[k] + 1.0;
-
-		dice += num / den;
-	}
-	dice = valid > 0 ? 1.0 - dice / (c - 1) : 0.0;
-	if (loss_out != NULL)
-		*loss_out = (float) ((double) ce_weight * ce + (double) dice_weight * dice);
-
-	/* second pass: the exact gradient */
-	if (dlogits != NULL)
-	{
-		double		sce = valid > 0 ? (double) ce_weight / norm : 0.0;
-
-		for (size_t i = 0; i < pixels; i++)
-		{
-			int			g = masks[i];
-			double		wg,
-						sdp = 0.0;
-			float	   *d = dlogits + i * c;
-
-			if (g == 255 || valid == 0)
-			{
-				memset(d, 0, sizeof(float) * c);
-				continue;
-			}
-			(void) softmax_pixel(logits + i * c, c, p);
-			wg = class_weights ? class_weights[g] : 1.0;
-			/*
-			 * Dice: dD_k/dp_ik = (2 g_ik den_k - num_k) / den_k^2, and the loss
-			 * is -dice_weight / (c - 1) sum_k D_k; then through the softmax
-			 */
-			dp[0] = 0.0;
-			for (int k = 1; k < c; k++)
-			{
-				double		den = psum[k] + gsum[k] + 1.0;
-				double		num = 2.0 * inter[k] + 1.0;
-
-				dp[k] = -(double) dice_weight / (c - 1) *
-					(2.0 * (k == g) * den - num) / (den * den);
-				sdp += p[k] * dp[k];
-			}
-			for (int j = 0; j < c; j++)
-				d[j] = (float) (sce * wg * (p[j] - (j == g)) + p[j] * (dp[j] - sdp));
-		}
-	}
-	mt_free(p);
-	mt_free(inter);
 	return MT_OK;
+}
+
+
+
+
+/* Pixel cross-entropy plus soft Dice over a batch of masks (see train.h). */
+int
+mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int hw, int c,
+					 const float *class_weights, float ce_weight, float dice_weight,
+					 float *loss_out, float *dlogits, mt_err *err)
+{
+	size_t		pixels;
+	double	   *sums,
+			   *coef;
+	int			rc;
+
+	if ((rc = seg_check(masks, n, hw, c, class_weights, ce_weight, dice_weight, &pixels, err)) != MT_OK)
+		return rc;
+	if ((sums = mt_malloc(sizeof(double) * (MT_SEG_SUMS(c) + MT_SEG_COEFS(c)))) == NULL)
+		return mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
+	coef = sums + MT_SEG_SUMS(c);
+	if ((rc = mt_cpu_seg_loss_sums(pixels, c, logits, masks, class_weights, sums, err)) == MT_OK &&
+		(rc = mt_seg_loss_finish(sums, c, ce_weight, dice_weight, loss_out, coef, err)) == MT_OK &&
+		dlogits != NULL)
+		rc = mt_cpu_seg_loss_grad(pixels, c, logits, masks, class_weights, coef, dlogits, err);
+	mt_free(sums);
+	return rc;
 }
 
 /* Optimizer state: per parameter, up to two buffers and a step count. */

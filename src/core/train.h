@@ -45,9 +45,10 @@
  * first step on a device, for every float parameter so that freezing
  * differently later needs nothing new; freed by mt_optim_free; brought
  * back into host memory by a later step on the host).  Callers still pass
- * host memory: the input batch is uploaded, logits and features are
- * downloaded, the losses run on the host (logits are n x classes values;
- * a U-Net's n x h x w x c), dlogits are uploaded.  The frozen prefix of
+ * host memory: the input batch is uploaded, logits and features (when
+ * asked for) are downloaded; mt_model_loss_backward runs the loss on the
+ * device (labels or masks go up, a few sums come down), while
+ * mt_model_backward takes dlogits from the host.  The frozen prefix of
  * the graph runs with the model's folded inference copy on the device.
  *
  * The host copy (m->params[i].data and .grad) is NOT updated by device
@@ -108,11 +109,17 @@ int			mt_model_forward_train(mt_model *m, const float *x, int n, int h, int w,
  * trains: on a device the bytes and rows are uploaded (a quarter of the
  * rendered floats) and the batch is rendered there; on the host into a
  * buffer of its own.  A device backend without the entry renders on the
- * host and uploads the floats.
+ * host and uploads the floats.  A segmentation model's masks (masks: n
+ * of size x size class bytes, 255 to ignore, or NULL) go the same way:
+ * rendered under the same rows where the model trains (the backend's
+ * augment_masks) and kept for mt_model_loss_backward, which then takes
+ * them when its spec has no masks of its own; values other than 255 must
+ * be below m->num_classes (MT_ERR_INVALID).
  */
 int			mt_model_forward_train_u8(mt_model *m, const uint8_t *src, const double *params,
-									  int n, int size, const float mean[3], const float std[3],
-									  float *logits, float *features, mt_err *err);
+									  const uint8_t *masks, int n, int size, const float mean[3],
+									  const float std[3], float *logits, float *features,
+									  mt_err *err);
 
 /*
  * Dropout on the head (torch.nn.Dropout before the classifier, as
@@ -202,6 +209,40 @@ int			mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int
 								 int c, const float *class_weights, float ce_weight,
 								 float dice_weight, float *loss_out, float *dlogits,
 								 mt_err *err);
+
+/*
+ * The loss of the last mt_model_forward_train(_u8) and the backward pass
+ * from its gradient, in one call: what mt_loss_cross_entropy (seg 0) or
+ * mt_loss_segmentation (seg 1) and then mt_model_backward do, but where
+ * the model trains.  On the CPU that is those functions on the logits
+ * kept from the forward pass (the same bits); on a device the loss and
+ * its gradient are computed there (the backend's cross_entropy, or
+ * seg_loss_sums and seg_loss_grad), so the logits need not come down nor
+ * dlogits go up: the labels or masks go up, and n doubles (a classifier)
+ * or MT_SEG_SUMS(c) doubles (a U-Net) come down.  The loss agrees with the
+ * host's within rounding (the device's exp and log, and its order of
+ * summation).  Inputs are host memory.  For a segmentation model it also
+ * counts the labelled pixels (px_valid) and those whose largest logit is
+ * the mask's class (px_correct), as the training's pixel accuracy needs.
+ */
+typedef struct mt_loss_spec
+{
+	int			seg;			/* 0: cross-entropy / focal; 1: segmentation */
+	int			n;				/* images in the batch */
+	const int  *labels;			/* classifier: n labels */
+	const uint8_t *masks;		/* segmentation: n x h x w mask values, or NULL:
+								 * those mt_model_forward_train_u8 rendered */
+	const float *class_weights; /* c values, or NULL */
+	float		focal_gamma,
+				label_smoothing;	/* classifier */
+	float		ce_weight,
+				dice_weight;	/* segmentation */
+	int64_t		px_valid,
+				px_correct;		/* out (segmentation) */
+} mt_loss_spec;
+
+int			mt_model_loss_backward(mt_model *m, mt_loss_spec *spec, float *loss_out,
+								   mt_err *err);
 
 /* Optimizers with torch.optim's update rules. */
 typedef enum mt_optim_kind

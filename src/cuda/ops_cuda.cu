@@ -87,6 +87,30 @@ gemm_rm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int ld
 							"cublasSgemm", err);
 }
 
+/*
+ * batch row-major GEMMs at once, the i-th on a + i sa, b + i sb, c + i sc
+ * (one cublasSgemmStridedBatched)
+ */
+static int
+gemm_rm_batched(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+				long long sa, const float *b, int ldb, long long sb, float beta, float *c,
+				int ldc, long long sc, int batch, mt_err *err)
+{
+	cublasHandle_t h;
+
+	if (m <= 0 || n <= 0 || batch <= 0 || (k <= 0 && beta == 1.0f))
+		return MT_OK;
+	if ((h = mt_cuda_blas(err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_INTERNAL;
+	if (k < 0)
+		k = 0;
+	return mt_cublas_status(cublasSgemmStridedBatched(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+													  ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+													  n, m, k, &alpha, b, ldb, sb, a, lda, sa,
+													  &beta, c, ldc, sc, batch),
+							"cublasSgemmStridedBatched", err);
+}
+
 /* gemm_rm for the void entries: failures are kept for synchronize */
 static void
 gemm_rm_async(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
@@ -2575,6 +2599,27 @@ typedef struct aug_norm
 } aug_norm;
 
 /*
+ * io/augment.c's map_pixel: the source coordinates of output pixel (x, y)
+ * under a row of params, in the host's order of operations, each rounded
+ * (__dmul_rn / __dadd_rn: no contraction into FMAs), so the host's bits.
+ */
+__device__ static inline void
+aug_map(const double *p, int size, int x, int y, double *rx, double *ry)
+{
+	double		u = (x + 0.5) / size,
+				v = (y + 0.5) / size,
+				sx,
+				sy;
+
+	if (p[4] != 0.0)
+		u = 1 - u;
+	sx = __dadd_rn(__dadd_rn(p[0], __dmul_rn(u, p[2])), -p[7]);
+	sy = __dadd_rn(__dadd_rn(p[1], __dmul_rn(v, p[3])), -p[8]);
+	*rx = __dadd_rn(__dadd_rn(p[7], __dmul_rn(p[5], sx)), -__dmul_rn(p[6], sy));
+	*ry = __dadd_rn(__dadd_rn(p[8], __dmul_rn(p[6], sx)), __dmul_rn(p[5], sy));
+}
+
+/*
  * io/augment.c's render_image on the device, pass 1: every output pixel of
  * every image mapped through its draw (params row: crop x0, y0, w, h, flip,
  * cos, sin, centre x, y, brightness, contrast), sampled bilinearly from the
@@ -2596,11 +2641,7 @@ k_aug_render(int m, int size, const uint8_t *__restrict__ src, const double *__r
 					y = (int) (pix / size);
 		const double *p = params + img * 11;
 		const uint8_t *s = src + img * npix * 3;
-		double		u = (x + 0.5) / size,
-					v = (y + 0.5) / size,
-					sx,
-					sy,
-					rx,
+		double		rx,
 					ry;
 		float		fxs,
 					fys,
@@ -2611,13 +2652,7 @@ k_aug_render(int m, int size, const uint8_t *__restrict__ src, const double *__r
 					y0;
 		float	   *out = dst + k * 3;
 
-		if (p[4] != 0.0)
-			u = 1 - u;
-		/* the host's order of operations, each rounded (no FMA) */
-		sx = __dadd_rn(__dadd_rn(p[0], __dmul_rn(u, p[2])), -p[7]);
-		sy = __dadd_rn(__dadd_rn(p[1], __dmul_rn(v, p[3])), -p[8]);
-		rx = __dadd_rn(__dadd_rn(p[7], __dmul_rn(p[5], sx)), -__dmul_rn(p[6], sy));
-		ry = __dadd_rn(__dadd_rn(p[8], __dmul_rn(p[6], sx)), __dmul_rn(p[5], sy));
+		aug_map(p, size, x, y, &rx, &ry);
 		fxs = (float) (rx - 0.5);
 		fys = (float) (ry - 0.5);
 		x0 = (int) floorf(fxs);
@@ -2739,6 +2774,345 @@ cuda_augment_images(int m, int size, const uint8_t *src, const double *params,
 	return launch_status("the contrast and normalisation kernel", err);
 }
 
+/* io/augment.c's render_mask: nearest neighbour under the same map, 255 outside */
+__global__ void
+k_aug_mask(int m, int size, const uint8_t *__restrict__ src, const double *__restrict__ params,
+		   uint8_t *__restrict__ dst)
+{
+	size_t		npix = (size_t) size * size;
+
+	GRID_LOOP(k, (size_t) m * npix)
+	{
+		size_t		img = k / npix,
+					pix = k % npix;
+		double		rx,
+					ry,
+					fx,
+					fy;
+
+		aug_map(params + img * 11, size, (int) (pix % size), (int) (pix / size), &rx, &ry);
+		fx = floor(rx);
+		fy = floor(ry);
+		dst[k] = (fx < 0 || fy < 0 || fx >= size || fy >= size) ? 255 :
+			src[img * npix + (size_t) fy * size + (size_t) fx];
+	}
+}
+
+__global__ void
+k_copy_bytes(size_t len, const uint8_t *__restrict__ src, uint8_t *__restrict__ dst)
+{
+	GRID_LOOP(k, len)
+		dst[k] = src[k];
+}
+
+static int
+cuda_augment_masks(int m, int size, const uint8_t *src, const double *params, uint8_t *dst,
+				   mt_err *err)
+{
+	size_t		len = (size_t) m * size * size;
+	int			rc;
+
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	if (m <= 0 || size <= 0)
+		return MT_OK;
+	if (params == NULL)
+		k_copy_bytes<<<blocks_for(len), THREADS>>>(len, src, dst);
+	else
+		k_aug_mask<<<blocks_for(len), THREADS>>>(m, size, src, params, dst);
+	return launch_status("the mask augmentation kernel", err);
+}
+
+/*
+ * The training losses (ops.h cross_entropy, seg_loss_sums, seg_loss_grad):
+ * train.c's arithmetic, in double, per row or per pixel.
+ */
+
+/* Term j of a cross-entropy row: its loss l, d l / d logp as dl, and p_j. */
+__device__ static inline void
+ce_term(const float *zi, int c, int j, int y, const float *cw, double gamma, double eps,
+		double norm, double lse, double *sl, double *sdl, double *p)
+{
+	double		logp = (double) zi[j] - lse;
+	double		q = (1.0 - eps) * (j == y) + eps / c;
+	double		s = q * (cw != NULL ? (double) cw[j] : 1.0) / norm;
+	double		l,
+				dl;
+
+	*p = exp(logp);
+	if (gamma == 0.0)
+	{
+		l = -logp;
+		dl = -1.0;
+	}
+	else
+	{
+		double		om = -expm1(logp);
+		double		omg = pow(om, gamma);
+
+		l = -omg * logp;
+		dl = om > 0.0 ? gamma * *p * pow(om, gamma - 1.0) * logp - omg : 0.0;
+	}
+	*sl = s * l;
+	*sdl = s * dl;
+}
+
+/* One thread a row: its share of the loss and its gradient. */
+__global__ void
+k_cross_entropy(int n, int c, const float *__restrict__ z, const int *__restrict__ labels,
+				const float *__restrict__ cw, double gamma, double eps, double norm,
+				double *__restrict__ row_loss, float *__restrict__ dz)
+{
+	GRID_LOOP(i, (size_t) n)
+	{
+		const float *zi = z + i * c;
+		int			y = labels[i];
+		double		mx = zi[0],
+					sum = 0.0,
+					lse,
+					sg = 0.0,
+					total = 0.0,
+					sl,
+					sdl,
+					p;
+
+		for (int j = 1; j < c; j++)
+			mx = zi[j] > mx ? zi[j] : mx;
+		for (int j = 0; j < c; j++)
+			sum += exp((double) zi[j] - mx);
+		lse = mx + log(sum);
+		for (int j = 0; j < c; j++)
+		{
+			ce_term(zi, c, j, y, cw, gamma, eps, norm, lse, &sl, &sdl, &p);
+			total += sl;
+			sg += sdl;
+		}
+		for (int j = 0; j < c; j++)
+		{
+			ce_term(zi, c, j, y, cw, gamma, eps, norm, lse, &sl, &sdl, &p);
+			dz[i * c + j] = (float) (sdl - p * sg);
+		}
+		row_loss[i] = total;
+	}
+}
+
+static int
+cuda_cross_entropy(int n, int c, const float *logits, const int *labels, const float *cw,
+				   float gamma, float eps, double norm, double *row_loss, float *dlogits,
+				   mt_err *err)
+{
+	int			rc;
+
+	if (n <= 0 || c <= 0)
+		return MT_OK;
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	k_cross_entropy<<<blocks_for((size_t) n), THREADS>>>(n, c, logits, labels, cw, gamma, eps, norm,
+														  row_loss, dlogits);
+	return launch_status("the cross-entropy kernel", err);
+}
+
+/* Each labelled pixel's largest logit and sum of exp(z - max) (2 doubles a pixel). */
+__global__ void
+k_seg_softmax(size_t pixels, int c, const float *__restrict__ z, const uint8_t *__restrict__ masks,
+			  double *__restrict__ st)
+{
+	GRID_LOOP(i, pixels)
+	{
+		const float *zi = z + i * c;
+		double		mx = zi[0],
+					sum = 0.0;
+
+		if (masks[i] == 255)
+			continue;
+		for (int j = 1; j < c; j++)
+			mx = zi[j] > mx ? zi[j] : mx;
+		for (int j = 0; j < c; j++)
+			sum += exp((double) zi[j] - mx);
+		st[2 * i] = mx;
+		st[2 * i + 1] = sum;
+	}
+}
+
+/* Pixel i's value of the sum qi (ops.h MT_SEG_SUMS); 0 for an ignored pixel. */
+__device__ static inline double
+seg_value(size_t i, int qi, int c, const float *z, const uint8_t *masks, const float *cw,
+		  const double *st)
+{
+	const float *zi = z + i * c;
+	int			g = masks[i];
+	double		wg;
+
+	if (g == 255)
+		return 0.0;
+	wg = cw != NULL ? (double) cw[g] : 1.0;
+	switch (qi)
+	{
+		case 0:
+			return wg * (st[2 * i] + log(st[2 * i + 1]) - (double) zi[g]);
+		case 1:
+			return wg;
+		case 2:
+			return 1.0;
+		case 3:
+			{
+				int			best = 0;
+
+				for (int k = 1; k < c; k++)
+					if (zi[k] > zi[best])
+						best = k;
+				return best == g ? 1.0 : 0.0;
+			}
+		default:
+			{
+				int			k = 1 + (qi - 4) / 3,
+							r = (qi - 4) % 3;
+				double		p = exp((double) zi[k] - st[2 * i]) / st[2 * i + 1];
+
+				return r == 0 ? (g == k ? p : 0.0) : r == 1 ? p : (g == k ? 1.0 : 0.0);
+			}
+	}
+}
+
+/*
+ * Block (b, qi) sums the values of sum qi over the pixels b * 256 + t +
+ * j * B * 256 (thread strides, then the block's partial sums in thread
+ * order): a fixed order, so every run gives the same bits.
+ */
+__global__ void
+k_seg_partial(size_t pixels, int c, const float *__restrict__ z, const uint8_t *__restrict__ masks,
+			  const float *__restrict__ cw, const double *__restrict__ st,
+			  double *__restrict__ partial)
+{
+	__shared__ double part[256];
+	int			qi = blockIdx.y;
+	double		s = 0.0;
+
+	for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < pixels;
+		 i += (size_t) gridDim.x * blockDim.x)
+		s += seg_value(i, qi, c, z, masks, cw, st);
+	part[threadIdx.x] = s;
+	__syncthreads();
+	if (threadIdx.x == 0)
+	{
+		double		t = 0.0;
+
+		for (unsigned int k = 0; k < blockDim.x; k++)
+			t += part[k];
+		partial[(size_t) qi * gridDim.x + blockIdx.x] = t;
+	}
+}
+
+/* sums[qi] = the blocks' partial sums of qi, in block order */
+__global__ void
+k_seg_final(int q, int blocks, const double *__restrict__ partial, double *__restrict__ sums)
+{
+	GRID_LOOP(qi, (size_t) q)
+	{
+		double		t = 0.0;
+
+		for (int b = 0; b < blocks; b++)
+			t += partial[qi * blocks + b];
+		sums[qi] = t;
+	}
+}
+
+static int
+cuda_seg_loss_sums(size_t pixels, int c, const float *logits, const uint8_t *masks,
+				   const float *cw, double *sums, mt_err *err)
+{
+	size_t		q = MT_SEG_SUMS(c),
+				b = (pixels + 255) / 256;
+	double	   *ws;
+	int			rc;
+
+	if (b > 128)
+		b = 128;
+	if (b < 1)
+		b = 1;
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	if ((ws = (double *) mt_cuda_workspace(sizeof(double) * (2 * pixels + q * b), err)) == NULL)
+		return err != NULL ? err->code : MT_ERR_NOMEM;
+	if (pixels > 0)
+	{
+		k_seg_softmax<<<blocks_for(pixels), THREADS>>>(pixels, c, logits, masks, ws);
+		if ((rc = launch_status("the segmentation softmax kernel", err)) != MT_OK)
+			return rc;
+	}
+	k_seg_partial<<<dim3((unsigned int) b, (unsigned int) q), 256>>>(pixels, c, logits, masks, cw, ws,
+																	 ws + 2 * pixels);
+	if ((rc = launch_status("the segmentation sums kernel", err)) != MT_OK)
+		return rc;
+	k_seg_final<<<blocks_for(q), THREADS>>>((int) q, (int) b, ws + 2 * pixels, sums);
+	return launch_status("the segmentation sums' final kernel", err);
+}
+
+/* The gradient of mt_loss_segmentation at each pixel, from the coefficients. */
+__global__ void
+k_seg_grad(size_t pixels, int c, const float *__restrict__ z, const uint8_t *__restrict__ masks,
+		   const float *__restrict__ cw, const double *__restrict__ coef, float *__restrict__ dz)
+{
+	GRID_LOOP(i, pixels)
+	{
+		const float *zi = z + i * c;
+		float	   *di = dz + i * c;
+		int			g = masks[i];
+		double		mx = zi[0],
+					sum = 0.0,
+					wg,
+					sdp = 0.0;
+
+		if (g == 255)
+		{
+			for (int j = 0; j < c; j++)
+				di[j] = 0.0f;
+			continue;
+		}
+		for (int j = 1; j < c; j++)
+			mx = zi[j] > mx ? zi[j] : mx;
+		for (int j = 0; j < c; j++)
+			sum += exp((double) zi[j] - mx);
+		wg = cw != NULL ? (double) cw[g] : 1.0;
+		for (int k = 1; k < c; k++)
+		{
+			double		den = coef[2 + 2 * (k - 1)],
+						num = coef[3 + 2 * (k - 1)],
+						p = exp((double) zi[k] - mx) / sum;
+
+			sdp += p * (coef[1] * (2.0 * (k == g) * den - num) / (den * den));
+		}
+		for (int j = 0; j < c; j++)
+		{
+			double		p = exp((double) zi[j] - mx) / sum,
+						dp = 0.0;
+
+			if (j > 0)
+			{
+				double		den = coef[2 + 2 * (j - 1)],
+							num = coef[3 + 2 * (j - 1)];
+
+				dp = coef[1] * (2.0 * (j == g) * den - num) / (den * den);
+			}
+			di[j] = (float) (coef[0] * wg * (p - (j == g)) + p * (dp - sdp));
+		}
+	}
+}
+
+static int
+cuda_seg_loss_grad(size_t pixels, int c, const float *logits, const uint8_t *masks,
+				   const float *cw, const double *coef, float *dlogits, mt_err *err)
+{
+	int			rc;
+
+	if (pixels == 0)
+		return MT_OK;
+	if ((rc = pending_status(err)) != MT_OK)
+		return rc;
+	k_seg_grad<<<blocks_for(pixels), THREADS>>>(pixels, c, logits, masks, cw, coef, dlogits);
+	return launch_status("the segmentation gradient kernel", err);
+}
+
 /* y (n x d) = row 0 of each sequence of x (n x t x d) */
 __global__ void
 k_class_token(int n, int t, int d, const float *__restrict__ x, float *__restrict__ y)
@@ -2772,9 +3146,9 @@ cuda_class_token_backward(int n, int t, int d, const float *dy, float *dx)
 	launched("the class-token backward kernel");
 }
 
-/* rows of s (t x t): s = p * (s - rowsum(s * p)), one warp per row */
+/* rows of s (rows x t): s = p * (s - rowsum(s * p)), one warp per row */
 __global__ void
-k_softmax_bwd_rows(int t, const float *__restrict__ p, float *__restrict__ s)
+k_softmax_bwd_rows(int rows, int t, const float *__restrict__ p, float *__restrict__ s)
 {
 	int			row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
 	int			lane = threadIdx.x % 32;
@@ -2782,7 +3156,7 @@ k_softmax_bwd_rows(int t, const float *__restrict__ p, float *__restrict__ s)
 	float	   *sr;
 	double		dot = 0.0;
 
-	if (row >= t)
+	if (row >= rows)
 		return;
 	pr = p + (size_t) row * t;
 	sr = s + (size_t) row * t;
@@ -2793,17 +3167,22 @@ k_softmax_bwd_rows(int t, const float *__restrict__ p, float *__restrict__ s)
 		sr[k] = pr[k] * (float) (sr[k] - dot);
 }
 
-/* P = softmax(scale Q_j K_j^T) of one sequence and head into p (t x t) */
+/*
+ * P_j = softmax(scale Q_j K_j^T) of one sequence for every head j at once
+ * into p (heads x t x t): one strided-batched GEMM over the heads (head j's
+ * columns start j hd into each token's row of 3d), then the softmax over
+ * the heads' t rows each.
+ */
 static int
-attention_probs(int t, int d, int hd, int j, const float *q, float *p, mt_err *err)
+attention_probs(int t, int d, int heads, int hd, const float *q, float *p, mt_err *err)
 {
 	float		scale = (float) (1.0 / sqrt((double) hd));
 	int			rc;
 
-	if ((rc = gemm_rm(0, 1, t, t, hd, scale, q + j * hd, 3 * d, q + d + j * hd, 3 * d,
-					  0.0f, p, t, err)) != MT_OK)
+	if ((rc = gemm_rm_batched(0, 1, t, t, hd, scale, q, 3 * d, hd, q + d, 3 * d, hd,
+							  0.0f, p, t, (long long) t * t, heads, err)) != MT_OK)
 		return rc;
-	k_softmax<<<(t + 7) / 8, 256>>>(t, t, p, p);
+	k_softmax<<<(unsigned int) (((size_t) heads * t + 7) / 8), 256>>>(heads * t, t, p, p);
 	return launch_status("the softmax kernel", err);
 }
 
@@ -2813,6 +3192,11 @@ attention_workspace(size_t floats, mt_err *err)
 	return (float *) mt_cuda_workspace(floats * sizeof(float), err);
 }
 
+/*
+ * Self-attention of n sequences: per sequence three calls for every head
+ * (the scores' batched GEMM, the softmax, the batched GEMM with V), not
+ * three per head.
+ */
 static int
 cuda_attention(int n, int t, int d, int heads, const float *qkv, float *y, mt_err *err)
 {
@@ -2827,20 +3211,18 @@ cuda_attention(int n, int t, int d, int heads, const float *qkv, float *y, mt_er
 	if (n <= 0 || t <= 0)
 		return MT_OK;
 	hd = d / heads;
-	if ((p = attention_workspace((size_t) t * t, err)) == NULL)
+	if ((p = attention_workspace((size_t) heads * t * t, err)) == NULL)
 		return err != NULL ? err->code : MT_ERR_NOMEM;
 	for (int s = 0; s < n; s++)
 	{
 		const float *q = qkv + (size_t) s * t * 3 * d;
 		float	   *ys = y + (size_t) s * t * d;
 
-		for (int j = 0; j < heads; j++)
-		{
-			if ((rc = attention_probs(t, d, hd, j, q, p, err)) != MT_OK ||
-				(rc = gemm_rm(0, 0, t, hd, t, 1.0f, p, t, q + 2 * d + j * hd, 3 * d,
-							  0.0f, ys + j * hd, d, err)) != MT_OK)
-				return rc;
-		}
+		/* Y_j = P_j V_j, head j into columns j hd of y */
+		if ((rc = attention_probs(t, d, heads, hd, q, p, err)) != MT_OK ||
+			(rc = gemm_rm_batched(0, 0, t, hd, t, 1.0f, p, t, (long long) t * t, q + 2 * d, 3 * d, hd,
+								  0.0f, ys, d, hd, heads, err)) != MT_OK)
+			return rc;
 	}
 	return MT_OK;
 }
@@ -2854,6 +3236,7 @@ cuda_attention_backward(int n, int t, int d, int heads, const float *qkv, const 
 	float		scale;
 	float	   *p,
 			   *dp;
+	long long	tt = (long long) t * t;
 
 	if (heads <= 0 || d % heads != 0)
 		return mt_seterr(err, MT_ERR_INVALID, "%d channels do not split into %d heads", d, heads);
@@ -2863,40 +3246,33 @@ cuda_attention_backward(int n, int t, int d, int heads, const float *qkv, const 
 		return MT_OK;
 	hd = d / heads;
 	scale = (float) (1.0 / sqrt((double) hd));
-	if ((p = attention_workspace((size_t) 2 * t * t, err)) == NULL)
+	if ((p = attention_workspace((size_t) 2 * heads * t * t, err)) == NULL)
 		return err != NULL ? err->code : MT_ERR_NOMEM;
-	dp = p + (size_t) t * t;
+	dp = p + (size_t) heads * t * t;
 	for (int s = 0; s < n; s++)
 	{
 		const float *q = qkv + (size_t) s * t * 3 * d;
 		const float *dys = dy + (size_t) s * t * d;
 		float	   *dq = dqkv + (size_t) s * t * 3 * d;
 
-		for (int j = 0; j < heads; j++)
-		{
-			const float *qj = q + j * hd,
-					   *kj = q + d + j * hd,
-					   *vj = q + 2 * d + j * hd;
-
-			if ((rc = attention_probs(t, d, hd, j, q, p, err)) != MT_OK)
-				return rc;
-			/* dV += P^T dY; dP = dY V^T */
-			if ((rc = gemm_rm(1, 0, t, hd, t, 1.0f, p, t, dys + j * hd, d, 1.0f,
-							  dq + 2 * d + j * hd, 3 * d, err)) != MT_OK ||
-				(rc = gemm_rm(0, 1, t, t, hd, 1.0f, dys + j * hd, d, vj, 3 * d, 0.0f,
-							  dp, t, err)) != MT_OK)
-				return rc;
-			/* dS = P * (dP - rowsum(dP * P)) */
-			k_softmax_bwd_rows<<<(t + 7) / 8, 256>>>(t, p, dp);
-			if ((rc = launch_status("the softmax backward kernel", err)) != MT_OK)
-				return rc;
-			/* dQ += s dS K, dK += s dS^T Q */
-			if ((rc = gemm_rm(0, 0, t, hd, t, scale, dp, t, kj, 3 * d, 1.0f, dq + j * hd,
-							  3 * d, err)) != MT_OK ||
-				(rc = gemm_rm(1, 0, t, hd, t, scale, dp, t, qj, 3 * d, 1.0f,
-							  dq + d + j * hd, 3 * d, err)) != MT_OK)
-				return rc;
-		}
+		if ((rc = attention_probs(t, d, heads, hd, q, p, err)) != MT_OK)
+			return rc;
+		/* dV_j += P_j^T dY_j; dP_j = dY_j V_j^T (every head at once) */
+		if ((rc = gemm_rm_batched(1, 0, t, hd, t, 1.0f, p, t, tt, dys, d, hd, 1.0f,
+								  dq + 2 * d, 3 * d, hd, heads, err)) != MT_OK ||
+			(rc = gemm_rm_batched(0, 1, t, t, hd, 1.0f, dys, d, hd, q + 2 * d, 3 * d, hd, 0.0f,
+								  dp, t, tt, heads, err)) != MT_OK)
+			return rc;
+		/* dS = P * (dP - rowsum(dP * P)) */
+		k_softmax_bwd_rows<<<(unsigned int) (((size_t) heads * t + 7) / 8), 256>>>(heads * t, t, p, dp);
+		if ((rc = launch_status("the softmax backward kernel", err)) != MT_OK)
+			return rc;
+		/* dQ_j += s dS_j K_j, dK_j += s dS_j^T Q_j */
+		if ((rc = gemm_rm_batched(0, 0, t, hd, t, scale, dp, t, tt, q + d, 3 * d, hd, 1.0f, dq,
+								  3 * d, hd, heads, err)) != MT_OK ||
+			(rc = gemm_rm_batched(1, 0, t, hd, t, scale, dp, t, tt, q, 3 * d, hd, 1.0f,
+								  dq + d, 3 * d, hd, heads, err)) != MT_OK)
+			return rc;
 	}
 	return MT_OK;
 }
@@ -3273,6 +3649,10 @@ const mt_backend mt_cuda_backend = {
 	.class_token = cuda_class_token,
 	.class_token_backward = cuda_class_token_backward,
 	.augment_images = cuda_augment_images,
+	.augment_masks = cuda_augment_masks,
+	.cross_entropy = cuda_cross_entropy,
+	.seg_loss_sums = cuda_seg_loss_sums,
+	.seg_loss_grad = cuda_seg_loss_grad,
 	.gemm = gemm_rm_async,
 	.upsample_bilinear = cuda_upsample_bilinear,
 	.upsample_bilinear_backward = cuda_upsample_bilinear_backward,

@@ -259,6 +259,34 @@ mt_augment_render(const uint8_t *src, int size, const double *params, const floa
 	render_image(&d, src, size, mean, std, dst);
 }
 
+void
+mt_augment_render_mask(const uint8_t *src, int size, const double *params, uint8_t *dst)
+{
+	aug_draw	d;
+
+	if (params == NULL)
+	{
+		memcpy(dst, src, (size_t) size * size);
+		return;
+	}
+	params_to_draw(params, &d);
+	render_mask(&d, src, size, dst);
+}
+
+/* The CPU backend's augment_masks entry (ops.h): mask by mask. */
+int
+mt_cpu_augment_masks(int m, int size, const uint8_t *src, const double *params, uint8_t *dst,
+					 mt_err *err)
+{
+	size_t		px = (size_t) size * size;
+
+	(void) err;
+	for (int i = 0; i < m; i++)
+		mt_augment_render_mask(src + px * i, size, params ? params + (size_t) MT_AUG_PARAMS * i : NULL,
+							   dst + px * i);
+	return MT_OK;
+}
+
 /* The CPU backend's augment_images entry (ops.h): image by image, on the calling thread. */
 int
 mt_cpu_augment_images(int m, int size, const uint8_t *src, const double *params,

@@ -71,6 +71,13 @@ void		mt_augment_draw_params(const mt_augment *a, int m, int size, mt_rng *rng,
 								   double *params);
 void		mt_augment_render(const uint8_t *src, int size, const double *params,
 							  const float mean[3], const float std[3], float *dst);
+/*
+ * A segmentation mask (size x size class bytes) under a row of params as
+ * mt_augment_pair maps it (nearest neighbour, MT_MASK_IGNORE outside);
+ * params NULL: a copy.
+ */
+void		mt_augment_render_mask(const uint8_t *src, int size, const double *params,
+								   uint8_t *dst);
 
 /* dst = (src / 255 - mean) / std for n pixels of 3 channels. */
 void		mt_normalize_u8(const uint8_t *src, size_t n, const float mean[3],

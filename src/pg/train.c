@@ -391,13 +391,19 @@ fill_batch(const MedtlDataset *ds, const int *idx, int m, const MedtlModel *mm,
  * dst, and their labels into y.
  */
 static void
-gather_bytes(const MedtlDataset *ds, const int *idx, int m, uint8 *dst, int *y)
+gather_bytes(const MedtlDataset *ds, const int *idx, int m, uint8 *dst, uint8 *mdst, int *y)
 {
-	size_t		per = (size_t) ds->size * ds->size * 3;
+	size_t		per = (size_t) ds->size * ds->size * 3,
+				px = (size_t) ds->size * ds->size;
 
 	for (int i = 0; i < m; i++)
 	{
-		memcpy(dst + per * i, medtl_dataset_image(ds, idx[i]), per);
+		const uint8 *src = medtl_dataset_image(ds, idx[i]);
+
+		memcpy(dst + per * i, src, per);
+		/* a segmentation row stores its mask after the image */
+		if (mdst != NULL)
+			memcpy(mdst + px * i, src + per, px);
 		y[i] = ds->labels[idx[i]];
 	}
 }
@@ -1011,19 +1017,22 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		uint8	   *masks = a.seg ? MemoryContextAllocHuge(cxt, npx * bs) : NULL;
 		int64		px_correct = 0,
 					px_valid = 0;
-		double		dice_unused = 0;
+		mt_loss_spec spec = {0};
 		float	   *tf = NULL,
 				   *vf = NULL;
 		int		   *order = palloc(sizeof(int) * sp.n_train);
 		size_t		per = (size_t) mm->input_size * mm->input_size * 3;
-		/* a classifier on a device takes its batches as bytes (gather_bytes), else as floats */
-		bool		byte_batches = !features_once && dev != NULL && !a.seg;
+		/* on a device the batches go as bytes (gather_bytes; a U-Net's with its masks), else as floats */
+		bool		byte_batches = !features_once && dev != NULL;
 		float	   *x = features_once || byte_batches ? NULL :
 			MemoryContextAllocHuge(cxt, sizeof(float) * per * bs);
 		uint8	   *u8 = byte_batches ? MemoryContextAllocHuge(cxt, per * bs) : NULL;
+		uint8	   *u8m = byte_batches && a.seg ? MemoryContextAllocHuge(cxt, npx * bs) : NULL;
 		int		   *y = palloc(sizeof(int) * bs);
-		float	   *logits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * outs);
-		float	   *dlogits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * outs);
+		/* a classifier's logits (a U-Net's stay with the engine, which runs its loss) */
+		float	   *logits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * (a.seg ? 1 : outs));
+		/* the head's gradient when it trains on cached features */
+		float	   *dlogits = features_once ? palloc(sizeof(float) * (size_t) bs * k) : NULL;
 		float	   *vlogits = palloc(sizeof(float) * (size_t) Max(a.seg ? 1 : sp.n_val, 1) * k);
 		int		   *vlabels = palloc(sizeof(int) * Max(sp.n_val, 1));
 		mt_param   *hw,
@@ -1127,14 +1136,14 @@ medtl_train_run(PG_FUNCTION_ARGS)
 						 */
 						double	   *params = NULL;
 
-						gather_bytes(ds, idx, m, u8, y);
+						gather_bytes(ds, idx, m, u8, u8m, y);
 						if (mt_augment_enabled(&a.aug))
 						{
 							params = palloc(sizeof(double) * MT_AUG_PARAMS * m);
 							mt_augment_draw_params(&a.aug, m, ds->size, &rng, params);
 						}
-						check(mt_model_forward_train_u8(mm->net, u8, params, m, ds->size, mm->mean,
-														mm->std, logits, NULL, &err),
+						check(mt_model_forward_train_u8(mm->net, u8, params, u8m, m, ds->size, mm->mean,
+														mm->std, a.seg ? NULL : logits, NULL, &err),
 							  &err, "forward pass");
 						if (params != NULL)
 							pfree(params);
@@ -1142,18 +1151,22 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					else
 					{
 						fill_batch(ds, idx, m, mm, &a.aug, &rng, x, y, masks);
-						check(mt_model_forward_train(mm->net, x, m, ds->size, ds->size, logits, NULL, &err),
+						/* a U-Net's logits stay where it trains: the loss runs there */
+						check(mt_model_forward_train(mm->net, x, m, ds->size, ds->size,
+													 a.seg ? NULL : logits, NULL, &err),
 							  &err, "forward pass");
 					}
-					if (a.seg)
-						check(mt_loss_segmentation(logits, masks, m, (int) npx, k, cw, a.ce_weight,
-												   a.dice_weight, &loss, dlogits, &err),
-							  &err, "loss");
-					else
-						check(mt_loss_cross_entropy(logits, y, m, k, cw, (float) a.focal_gamma,
-													(float) a.label_smoothing, &loss, dlogits, &err),
-							  &err, "loss");
-					check(mt_model_backward(mm->net, dlogits, &err), &err, "backward pass");
+					/* the loss and its gradient where the model trains, then backward */
+					spec.seg = a.seg;
+					spec.n = m;
+					spec.labels = y;
+					spec.masks = byte_batches ? NULL : masks;	/* NULL: those rendered with the batch */
+					spec.class_weights = cw;
+					spec.focal_gamma = (float) a.focal_gamma;
+					spec.label_smoothing = (float) a.label_smoothing;
+					spec.ce_weight = a.ce_weight;
+					spec.dice_weight = a.dice_weight;
+					check(mt_model_loss_backward(mm->net, &spec, &loss, &err), &err, "loss and backward pass");
 					pfree(idx);
 				}
 				check(mt_optim_step(opt, mm->net, (float) lr, &err), &err, "optimizer step");
@@ -1161,7 +1174,10 @@ medtl_train_run(PG_FUNCTION_ARGS)
 					check(mt_ema_update(ema, mm->net, a.ema, &err), &err, "moving average");
 				loss_sum += (double) loss * m;
 				if (a.seg)
-					seg_scores(logits, masks, m, npx, k, &px_correct, &px_valid, &dice_unused);
+				{
+					px_correct += spec.px_correct;
+					px_valid += spec.px_valid;
+				}
 				else
 					correct += mt_count_correct(logits, y, m, k);
 			}

@@ -99,6 +99,19 @@ cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation
 {
 	return emu_gemm("cublasSgemm", ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
 }
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb,
+	int m, int n, int k, const float *alpha, const float *A, int lda, long long sa, const float *B, int ldb,
+	long long sb, const float *beta, float *C, int ldc, long long sc, int batch)
+{
+	if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+	for (int i = 0; i < batch; i++)
+	{
+		cublasStatus_t st = emu_gemm("cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha, A + i * sa, lda,
+									 B + i * sb, ldb, *beta, C + i * sc, ldc);
+		if (st != CUBLAS_STATUS_SUCCESS) return st;
+	}
+	return CUBLAS_STATUS_SUCCESS;
+}
 cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
 	const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
 	const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t comp, cublasGemmAlgo_t)

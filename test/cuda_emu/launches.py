@@ -5,7 +5,7 @@ Kernels in SYNC use __syncthreads or warp shuffles and get real threads."""
 import re, sys
 s = open(sys.argv[1]).read()
 SYNC = {"k_colsum", "k_depthwise_bwd_weight", "k_softmax", "k_layer_norm",
-        "k_layer_norm_bwd_rows", "k_ln_colsum", "k_softmax_bwd_rows", "k_aug_gray"}
+        "k_layer_norm_bwd_rows", "k_ln_colsum", "k_softmax_bwd_rows", "k_aug_gray", "k_seg_partial"}
 def split_top(cfg):
     depth = 0
     for i, ch in enumerate(cfg):

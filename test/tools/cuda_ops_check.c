@@ -1336,6 +1336,48 @@ augment_checks(int m, int size)
 			check_tol(label, y, gy, (size_t) m * px * 3, 0.0, 0.0);
 		else
 			check_tol(label, y, gy, (size_t) m * px * 3, 1e-6, 0.0);
+		/* the masks under the same rows (the first third of the bytes as class indices 0..3) */
+		{
+			uint8_t    *mk = malloc(px * m),
+					   *hm = malloc(px * m),
+					   *dm = malloc(px * m);
+			void	   *gmk = NULL,
+					   *gdm = NULL;
+			size_t		differ = 0,
+						ignored = 0;
+
+			for (size_t i = 0; i < px * m; i++)
+				mk[i] = src[i] % 4;
+			if (GPU->mem_alloc(&gmk, px * m, &err) != MT_OK || GPU->mem_alloc(&gdm, px * m, &err) != MT_OK ||
+				GPU->upload(gmk, mk, px * m, &err) != MT_OK ||
+				CPU->augment_masks(m, size, mk, k < 2 ? par : NULL, hm, &err) != MT_OK ||
+				GPU->augment_masks(m, size, gmk, k < 2 ? gpar : NULL, gdm, &err) != MT_OK ||
+				GPU->synchronize(&err) != MT_OK || GPU->download(dm, gdm, px * m, &err) != MT_OK)
+				die("augment_masks", &err);
+			for (size_t i = 0; i < px * m; i++)
+			{
+				differ += hm[i] != dm[i];
+				ignored += hm[i] == 255;
+			}
+			if (differ == 0 && (k != 0 || ignored > 0) && (k == 0 || ignored == 0))
+			{
+				printf("ok: augment_masks %s [%d x %dx%d] (bit for bit; %zu pixels outside)\n",
+					   k == 0 ? "random draws" : k == 1 ? "identity draw" : "copy", m, size, size, ignored);
+				n_pass++;
+			}
+			else
+			{
+				printf("FAIL: augment_masks %s [%d x %dx%d]: %zu of %zu differ, %zu outside\n",
+					   k == 0 ? "random draws" : k == 1 ? "identity draw" : "copy", m, size, size,
+					   differ, px * m, ignored);
+				n_fail++;
+			}
+			GPU->mem_free(gmk);
+			GPU->mem_free(gdm);
+			free(mk);
+			free(hm);
+			free(dm);
+		}
 	}
 	free(src);
 	free(par);
@@ -1343,6 +1385,181 @@ augment_checks(int m, int size)
 	GPU->mem_free(gy);
 	GPU->mem_free(gsrc);
 	GPU->mem_free(gpar);
+}
+
+
+/* device copy of host bytes (as floats' worth of space) */
+static void *
+dcopy_bytes(const void *h, size_t bytes)
+{
+	void	   *d = NULL;
+	mt_err		err;
+
+	mt_clearerr(&err);
+	if (GPU->mem_alloc(&d, bytes ? bytes : 1, &err) != MT_OK)
+		die("device allocation", &err);
+	if (bytes > 0 && GPU->upload(d, h, bytes, &err) != MT_OK)
+		die("upload", &err);
+	return d;
+}
+
+/* doubles from the device against the CPU's, within tol (relative to the largest) */
+static void
+check_doubles(const char *what, const double *h, const double *d, size_t n, double tol)
+{
+	double	   *g = malloc((n ? n : 1) * sizeof(double));
+	double		maxdiff = 0.0,
+				maxref = 0.0;
+	mt_err		err;
+
+	mt_clearerr(&err);
+	if (g == NULL || GPU->synchronize(&err) != MT_OK ||
+		GPU->download(g, d, n * sizeof(double), &err) != MT_OK)
+	{
+		printf("FAIL: %s: %s %s\n", what, err.msg, err.detail);
+		n_fail++;
+		free(g);
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+	{
+		double		diff = fabs(g[i] - h[i]);
+
+		if (!(diff <= maxdiff))
+			maxdiff = isnan(diff) ? INFINITY : diff;
+		if (fabs(h[i]) > maxref)
+			maxref = fabs(h[i]);
+	}
+	if (maxdiff / (maxref > 1e-12 ? maxref : 1e-12) <= tol)
+	{
+		printf("ok: %s (rel err %.2e, %zu values)\n", what, maxdiff / (maxref > 1e-12 ? maxref : 1e-12), n);
+		n_pass++;
+	}
+	else
+	{
+		printf("FAIL: %s: rel err %.3e > %.0e (%zu values)\n", what,
+			   maxdiff / (maxref > 1e-12 ? maxref : 1e-12), tol, n);
+		n_fail++;
+	}
+	free(g);
+}
+
+/*
+ * The losses' entries: cross_entropy (plain, class weights with label
+ * smoothing, focal) over n rows of c logits, and seg_loss_sums /
+ * seg_loss_grad over pixels of c classes with ignored (255) pixels, the
+ * gradient from the CPU's own coefficients.
+ */
+static void
+loss_checks(int n, int c, size_t pixels, int sc)
+{
+	float	   *z = hrand((size_t) n * c, -6, 6),
+			   *cw = hrand(c > sc ? c : sc, 0.2f, 2.0f),
+			   *dz = hrand((size_t) n * c, -1, 1),
+			   *sz = hrand(pixels * sc, -5, 5),
+			   *sdz = hrand(pixels * sc, -1, 1);
+	int		   *y = malloc(sizeof(int) * n);
+	uint8_t    *mask = malloc(pixels ? pixels : 1);
+	double	   *rl = malloc(sizeof(double) * n),
+			   *sums = malloc(sizeof(double) * MT_SEG_SUMS(sc)),
+			   *coef = malloc(sizeof(double) * MT_SEG_COEFS(sc));
+	float	   *gz,
+			   *gcw,
+			   *gdz,
+			   *gsz,
+			   *gsdz;
+	int		   *gy;
+	uint8_t    *gmask;
+	double	   *grl,
+			   *gsums,
+			   *gcoef;
+	char		label[128];
+	mt_err		err;
+	float		loss;
+
+	mt_clearerr(&err);
+	for (int i = 0; i < n; i++)
+		y[i] = (int) ((frand() * 0.5f + 0.5f) * c) % c;
+	for (size_t i = 0; i < pixels; i++)
+		mask[i] = frand() > 0.8f ? 255 : (uint8_t) ((int) ((frand() * 0.5f + 0.5f) * sc) % sc);
+	gz = dcopy(z, (size_t) n * c);
+	gcw = dcopy(cw, c > sc ? c : sc);
+	gdz = dcopy(dz, (size_t) n * c);
+	gy = dcopy_bytes(y, sizeof(int) * n);
+	grl = dcopy_bytes(rl, sizeof(double) * n);
+	for (int v = 0; v < 3; v++)
+	{
+		const float *w = v == 1 ? cw : NULL;
+		float		gamma = v == 2 ? 2.0f : 0.0f,
+					eps = v == 1 ? 0.1f : 0.0f;
+		double		norm = 0.0;
+
+		for (int i = 0; i < n; i++)
+			norm += w ? w[y[i]] : 1.0;
+		if (gamma > 0)
+			norm = n;
+		if (CPU->cross_entropy(n, c, z, y, w, gamma, eps, norm, rl, dz, &err) != MT_OK ||
+			GPU->cross_entropy(n, c, gz, gy, w ? gcw : NULL, gamma, eps, norm, grl, gdz, &err) != MT_OK)
+			die("cross_entropy", &err);
+		snprintf(label, sizeof(label), "cross_entropy %s [%d x %d]: dlogits",
+				 v == 0 ? "plain" : v == 1 ? "weighted, smoothed" : "focal", n, c);
+		check(label, dz, gdz, (size_t) n * c);
+		snprintf(label, sizeof(label), "cross_entropy %s [%d x %d]: rows' loss",
+				 v == 0 ? "plain" : v == 1 ? "weighted, smoothed" : "focal", n, c);
+		check_doubles(label, rl, grl, n, 1e-10);
+	}
+
+	if (pixels > 0)
+	{
+		gsz = dcopy(sz, pixels * sc);
+		gsdz = dcopy(sdz, pixels * sc);
+		gmask = dcopy_bytes(mask, pixels);
+		gsums = dcopy_bytes(sums, sizeof(double) * MT_SEG_SUMS(sc));
+		gcoef = NULL;
+		for (int v = 0; v < 2; v++)
+		{
+			const float *w = v == 1 ? cw : NULL;
+
+			if (CPU->seg_loss_sums(pixels, sc, sz, mask, w, sums, &err) != MT_OK ||
+				GPU->seg_loss_sums(pixels, sc, gsz, gmask, w ? gcw : NULL, gsums, &err) != MT_OK)
+				die("seg_loss_sums", &err);
+			snprintf(label, sizeof(label), "seg_loss_sums%s [%zu pixels x %d]", v ? " weighted" : "",
+					 pixels, sc);
+			check_doubles(label, sums, gsums, MT_SEG_SUMS(sc), 1e-9);
+			if (mt_seg_loss_finish(sums, sc, 1.0f, 0.5f, &loss, coef, &err) != MT_OK)
+				die("mt_seg_loss_finish", &err);
+			if (gcoef == NULL)
+				gcoef = dcopy_bytes(coef, sizeof(double) * MT_SEG_COEFS(sc));
+			else if (GPU->upload(gcoef, coef, sizeof(double) * MT_SEG_COEFS(sc), &err) != MT_OK)
+				die("upload", &err);
+			if (CPU->seg_loss_grad(pixels, sc, sz, mask, w, coef, sdz, &err) != MT_OK ||
+				GPU->seg_loss_grad(pixels, sc, gsz, gmask, w ? gcw : NULL, gcoef, gsdz, &err) != MT_OK)
+				die("seg_loss_grad", &err);
+			snprintf(label, sizeof(label), "seg_loss_grad%s [%zu pixels x %d]", v ? " weighted" : "",
+					 pixels, sc);
+			check(label, sdz, gsdz, pixels * sc);
+		}
+		GPU->mem_free(gsz);
+		GPU->mem_free(gsdz);
+		GPU->mem_free(gmask);
+		GPU->mem_free(gsums);
+		GPU->mem_free(gcoef);
+	}
+	GPU->mem_free(gz);
+	GPU->mem_free(gcw);
+	GPU->mem_free(gdz);
+	GPU->mem_free(gy);
+	GPU->mem_free(grl);
+	free(z);
+	free(cw);
+	free(dz);
+	free(sz);
+	free(sdz);
+	free(y);
+	free(mask);
+	free(rl);
+	free(sums);
+	free(coef);
 }
 
 int
@@ -1454,6 +1671,8 @@ main(int argc, char **argv)
 	cnn_checks(1, 9, 5, 3);
 	augment_checks(3, 40);
 	augment_checks(2, 224);
+	loss_checks(16, 3, 4 * 40 * 40, 2);
+	loss_checks(5, 1000, 2 * 17 * 13, 5);
 	transformer_checks(37, 96, 2, 17, 48, 4);
 	transformer_checks(5, 33, 1, 5, 8, 2);
 	transformer_checks(2 * 50, 64, 2, 50, 64, 4);

@@ -131,27 +131,23 @@ logits_per(const mt_model *m, int size)
 static int
 step(mt_model *m, mt_optim *o, const batch *b, float lr, float *loss, const char *what)
 {
-	size_t		per = logits_per(m, b->size);
-	float	   *logits = xmalloc(sizeof(float) * per * b->n);
-	float	   *dlogits = xmalloc(sizeof(float) * per * b->n);
+	mt_loss_spec spec = {0};
 	mt_err		err;
 	int			rc;
 
 	mt_clearerr(&err);
 	mt_model_zero_grad(m);
-	rc = mt_model_forward_train(m, b->x, b->n, b->size, b->size, logits, NULL, &err);
+	/* the loss runs where the model trains (on the device: the backend's loss entries) */
+	rc = mt_model_forward_train(m, b->x, b->n, b->size, b->size, NULL, NULL, &err);
+	spec.seg = is_unet(m->arch);
+	spec.n = b->n;
+	spec.labels = b->labels;
+	spec.masks = b->masks;
+	spec.ce_weight = spec.dice_weight = 1.0f;
 	if (rc == MT_OK)
-		rc = is_unet(m->arch) ?
-			mt_loss_segmentation(logits, b->masks, b->n, b->size * b->size, SEG_CLASSES, NULL,
-								 1.0f, 1.0f, loss, dlogits, &err) :
-			mt_loss_cross_entropy(logits, b->labels, b->n, m->num_classes, NULL, 0.0f, 0.0f,
-								  loss, dlogits, &err);
-	if (rc == MT_OK)
-		rc = mt_model_backward(m, dlogits, &err);
+		rc = mt_model_loss_backward(m, &spec, loss, &err);
 	if (rc == MT_OK)
 		rc = mt_optim_step(o, m, lr, &err);
-	free(logits);
-	free(dlogits);
 	if (rc != MT_OK)
 	{
 		printf("FAIL: %s %s: %s%s%s\n", m->arch, what, err.msg, err.detail[0] ? " " : "", err.detail);
@@ -377,9 +373,14 @@ u8_check(const char *arch, int size, int n)
 	mt_err		err;
 	mt_model   *m[2] = {NULL, NULL};
 	size_t		bytes = (size_t) n * size * size * 3;
-	uint8_t    *src = xmalloc(bytes);
+	uint8_t    *src = xmalloc(bytes),
+			   *masks = NULL;
 	double	   *par = xmalloc(sizeof(double) * MT_AUG_PARAMS * n);
-	float	   *lg[2];
+	float	   *lg[2],
+				loss[2] = {0, 0};
+	int64_t		valid[2] = {0, 0},
+				right[2] = {0, 0};
+	int			seg = is_unet(arch);
 	size_t		per = 0;
 	const float mean[3] = {0.485f, 0.456f, 0.406f},
 				std[3] = {0.229f, 0.224f, 0.225f};
@@ -389,6 +390,18 @@ u8_check(const char *arch, int size, int n)
 	mt_clearerr(&err);
 	for (size_t i = 0; i < bytes; i++)
 		src[i] = (uint8_t) ((i * 2654435761u) >> 24);
+	if (seg)
+	{
+		/* a blob per image as its mask; the draws rotate some pixels out (255) */
+		masks = xmalloc((size_t) n * size * size);
+		for (size_t i = 0; i < (size_t) n * size * size; i++)
+		{
+			int			x = (int) (i % size) - size / 2,
+						y = (int) ((i / size) % size) - size / 3;
+
+			masks[i] = (uint8_t) ((x * x + y * y < size * size / 10) ? 1 : 0) % SEG_CLASSES;
+		}
+	}
 	mt_rng_seed(&rng, 3, 1);
 	mt_augment_draw_params(&a, n, size, &rng, par);
 	lg[0] = lg[1] = NULL;
@@ -399,14 +412,33 @@ u8_check(const char *arch, int size, int n)
 			goto fail;
 		per = logits_per(m[k], size);
 		lg[k] = xmalloc(sizeof(float) * per * n);
-		if (mt_model_forward_train_u8(m[k], src, par, n, size, mean, std, lg[k], NULL, &err) != MT_OK)
+		if (mt_model_forward_train_u8(m[k], src, par, masks, n, size, mean, std, lg[k], NULL, &err) != MT_OK)
 			goto fail;
+		if (seg)
+		{
+			/* the loss over the masks rendered with the batch (on the device: there) */
+			mt_loss_spec spec = {.seg = 1, .n = n, .ce_weight = 1, .dice_weight = 1};
+
+			if (mt_model_loss_backward(m[k], &spec, &loss[k], &err) != MT_OK)
+				goto fail;
+			valid[k] = spec.px_valid;
+			right[k] = spec.px_correct;
+		}
 		mt_model_train_release(m[k]);
 	}
 	snprintf(what, sizeof(what), "%s: a batch of bytes augmented and normalised on the device, trained on "
 			 "(%dx%d batch %d), vs rendered on the host: logits rel err %.2e", arch, size, size, n,
 			 rel_err(lg[1], lg[0], per * n));
 	check(rel_err(lg[1], lg[0], per * n) <= TOL, what);
+	if (seg)
+	{
+		snprintf(what, sizeof(what), "%s: its masks rendered on the device and the loss there: loss %.7g vs CPU "
+				 "%.7g, labelled pixels %lld vs %lld (of %d), predicted right %lld vs %lld", arch,
+				 loss[1], loss[0], (long long) valid[1], (long long) valid[0], n * size * size,
+				 (long long) right[1], (long long) right[0]);
+		check(fabs((double) loss[1] - loss[0]) <= TOL * fabs(loss[0]) && valid[1] == valid[0] &&
+			  valid[0] < (int64_t) n * size * size && llabs(right[1] - right[0]) <= valid[0] / 1000, what);
+	}
 	goto out;
 fail:
 	printf("FAIL: %s bytes batch: %s %s\n", arch, err.msg, err.detail);
@@ -418,6 +450,7 @@ out:
 		free(lg[k]);
 	}
 	free(src);
+	free(masks);
 	free(par);
 }
 
@@ -826,7 +859,8 @@ main(int argc, char **argv)
 				compare_step(a, (*c - '0') & 1, (*c - '0') >> 1, &b, *c == '0' && a == list, 1, 0);
 		repeat_step(a, &b);
 		ema_check(a, &b);
-		if (a == list && !is_unet(a))
+		/* the first classifier's and every U-Net's batch as bytes (a U-Net's with its masks) */
+		if (a == list || is_unet(a))
 			u8_check(a, size, batch_n);
 		free_batch(&b);
 		if (do_bench && nres < 16)

@@ -189,7 +189,6 @@ test_batch(void)
 		if (pass > 0)
 			CHECK(memcmp(ma, mb, (size_t) M * P * P) == 0, "its masks equal the loop's");
 		CHECK(mt_rng_uniform(&r1) == mt_rng_uniform(&r2), "the rng is left where the loop leaves it");
-		if (pass != 1)
 		{
 			/* the draws as numbers, rendered one by one: the batch again (a device's path) */
 			double	   *par = malloc(sizeof(double) * MT_AUG_PARAMS * M);
@@ -197,8 +196,26 @@ test_batch(void)
 
 			mt_rng_seed(&r1, 7, 1);
 			mt_rng_seed(&r2, 7, 1);
-			mt_augment_batch(srcs, NULL, M, P, cfg, &r1, mean, stdv, a, NULL);
+			mt_augment_batch(srcs, pass == 1 ? msrcs : NULL, M, P, cfg, &r1, mean, stdv, a, ma);
 			mt_augment_draw_params(cfg, M, P, &r2, par);
+			if (pass > 0)
+			{
+				/* the masks from the rows: the CPU backend's augment_masks entry */
+				const uint8_t **ms = msrcs;
+				uint8_t    *mcat = malloc((size_t) M * P * P);
+
+				for (int i = 0; i < M; i++)
+					memcpy(mcat + (size_t) i * P * P, ms[i], (size_t) P * P);
+				if (pass == 2)
+					memcpy(ma, mcat, (size_t) M * P * P);
+				memset(mb, 7, (size_t) M * P * P);
+				CHECK(mt_cpu_backend.augment_masks(M, P, mcat, cfg != NULL ? par : NULL, mb, &err) == MT_OK,
+					  "augment_masks");
+				CHECK(memcmp(ma, mb, (size_t) M * P * P) == 0,
+					  "mt_augment_draw_params + augment_masks (%s) equal the batch's masks bit for bit",
+					  cfg != NULL ? "augmented" : "copied");
+				free(mcat);
+			}
 			for (int i = 0; i < M; i++)
 				if (cfg != NULL)
 					mt_augment_render(srcs[i], P, par + (size_t) MT_AUG_PARAMS * i, mean, stdv,

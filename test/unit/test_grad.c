@@ -1637,8 +1637,9 @@ test_freeze(void)
 	mt_model_zero_grad(m);
 	n_bw_data = n_bw_weight = n_bn_bw = 0;
 	CHECK(mt_model_forward_train(m, x, n, hw, hw, logits, features, &err) == MT_OK, "%s", err.msg);
-	CHECK(mt_model_train_memory(m) == (size_t) n * 512 * sizeof(float),
-		  "backbone frozen keeps only the pooled features: %zu bytes", mt_model_train_memory(m));
+	CHECK(mt_model_train_memory(m) == (size_t) n * (512 + 3) * sizeof(float),
+		  "backbone frozen keeps only the pooled features (and the logits, for the loss): %zu bytes",
+		  mt_model_train_memory(m));
 	CHECK(mt_model_forward(m, x, n, hw, hw, logits2, NULL, &err) == MT_OK, "%s", err.msg);
 	{
 		double		d = 0;
@@ -2196,6 +2197,96 @@ test_ema(void)
 	free(bias0);
 }
 
+
+/*
+ * mt_model_loss_backward (the loss where the model trains): on the CPU the
+ * same loss and gradients, bit for bit, as the forward pass's logits through
+ * mt_loss_cross_entropy and mt_model_backward, for plain, weighted and
+ * smoothed, and focal cross-entropy; the backend's cross_entropy entry
+ * gives the same gradient and rows that add up to the loss; refusals.
+ */
+static void
+test_loss_backward(void)
+{
+	static const float cwv[3] = {0.5f, 2.0f, 1.0f};
+	struct
+	{
+		const float *cw;
+		float		gamma,
+					eps;
+		const char *name;
+	}			v[] = {{NULL, 0, 0, "plain"}, {cwv, 0, 0.1f, "weighted, smoothed"}, {cwv, 2.0f, 0, "focal"}};
+	mt_model   *a = mt_zoo_build("mobilenet_v2", 3, 0, NULL),
+			   *b = mt_zoo_build("mobilenet_v2", 3, 0, NULL);
+	int			n = 3,
+				hw = 32;
+	float	   *x = rbuf((size_t) n * hw * hw * 3, -1.5f, 1.5f);
+	int			labels[3] = {2, 0, 1},
+				bad[3] = {2, 3, 1};
+	float		logits[9],
+				dl[9],
+				dr[9],
+				la,
+				lb;
+	double		rows[3];
+	mt_err		err;
+
+	randomise(a, 11);
+	CHECK(mt_model_copy_params(a, b, &err) == MT_OK, "%s", err.msg);
+	for (size_t k = 0; k < sizeof(v) / sizeof(v[0]); k++)
+	{
+		mt_loss_spec spec = {.n = n, .labels = labels, .class_weights = v[k].cw,
+		.focal_gamma = v[k].gamma, .label_smoothing = v[k].eps};
+		int			same = 1;
+		double		norm = 0,
+					sum = 0;
+
+		mt_model_zero_grad(a);
+		mt_model_zero_grad(b);
+		CHECK(mt_model_forward_train(a, x, n, hw, hw, logits, NULL, &err) == MT_OK &&
+			  mt_loss_cross_entropy(logits, labels, n, 3, v[k].cw, v[k].gamma, v[k].eps, &la, dl, &err) == MT_OK &&
+			  mt_model_backward(a, dl, &err) == MT_OK, "%s: %s", v[k].name, err.msg);
+		CHECK(mt_model_forward_train(b, x, n, hw, hw, NULL, NULL, &err) == MT_OK &&
+			  mt_model_loss_backward(b, &spec, &lb, &err) == MT_OK, "%s: %s", v[k].name, err.msg);
+		for (int i = 0; i < a->n_params; i++)
+			if ((a->params[i].grad == NULL) != (b->params[i].grad == NULL) ||
+				(a->params[i].grad != NULL &&
+				 memcmp(a->params[i].grad, b->params[i].grad, sizeof(float) * a->params[i].numel) != 0))
+				same = 0;
+		CHECK(same && memcmp(&la, &lb, sizeof(float)) == 0,
+			  "%s: mt_model_loss_backward gives the same loss (%.9g, %.9g) and gradients", v[k].name, la, lb);
+		/* the entry: rows that add up to the loss, the same gradient */
+		for (int i = 0; i < n; i++)
+			norm += v[k].gamma > 0 ? 1.0 : v[k].cw ? v[k].cw[labels[i]] : 1.0;
+		CHECK(be->cross_entropy(n, 3, logits, labels, v[k].cw, v[k].gamma, v[k].eps, norm, rows, dr,
+								&err) == MT_OK, "%s", err.msg);
+		for (int i = 0; i < n; i++)
+			sum += rows[i];
+		CHECK(fabs(sum - la) <= 1e-6 * fabs(la) && memcmp(dl, dr, sizeof(dl)) == 0,
+			  "%s: cross_entropy's rows add up to %.9g (loss %.9g), the same gradient", v[k].name, sum, la);
+		printf("  %-44s loss %.6f, the same bits both ways\n", v[k].name, la);
+	}
+	/* refusals: no forward pass, another batch size, a label out of range */
+	{
+		mt_loss_spec spec = {.n = n, .labels = labels};
+
+		CHECK(mt_model_loss_backward(b, &spec, &lb, &err) == MT_ERR_INVALID,
+			  "loss without a forward pass: %s", err.msg);
+		CHECK(mt_model_forward_train(b, x, n, hw, hw, NULL, NULL, &err) == MT_OK, "%s", err.msg);
+		spec.n = 2;
+		CHECK(mt_model_loss_backward(b, &spec, &lb, &err) == MT_ERR_INVALID && strstr(err.msg, "images") != NULL,
+			  "another batch size: %s", err.msg);
+		CHECK(mt_model_forward_train(b, x, n, hw, hw, NULL, NULL, &err) == MT_OK, "%s", err.msg);
+		spec.n = n;
+		spec.labels = bad;
+		CHECK(mt_model_loss_backward(b, &spec, &lb, &err) == MT_ERR_INVALID && strstr(err.msg, "out of range") != NULL,
+			  "label out of range: %s", err.msg);
+	}
+	mt_model_free(a);
+	mt_model_free(b);
+	free(x);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2220,5 +2311,6 @@ main(int argc, char **argv)
 	test_misc();
 	test_head_dropout();
 	test_ema();
+	test_loss_backward();
 	return TEST_SUMMARY("grad");
 }

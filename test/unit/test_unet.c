@@ -690,7 +690,8 @@ static void
 test_unet_backward(const char *arch, const char *freeze, int enc_bn_frozen,
 				   const char *const *tensors, double target)
 {
-	mt_model   *m = mt_zoo_build(arch, 2, 0, NULL);
+	mt_model   *m = mt_zoo_build(arch, 2, 0, NULL),
+			   *m2;
 	int			n = 2,
 				hw = 32;
 	size_t		pix = (size_t) n * hw * hw;
@@ -723,11 +724,53 @@ test_unet_backward(const char *arch, const char *freeze, int enc_bn_frozen,
 			if (m->nodes[i].kind == MT_NODE_BN &&
 				strncmp(m->params[m->nodes[i].p_bn_weight].name, "encoder.", 8) == 0)
 				m->params[m->nodes[i].p_bn_weight].trainable = 0;
+	/* the same model, for mt_model_loss_backward below */
+	m2 = mt_zoo_build(arch, 2, 0, NULL);
+	CHECK(m2 != NULL && mt_model_copy_params(m, m2, &err) == MT_OK &&
+		  mt_model_freeze(m2, freeze, &err) == MT_OK, "%s: %s", arch, err.msg);
+	for (int i = 0; i < m->n_params; i++)
+		m2->params[i].trainable = m->params[i].trainable;
 	mt_model_zero_grad(m);
 	CHECK(mt_model_forward_train(m, x, n, hw, hw, logits, NULL, &err) == MT_OK, "%s: %s", arch, err.msg);
 	CHECK(mt_loss_segmentation(logits, mask, n, hw * hw, 2, NULL, 1, 1, &loss, dlogits, &err) == MT_OK,
 		  "%s", err.msg);
 	CHECK(mt_model_backward(m, dlogits, &err) == MT_OK, "%s: %s", arch, err.msg);
+	/*
+	 * the loss where the model trains (mt_model_loss_backward): on the CPU
+	 * the same loss and gradients, bit for bit, and the pixel counts of the
+	 * training's pixel accuracy
+	 */
+	{
+		mt_loss_spec spec = {.seg = 1, .n = n, .masks = mask, .ce_weight = 1, .dice_weight = 1};
+		float		loss2 = -1;
+		int64_t		valid = 0,
+					correct = 0;
+		int			same = 1;
+
+		mt_model_zero_grad(m2);
+		CHECK(mt_model_forward_train(m2, x, n, hw, hw, NULL, NULL, &err) == MT_OK &&
+			  mt_model_loss_backward(m2, &spec, &loss2, &err) == MT_OK, "%s: %s", arch, err.msg);
+		for (int i = 0; i < m->n_params; i++)
+			if ((m->params[i].grad == NULL) != (m2->params[i].grad == NULL) ||
+				(m->params[i].grad != NULL &&
+				 memcmp(m->params[i].grad, m2->params[i].grad, sizeof(float) * m->params[i].numel) != 0))
+				same = 0;
+		for (size_t i = 0; i < pix; i++)
+		{
+			int			best = logits[i * 2 + 1] > logits[i * 2];
+
+			if (mask[i] == 255)
+				continue;
+			valid++;
+			correct += best == mask[i];
+		}
+		CHECK(same && memcmp(&loss, &loss2, sizeof(float)) == 0,
+			  "%s: mt_model_loss_backward gives the same loss (%.9g, %.9g) and gradients", arch, loss, loss2);
+		CHECK(spec.px_valid == valid && spec.px_correct == correct,
+			  "%s: labelled pixels %lld (want %lld), right %lld (want %lld)", arch,
+			  (long long) spec.px_valid, (long long) valid, (long long) spec.px_correct, (long long) correct);
+		mt_model_free(m2);
+	}
 	for (int i = 0; i < m->n_params; i++)
 		if (strncmp(m->params[i].name, "encoder.", 8) == 0 && strcmp(freeze, "backbone") == 0)
 			CHECK(m->params[i].grad == NULL, "%s: frozen %s has no gradient", arch, m->params[i].name);
