@@ -1014,7 +1014,6 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		/* outputs per image: k logits, or k per pixel for segmentation */
 		size_t		npx = a.seg ? (size_t) mm->input_size * mm->input_size : 1;
 		size_t		outs = npx * k;
-		uint8	   *masks = a.seg ? MemoryContextAllocHuge(cxt, npx * bs) : NULL;
 		int64		px_correct = 0,
 					px_valid = 0;
 		mt_loss_spec spec = {0};
@@ -1028,6 +1027,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 			MemoryContextAllocHuge(cxt, sizeof(float) * per * bs);
 		uint8	   *u8 = byte_batches ? MemoryContextAllocHuge(cxt, per * bs) : NULL;
 		uint8	   *u8m = byte_batches && a.seg ? MemoryContextAllocHuge(cxt, npx * bs) : NULL;
+		/* a U-Net's rendered masks on the host (on a device they are rendered there) */
+		uint8	   *masks = a.seg && !byte_batches ? MemoryContextAllocHuge(cxt, npx * bs) : NULL;
 		int		   *y = palloc(sizeof(int) * bs);
 		/* a classifier's logits (a U-Net's stay with the engine, which runs its loss) */
 		float	   *logits = MemoryContextAllocHuge(cxt, sizeof(float) * (size_t) bs * (a.seg ? 1 : outs));

@@ -151,9 +151,10 @@ SELECT CASE WHEN count(*) = 4 AND bool_and(r.resolved->'phases'->0->>'device' = 
 \set kvm :kv 'manifest.csv'
 CREATE TEMP TABLE emu_kvm (image text, mask text, split text);
 COPY emu_kvm FROM :'kvm' WITH (FORMAT csv, HEADER);
+-- (the 12 names first: a GPU bundle holds only the first 16 pairs' files)
 CREATE TEMP TABLE emu_kv AS
 SELECT read_server_file(:'kv' || image) AS image, read_server_file(:'kv' || mask) AS mask
-  FROM emu_kvm WHERE split = 'train' ORDER BY image LIMIT 12;
+  FROM (SELECT image, mask FROM emu_kvm WHERE split = 'train' ORDER BY image LIMIT 12) k;
 SELECT create_model('emu_' || c, 'emu_backbone', ARRAY['background', 'polyp'], task => 'segmentation',
                     input_size => 64) > 0 AS created
   FROM unnest(ARRAY['sc', 'sd']) c;
