@@ -1043,18 +1043,43 @@ typedef struct u8_batch
 } u8_batch;
 
 /*
- * A byte batch's masks rendered under its rows into st->mask, where the
- * model trains (on a device: uploaded and rendered there, or rendered on
- * the host and uploaded when the backend has no augment_masks entry).
+ * A byte batch's augmentation rows uploaded once for the images' and the
+ * masks' rendering on the device (*dpar NULL when nothing there needs them).
  */
 static int
-render_masks(struct mt_train_state *st, const u8_batch *u8, int n, int size, mt_err *err)
+upload_params(struct mt_train_state *st, const u8_batch *u8, int n, float **dpar, mt_err *err)
+{
+	size_t		pbytes = (size_t) n * MT_AUG_PARAMS * sizeof(double);
+	int			rc;
+
+	*dpar = NULL;
+	if (st->dt == NULL || u8 == NULL || u8->params == NULL ||
+		(u8->src == NULL && (u8->masks == NULL || st->dt->be->augment_masks == NULL)))
+		return MT_OK;
+	if ((*dpar = t_alloc(st, pbytes / 4, 0)) == NULL)
+		return mt_seterr(err, st->dt->alloc_rc != MT_OK ? st->dt->alloc_rc : MT_ERR_NOMEM,
+						 "out of device memory for a training batch");
+	if ((rc = st->dt->be->upload(*dpar, u8->params, pbytes, err)) != MT_OK)
+	{
+		t_free(st, *dpar);
+		*dpar = NULL;
+	}
+	return rc;
+}
+
+/*
+ * A byte batch's masks rendered under its rows into st->mask, where the
+ * model trains (on a device: uploaded and rendered there with the rows
+ * upload_params put in dpar, or rendered on the host and uploaded when the
+ * backend has no augment_masks entry).
+ */
+static int
+render_masks(struct mt_train_state *st, const u8_batch *u8, const float *dpar, int n, int size,
+			 mt_err *err)
 {
 	size_t		bytes = (size_t) n * size * size;
-	size_t		pbytes = (size_t) n * MT_AUG_PARAMS * sizeof(double);
 	const mt_backend *be = st->dt != NULL ? st->dt->be : NULL;
-	float	   *dsrc = NULL,
-			   *dpar = NULL;
+	float	   *dsrc = NULL;
 	uint8_t    *host = NULL;
 	int			rc = MT_OK;
 
@@ -1072,15 +1097,12 @@ render_masks(struct mt_train_state *st, const u8_batch *u8, int n, int size, mt_
 		mt_free(host);
 		return rc;
 	}
-	if ((dsrc = t_alloc(st, (bytes + 3) / 4, 0)) == NULL ||
-		(u8->params != NULL && (dpar = t_alloc(st, pbytes / 4, 0)) == NULL))
+	if ((dsrc = t_alloc(st, (bytes + 3) / 4, 0)) == NULL)
 		goto nomem;
-	if ((rc = be->upload(dsrc, u8->masks, bytes, err)) == MT_OK &&
-		(dpar == NULL || (rc = be->upload(dpar, u8->params, pbytes, err)) == MT_OK))
+	if ((rc = be->upload(dsrc, u8->masks, bytes, err)) == MT_OK)
 		rc = be->augment_masks(n, size, (const uint8_t *) dsrc, (const double *) dpar,
 							   (uint8_t *) st->mask, err);
 	t_free(st, dsrc);
-	t_free(st, dpar);
 	return rc;
 
 nomem:
@@ -1091,27 +1113,23 @@ nomem:
 	return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a batch's masks");
 }
 
-/* The input node's output on the device, rendered from the bytes there. */
+/* The input node's output on the device, rendered from the bytes there (rows in dpar). */
 static int
-render_u8_on_device(struct mt_train_state *st, const u8_batch *u8, int n, int size, float *y,
-					mt_err *err)
+render_u8_on_device(struct mt_train_state *st, const u8_batch *u8, const float *dpar, int n,
+					int size, float *y, mt_err *err)
 {
 	const mt_backend *be = st->dt->be;
 	size_t		bytes = (size_t) n * size * size * 3;
-	size_t		pbytes = (size_t) n * MT_AUG_PARAMS * sizeof(double);
 	float	   *dsrc = t_alloc(st, (bytes + 3) / 4, 0);
-	float	   *dpar = u8->params != NULL ? t_alloc(st, pbytes / 4, 0) : NULL;
 	int			rc;
 
-	if (dsrc == NULL || (u8->params != NULL && dpar == NULL))
+	if (dsrc == NULL)
 		rc = mt_seterr(err, st->dt->alloc_rc != MT_OK ? st->dt->alloc_rc : MT_ERR_NOMEM,
 					   "out of device memory for a training batch");
-	else if ((rc = be->upload(dsrc, u8->src, bytes, err)) == MT_OK &&
-			 (dpar == NULL || (rc = be->upload(dpar, u8->params, pbytes, err)) == MT_OK))
+	else if ((rc = be->upload(dsrc, u8->src, bytes, err)) == MT_OK)
 		rc = be->augment_images(n, size, (const uint8_t *) dsrc, (const double *) dpar,
 								u8->mean, u8->std, y, err);
 	t_free(st, dsrc);
-	t_free(st, dpar);
 	return rc;
 }
 
@@ -1363,20 +1381,21 @@ forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int
 		st->buf[i] = y;
 		if (nd->kind == MT_NODE_INPUT)
 		{
-			if (u8 != NULL && u8->masks != NULL && (rc = render_masks(st, u8, n, h, err)) != MT_OK)
+			float	   *dpar;
+
+			if ((rc = upload_params(st, u8, n, &dpar, err)) != MT_OK)
 				goto done;
-			if (st->dt != NULL && u8 != NULL && u8->src != NULL)
-			{
-				if ((rc = render_u8_on_device(st, u8, n, h, y, err)) != MT_OK)
-					goto done;
-			}
-			else if (st->dt != NULL)
-			{
-				if ((rc = st->dt->be->upload(y, x, out_len * sizeof(float), err)) != MT_OK)
-					goto done;
-			}
-			else
+			if (u8 != NULL && u8->masks != NULL)
+				rc = render_masks(st, u8, dpar, n, h, err);
+			if (rc == MT_OK && st->dt != NULL && u8 != NULL && u8->src != NULL)
+				rc = render_u8_on_device(st, u8, dpar, n, h, y, err);
+			else if (rc == MT_OK && st->dt != NULL)
+				rc = st->dt->be->upload(y, x, out_len * sizeof(float), err);
+			else if (rc == MT_OK)
 				memcpy(y, x, out_len * sizeof(float));
+			t_free(st, dpar);
+			if (rc != MT_OK)
+				goto done;
 			continue;
 		}
 		a = nd->in0 >= 0 ? st->buf[st->owner[nd->in0]] : x;
@@ -1856,6 +1875,10 @@ static int	ce_check(const int *labels, int n, int c, const float *class_weights,
 					 float focal_gamma, float label_smoothing, double *norm, mt_err *err);
 static int	seg_check(const uint8_t *masks, int n, int hw, int c, const float *class_weights,
 					  float ce_weight, float dice_weight, size_t *pixels, mt_err *err);
+static int	seg_loss_host(const float *logits, const uint8_t *masks, int n, int hw, int c,
+						  const float *class_weights, float ce_weight, float dice_weight,
+						  float *loss_out, float *dlogits, int64_t *px_valid,
+						  int64_t *px_correct, mt_err *err);
 
 /*
  * The loss of spec over the logits kept by the forward pass (node ln's
@@ -1925,23 +1948,10 @@ loss_of_logits(mt_model *m, struct mt_train_state *st, const mt_backend *be,
 		if (!spec->seg)
 			rc = mt_loss_cross_entropy(zh ? zh : z, spec->labels, n, c, cw, spec->focal_gamma,
 									   spec->label_smoothing, &loss, dh ? dh : dl, err);
-		else
-		{
-			if ((rc = seg_check(masks, n, hw, c, cw, spec->ce_weight, spec->dice_weight,
-								&pixels, err)) != MT_OK)
-				goto done;
-			if ((sums = mt_malloc(sizeof(double) * (MT_SEG_SUMS(c) + MT_SEG_COEFS(c)))) == NULL)
-			{
-				rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in the segmentation loss");
-				goto done;
-			}
-			if ((rc = mt_cpu_seg_loss_sums(pixels, c, zh ? zh : z, masks, cw, sums, err)) != MT_OK ||
-				(rc = mt_seg_loss_finish(sums, c, spec->ce_weight, spec->dice_weight, &loss,
-										 sums + MT_SEG_SUMS(c), err)) != MT_OK ||
-				(rc = mt_cpu_seg_loss_grad(pixels, c, zh ? zh : z, masks, cw,
-										   sums + MT_SEG_SUMS(c), dh ? dh : dl, err)) != MT_OK)
-				goto done;
-		}
+		else if ((rc = seg_loss_host(zh ? zh : z, masks, n, hw, c, cw, spec->ce_weight,
+									 spec->dice_weight, &loss, dh ? dh : dl, &spec->px_valid,
+									 &spec->px_correct, err)) != MT_OK)
+			goto done;
 		if (rc == MT_OK && dh != NULL)
 			rc = be->upload(dl, dh, len * sizeof(float), err);
 		goto done;
@@ -2305,11 +2315,17 @@ seg_check(const uint8_t *masks, int n, int hw, int c, const float *class_weights
 
 
 
-/* Pixel cross-entropy plus soft Dice over a batch of masks (see train.h). */
-int
-mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int hw, int c,
-					 const float *class_weights, float ce_weight, float dice_weight,
-					 float *loss_out, float *dlogits, mt_err *err)
+/*
+ * The segmentation loss on the host: the sums, then the loss and the
+ * gradient's coefficients, then the gradient (when dlogits is not NULL),
+ * the pipeline a device runs with its own sums and gradient.  px_valid /
+ * px_correct (either may be NULL) get the pixel-accuracy counts.
+ */
+static int
+seg_loss_host(const float *logits, const uint8_t *masks, int n, int hw, int c,
+			  const float *class_weights, float ce_weight, float dice_weight,
+			  float *loss_out, float *dlogits, int64_t *px_valid, int64_t *px_correct,
+			  mt_err *err)
 {
 	size_t		pixels;
 	double	   *sums,
@@ -2325,8 +2341,22 @@ mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int hw, i
 		(rc = mt_seg_loss_finish(sums, c, ce_weight, dice_weight, loss_out, coef, err)) == MT_OK &&
 		dlogits != NULL)
 		rc = mt_cpu_seg_loss_grad(pixels, c, logits, masks, class_weights, coef, dlogits, err);
+	if (rc == MT_OK && px_valid != NULL)
+		*px_valid = (int64_t) sums[2];
+	if (rc == MT_OK && px_correct != NULL)
+		*px_correct = (int64_t) sums[3];
 	mt_free(sums);
 	return rc;
+}
+
+/* Pixel cross-entropy plus soft Dice over a batch of masks (see train.h). */
+int
+mt_loss_segmentation(const float *logits, const uint8_t *masks, int n, int hw, int c,
+					 const float *class_weights, float ce_weight, float dice_weight,
+					 float *loss_out, float *dlogits, mt_err *err)
+{
+	return seg_loss_host(logits, masks, n, hw, c, class_weights, ce_weight, dice_weight,
+						 loss_out, dlogits, NULL, NULL, err);
 }
 
 /* Optimizer state: per parameter, up to two buffers and a step count. */
