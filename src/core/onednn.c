@@ -299,6 +299,41 @@ fail(mt_err *err, const char *what, dnnl_status_t st)
 	return mt_seterr(err, MT_ERR_INTERNAL, "oneDNN failed to %s (status %d)", what, (int) st);
 }
 
+/*
+ * Give OpenMP the thread count asked for (mt_onednn_set_threads) before a
+ * primitive is made as well as before one runs: oneDNN sizes a primitive's
+ * work split for the threads it sees when it is made and runs it on that
+ * many (its parallel regions name the count), so a primitive made under
+ * the library's default of every core ran on two threads on a 2-core
+ * machine with medtl.threads = 1 or in a parallel worker with
+ * medtl.worker_threads = 1.
+ */
+static void
+apply_threads(void)
+{
+	if (omp_set_threads != NULL && want_threads != set_threads)
+	{
+		if (want_threads > 0)
+			omp_set_threads(want_threads);
+		set_threads = want_threads;
+	}
+}
+
+static dnnl_status_t
+pd_create(dnnl_primitive_desc_t *pd, const_dnnl_op_desc_t d, const_dnnl_primitive_attr_t attr,
+		  const_dnnl_primitive_desc_t hint)
+{
+	apply_threads();
+	return p_dnnl_primitive_desc_create(pd, d, attr, engine, hint);
+}
+
+static dnnl_status_t
+rpd_create(dnnl_primitive_desc_t *pd, const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *dst)
+{
+	apply_threads();
+	return p_dnnl_reorder_primitive_desc_create(pd, src, engine, dst, engine, NULL);
+}
+
 /* The packed weights (ops.h) as a oneDNN memory descriptor. */
 static dnnl_status_t
 weights_md(const mt_conv_desc *d, dnnl_memory_desc_t *md)
@@ -401,12 +436,7 @@ execute(dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args)
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	if (omp_set_threads != NULL && want_threads != set_threads)
-	{
-		if (want_threads > 0)
-			omp_set_threads(want_threads);
-		set_threads = want_threads;
-	}
+	apply_threads();
 	st = p_dnnl_primitive_execute(p, stream, nargs, args);
 	if (st == dnnl_success)
 		st = p_dnnl_stream_wait(stream);
@@ -433,8 +463,7 @@ reorder_to(const dnnl_memory_desc_t *src_md, const float *src,
 	dnnl_status_t st;
 	int			rc = MT_OK;
 
-	if ((st = p_dnnl_reorder_primitive_desc_create(&rpd, src_md, engine, dst_md,
-												   engine, NULL)) != dnnl_success ||
+	if ((st = rpd_create(&rpd, src_md, dst_md)) != dnnl_success ||
 		(st = p_dnnl_primitive_create(&reorder, rpd)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&from, src_md, engine, (void *) src)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&to, dst_md, engine, buf)) != dnnl_success)
@@ -612,7 +641,7 @@ entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h,
 			p_dnnl_primitive_attr_destroy(attr);
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot fuse this activation");
 	}
-	st = p_dnnl_primitive_desc_create(&pd, &cd, attr, engine, NULL);
+	st = pd_create(&pd, &cd, attr, NULL);
 	p_dnnl_primitive_attr_destroy(attr);
 	if (st != dnnl_success)
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
@@ -642,8 +671,7 @@ entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h,
 		dnnl_primitive_desc_t rpd = NULL;
 
 		e->cvt_bytes = p_dnnl_memory_desc_get_size(&src_md);
-		if ((st = p_dnnl_reorder_primitive_desc_create(&rpd, &src32_md, engine, &src_md, engine,
-													   NULL)) != dnnl_success ||
+		if ((st = rpd_create(&rpd, &src32_md, &src_md)) != dnnl_success ||
 			(st = p_dnnl_primitive_create(&e->cvt, rpd)) != dnnl_success ||
 			(st = p_dnnl_memory_create(&e->cvt_from, &src32_md, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
 			(st = p_dnnl_memory_create(&e->cvt_to, &src_md, engine, DNNL_MEMORY_NONE)) != dnnl_success)
@@ -881,7 +909,7 @@ bwd_describe(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m,
 	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
 													 &m->src_k, &m->any_w, NULL, &m->dst_k, m->strides,
 													 m->dil, m->pl, m->pr) != dnnl_success ||
-		p_dnnl_primitive_desc_create(hint, &cd, NULL, engine, NULL) != dnnl_success)
+		pd_create(hint, &cd, NULL, NULL) != dnnl_success)
 	{
 		*hint = NULL;
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
@@ -959,7 +987,7 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 		p_dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &m->src,
 														   &m->any_w, &m->dst_k, m->strides, m->dil,
 														   m->pl, m->pr);
-	if (st != dnnl_success || p_dnnl_primitive_desc_create(&c->pd, &cd, NULL, engine, c->hint) != dnnl_success)
+	if (st != dnnl_success || pd_create(&c->pd, &cd, NULL, c->hint) != dnnl_success)
 	{
 		c->pd = NULL;
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward kernel for this convolution");
@@ -1116,7 +1144,7 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 													 &m->dst, m->strides, m->dil, m->pl,
 													 m->pr) != dnnl_success ||
 		post_ops_attr(d->act, &attr) != dnnl_success ||
-		p_dnnl_primitive_desc_create(&c.pd, &cd, attr, engine, NULL) != dnnl_success)
+		pd_create(&c.pd, &cd, attr, NULL) != dnnl_success)
 	{
 		c.pd = NULL;
 		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
