@@ -22,6 +22,8 @@ int			mt_blas_loaded(void);
 void		mt_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
 					 const float *a, int lda, const float *b, int ldb,
 					 float beta, float *c, int ldc);
+/* y = W x, W row-major out x in (a linear layer on one input). */
+void		mt_sgemv_rows(int out, int in, const float *w, const float *x, float *y);
 /* The same through plain C loops (double accumulation); for tests. */
 void		mt_sgemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,
 						 const float *a, int lda, const float *b, int ldb,

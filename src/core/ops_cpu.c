@@ -656,7 +656,10 @@ static void
 cpu_linear(int n, int in, int out, const float *x, const float *w,
 		   const float *b, float *y)
 {
-	mt_sgemm(0, 1, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+	if (n == 1)
+		mt_sgemv_rows(out, in, w, x, y);
+	else
+		mt_sgemm(0, 1, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
 	if (b != NULL)
 		bias_act_rows((size_t) n, out, b, MT_ACT_NONE, y);
 }

@@ -857,6 +857,17 @@ float_sink_row(void *ctx, int y, const uint8_t *src, mt_err *err)
 			dst[2] = (float) (yy * k / 65025.0);
 		}
 	}
+	else if (fs->layout.depth == 8 && channels == 3)
+	{
+		/* the common case as one straight loop over the samples */
+		for (x = 0; x < 3 * width; x++)
+			dst[x] = lut8[src[x]];
+	}
+	else if (fs->layout.depth == 8 && channels == 1)
+	{
+		for (x = 0; x < width; x++, dst += 3)
+			dst[0] = dst[1] = dst[2] = lut8[src[x]];
+	}
 	else if (fs->layout.depth == 8)
 	{
 		for (x = 0; x < width; x++, src += channels, dst += 3)
