@@ -1185,7 +1185,8 @@ CREATE FUNCTION medtl.fine_tune(
     batch_norm text DEFAULT NULL,
     mask_column text DEFAULT 'mask',
     ema float8 DEFAULT 0,
-    dropout float8 DEFAULT 0)
+    dropout float8 DEFAULT 0,
+    label_smoothing float8 DEFAULT 0)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -1232,11 +1233,13 @@ BEGIN
         'group_column', group_column, 'keep_best', keep_best, 'seed', seed,
         'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm,
         'mask_column', CASE WHEN mask_column IS DISTINCT FROM 'mask' THEN mask_column END,
-        'ema', ema, 'dropout', dropout));
+        'ema', ema, 'dropout', dropout,
+        'label_smoothing', CASE WHEN label_smoothing IS DISTINCT FROM 0 THEN label_smoothing END));
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
     VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val, 'batch_norm', v_bn,
                                                             'loss', v_loss, 'class_weights', v_cw, 'batch_size', v_bs,
-                                                            'ema', coalesce(ema, 0), 'dropout', v_do)
+                                                            'ema', coalesce(ema, 0), 'dropout', v_do,
+                                                            'label_smoothing', coalesce(label_smoothing, 0))
                                 || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END, seed)
     RETURNING run_id INTO rid;
 
@@ -1246,8 +1249,8 @@ BEGIN
             CASE WHEN v_seg THEN mask_column ELSE label_column END, group_column,
             validation_source, 1, head_epochs, v_bs, head_lr, optimizer, v_wd, 0.9, 'cosine',
             0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, v_cw, NULL,
-            CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed, skip_bad_rows,
-            v_bn, CASE WHEN v_seg THEN v_loss END, 0, v_do);
+            CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, coalesce(label_smoothing, 0), v_val, keep_best, NULL,
+            seed, skip_bad_rows, v_bn, CASE WHEN v_seg THEN v_loss END, 0, v_do);
     END IF;
     -- phase 2: every layer (or those after freeze) at the low learning rate
     IF epochs > 0 THEN
@@ -1257,8 +1260,8 @@ BEGIN
             0, 5, 0.1, fine_tune.freeze, augment, CASE WHEN augment THEN 10 ELSE 0 END,
             CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
             CASE WHEN augment THEN 0.8 ELSE 1 END, v_cw, NULL,
-            CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, 0, v_val, keep_best, NULL, seed + 1, skip_bad_rows,
-            v_bn, CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do);
+            CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, coalesce(label_smoothing, 0), v_val, keep_best, NULL,
+            seed + 1, skip_bad_rows, v_bn, CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do);
     END IF;
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -1268,7 +1271,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8)
+COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8, float8)
     IS 'The standard transfer-learning recipe in one call: the new head alone on the frozen backbone, then all layers (or those after freeze) at a low learning rate, with augmentation. Returns the run id.';
 
 ------------------------------------------------------------------------------

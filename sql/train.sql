@@ -208,6 +208,23 @@ SELECT train('drop_a', 'train_xrays', dropout => -0.1);
 SELECT train('drop_a', 'train_xrays', dropout => 'NaN');
 \set VERBOSITY default
 
+-- label_smoothing => e in fine_tune: both phases train on the smoothed
+-- targets (other training losses than drop_0's run from the same seed),
+-- runs.resolved records it (0 by default), and a value outside [0, 1] is refused
+SELECT create_model('ls_a', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+\set VERBOSITY terse
+SELECT fine_tune('ls_a', 'train_xrays', head_epochs => 2, epochs => 1, batch_size => 8, freeze => 'features.14', label_smoothing => 0.1) AS run_ls_a \gset
+\set VERBOSITY default
+SELECT (SELECT resolved->>'label_smoothing' FROM runs WHERE run_id = :run_drop_0) AS default_smoothing,
+       (SELECT resolved->>'label_smoothing' FROM runs WHERE run_id = :run_ls_a) AS smoothing;
+SELECT phase, count(*) AS epochs, bool_and(a.train_loss <> z.train_loss) AS other_training
+  FROM epochs a JOIN epochs z USING (phase, epoch)
+ WHERE a.run_id = :run_ls_a AND z.run_id = :run_drop_0
+ GROUP BY phase ORDER BY phase;
+\set VERBOSITY terse
+SELECT fine_tune('ls_a', 'train_xrays', head_epochs => 1, epochs => 0, label_smoothing => 1.5);
+\set VERBOSITY default
+
 -- from scratch (no pretrained weights) with the same head init
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';
