@@ -354,6 +354,29 @@ test_png_direct(void)
 				}
 				free(buf);
 			}
+
+	/*
+	 * Every 8-bit value in every channel of an RGB image (the decoder's
+	 * straight loop for 8-bit RGB rows): exactly (float) (v / 255.0).
+	 */
+	{
+		uint16_t	all[256 * 3];
+		float		want[256 * 3];
+		uint8_t    *buf;
+		size_t		len = 0;
+
+		for (int x = 0; x < 256; x++)
+		{
+			all[3 * x] = (uint16_t) x;
+			all[3 * x + 1] = (uint16_t) (255 - x);
+			all[3 * x + 2] = (uint16_t) ((x * 7) & 255);
+			for (int c = 0; c < 3; c++)
+				want[3 * x + c] = (float) (all[3 * x + c] / 255.0);
+		}
+		buf = make_png(256, 1, PNG_COLOR_TYPE_RGB, 8, 0, all, NULL, 0, NULL, 0, NULL, &len);
+		check_png_case("png RGB, every 8-bit value", buf, len, 256, 1, want, 3, 8);
+		free(buf);
+	}
 }
 
 /* Palette images (1/2/4/8 bits, with and without tRNS), and tRNS on gray/RGB. */
