@@ -140,6 +140,24 @@ def bn_calibrate(model, bns, g, shape):
             mod.num_batches_tracked.zero_()
 
 
+def float64_spread(step, x, grads64, after64, seed, runs=8, eps=1e-6):
+    """How far float64's own training step moves when its input x is
+    perturbed: step(xp) -> (gradients, state after the step) runs it from
+    xp = x + eps * N(0, 1) (generator seeded seed + 10 + r for r = 1..runs);
+    returns per tensor the largest rel() from grads64 / after64, the
+    unperturbed float64 results, as two dicts."""
+    import torch
+    spread_g, spread_a = {}, {}
+    for r in range(1, runs + 1):
+        g = torch.Generator().manual_seed(seed + 10 + r)
+        pg, pa = step(x.double() + eps * torch.randn(x.shape, generator=g).double())
+        for k in pg:
+            spread_g[k] = max(spread_g.get(k, 0.0), rel(pg[k], grads64[k]))
+        for k in pa:
+            spread_a[k] = max(spread_a.get(k, 0.0), rel(pa[k], after64[k]))
+    return spread_g, spread_a
+
+
 def backward_and_step(model, opt, loss):
     """loss.backward(), then opt.step(): returns the gradients (as they were
     before the step) and the model's state after it (num_batches_tracked

@@ -105,8 +105,8 @@ import tempfile
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from medtl_testlib import (Report, backward_and_step, bn_calibrate, bn_random_affine, read_safetensors,  # noqa: E402
-                           rel, write_safetensors)
+from medtl_testlib import (Report, backward_and_step, bn_calibrate, bn_random_affine, float64_spread,  # noqa: E402
+                           read_safetensors, rel, write_safetensors)
 
 import torch
 import torchvision
@@ -434,15 +434,9 @@ def run_case(arch, case, x, y, tmp):
         # Some tensors fail: measure how far a 1e-6 perturbation of the
         # input moves float64's own step (the conditioning of each tensor,
         # independent of any float32 summation order) and judge again.
-        spread_g, spread_a = {}, {}
-        for s in range(1, SPREAD_RUNS + 1):
-            g = torch.Generator().manual_seed(SEED + 10 + s)
-            xp = x.double() + SPREAD_EPS * torch.randn(x.shape, generator=g).double()
-            _, _, pg, pa = torch_step(build(arch).double(), xp, y, case, mask)
-            for k in pg:
-                spread_g[k] = max(spread_g.get(k, 0.0), rel(pg[k], d_grads[k]))
-            for k in pa:
-                spread_a[k] = max(spread_a.get(k, 0.0), rel(pa[k], d_after[k]))
+        spread_g, spread_a = float64_spread(
+            lambda xp: torch_step(build(arch).double(), xp, y, case, mask)[2:],
+            x, d_grads, d_after, SEED, SPREAD_RUNS, SPREAD_EPS)
         grads, after, undetermined = check_tensors(case, out, m_grads, t_grads, d_grads, t_after,
                                                    d_after, spread_g, spread_a)
     problems += ["gradient " + f for f in grads.fails] + ["updated " + f for f in after.fails]

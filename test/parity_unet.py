@@ -72,8 +72,8 @@ import tempfile
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from medtl_testlib import (Report, backward_and_step, bn_calibrate, bn_random_affine, read_safetensors,  # noqa: E402
-                           rel, write_safetensors)
+from medtl_testlib import (Report, backward_and_step, bn_calibrate, bn_random_affine, float64_spread,  # noqa: E402
+                           read_safetensors, rel, write_safetensors)
 
 import torch
 import torch.nn as nn
@@ -296,13 +296,9 @@ def check_step(arch, freeze, tmp):
     # where the encoder trains)
     spread_g, spread_a = {}, {}
     if freeze in ("none", "bnweights"):
-        for s in range(1, 9):
-            xp = x.double() + 1e-6 * torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED + 10 + s)).double()
-            _, _, pg, pa = torch_step(build(arch).double(), xp, masks, freeze, lr, momentum, wd)
-            for k in pg:
-                spread_g[k] = max(spread_g.get(k, 0.0), rel(pg[k], d_grads[k]))
-            for k in pa:
-                spread_a[k] = max(spread_a.get(k, 0.0), rel(pa[k], d_after[k]))
+        spread_g, spread_a = float64_spread(
+            lambda xp: torch_step(build(arch).double(), xp, masks, freeze, lr, momentum, wd)[2:],
+            x, d_grads, d_after, SEED)
 
     problems = []
     loss_err = abs(float(out["loss"][0]) - t_loss) / max(abs(t_loss), 1e-6)
