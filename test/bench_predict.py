@@ -214,10 +214,11 @@ def main():
 
         def engine_only():
             # medtl's engine on a pre-made batch of one (no decode, no SQL):
-            # random weights, torch padding; the same network size
+            # random weights, TF SAME padding as the imported model: the same network
             out = subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "bin", "bench_engine"),
                                   "mobilenet_v2", "1", str(threads), "3"],
-                                 capture_output=True, text=True, check=True).stdout
+                                 capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, MEDTL_PADDING_SAME="1")).stdout
             m = re.search(r": ([0-9.]+) images/s \(mean\)", out)
             return n / float(m.group(1))
 

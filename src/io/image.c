@@ -811,6 +811,18 @@ typedef struct float_sink
 	mt_row_layout layout;
 	float	   *pixels;
 	float		lut8[256];
+	/*
+	 * Normalisation folded into decoding: asked for with mean/std (and the
+	 * size the image must have, 0 x 0 for any), done when the source is
+	 * 8-bit, not CMYK, and of that size (lutn[c][v] = (v / 255 - mean[c]) /
+	 * std[c], the same float operations as mt_image_normalize).
+	 */
+	const float *mean,
+			   *std;
+	int			want_w,
+				want_h;
+	int			normalized;
+	float		lutn[3][256];
 } float_sink;
 
 static int
@@ -820,8 +832,48 @@ float_sink_start(void *ctx, const mt_row_layout *layout, mt_err *err)
 
 	fs->layout = *layout;
 	fill_lut8(fs->lut8);
+	fs->normalized = fs->mean != NULL && layout->depth == 8 && !layout->cmyk &&
+		(fs->want_w <= 0 || (layout->width == fs->want_w && layout->height == fs->want_h));
+	if (fs->normalized)
+		for (int c = 0; c < 3; c++)
+			for (int v = 0; v < 256; v++)
+				fs->lutn[c][v] = (fs->lut8[v] - fs->mean[c]) / fs->std[c];
 	fs->pixels = alloc_pixels((size_t) layout->width, (size_t) layout->height, err);
 	return fs->pixels != NULL ? MT_OK : MT_ERR_NOMEM;
+}
+
+/* An 8-bit row, normalised as it is converted (float_sink.normalized). */
+static void
+float_sink_row_normalized(float_sink *fs, float *dst, const uint8_t *src)
+{
+	size_t		width = (size_t) fs->layout.width;
+	int			channels = fs->layout.channels;
+	const float *l0 = fs->lutn[0],
+			   *l1 = fs->lutn[1],
+			   *l2 = fs->lutn[2];
+	size_t		x;
+
+	if (channels == 3)
+		for (x = 0; x < width; x++, src += 3, dst += 3)
+		{
+			dst[0] = l0[src[0]];
+			dst[1] = l1[src[1]];
+			dst[2] = l2[src[2]];
+		}
+	else if (channels <= 2)
+		for (x = 0; x < width; x++, src += channels, dst += 3)
+		{
+			dst[0] = l0[src[0]];
+			dst[1] = l1[src[0]];
+			dst[2] = l2[src[0]];
+		}
+	else
+		for (x = 0; x < width; x++, src += channels, dst += 3)
+		{
+			dst[0] = l0[src[0]];
+			dst[1] = l1[src[1]];
+			dst[2] = l2[src[2]];
+		}
 }
 
 /*
@@ -840,7 +892,9 @@ float_sink_row(void *ctx, int y, const uint8_t *src, mt_err *err)
 	int			c;
 
 	(void) err;
-	if (fs->layout.cmyk)
+	if (fs->normalized)
+		float_sink_row_normalized(fs, dst, src);
+	else if (fs->layout.cmyk)
 	{
 		int			inverted = fs->layout.cmyk == 2;
 
@@ -938,10 +992,22 @@ int
 mt_image_decode_scaled(const uint8_t *buf, size_t len, size_t max_pixels,
 					   int min_w, int min_h, mt_image *out, mt_err *err)
 {
+	return mt_image_decode_normalized(buf, len, max_pixels, min_w, min_h,
+									  0, 0, NULL, NULL, out, NULL, err);
+}
+
+int
+mt_image_decode_normalized(const uint8_t *buf, size_t len, size_t max_pixels,
+						   int min_w, int min_h, int want_w, int want_h,
+						   const float mean[3], const float std[3],
+						   mt_image *out, int *normalized, mt_err *err)
+{
 	float_sink	fs;
 	mt_row_sink sink;
 	int			rc;
 
+	if (normalized != NULL)
+		*normalized = 0;
 	if (out == NULL)
 		return mt_seterr(err, MT_ERR_INVALID, "no output image given");
 	out->width = 0;
@@ -951,6 +1017,13 @@ mt_image_decode_scaled(const uint8_t *buf, size_t len, size_t max_pixels,
 		return mt_seterr(err, MT_ERR_CORRUPT, "image data is empty");
 	memset(&fs, 0, sizeof(fs));
 	memset(&sink, 0, sizeof(sink));
+	if (mean != NULL && std != NULL && normalized != NULL)
+	{
+		fs.mean = mean;
+		fs.std = std;
+		fs.want_w = want_w;
+		fs.want_h = want_h;
+	}
 	sink.start = float_sink_start;
 	sink.row = float_sink_row;
 	sink.ctx = &fs;
@@ -965,6 +1038,8 @@ mt_image_decode_scaled(const uint8_t *buf, size_t len, size_t max_pixels,
 	out->width = fs.layout.width;
 	out->height = fs.layout.height;
 	out->data = fs.pixels;
+	if (normalized != NULL)
+		*normalized = fs.normalized;
 	return MT_OK;
 }
 

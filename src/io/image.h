@@ -59,6 +59,18 @@ int			mt_image_decode(const uint8_t *buf, size_t len, size_t max_pixels,
 int			mt_image_decode_scaled(const uint8_t *buf, size_t len, size_t max_pixels,
 								   int min_w, int min_h, mt_image *out, mt_err *err);
 
+/*
+ * As mt_image_decode_scaled, and when the source is 8-bit (not CMYK) and
+ * comes out want_w x want_h (any size if want_w <= 0), normalised as it is
+ * converted: x = (v / 255 - mean[c]) / std[c], bit for bit what
+ * mt_image_normalize gives after a plain decode.  *normalized says whether
+ * that was done (if not, the pixels are in [0, 1] as mt_image_decode's).
+ */
+int			mt_image_decode_normalized(const uint8_t *buf, size_t len, size_t max_pixels,
+									   int min_w, int min_h, int want_w, int want_h,
+									   const float mean[3], const float std[3],
+									   mt_image *out, int *normalized, mt_err *err);
+
 void		mt_image_free(mt_image *img);
 
 /*

@@ -209,24 +209,30 @@ medtl_engine_enter(void)
 	}
 }
 
-void
-medtl_decode_image(bytea *image, int out_w, int out_h, struct mt_image *out)
+/*
+ * Decode (and resize to out_w x out_h when out_w > 0); with mean/std, also
+ * normalise, during decoding when the image is 8-bit and already the size.
+ */
+static void
+decode_image(bytea *image, int out_w, int out_h, const float *mean, const float *std,
+			 struct mt_image *out)
 {
 	mt_err		err;
 	mt_image	img,
 				resized;
 	const uint8_t *buf = (const uint8_t *) VARDATA_ANY(image);
 	size_t		len = VARSIZE_ANY_EXHDR(image);
+	int			normalized = 0;
 
-	if (mt_image_decode_scaled(buf, len, (size_t) medtl_max_image_pixels,
-							   medtl_jpeg_scaling ? out_w : 0, medtl_jpeg_scaling ? out_h : 0,
-							   &img, &err) != MT_OK)
+	if (mt_image_decode_normalized(buf, len, (size_t) medtl_max_image_pixels,
+								   medtl_jpeg_scaling ? out_w : 0, medtl_jpeg_scaling ? out_h : 0,
+								   out_w, out_h, mean, std, &img, &normalized, &err) != MT_OK)
 	{
 		if (err.code == MT_ERR_LIMIT && err.detail[0] == '\0')
 			mt_setdetail(&err, "medtl.max_image_pixels is %d.", medtl_max_image_pixels);
 		medtl_raise(&err, "invalid image");
 	}
-	if (out_w > 0 && (img.width != out_w || img.height != out_h))
+	if (!normalized && out_w > 0 && (img.width != out_w || img.height != out_h))
 	{
 		mt_image_info info;
 		bool		eight_bit = mt_image_probe(buf, len, &info, &err) == MT_OK && info.bit_depth <= 8;
@@ -238,7 +244,15 @@ medtl_decode_image(bytea *image, int out_w, int out_h, struct mt_image *out)
 		mt_image_free(&img);
 		img = resized;
 	}
+	if (!normalized && mean != NULL)
+		mt_image_normalize(&img, mean, std);
 	*out = img;
+}
+
+void
+medtl_decode_image(bytea *image, int out_w, int out_h, struct mt_image *out)
+{
+	decode_image(image, out_w, out_h, NULL, NULL, out);
 }
 
 float *
@@ -246,8 +260,7 @@ medtl_image_tensor(bytea *image, int size, const float mean[3], const float std[
 {
 	mt_image	img;
 
-	medtl_decode_image(image, size, size, &img);
-	mt_image_normalize(&img, mean, std);
+	decode_image(image, size, size, mean, std, &img);
 	return img.data;
 }
 

@@ -6,7 +6,10 @@
  *   make tools && test/bin/bench_engine [arch] [batch] [threads] [seconds]
  *   e.g. test/bin/bench_engine mobilenet_v2 1 2 5
  *
- * MEDTL_CONV_KERNELS=gemm in the environment turns oneDNN off (onednn.h).
+ * MEDTL_CONV_KERNELS=gemm in the environment turns oneDNN off (onednn.h);
+ * MEDTL_PADDING_SAME=1 builds the network with TF "SAME" padding, as the
+ * shared MobileNetV2 is imported (stride-2 convolutions padded 0 before, 1
+ * after).
  * Also prints the convolutions' arithmetic rate (2 x multiply-adds of every
  * convolution per image x images/s).
  *
@@ -191,7 +194,7 @@ main(int argc, char **argv)
 	/* A/B switch for the engine's own thread pool (default: as many as OpenBLAS) */
 	if (getenv("MEDTL_POOL_THREADS") != NULL)
 		mt_pool_set_threads(atoi(getenv("MEDTL_POOL_THREADS")));
-	m = mt_zoo_build(arch, 1000, 0, &err);
+	m = mt_zoo_build(arch, 1000, getenv("MEDTL_PADDING_SAME") != NULL, &err);
 	if (m == NULL)
 	{
 		fprintf(stderr, "%s\n", err.msg);

@@ -1006,6 +1006,114 @@ test_resize(void)
 	CHECK(img.data == NULL && img.width == 0, "free resets");
 }
 
+/* ------------------------------------------------ fused normalisation -- */
+
+/*
+ * One case of mt_image_decode_normalized: want_normalized says whether it
+ * should have normalised during decoding; either way the result must be, bit
+ * for bit, mt_image_decode (+ mt_image_normalize when it says it did).
+ */
+static void
+check_decode_normalized(const char *what, const uint8_t *buf, size_t len,
+						int want_w, int want_h, int want_normalized)
+{
+	static const float mean[3] = {0.485f, 0.456f, 0.406f};
+	static const float std[3] = {0.229f, 0.224f, 0.225f};
+	mt_image	ref,
+				got;
+	mt_err		err;
+	int			normalized = -1;
+	size_t		n,
+				differ = 0;
+
+	CHECK(mt_image_decode(buf, len, 0, &ref, &err) == MT_OK, "%s: decode: %s", what, err.msg);
+	CHECK(mt_image_decode_normalized(buf, len, 0, 0, 0, want_w, want_h, mean, std,
+									 &got, &normalized, &err) == MT_OK,
+		  "%s: decode_normalized: %s", what, err.msg);
+	CHECK(normalized == want_normalized, "%s: normalized %d, expected %d", what,
+		  normalized, want_normalized);
+	if (ref.data == NULL || got.data == NULL)
+		return;
+	CHECK(got.width == ref.width && got.height == ref.height, "%s: size", what);
+	if (normalized == 1)
+		mt_image_normalize(&ref, mean, std);
+	n = (size_t) ref.width * ref.height * 3;
+	for (size_t i = 0; i < n; i++)
+		differ += memcmp(&ref.data[i], &got.data[i], sizeof(float)) != 0;
+	CHECK(differ == 0, "%s: %zu of %zu values differ from decode%s", what, differ, n,
+		  normalized == 1 ? " + normalize" : "");
+	mt_image_free(&ref);
+	mt_image_free(&got);
+}
+
+static void
+test_decode_normalized(const char *shared)
+{
+	uint16_t	s[256 * 4];
+	uint8_t		pix[16 * 16 * 4];
+	uint8_t    *buf;
+	size_t		len = 0;
+	char		path[1024];
+	static const struct
+	{
+		const char *what;
+		int			ctype;
+		int			depth;
+		int			fused;
+	}			pngs[] = {
+		{"png RGB 8", PNG_COLOR_TYPE_RGB, 8, 1},
+		{"png gray 8", PNG_COLOR_TYPE_GRAY, 8, 1},
+		{"png gray+alpha 8", PNG_COLOR_TYPE_GRAY_ALPHA, 8, 1},
+		{"png RGBA 8", PNG_COLOR_TYPE_RGB_ALPHA, 8, 1},
+		{"png gray 4", PNG_COLOR_TYPE_GRAY, 4, 1},
+		{"png RGB 16", PNG_COLOR_TYPE_RGB, 16, 0},
+		{"png gray 16", PNG_COLOR_TYPE_GRAY, 16, 0},
+	};
+
+	/* every 8-bit value in every channel (256 x 1) */
+	for (size_t k = 0; k < sizeof(pngs) / sizeof(pngs[0]); k++)
+	{
+		int			nch = png_nch(pngs[k].ctype);
+		int			top = (1 << pngs[k].depth) - 1;
+
+		for (int x = 0; x < 256; x++)
+			for (int c = 0; c < nch; c++)
+				s[nch * x + c] = (uint16_t) (((x + 85 * c) * (top == 65535 ? 257 : 1)) % (top + 1));
+		buf = make_png(256, 1, pngs[k].ctype, pngs[k].depth, 0, s, NULL, 0, NULL, 0, NULL, &len);
+		CHECK(buf != NULL, "%s: encoded", pngs[k].what);
+		if (buf == NULL)
+			continue;
+		check_decode_normalized(pngs[k].what, buf, len, 256, 1, pngs[k].fused);
+		check_decode_normalized(pngs[k].what, buf, len, 0, 0, pngs[k].fused);
+		/* another size wanted: the caller resizes first, so no fusing */
+		check_decode_normalized(pngs[k].what, buf, len, 128, 1, 0);
+		free(buf);
+	}
+
+	/* JPEG: gray, RGB, CMYK (never fused: PIL's CMYK conversion is not v / 255) */
+	for (int i = 0; i < 16 * 16 * 4; i++)
+		pix[i] = (uint8_t) (i * 37 + 11);
+	buf = make_jpeg(16, 16, 1, JCS_GRAYSCALE, JCS_UNKNOWN, pix, 90, &len);
+	check_decode_normalized("jpeg gray", buf, len, 16, 16, 1);
+	free(buf);
+	buf = make_jpeg(16, 16, 3, JCS_RGB, JCS_UNKNOWN, pix, 90, &len);
+	check_decode_normalized("jpeg RGB", buf, len, 16, 16, 1);
+	free(buf);
+	buf = make_jpeg(16, 16, 4, JCS_CMYK, JCS_CMYK, pix, 90, &len);
+	check_decode_normalized("jpeg CMYK", buf, len, 16, 16, 0);
+	free(buf);
+
+	/* a real test-split X-ray, the images predict() scores */
+	snprintf(path, sizeof(path), "%s/data/chest_xray/images/IM-0001-0001.jpeg", shared);
+	buf = mt_test_read_file(path, &len);
+	CHECK(buf != NULL, "read %s", path);
+	if (buf != NULL)
+	{
+		check_decode_normalized("chest X-ray", buf, len, 224, 224, 1);
+		free(buf);
+	}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1027,6 +1135,7 @@ main(int argc, char **argv)
 	test_png_palette_trns();
 	test_jpeg_synthetic();
 	test_jpeg_scaling();
+	test_decode_normalized(shared);
 	test_hostile(shared);
 	test_resize();
 
