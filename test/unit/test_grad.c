@@ -239,6 +239,73 @@ pool_fwd(void *p, float *y)
 		be->global_avg_pool(c->n, c->h, c->w, c->c, c->x, y);
 }
 
+/*
+ * Max pooling backward against a plain reference, exactly: random values
+ * drawn from 5 levels (ties everywhere: the first maximum in (ky, kx) order
+ * takes the gradient), a NaN or two, 70 channels (over one block of 64), and
+ * a window of more than 64 taps.
+ */
+static void
+test_max_pool_backward_exact(const char *what, int k, int s, int pad, int h, int w)
+{
+	mt_pool_desc p = {k, k, s, s, pad, pad, pad, pad, 1};
+	int			n = 2,
+				c = 70;
+	int			oh = mt_out_size(h, k, s, 1, pad, pad),
+				ow = mt_out_size(w, k, s, 1, pad, pad);
+	size_t		xl = (size_t) n * h * w * c,
+				yl = (size_t) n * oh * ow * c,
+				differ = 0;
+	float	   *x = malloc(xl * sizeof(float)),
+			   *g = malloc(yl * sizeof(float)),
+			   *dx = zbuf(xl),
+			   *ref = zbuf(xl);
+	uint32_t	st = 12345u;	/* its own generator: the other cases' draws stay as they were */
+
+	for (size_t i = 0; i < xl; i++)
+	{
+		st = st * 1664525u + 1013904223u;
+		x[i] = (float) (st >> 29 & 3) * 0.25f + (float) (st >> 28 & 1) * 0.25f;
+	}
+	for (size_t i = 0; i < yl; i++)
+	{
+		st = st * 1664525u + 1013904223u;
+		g[i] = (float) (st >> 8) / 16777216.0f * 2.0f - 1.0f;
+	}
+	x[3] = NAN;
+	x[xl / 2 + 1] = NAN;
+	for (int i = 0; i < n; i++)
+		for (int oy = 0; oy < oh; oy++)
+			for (int ox = 0; ox < ow; ox++)
+				for (int ch = 0; ch < c; ch++)
+				{
+					size_t		arg = (size_t) -1;
+
+					for (int ky = 0; ky < k; ky++)
+						for (int kx = 0; kx < k; kx++)
+						{
+							int			iy = oy * s - pad + ky,
+										ix = ox * s - pad + kx;
+							size_t		at = (((size_t) i * h + iy) * w + ix) * c + ch;
+
+							if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+								continue;
+							if (arg == (size_t) -1 || x[at] > x[arg])
+								arg = at;
+						}
+					if (arg != (size_t) -1)
+						ref[arg] += g[(((size_t) i * oh + oy) * ow + ox) * c + ch];
+				}
+	be->max_pool2d_backward(&p, n, h, w, c, x, g, dx);
+	for (size_t i = 0; i < xl; i++)
+		differ += memcmp(&dx[i], &ref[i], sizeof(float)) != 0;
+	CHECK(differ == 0, "%s: %zu of %zu input gradients differ from the reference", what, differ, xl);
+	free(x);
+	free(g);
+	free(dx);
+	free(ref);
+}
+
 /* One pooling variant: dX against differences. */
 static void
 test_pool_case(const char *what, int kind, int k, int s, int pad, int include_pad)
@@ -781,6 +848,9 @@ test_small_kernels(void)
 {
 	test_pool_case("max pool 3x3 s2 p1", 0, 3, 2, 1, 1);
 	test_pool_case("max pool 2x2 s2", 0, 2, 2, 0, 1);
+	test_max_pool_backward_exact("max pool 3x3 s2 p1, ties", 3, 2, 1, 9, 8);
+	test_max_pool_backward_exact("max pool 2x2 s2, ties", 2, 2, 0, 8, 7);
+	test_max_pool_backward_exact("max pool 9x9 s1 (81 taps), ties", 9, 1, 0, 11, 10);
 	test_pool_case("avg pool 3x3 s1 p1 count_include_pad", 1, 3, 1, 1, 1);
 	test_pool_case("avg pool 3x3 s2 p1 exclude pad", 1, 3, 2, 1, 0);
 	test_pool_case("avg pool 2x2 s2", 1, 2, 2, 0, 1);
