@@ -851,29 +851,17 @@ float_sink_row_normalized(float_sink *fs, float *dst, const uint8_t *src)
 	const float *l0 = fs->lutn[0],
 			   *l1 = fs->lutn[1],
 			   *l2 = fs->lutn[2];
+	/* gray (and gray+alpha) replicated; RGB(A) takes its first three samples */
+	int			o1 = channels <= 2 ? 0 : 1,
+				o2 = channels <= 2 ? 0 : 2;
 	size_t		x;
 
-	if (channels == 3)
-		for (x = 0; x < width; x++, src += 3, dst += 3)
-		{
-			dst[0] = l0[src[0]];
-			dst[1] = l1[src[1]];
-			dst[2] = l2[src[2]];
-		}
-	else if (channels <= 2)
-		for (x = 0; x < width; x++, src += channels, dst += 3)
-		{
-			dst[0] = l0[src[0]];
-			dst[1] = l1[src[0]];
-			dst[2] = l2[src[0]];
-		}
-	else
-		for (x = 0; x < width; x++, src += channels, dst += 3)
-		{
-			dst[0] = l0[src[0]];
-			dst[1] = l1[src[1]];
-			dst[2] = l2[src[2]];
-		}
+	for (x = 0; x < width; x++, src += channels, dst += 3)
+	{
+		dst[0] = l0[src[0]];
+		dst[1] = l1[src[o1]];
+		dst[2] = l2[src[o2]];
+	}
 }
 
 /*
