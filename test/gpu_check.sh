@@ -20,7 +20,8 @@
 #   bash test/gpu_check.sh            (OUT defaults to /tmp/medtl-gpu-out;
 #                                      GPU_CHECK_TORCH_BENCH=0 skips PyTorch's timing;
 #                                      GPU_CHECK_FAST=1: the op, model (three CNNs) and
-#                                      training checks only;
+#                                      training checks only; GPU_CHECK_VIT_ONLY=1: the
+#                                      build and vit_b_16's training check only;
 #                                      GPU_CHECK_PROFILE="resnet50 64": build, then only
 #                                      test/gpu_profile.py's kernel-by-kernel profile)
 #
@@ -198,6 +199,7 @@ if [ -n "${GPU_CHECK_PROFILE:-}" ]; then
 	finish
 fi
 
+if [ -z "${GPU_CHECK_VIT_ONLY:-}" ]; then
 step "cuda_ops_check: every backend entry, CUDA vs CPU (rel err <= 1e-4), then conv GFLOP/s"
 timeout 90 test/bin/cuda_ops_check > "$OUT/cuda_ops_check.txt" 2>&1
 rc=$?
@@ -248,6 +250,8 @@ else
 	fail "test/bin/cuda_train_check was not built"
 fi
 
+fi # GPU_CHECK_VIT_ONLY
+
 step "cuda_train_check: vit_b_16 on the device vs the CPU (224x224 batch 4: the stored grid; 64x64: the resized one)"
 if [ -x test/bin/cuda_train_check ]; then
 	: > "$OUT/cuda_train_check_vit.txt"
@@ -265,8 +269,8 @@ if [ -x test/bin/cuda_train_check ]; then
 	fi
 fi
 
-if [ -n "${GPU_CHECK_FAST:-}" ]; then
-	step "GPU_CHECK_FAST: the rest skipped"
+if [ -n "${GPU_CHECK_FAST:-}" ] || [ -n "${GPU_CHECK_VIT_ONLY:-}" ]; then
+	step "GPU_CHECK_FAST or GPU_CHECK_VIT_ONLY: the rest skipped"
 	finish
 fi
 

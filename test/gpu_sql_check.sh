@@ -16,7 +16,12 @@
 #      machine's CPU (all its cores) for the time ratio, if time is left;
 #   4. BreastMNIST seed 42 on the device with the host's work (decoding,
 #      augmentation, normalisation) on 1 thread and on all: the times, and
-#      the same metrics from both.
+#      the same metrics from both;
+#   5. (only when GPU_SQL_SCREEN is set) BreastMNIST over the 7 seeds once
+#      per option set in GPU_SQL_SCREEN ('|' between sets, e.g.
+#      "head_lr_scale => 10|head_lr_scale => 3"; an empty set: the
+#      defaults), information for issue 3's series, nothing judged but
+#      that each ran.
 # Writes $OUT/gpu_sql_check.log (and the server log); exit 0 only when every
 # step passed.  Budget: about 5 minutes; give the device run 600 s.
 #
@@ -35,9 +40,10 @@ cd "$here" || exit 2
 OUT=${OUT:-/tmp/medtl-gpu-sql-out}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_sql_check.log
-rm -f "$OUT/bench.txt" "$OUT/bench_cpu.txt" "$OUT/bench_threads.txt"
+rm -f "$OUT/bench.txt" "$OUT/bench_cpu.txt" "$OUT/bench_threads.txt" "$OUT/screen.txt"
 exec > >(tee "$LOG") 2>&1
 steps=${GPU_SQL_STEPS:-1 2 3 4}
+[ -z "${GPU_SQL_SCREEN+x}" ] || steps="$steps 5"
 budget=${GPU_SQL_BUDGET:-420}
 # trying the script out: GPU_SQL_DEVICE=cpu GPU_SQL_LIMIT=5 (images per class and split)
 dev=${GPU_SQL_DEVICE:-cuda}
@@ -64,6 +70,7 @@ finish() {
 	step "summary"
 	for r in "${results[@]}"; do echo "$r"; done
 	[ -f "$OUT/bench.txt" ] && { echo; grep -E 'seed|mean|test n=' "$OUT/bench.txt" | sed 's/; baseline.*//'; }
+	[ -f "$OUT/screen.txt" ] && { echo; grep -E 'seed|mean|options|test n=' "$OUT/screen.txt" | sed 's/; baseline.*//'; }
 	if [ "$status" -eq 0 ]; then echo "GPU_SQL_CHECK OK"; else echo "GPU_SQL_CHECK FAILED"; fi
 	exit "$status"
 }
@@ -217,5 +224,18 @@ if [[ " $steps " == *" 4 "* ]]; then
 	else
 		fail "BreastMNIST seed 42: the metrics change with the host's threads"
 	fi
+fi
+if [[ " $steps " == *" 5 "* ]]; then
+	IFS='|' read -r -a sets <<< "${GPU_SQL_SCREEN:-}"
+	[ "${#sets[@]}" -gt 0 ] || sets=("")
+	for o in "${sets[@]}"; do
+		step "5: BreastMNIST over 7 seeds on the device, options: ${o:-(defaults)}"
+		PGOPTIONS="-c medtl.device=$dev -c medtl.precision=$prec" timeout 240 python3 test/bench_train.py \
+			--datasets breastmnist $limit --seeds 42,1,2,3,4,5,6 ${o:+--options "$o"} \
+			> >(tee -a "$OUT/screen.txt") 2>&1
+		rc=$?
+		if [ "$rc" -eq 0 ]; then pass "BreastMNIST screen (${o:-defaults}) ran"
+		else fail "BreastMNIST screen (${o:-defaults}): rc $rc"; fi
+	done
 fi
 finish
