@@ -22,6 +22,8 @@
 #                                      GPU_CHECK_FAST=1: the op, model (three CNNs) and
 #                                      training checks only; GPU_CHECK_VIT_ONLY=1: the
 #                                      build and vit_b_16's training check only;
+#                                      GPU_CHECK_PARITY_ONLY=1: the build and the
+#                                      PyTorch parity of a training step only;
 #                                      GPU_CHECK_PROFILE="resnet50 64": build, then only
 #                                      test/gpu_profile.py's kernel-by-kernel profile)
 #
@@ -199,7 +201,7 @@ if [ -n "${GPU_CHECK_PROFILE:-}" ]; then
 	finish
 fi
 
-if [ -z "${GPU_CHECK_VIT_ONLY:-}" ]; then
+if [ -z "${GPU_CHECK_VIT_ONLY:-}" ] && [ -z "${GPU_CHECK_PARITY_ONLY:-}" ]; then
 step "cuda_ops_check: every backend entry, CUDA vs CPU (rel err <= 1e-4), then conv GFLOP/s"
 timeout 90 test/bin/cuda_ops_check > "$OUT/cuda_ops_check.txt" 2>&1
 rc=$?
@@ -250,8 +252,9 @@ else
 	fail "test/bin/cuda_train_check was not built"
 fi
 
-fi # GPU_CHECK_VIT_ONLY
+fi # GPU_CHECK_VIT_ONLY, GPU_CHECK_PARITY_ONLY
 
+if [ -z "${GPU_CHECK_PARITY_ONLY:-}" ]; then
 step "cuda_train_check: vit_b_16 on the device vs the CPU (224x224 batch 4: the stored grid; 64x64: the resized one)"
 if [ -x test/bin/cuda_train_check ]; then
 	: > "$OUT/cuda_train_check_vit.txt"
@@ -295,6 +298,8 @@ if [ -x test/bin/cuda_train_check ]; then
 	fi
 fi
 
+fi # GPU_CHECK_PARITY_ONLY
+
 step "PyTorch parity of one training step on the device (test/parity_train.py with test/bin/cuda_train_step)"
 if ! timeout 30 python3 -c 'import torch, torchvision' >/dev/null 2>&1; then
 	echo "note: python3 has no torch/torchvision here: skipped"
@@ -313,6 +318,8 @@ else
 		pass "PyTorch parity of a training step on the device ($(tail -n 1 "$OUT/parity_train.txt"))"
 	fi
 fi
+
+[ -z "${GPU_CHECK_PARITY_ONLY:-}" ] || finish
 
 step "PyTorch's own images/s on this device (information only; test/bench_torch_gpu.py)"
 if [ "${GPU_CHECK_TORCH_BENCH:-1}" = 0 ]; then
