@@ -33,7 +33,7 @@ RESET statement_timeout;
 -- NULLs into the functions that are not STRICT
 SELECT medtl.safetensors_info(NULL) IS NULL AS null_info, medtl.safetensors_info(NULL, 'resnet18') IS NULL AS null_info_arch;
 SELECT medtl._train_run(1, 'm', 's', 'image', 'label', NULL, NULL, 1, NULL, 32, 0.001, 'adamw', 0, 0.9, 'cosine',
-       0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, 'none', NULL, 0, 0, 0.1, 'val_auc', NULL, 42, false, 'frozen', NULL, 0, 0);
+       0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, 'none', NULL, 0, 0, 0.1, 'val_auc', NULL, 42, false, 'frozen', NULL, 0, 0, 1);
 SELECT medtl.runtime_info() IS NOT NULL AS runtime_info;
 -- input sizes an architecture cannot take (vit_b_16: multiples of 16, at most 1024)
 SELECT create_model('vit_40', 'vit_b_16', ARRAY['a', 'b'], pretrained => false, input_size => 40);

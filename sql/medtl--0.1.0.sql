@@ -953,10 +953,10 @@ CREATE FUNCTION medtl._train_run(
     flip boolean, rotation float8, brightness float8, contrast float8, crop_scale float8,
     class_weights text, class_weight real[], focal_gamma float8, label_smoothing float8,
     validation float8, keep_best text, patience int, seed bigint, skip_bad_rows boolean,
-    batch_norm text, segmentation_loss text, ema float8, dropout float8)
+    batch_norm text, segmentation_loss text, ema float8, dropout float8, head_lr_scale float8)
 RETURNS jsonb
     AS 'MODULE_PATHNAME', 'medtl_train_run' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text, text, float8, float8)
+COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text, text, float8, float8, float8)
     IS 'One phase of a training run (called by medtl.train and medtl.fine_tune); for a segmentation model label_column is the mask column and segmentation_loss the loss.';
 
 -- Check the training options shared by train() and fine_tune(); raise on nonsense.
@@ -1001,6 +1001,17 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION medtl._check_train_options(int, int, float8, text, text, text, text, float8, text) IS 'Validate training options.';
+
+-- The head's learning-rate multiplier (train's head_lr_scale, fine_tune's for its phase 2).
+CREATE FUNCTION medtl._check_head_lr_scale(head_lr_scale float8) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF head_lr_scale IS NULL OR NOT (head_lr_scale > 0 AND head_lr_scale <= 1000) THEN
+        RAISE EXCEPTION 'head_lr_scale must be above 0 and at most 1000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION medtl._check_head_lr_scale(float8) IS 'Validate the head''s learning-rate multiplier.';
 
 -- Lock the model row for training: it must exist and be the caller's to change.
 CREATE FUNCTION medtl._lock_model_for_training(model text) RETURNS bigint
@@ -1091,7 +1102,8 @@ CREATE FUNCTION medtl.train(
     batch_norm text DEFAULT NULL,
     mask_column text DEFAULT 'mask',
     ema float8 DEFAULT 0,
-    dropout float8 DEFAULT 0)
+    dropout float8 DEFAULT 0,
+    head_lr_scale float8 DEFAULT 1)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -1111,6 +1123,7 @@ DECLARE
 BEGIN
     PERFORM medtl._check_train_options(epochs, batch_size, v_lr, optimizer, schedule,
                                        class_weights, coalesce(loss, 'cross_entropy'), validation, keep_best);
+    PERFORM medtl._check_head_lr_scale(head_lr_scale);
     mid := medtl._lock_model_for_training(model);
     v_bn := coalesce(batch_norm, medtl._default_batch_norm(mid));
     v_loss := medtl._resolve_loss(mid, loss);
@@ -1129,10 +1142,11 @@ BEGIN
         'seed', seed, 'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm,
         'mask_column', CASE WHEN mask_column IS DISTINCT FROM 'mask' THEN mask_column END,
         'ema', CASE WHEN ema IS DISTINCT FROM 0 THEN ema END,
-        'dropout', CASE WHEN dropout IS DISTINCT FROM 0 THEN dropout END));
+        'dropout', CASE WHEN dropout IS DISTINCT FROM 0 THEN dropout END,
+        'head_lr_scale', CASE WHEN head_lr_scale IS DISTINCT FROM 1 THEN head_lr_scale END));
     resolved := given || jsonb_build_object('lr', v_lr, 'weight_decay', v_wd, 'augment', v_aug,
                                             'validation', v_val, 'batch_norm', v_bn, 'loss', v_loss,
-                                            'dropout', v_do,
+                                            'dropout', v_do, 'head_lr_scale', head_lr_scale,
                                             'focal_gamma', CASE WHEN v_loss = 'focal' THEN focal_gamma ELSE 0 END)
                          || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END;
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
@@ -1147,7 +1161,7 @@ BEGIN
         CASE WHEN v_aug THEN crop_scale ELSE 1 END,
         class_weights, class_weight, CASE WHEN v_loss = 'focal' THEN focal_gamma ELSE 0 END,
         label_smoothing, v_val, keep_best, patience, seed, skip_bad_rows, v_bn,
-        CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do);
+        CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do, head_lr_scale);
 
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -1157,7 +1171,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean, text, text, float8, float8)
+COMMENT ON FUNCTION medtl.train(text, text, text, text, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, boolean, float8, float8, float8, float8, text, real[], text, float8, float8, float8, text, text, text, int, bigint, boolean, text, text, float8, float8, float8)
     IS 'Fine-tune a model (a segmentation model on images and masks in mask_column) on the rows of a table or query; per-epoch metrics go to medtl.epochs, the run to medtl.runs, and the trained weights replace the model''s rows when the run completes. Returns the run id.';
 
 CREATE FUNCTION medtl.fine_tune(
@@ -1186,7 +1200,8 @@ CREATE FUNCTION medtl.fine_tune(
     mask_column text DEFAULT 'mask',
     ema float8 DEFAULT 0,
     dropout float8 DEFAULT 0,
-    label_smoothing float8 DEFAULT 0)
+    label_smoothing float8 DEFAULT 0,
+    head_lr_scale float8 DEFAULT 1)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -1210,6 +1225,7 @@ BEGIN
     PERFORM medtl._check_train_options(greatest(epochs, 1), coalesce(batch_size, 32), lr, optimizer,
                                        'cosine', coalesce(class_weights, 'none'), coalesce(loss, 'cross_entropy'),
                                        validation, keep_best);
+    PERFORM medtl._check_head_lr_scale(head_lr_scale);
     mid := medtl._lock_model_for_training(model);
     -- batch size: 32, or 16 for a source of fewer than 1000 rows, so that a
     -- small data set still gets some 30 optimizer steps per epoch (at 32,
@@ -1234,12 +1250,14 @@ BEGIN
         'skip_bad_rows', skip_bad_rows, 'batch_norm', batch_norm,
         'mask_column', CASE WHEN mask_column IS DISTINCT FROM 'mask' THEN mask_column END,
         'ema', ema, 'dropout', dropout,
-        'label_smoothing', CASE WHEN label_smoothing IS DISTINCT FROM 0 THEN label_smoothing END));
+        'label_smoothing', CASE WHEN label_smoothing IS DISTINCT FROM 0 THEN label_smoothing END,
+        'head_lr_scale', CASE WHEN head_lr_scale IS DISTINCT FROM 1 THEN head_lr_scale END));
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
     VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val, 'batch_norm', v_bn,
                                                             'loss', v_loss, 'class_weights', v_cw, 'batch_size', v_bs,
                                                             'ema', coalesce(ema, 0), 'dropout', v_do,
-                                                            'label_smoothing', coalesce(label_smoothing, 0))
+                                                            'label_smoothing', coalesce(label_smoothing, 0),
+                                                            'head_lr_scale', head_lr_scale)
                                 || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END, seed)
     RETURNING run_id INTO rid;
 
@@ -1250,7 +1268,7 @@ BEGIN
             validation_source, 1, head_epochs, v_bs, head_lr, optimizer, v_wd, 0.9, 'cosine',
             0, 5, 0.1, 'backbone', false, 0, 0, 0, 1, v_cw, NULL,
             CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, coalesce(label_smoothing, 0), v_val, keep_best, NULL,
-            seed, skip_bad_rows, v_bn, CASE WHEN v_seg THEN v_loss END, 0, v_do);
+            seed, skip_bad_rows, v_bn, CASE WHEN v_seg THEN v_loss END, 0, v_do, 1);
     END IF;
     -- phase 2: every layer (or those after freeze) at the low learning rate
     IF epochs > 0 THEN
@@ -1261,7 +1279,8 @@ BEGIN
             CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
             CASE WHEN augment THEN 0.8 ELSE 1 END, v_cw, NULL,
             CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, coalesce(label_smoothing, 0), v_val, keep_best, NULL,
-            seed + 1, skip_bad_rows, v_bn, CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do);
+            seed + 1, skip_bad_rows, v_bn, CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do,
+            head_lr_scale);
     END IF;
     UPDATE medtl.runs r SET status = 'completed', finished_at = clock_timestamp(),
            seconds = extract(epoch FROM clock_timestamp() - r.started_at),
@@ -1271,7 +1290,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8, float8)
+COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8, float8, float8)
     IS 'The standard transfer-learning recipe in one call: the new head alone on the frozen backbone, then all layers (or those after freeze) at a low learning rate, with augmentation. Returns the run id.';
 
 ------------------------------------------------------------------------------

@@ -225,6 +225,40 @@ SELECT phase, count(*) AS epochs, bool_and(a.train_loss <> z.train_loss) AS othe
 SELECT fine_tune('ls_a', 'train_xrays', head_epochs => 1, epochs => 0, label_smoothing => 1.5);
 \set VERBOSITY default
 
+-- head_lr_scale => s: the classifier head trains at lr * s, a param group of
+-- its own.  With only the head training, lr 0.002 at scale 2 is the run at
+-- lr 0.004 bit for bit (the same losses and weights); in fine_tune it acts in
+-- phase 2 only: phase 1 (the head alone at head_lr) repeats drop_0's run of
+-- the same seed, phase 2 (every layer after features.14) trains otherwise
+SELECT create_model('hs_a', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+SELECT create_model('hs_b', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+SELECT create_model('hs_c', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+\set VERBOSITY terse
+SELECT train('hs_a', 'train_xrays', epochs => 2, batch_size => 8, lr => 0.004) AS run_hs_a \gset
+SELECT train('hs_b', 'train_xrays', epochs => 2, batch_size => 8, lr => 0.002, head_lr_scale => 2) AS run_hs_b \gset
+SELECT fine_tune('hs_c', 'train_xrays', head_epochs => 2, epochs => 1, batch_size => 8, freeze => 'features.14', head_lr_scale => 10) AS run_hs_c \gset
+\set VERBOSITY default
+SELECT (SELECT resolved->>'head_lr_scale' FROM runs WHERE run_id = :run_hs_a) AS train_default,
+       (SELECT resolved->>'head_lr_scale' FROM runs WHERE run_id = :run_drop_0) AS fine_tune_default,
+       (SELECT params->>'head_lr_scale' FROM runs WHERE run_id = :run_hs_c) AS given;
+SELECT count(*) AS epochs, bool_and(a.train_loss = b.train_loss AND a.val_loss = b.val_loss) AS same_losses
+  FROM epochs a JOIN epochs b USING (phase, epoch) WHERE a.run_id = :run_hs_a AND b.run_id = :run_hs_b;
+SELECT count(*) AS tensors, count(*) FILTER (WHERE a.data = b.data) AS equal,
+       count(*) FILTER (WHERE a.data <> c.data) AS trained
+  FROM weights a JOIN weights b USING (tensor) JOIN weights c USING (tensor)
+ WHERE a.model_id = (SELECT model_id FROM models WHERE name = 'hs_a')
+   AND b.model_id = (SELECT model_id FROM models WHERE name = 'hs_b')
+   AND c.model_id = (SELECT model_id FROM models WHERE name = 'mobilenet_v2_imagenet');
+SELECT phase, count(*) AS epochs, bool_and(a.train_loss = z.train_loss) AS same_training
+  FROM epochs a JOIN epochs z USING (phase, epoch)
+ WHERE a.run_id = :run_hs_c AND z.run_id = :run_drop_0
+ GROUP BY phase ORDER BY phase;
+\set VERBOSITY terse
+SELECT train('hs_a', 'train_xrays', head_lr_scale => 0);
+SELECT fine_tune('hs_a', 'train_xrays', head_lr_scale => 'NaN');
+SELECT fine_tune('hs_a', 'train_xrays', head_lr_scale => 1001);
+\set VERBOSITY default
+
 -- from scratch (no pretrained weights) with the same head init
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';

@@ -2373,6 +2373,7 @@ struct mt_optim
 	float	  **s1;				/* SGD momentum buffer; Adam first moment */
 	float	  **s2;				/* Adam second moment */
 	int64_t    *steps;
+	float	   *lr_scale;		/* per parameter: its rate is lr times this (1: lr) */
 	size_t		bytes;			/* state allocated */
 
 	/*
@@ -2420,6 +2421,7 @@ mt_optim_free(mt_optim *o)
 	mt_free(o->s1);
 	mt_free(o->s2);
 	mt_free(o->steps);
+	mt_free(o->lr_scale);
 	mt_free(o);
 }
 
@@ -2503,8 +2505,11 @@ mt_optim_create(mt_model *m, mt_optim_kind kind, float momentum, float beta1,
 	o->s1 = mt_calloc(m->n_params, sizeof(float *));
 	o->s2 = mt_calloc(m->n_params, sizeof(float *));
 	o->steps = mt_calloc(m->n_params, sizeof(int64_t));
-	if (o->s1 == NULL || o->s2 == NULL || o->steps == NULL)
+	o->lr_scale = mt_calloc(m->n_params, sizeof(float));
+	if (o->s1 == NULL || o->s2 == NULL || o->steps == NULL || o->lr_scale == NULL)
 		goto nomem;
+	for (int i = 0; i < m->n_params; i++)
+		o->lr_scale[i] = 1.0f;
 	for (int i = 0; i < m->n_params; i++)
 		if (param_trains(m, i) && optim_state(o, &m->params[i], i) != MT_OK)
 			goto nomem;
@@ -2613,10 +2618,11 @@ optim_step_device(mt_optim *o, mt_model *m, float lr, mt_err *err)
 			continue;
 		o->steps[i]++;
 		if (o->kind == MT_OPTIM_SGD)
-			be->sgd_update(p->numel, dt->data[i], dt->grad[i], sgd_buf ? o->d1[i] : NULL, lr,
-						   o->momentum, o->weight_decay, o->nesterov, o->steps[i] == 1);
+			be->sgd_update(p->numel, dt->data[i], dt->grad[i], sgd_buf ? o->d1[i] : NULL,
+						   lr * o->lr_scale[i], o->momentum, o->weight_decay, o->nesterov,
+						   o->steps[i] == 1);
 		else
-			be->adam_update(p->numel, dt->data[i], dt->grad[i], o->d1[i], o->d2[i], lr,
+			be->adam_update(p->numel, dt->data[i], dt->grad[i], o->d1[i], o->d2[i], lr * o->lr_scale[i],
 							o->beta1, o->beta2, o->eps, o->weight_decay,
 							o->kind == MT_OPTIM_ADAMW, o->steps[i]);
 	}
@@ -2654,14 +2660,26 @@ mt_optim_step(mt_optim *o, mt_model *m, float lr, mt_err *err)
 			return mt_seterr(err, MT_ERR_NOMEM, "out of memory in optimizer step");
 		o->steps[i]++;
 		if (o->kind == MT_OPTIM_SGD)
-			be->sgd_update(p->numel, p->data, p->grad, o->s1[i], lr, o->momentum,
+			be->sgd_update(p->numel, p->data, p->grad, o->s1[i], lr * o->lr_scale[i], o->momentum,
 						   o->weight_decay, o->nesterov, o->steps[i] == 1);
 		else
-			be->adam_update(p->numel, p->data, p->grad, o->s1[i], o->s2[i], lr,
+			be->adam_update(p->numel, p->data, p->grad, o->s1[i], o->s2[i], lr * o->lr_scale[i],
 							o->beta1, o->beta2, o->eps, o->weight_decay,
 							o->kind == MT_OPTIM_ADAMW, o->steps[i]);
 	}
 	m->prepared = 0;
+	return MT_OK;
+}
+
+/* Parameter i's rate: lr times scale in every later step (torch's param groups). */
+int
+mt_optim_set_lr_scale(mt_optim *o, int i, float scale, mt_err *err)
+{
+	if (i < 0 || i >= o->n_params)
+		return mt_seterr(err, MT_ERR_INVALID, "no parameter %d (the model has %d)", i, o->n_params);
+	if (!(scale >= 0.0f) || !isfinite(scale))
+		return mt_seterr(err, MT_ERR_INVALID, "learning-rate scale must be 0 or more, not %g", scale);
+	o->lr_scale[i] = scale;
 	return MT_OK;
 }
 

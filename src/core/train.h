@@ -269,6 +269,13 @@ mt_optim   *mt_optim_create(mt_model *m, mt_optim_kind kind, float momentum,
  * skips grad None).  Sets m->prepared = 0.
  */
 int			mt_optim_step(mt_optim *o, mt_model *m, float lr, mt_err *err);
+/*
+ * Parameter i (an index into m->params) updates at lr * scale from the next
+ * step on, as a torch.optim param group with its own lr would (scale 1,
+ * the default, is lr itself, bit for bit).  MT_ERR_INVALID for an index out
+ * of range or a scale that is negative or not finite.
+ */
+int			mt_optim_set_lr_scale(mt_optim *o, int i, float scale, mt_err *err);
 /* Steps taken (of the parameter updated most often). */
 int64_t		mt_optim_steps(const mt_optim *o);
 /* Bytes of optimizer state. */

@@ -66,6 +66,7 @@ typedef struct TrainArgs
 	bool		bn_frozen;		/* batch norm keeps its statistics and affine */
 	double		ema;			/* decay of the weights' moving average; 0: none */
 	double		dropout;		/* on the classifier head's input; 0: none */
+	double		head_lr_scale;	/* the head's rate is lr times this */
 	/* segmentation: label_col is the mask column; loss weights */
 	bool		seg;
 	float		ce_weight,
@@ -797,10 +798,10 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	OptimHolder *optim_holder;
 
 	/* a library newer or older than the installed SQL objects must not read past the arguments */
-	if (PG_NARGS() != 37)
+	if (PG_NARGS() != 38)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 37",
+				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 38",
 						PG_NARGS()),
 				 errhint("The installed SQL objects do not match the medtl library; update the extension (ALTER EXTENSION medtl UPDATE, or drop and re-create it).")));
 	for (int i = 0; i < PG_NARGS(); i++)
@@ -867,6 +868,11 @@ medtl_train_run(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("dropout must be at least 0 and below 1")));
+	a.head_lr_scale = PG_GETARG_FLOAT8(37);
+	if (!(a.head_lr_scale > 0 && a.head_lr_scale <= 1000))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("head_lr_scale must be above 0 and at most 1000")));
 	{
 		char	   *bn = text_arg(fcinfo, 33);
 
@@ -979,6 +985,20 @@ medtl_train_run(PG_FUNCTION_ARGS)
 						  (float) a.weight_decay, 0, &err);
 	if (opt == NULL)
 		medtl_raise(&err, "optimizer");
+	/* the classifier head at lr * head_lr_scale (a param group of its own) */
+	if (a.head_lr_scale != 1.0)
+	{
+		mt_param   *hw,
+				   *hb;
+
+		head_params(mm->net, &hw, &hb);
+		if (mt_optim_set_lr_scale(opt, (int) (hw - mm->net->params), (float) a.head_lr_scale, &err) != MT_OK ||
+			mt_optim_set_lr_scale(opt, (int) (hb - mm->net->params), (float) a.head_lr_scale, &err) != MT_OK)
+		{
+			mt_optim_free(opt);
+			medtl_raise(&err, "optimizer");
+		}
+	}
 	{
 		MemoryContextCallback *cb = palloc0(sizeof(MemoryContextCallback));
 

@@ -37,7 +37,8 @@
  *                    [--archs a,b,..] [--settings 0123] [--no-bench] [--seconds T]
  *   settings: 0 SGD full fine-tune, 1 AdamW full, 2 SGD frozen backbone,
  *   3 AdamW frozen backbone (0-3 with the sigmoid for ReLU, bound 1e-4;
- *   the AdamW ones with head dropout 0.2, both sides drawing the same masks),
+ *   the AdamW ones with head dropout 0.2, both sides drawing the same masks,
+ *   and the classifier head at 10x the rate, mt_optim_set_lr_scale),
  *   then for every arch a step repeated on the device (bit for bit) and the
  *   weights' moving average kept there against the CPU's (ema_check),
  *   4 SGD full fine-tune of the model as built (bound 1e-1), 5 SGD full
@@ -457,6 +458,29 @@ out:
 }
 
 /*
+ * The AdamW settings train the classifier head at 10x the rate (a
+ * parameter group of its own, fine_tune's head_lr_scale), so the device's
+ * per-parameter rate is compared too.  Returns 0 when the model has no
+ * head by that name (the U-Nets).
+ */
+static int
+scale_head(mt_model *m, mt_optim *o, mt_err *err)
+{
+	const char *w = mt_zoo_head_weight(m->arch);
+	char		b[MT_NAME_MAX];
+	int			wi,
+				bi;
+
+	if (w == NULL || strlen(w) < strlen("weight"))
+		return 0;
+	snprintf(b, sizeof(b), "%.*sbias", (int) (strlen(w) - strlen("weight")), w);
+	if ((wi = mt_model_find_param(m, w)) < 0 || (bi = mt_model_find_param(m, b)) < 0)
+		return 0;
+	return mt_optim_set_lr_scale(o, wi, 10.0f, err) == MT_OK &&
+		mt_optim_set_lr_scale(o, bi, 10.0f, err) == MT_OK;
+}
+
+/*
  * Adam's update divides each gradient by its own size plus eps, so an
  * updated parameter can move further from the CPU's, relative to the
  * parameter's own size, than its gradient did (on the H200, ViT-B/16's
@@ -484,6 +508,7 @@ update_from_device_grads(const char *arch, int frozen, int smooth, const batch *
 		mt_model_freeze(mx, frozen ? "backbone" : "none", &err) != MT_OK ||
 		(ox = make_optim(mx, 1, &err)) == NULL)
 		goto out;
+	scale_head(mx, ox, &err);
 	if (smooth)
 		smooth_acts(mx);
 	/* a CPU forward and backward pass, only to give mx its gradient buffers */
@@ -546,7 +571,7 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 	int			dstep;
 
 	snprintf(label, sizeof(label), "%s %s%s %s (%dx%d batch %d%s%s)", arch, adamw ? "AdamW" : "SGD",
-			 adamw ? " head dropout 0.2" : "",
+			 adamw ? " head dropout 0.2, head at 10x lr" : "",
 			 frozen ? "frozen backbone" : "full fine-tune", b->size, b->size, b->n,
 			 smooth ? ", sigmoid for ReLU" : ", as built, bound 1e-1",
 			 bf16 ? ", bf16 on the device" : "");
@@ -567,6 +592,8 @@ compare_step(const char *arch, int adamw, int frozen, const batch *b, int lifecy
 	}
 	if (adamw)
 	{
+		scale_head(mc, oc, &err);
+		scale_head(md, od, &err);
 		/* the masks are drawn on the host: both sides get the same ones */
 		mc->head_dropout = md->head_dropout = 0.2f;
 		mt_rng_seed(&mc->dropout_rng, 5, 2);
