@@ -250,9 +250,10 @@ decode_image(bytea *image, int out_w, int out_h, const float *mean, const float 
 }
 
 void
-medtl_decode_image(bytea *image, int out_w, int out_h, struct mt_image *out)
+medtl_decode_image(bytea *image, int out_w, int out_h, const float mean[3], const float std[3],
+				   struct mt_image *out)
 {
-	decode_image(image, out_w, out_h, NULL, NULL, out);
+	decode_image(image, out_w, out_h, mean, std, out);
 }
 
 float *

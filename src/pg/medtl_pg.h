@@ -46,10 +46,14 @@ const char *medtl_device_in_use(void);
 /*
  * Decode an image (under medtl.max_image_pixels) and, when out_w > 0,
  * resize it to out_w x out_h as PIL does (8-bit sources as PIL resizes
- * 8-bit images); raises on corrupt or oversized images.
+ * 8-bit images); then, when mean is not NULL, normalise it by (v - mean) /
+ * std per channel, the values of mt_image_normalize, in the same pass as
+ * the conversion to floats where no resize is needed
+ * (mt_image_decode_normalized).  Raises on corrupt or oversized images.
  */
 struct mt_image;
-void		medtl_decode_image(bytea *image, int out_w, int out_h, struct mt_image *out);
+void		medtl_decode_image(bytea *image, int out_w, int out_h, const float mean[3],
+							   const float std[3], struct mt_image *out);
 /* Decode, resize to size x size and normalise an image into NHWC floats. */
 float	   *medtl_image_tensor(bytea *image, int size, const float mean[3],
 							   const float std[3]);

@@ -282,13 +282,15 @@ sliding_window(MedtlModel *mm, bytea *image, int w, int h, const SegOptions *so,
 		sh = (int) dh;
 	}
 	medtl_engine_enter();
-	medtl_decode_image(image, sw == w && sh == h ? 0 : sw, sh, &img);
+	medtl_decode_image(image, sw == w && sh == h ? 0 : sw, sh, mm->mean, mm->std, &img);
 	if (img.width != sw || img.height != sh)
+	{
+		mt_image_free(&img);
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("the image decodes to %dx%d but its header says %dx%d",
 						img.width, img.height, w, h)));
-	mt_image_normalize(&img, mm->mean, mm->std);
+	}
 
 	memset(&o, 0, sizeof(o));
 	o.tile = mm->input_size;
