@@ -131,10 +131,24 @@ logits_per(const mt_model *m, int size)
 }
 
 /* One step; the loss into *loss.  Prints the failure and returns 0 on one. */
+/* The loss of batch b for m: cross-entropy, or a U-Net's CE + Dice on its masks. */
+static mt_loss_spec
+batch_loss(const mt_model *m, const batch *b)
+{
+	mt_loss_spec spec = {0};
+
+	spec.seg = is_unet(m->arch);
+	spec.n = b->n;
+	spec.labels = b->labels;
+	spec.masks = b->masks;
+	spec.ce_weight = spec.dice_weight = 1.0f;
+	return spec;
+}
+
 static int
 step(mt_model *m, mt_optim *o, const batch *b, float lr, float *loss, const char *what)
 {
-	mt_loss_spec spec = {0};
+	mt_loss_spec spec = batch_loss(m, b);
 	mt_err		err;
 	int			rc;
 
@@ -142,11 +156,6 @@ step(mt_model *m, mt_optim *o, const batch *b, float lr, float *loss, const char
 	mt_model_zero_grad(m);
 	/* the loss runs where the model trains (on the device: the backend's loss entries) */
 	rc = mt_model_forward_train(m, b->x, b->n, b->size, b->size, NULL, NULL, &err);
-	spec.seg = is_unet(m->arch);
-	spec.n = b->n;
-	spec.labels = b->labels;
-	spec.masks = b->masks;
-	spec.ce_weight = spec.dice_weight = 1.0f;
 	if (rc == MT_OK)
 		rc = mt_model_loss_backward(m, &spec, loss, &err);
 	if (rc == MT_OK)
@@ -458,26 +467,20 @@ out:
 }
 
 /*
- * The AdamW settings train the classifier head at 10x the rate (a
- * parameter group of its own, fine_tune's head_lr_scale), so the device's
- * per-parameter rate is compared too.  Returns 0 when the model has no
- * head by that name (the U-Nets).
+ * The AdamW settings train the head (the logits node's weight and bias, as
+ * mt_model_freeze's "backbone" finds it; a U-Net's segmentation head) at
+ * 10x the rate (a parameter group of its own, fine_tune's head_lr_scale),
+ * so the device's per-parameter rate is compared too.
  */
-static int
+static void
 scale_head(mt_model *m, mt_optim *o, mt_err *err)
 {
-	const char *w = mt_zoo_head_weight(m->arch);
-	char		b[MT_NAME_MAX];
-	int			wi,
-				bi;
+	const mt_node *h = m->logits_node >= 0 ? &m->nodes[m->logits_node] : NULL;
 
-	if (w == NULL || strlen(w) < strlen("weight"))
-		return 0;
-	snprintf(b, sizeof(b), "%.*sbias", (int) (strlen(w) - strlen("weight")), w);
-	if ((wi = mt_model_find_param(m, w)) < 0 || (bi = mt_model_find_param(m, b)) < 0)
-		return 0;
-	return mt_optim_set_lr_scale(o, wi, 10.0f, err) == MT_OK &&
-		mt_optim_set_lr_scale(o, bi, 10.0f, err) == MT_OK;
+	if (h != NULL && h->p_weight >= 0)
+		mt_optim_set_lr_scale(o, h->p_weight, 10.0f, err);
+	if (h != NULL && h->p_bias >= 0)
+		mt_optim_set_lr_scale(o, h->p_bias, 10.0f, err);
 }
 
 /*
@@ -499,7 +502,7 @@ update_from_device_grads(const char *arch, int frozen, int smooth, const batch *
 	mt_err		err;
 	mt_model   *mx = NULL;
 	mt_optim   *ox = NULL;
-	mt_loss_spec spec = {0};
+	mt_loss_spec spec;
 	float		loss;
 	double		worst = INFINITY;
 
@@ -512,11 +515,7 @@ update_from_device_grads(const char *arch, int frozen, int smooth, const batch *
 	if (smooth)
 		smooth_acts(mx);
 	/* a CPU forward and backward pass, only to give mx its gradient buffers */
-	spec.seg = is_unet(mx->arch);
-	spec.n = b->n;
-	spec.labels = b->labels;
-	spec.masks = b->masks;
-	spec.ce_weight = spec.dice_weight = 1.0f;
+	spec = batch_loss(mx, b);
 	mt_model_zero_grad(mx);
 	if (mt_model_forward_train(mx, b->x, b->n, b->size, b->size, NULL, NULL, &err) != MT_OK ||
 		mt_model_loss_backward(mx, &spec, &loss, &err) != MT_OK)
