@@ -1013,6 +1013,17 @@ END
 $$;
 COMMENT ON FUNCTION medtl._check_head_lr_scale(float8) IS 'Validate the head''s learning-rate multiplier.';
 
+CREATE FUNCTION medtl._check_warmup(warmup_epochs int, epochs int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF warmup_epochs IS NULL OR warmup_epochs < 0 OR warmup_epochs > greatest(epochs, 0) THEN
+        RAISE EXCEPTION 'warmup_epochs must be between 0 and epochs (%), got %', epochs, coalesce(warmup_epochs::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION medtl._check_warmup(int, int) IS 'Validate a linear learning-rate warm-up length against the epochs.';
+
 -- Lock the model row for training: it must exist and be the caller's to change.
 CREATE FUNCTION medtl._lock_model_for_training(model text) RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -1124,6 +1135,7 @@ BEGIN
     PERFORM medtl._check_train_options(epochs, batch_size, v_lr, optimizer, schedule,
                                        class_weights, coalesce(loss, 'cross_entropy'), validation, keep_best);
     PERFORM medtl._check_head_lr_scale(head_lr_scale);
+    PERFORM medtl._check_warmup(warmup_epochs, epochs);
     mid := medtl._lock_model_for_training(model);
     v_bn := coalesce(batch_norm, medtl._default_batch_norm(mid));
     v_loss := medtl._resolve_loss(mid, loss);
@@ -1201,7 +1213,8 @@ CREATE FUNCTION medtl.fine_tune(
     ema float8 DEFAULT 0,
     dropout float8 DEFAULT 0,
     label_smoothing float8 DEFAULT 0,
-    head_lr_scale float8 DEFAULT 1)
+    head_lr_scale float8 DEFAULT 1,
+    warmup_epochs int DEFAULT 0)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -1226,6 +1239,7 @@ BEGIN
                                        'cosine', coalesce(class_weights, 'none'), coalesce(loss, 'cross_entropy'),
                                        validation, keep_best);
     PERFORM medtl._check_head_lr_scale(head_lr_scale);
+    PERFORM medtl._check_warmup(warmup_epochs, epochs);
     mid := medtl._lock_model_for_training(model);
     -- batch size: 32, or 16 for a source of fewer than 1000 rows, so that a
     -- small data set still gets some 30 optimizer steps per epoch (at 32,
@@ -1251,13 +1265,15 @@ BEGIN
         'mask_column', CASE WHEN mask_column IS DISTINCT FROM 'mask' THEN mask_column END,
         'ema', ema, 'dropout', dropout,
         'label_smoothing', CASE WHEN label_smoothing IS DISTINCT FROM 0 THEN label_smoothing END,
-        'head_lr_scale', CASE WHEN head_lr_scale IS DISTINCT FROM 1 THEN head_lr_scale END));
+        'head_lr_scale', CASE WHEN head_lr_scale IS DISTINCT FROM 1 THEN head_lr_scale END,
+        'warmup_epochs', CASE WHEN warmup_epochs IS DISTINCT FROM 0 THEN warmup_epochs END));
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
     VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val, 'batch_norm', v_bn,
                                                             'loss', v_loss, 'class_weights', v_cw, 'batch_size', v_bs,
                                                             'ema', coalesce(ema, 0), 'dropout', v_do,
                                                             'label_smoothing', coalesce(label_smoothing, 0),
-                                                            'head_lr_scale', head_lr_scale)
+                                                            'head_lr_scale', head_lr_scale,
+                                                            'warmup_epochs', warmup_epochs)
                                 || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END, seed)
     RETURNING run_id INTO rid;
 
@@ -1275,7 +1291,7 @@ BEGIN
         s2 := medtl._train_run(rid, model, source, image_column,
             CASE WHEN v_seg THEN mask_column ELSE label_column END, group_column,
             validation_source, 2, epochs, v_bs, lr, optimizer, v_wd, 0.9, 'cosine',
-            0, 5, 0.1, fine_tune.freeze, augment, CASE WHEN augment THEN 10 ELSE 0 END,
+            fine_tune.warmup_epochs, 5, 0.1, fine_tune.freeze, augment, CASE WHEN augment THEN 10 ELSE 0 END,
             CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
             CASE WHEN augment THEN 0.8 ELSE 1 END, v_cw, NULL,
             CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, coalesce(label_smoothing, 0), v_val, keep_best, NULL,
@@ -1290,7 +1306,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8, float8, float8)
+COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8, float8, float8, int)
     IS 'The standard transfer-learning recipe in one call: the new head alone on the frozen backbone, then all layers (or those after freeze) at a low learning rate, with augmentation. Returns the run id.';
 
 ------------------------------------------------------------------------------

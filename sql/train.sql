@@ -259,6 +259,32 @@ SELECT fine_tune('hs_a', 'train_xrays', head_lr_scale => 'NaN');
 SELECT fine_tune('hs_a', 'train_xrays', head_lr_scale => 1001);
 \set VERBOSITY default
 
+-- warmup_epochs => w: the rate rises linearly over the first w epochs, step
+-- by step (from lr/64 to just under lr), then follows the cosine over the
+-- rest; in fine_tune it acts in phase 2 only (phase 1 repeats drop_0's run)
+SELECT create_model('wu_a', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+\set VERBOSITY terse
+SELECT fine_tune('wu_a', 'train_xrays', head_epochs => 2, epochs => 2, batch_size => 8, freeze => 'features.14', warmup_epochs => 1) AS run_wu_a \gset
+\set VERBOSITY default
+SELECT (SELECT resolved->>'warmup_epochs' FROM runs WHERE run_id = :run_drop_0) AS fine_tune_default,
+       (SELECT params->>'warmup_epochs' FROM runs WHERE run_id = :run_wu_a) AS given;
+SELECT bool_and(a.train_loss = z.train_loss) AS phase1_same
+  FROM epochs a JOIN epochs z USING (phase, epoch)
+ WHERE a.run_id = :run_wu_a AND z.run_id = :run_drop_0 AND phase = 1;
+-- the last step's rate of each epoch: with n steps an epoch, 1e-4 * ((n-1)/n + 1/64)
+-- at the end of the warm-up, then the cosine's 1e-4 * (1 + cos(pi (n-1)/n)) / 2
+SELECT e.epoch, round((e.lr / 1e-4)::numeric, 9) AS lr_over_base,
+       round((CASE WHEN e.epoch = 1 THEN (n - 1.0) / n + 1.0 / 64
+                   ELSE (1 + cos(pi() * (n - 1.0) / n)) / 2 END)::numeric, 9) AS expected
+  FROM epochs e,
+       LATERAL (SELECT ceil((r.resolved->'phases'->1->>'n_train')::numeric / 8)::int AS n FROM runs r WHERE r.run_id = e.run_id) s
+ WHERE e.run_id = :run_wu_a AND e.phase = 2 ORDER BY e.epoch;
+\set VERBOSITY terse
+SELECT fine_tune('wu_a', 'train_xrays', epochs => 5, warmup_epochs => 6);
+SELECT train('wu_a', 'train_xrays', epochs => 2, warmup_epochs => -1);
+SELECT train('wu_a', 'train_xrays', warmup_epochs => NULL);
+\set VERBOSITY default
+
 -- from scratch (no pretrained weights) with the same head init
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';
