@@ -118,6 +118,29 @@ SELECT count(*) AS logits, max(abs(a - g)) < 1e-3 AS agree
   FROM (SELECT unnest(l.lg) AS a, unnest(logits('mobilenet_v2_imagenet', s.image)) AS g
           FROM samples s JOIN lg_auto l USING (name)) x;
 RESET medtl.conv_kernels;
+-- medtl.conv_kernels = winograd (opt-in): batches of two or more run the dense
+-- 3x3 stride-1 convolutions through oneDNN's Winograd kernel (where oneDNN
+-- has one: AVX-512); a ResNet-18 scores a batch within a few 1e-4 of the
+-- direct kernels (test_engine checks each convolution, and batch 1)
+SELECT create_model('wino_r18', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false,
+                    input_size => 64) > 0 AS created;
+CREATE TEMP TABLE wino_direct AS
+SELECT ord, probabilities FROM predict_batch('wino_r18', ARRAY(SELECT image FROM samples ORDER BY name), 4);
+SELECT (runtime_info()->>'winograd_convolutions')::bigint AS wino_before \gset
+SET medtl.conv_kernels = winograd;
+SELECT runtime_info()->>'conv_kernels_setting' AS setting;
+SELECT count(*) AS probabilities, max(abs(d.p - w.p)) < 1e-3 AS close,
+       bool_or(d.p <> w.p) OR runtime_info()->>'cpu_features' !~ 'avx512f'
+           OR runtime_info()->>'conv_kernels' !~ '^oneDNN [0-9]' AS winograd_in_effect,
+       (runtime_info()->>'winograd_convolutions')::bigint > :wino_before
+           OR runtime_info()->>'cpu_features' !~ 'avx512f'
+           OR runtime_info()->>'conv_kernels' !~ '^oneDNN [0-9]' AS counted
+  FROM (SELECT ord, k, p FROM wino_direct, unnest(probabilities) WITH ORDINALITY u(p, k)) d
+  JOIN (SELECT ord, k, p
+          FROM predict_batch('wino_r18', ARRAY(SELECT image FROM samples ORDER BY name), 4) b,
+               unnest(b.probabilities) WITH ORDINALITY u(p, k)) w USING (ord, k);
+RESET medtl.conv_kernels;
+SELECT drop_model('wino_r18');
 SET medtl.conv_kernels = direct;
 -- bfloat16 convolutions (medtl.precision = bf16): the same top-1 label for
 -- every sample and logits within bf16's rounding of the float32 ones (where

@@ -16,6 +16,9 @@ the same run, same thread count:
               generated 224x224 PNGs (decode + forward per row; batch 1),
               and `medtl.predict_batch(..., batch_size => 16)` over the same
               images (batch 16); the model cache is warmed first
+  winograd    at batch 16, engine and SQL again with medtl.conv_kernels =
+              winograd (MEDTL_CONV_KERNELS for the engine): the opt-in
+              Winograd kernels for dense 3x3 stride-1 convolutions
   PyTorch     the same model, eval + no_grad: eager and TorchScript
               (jit.trace + freeze) with channels_last, on pre-made tensors,
               batch 1 and 16; the best of them is "PyTorch best"
@@ -132,9 +135,12 @@ def machine_name():
 CONV_GFLOP = {}     # arch -> GFLOP of its convolutions per 224x224 image
 
 
-def engine_rate(arch, batch, threads, seconds):
+def engine_rate(arch, batch, threads, seconds, kernels=None):
+    env = dict(os.environ)
+    if kernels:
+        env["MEDTL_CONV_KERNELS"] = kernels
     out = subprocess.run([ENGINE, arch, str(batch), str(threads), str(seconds)],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, env=env).stdout
     m = re.search(r": ([0-9.]+) images/s \(mean\)", out)
     if not m:
         raise RuntimeError("unexpected bench_engine output: %r" % out)
@@ -289,14 +295,15 @@ def main():
     for arch in [a for a in args.archs.split(",") if a]:
         model = import_random(arch)
 
-        def sql_rate(batch):
+        def sql_rate(batch, kernels=None):
             if batch == 1:
                 q = "SELECT count(medtl.predict(%s, image)) FROM imgs;\n" % sql_lit(arch)
             else:
                 q = ("SELECT count(*) FROM medtl.predict_batch(%s, ARRAY(SELECT image FROM imgs ORDER BY id), %d);\n"
                      % (sql_lit(arch), batch))
             warm = "SELECT count(medtl.predict(%s, image)) FROM (SELECT image FROM imgs LIMIT 2) w;\n" % sql_lit(arch)
-            out = psql(setup + warm + q, timing=True)
+            kset = "SET medtl.conv_kernels = %s;\n" % kernels if kernels else ""
+            out = psql(setup + kset + warm + q, timing=True)
             times = [float(m.group(1)) / 1000.0 for m in (re.match(r"Time: ([0-9.]+) ms", l) for l in out) if m]
             return args.images / times[-1]
 
@@ -323,6 +330,11 @@ def main():
         for bs in (1, 16):
             variants.append(("medtl engine", bs, lambda bs=bs: engine_rate(arch, bs, args.threads, args.seconds)))
             variants.append(("medtl SQL", bs, lambda bs=bs: sql_rate(bs)))
+            if bs > 1:
+                # the opt-in Winograd kernels (medtl.conv_kernels = winograd)
+                variants.append(("medtl engine, winograd", bs,
+                                 lambda bs=bs: engine_rate(arch, bs, args.threads, args.seconds, "winograd")))
+                variants.append(("medtl SQL, winograd", bs, lambda bs=bs: sql_rate(bs, "winograd")))
             variants.append(("PyTorch eager channels_last", bs, torch_rate(cl, bs)))
             variants.append(("PyTorch TorchScript channels_last", bs, torch_rate(traced, bs)))
         best = {}

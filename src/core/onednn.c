@@ -72,6 +72,7 @@ static int	want_threads = 0;	/* 0: the library's default */
 static int	set_threads = -1;	/* last count given to OpenMP */
 static int	mode = -1;			/* -1: not set, MEDTL_CONV_KERNELS decides */
 static unsigned long conv_count = 0;
+static unsigned long wino_count = 0;
 
 #define CACHE_SHAPES 4
 
@@ -96,6 +97,19 @@ typedef struct conv_entry
 	float	   *wbuf;			/* weights in the kernel's layout; NULL: packed as is */
 	int			own_wbuf;		/* wbuf is this entry's (else the cache's master) */
 	size_t		wbuf_bytes;		/* of an own wbuf */
+	/*
+	 * Winograd entries: the kernel reads and writes nChw16c, so the
+	 * caller's NHWC input is reordered into the SCR_WINO_SRC scratch
+	 * (src above) and the output back from SCR_WINO_DST (dst above)
+	 */
+	int			wino,
+				want_wino;		/* made wanting Winograd (wino: and got it) */
+	dnnl_primitive_t to_blk,
+				from_blk;
+	dnnl_memory_t user_src,
+				user_dst;
+	size_t		blk_src_bytes,
+				blk_dst_bytes;
 } conv_entry;
 
 /*
@@ -195,7 +209,8 @@ mt_onednn_mode(void)
 	{
 		const char *env = getenv("MEDTL_CONV_KERNELS");
 
-		mode = env != NULL && strcmp(env, "gemm") == 0 ? MT_CONV_GEMM : MT_CONV_AUTO;
+		mode = env != NULL && strcmp(env, "gemm") == 0 ? MT_CONV_GEMM :
+			env != NULL && strcmp(env, "winograd") == 0 ? MT_CONV_WINOGRAD : MT_CONV_AUTO;
 	}
 	return (mt_conv_kernels) mode;
 }
@@ -203,7 +218,7 @@ mt_onednn_mode(void)
 int
 mt_onednn_enabled(void)
 {
-	return mt_onednn_mode() == MT_CONV_AUTO && load();
+	return mt_onednn_mode() != MT_CONV_GEMM && load();
 }
 
 const char *
@@ -227,6 +242,12 @@ mt_onednn_conv_count(void)
 	return conv_count;
 }
 
+unsigned long
+mt_onednn_wino_count(void)
+{
+	return wino_count;
+}
+
 static void
 entry_free(conv_entry *e)
 {
@@ -246,6 +267,14 @@ entry_free(conv_entry *e)
 		p_dnnl_memory_destroy(e->cvt_from);
 	if (e->cvt_to)
 		p_dnnl_memory_destroy(e->cvt_to);
+	if (e->to_blk)
+		p_dnnl_primitive_destroy(e->to_blk);
+	if (e->from_blk)
+		p_dnnl_primitive_destroy(e->from_blk);
+	if (e->user_src)
+		p_dnnl_memory_destroy(e->user_src);
+	if (e->user_dst)
+		p_dnnl_memory_destroy(e->user_dst);
 	if (e->own_wbuf)
 		free(e->wbuf);
 	memset(e, 0, sizeof(*e));
@@ -528,6 +557,8 @@ enum
 	SCR_DW_PLAIN,
 	SCR_BF16,
 	SCR_BF16_DY,
+	SCR_WINO_SRC,
+	SCR_WINO_DST,
 	N_SCR
 };
 static float *scratch[N_SCR];
@@ -710,6 +741,143 @@ out:
 	return rc;
 }
 
+/*
+ * Whether scoring runs d on a batch of n through the Winograd kernel
+ * (MT_CONV_WINOGRAD): a dense 3x3 convolution, stride 1, no dilation,
+ * channels in whole blocks of 16, float32, more than one image (at batch
+ * 1 the reorders around it cost more than it saves, and a one-row
+ * scoring backend keeps the direct kernel's smaller weights).
+ */
+static int
+wants_wino(const mt_conv_cache *c, const mt_conv_desc *d, int n)
+{
+	return mt_onednn_mode() == MT_CONV_WINOGRAD && !c->bf16 && n >= 2 &&
+		d->groups == 1 && d->kh == 3 && d->kw == 3 && d->sh == 1 && d->sw == 1 &&
+		d->dh == 1 && d->dw == 1 && d->cin % 16 == 0 && d->cout % 16 == 0;
+}
+
+/*
+ * entry_make for the Winograd kernel: nChw16c in and out, with reorders
+ * from and to the caller's NHWC, and the weights transformed once into
+ * the entry's own buffer (from the packed weights, or from the cache's
+ * master copy through the plain layout when they were released).
+ * MT_ERR_UNSUPPORTED when oneDNN has no Winograd kernel for it (the
+ * caller then makes a direct entry).
+ */
+static int
+entry_make_wino(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h, int w,
+				const float *packed_w, int with_bias, mt_err *err)
+{
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	dnnl_memory_desc_t src_md,
+				dst_md,
+				blk_src_md,
+				blk_dst_md,
+				bias_md,
+				plain_w,
+				any_w;
+	dnnl_convolution_desc_t cd;
+	dnnl_primitive_attr_t attr = NULL;
+	dnnl_primitive_desc_t pd = NULL,
+				rpd = NULL;
+	const dnnl_memory_desc_t *want_w;
+	dnnl_status_t st;
+	int			rc = MT_OK;
+
+	memset(e, 0, sizeof(*e));
+	{
+		dnnl_dims_t sd = {n, d->cin, h, w};
+		dnnl_dims_t dd = {n, d->cout, oh, ow};
+		dnnl_dims_t bd = {d->cout};
+		dnnl_dims_t strides = {d->sh, d->sw};
+		dnnl_dims_t dil = {0, 0};
+		dnnl_dims_t pl = {d->pad_t, d->pad_l};
+		dnnl_dims_t pr = {d->pad_b, d->pad_r};
+
+		if ((st = p_dnnl_memory_desc_init_by_tag(&src_md, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+			(st = p_dnnl_memory_desc_init_by_tag(&dst_md, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+			(st = p_dnnl_memory_desc_init_by_tag(&blk_src_md, 4, sd, dnnl_f32, dnnl_nChw16c)) != dnnl_success ||
+			(st = p_dnnl_memory_desc_init_by_tag(&blk_dst_md, 4, dd, dnnl_f32, dnnl_nChw16c)) != dnnl_success ||
+			(st = p_dnnl_memory_desc_init_by_tag(&bias_md, 1, bd, dnnl_f32, dnnl_x)) != dnnl_success ||
+			(st = weights_md(d, &plain_w)) != dnnl_success ||
+			(st = p_dnnl_memory_desc_init_by_tag(&any_w, 4, plain_w.dims, dnnl_f32,
+												 dnnl_format_tag_any)) != dnnl_success)
+			return fail(err, "describe a convolution", st);
+		if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
+														 dnnl_convolution_winograd, &blk_src_md, &any_w,
+														 with_bias ? &bias_md : NULL, &blk_dst_md,
+														 strides, dil, pl, pr) != dnnl_success)
+			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot describe this Winograd convolution");
+	}
+	if ((st = post_ops_attr(d->act, &attr)) != dnnl_success)
+	{
+		if (attr)
+			p_dnnl_primitive_attr_destroy(attr);
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot fuse this activation");
+	}
+	st = pd_create(&pd, &cd, attr, NULL);
+	p_dnnl_primitive_attr_destroy(attr);
+	if (st != dnnl_success)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no Winograd kernel for this convolution");
+	want_w = p_dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+	e->wino = 1;
+	e->blk_src_bytes = p_dnnl_memory_desc_get_size(&blk_src_md);
+	e->blk_dst_bytes = p_dnnl_memory_desc_get_size(&blk_dst_md);
+	if ((st = p_dnnl_primitive_create(&e->conv, pd)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&e->src, &blk_src_md, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&e->dst, &blk_dst_md, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&e->user_src, &src_md, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&e->user_dst, &dst_md, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&e->wei, want_w, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+		(with_bias &&
+		 (st = p_dnnl_memory_create(&e->bias, &bias_md, engine, DNNL_MEMORY_NONE)) != dnnl_success))
+	{
+		rc = fail(err, "create a Winograd convolution", st);
+		goto out;
+	}
+	if ((st = rpd_create(&rpd, &src_md, &blk_src_md)) != dnnl_success ||
+		(st = p_dnnl_primitive_create(&e->to_blk, rpd)) != dnnl_success)
+	{
+		rc = fail(err, "reorder a convolution's input", st);
+		goto out;
+	}
+	p_dnnl_primitive_desc_destroy(rpd);
+	rpd = NULL;
+	if ((st = rpd_create(&rpd, &blk_dst_md, &dst_md)) != dnnl_success ||
+		(st = p_dnnl_primitive_create(&e->from_blk, rpd)) != dnnl_success)
+	{
+		rc = fail(err, "reorder a convolution's output", st);
+		goto out;
+	}
+	e->used = 1;
+	e->n = n;
+	e->h = h;
+	e->w = w;
+	e->own_wbuf = 1;
+	if (packed_w != NULL)
+		rc = reorder_new(&plain_w, packed_w, want_w, &e->wbuf, &e->wbuf_bytes, err);
+	else if (c->master != NULL)
+	{
+		/* released: back to the plain layout from the master, then transformed */
+		float	   *tmp = NULL;
+		size_t		tmp_bytes = 0;
+
+		if ((rc = reorder_new(&c->master_md, c->master, &plain_w, &tmp, &tmp_bytes, err)) == MT_OK)
+			rc = reorder_new(&plain_w, tmp, want_w, &e->wbuf, &e->wbuf_bytes, err);
+		free(tmp);
+	}
+	else
+		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "convolution weights were released");
+out:
+	if (rpd)
+		p_dnnl_primitive_desc_destroy(rpd);
+	p_dnnl_primitive_desc_destroy(pd);
+	if (rc != MT_OK)
+		entry_free(e);
+	return rc;
+}
+
 static int
 entry_run(conv_entry *e, const float *x, const float *packed_w, const float *bias,
 		  float *y, mt_err *err)
@@ -733,6 +901,24 @@ entry_run(conv_entry *e, const float *x, const float *packed_w, const float *bia
 			return fail(err, "convert to bfloat16", st);
 		x = xb;
 	}
+	if (e->wino)
+	{
+		/* the input in nChw16c, through the module's scratch; y written after */
+		float	   *bx = scratch_get(SCR_WINO_SRC, e->blk_src_bytes),
+				   *by = scratch_get(SCR_WINO_DST, e->blk_dst_bytes);
+		dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, e->user_src}, {DNNL_ARG_TO, e->src}};
+
+		if (bx == NULL || by == NULL)
+			return mt_seterr(err, MT_ERR_NOMEM, "out of memory for a Winograd convolution's blocks");
+		if ((st = p_dnnl_memory_set_data_handle(e->user_src, (void *) x)) != dnnl_success ||
+			(st = p_dnnl_memory_set_data_handle(e->src, bx)) != dnnl_success ||
+			(st = p_dnnl_memory_set_data_handle(e->user_dst, y)) != dnnl_success)
+			return fail(err, "set memory", st);
+		if ((st = execute(e->to_blk, 2, rargs)) != dnnl_success)
+			return fail(err, "reorder a convolution's input", st);
+		x = bx;
+		y = by;
+	}
 	if ((st = p_dnnl_memory_set_data_handle(e->src, (void *) x)) != dnnl_success ||
 		(st = p_dnnl_memory_set_data_handle(e->dst, y)) != dnnl_success ||
 		(st = p_dnnl_memory_set_data_handle(e->wei, e->wbuf ? (void *) e->wbuf : (void *) packed_w)) != dnnl_success ||
@@ -745,6 +931,14 @@ entry_run(conv_entry *e, const float *x, const float *packed_w, const float *bia
 	args[nargs++] = (dnnl_exec_arg_t) {DNNL_ARG_DST, e->dst};
 	if ((st = execute(e->conv, nargs, args)) != dnnl_success)
 		return fail(err, "run a convolution", st);
+	if (e->wino)
+	{
+		dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, e->dst}, {DNNL_ARG_TO, e->user_dst}};
+
+		if ((st = execute(e->from_blk, 2, rargs)) != dnnl_success)
+			return fail(err, "reorder a convolution's output", st);
+		wino_count++;
+	}
 	conv_count++;
 	return MT_OK;
 }
@@ -757,6 +951,7 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 	mt_conv_cache *c;
 	conv_entry *e = NULL;
 	int			rc,
+				wino,
 				bf16 = mt_get_precision() == MT_PREC_BF16;
 
 	if (!mt_onednn_enabled())
@@ -785,9 +980,11 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 		c->bf16 = bf16;
 		*cache = c;
 	}
+	wino = wants_wino(c, d, n);
 	for (int i = 0; i < CACHE_SHAPES && e == NULL; i++)
 		if (c->e[i].used && c->e[i].n == n && c->e[i].h == h && c->e[i].w == w &&
-			c->e[i].threads == want_threads && (c->e[i].bias != NULL) == (bias != NULL))
+			c->e[i].threads == want_threads && (c->e[i].bias != NULL) == (bias != NULL) &&
+			c->e[i].want_wino == wino)
 			e = &c->e[i];
 	if (e == NULL)
 	{
@@ -805,10 +1002,20 @@ mt_onednn_conv2d(const mt_conv_desc *d, int n, int h, int w,
 				victim = i;
 		}
 		entry_free(&c->e[victim]);
-		if ((rc = entry_make(c, &c->e[victim], d, n, h, w, packed_w, bias != NULL, err)) != MT_OK)
+		rc = MT_ERR_UNSUPPORTED;
+		if (wino)
+		{
+			rc = entry_make_wino(c, &c->e[victim], d, n, h, w, packed_w, bias != NULL, err);
+			if (rc != MT_OK && rc != MT_ERR_UNSUPPORTED)
+				return rc;
+		}
+		/* no Winograd kernel: the direct one (found again next time: wino stays 0) */
+		if (rc != MT_OK &&
+			(rc = entry_make(c, &c->e[victim], d, n, h, w, packed_w, bias != NULL, err)) != MT_OK)
 			return rc;
 		e = &c->e[victim];
 		e->threads = want_threads;
+		e->want_wino = wino;
 	}
 	if (e->wbuf == NULL && packed_w == NULL)
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "convolution weights were released");
@@ -1226,6 +1433,12 @@ mt_onednn_set_threads(int n)
 
 unsigned long
 mt_onednn_conv_count(void)
+{
+	return 0;
+}
+
+unsigned long
+mt_onednn_wino_count(void)
 {
 	return 0;
 }

@@ -34,12 +34,16 @@ typedef struct mt_conv_cache mt_conv_cache;
 typedef enum mt_conv_kernels
 {
 	MT_CONV_AUTO = 0,			/* oneDNN when it loads, else im2col + GEMM */
-	MT_CONV_GEMM				/* always im2col + GEMM */
+	MT_CONV_GEMM,				/* always im2col + GEMM */
+	MT_CONV_WINOGRAD			/* as AUTO, and scoring's dense 3x3 stride-1
+								 * convolutions at batch >= 2 use oneDNN's
+								 * Winograd F(4x4, 3x3) kernel where it has one */
 } mt_conv_kernels;
 
 /*
  * Until set, the mode is MT_CONV_GEMM when the environment holds
- * MEDTL_CONV_KERNELS=gemm (engine tools, A/B runs), else MT_CONV_AUTO.
+ * MEDTL_CONV_KERNELS=gemm (engine tools, A/B runs), MT_CONV_WINOGRAD for
+ * MEDTL_CONV_KERNELS=winograd, else MT_CONV_AUTO.
  */
 void		mt_onednn_set_mode(mt_conv_kernels mode);
 mt_conv_kernels mt_onednn_mode(void);
@@ -120,6 +124,9 @@ int			mt_conv_cache_holds_weights(const mt_conv_cache *c);
 
 /* Convolutions oneDNN has run in this process (for tests and diagnostics). */
 unsigned long mt_onednn_conv_count(void);
+
+/* Of those, the ones through the Winograd kernel (MT_CONV_WINOGRAD). */
+unsigned long mt_onednn_wino_count(void);
 
 /* Called by mt_blas_set_threads. */
 void		mt_onednn_set_threads(int n);

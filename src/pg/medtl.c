@@ -45,6 +45,7 @@ static const struct config_enum_entry precision_options[] = {
 static const struct config_enum_entry conv_kernel_options[] = {
 	{"auto", MT_CONV_AUTO, false},
 	{"gemm", MT_CONV_GEMM, false},
+	{"winograd", MT_CONV_WINOGRAD, false},
 	{NULL, 0, false}
 };
 
@@ -128,7 +129,7 @@ _PG_init(void)
 							&medtl_device_memory_mb, 0, 0, INT_MAX / 2,
 							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomEnumVariable("medtl.conv_kernels",
-							 "CPU convolution kernels: auto (oneDNN when libdnnl.so.2 loads, else im2col + GEMM) or gemm (always im2col + OpenBLAS GEMM).",
+							 "CPU convolution kernels: auto (oneDNN when libdnnl.so.2 loads, else im2col + GEMM), gemm (always im2col + OpenBLAS GEMM) or winograd (as auto, and batches of two or more images run dense 3x3 stride-1 convolutions through oneDNN's Winograd kernel where it has one: faster for ResNets and DenseNet, with logits a few 1e-4 (relative) from the direct kernels' and 4x those convolutions' weights).",
 							 "runtime_info() says which is in use.",
 							 &medtl_conv_kernels, MT_CONV_AUTO, conv_kernel_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
@@ -319,6 +320,8 @@ medtl_runtime_info(PG_FUNCTION_ARGS)
 	json_kv(&s, "blas_core_choice", mt_blas_core_requested(), false);
 	json_kv(&s, "blas_config", mt_blas_config(), false);
 	json_kv(&s, "conv_kernels", mt_onednn_info(), false);
+	json_kv(&s, "conv_kernels_setting", conv_kernel_options[medtl_conv_kernels].name, false);
+	appendStringInfo(&s, ", \"winograd_convolutions\": %lu", mt_onednn_wino_count());
 	json_kv(&s, "precision", precision_options[medtl_precision].name, false);
 	appendStringInfo(&s, ", \"threads\": %d", mt_blas_threads());
 	appendStringInfo(&s, ", \"parallel_worker\": %s", IsParallelWorker() ? "true" : "false");

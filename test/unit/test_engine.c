@@ -155,20 +155,33 @@ check_conv(const char *what, mt_conv_desc d, int n, int h, int w)
 	CHECK(mt_cpu_backend.conv2d(&d, n, h, w, x, packed, bias, y1, scratch, &err) == MT_OK,
 		  "%s runs", what);
 	CHECK(max_abs_diff(y1, y2, ys) < tol, "%s: max diff %g", what, max_abs_diff(y1, y2, ys));
-	/* a prepared model's path (conv2d_cached): oneDNN when it loads, twice per shape, two shapes */
-	for (int mode = 0; mode < 2; mode++)
+	/*
+	 * a prepared model's path (conv2d_cached): oneDNN when it loads, twice
+	 * per shape, two shapes; then with medtl.conv_kernels = winograd
+	 * (Winograd at batch >= 2 for dense 3x3 stride-1 convolutions of whole
+	 * 16-channel blocks)
+	 */
+	for (int mode = 0; mode < 3; mode++)
 	{
-		const char *kernels = mode == 0 ? "cached, gemm" : "cached, oneDNN";
+		static const char *const names[] = {"cached, gemm", "cached, oneDNN", "cached, Winograd"};
+		static const mt_conv_kernels modes[] = {MT_CONV_GEMM, MT_CONV_AUTO, MT_CONV_WINOGRAD};
+		const char *kernels = names[mode];
 		struct mt_conv_cache *cache = NULL;
-		unsigned long before = mt_onednn_conv_count();
+		unsigned long before = mt_onednn_conv_count(),
+					wino_before = mt_onednn_wino_count();
+		int			wino = mode == 2 && n >= 2 && d.groups == 1 && d.kh == 3 && d.kw == 3 &&
+			d.sh == 1 && d.sw == 1 && d.dh == 1 && d.dw == 1 && d.cin % 16 == 0 && d.cout % 16 == 0;
 
-		mt_onednn_set_mode(mode == 0 ? MT_CONV_GEMM : MT_CONV_AUTO);
+		/* Winograd's transforms add rounding, within the same bound here */
+		float		mtol = tol;
+
+		mt_onednn_set_mode(modes[mode]);
 		for (int rep = 0; rep < 2; rep++)
 		{
 			memset(y1, 0, sizeof(float) * ys);
 			CHECK(mt_cpu_backend.conv2d_cached(&d, n, h, w, x, packed, bias, y1, scratch,
 											   &cache, &err) == MT_OK, "%s (%s) runs", what, kernels);
-			CHECK(max_abs_diff(y1, y2, ys) < tol, "%s (%s, pass %d): max diff %g", what, kernels,
+			CHECK(max_abs_diff(y1, y2, ys) < mtol, "%s (%s, pass %d): max diff %g", what, kernels,
 				  rep + 1, max_abs_diff(y1, y2, ys));
 			/* the first image alone through the same cache (another shape) */
 			memset(y1, 0, sizeof(float) * ys);
@@ -181,7 +194,33 @@ check_conv(const char *what, mt_conv_desc d, int n, int h, int w)
 			CHECK(mt_onednn_conv_count() == before, "%s: gemm mode kept oneDNN out", what);
 		else if (mt_onednn_enabled() && d.cin >= 3 && d.cout >= 4)
 			CHECK(mt_onednn_conv_count() >= before + 4, "%s: oneDNN took the convolution", what);
+		if (mode == 2 && wino && mt_onednn_enabled() && __builtin_cpu_supports("avx512f") &&
+			d.act != MT_ACT_SILU && d.act != MT_ACT_SIGMOID)
+			CHECK(mt_onednn_wino_count() == wino_before + 2, "%s: Winograd took the batch of %d (%lu)",
+				  what, n, mt_onednn_wino_count() - wino_before);
+		else
+			CHECK(mt_onednn_wino_count() == wino_before, "%s (%s): no Winograd", what, kernels);
 		mt_conv_cache_free(cache);
+		if (mode == 2 && wino && mt_onednn_enabled())
+		{
+			/*
+			 * weights released (graph.c frees them once the cache holds
+			 * them): a Winograd entry made later takes them from the
+			 * direct kernel's copy
+			 */
+			cache = NULL;
+			CHECK(mt_cpu_backend.conv2d_cached(&d, 1, h, w, x, packed, bias, y1, scratch,
+											   &cache, &err) == MT_OK, "%s (n=1 first) runs", what);
+			if (mt_conv_cache_holds_weights(cache))
+			{
+				memset(y1, 0, sizeof(float) * ys);
+				CHECK(mt_cpu_backend.conv2d_cached(&d, n, h, w, x, NULL, bias, y1, scratch,
+												   &cache, &err) == MT_OK &&
+					  max_abs_diff(y1, y2, ys) < mtol, "%s: Winograd from the kept copy: %s (diff %g)",
+					  what, err.msg, max_abs_diff(y1, y2, ys));
+			}
+			mt_conv_cache_free(cache);
+		}
 	}
 	mt_onednn_set_mode(MT_CONV_AUTO);
 
@@ -260,6 +299,8 @@ test_conv(void)
 	check_conv("1x1 sigmoid", desc(24, 40, 1, 1, 1, 1, 0, 0, 0, 0, MT_ACT_SIGMOID), 2, 5, 5);
 	check_conv("depthwise 5x5 s2 SiLU (EfficientNet)", desc(48, 48, 5, 2, 1, 48, 1, 1, 2, 2, MT_ACT_SILU), 3, 13, 13);
 	check_conv("ResNet stage 3x3 256", desc(256, 256, 3, 1, 1, 1, 1, 1, 1, 1, MT_ACT_RELU), 2, 14, 14);
+	check_conv("ResNet stage 3x3 64, odd size", desc(64, 64, 3, 1, 1, 1, 1, 1, 1, 1, MT_ACT_NONE), 3, 11, 9);
+	check_conv("3x3 32 to 48, no padding", desc(32, 48, 3, 1, 1, 1, 0, 0, 0, 0, MT_ACT_RELU), 2, 10, 13);
 	mt_same_padding(224, 3, 2, 1, &b, &a);
 	CHECK(b == 0 && a == 1, "SAME 224 k3 s2: %d/%d, want 0/1", b, a);
 	mt_same_padding(112, 3, 1, 1, &b, &a);
