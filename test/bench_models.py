@@ -302,6 +302,11 @@ def main():
                 q = ("SELECT count(*) FROM medtl.predict_batch(%s, ARRAY(SELECT image FROM imgs ORDER BY id), %d);\n"
                      % (sql_lit(arch), batch))
             warm = "SELECT count(medtl.predict(%s, image)) FROM (SELECT image FROM imgs LIMIT 2) w;\n" % sql_lit(arch)
+            if batch > 1:
+                # the batch's shape too: each backend is fresh, and a kernel's
+                # first batch of a shape prepares it (weights into its layout)
+                warm += ("SELECT count(*) FROM medtl.predict_batch(%s, ARRAY(SELECT image FROM imgs ORDER BY id LIMIT %d), %d);\n"
+                         % (sql_lit(arch), batch, batch))
             kset = "SET medtl.conv_kernels = %s;\n" % kernels if kernels else ""
             out = psql(setup + kset + warm + q, timing=True)
             times = [float(m.group(1)) / 1000.0 for m in (re.match(r"Time: ([0-9.]+) ms", l) for l in out) if m]
