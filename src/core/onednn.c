@@ -610,6 +610,31 @@ reorder_scratch(int slot, const dnnl_memory_desc_t *src_md, const float *src,
 }
 
 /*
+ * The primitive descriptor of a scoring convolution cd with act fused as a
+ * post-op; MT_ERR_UNSUPPORTED when oneDNN cannot fuse it or has no
+ * (kind, e.g. " Winograd") kernel for it.
+ */
+static int
+scoring_pd(const dnnl_convolution_desc_t *cd, mt_act act, dnnl_primitive_desc_t *pd,
+		   const char *kind, mt_err *err)
+{
+	dnnl_primitive_attr_t attr = NULL;
+	dnnl_status_t st;
+
+	if ((st = post_ops_attr(act, &attr)) != dnnl_success)
+	{
+		if (attr)
+			p_dnnl_primitive_attr_destroy(attr);
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot fuse this activation");
+	}
+	st = pd_create(pd, cd, attr, NULL);
+	p_dnnl_primitive_attr_destroy(attr);
+	if (st != dnnl_success)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no%s kernel for this convolution", kind);
+	return MT_OK;
+}
+
+/*
  * Build the primitive for d on an n x h x w input into e (memories without
  * data) and find its weights: the packed ones as they are, the cache's
  * master copy, or a new reordered copy (see mt_conv_cache).  packed_w may be
@@ -630,7 +655,6 @@ entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h,
 				plain_w,
 				any_w;
 	dnnl_convolution_desc_t cd;
-	dnnl_primitive_attr_t attr = NULL;
 	dnnl_primitive_desc_t pd = NULL;
 	const dnnl_memory_desc_t *want_w;
 	dnnl_status_t st;
@@ -666,16 +690,8 @@ entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h,
 		if (st != dnnl_success)
 			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot describe this convolution");
 	}
-	if ((st = post_ops_attr(d->act, &attr)) != dnnl_success)
-	{
-		if (attr)
-			p_dnnl_primitive_attr_destroy(attr);
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot fuse this activation");
-	}
-	st = pd_create(&pd, &cd, attr, NULL);
-	p_dnnl_primitive_attr_destroy(attr);
-	if (st != dnnl_success)
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
+	if ((rc = scoring_pd(&cd, d->act, &pd, "", err)) != MT_OK)
+		return rc;
 
 	if (reference_kernel(pd))
 	{
@@ -778,7 +794,6 @@ entry_make_wino(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, i
 				plain_w,
 				any_w;
 	dnnl_convolution_desc_t cd;
-	dnnl_primitive_attr_t attr = NULL;
 	dnnl_primitive_desc_t pd = NULL,
 				rpd = NULL;
 	const dnnl_memory_desc_t *want_w;
@@ -810,16 +825,8 @@ entry_make_wino(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, i
 														 strides, dil, pl, pr) != dnnl_success)
 			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot describe this Winograd convolution");
 	}
-	if ((st = post_ops_attr(d->act, &attr)) != dnnl_success)
-	{
-		if (attr)
-			p_dnnl_primitive_attr_destroy(attr);
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot fuse this activation");
-	}
-	st = pd_create(&pd, &cd, attr, NULL);
-	p_dnnl_primitive_attr_destroy(attr);
-	if (st != dnnl_success)
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no Winograd kernel for this convolution");
+	if ((rc = scoring_pd(&cd, d->act, &pd, " Winograd", err)) != MT_OK)
+		return rc;
 	want_w = p_dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
 	e->wino = 1;
 	e->blk_src_bytes = p_dnnl_memory_desc_get_size(&blk_src_md);
