@@ -102,8 +102,7 @@ typedef struct conv_entry
 	 * caller's NHWC input is reordered into the SCR_WINO_SRC scratch
 	 * (src above) and the output back from SCR_WINO_DST (dst above)
 	 */
-	int			wino,
-				want_wino;		/* made wanting Winograd (wino: and got it) */
+	int			want_wino;		/* made wanting Winograd (to_blk: and got it) */
 	dnnl_primitive_t to_blk,
 				from_blk;
 	dnnl_memory_t user_src,
@@ -610,24 +609,53 @@ reorder_scratch(int slot, const dnnl_memory_desc_t *src_md, const float *src,
 }
 
 /*
- * The primitive descriptor of a scoring convolution cd with act fused as a
- * post-op; MT_ERR_UNSUPPORTED when oneDNN cannot fuse it or has no
- * (kind, e.g. " Winograd") kernel for it.
+ * Describe scoring convolution d on an n x h x w input with algorithm alg
+ * (dnnl_convolution_direct or _winograd), its input of type kt and input
+ * and output laid out as tag (output float32), and make its primitive
+ * descriptor with the activation fused (*pd, the caller destroys it).
+ * Fills src_md, dst_md, bias_md and plain_w (the packed weights' layout)
+ * for the caller's memories.  MT_ERR_UNSUPPORTED when oneDNN cannot
+ * describe or fuse it or has no kernel of that algorithm for it.
  */
 static int
-scoring_pd(const dnnl_convolution_desc_t *cd, mt_act act, dnnl_primitive_desc_t *pd,
-		   const char *kind, mt_err *err)
+scoring_pd(const mt_conv_desc *d, int n, int h, int w, dnnl_alg_kind_t alg, dnnl_data_type_t kt,
+		   dnnl_format_tag_t tag, int with_bias, dnnl_memory_desc_t *src_md, dnnl_memory_desc_t *dst_md,
+		   dnnl_memory_desc_t *bias_md, dnnl_memory_desc_t *plain_w, dnnl_primitive_desc_t *pd,
+		   mt_err *err)
 {
+	const char *kind = alg == dnnl_convolution_winograd ? " Winograd" : "";
+	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
+	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
+	dnnl_dims_t sd = {n, d->cin, h, w};
+	dnnl_dims_t dd = {n, d->cout, oh, ow};
+	dnnl_dims_t bd = {d->cout};
+	dnnl_dims_t strides = {d->sh, d->sw};
+	dnnl_dims_t dil = {d->dh - 1, d->dw - 1};
+	dnnl_dims_t pl = {d->pad_t, d->pad_l};
+	dnnl_dims_t pr = {d->pad_b, d->pad_r};
+	dnnl_memory_desc_t any_w;
+	dnnl_convolution_desc_t cd;
 	dnnl_primitive_attr_t attr = NULL;
 	dnnl_status_t st;
 
-	if ((st = post_ops_attr(act, &attr)) != dnnl_success)
+	if ((st = p_dnnl_memory_desc_init_by_tag(src_md, 4, sd, kt, tag)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(dst_md, 4, dd, dnnl_f32, tag)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(bias_md, 1, bd, dnnl_f32, dnnl_x)) != dnnl_success ||
+		(st = weights_md(d, plain_w)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(&any_w, d->groups == 1 ? 4 : 5, plain_w->dims, kt,
+											 dnnl_format_tag_any)) != dnnl_success)
+		return fail(err, "describe a convolution", st);
+	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg, src_md, &any_w,
+													 with_bias ? bias_md : NULL, dst_md,
+													 strides, dil, pl, pr) != dnnl_success)
+		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot describe this%s convolution", kind);
+	if ((st = post_ops_attr(d->act, &attr)) != dnnl_success)
 	{
 		if (attr)
 			p_dnnl_primitive_attr_destroy(attr);
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot fuse this activation");
 	}
-	st = pd_create(pd, cd, attr, NULL);
+	st = pd_create(pd, &cd, attr, NULL);
 	p_dnnl_primitive_attr_destroy(attr);
 	if (st != dnnl_success)
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no%s kernel for this convolution", kind);
@@ -646,53 +674,25 @@ entry_make(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h,
 		   const float *packed_w, int with_bias, mt_err *err)
 {
 	dnnl_data_type_t kt = c->bf16 ? dnnl_bf16 : dnnl_f32;	/* the kernel's input and weights */
-	dnnl_memory_desc_t src32_md;
-	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
-	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
-	dnnl_memory_desc_t src_md,
+	dnnl_memory_desc_t src32_md,
+				src_md,
 				dst_md,
 				bias_md,
-				plain_w,
-				any_w;
-	dnnl_convolution_desc_t cd;
+				plain_w;
 	dnnl_primitive_desc_t pd = NULL;
 	const dnnl_memory_desc_t *want_w;
 	dnnl_status_t st;
-	int			rc = MT_OK;
+	int			rc;
 
 	memset(e, 0, sizeof(*e));
-	{
-		dnnl_dims_t sd = {n, d->cin, h, w};
-		dnnl_dims_t dd = {n, d->cout, oh, ow};
-		dnnl_dims_t bd = {d->cout};
-		dnnl_dims_t strides = {d->sh, d->sw};
-		dnnl_dims_t dil = {d->dh - 1, d->dw - 1};
-		dnnl_dims_t pl = {d->pad_t, d->pad_l};
-		dnnl_dims_t pr = {d->pad_b, d->pad_r};
-
-		if ((st = p_dnnl_memory_desc_init_by_tag(&src_md, 4, sd, kt, dnnl_nhwc)) != dnnl_success ||
-			(st = p_dnnl_memory_desc_init_by_tag(&src32_md, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
-			(st = p_dnnl_memory_desc_init_by_tag(&dst_md, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
-			(st = p_dnnl_memory_desc_init_by_tag(&bias_md, 1, bd, dnnl_f32, dnnl_x)) != dnnl_success ||
-			(st = weights_md(d, &plain_w)) != dnnl_success)
-			return fail(err, "describe a convolution", st);
-		any_w = plain_w;
-		if (d->groups == 1)
-			st = p_dnnl_memory_desc_init_by_tag(&any_w, 4, plain_w.dims, kt, dnnl_format_tag_any);
-		else
-			st = p_dnnl_memory_desc_init_by_tag(&any_w, 5, plain_w.dims, kt, dnnl_format_tag_any);
-		if (st != dnnl_success)
-			return fail(err, "describe a convolution", st);
-		st = p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
-														  dnnl_convolution_direct, &src_md, &any_w,
-														  with_bias ? &bias_md : NULL, &dst_md,
-														  strides, dil, pl, pr);
-		if (st != dnnl_success)
-			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot describe this convolution");
-	}
-	if ((rc = scoring_pd(&cd, d->act, &pd, "", err)) != MT_OK)
+	if ((rc = scoring_pd(d, n, h, w, dnnl_convolution_direct, kt, dnnl_nhwc, with_bias, &src_md, &dst_md,
+						 &bias_md, &plain_w, &pd, err)) != MT_OK)
 		return rc;
-
+	if ((st = p_dnnl_memory_desc_init_by_tag(&src32_md, 4, src_md.dims, dnnl_f32, dnnl_nhwc)) != dnnl_success)
+	{
+		p_dnnl_primitive_desc_destroy(pd);
+		return fail(err, "describe a convolution", st);
+	}
 	if (reference_kernel(pd))
 	{
 		p_dnnl_primitive_desc_destroy(pd);
@@ -784,51 +784,29 @@ static int
 entry_make_wino(mt_conv_cache *c, conv_entry *e, const mt_conv_desc *d, int n, int h, int w,
 				const float *packed_w, int with_bias, mt_err *err)
 {
-	int			oh = mt_out_size(h, d->kh, d->sh, d->dh, d->pad_t, d->pad_b);
-	int			ow = mt_out_size(w, d->kw, d->sw, d->dw, d->pad_l, d->pad_r);
 	dnnl_memory_desc_t src_md,
 				dst_md,
 				blk_src_md,
 				blk_dst_md,
 				bias_md,
-				plain_w,
-				any_w;
-	dnnl_convolution_desc_t cd;
+				plain_w;
 	dnnl_primitive_desc_t pd = NULL,
 				rpd = NULL;
 	const dnnl_memory_desc_t *want_w;
 	dnnl_status_t st;
-	int			rc = MT_OK;
+	int			rc;
 
 	memset(e, 0, sizeof(*e));
-	{
-		dnnl_dims_t sd = {n, d->cin, h, w};
-		dnnl_dims_t dd = {n, d->cout, oh, ow};
-		dnnl_dims_t bd = {d->cout};
-		dnnl_dims_t strides = {d->sh, d->sw};
-		dnnl_dims_t dil = {0, 0};
-		dnnl_dims_t pl = {d->pad_t, d->pad_l};
-		dnnl_dims_t pr = {d->pad_b, d->pad_r};
-
-		if ((st = p_dnnl_memory_desc_init_by_tag(&src_md, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
-			(st = p_dnnl_memory_desc_init_by_tag(&dst_md, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
-			(st = p_dnnl_memory_desc_init_by_tag(&blk_src_md, 4, sd, dnnl_f32, dnnl_nChw16c)) != dnnl_success ||
-			(st = p_dnnl_memory_desc_init_by_tag(&blk_dst_md, 4, dd, dnnl_f32, dnnl_nChw16c)) != dnnl_success ||
-			(st = p_dnnl_memory_desc_init_by_tag(&bias_md, 1, bd, dnnl_f32, dnnl_x)) != dnnl_success ||
-			(st = weights_md(d, &plain_w)) != dnnl_success ||
-			(st = p_dnnl_memory_desc_init_by_tag(&any_w, 4, plain_w.dims, dnnl_f32,
-												 dnnl_format_tag_any)) != dnnl_success)
-			return fail(err, "describe a convolution", st);
-		if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
-														 dnnl_convolution_winograd, &blk_src_md, &any_w,
-														 with_bias ? &bias_md : NULL, &blk_dst_md,
-														 strides, dil, pl, pr) != dnnl_success)
-			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot describe this Winograd convolution");
-	}
-	if ((rc = scoring_pd(&cd, d->act, &pd, " Winograd", err)) != MT_OK)
+	if ((rc = scoring_pd(d, n, h, w, dnnl_convolution_winograd, dnnl_f32, dnnl_nChw16c, with_bias,
+						 &blk_src_md, &blk_dst_md, &bias_md, &plain_w, &pd, err)) != MT_OK)
 		return rc;
+	if ((st = p_dnnl_memory_desc_init_by_tag(&src_md, 4, blk_src_md.dims, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
+		(st = p_dnnl_memory_desc_init_by_tag(&dst_md, 4, blk_dst_md.dims, dnnl_f32, dnnl_nhwc)) != dnnl_success)
+	{
+		p_dnnl_primitive_desc_destroy(pd);
+		return fail(err, "describe a convolution", st);
+	}
 	want_w = p_dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-	e->wino = 1;
 	e->blk_src_bytes = p_dnnl_memory_desc_get_size(&blk_src_md);
 	e->blk_dst_bytes = p_dnnl_memory_desc_get_size(&blk_dst_md);
 	if ((st = p_dnnl_primitive_create(&e->conv, pd)) != dnnl_success ||
@@ -908,7 +886,7 @@ entry_run(conv_entry *e, const float *x, const float *packed_w, const float *bia
 			return fail(err, "convert to bfloat16", st);
 		x = xb;
 	}
-	if (e->wino)
+	if (e->to_blk != NULL)
 	{
 		/* the input in nChw16c, through the module's scratch; y written after */
 		float	   *bx = scratch_get(SCR_WINO_SRC, e->blk_src_bytes),
@@ -938,7 +916,7 @@ entry_run(conv_entry *e, const float *x, const float *packed_w, const float *bia
 	args[nargs++] = (dnnl_exec_arg_t) {DNNL_ARG_DST, e->dst};
 	if ((st = execute(e->conv, nargs, args)) != dnnl_success)
 		return fail(err, "run a convolution", st);
-	if (e->wino)
+	if (e->from_blk != NULL)
 	{
 		dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, e->dst}, {DNNL_ARG_TO, e->user_dst}};
 
