@@ -125,7 +125,10 @@ bench(int argc, char **argv)
 	uint8_t    *masks;
 	int		   *labels;
 	double		t_inf = 1e30,
-				t_step = 1e30;
+				t_step = 1e30,
+				t_fwd = 0,
+				t_bwd = 0,
+				t_upd = 0;
 	mt_model   *m;
 	mt_optim   *o;
 	mt_err		err;
@@ -163,7 +166,10 @@ bench(int argc, char **argv)
 	}
 	for (int r = 0, steps = getenv("MT_BENCH_STEPS") ? atoi(getenv("MT_BENCH_STEPS")) : 3; r < steps; r++)
 	{
-		double		t0 = now();
+		double		t0 = now(),
+					t1,
+					t2,
+					t3;
 
 		mt_model_zero_grad(m);
 		if (mt_model_forward_train(m, x, n, h, w, logits, NULL, &err) != MT_OK)
@@ -171,13 +177,26 @@ bench(int argc, char **argv)
 		if ((seg ? mt_loss_segmentation(logits, masks, n, (int) hw, k, NULL, 1, 1, &loss, dlogits, &err) :
 			 mt_loss_cross_entropy(logits, labels, n, k, NULL, 0, 0, &loss, dlogits, &err)) != MT_OK)
 			die("loss", &err);
-		if (mt_model_backward(m, dlogits, &err) != MT_OK || mt_optim_step(o, m, 0.01f, &err) != MT_OK)
+		t1 = now();
+		if (mt_model_backward(m, dlogits, &err) != MT_OK)
 			die("backward", &err);
-		t_step = fmin(t_step, now() - t0);
+		t2 = now();
+		if (mt_optim_step(o, m, 0.01f, &err) != MT_OK)
+			die("optimizer step", &err);
+		t3 = now();
+		if (t3 - t0 < t_step)
+		{
+			/* the split of the fastest step: forward + loss, backward, update */
+			t_step = t3 - t0;
+			t_fwd = t1 - t0;
+			t_bwd = t2 - t1;
+			t_upd = t3 - t2;
+		}
 	}
 	printf("bench %s: %d threads (pool %d), forward 1x%dx%dx3 %.3f s, train step %dx%dx%dx3 %.3f s "
-		   "(%.1f img/s), freeze %s\n", arch, threads, mt_pool_threads(), h, w, t_inf, n, h, w, t_step,
-		   n / t_step, freeze);
+		   "(%.1f img/s), freeze %s; step split: forward+loss %.3f s, backward %.3f s, update %.3f s\n",
+		   arch, threads, mt_pool_threads(), h, w, t_inf, n, h, w, t_step, n / t_step, freeze,
+		   t_fwd, t_bwd, t_upd);
 	mt_optim_free(o);
 	mt_model_free(m);
 	free(x);
