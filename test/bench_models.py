@@ -78,8 +78,11 @@ def psql(sql, timing=False):
 def backend_memory(setup, sql):
     """Run setup + sql in a fresh backend while sampling its
     /proc/PID/status every millisecond; returns (peak RssAnon, peak VmHWM,
-    RssAnon at the end), in bytes; sql's own output is read and dropped.  RssAnon is the backend's private memory;
-    VmHWM also counts the shared-buffer pages it touched and mapped files.
+    RssAnon at the end, peak RssShmem, peak RssFile), in bytes; sql's own
+    output is read and dropped.  RssAnon is the backend's private memory;
+    VmHWM also counts the shared-buffer pages it touched (RssShmem: the
+    server's shared_buffers, allocated once by the postmaster) and mapped
+    files (RssFile: libraries).
     Needs to run on the database's machine as a user that may read the
     backend's /proc entry (root, or postgres)."""
     import threading
@@ -88,7 +91,8 @@ def backend_memory(setup, sql):
     p.stdin.write(setup + "SELECT pg_backend_pid();\n")
     p.stdin.flush()
     pid = int(p.stdout.readline())
-    peak = {"RssAnon": 0, "VmHWM": 0}
+    keys = ("RssAnon", "VmHWM", "RssShmem", "RssFile")
+    peak = {k: 0 for k in keys}
     last = {}
     done = threading.Event()
 
@@ -98,7 +102,7 @@ def backend_memory(setup, sql):
                 with open("/proc/%d/status" % pid) as f:
                     for line in f:
                         k, _, v = line.partition(":")
-                        if k in ("RssAnon", "VmHWM"):
+                        if k in keys:
                             last[k] = int(v.split()[0]) * 1024
                             peak[k] = max(peak[k], last[k])
             except OSError:
@@ -118,7 +122,7 @@ def backend_memory(setup, sql):
     t.join()
     p.stdin.close()
     p.wait()
-    return peak["RssAnon"], peak["VmHWM"], last.get("RssAnon", 0)
+    return peak["RssAnon"], peak["VmHWM"], last.get("RssAnon", 0), peak["RssShmem"], peak["RssFile"]
 
 
 def machine_name():
@@ -369,14 +373,17 @@ def main():
         # memory after scoring (RssAnon), against 2 x weights + 100 MB
         wbytes = int(psql("SELECT sum(length(w.data)) FROM medtl.weights w JOIN medtl.models m USING (model_id)"
                           " WHERE m.name = %s;" % sql_lit(arch))[0])
-        peak_anon, hwm, anon = backend_memory(
+        peak_anon, hwm, anon, shmem, files = backend_memory(
             setup, "SELECT count(medtl.predict(%s, image)) FROM imgs;\n" % sql_lit(arch))
         limit = 2 * wbytes + 100e6
         print("  memory    weights %.1f MB; backend peak private %.1f MB (sampled every ms), private after "
-              "%.1f MB, peak RSS %.1f MB (with shared buffers); 2 x weights + 100 MB = %.1f MB"
-              % (wbytes / 1e6, peak_anon / 1e6, anon / 1e6, hwm / 1e6, limit / 1e6), flush=True)
+              "%.1f MB, peak RSS %.1f MB (of which shared-buffer pages read, peak %.1f MB, and mapped "
+              "files, peak %.1f MB); 2 x weights + 100 MB = %.1f MB"
+              % (wbytes / 1e6, peak_anon / 1e6, anon / 1e6, hwm / 1e6, shmem / 1e6, files / 1e6,
+                 limit / 1e6), flush=True)
         results.append((arch, "backend peak private MB", 1, peak_anon / 1e6))
         results.append((arch, "backend peak RSS MB", 1, hwm / 1e6))
+        results.append((arch, "backend peak shared-buffer RSS MB", 1, shmem / 1e6))
         results.append((arch, "backend private MB", 1, anon / 1e6))
         results.append((arch, "weights MB", 1, wbytes / 1e6))
         psql("SELECT medtl.drop_model(%s);" % sql_lit(arch))
