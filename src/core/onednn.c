@@ -41,7 +41,10 @@
 	X(dnnl_dilated_convolution_backward_data_desc_init) \
 	X(dnnl_dilated_convolution_backward_weights_desc_init) \
 	X(dnnl_primitive_attr_create) \
+	X(dnnl_primitive_attr_clone) \
 	X(dnnl_primitive_attr_destroy) \
+	X(dnnl_primitive_attr_set_scratchpad_mode) \
+	X(dnnl_primitive_get_primitive_desc) \
 	X(dnnl_primitive_attr_set_post_ops) \
 	X(dnnl_post_ops_create) \
 	X(dnnl_post_ops_destroy) \
@@ -347,12 +350,31 @@ apply_threads(void)
 	}
 }
 
+/*
+ * A primitive descriptor for op d with attr (NULL: none) and a scratchpad
+ * that medtl passes in (execute).  In oneDNN's default mode a primitive
+ * allocates its scratchpad at every run and frees it after, so the pages
+ * of a large one fault in again at every run: Winograd's training kernels,
+ * whose scratchpads hold the transformed tiles (tens of MB for a
+ * ResNet-18 layer at batch 16), ran no faster than the direct ones that
+ * way, and about 2x faster with a kept scratchpad (as PyTorch passes its
+ * own).
+ */
 static dnnl_status_t
 pd_create(dnnl_primitive_desc_t *pd, const_dnnl_op_desc_t d, const_dnnl_primitive_attr_t attr,
 		  const_dnnl_primitive_desc_t hint)
 {
+	dnnl_primitive_attr_t own = NULL;
+	dnnl_status_t st;
+
 	apply_threads();
-	return p_dnnl_primitive_desc_create(pd, d, attr, engine, hint);
+	st = attr != NULL ? p_dnnl_primitive_attr_clone(&own, attr) : p_dnnl_primitive_attr_create(&own);
+	if (st != dnnl_success)
+		return st;
+	if ((st = p_dnnl_primitive_attr_set_scratchpad_mode(own, dnnl_scratchpad_mode_user)) == dnnl_success)
+		st = p_dnnl_primitive_desc_create(pd, d, own, engine, hint);
+	p_dnnl_primitive_attr_destroy(own);
+	return st;
 }
 
 static dnnl_status_t
@@ -454,29 +476,127 @@ reference_kernel(const_dnnl_primitive_desc_t pd)
 		impl == NULL || strncmp(impl, "ref", 3) == 0;
 }
 
-/* Run a primitive with every signal blocked (see onednn.h). */
+/* 64-byte aligned, for oneDNN buffers (free with free) */
+static float *
+falloc(size_t bytes)
+{
+	return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
+/*
+ * Buffers of the module that convolutions go through, one per use within
+ * a call: training's input gradient (computed here, then added to the
+ * caller's), the weights reordered into the kernel's layout, the weight
+ * gradient in the kernel's layout and back in the parameter's, and
+ * scoring's input converted to bfloat16 (MT_PREC_BF16), and the
+ * primitives' scratchpads (SCR_PAD, see pd_create).  Kept between
+ * calls, grown as needed (fresh ones per call page-fault through tens of
+ * MB at every convolution).  Released by mt_onednn_release_scratch at the
+ * end of a training run (train.c) or when a host frees a model wholesale
+ * (mt_model_release_external).
+ */
+enum
+{
+	SCR_DSRC,
+	SCR_W,
+	SCR_DW,
+	SCR_DW_PLAIN,
+	SCR_BF16,
+	SCR_BF16_DY,
+	SCR_WINO_SRC,
+	SCR_WINO_DST,
+	SCR_PAD,					/* primitives' scratchpads (pd_create) */
+	N_SCR
+};
+static float *scratch[N_SCR];
+static size_t scratch_bytes[N_SCR];
+
+void
+mt_onednn_release_scratch(void)
+{
+	for (int i = 0; i < N_SCR; i++)
+	{
+		free(scratch[i]);
+		scratch[i] = NULL;
+		scratch_bytes[i] = 0;
+	}
+}
+
+/* Scratch buffer slot of at least bytes (NULL: out of memory). */
+static float *
+scratch_get(int slot, size_t bytes)
+{
+	if (bytes > scratch_bytes[slot])
+	{
+		free(scratch[slot]);
+		scratch_bytes[slot] = 0;
+		if ((scratch[slot] = falloc(bytes)) == NULL)
+			return NULL;
+		scratch_bytes[slot] = bytes;
+	}
+	return scratch[slot];
+}
+
+/*
+ * Run a primitive with every signal blocked (see onednn.h), with the
+ * SCR_PAD scratch as its scratchpad when it wants one (pd_create).
+ */
 static dnnl_status_t
 execute(dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args)
 {
 	sigset_t	all,
 				old;
 	dnnl_status_t st;
+	const_dnnl_primitive_desc_t pd;
+	const dnnl_memory_desc_t *pad_md;
+	dnnl_memory_t pad = NULL;
+	dnnl_exec_arg_t all_args[8];
+	size_t		pad_bytes;
 
+	if (nargs < 0 || nargs >= (int) (sizeof(all_args) / sizeof(all_args[0])))
+		return dnnl_invalid_arguments;
+	memcpy(all_args, args, sizeof(dnnl_exec_arg_t) * nargs);
+	if ((st = p_dnnl_primitive_get_primitive_desc(p, &pd)) != dnnl_success)
+		return st;
+	pad_md = p_dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+	if (pad_md != NULL && (pad_bytes = p_dnnl_memory_desc_get_size(pad_md)) > 0)
+	{
+		float	   *buf = scratch_get(SCR_PAD, pad_bytes);
+
+		if (buf == NULL)
+			return dnnl_out_of_memory;
+		if ((st = p_dnnl_memory_create(&pad, pad_md, engine, buf)) != dnnl_success)
+			return st;
+		all_args[nargs].arg = DNNL_ARG_SCRATCHPAD;
+		all_args[nargs].memory = pad;
+		nargs++;
+	}
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
 	apply_threads();
-	st = p_dnnl_primitive_execute(p, stream, nargs, args);
+	st = p_dnnl_primitive_execute(p, stream, nargs, all_args);
 	if (st == dnnl_success)
 		st = p_dnnl_stream_wait(stream);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (pad != NULL)
+		p_dnnl_memory_destroy(pad);
 	return st;
 }
 
-/* 64-byte aligned, for oneDNN buffers (free with free) */
-static float *
-falloc(size_t bytes)
+/*
+ * Whether d on a batch of n goes to the Winograd kernel under
+ * MT_CONV_WINOGRAD (float32 only; the callers check the type): a dense
+ * 3x3 convolution, stride 1, no dilation, channels in whole blocks of 16,
+ * more than one image (at batch 1 the reorders around it cost more than
+ * it saves, and a one-row scoring backend keeps the direct kernel's
+ * smaller weights).
+ */
+static int
+wino_shape(const mt_conv_desc *d, int n)
 {
-	return aligned_alloc(64, (bytes + 63) / 64 * 64);
+	return mt_onednn_mode() == MT_CONV_WINOGRAD && n >= 2 &&
+		d->groups == 1 && d->kh == 3 && d->kw == 3 && d->sh == 1 && d->sw == 1 &&
+		d->dh == 1 && d->dw == 1 && d->cin % 16 == 0 && d->cout % 16 == 0;
 }
 
 /* Reorder weights from (src, src_md) into buf, laid out as dst_md. */
@@ -535,58 +655,6 @@ reorder_new(const dnnl_memory_desc_t *src_md, const float *src,
 	*out = buf;
 	*bytes = sz;
 	return MT_OK;
-}
-
-/*
- * Buffers of the module that convolutions go through, one per use within
- * a call: training's input gradient (computed here, then added to the
- * caller's), the weights reordered into the kernel's layout, the weight
- * gradient in the kernel's layout and back in the parameter's, and
- * scoring's input converted to bfloat16 (MT_PREC_BF16).  Kept between
- * calls, grown as needed (fresh ones per call page-fault through tens of
- * MB at every convolution).  Released by mt_onednn_release_scratch at the
- * end of a training run (train.c) or when a host frees a model wholesale
- * (mt_model_release_external).
- */
-enum
-{
-	SCR_DSRC,
-	SCR_W,
-	SCR_DW,
-	SCR_DW_PLAIN,
-	SCR_BF16,
-	SCR_BF16_DY,
-	SCR_WINO_SRC,
-	SCR_WINO_DST,
-	N_SCR
-};
-static float *scratch[N_SCR];
-static size_t scratch_bytes[N_SCR];
-
-void
-mt_onednn_release_scratch(void)
-{
-	for (int i = 0; i < N_SCR; i++)
-	{
-		free(scratch[i]);
-		scratch[i] = NULL;
-		scratch_bytes[i] = 0;
-	}
-}
-
-/* Scratch buffer slot of at least bytes (NULL: out of memory). */
-static float *
-scratch_get(int slot, size_t bytes)
-{
-	if (bytes > scratch_bytes[slot])
-	{
-		free(scratch[slot]);
-		scratch_bytes[slot] = 0;
-		if ((scratch[slot] = falloc(bytes)) == NULL)
-			return NULL;
-		scratch_bytes[slot] = bytes;
-	}
-	return scratch[slot];
 }
 
 /*
@@ -757,19 +825,11 @@ out:
 	return rc;
 }
 
-/*
- * Whether scoring runs d on a batch of n through the Winograd kernel
- * (MT_CONV_WINOGRAD): a dense 3x3 convolution, stride 1, no dilation,
- * channels in whole blocks of 16, float32, more than one image (at batch
- * 1 the reorders around it cost more than it saves, and a one-row
- * scoring backend keeps the direct kernel's smaller weights).
- */
+/* Whether scoring runs d on a batch of n through the Winograd kernel. */
 static int
 wants_wino(const mt_conv_cache *c, const mt_conv_desc *d, int n)
 {
-	return mt_onednn_mode() == MT_CONV_WINOGRAD && !c->bf16 && n >= 2 &&
-		d->groups == 1 && d->kh == 3 && d->kw == 3 && d->sh == 1 && d->sw == 1 &&
-		d->dh == 1 && d->dw == 1 && d->cin % 16 == 0 && d->cout % 16 == 0;
+	return !c->bf16 && wino_shape(d, n);
 }
 
 /*
@@ -1024,8 +1084,11 @@ typedef struct bwd_mds
 				any_w,
 				src_k,			/* src, dst and "any" weights in the kernel's type: */
 				dst_k,			/* bfloat16 for bf16 training, else as above */
-				any_dw;			/* the weight gradient: float32, any layout */
-	int			bf16;
+				any_dw,			/* the weight gradient: float32, any layout */
+				src_b,			/* Winograd: src and dst as its kernels */
+				dst_b;			/* read and write them (nChw16c) */
+	int			bf16,
+				wino;			/* the primitive is Winograd's (src_b, dst_b) */
 	dnnl_dims_t strides,
 				dil,
 				pl,
@@ -1060,6 +1123,7 @@ train_mds(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m, mt_e
 	m->pr[0] = d->pad_b;
 	m->pr[1] = d->pad_r;
 	m->bf16 = kt == dnnl_bf16;
+	m->wino = 0;
 	if ((st = p_dnnl_memory_desc_init_by_tag(&m->src, 4, sd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
 		(st = p_dnnl_memory_desc_init_by_tag(&m->dst, 4, dd, dnnl_f32, dnnl_nhwc)) != dnnl_success ||
 		(st = p_dnnl_memory_desc_init_by_tag(&m->src_k, 4, sd, kt, dnnl_nhwc)) != dnnl_success ||
@@ -1072,6 +1136,30 @@ train_mds(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m, mt_e
 		return fail(err, "describe a convolution", st);
 	return MT_OK;
 }
+
+/*
+ * Whether training runs d on a batch of n through the Winograd kernel
+ * (MT_CONV_WINOGRAD, float32): then m->wino is set and m->src_b and
+ * m->dst_b describe its blocked input and output, which the callers
+ * reorder from and to NHWC through the SCR_WINO_* scratch.
+ */
+static int
+train_wino(const mt_conv_desc *d, int n, bwd_mds *m)
+{
+	m->wino = 0;
+	if (m->bf16 || !wino_shape(d, n) ||
+		p_dnnl_memory_desc_init_by_tag(&m->src_b, 4, m->src.dims, dnnl_f32, dnnl_nChw16c) != dnnl_success ||
+		p_dnnl_memory_desc_init_by_tag(&m->dst_b, 4, m->dst.dims, dnnl_f32, dnnl_nChw16c) != dnnl_success)
+		return 0;
+	m->wino = 1;
+	return 1;
+}
+
+/* The kernel's input, output (or output gradient) and input gradient descriptors. */
+#define K_SRC(m) ((m)->wino ? &(m)->src_b : &(m)->src_k)
+#define K_DST(m) ((m)->wino ? &(m)->dst_b : &(m)->dst_k)
+#define K_DSRC(m) ((m)->wino ? &(m)->src_b : &(m)->src)
+#define K_ALG(m) ((m)->wino ? dnnl_convolution_winograd : dnnl_convolution_direct)
 
 /*
  * An activation for a bfloat16 kernel: x (float32, as md) converted into
@@ -1087,9 +1175,13 @@ kernel_input(const bwd_mds *m, const dnnl_memory_desc_t *md, const dnnl_memory_d
 	return reorder_scratch(slot, md, x, md_k, out, "for a bfloat16 activation", err);
 }
 
-/* train_mds and the forward primitive descriptor backward passes take as a hint. */
+/*
+ * train_mds and the forward primitive descriptor backward passes take as a
+ * hint: Winograd's when allow_wino and train_wino agree and oneDNN has
+ * that kernel (m->wino says which), else the direct one.
+ */
 static int
-bwd_describe(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m,
+bwd_describe(const mt_conv_desc *d, int n, int h, int w, int oihw, int allow_wino, bwd_mds *m,
 			 dnnl_primitive_desc_t *hint, mt_err *err)
 {
 	dnnl_convolution_desc_t cd;
@@ -1098,6 +1190,17 @@ bwd_describe(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m,
 	*hint = NULL;
 	if ((rc = train_mds(d, n, h, w, oihw, m, err)) != MT_OK)
 		return rc;
+	if (allow_wino && train_wino(d, n, m))
+	{
+		if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training,
+														 dnnl_convolution_winograd, &m->src_b,
+														 &m->any_w, NULL, &m->dst_b, m->strides,
+														 m->dil, m->pl, m->pr) == dnnl_success &&
+			pd_create(hint, &cd, NULL, NULL) == dnnl_success)
+			return MT_OK;
+		*hint = NULL;
+		m->wino = 0;
+	}
 	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
 													 &m->src_k, &m->any_w, NULL, &m->dst_k, m->strides,
 													 m->dil, m->pl, m->pr) != dnnl_success ||
@@ -1170,19 +1273,26 @@ bwd_begin(bwd_call *c, int weight_grad, const mt_conv_desc *d, int n, int h, int
 	memset(c, 0, sizeof(*c));
 	if (!mt_onednn_enabled())
 		return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", info);
-	if ((rc = bwd_describe(d, n, h, w, oihw, m, &c->hint, err)) != MT_OK)
+	if ((rc = bwd_describe(d, n, h, w, oihw, 1, m, &c->hint, err)) != MT_OK)
 		return rc;
-	st = weight_grad ?
-		p_dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &m->src_k,
-															  &m->any_dw, NULL, &m->dst_k, m->strides,
-															  m->dil, m->pl, m->pr) :
-		p_dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &m->src,
-														   &m->any_w, &m->dst_k, m->strides, m->dil,
-														   m->pl, m->pr);
-	if (st != dnnl_success || pd_create(&c->pd, &cd, NULL, c->hint) != dnnl_success)
+	for (;;)
 	{
+		st = weight_grad ?
+			p_dnnl_dilated_convolution_backward_weights_desc_init(&cd, K_ALG(m), K_SRC(m), &m->any_dw,
+																  NULL, K_DST(m), m->strides, m->dil,
+																  m->pl, m->pr) :
+			p_dnnl_dilated_convolution_backward_data_desc_init(&cd, K_ALG(m), K_DSRC(m), &m->any_w,
+															   K_DST(m), m->strides, m->dil, m->pl,
+															   m->pr);
+		if (st == dnnl_success && pd_create(&c->pd, &cd, NULL, c->hint) == dnnl_success)
+			break;
 		c->pd = NULL;
-		return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward kernel for this convolution");
+		if (!m->wino)
+			return mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no backward kernel for this convolution");
+		/* no Winograd kernel for this pass: the direct one */
+		p_dnnl_primitive_desc_destroy(c->hint);
+		if ((rc = bwd_describe(d, n, h, w, oihw, 0, m, &c->hint, err)) != MT_OK)
+			return rc;
 	}
 	return call_primitive(c, err);
 }
@@ -1217,16 +1327,19 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 
 	if ((rc = bwd_begin(&c, 0, d, n, h, w, oihw, err)) != MT_OK ||
 		(rc = call_weights(&c, packed_w, &want_w, &kw, err)) != MT_OK ||
-		(rc = kernel_input(&c.m, &c.m.dst, &c.m.dst_k, SCR_BF16_DY, dy, &kdy, err)) != MT_OK)
+		(rc = c.m.wino ?
+		 reorder_scratch(SCR_WINO_DST, &c.m.dst, dy, &c.m.dst_b, &kdy, "for a Winograd convolution", err) :
+		 kernel_input(&c.m, &c.m.dst, &c.m.dst_k, SCR_BF16_DY, dy, &kdy, err)) != MT_OK)
 		goto out;
-	if ((dsrc = scratch_get(SCR_DSRC, p_dnnl_memory_desc_get_size(&c.m.src))) == NULL)
+	if ((dsrc = scratch_get(c.m.wino ? SCR_WINO_SRC : SCR_DSRC,
+							p_dnnl_memory_desc_get_size(K_DSRC(&c.m)))) == NULL)
 	{
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
 	}
-	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.dst_k, engine, (void *) kdy)) != dnnl_success ||
+	if ((st = p_dnnl_memory_create(&c.mem[0], K_DST(&c.m), engine, (void *) kdy)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine, (void *) kw)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&c.mem[2], &c.m.src, engine, dsrc)) != dnnl_success)
+		(st = p_dnnl_memory_create(&c.mem[2], K_DSRC(&c.m), engine, dsrc)) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
 		goto out;
@@ -1240,6 +1353,17 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 			rc = fail(err, "run a convolution's backward pass", st);
 			goto out;
 		}
+	}
+	if (c.m.wino)
+	{
+		const void *plain;
+
+		/* back to NHWC, then added to the caller's gradient as below */
+		if ((rc = reorder_scratch(SCR_DSRC, &c.m.src_b, dsrc, &c.m.src, &plain,
+								  "in a convolution's backward pass", err)) != MT_OK)
+			goto out;
+		dsrc = (float *) plain;
+		wino_count++;
 	}
 	mt_cpu_accumulate((size_t) n * h * w * d->cin, dsrc, dx);
 	conv_count++;
@@ -1261,9 +1385,18 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 	dnnl_status_t st;
 	int			rc;
 
-	if ((rc = bwd_begin(&c, 1, d, n, h, w, oihw, err)) != MT_OK ||
-		(rc = kernel_input(&c.m, &c.m.src, &c.m.src_k, SCR_BF16, x, &kx, err)) != MT_OK ||
-		(rc = kernel_input(&c.m, &c.m.dst, &c.m.dst_k, SCR_BF16_DY, dy, &kdy, err)) != MT_OK)
+	if ((rc = bwd_begin(&c, 1, d, n, h, w, oihw, err)) != MT_OK)
+		goto out;
+	if (c.m.wino)
+	{
+		if ((rc = reorder_scratch(SCR_WINO_SRC, &c.m.src, x, &c.m.src_b, &kx, "for a Winograd convolution",
+								  err)) != MT_OK ||
+			(rc = reorder_scratch(SCR_WINO_DST, &c.m.dst, dy, &c.m.dst_b, &kdy,
+								  "for a Winograd convolution", err)) != MT_OK)
+			goto out;
+	}
+	else if ((rc = kernel_input(&c.m, &c.m.src, &c.m.src_k, SCR_BF16, x, &kx, err)) != MT_OK ||
+			 (rc = kernel_input(&c.m, &c.m.dst, &c.m.dst_k, SCR_BF16_DY, dy, &kdy, err)) != MT_OK)
 		goto out;
 	want_dw = p_dnnl_primitive_desc_query_md(c.pd, dnnl_query_diff_weights_md, 0);
 	if ((kdw = scratch_get(SCR_DW, p_dnnl_memory_desc_get_size(want_dw))) == NULL)
@@ -1271,8 +1404,8 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
 	}
-	if ((st = p_dnnl_memory_create(&c.mem[0], &c.m.src_k, engine, (void *) kx)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&c.mem[1], &c.m.dst_k, engine, (void *) kdy)) != dnnl_success ||
+	if ((st = p_dnnl_memory_create(&c.mem[0], K_SRC(&c.m), engine, (void *) kx)) != dnnl_success ||
+		(st = p_dnnl_memory_create(&c.mem[1], K_DST(&c.m), engine, (void *) kdy)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[2], want_dw, engine, kdw)) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
@@ -1299,6 +1432,8 @@ backward_weight(const mt_conv_desc *d, int n, int h, int w, const float *x, cons
 	else
 		mt_cpu_accumulate(mt_conv_packed_size(d), kdw, packed_dw);
 	conv_count++;
+	if (c.m.wino)
+		wino_count++;
 out:
 	bwd_end(&c);
 	return rc;
@@ -1317,6 +1452,7 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 	const dnnl_memory_desc_t *want_w;
 	const void *kw,
 			   *kx;
+	float	   *ky = y;			/* the kernel's output: y, or Winograd's blocked one */
 	dnnl_dims_t bd = {d->cout};
 	dnnl_status_t st;
 	int			rc;
@@ -1331,24 +1467,43 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 		rc = fail(err, "describe a convolution", st);
 		goto out;
 	}
-	if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
-													 &m->src_k, &m->any_w, bias ? &bias_md : NULL,
-													 &m->dst, m->strides, m->dil, m->pl,
-													 m->pr) != dnnl_success ||
-		post_ops_attr(d->act, &attr) != dnnl_success ||
-		pd_create(&c.pd, &cd, attr, NULL) != dnnl_success)
+	if (post_ops_attr(d->act, &attr) != dnnl_success)
 	{
-		c.pd = NULL;
-		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
+		rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN cannot fuse this convolution's activation");
 		goto out;
+	}
+	/* Winograd's kernel where it is wanted and oneDNN has one (activation included), else direct */
+	train_wino(d, n, m);
+	for (;;)
+	{
+		if (p_dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, K_ALG(m), K_SRC(m),
+														 &m->any_w, bias ? &bias_md : NULL,
+														 m->wino ? &m->dst_b : &m->dst, m->strides,
+														 m->dil, m->pl, m->pr) == dnnl_success &&
+			pd_create(&c.pd, &cd, attr, NULL) == dnnl_success)
+			break;
+		c.pd = NULL;
+		if (!m->wino)
+		{
+			rc = mt_seterr(err, MT_ERR_UNSUPPORTED, "oneDNN has no kernel for this convolution");
+			goto out;
+		}
+		m->wino = 0;
 	}
 	if ((rc = call_primitive(&c, err)) != MT_OK ||
 		(rc = call_weights(&c, w_oihw, &want_w, &kw, err)) != MT_OK ||
-		(rc = kernel_input(m, &m->src, &m->src_k, SCR_BF16, x, &kx, err)) != MT_OK)
+		(rc = m->wino ?
+		 reorder_scratch(SCR_WINO_SRC, &m->src, x, &m->src_b, &kx, "for a Winograd convolution", err) :
+		 kernel_input(m, &m->src, &m->src_k, SCR_BF16, x, &kx, err)) != MT_OK)
 		goto out;
-	if ((st = p_dnnl_memory_create(&c.mem[0], &m->src_k, engine, (void *) kx)) != dnnl_success ||
+	if (m->wino && (ky = scratch_get(SCR_WINO_DST, p_dnnl_memory_desc_get_size(&m->dst_b))) == NULL)
+	{
+		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory for a Winograd convolution");
+		goto out;
+	}
+	if ((st = p_dnnl_memory_create(&c.mem[0], K_SRC(m), engine, (void *) kx)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&c.mem[1], want_w, engine, (void *) kw)) != dnnl_success ||
-		(st = p_dnnl_memory_create(&c.mem[2], &m->dst, engine, y)) != dnnl_success)
+		(st = p_dnnl_memory_create(&c.mem[2], m->wino ? &m->dst_b : &m->dst, engine, ky)) != dnnl_success)
 	{
 		rc = fail(err, "create memory", st);
 		goto out;
@@ -1373,6 +1528,13 @@ mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const float 
 			rc = fail(err, "run a convolution", st);
 			goto out;
 		}
+	}
+	/* Winograd's blocked output back into the caller's NHWC */
+	if (m->wino)
+	{
+		if ((rc = reorder_to(&m->dst_b, ky, &m->dst, y, err)) != MT_OK)
+			goto out;
+		wino_count++;
 	}
 	conv_count++;
 out:

@@ -35,9 +35,10 @@ typedef enum mt_conv_kernels
 {
 	MT_CONV_AUTO = 0,			/* oneDNN when it loads, else im2col + GEMM */
 	MT_CONV_GEMM,				/* always im2col + GEMM */
-	MT_CONV_WINOGRAD			/* as AUTO, and scoring's dense 3x3 stride-1
-								 * convolutions at batch >= 2 use oneDNN's
-								 * Winograd F(4x4, 3x3) kernel where it has one */
+	MT_CONV_WINOGRAD			/* as AUTO, and dense 3x3 stride-1 float32
+								 * convolutions at batch >= 2 (scoring and
+								 * training) use oneDNN's Winograd F(4x4, 3x3)
+								 * kernels where it has them */
 } mt_conv_kernels;
 
 /*

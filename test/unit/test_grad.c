@@ -1504,6 +1504,105 @@ test_bf16_convolutions(void)
 	}
 }
 
+/*
+ * Winograd training (medtl.conv_kernels = winograd): training's three
+ * oneDNN convolutions through the Winograd F(4x4, 3x3) kernels against
+ * the same calls through the direct ones, on random data, with bias and
+ * fused ReLU on the forward pass; each output within 1e-5 (relative L2;
+ * the transform's own rounding, far below the 2e-2 the whole-model
+ * gradient check allows).  The eligible shapes must run through Winograd
+ * (its counter moves by 3); a strided one, a depthwise one and batch 1 must
+ * not.  Then a whole ResNet-18 with Winograd: its gradients against finite
+ * differences, as test_zoo_models does with the direct kernels.
+ */
+static void
+test_winograd_training(void)
+{
+	static const int cases[][6] = {	/* cin, cout, stride, groups, hw, n */
+		{16, 32, 1, 1, 12, 3}, {64, 64, 1, 1, 14, 2}, {32, 48, 1, 1, 9, 2},
+		{32, 64, 2, 1, 13, 2}, {48, 48, 1, 48, 10, 2}, {32, 32, 1, 1, 10, 1}};
+	static const char *const r18[] = {"layer1.0.conv1.weight", "layer1.1.conv2.weight",
+		"layer3.1.conv1.weight", "layer4.1.conv2.weight", "fc.weight", NULL};
+
+	if (!mt_onednn_enabled())
+	{
+		printf("  winograd training: oneDNN not in use here, skipped\n");
+		return;
+	}
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+	{
+		int			cin = cases[c][0],
+					cout = cases[c][1],
+					st = cases[c][2],
+					g = cases[c][3],
+					hw = cases[c][4],
+					n = cases[c][5],
+					eligible = st == 1 && g == 1 && n > 1;
+		mt_conv_desc d = {cin, cout, 3, 3, st, st, 1, 1, g, 1, 1, 1, 1, MT_ACT_RELU};
+		int			oh = mt_out_size(hw, 3, st, 1, 1, 1);
+		size_t		nx = (size_t) n * hw * hw * cin,
+					ny = (size_t) n * oh * oh * cout,
+					nw = (size_t) cout * (cin / g) * 9;
+		float	   *x = rbuf(nx, -1, 1),
+				   *w = rbuf(nw, -0.5f, 0.5f),
+				   *b = rbuf(cout, -0.5f, 0.5f),
+				   *dy = rbuf(ny, -1, 1),
+				   *out[2][3];
+		double		e[3];
+		unsigned long wino0 = 0;
+		mt_err		err;
+
+		for (int p = 0; p < 2; p++)
+		{
+			mt_conv_desc dd = d;
+
+			mt_onednn_set_mode(p == 0 ? MT_CONV_AUTO : MT_CONV_WINOGRAD);
+			wino0 = mt_onednn_wino_count();
+			out[p][0] = calloc(ny, sizeof(float));
+			out[p][1] = calloc(nx, sizeof(float));
+			out[p][2] = calloc(nw, sizeof(float));
+			CHECK(mt_onednn_train_forward(&dd, n, hw, hw, x, w, b, out[p][0], &err) == MT_OK,
+				  "winograd case %zu forward: %s", c, err.msg);
+			dd.act = MT_ACT_NONE;
+			CHECK(mt_onednn_train_backward_data(&dd, n, hw, hw, dy, w, out[p][1], &err) == MT_OK,
+				  "winograd case %zu input gradient: %s", c, err.msg);
+			CHECK(mt_onednn_train_backward_weight(&dd, n, hw, hw, x, dy, out[p][2], &err) == MT_OK,
+				  "winograd case %zu weight gradient: %s", c, err.msg);
+			if (p == 1)
+				CHECK(mt_onednn_wino_count() - wino0 == (eligible ? 3u : 0u),
+					  "winograd case %zu: %lu of 3 passes through Winograd, %s", c,
+					  mt_onednn_wino_count() - wino0, eligible ? "want 3" : "want none");
+		}
+		mt_onednn_set_mode(MT_CONV_AUTO);
+		e[0] = rel_l2(out[1][0], out[0][0], ny);
+		e[1] = rel_l2(out[1][1], out[0][1], nx);
+		e[2] = rel_l2(out[1][2], out[0][2], nw);
+		for (int j = 0; j < 3; j++)
+			CHECK(e[j] < 1e-5, "winograd case %zu (%s): %.2e from the direct kernel", c,
+				  j == 0 ? "forward" : j == 1 ? "input gradient" : "weight gradient", e[j]);
+		printf("  winograd training conv 3x3/%d %d->%d%s n=%d%s: forward %.1e, input grad %.1e, "
+			   "weight grad %.1e from direct\n", st, cin, cout, g > 1 ? " depthwise" : "", n,
+			   eligible ? "" : " (direct)", e[0], e[1], e[2]);
+		for (int p = 0; p < 2; p++)
+			for (int j = 0; j < 3; j++)
+				free(out[p][j]);
+		free(x);
+		free(w);
+		free(b);
+		free(dy);
+	}
+	{
+		unsigned long wino0 = mt_onednn_wino_count();
+
+		mt_onednn_set_mode(MT_CONV_WINOGRAD);
+		test_zoo_model("resnet18", r18, 64, 3e-4);
+		mt_onednn_set_mode(MT_CONV_AUTO);
+		CHECK(mt_onednn_wino_count() > wino0, "resnet18 with winograd: no convolution through Winograd");
+		printf("  resnet18 with winograd training: %lu convolutions through Winograd\n",
+			   mt_onednn_wino_count() - wino0);
+	}
+}
+
 /* Whole ResNet-18, MobileNetV2, EfficientNet-B0 and DenseNet-121 at 64x64. */
 static void
 test_zoo_models(void)
@@ -2458,6 +2557,7 @@ main(int argc, char **argv)
 	test_freeze_cnn();
 	test_zoo_models();
 	test_bf16_convolutions();
+	test_winograd_training();
 	test_misc();
 	test_head_dropout();
 	test_ema();
