@@ -11,7 +11,7 @@ the variants over --runs rounds (best of the rounds):
   PyTorch       torchvision's model, channels_last, eager, eval + no_grad
                 for scoring (mean over --seconds, as bench_engine's figure)
                 and model.train() + SGD for a training step (best of 3, as
-                train_step's best of 4), without and with
+                against train_step's best step), without and with
                 torch.autocast("cpu", dtype=bfloat16)
 
 Prints images/s, bf16/fp32 for each, and medtl bf16 / PyTorch bf16.
@@ -43,7 +43,7 @@ def step(arch, threads, prec):
     env = dict(os.environ, MEDTL_PRECISION=prec, MT_BENCH_STEPS="4")
     out = subprocess.run([STEP, "bench", arch, "224", "224", "16", str(threads)], env=env,
                          capture_output=True, text=True, check=True).stdout
-    m = re.search(r"\(([0-9.]+) img/s\)", out)
+    m = re.search(r"\(([0-9.]+) img/s best\)", out)
     if not m:
         raise RuntimeError("unexpected train_step output: %r" % out)
     return float(m.group(1))

@@ -37,7 +37,8 @@ to 2 x the weights + 100 MB.
 
 Then training at batch 16 (SGD with momentum, cross-entropy) for
 --train-archs (default mobilenet_v2, resnet18): the engine's training step
-(test/bin/train_step bench, full fine-tune and head only), medtl.train()
+(test/bin/train_step bench, full fine-tune and head only: the mean of 4
+steps after a first), medtl.train()
 over --train-images rows of the generated images (2 epochs of full
 fine-tuning, timed by the second epoch's row in medtl.epochs: batches and
 steps from the decoded images; and --head-epochs epochs head only, timed
@@ -45,7 +46,8 @@ end to end by medtl.runs, where medtl computes the frozen backbone's
 features once, against PyTorch's rate x images x epochs) and PyTorch eager
 (full fine-tune; head only as the usual loop does it, the best of
 model.train() with frozen backbone parameters and an eval-mode backbone
-under no_grad), with the ratios.
+under no_grad), with the ratios; full fine-tuning in the engine and
+through SQL again with medtl.conv_kernels = winograd.
 
 The fraction of the machine's fp32 peak: the engine's convolutions'
 arithmetic (2 x multiply-adds per image x images/s) against OpenBLAS sgemm
@@ -164,9 +166,12 @@ def sgemm_peak(threads):
 STEP = os.path.join(HERE, "bin", "train_step")
 
 
-def engine_train_rate(arch, threads, freeze):
+def engine_train_rate(arch, threads, freeze, kernels=None):
+    env = dict(os.environ)
+    if kernels:
+        env["MEDTL_CONV_KERNELS"] = kernels
     out = subprocess.run([STEP, "bench", arch, "224", "224", "16", str(threads), freeze],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, env=env).stdout
     m = re.search(r"\(([0-9.]+) img/s\)", out)
     if not m:
         raise RuntimeError("unexpected train_step output: %r" % out)
@@ -398,10 +403,11 @@ def main():
     for arch in train_archs:
         import_random(arch)
 
-        def sql_train(freeze, epochs):
+        def sql_train(freeze, epochs, kernels=None):
             # (seconds of the whole run, seconds of its last epoch)
             # train() once (a volatile call in a WHERE clause would run per row)
-            out = psql(setup + "SELECT medtl.create_model('t_' || %(a)s, %(a)s, ARRAY['a', 'b'], replace => true);\n"
+            kset = "SET medtl.conv_kernels = %s;\n" % kernels if kernels else ""
+            out = psql(setup + kset + "SELECT medtl.create_model('t_' || %(a)s, %(a)s, ARRAY['a', 'b'], replace => true);\n"
                        "SELECT medtl.train('t_' || %(a)s, 'timgs', "
                        "epochs => %(e)d, batch_size => 16, optimizer => 'sgd', lr => 0.01, freeze => %(f)s, "
                        "augment => false, validation => 0%(bn)s) AS rid \\gset\n"
@@ -417,6 +423,10 @@ def main():
             for key, fn in (("engine full", lambda: engine_train_rate(arch, args.threads, "none")),
                             ("engine head", lambda: engine_train_rate(arch, args.threads, "backbone")),
                             ("SQL full", lambda: args.train_images / sql_train("none", 2)[1]),
+                            ("engine full winograd",
+                             lambda: engine_train_rate(arch, args.threads, "none", "winograd")),
+                            ("SQL full winograd",
+                             lambda: args.train_images / sql_train("none", 2, "winograd")[1]),
                             ("SQL head 10 epochs s", lambda: -sql_train("backbone", args.head_epochs)[0]),
                             ("torch", lambda: torch_train_rates(arch, args.seconds))):
                 r = fn()
@@ -430,12 +440,14 @@ def main():
         print("\n== %s training (224x224, batch 16, SGD, %d threads)" % (arch, args.threads), flush=True)
         for name, key in (("medtl engine, full fine-tune", "engine full"),
                           ("medtl SQL train(), full fine-tune, epoch 2", "SQL full"),
+                          ("medtl engine, full, winograd", "engine full winograd"),
+                          ("medtl SQL train(), full, winograd, epoch 2", "SQL full winograd"),
                           ("PyTorch eager, full fine-tune", "torch full"),
                           ("medtl engine, head only", "engine head"),
                           ("PyTorch eager, head only (best loop)", "torch head")):
             ratio = ""
             if key.startswith("engine") or key.startswith("SQL"):
-                ratio = " medtl/PyTorch %.2f" % (best[key] / best["torch " + key.split()[-1]])
+                ratio = " medtl/PyTorch %.2f" % (best[key] / best["torch " + key.split()[1]])
             print("  %-40s %8.1f img/s%s" % (name, best[key], ratio), flush=True)
             results.append((arch, "train " + name, 16, best[key]))
         print("  head only, %d epochs over %d images: medtl SQL train(freeze => 'backbone') %.1f s (features"
