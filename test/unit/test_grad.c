@@ -1422,6 +1422,44 @@ rel_l2(const float *a, const float *b, size_t n)
 }
 
 /*
+ * Training's three oneDNN convolution passes of d on an n x hw x hw batch,
+ * as the setting in force runs them: the forward pass of x (bias b, may be
+ * NULL; d's activation fused) and the input and weight gradients of dy,
+ * into fresh buffers out[0..2] of ny, nx and nw floats; what and c name the
+ * case in failures.
+ */
+static void
+train_passes(const mt_conv_desc *d, int n, int hw, const float *x, const float *w, const float *b,
+			 const float *dy, size_t nx, size_t ny, size_t nw, float *out[3], const char *what, size_t c)
+{
+	mt_conv_desc bd = *d;
+	mt_err		err;
+
+	bd.act = MT_ACT_NONE;
+	out[0] = calloc(ny, sizeof(float));
+	out[1] = calloc(nx, sizeof(float));
+	out[2] = calloc(nw, sizeof(float));
+	CHECK(mt_onednn_train_forward(d, n, hw, hw, x, w, b, out[0], &err) == MT_OK,
+		  "%s case %zu forward: %s", what, c, err.msg);
+	CHECK(mt_onednn_train_backward_data(&bd, n, hw, hw, dy, w, out[1], &err) == MT_OK,
+		  "%s case %zu input gradient: %s", what, c, err.msg);
+	CHECK(mt_onednn_train_backward_weight(&bd, n, hw, hw, x, dy, out[2], &err) == MT_OK,
+		  "%s case %zu weight gradient: %s", what, c, err.msg);
+}
+
+/* e[j]: the relative L2 distance of each pass's output out[j] from ref[j]. */
+static void
+passes_apart(float *const out[3], float *const ref[3], size_t nx, size_t ny, size_t nw, double e[3])
+{
+	e[0] = rel_l2(out[0], ref[0], ny);
+	e[1] = rel_l2(out[1], ref[1], nx);
+	e[2] = rel_l2(out[2], ref[2], nw);
+}
+
+/* Names of the three passes, for messages. */
+static const char *const pass_name[3] = {"forward", "input gradient", "weight gradient"};
+
+/*
  * bf16 training (medtl.precision = bf16): training's three oneDNN
  * convolutions (forward, input gradient, weight gradient) with bfloat16
  * inputs and weights and float32 accumulation, against the same calls in
@@ -1467,29 +1505,17 @@ test_bf16_convolutions(void)
 				   *dy = rbuf(ny, -1, 1),
 				   *out[2][3];
 		double		e[3];
-		mt_err		err;
 
 		for (int p = 0; p < 2; p++)
 		{
 			mt_set_precision(p == 0 ? MT_PREC_FP32 : MT_PREC_BF16);
-			out[p][0] = calloc(ny, sizeof(float));
-			out[p][1] = calloc(nx, sizeof(float));
-			out[p][2] = calloc(nw, sizeof(float));
-			CHECK(mt_onednn_train_forward(&d, n, hw, hw, x, w, NULL, out[p][0], &err) == MT_OK,
-				  "bf16 case %zu forward: %s", c, err.msg);
-			CHECK(mt_onednn_train_backward_data(&d, n, hw, hw, dy, w, out[p][1], &err) == MT_OK,
-				  "bf16 case %zu input gradient: %s", c, err.msg);
-			CHECK(mt_onednn_train_backward_weight(&d, n, hw, hw, x, dy, out[p][2], &err) == MT_OK,
-				  "bf16 case %zu weight gradient: %s", c, err.msg);
+			train_passes(&d, n, hw, x, w, NULL, dy, nx, ny, nw, out[p], "bf16", c);
 		}
 		mt_set_precision(MT_PREC_FP32);
-		e[0] = rel_l2(out[1][0], out[0][0], ny);
-		e[1] = rel_l2(out[1][1], out[0][1], nx);
-		e[2] = rel_l2(out[1][2], out[0][2], nw);
+		passes_apart(out[1], out[0], nx, ny, nw, e);
 		for (int j = 0; j < 3; j++)
 		{
-			CHECK(e[j] < 2e-2, "bf16 case %zu (%s): %.2e from float32", c,
-				  j == 0 ? "forward" : j == 1 ? "input gradient" : "weight gradient", e[j]);
+			CHECK(e[j] < 2e-2, "bf16 case %zu (%s): %.2e from float32", c, pass_name[j], e[j]);
 			if (bf16_kernels)
 				CHECK(e[j] > 0, "bf16 case %zu: equal to float32 (bf16 kernels not used)", c);
 		}
@@ -1550,36 +1576,21 @@ test_winograd_training(void)
 				   *out[2][3];
 		double		e[3];
 		unsigned long wino0 = 0;
-		mt_err		err;
 
 		for (int p = 0; p < 2; p++)
 		{
-			mt_conv_desc dd = d;
-
 			mt_onednn_set_mode(p == 0 ? MT_CONV_AUTO : MT_CONV_WINOGRAD);
 			wino0 = mt_onednn_wino_count();
-			out[p][0] = calloc(ny, sizeof(float));
-			out[p][1] = calloc(nx, sizeof(float));
-			out[p][2] = calloc(nw, sizeof(float));
-			CHECK(mt_onednn_train_forward(&dd, n, hw, hw, x, w, b, out[p][0], &err) == MT_OK,
-				  "winograd case %zu forward: %s", c, err.msg);
-			dd.act = MT_ACT_NONE;
-			CHECK(mt_onednn_train_backward_data(&dd, n, hw, hw, dy, w, out[p][1], &err) == MT_OK,
-				  "winograd case %zu input gradient: %s", c, err.msg);
-			CHECK(mt_onednn_train_backward_weight(&dd, n, hw, hw, x, dy, out[p][2], &err) == MT_OK,
-				  "winograd case %zu weight gradient: %s", c, err.msg);
+			train_passes(&d, n, hw, x, w, b, dy, nx, ny, nw, out[p], "winograd", c);
 			if (p == 1)
 				CHECK(mt_onednn_wino_count() - wino0 == (eligible ? 3u : 0u),
 					  "winograd case %zu: %lu of 3 passes through Winograd, %s", c,
 					  mt_onednn_wino_count() - wino0, eligible ? "want 3" : "want none");
 		}
 		mt_onednn_set_mode(MT_CONV_AUTO);
-		e[0] = rel_l2(out[1][0], out[0][0], ny);
-		e[1] = rel_l2(out[1][1], out[0][1], nx);
-		e[2] = rel_l2(out[1][2], out[0][2], nw);
+		passes_apart(out[1], out[0], nx, ny, nw, e);
 		for (int j = 0; j < 3; j++)
-			CHECK(e[j] < 1e-5, "winograd case %zu (%s): %.2e from the direct kernel", c,
-				  j == 0 ? "forward" : j == 1 ? "input gradient" : "weight gradient", e[j]);
+			CHECK(e[j] < 1e-5, "winograd case %zu (%s): %.2e from the direct kernel", c, pass_name[j], e[j]);
 		printf("  winograd training conv 3x3/%d %d->%d%s n=%d%s: forward %.1e, input grad %.1e, "
 			   "weight grad %.1e from direct\n", st, cin, cout, g > 1 ? " depthwise" : "", n,
 			   eligible ? "" : " (direct)", e[0], e[1], e[2]);
