@@ -141,6 +141,8 @@ bench(int argc, char **argv)
 		fprintf(stderr, "train_step: no OpenBLAS (%s), reference GEMM\n", err.msg);
 	mt_blas_set_threads(threads);
 	const char *freeze = argc > 7 ? argv[7] : "none";
+	const char *env_steps = getenv("MT_BENCH_STEPS");
+	int			steps = env_steps != NULL && atoi(env_steps) > 0 ? atoi(env_steps) : 5;
 
 	if ((m = mt_zoo_build(arch, k, 0, &err)) == NULL || mt_model_init_all(m, 1, &err) != MT_OK)
 		die("build", &err);
@@ -168,8 +170,7 @@ bench(int argc, char **argv)
 		if (r > 0)
 			t_inf = fmin(t_inf, now() - t0);
 	}
-	for (int r = 0, steps = getenv("MT_BENCH_STEPS") && atoi(getenv("MT_BENCH_STEPS")) > 0 ?
-		 atoi(getenv("MT_BENCH_STEPS")) : 5; r < steps; r++)
+	for (int r = 0; r < steps; r++)
 	{
 		double		t0 = now(),
 					t1,
