@@ -236,9 +236,13 @@ typedef struct mt_backend
 									float *rm, float *rv, float eps, float momentum,
 									double unbias, float *mean, float *var,
 									float *scale, float *shift);
-	/* dx += dy routed to each window's maximum (first in scan order), from x */
+	/*
+	 * dx += dy routed to each window's maximum (first in scan order), from x;
+	 * y, the forward's output or NULL, spares a backend the search
+	 */
 	void		(*max_pool2d_backward) (const mt_pool_desc *p, int n, int h, int w, int c,
-										const float *x, const float *dy, float *dx);
+										const float *x, const float *y, const float *dy,
+										float *dx);
 	void		(*avg_pool2d_backward) (const mt_pool_desc *p, int n, int h, int w, int c,
 										const float *dy, float *dx);
 	void		(*global_avg_pool_backward) (int n, int h, int w, int c,

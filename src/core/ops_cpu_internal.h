@@ -76,7 +76,7 @@ void		mt_cpu_batch_norm_backward(size_t rows, int c, const float *x,
 									   const float *invstd, const float *gamma,
 									   float *dx, float *dgamma, float *dbeta);
 void		mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
-									   const float *x, const float *dy, float *dx);
+									   const float *x, const float *y, const float *dy, float *dx);
 void		mt_cpu_avg_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
 									   const float *dy, float *dx);
 void		mt_cpu_global_avg_pool_backward(int n, int h, int w, int c,

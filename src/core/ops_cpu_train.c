@@ -106,6 +106,7 @@ typedef struct image_bw_args
 				ow,
 				c;
 	const float *x;
+	const float *y;				/* max pooling: the forward's output, or NULL */
 	const float *dy;
 	const float *wt;
 	float	   *dx;
@@ -595,7 +596,87 @@ mt_cpu_batch_norm_backward(size_t rows, int c, const float *x, const float *dy,
 	}
 }
 
-/* Images [b, e) of max pooling backward. */
+/*
+ * Images [b, e) of max pooling backward from the forward's output y: each
+ * window's gradient goes to its first position equal to y (the first in
+ * scan order is taken as it is when NaN, and when nothing equals y -- a
+ * window of -inf and NaN, whose y stayed -FLT_MAX -- as the scan from x
+ * would).  One vectorisable pass, no search for the maximum.
+ */
+MT_HOT static void
+max_pool_backward_y_task(void *arg, size_t b, size_t e)
+{
+	image_bw_args *a = arg;
+	const mt_pool_desc *p = a->p;
+	int			h = a->h,
+				w = a->w,
+				c = a->c;
+	int			oh = mt_out_size(h, p->kh, p->sh, 1, p->pad_t, p->pad_b);
+	int			ow = mt_out_size(w, p->kw, p->sw, 1, p->pad_l, p->pad_r);
+
+	for (size_t i = b; i < e; i++)
+		for (int oy = 0; oy < oh; oy++)
+			for (int ox = 0; ox < ow; ox++)
+			{
+				size_t		o = (((size_t) i * oh + oy) * ow + ox) * c;
+
+				for (int c0 = 0; c0 < c; c0 += CHUNK)
+				{
+					int			cn = c - c0 < CHUNK ? c - c0 : CHUNK;
+					const float *g = a->dy + o + c0,
+							   *m = a->y + o + c0;
+					float	   *first = NULL;
+					int			left[CHUNK];
+
+					for (int j = 0; j < cn; j++)
+						left[j] = 1;
+					for (int ky = 0; ky < p->kh; ky++)
+					{
+						int			iy = oy * p->sh - p->pad_t + ky;
+
+						if (iy < 0 || iy >= h)
+							continue;
+						for (int kx = 0; kx < p->kw; kx++)
+						{
+							int			ix = ox * p->sw - p->pad_l + kx;
+							size_t		base;
+							const float *xb;
+							float	   *db;
+
+							if (ix < 0 || ix >= w)
+								continue;
+							base = (((size_t) i * h + iy) * w + ix) * c + c0;
+							xb = a->x + base;
+							db = a->dx + base;
+							if (first == NULL)
+							{
+								first = db;
+								for (int j = 0; j < cn; j++)
+								{
+									int			hit = xb[j] == m[j] || xb[j] != xb[j];
+
+									db[j] += hit ? g[j] : 0.0f;
+									left[j] = !hit;
+								}
+								continue;
+							}
+							for (int j = 0; j < cn; j++)
+							{
+								int			hit = left[j] & (xb[j] == m[j]);
+
+								db[j] += hit ? g[j] : 0.0f;
+								left[j] &= !hit;
+							}
+						}
+					}
+					if (first != NULL)
+						for (int j = 0; j < cn; j++)
+							first[j] += left[j] ? g[j] : 0.0f;
+				}
+			}
+}
+
+/* Images [b, e) of max pooling backward, searching each window of x. */
 static void
 max_pool_backward_task(void *arg, size_t b, size_t e)
 {
@@ -656,14 +737,17 @@ max_pool_backward_task(void *arg, size_t b, size_t e)
 			}
 }
 
-/* Max pooling backward: each output's gradient goes to its window's first maximum. */
+/*
+ * Max pooling backward: each output's gradient goes to its window's first
+ * maximum; from y (the forward's output) when given, else found in x.
+ */
 void
 mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
-						   const float *x, const float *dy, float *dx)
+						   const float *x, const float *y, const float *dy, float *dx)
 {
-	image_bw_args a = {.p = p, .h = h, .w = w, .c = c, .x = x, .dy = dy, .dx = dx};
+	image_bw_args a = {.p = p, .h = h, .w = w, .c = c, .x = x, .y = y, .dy = dy, .dx = dx};
 
-	mt_parallel_for((size_t) n, 1, max_pool_backward_task, &a);
+	mt_parallel_for((size_t) n, 1, y != NULL ? max_pool_backward_y_task : max_pool_backward_task, &a);
 }
 
 /* Average pooling backward, with the divisor the forward pass used. */

@@ -1348,6 +1348,9 @@ forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int
 			(mt_node_is_transformer(nd->kind) &&
 			 mt_vit_node_reads_input(nd, param_trains(m, nd->p_weight))))
 			mark_read(st, st->owner[nd->in0], j);
+		/* max pooling's backward finds each window's maximum by its output */
+		if (nd->kind == MT_NODE_MAXPOOL && !node_applies_act(nd))
+			mark_read(st, st->owner[j], j);
 	}
 	if (m->features_node >= 0)
 		last_use[st->owner[m->features_node]] = nn;
@@ -1783,7 +1786,9 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 				if ((dx = grad_buf(c, in0)) == NULL)
 					goto nomem;
 				if (nd->kind == MT_NODE_MAXPOOL)
-					be->max_pool2d_backward(&p, n, in.h, in.w, in.c, x, dy, dx);
+					be->max_pool2d_backward(&p, n, in.h, in.w, in.c, x,
+											node_applies_act(nd) ? NULL : st->buf[st->owner[i]],
+											dy, dx);
 				else
 					be->avg_pool2d_backward(&p, n, in.h, in.w, in.c, dy, dx);
 				return MT_OK;

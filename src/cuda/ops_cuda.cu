@@ -1517,8 +1517,9 @@ cuda_avg_pool2d(const mt_pool_desc *p, int n, int h, int w, int c, const float *
 
 static void
 cuda_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
-						 const float *x, const float *dy, float *dx)
+						 const float *x, const float *y, const float *dy, float *dx)
 {
+	(void) y;					/* a thread per input element searches its windows */
 	pool_geo	g = make_pool_geo(p, h, w, c);
 	size_t		total = (size_t) n * h * w * c;	/* a thread per input element */
 

@@ -429,8 +429,8 @@ pool_check(const pool_case *pc)
 	GPU->max_pool2d(&p, pc->n, pc->h, pc->w, pc->c, gx, gy);
 	check(label, y, gy, ny);
 	snprintf(label, sizeof(label), "max_pool2d_backward %s", pc->name);
-	CPU->max_pool2d_backward(&p, pc->n, pc->h, pc->w, pc->c, x, dy, dx);
-	GPU->max_pool2d_backward(&p, pc->n, pc->h, pc->w, pc->c, gx, gdy, gdx);
+	CPU->max_pool2d_backward(&p, pc->n, pc->h, pc->w, pc->c, x, y, dy, dx);
+	GPU->max_pool2d_backward(&p, pc->n, pc->h, pc->w, pc->c, gx, gy, gdy, gdx);
 	check(label, dx, gdx, nx);
 
 	snprintf(label, sizeof(label), "avg_pool2d %s%s", pc->name,

@@ -242,8 +242,10 @@ pool_fwd(void *p, float *y)
 /*
  * Max pooling backward against a plain reference, exactly: random values
  * drawn from 5 levels (ties everywhere: the first maximum in (ky, kx) order
- * takes the gradient), a NaN or two, 70 channels (over one block of 64), and
- * a window of more than 64 taps.
+ * takes the gradient), a NaN or two, a channel of -inf (windows whose
+ * forward maximum stays -FLT_MAX), 70 channels (over one block of 64), and
+ * a window of more than 64 taps; searched from x alone and given the
+ * forward's output y.
  */
 static void
 test_max_pool_backward_exact(const char *what, int k, int s, int pad, int h, int w)
@@ -258,6 +260,7 @@ test_max_pool_backward_exact(const char *what, int k, int s, int pad, int h, int
 				differ = 0;
 	float	   *x = malloc(xl * sizeof(float)),
 			   *g = malloc(yl * sizeof(float)),
+			   *y = malloc(yl * sizeof(float)),
 			   *dx = zbuf(xl),
 			   *ref = zbuf(xl);
 	uint32_t	st = 12345u;	/* its own generator: the other cases' draws stay as they were */
@@ -274,6 +277,8 @@ test_max_pool_backward_exact(const char *what, int k, int s, int pad, int h, int
 	}
 	x[3] = NAN;
 	x[xl / 2 + 1] = NAN;
+	for (size_t i = 67; i < xl; i += c)
+		x[i] = (i / c) % 5 == 1 ? NAN : -INFINITY;
 	for (int i = 0; i < n; i++)
 		for (int oy = 0; oy < oh; oy++)
 			for (int ox = 0; ox < ow; ox++)
@@ -296,10 +301,19 @@ test_max_pool_backward_exact(const char *what, int k, int s, int pad, int h, int
 					if (arg != (size_t) -1)
 						ref[arg] += g[(((size_t) i * oh + oy) * ow + ox) * c + ch];
 				}
-	be->max_pool2d_backward(&p, n, h, w, c, x, g, dx);
+	be->max_pool2d_backward(&p, n, h, w, c, x, NULL, g, dx);
 	for (size_t i = 0; i < xl; i++)
 		differ += memcmp(&dx[i], &ref[i], sizeof(float)) != 0;
 	CHECK(differ == 0, "%s: %zu of %zu input gradients differ from the reference", what, differ, xl);
+	be->max_pool2d(&p, n, h, w, c, x, y);
+	memset(dx, 0, xl * sizeof(float));
+	be->max_pool2d_backward(&p, n, h, w, c, x, y, g, dx);
+	differ = 0;
+	for (size_t i = 0; i < xl; i++)
+		differ += memcmp(&dx[i], &ref[i], sizeof(float)) != 0;
+	CHECK(differ == 0, "%s, from y: %zu of %zu input gradients differ from the reference",
+		  what, differ, xl);
+	free(y);
 	free(x);
 	free(g);
 	free(dx);
@@ -347,7 +361,7 @@ test_pool_case(const char *what, int kind, int k, int s, int pad, int include_pa
 	y = zbuf(yl);
 	dx = zbuf(xl);
 	if (kind == 0)
-		be->max_pool2d_backward(&c.p, c.n, c.h, c.w, c.c, c.x, r, dx);
+		be->max_pool2d_backward(&c.p, c.n, c.h, c.w, c.c, c.x, NULL, r, dx);
 	else if (kind == 1)
 		be->avg_pool2d_backward(&c.p, c.n, c.h, c.w, c.c, r, dx);
 	else
