@@ -223,6 +223,21 @@ typedef struct mt_backend
 										const float *invstd, const float *gamma,
 										float *dx, float *dgamma, float *dbeta);
 	/*
+	 * Optional (NULL: the caller runs act_backward, then the entries
+	 * above).  Batch norm backward through the activation after it (ReLU,
+	 * ReLU6 or none), from that activation's output y, in the same passes: g = dy * act'(y); with batch statistics
+	 * (mean set) dgamma, dbeta and dx as batch_norm_backward from g; with
+	 * running ones (mean NULL, invstd the channels' scale, gamma and
+	 * dgamma unread) dbeta += sum g and dx = g * scale.  dx is
+	 * OVERWRITTEN, not added to, and may be dy; dx, dgamma, dbeta may be
+	 * NULL.
+	 */
+	void		(*batch_norm_act_backward) (size_t rows, int c, const float *x,
+											const float *y, mt_act act, const float *dy,
+											const float *mean, const float *invstd,
+											const float *gamma, float *dx, float *dgamma,
+											float *dbeta);
+	/*
 	 * Batch-norm coefficients in training (train.c), per channel of c.
 	 * With batch statistics (mean, var from channel_stats): scale = gamma
 	 * / sqrt(var + eps), shift = beta - mean * scale, the running

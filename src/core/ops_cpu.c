@@ -569,14 +569,29 @@ cpu_global_avg_pool(int n, int h, int w, int c, const float *x, float *y)
 	}
 }
 
+/* y = x * scale + shift, then the activation, a row at a time (one pass) */
 MT_HOT static void
 cpu_channel_affine(size_t rows, int c, const float *x, const float *scale,
 				   const float *shift, mt_act act, float *y)
 {
+	int			clamp = act == MT_ACT_RELU || act == MT_ACT_RELU6;
+	float		hi = act == MT_ACT_RELU6 ? 6.0f : 3.4e38f;
+
 	for (size_t r = 0; r < rows; r++)
-		for (int j = 0; j < c; j++)
-			y[r * c + j] = x[r * c + j] * scale[j] + shift[j];
-	bias_act_rows(rows, c, NULL, act, y);
+	{
+		const float *xr = x + r * c;
+		float	   *yr = y + r * c;
+
+		if (clamp)
+			for (int j = 0; j < c; j++)
+				yr[j] = clampf(xr[j] * scale[j] + shift[j], 0.0f, hi);
+		else
+		{
+			for (int j = 0; j < c; j++)
+				yr[j] = xr[j] * scale[j] + shift[j];
+			bias_act_rows(1, c, NULL, act, yr);
+		}
+	}
 }
 
 MT_HOT static void
@@ -710,6 +725,7 @@ const mt_backend mt_cpu_backend = {
 	.scale_channels_backward = mt_cpu_scale_channels_backward,
 	.channel_stats = mt_cpu_channel_stats,
 	.batch_norm_backward = mt_cpu_batch_norm_backward,
+	.batch_norm_act_backward = mt_cpu_batch_norm_act_backward,
 	.bn_train_coeffs = mt_cpu_bn_train_coeffs,
 	.max_pool2d_backward = mt_cpu_max_pool2d_backward,
 	.avg_pool2d_backward = mt_cpu_avg_pool2d_backward,

@@ -75,6 +75,11 @@ void		mt_cpu_batch_norm_backward(size_t rows, int c, const float *x,
 									   const float *dy, const float *mean,
 									   const float *invstd, const float *gamma,
 									   float *dx, float *dgamma, float *dbeta);
+void		mt_cpu_batch_norm_act_backward(size_t rows, int c, const float *x,
+										   const float *y, mt_act act, const float *dy,
+										   const float *mean, const float *invstd,
+										   const float *gamma, float *dx, float *dgamma,
+										   float *dbeta);
 void		mt_cpu_max_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,
 									   const float *x, const float *y, const float *dy, float *dx);
 void		mt_cpu_avg_pool2d_backward(const mt_pool_desc *p, int n, int h, int w, int c,

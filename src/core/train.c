@@ -1351,6 +1351,10 @@ forward_train(mt_model *m, const float *x, const u8_batch *u8, int n, int h, int
 		/* max pooling's backward finds each window's maximum by its output */
 		if (nd->kind == MT_NODE_MAXPOOL && !node_applies_act(nd))
 			mark_read(st, st->owner[j], j);
+		/* a host batch norm takes the activation after it (bn_takes_act) */
+		if (nd->kind == MT_NODE_BN && st->dt == NULL &&
+			(node_applies_act(nd) || (j + 1 < nn && st->fused[j + 1])))
+			mark_read(st, st->owner[j], j);
 	}
 	if (m->features_node >= 0)
 		last_use[st->owner[m->features_node]] = nn;
@@ -1523,7 +1527,28 @@ typedef struct bw_ctx
 	float	   *scratch;
 	float	   *scale;
 	float	   *zero;
+	mt_act	   *bn_act;			/* an activation batch norm k's backward applies */
 } bw_ctx;
+
+/*
+ * Whether batch norm k's backward takes the activation of node i (k
+ * itself, or the activation fused after it): a ReLU or ReLU6, the backend
+ * has the fused entry and k's output, which the activation shares, stays
+ * until k's backward.
+ */
+static int
+bn_takes_act(const bw_ctx *c, int k, int i)
+{
+	const struct mt_train_state *st = c->st;
+
+	mt_act		act = c->m->nodes[i].act;
+
+	return c->be->batch_norm_act_backward != NULL && c->m->nodes[k].kind == MT_NODE_BN &&
+		(act == MT_ACT_RELU || act == MT_ACT_RELU6) &&
+		(k == i || st->fused[i]) && st->owner[i] == st->owner[k] &&
+		st->buf[st->owner[k]] != NULL && st->bw_last[st->owner[k]] >= 0 &&
+		st->bw_last[st->owner[k]] <= k;
+}
 
 /* Node k's gradient buffer, allocated zeroed when first needed. */
 static float *
@@ -1673,7 +1698,14 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 	if (node_applies_act(nd) && mt_act_needs_input(nd->act))
 		be->act_backward_input(len, x, dy, nd->act, dy);	/* only MT_NODE_ACT */
 	else if (node_applies_act(nd))
-		be->act_backward(len, st->buf[st->owner[i]], dy, nd->act, dy);
+	{
+		int			k = nd->kind == MT_NODE_ACT ? in0 : i;
+
+		if (k >= 0 && bn_takes_act(c, k, i))
+			c->bn_act[k] = nd->act; /* in the batch norm's own passes */
+		else
+			be->act_backward(len, st->buf[st->owner[i]], dy, nd->act, dy);
+	}
 
 	switch (nd->kind)
 	{
@@ -1722,6 +1754,21 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 				if (param_trains(m, nd->p_bn_bias) &&
 					(dbeta = param_grad(m, nd->p_bn_bias)) == NULL)
 					goto nomem;
+				if (c->bn_act[i] != MT_ACT_NONE)
+				{
+					/* with the activation after it, written into dy, then passed on */
+					const float *yb = st->buf[st->owner[i]];
+
+					if (st->bn_mean[i] == NULL && want_dx)
+						be->bn_train_coeffs(out.c, gamma, NULL, NULL, pdata(m, nd->p_bn_var), nd->eps,
+											0.0f, 0.0, NULL, NULL, c->scale, NULL);
+					be->batch_norm_act_backward(rows_out, out.c, x, yb, c->bn_act[i], dy,
+												st->bn_mean[i],
+												st->bn_mean[i] != NULL ? st->bn_invstd[i] : c->scale,
+												gamma, want_dx ? dy : NULL,
+												st->bn_mean[i] != NULL ? dgamma : NULL, dbeta);
+					return want_dx ? give_grad(c, i, in0) : MT_OK;
+				}
 				if (st->bn_mean[i] != NULL)
 				{
 					/* batch statistics */
@@ -2142,9 +2189,10 @@ backward_run(mt_model *m, const float *dlogits, mt_loss_spec *spec, float *loss_
 	if (st->dt != NULL)
 		wpack_len = 0;			/* a device keeps the weights and gradients packed */
 	c.dbuf = mt_calloc(m->n_nodes, sizeof(float *));
+	c.bn_act = mt_calloc(m->n_nodes, sizeof(mt_act));
 	c.scale = t_alloc(st, max_c, 1);
 	c.zero = t_alloc(st, max_c, 1);
-	if (c.dbuf == NULL || c.scale == NULL || c.zero == NULL ||
+	if (c.dbuf == NULL || c.bn_act == NULL || c.scale == NULL || c.zero == NULL ||
 		(scratch_len > 0 && (c.scratch = t_alloc(st, scratch_len, 0)) == NULL) ||
 		(wpack_len > 0 && (c.wpack = t_alloc(st, wpack_len, 0)) == NULL) ||
 		(wpack_len > 0 && (c.dwpack = t_alloc(st, wpack_len, 0)) == NULL) ||
@@ -2209,6 +2257,7 @@ done:
 		for (int i = 0; i < m->n_nodes; i++)
 			t_free(st, c.dbuf[i]);
 	mt_free(c.dbuf);
+	mt_free(c.bn_act);
 	t_free(st, c.scratch);
 	t_free(st, c.wpack);
 	t_free(st, c.dwpack);

@@ -834,6 +834,99 @@ test_reductions_threads(void)
 }
 
 /*
+ * batch_norm_act_backward against the two passes it replaces (act_backward
+ * from the output, then batch_norm_backward into a zeroed dx, or with
+ * running statistics bias_backward and channel_affine by the scale): the
+ * same bits for ReLU, ReLU6 (outputs at exactly 0 and 6 included) and
+ * none, both kinds of statistics, 70 channels (two chunks) and
+ * 2100 (over one pass of whole rows), into its own dx and into dy itself.
+ */
+static void
+test_bn_act_backward(void)
+{
+	mt_act		acts[3] = {MT_ACT_RELU, MT_ACT_RELU6, MT_ACT_NONE};
+	int			chans[2] = {70, 2100};
+	uint64_t	saved = rng_state;
+	int			bad = 0,
+				cases = 0;
+
+	rng_state = 0x2545F4914F6CDD1Dull;	/* its own stream, as above */
+	for (int ci = 0; ci < 2; ci++)
+	{
+		int			c = chans[ci];
+		size_t		rows = 97,
+					len = rows * (size_t) c;
+		float	   *x = rbuf(len, -2, 2),
+				   *dy = rbuf(len, -1, 1),
+				   *y = rbuf(len, -1, 7),
+				   *gam = rbuf(c, 0.5f, 1.5f),
+				   *is = rbuf(c, 0.5f, 2.0f),
+				   *zero = zbuf(c),
+				   *mean = zbuf(c),
+				   *var = zbuf(c),
+				   *g = zbuf(len),
+				   *ref = zbuf(len),
+				   *got = zbuf(len),
+				   *inplace = zbuf(len);
+		float	   *sums = zbuf(4 * (size_t) c);
+
+		for (size_t i = 0; i < len; i += 7)
+			y[i] = (i / 7) % 2 ? 6.0f : 0.0f;
+		be->channel_stats(rows, c, x, mean, var);
+		for (int a = 0; a < 3; a++)
+			for (int batch = 0; batch < 2; batch++)
+			{
+				float	   *rdg = sums,
+						   *rdb = sums + c,
+						   *gdg = sums + 2 * c,
+						   *gdb = sums + 3 * c;
+
+				memset(sums, 0, 4 * sizeof(float) * c);
+				memset(ref, 0, len * sizeof(float));
+				be->act_backward(len, y, dy, acts[a], g);
+				if (batch)
+					be->batch_norm_backward(rows, c, x, g, mean, is, gam, ref, rdg, rdb);
+				else
+				{
+					be->bias_backward(rows, c, g, rdb);
+					be->channel_affine(rows, c, g, is, zero, MT_ACT_NONE, ref);
+				}
+				be->batch_norm_act_backward(rows, c, x, y, acts[a], dy, batch ? mean : NULL, is,
+											gam, got, batch ? gdg : NULL, gdb);
+				memcpy(inplace, dy, len * sizeof(float));
+				be->batch_norm_act_backward(rows, c, x, y, acts[a], inplace, batch ? mean : NULL,
+											is, gam, inplace, NULL, NULL);
+				cases++;
+				if (memcmp(ref, got, len * sizeof(float)) != 0 ||
+					memcmp(ref, inplace, len * sizeof(float)) != 0 ||
+					memcmp(rdb, gdb, sizeof(float) * c) != 0 ||
+					memcmp(rdg, gdg, sizeof(float) * c) != 0)
+				{
+					bad++;
+					printf("  batch norm + act %d, %d channels, %s statistics: differs\n",
+						   (int) acts[a], c, batch ? "batch" : "running");
+				}
+			}
+		free(x);
+		free(dy);
+		free(y);
+		free(gam);
+		free(is);
+		free(zero);
+		free(mean);
+		free(var);
+		free(g);
+		free(ref);
+		free(got);
+		free(inplace);
+		free(sums);
+	}
+	rng_state = saved;
+	CHECK(bad == 0 && cases == 12, "batch norm with the activation after it: %d of %d cases differ "
+		  "from act_backward + batch_norm_backward", bad, cases);
+}
+
+/*
  * The kernels DenseNet and EfficientNet add: SiLU and sigmoid, gradients
  * from an activation's input, concatenation, channel scaling.  On a random
  * stream of their own, so the other groups draw the values they always did.
@@ -876,6 +969,7 @@ test_small_kernels(void)
 	test_linear_kernel();
 	test_bn_kernel();
 	test_reductions_threads();
+	test_bn_act_backward();
 }
 
 /* ---- graphs ------------------------------------------------------------- */
@@ -1754,6 +1848,16 @@ count_bn_bw(size_t rows, int c, const float *x, const float *dy, const float *me
 	mt_cpu_backend.batch_norm_backward(rows, c, x, dy, mean, invstd, gamma, dx, dg, db);
 }
 
+/* ... and of the batch norm backward that takes the activation after it. */
+static void
+count_bn_act_bw(size_t rows, int c, const float *x, const float *y, mt_act act,
+				const float *dy, const float *mean, const float *invstd, const float *gamma,
+				float *dx, float *dg, float *db)
+{
+	n_bn_bw++;
+	mt_cpu_backend.batch_norm_act_backward(rows, c, x, y, act, dy, mean, invstd, gamma, dx, dg, db);
+}
+
 /* Freezing: counts, stage names, what backward touches, frozen BN. */
 static void
 test_freeze(void)
@@ -1783,6 +1887,7 @@ test_freeze(void)
 	counting.conv2d_backward_data = count_bw_data;
 	counting.conv2d_backward_weight = count_bw_weight;
 	counting.batch_norm_backward = count_bn_bw;
+	counting.batch_norm_act_backward = count_bn_act_bw;
 	m->backend = &counting;
 
 	/* trainable counts */
