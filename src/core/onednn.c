@@ -1315,7 +1315,7 @@ call_weights(bwd_call *c, const float *w, const dnnl_memory_desc_t **want, const
 
 static int
 backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const float *packed_w,
-			  int oihw, float *dx, mt_err *err)
+			  int oihw, float *dx, int set, mt_err *err)
 {
 	bwd_call	c;
 	const dnnl_memory_desc_t *want_w;
@@ -1331,8 +1331,11 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 		 reorder_scratch(SCR_WINO_DST, &c.m.dst, dy, &c.m.dst_b, &kdy, "for a Winograd convolution", err) :
 		 kernel_input(&c.m, &c.m.dst, &c.m.dst_k, SCR_BF16_DY, dy, &kdy, err)) != MT_OK)
 		goto out;
-	if ((dsrc = scratch_get(c.m.wino ? SCR_WINO_SRC : SCR_DSRC,
-							p_dnnl_memory_desc_get_size(K_DSRC(&c.m)))) == NULL)
+	/* set, the direct kernel writes dx itself (NHWC, as the caller's) */
+	if (set && !c.m.wino)
+		dsrc = dx;
+	else if ((dsrc = scratch_get(c.m.wino ? SCR_WINO_SRC : SCR_DSRC,
+								 p_dnnl_memory_desc_get_size(K_DSRC(&c.m)))) == NULL)
 	{
 		rc = mt_seterr(err, MT_ERR_NOMEM, "out of memory in a convolution's backward pass");
 		goto out;
@@ -1365,7 +1368,10 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 		dsrc = (float *) plain;
 		wino_count++;
 	}
-	mt_cpu_accumulate((size_t) n * h * w * d->cin, dsrc, dx);
+	if (!set)
+		mt_cpu_accumulate((size_t) n * h * w * d->cin, dsrc, dx);
+	else if (dsrc != dx)
+		memcpy(dx, dsrc, sizeof(float) * n * h * w * d->cin);
 	conv_count++;
 out:
 	bwd_end(&c);
@@ -1630,7 +1636,7 @@ mt_onednn_release_scratch(void)
 
 static int
 backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const float *packed_w,
-			  int oihw, float *dx, mt_err *err)
+			  int oihw, float *dx, int set, mt_err *err)
 {
 	return mt_seterr(err, MT_ERR_UNSUPPORTED, "%s", mt_onednn_info());
 }
@@ -1648,7 +1654,7 @@ int
 mt_onednn_conv2d_backward_data(const mt_conv_desc *d, int n, int h, int w,
 							   const float *dy, const float *packed_w, float *dx, mt_err *err)
 {
-	return backward_data(d, n, h, w, dy, packed_w, 0, dx, err);
+	return backward_data(d, n, h, w, dy, packed_w, 0, dx, 0, err);
 }
 
 int
@@ -1660,9 +1666,10 @@ mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 
 int
 mt_onednn_train_backward_data(const mt_conv_desc *d, int n, int h, int w,
-							  const float *dy, const float *w_oihw, float *dx, mt_err *err)
+							  const float *dy, const float *w_oihw, float *dx, int set,
+							  mt_err *err)
 {
-	return backward_data(d, n, h, w, dy, w_oihw, 1, dx, err);
+	return backward_data(d, n, h, w, dy, w_oihw, 1, dx, set, err);
 }
 
 int

@@ -97,7 +97,7 @@ int			mt_onednn_conv2d_backward_weight(const mt_conv_desc *d, int n, int h, int 
 
 /*
  * Training (train.c): the forward pass (y = act(conv(x, w) + bias)), the
- * input gradient (dx +=) and the weight gradient (dw +=) with the weights
+ * input gradient (dx +=, or dx = when set) and the weight gradient (dw +=) with the weights
  * and their gradient in the parameter's own layout, PyTorch's [cout][cin /
  * groups][kh][kw], so nothing is packed; made per call (oneDNN's primitive
  * cache keeps the kernels between steps), weights reordered per call.  Same
@@ -107,7 +107,7 @@ int			mt_onednn_train_forward(const mt_conv_desc *d, int n, int h, int w, const 
 									const float *w_oihw, const float *bias, float *y, mt_err *err);
 int			mt_onednn_train_backward_data(const mt_conv_desc *d, int n, int h, int w,
 										  const float *dy, const float *w_oihw, float *dx,
-										  mt_err *err);
+										  int set, mt_err *err);
 int			mt_onednn_train_backward_weight(const mt_conv_desc *d, int n, int h, int w,
 											const float *x, const float *dy, float *dw_oihw,
 											mt_err *err);

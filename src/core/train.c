@@ -1726,15 +1726,24 @@ backward_node(bw_ctx *c, int i, mt_err *err)
 					return rc;
 				if (want_dx)
 				{
-					if ((dx = grad_buf(c, in0)) == NULL)
+					/* the input's first gradient: oneDNN writes it (no zeroing, no add) */
+					int			set = host_onednn(be) && c->dbuf[in0] == NULL;
+
+					if (set)
+						dx = c->dbuf[in0] = t_alloc(st, node_len(st, in0), 0);
+					else
+						dx = grad_buf(c, in0);
+					if (dx == NULL)
 						goto nomem;
 					/* oneDNN reads the weights as they are; else packed */
 					rc = host_onednn(be) ?
 						mt_onednn_train_backward_data(&d, n, in.h, in.w, dy, pdata(m, nd->p_weight),
-													  dx, err) : MT_ERR_UNSUPPORTED;
+													  dx, set, err) : MT_ERR_UNSUPPORTED;
 					if (rc == MT_ERR_UNSUPPORTED)
 					{
 						mt_clearerr(err);
+						if (set)
+							memset(dx, 0, node_len(st, in0) * sizeof(float));
 						rc = be->conv2d_backward_data(&d, n, in.h, in.w, dy,
 													  conv_backward_weight(c, nd, &d),
 													  dx, c->scratch, err);

@@ -1549,8 +1549,23 @@ train_passes(const mt_conv_desc *d, int n, int hw, const float *x, const float *
 	out[2] = calloc(nw, sizeof(float));
 	CHECK(mt_onednn_train_forward(d, n, hw, hw, x, w, b, out[0], &err) == MT_OK,
 		  "%s case %zu forward: %s", what, c, err.msg);
-	CHECK(mt_onednn_train_backward_data(&bd, n, hw, hw, dy, w, out[1], &err) == MT_OK,
+	CHECK(mt_onednn_train_backward_data(&bd, n, hw, hw, dy, w, out[1], 0, &err) == MT_OK,
 		  "%s case %zu input gradient: %s", what, c, err.msg);
+	{
+		/* written over NaN (set) instead of added to zeros: the same values */
+		float	   *set = malloc(nx * sizeof(float));
+		size_t		off = 0;
+
+		for (size_t i = 0; i < nx; i++)
+			set[i] = NAN;
+		CHECK(mt_onednn_train_backward_data(&bd, n, hw, hw, dy, w, set, 1, &err) == MT_OK,
+			  "%s case %zu input gradient, set: %s", what, c, err.msg);
+		for (size_t i = 0; i < nx; i++)
+			off += !(set[i] == out[1][i]);
+		CHECK(off == 0, "%s case %zu: the input gradient written differs from the one added in %zu of %zu",
+			  what, c, off, nx);
+		free(set);
+	}
 	CHECK(mt_onednn_train_backward_weight(&bd, n, hw, hw, x, dy, out[2], &err) == MT_OK,
 		  "%s case %zu weight gradient: %s", what, c, err.msg);
 }
@@ -1691,9 +1706,9 @@ test_winograd_training(void)
 			wino0 = mt_onednn_wino_count();
 			train_passes(&d, n, hw, x, w, b, dy, nx, ny, nw, out[p], "winograd", c);
 			if (p == 1)
-				CHECK(mt_onednn_wino_count() - wino0 == (eligible ? 3u : 0u),
-					  "winograd case %zu: %lu of 3 passes through Winograd, %s", c,
-					  mt_onednn_wino_count() - wino0, eligible ? "want 3" : "want none");
+				CHECK(mt_onednn_wino_count() - wino0 == (eligible ? 4u : 0u),
+					  "winograd case %zu: %lu of 4 passes (the input gradient twice) through Winograd, %s",
+					  c, mt_onednn_wino_count() - wino0, eligible ? "want 4" : "want none");
 		}
 		mt_onednn_set_mode(MT_CONV_AUTO);
 		passes_apart(out[1], out[0], nx, ny, nw, e);
