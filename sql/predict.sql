@@ -141,7 +141,7 @@ SELECT count(*) AS probabilities, max(abs(d.p - w.p)) < 1e-3 AS close,
                unnest(b.probabilities) WITH ORDINALITY u(p, k)) w USING (ord, k);
 RESET medtl.conv_kernels;
 SELECT drop_model('wino_r18');
-SET medtl.conv_kernels = direct;
+SET medtl.conv_kernels = fastest;
 -- bfloat16 convolutions (medtl.precision = bf16): the same top-1 label for
 -- every sample and logits within bf16's rounding of the float32 ones (where
 -- oneDNN is absent convolutions stay float32 and the logits are equal);

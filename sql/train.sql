@@ -289,11 +289,12 @@ SELECT train('wu_a', 'train_xrays', warmup_epochs => NULL);
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';
 
--- medtl.conv_kernels = winograd trains through oneDNN's Winograd kernels too
--- (dense 3x3 stride-1 convolutions, batches of two or more, where oneDNN has
--- them: AVX-512).  8 rows in one batch, so each epoch is one step: the
--- first epoch's loss is the forward pass, the second's follows one update,
--- and both stay within 1e-4 of the direct kernels' (test_grad holds each
+-- training's default kernels (medtl.conv_kernels = auto) run dense 3x3
+-- stride-1 convolutions, batches of two or more, through oneDNN's Winograd
+-- kernels where it has them (AVX-512); medtl.conv_kernels = direct keeps
+-- them on the direct ones.  8 rows in one batch, so each epoch is one step:
+-- the first epoch's loss is the forward pass, the second's follows one
+-- update, and both stay within 1e-4 of the direct kernels' (test_grad holds each
 -- pass to 1e-5 of them and ResNet-18's gradients to finite differences).
 -- Longer runs from scratch are no test: with batch statistics on 8 small
 -- images a 1e-6 difference grows by percents within two epochs, as it does
@@ -302,16 +303,17 @@ SELECT create_model('wino_a', 'resnet18', ARRAY['normal', 'pneumonia'], pretrain
                     input_size => 64) > 0 AS created;
 SELECT create_model('wino_b', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false,
                     input_size => 64) > 0 AS created;
+SELECT (runtime_info()->>'winograd_convolutions')::bigint AS wino_before \gset
+SET medtl.conv_kernels = direct;
 SELECT train('wino_a', 'SELECT image, label FROM train_xrays WHERE id % 5 = 0', epochs => 2, batch_size => 8,
              freeze => 'none', augment => false, validation => 0, optimizer => 'sgd', lr => 0.01) AS run_wino_a \gset
-SELECT (runtime_info()->>'winograd_convolutions')::bigint AS wino_before \gset
-SET medtl.conv_kernels = winograd;
+SELECT (runtime_info()->>'winograd_convolutions')::bigint = :wino_before AS direct_only;
+RESET medtl.conv_kernels;
 SELECT train('wino_b', 'SELECT image, label FROM train_xrays WHERE id % 5 = 0', epochs => 2, batch_size => 8,
              freeze => 'none', augment => false, validation => 0, optimizer => 'sgd', lr => 0.01) AS run_wino_b \gset
 SELECT (runtime_info()->>'winograd_convolutions')::bigint > :wino_before
            OR runtime_info()->>'cpu_features' !~ 'avx512f'
            OR runtime_info()->>'conv_kernels' !~ '^oneDNN [0-9]' AS winograd_trained;
-RESET medtl.conv_kernels;
 SELECT count(*) AS epochs, bool_and(abs(a.train_loss - b.train_loss) <= 1e-4 * abs(a.train_loss)) AS close_losses
   FROM epochs a JOIN epochs b USING (phase, epoch)
  WHERE a.run_id = :run_wino_a AND b.run_id = :run_wino_b;

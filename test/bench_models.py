@@ -47,7 +47,9 @@ features once, against PyTorch's rate x images x epochs) and PyTorch eager
 (full fine-tune; head only as the usual loop does it, the best of
 model.train() with frozen backbone parameters and an eval-mode backbone
 under no_grad), with the ratios; full fine-tuning in the engine and
-through SQL again with medtl.conv_kernels = winograd.
+through SQL again with medtl.conv_kernels = direct (oneDNN's direct
+kernels only: the default, auto, trains dense 3x3 stride-1 convolutions
+through its Winograd kernels, which PyTorch does not use).
 
 The fraction of the machine's fp32 peak: the engine's convolutions'
 arithmetic (2 x multiply-adds per image x images/s) against OpenBLAS sgemm
@@ -423,10 +425,10 @@ def main():
             for key, fn in (("engine full", lambda: engine_train_rate(arch, args.threads, "none")),
                             ("engine head", lambda: engine_train_rate(arch, args.threads, "backbone")),
                             ("SQL full", lambda: args.train_images / sql_train("none", 2)[1]),
-                            ("engine full winograd",
-                             lambda: engine_train_rate(arch, args.threads, "none", "winograd")),
-                            ("SQL full winograd",
-                             lambda: args.train_images / sql_train("none", 2, "winograd")[1]),
+                            ("engine full direct",
+                             lambda: engine_train_rate(arch, args.threads, "none", "direct")),
+                            ("SQL full direct",
+                             lambda: args.train_images / sql_train("none", 2, "direct")[1]),
                             ("SQL head 10 epochs s", lambda: -sql_train("backbone", args.head_epochs)[0]),
                             ("torch", lambda: torch_train_rates(arch, args.seconds))):
                 r = fn()
@@ -440,8 +442,8 @@ def main():
         print("\n== %s training (224x224, batch 16, SGD, %d threads)" % (arch, args.threads), flush=True)
         for name, key in (("medtl engine, full fine-tune", "engine full"),
                           ("medtl SQL train(), full fine-tune, epoch 2", "SQL full"),
-                          ("medtl engine, full, winograd", "engine full winograd"),
-                          ("medtl SQL train(), full, winograd, epoch 2", "SQL full winograd"),
+                          ("medtl engine, full, direct kernels", "engine full direct"),
+                          ("medtl SQL train(), full, direct, epoch 2", "SQL full direct"),
                           ("PyTorch eager, full fine-tune", "torch full"),
                           ("medtl engine, head only", "engine head"),
                           ("PyTorch eager, head only (best loop)", "torch head")):

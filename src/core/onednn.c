@@ -212,7 +212,8 @@ mt_onednn_mode(void)
 		const char *env = getenv("MEDTL_CONV_KERNELS");
 
 		mode = env != NULL && strcmp(env, "gemm") == 0 ? MT_CONV_GEMM :
-			env != NULL && strcmp(env, "winograd") == 0 ? MT_CONV_WINOGRAD : MT_CONV_AUTO;
+			env != NULL && strcmp(env, "winograd") == 0 ? MT_CONV_WINOGRAD :
+			env != NULL && strcmp(env, "direct") == 0 ? MT_CONV_DIRECT : MT_CONV_AUTO;
 	}
 	return (mt_conv_kernels) mode;
 }
@@ -584,17 +585,21 @@ execute(dnnl_primitive_t p, int nargs, const dnnl_exec_arg_t *args)
 }
 
 /*
- * Whether d on a batch of n goes to the Winograd kernel under
- * MT_CONV_WINOGRAD (float32 only; the callers check the type): a dense
- * 3x3 convolution, stride 1, no dilation, channels in whole blocks of 16,
- * more than one image (at batch 1 the reorders around it cost more than
- * it saves, and a one-row scoring backend keeps the direct kernel's
- * smaller weights).
+ * Whether d on a batch of n goes to the Winograd kernel (float32 only; the
+ * callers check the type): in training under MT_CONV_AUTO or
+ * MT_CONV_WINOGRAD, in scoring under MT_CONV_WINOGRAD only (scoring keeps
+ * the direct kernels' logits, closest to PyTorch's, and their weights, 4x
+ * smaller); a dense 3x3 convolution, stride 1, no dilation, channels in
+ * whole blocks of 16, more than one image (at batch 1 the reorders around
+ * it cost more than it saves, and a one-row scoring backend keeps the
+ * direct kernel's smaller weights).
  */
 static int
-wino_shape(const mt_conv_desc *d, int n)
+wino_shape(const mt_conv_desc *d, int n, int training)
 {
-	return mt_onednn_mode() == MT_CONV_WINOGRAD && n >= 2 &&
+	mt_conv_kernels m = mt_onednn_mode();
+
+	return (m == MT_CONV_WINOGRAD || (training && m == MT_CONV_AUTO)) && n >= 2 &&
 		d->groups == 1 && d->kh == 3 && d->kw == 3 && d->sh == 1 && d->sw == 1 &&
 		d->dh == 1 && d->dw == 1 && d->cin % 16 == 0 && d->cout % 16 == 0;
 }
@@ -829,7 +834,7 @@ out:
 static int
 wants_wino(const mt_conv_cache *c, const mt_conv_desc *d, int n)
 {
-	return !c->bf16 && wino_shape(d, n);
+	return !c->bf16 && wino_shape(d, n, 0);
 }
 
 /*
@@ -1139,7 +1144,7 @@ train_mds(const mt_conv_desc *d, int n, int h, int w, int oihw, bwd_mds *m, mt_e
 
 /*
  * Whether training runs d on a batch of n through the Winograd kernel
- * (MT_CONV_WINOGRAD, float32): then m->wino is set and m->src_b and
+ * (MT_CONV_AUTO or MT_CONV_WINOGRAD, float32): then m->wino is set and m->src_b and
  * m->dst_b describe its blocked input and output, which the callers
  * reorder from and to NHWC through the SCR_WINO_* scratch.
  */
@@ -1147,7 +1152,7 @@ static int
 train_wino(const mt_conv_desc *d, int n, bwd_mds *m)
 {
 	m->wino = 0;
-	if (m->bf16 || !wino_shape(d, n) ||
+	if (m->bf16 || !wino_shape(d, n, 1) ||
 		p_dnnl_memory_desc_init_by_tag(&m->src_b, 4, m->src.dims, dnnl_f32, dnnl_nChw16c) != dnnl_success ||
 		p_dnnl_memory_desc_init_by_tag(&m->dst_b, 4, m->dst.dims, dnnl_f32, dnnl_nChw16c) != dnnl_success)
 		return 0;

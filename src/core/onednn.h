@@ -33,18 +33,23 @@ typedef struct mt_conv_cache mt_conv_cache;
 
 typedef enum mt_conv_kernels
 {
-	MT_CONV_AUTO = 0,			/* oneDNN when it loads, else im2col + GEMM */
+	MT_CONV_AUTO = 0,			/* oneDNN when it loads, else im2col + GEMM:
+								 * scoring on the direct kernels, training's
+								 * passes of dense 3x3 stride-1 float32
+								 * convolutions at batch >= 2 on oneDNN's
+								 * Winograd F(4x4, 3x3) kernels where it has
+								 * them, the rest on the direct ones */
 	MT_CONV_GEMM,				/* always im2col + GEMM */
-	MT_CONV_WINOGRAD			/* as AUTO, and dense 3x3 stride-1 float32
-								 * convolutions at batch >= 2 (scoring and
-								 * training) use oneDNN's Winograd F(4x4, 3x3)
-								 * kernels where it has them */
+	MT_CONV_WINOGRAD,			/* as AUTO, and scoring's batches too */
+	MT_CONV_DIRECT				/* oneDNN's direct kernels only (AUTO before
+								 * the sixteenth session) */
 } mt_conv_kernels;
 
 /*
  * Until set, the mode is MT_CONV_GEMM when the environment holds
  * MEDTL_CONV_KERNELS=gemm (engine tools, A/B runs), MT_CONV_WINOGRAD for
- * MEDTL_CONV_KERNELS=winograd, else MT_CONV_AUTO.
+ * MEDTL_CONV_KERNELS=winograd, MT_CONV_DIRECT for direct, else
+ * MT_CONV_AUTO.
  */
 void		mt_onednn_set_mode(mt_conv_kernels mode);
 mt_conv_kernels mt_onednn_mode(void);
@@ -126,7 +131,7 @@ int			mt_conv_cache_holds_weights(const mt_conv_cache *c);
 /* Convolutions oneDNN has run in this process (for tests and diagnostics). */
 unsigned long mt_onednn_conv_count(void);
 
-/* Of those, the ones through the Winograd kernel (MT_CONV_WINOGRAD). */
+/* Of those, the ones through a Winograd kernel (wino_shape, onednn.c). */
 unsigned long mt_onednn_wino_count(void);
 
 /* Called by mt_blas_set_threads. */

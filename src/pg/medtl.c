@@ -46,6 +46,7 @@ static const struct config_enum_entry conv_kernel_options[] = {
 	{"auto", MT_CONV_AUTO, false},
 	{"gemm", MT_CONV_GEMM, false},
 	{"winograd", MT_CONV_WINOGRAD, false},
+	{"direct", MT_CONV_DIRECT, false},
 	{NULL, 0, false}
 };
 
@@ -129,7 +130,7 @@ _PG_init(void)
 							&medtl_device_memory_mb, 0, 0, INT_MAX / 2,
 							PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	DefineCustomEnumVariable("medtl.conv_kernels",
-							 "CPU convolution kernels: auto (oneDNN when libdnnl.so.2 loads, else im2col + GEMM), gemm (always im2col + OpenBLAS GEMM) or winograd (as auto, and batches of two or more images, in scoring and in training, run dense 3x3 stride-1 convolutions through oneDNN's Winograd kernels where it has them: faster for ResNets and DenseNet, with logits a few 1e-4 (relative) from the direct kernels' and, when scoring, 4x those convolutions' weights).",
+							 "CPU convolution kernels: auto (oneDNN when libdnnl.so.2 loads, else im2col + GEMM; scoring on oneDNN's direct kernels, training's passes of dense 3x3 stride-1 convolutions at batch 2 or more on its Winograd kernels where it has them), direct (oneDNN's direct kernels only), gemm (always im2col + OpenBLAS GEMM) or winograd (as auto, and scoring's batches of two or more images also run those convolutions through Winograd: faster for ResNets and DenseNet, with logits a few 1e-4 (relative) from the direct kernels' and 4x those convolutions' weights).",
 							 "runtime_info() says which is in use.",
 							 &medtl_conv_kernels, MT_CONV_AUTO, conv_kernel_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);

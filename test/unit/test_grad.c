@@ -1654,15 +1654,18 @@ test_bf16_convolutions(void)
 }
 
 /*
- * Winograd training (medtl.conv_kernels = winograd): training's three
- * oneDNN convolutions through the Winograd F(4x4, 3x3) kernels against
- * the same calls through the direct ones, on random data, with bias and
+ * Winograd training (medtl.conv_kernels = auto, the default, and
+ * winograd): training's three oneDNN convolutions through the Winograd
+ * F(4x4, 3x3) kernels against the same calls through the direct ones
+ * (medtl.conv_kernels = direct), on random data, with bias and
  * fused ReLU on the forward pass; each output within 1e-5 (relative L2;
  * the transform's own rounding, far below the 2e-2 the whole-model
  * gradient check allows).  The eligible shapes must run through Winograd
  * (its counter moves by 3); a strided one, a depthwise one and batch 1 must
- * not.  Then a whole ResNet-18 with Winograd: its gradients against finite
- * differences, as test_zoo_models does with the direct kernels.
+ * not.  test_zoo_models checks whole models' gradients against finite
+ * differences under the default (ResNet-18's and DenseNet-121's 3x3
+ * convolutions through Winograd); here a whole ResNet-18 again with the
+ * direct kernels only.
  */
 static void
 test_winograd_training(void)
@@ -1702,7 +1705,7 @@ test_winograd_training(void)
 
 		for (int p = 0; p < 2; p++)
 		{
-			mt_onednn_set_mode(p == 0 ? MT_CONV_AUTO : MT_CONV_WINOGRAD);
+			mt_onednn_set_mode(p == 0 ? MT_CONV_DIRECT : MT_CONV_AUTO);
 			wino0 = mt_onednn_wino_count();
 			train_passes(&d, n, hw, x, w, b, dy, nx, ny, nw, out[p], "winograd", c);
 			if (p == 1)
@@ -1728,6 +1731,10 @@ test_winograd_training(void)
 	{
 		unsigned long wino0 = mt_onednn_wino_count();
 
+		mt_onednn_set_mode(MT_CONV_DIRECT);
+		test_zoo_model("resnet18", r18, 64, 3e-4);
+		CHECK(mt_onednn_wino_count() == wino0, "resnet18 with the direct kernels: %lu through Winograd",
+			  mt_onednn_wino_count() - wino0);
 		mt_onednn_set_mode(MT_CONV_WINOGRAD);
 		test_zoo_model("resnet18", r18, 64, 3e-4);
 		mt_onednn_set_mode(MT_CONV_AUTO);
@@ -1758,7 +1765,12 @@ test_zoo_models(void)
 		"features.2.0.block.2.fc2.bias", "features.4.2.block.1.1.weight", "features.6.3.block.3.0.weight",
 	"features.8.1.bias", "classifier.1.weight", "classifier.1.bias", NULL};
 
+	unsigned long wino0 = mt_onednn_wino_count();
+
 	test_zoo_model("resnet18", r18, hw, 3e-4);
+	/* the default trains ResNet-18's 3x3 convolutions through Winograd where oneDNN has it */
+	if (mt_onednn_enabled() && __builtin_cpu_supports("avx512f"))
+		CHECK(mt_onednn_wino_count() > wino0, "resnet18, default kernels: no convolution through Winograd");
 	test_zoo_model("mobilenet_v2", mv2, hw, 3e-4);
 	/* SiLU throughout, no kinks: longer steps, above the float32 noise of its loss */
 	test_zoo_model("efficientnet_b0", ef, hw, 3e-3);
