@@ -1362,7 +1362,15 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 			goto out;
 		}
 	}
-	if (c.m.wino)
+	if (c.m.wino && set)
+	{
+		/* back to NHWC, straight into the caller's fresh gradient */
+		if ((rc = reorder_to(&c.m.src_b, dsrc, &c.m.src, dx, err)) != MT_OK)
+			goto out;
+		dsrc = dx;
+		wino_count++;
+	}
+	else if (c.m.wino)
 	{
 		const void *plain;
 
