@@ -1362,21 +1362,17 @@ backward_data(const mt_conv_desc *d, int n, int h, int w, const float *dy, const
 			goto out;
 		}
 	}
-	if (c.m.wino && set)
+	if (c.m.wino)
 	{
-		/* back to NHWC, straight into the caller's fresh gradient */
-		if ((rc = reorder_to(&c.m.src_b, dsrc, &c.m.src, dx, err)) != MT_OK)
-			goto out;
-		dsrc = dx;
-		wino_count++;
-	}
-	else if (c.m.wino)
-	{
-		const void *plain;
+		const void *plain = dx;
 
-		/* back to NHWC, then added to the caller's gradient as below */
-		if ((rc = reorder_scratch(SCR_DSRC, &c.m.src_b, dsrc, &c.m.src, &plain,
-								  "in a convolution's backward pass", err)) != MT_OK)
+		/*
+		 * back to NHWC: set, straight into the caller's fresh gradient;
+		 * else into scratch, then added to the caller's gradient below
+		 */
+		if ((rc = set ? reorder_to(&c.m.src_b, dsrc, &c.m.src, dx, err) :
+			 reorder_scratch(SCR_DSRC, &c.m.src_b, dsrc, &c.m.src, &plain,
+							 "in a convolution's backward pass", err)) != MT_OK)
 			goto out;
 		dsrc = (float *) plain;
 		wino_count++;
