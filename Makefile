@@ -9,6 +9,7 @@ OBJS = \
 	src/core/blas.o \
 	src/core/onednn.o \
 	src/core/pool.o \
+	src/core/adapt.o \
 	src/core/ops_cpu.o \
 	src/core/graph.o \
 	src/core/train.o \
@@ -88,7 +89,7 @@ $(shlib): $(CUDA_OBJS)
 endif
 
 # --- engine unit tests (no PostgreSQL): make unittest -----------------------
-ENGINE_SRC = src/cuda/cuda_stub.c src/core/mt_common.c src/core/blas.c src/core/onednn.c src/core/pool.c src/core/ops_cpu.c \
+ENGINE_SRC = src/cuda/cuda_stub.c src/core/mt_common.c src/core/blas.c src/core/onednn.c src/core/pool.c src/core/adapt.c src/core/ops_cpu.c \
 	src/core/train.c src/core/ops_cpu_train.c src/io/augment.c src/io/mask.c \
 	src/core/graph.c src/core/metrics.c src/core/tiling.c src/nn/zoo.c src/nn/zoo_cnn.c src/nn/unet.c src/core/ops_cpu_cnn.c src/core/ops_cpu_unet.c src/io/image.c src/io/safetensors.c src/io/pth.c \
 	src/core/ops_cpu_vit.c src/core/graph_vit.c src/nn/vit.c

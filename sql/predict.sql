@@ -106,6 +106,22 @@ SET medtl.threads = 1;
 SELECT (runtime_info()->>'threads')::int AS threads, predict('mobilenet_v2_imagenet', image) AS label
   FROM samples WHERE name = 'cat_224.png';
 RESET medtl.threads;
+-- with medtl.threads = 0 (the default) scoring picks its thread count by
+-- timing its calls (cores, cores / 2, ..., 1: core/adapt.c, test_adapt);
+-- the count never changes a result (test_threads checks every architecture)
+SET medtl.threads = 1;
+CREATE TEMP TABLE lg_one AS SELECT name, logits('mobilenet_v2_imagenet', image) AS lg FROM samples;
+SELECT runtime_info()->>'scoring_threads_mode' AS mode, (runtime_info()->>'last_scoring_threads')::int AS last;
+RESET medtl.threads;
+SELECT runtime_info()->>'scoring_threads_mode' AS mode;
+SELECT count(*) AS logits, bool_and(a = b) AS same_bits
+  FROM (SELECT unnest(l.lg) AS a, unnest(logits('mobilenet_v2_imagenet', s.image)) AS b
+          FROM samples s JOIN lg_one l USING (name)) x;
+-- enough calls (over 0.125 s) that it tries another count, where there is one
+SELECT count(*) AS scored
+  FROM samples s, generate_series(1, 40) g WHERE logits('mobilenet_v2_imagenet', s.image) IS NOT NULL;
+SELECT (runtime_info()->>'last_scoring_threads')::int BETWEEN 1 AND (runtime_info()->>'cpu_cores')::int AS in_range,
+       (runtime_info()->>'scoring_thread_probes')::int > 0 OR (runtime_info()->>'cpu_cores')::int = 1 AS probed;
 -- convolution kernels are a GUC: oneDNN (auto, where libdnnl.so.2 loads)
 -- and im2col + GEMM give the same logits (scoring with oneDNN frees the
 -- cached model's raw convolution weights; GEMM reads them back from

@@ -77,7 +77,7 @@ static int	mode = -1;			/* -1: not set, MEDTL_CONV_KERNELS decides */
 static unsigned long conv_count = 0;
 static unsigned long wino_count = 0;
 
-#define CACHE_SHAPES 4
+#define CACHE_SHAPES 8
 
 typedef struct conv_entry
 {

@@ -91,8 +91,8 @@ void
 _PG_init(void)
 {
 	DefineCustomIntVariable("medtl.threads",
-							"Threads used by one backend for medtl's math (0 = one per CPU core).",
-							"Parallel workers use medtl.worker_threads instead.",
+							"Threads used by one backend for medtl's math (0 = one per CPU core; scoring then adapts the count to the load).",
+							"With 0, scoring times its calls and now and then tries a neighbouring count (cores, cores/2, ..., 1), keeping the faster: backends that score at once no longer slow each other down several times over. Training uses every core. Parallel workers use medtl.worker_threads instead.",
 							&medtl_threads, 0, 0, 1024, PGC_USERSET, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("medtl.worker_threads",
@@ -204,11 +204,35 @@ medtl_engine_enter(void)
 	mt_set_arena_keep((size_t) medtl_arena_keep_mb << 20);
 	want = IsParallelWorker() ? medtl_worker_threads :
 		(medtl_threads > 0 ? medtl_threads : mt_cpu_count());
-	if (want != applied_threads)
+	medtl_apply_threads(want);
+}
+
+void
+medtl_apply_threads(int n)
+{
+	if (n != applied_threads)
 	{
-		mt_blas_set_threads(want);
-		applied_threads = want;
+		mt_blas_set_threads(n);
+		applied_threads = n;
 	}
+}
+
+bool
+medtl_threads_adapt(void)
+{
+	return medtl_threads == 0 && !IsParallelWorker();
+}
+
+static int	scoring_threads = 0;	/* 0: no scoring yet */
+static long scoring_probes = 0,
+			scoring_moves = 0;
+
+void
+medtl_note_scoring_threads(int n, long probes, long moves)
+{
+	scoring_threads = n > 0 ? n : applied_threads;
+	scoring_probes += probes;
+	scoring_moves += moves;
 }
 
 /*
@@ -325,6 +349,9 @@ medtl_runtime_info(PG_FUNCTION_ARGS)
 	appendStringInfo(&s, ", \"winograd_convolutions\": %lu", mt_onednn_wino_count());
 	json_kv(&s, "precision", precision_options[medtl_precision].name, false);
 	appendStringInfo(&s, ", \"threads\": %d", mt_blas_threads());
+	json_kv(&s, "scoring_threads_mode", medtl_threads_adapt() ? "adaptive" : "fixed", false);
+	appendStringInfo(&s, ", \"last_scoring_threads\": %d, \"scoring_thread_probes\": %ld, \"scoring_thread_moves\": %ld",
+					 scoring_threads, scoring_probes, scoring_moves);
 	appendStringInfo(&s, ", \"parallel_worker\": %s", IsParallelWorker() ? "true" : "false");
 	json_kv(&s, "device", medtl_device_in_use(), false);
 	json_kv(&s, "device_setting", device_options[medtl_device].name, false);

@@ -10,6 +10,7 @@
 
 #include "core/mt_common.h"
 #include "core/graph.h"
+#include "core/adapt.h"
 
 /* GUCs */
 extern int	medtl_threads;
@@ -35,6 +36,18 @@ void		medtl_raise(const mt_err *err, const char *what) pg_attribute_noreturn();
 int			medtl_sqlstate(int code);
 /* Load OpenBLAS (once) and apply medtl.threads; call before engine work. */
 void		medtl_engine_enter(void);
+/*
+ * Scoring's thread count under medtl.threads = 0 (adapt.h): whether it
+ * adapts here (not in a parallel worker, not with a set count), and the
+ * count to run with now (applied as medtl_engine_enter applies its own).
+ */
+bool		medtl_threads_adapt(void);
+void		medtl_apply_threads(int n);
+/*
+ * For runtime_info: the last count scoring ran with (n; 0: the count
+ * medtl_engine_enter applied), and its probes and moves.
+ */
+void		medtl_note_scoring_threads(int n, long probes, long moves);
 /*
  * The device backend inference runs on under medtl.device (device.c): NULL
  * for the CPU.  Raises ERROR (feature_not_supported) when medtl.device is
@@ -89,6 +102,12 @@ typedef struct MedtlModel
 	mt_model   *net;			/* NULL for an ensemble */
 	bool		cpu_only;		/* forward passes ignore medtl.device (training) */
 	bool		trimmed;		/* malloc_trim ran after its first pass (medtl_forward) */
+	/*
+	 * scoring's thread count under medtl.threads = 0 (adapt.h), for single
+	 * images and for batches; adapt_cores 0: not started
+	 */
+	int			adapt_cores;
+	mt_adapt	adapt[2];
 	MemoryContext cxt;			/* holds the model: its forward pass allocates here */
 	/* an ensemble (arch "ensemble"): member names and normalised weights */
 	int			n_members;

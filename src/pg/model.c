@@ -21,12 +21,14 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "portability/instr_time.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
+#include "core/blas.h"
 #include "core/metrics.h"
 #include "io/image.h"
 #include "nn/zoo.h"
@@ -573,6 +575,29 @@ medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *featu
 	MemoryContext old;
 	mt_err		err;
 	int			rc = MT_OK;
+	mt_adapt   *ad = NULL;
+	int			threads = 0;
+	long		probes = 0,
+				moves = 0;
+	instr_time	t0,
+				t1;
+
+	/* scoring on the CPU under medtl.threads = 0: the count that is faster now */
+	if (dev == NULL && !mm->cpu_only && medtl_threads_adapt())
+	{
+		if (mm->adapt_cores != mt_cpu_count())
+		{
+			mm->adapt_cores = mt_cpu_count();
+			mt_adapt_init(&mm->adapt[0], mm->adapt_cores);
+			mt_adapt_init(&mm->adapt[1], mm->adapt_cores);
+		}
+		ad = &mm->adapt[n > 1];
+		probes = ad->probes;
+		moves = ad->moves;
+		INSTR_TIME_SET_CURRENT(t0);
+		threads = mt_adapt_begin(ad, INSTR_TIME_GET_DOUBLE(t0));
+		medtl_apply_threads(threads);
+	}
 
 	for (int attempt = 0;; attempt++)
 	{
@@ -607,7 +632,17 @@ medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *featu
 		if (rc != MT_ERR_RELOAD || attempt > 0)
 			break;
 		reload_weights(mm);
+		ad = NULL;				/* a reload is not the count's cost */
 	}
+	if (ad != NULL && rc == MT_OK)
+	{
+		INSTR_TIME_SET_CURRENT(t1);
+		mt_adapt_end(ad, INSTR_TIME_GET_DOUBLE(t1) - INSTR_TIME_GET_DOUBLE(t0), n,
+					 INSTR_TIME_GET_DOUBLE(t1));
+		medtl_note_scoring_threads(threads, ad->probes - probes, ad->moves - moves);
+	}
+	else if (dev == NULL && !mm->cpu_only && rc == MT_OK)
+		medtl_note_scoring_threads(0, 0, 0);
 	if (rc != MT_OK && dev != NULL && (rc == MT_ERR_NOMEM || rc == MT_ERR_LIMIT))
 		ereport(ERROR,
 				(errcode(rc == MT_ERR_NOMEM ? ERRCODE_OUT_OF_MEMORY : ERRCODE_PROGRAM_LIMIT_EXCEEDED),

@@ -13,6 +13,11 @@
  * (on a machine with two cores or more) OpenMP's second thread appears,
  * so the count is seen to move.
  *
+ * Scoring adapts its thread count to the load (core/adapt.c, under
+ * medtl.threads = 0), which is only sound if the count never changes a
+ * result: every architecture scores the same bits with 1 and 2 threads,
+ * at batch 1 and at an odd batch (random weights; U-Nets per pixel).
+ *
  *   make unittest && test/bin/test_threads
  */
 #include "core/blas.h"
@@ -60,6 +65,73 @@ score(mt_model *m, int s, int n)
 	return rc;
 }
 
+/* Logits of arch on n images of s x s at 1 and at 2 threads: the same bits. */
+static void
+same_bits(const char *arch, int s, int n)
+{
+	mt_err		err;
+	mt_model   *m = mt_zoo_build(arch, 3, 0, &err);
+	size_t		per,
+				nx = (size_t) n * s * s * 3;
+	float	   *x,
+			   *y[2];
+	int			rc[2] = {MT_ERR_INTERNAL, MT_ERR_INTERNAL};
+	size_t		differ = 0;
+
+	CHECK(m != NULL, "build %s: %s", arch, err.msg);
+	if (m == NULL)
+		return;
+	CHECK(mt_model_init_all(m, 7, &err) == MT_OK, "init %s: %s", arch, err.msg);
+	per = mt_zoo_is_segmentation(arch) ? (size_t) m->num_classes * s * s : (size_t) m->num_classes;
+	x = malloc(sizeof(float) * nx);
+	y[0] = malloc(sizeof(float) * per * n);
+	y[1] = malloc(sizeof(float) * per * n);
+	for (size_t i = 0; i < nx; i++)
+		x[i] = (float) ((i * 7919) % 251) / 125.0f - 1.0f;
+	for (int t = 0; t < 2; t++)
+	{
+		mt_blas_set_threads(t + 1);
+		rc[t] = mt_model_forward(m, x, n, s, s, y[t], NULL, &err);
+		CHECK(rc[t] == MT_OK, "%s forward at %d thread(s): %s", arch, t + 1, err.msg);
+	}
+	if (rc[0] == MT_OK && rc[1] == MT_OK)
+	{
+		for (size_t i = 0; i < per * n; i++)
+			differ += memcmp(&y[0][i], &y[1][i], sizeof(float)) != 0;
+		CHECK(differ == 0, "%s at %d x %d, batch %d: %zu of %zu outputs differ between 1 and 2 threads",
+			  arch, s, s, n, differ, per * n);
+		printf("  %s %dx%d batch %d: %zu outputs, the same bits with 1 and 2 threads\n",
+			   arch, s, s, n, per * n);
+	}
+	free(x);
+	free(y[0]);
+	free(y[1]);
+	mt_model_free(m);
+}
+
+/* Every architecture: the same bits with 1 and 2 threads (after the task counts). */
+static void
+same_bits_all(void)
+{
+	static const char *const cnn[] = {"mobilenet_v2", "resnet18", "resnet50", "densenet121",
+	"efficientnet_b0"};
+
+	if (mt_cpu_count() < 2)
+	{
+		printf("  one core: the same-bits check needs two\n");
+		return;
+	}
+	for (int i = 0; i < 5; i++)
+	{
+		same_bits(cnn[i], 224, 1);
+		same_bits(cnn[i], 224, 3);
+	}
+	same_bits("vit_b_16", 224, 1);
+	same_bits("vit_b_16", 224, 2);
+	same_bits("unet_resnet18", 128, 1);
+	same_bits("unet_mobilenet_v2_tconv", 128, 3);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -75,7 +147,8 @@ main(int argc, char **argv)
 		printf("  (no OpenBLAS: %s; reference GEMM)\n", err.msg);
 	if (!mt_onednn_enabled() || count_tasks() < 1)
 	{
-		printf("  skipped: %s\n", count_tasks() < 1 ? "no /proc/self/task" : mt_onednn_info());
+		printf("  task counts skipped: %s\n", count_tasks() < 1 ? "no /proc/self/task" : mt_onednn_info());
+		same_bits_all();
 		return TEST_SUMMARY("threads");
 	}
 	mt_blas_set_threads(1);
@@ -107,5 +180,6 @@ main(int argc, char **argv)
 	else
 		printf("  one core: the 2-thread half is not run\n");
 	mt_model_free(m);
+	same_bits_all();
 	return TEST_SUMMARY("threads");
 }
