@@ -959,6 +959,11 @@ RETURNS jsonb
 COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text, text, float8, float8, float8)
     IS 'One phase of a training run (called by medtl.train and medtl.fine_tune); for a segmentation model label_column is the mask column and segmentation_loss the loss.';
 
+CREATE FUNCTION medtl._check_augment(rotation float8, brightness float8, contrast float8, crop_scale float8)
+RETURNS void
+    AS 'MODULE_PATHNAME', 'medtl_check_augment' LANGUAGE C IMMUTABLE;
+COMMENT ON FUNCTION medtl._check_augment(float8, float8, float8, float8) IS 'Raise unless the augmentation options are in range (rotation 0..180 degrees, brightness and contrast 0..1, crop_scale above 0 and at most 1).';
+
 -- Check the training options shared by train() and fine_tune(); raise on nonsense.
 CREATE FUNCTION medtl._check_train_options(
     epochs int, batch_size int, lr float8, optimizer text, schedule text,
@@ -1214,7 +1219,12 @@ CREATE FUNCTION medtl.fine_tune(
     dropout float8 DEFAULT 0,
     label_smoothing float8 DEFAULT 0,
     head_lr_scale float8 DEFAULT 1,
-    warmup_epochs int DEFAULT 0)
+    warmup_epochs int DEFAULT 0,
+    flip boolean DEFAULT true,
+    rotation float8 DEFAULT 10,
+    brightness float8 DEFAULT 0.2,
+    contrast float8 DEFAULT 0.2,
+    crop_scale float8 DEFAULT 0.8)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -1240,6 +1250,13 @@ BEGIN
                                        validation, keep_best);
     PERFORM medtl._check_head_lr_scale(head_lr_scale);
     PERFORM medtl._check_warmup(warmup_epochs, epochs);
+    IF augment THEN
+        IF flip IS NULL THEN
+            RAISE EXCEPTION 'flip, rotation, brightness, contrast and crop_scale must not be NULL'
+                USING ERRCODE = 'null_value_not_allowed';
+        END IF;
+        PERFORM medtl._check_augment(rotation, brightness, contrast, crop_scale);
+    END IF;
     mid := medtl._lock_model_for_training(model);
     -- batch size: 32, or 16 for a source of fewer than 1000 rows, so that a
     -- small data set still gets some 30 optimizer steps per epoch (at 32,
@@ -1266,14 +1283,24 @@ BEGIN
         'ema', ema, 'dropout', dropout,
         'label_smoothing', CASE WHEN label_smoothing IS DISTINCT FROM 0 THEN label_smoothing END,
         'head_lr_scale', CASE WHEN head_lr_scale IS DISTINCT FROM 1 THEN head_lr_scale END,
-        'warmup_epochs', CASE WHEN warmup_epochs IS DISTINCT FROM 0 THEN warmup_epochs END));
+        'warmup_epochs', CASE WHEN warmup_epochs IS DISTINCT FROM 0 THEN warmup_epochs END,
+        'flip', CASE WHEN flip IS DISTINCT FROM true THEN flip END,
+        'rotation', CASE WHEN rotation IS DISTINCT FROM 10 THEN rotation END,
+        'brightness', CASE WHEN brightness IS DISTINCT FROM 0.2 THEN brightness END,
+        'contrast', CASE WHEN contrast IS DISTINCT FROM 0.2 THEN contrast END,
+        'crop_scale', CASE WHEN crop_scale IS DISTINCT FROM 0.8 THEN crop_scale END));
     INSERT INTO medtl.runs (model_id, source, params, resolved, seed)
     VALUES (mid, source, given, given || jsonb_build_object('weight_decay', v_wd, 'validation', v_val, 'batch_norm', v_bn,
                                                             'loss', v_loss, 'class_weights', v_cw, 'batch_size', v_bs,
                                                             'ema', coalesce(ema, 0), 'dropout', v_do,
                                                             'label_smoothing', coalesce(label_smoothing, 0),
                                                             'head_lr_scale', head_lr_scale,
-                                                            'warmup_epochs', warmup_epochs)
+                                                            'warmup_epochs', warmup_epochs,
+                                                            'flip', augment AND flip,
+                                                            'rotation', CASE WHEN augment THEN rotation ELSE 0 END,
+                                                            'brightness', CASE WHEN augment THEN brightness ELSE 0 END,
+                                                            'contrast', CASE WHEN augment THEN contrast ELSE 0 END,
+                                                            'crop_scale', CASE WHEN augment THEN crop_scale ELSE 1 END)
                                 || CASE WHEN v_seg THEN jsonb_build_object('mask_column', mask_column) ELSE '{}' END, seed)
     RETURNING run_id INTO rid;
 
@@ -1291,9 +1318,11 @@ BEGIN
         s2 := medtl._train_run(rid, model, source, image_column,
             CASE WHEN v_seg THEN mask_column ELSE label_column END, group_column,
             validation_source, 2, epochs, v_bs, lr, optimizer, v_wd, 0.9, 'cosine',
-            fine_tune.warmup_epochs, 5, 0.1, fine_tune.freeze, augment, CASE WHEN augment THEN 10 ELSE 0 END,
-            CASE WHEN augment THEN 0.2 ELSE 0 END, CASE WHEN augment THEN 0.2 ELSE 0 END,
-            CASE WHEN augment THEN 0.8 ELSE 1 END, v_cw, NULL,
+            fine_tune.warmup_epochs, 5, 0.1, fine_tune.freeze, augment AND fine_tune.flip,
+            CASE WHEN augment THEN fine_tune.rotation ELSE 0 END,
+            CASE WHEN augment THEN fine_tune.brightness ELSE 0 END,
+            CASE WHEN augment THEN fine_tune.contrast ELSE 0 END,
+            CASE WHEN augment THEN fine_tune.crop_scale ELSE 1 END, v_cw, NULL,
             CASE WHEN v_loss = 'focal' THEN 2.0 ELSE 0 END, coalesce(label_smoothing, 0), v_val, keep_best, NULL,
             seed + 1, skip_bad_rows, v_bn, CASE WHEN v_seg THEN v_loss END, coalesce(ema, 0), v_do,
             head_lr_scale);
@@ -1306,7 +1335,7 @@ BEGIN
     RETURN rid;
 END
 $$;
-COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8, float8, float8, int)
+COMMENT ON FUNCTION medtl.fine_tune(text, text, text, text, int, float8, int, float8, text, int, text, float8, boolean, text, text, float8, text, text, text, bigint, boolean, text, text, float8, float8, float8, float8, int, boolean, float8, float8, float8, float8)
     IS 'The standard transfer-learning recipe in one call: the new head alone on the frozen backbone, then all layers (or those after freeze) at a low learning rate, with augmentation. Returns the run id.';
 
 ------------------------------------------------------------------------------

@@ -285,6 +285,41 @@ SELECT train('wu_a', 'train_xrays', epochs => 2, warmup_epochs => -1);
 SELECT train('wu_a', 'train_xrays', warmup_epochs => NULL);
 \set VERBOSITY default
 
+-- fine_tune's all-layers phase takes train's augmentation options (flip,
+-- rotation, brightness, contrast, crop_scale; defaults true, 10, 0.2, 0.2,
+-- 0.8): with every one off it is the run of augment => false, bit for bit,
+-- and drop_0's run (the defaults, same seeds) trains otherwise in phase 2
+-- only (phase 1 runs on cached features, never augmented); runs record
+-- what was given and what phase 2 used; out-of-range values are refused
+SELECT create_model('aug_off', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+SELECT create_model('aug_zero', 'mobilenet_v2_imagenet', ARRAY['normal', 'pneumonia'], seed => 3) > 0 AS created;
+\set VERBOSITY terse
+SELECT fine_tune('aug_off', 'train_xrays', head_epochs => 2, epochs => 1, batch_size => 8, freeze => 'features.14', augment => false) AS run_aug_off \gset
+SELECT fine_tune('aug_zero', 'train_xrays', head_epochs => 2, epochs => 1, batch_size => 8, freeze => 'features.14',
+                 flip => false, rotation => 0, brightness => 0, contrast => 0, crop_scale => 1) AS run_aug_zero \gset
+\set VERBOSITY default
+SELECT a.phase, bool_and(a.train_loss = b.train_loss AND a.val_loss = b.val_loss) AS same_as_augment_off,
+       bool_and(a.train_loss = z.train_loss) AS same_as_defaults
+  FROM epochs a JOIN epochs b USING (phase, epoch) JOIN epochs z USING (phase, epoch)
+ WHERE a.run_id = :run_aug_zero AND b.run_id = :run_aug_off AND z.run_id = :run_drop_0
+ GROUP BY a.phase ORDER BY a.phase;
+SELECT r.params->>'crop_scale' AS given_crop_scale, r.params->>'flip' AS given_flip,
+       r.resolved->>'rotation' AS rotation, r.resolved->>'crop_scale' AS crop_scale,
+       d.resolved->>'rotation' AS default_rotation, d.resolved->>'crop_scale' AS default_crop_scale,
+       d.resolved->>'flip' AS default_flip, o.resolved->>'flip' AS augment_off_flip
+  FROM runs r, runs d, runs o
+ WHERE r.run_id = :run_aug_zero AND d.run_id = :run_drop_0 AND o.run_id = :run_aug_off;
+\set VERBOSITY terse
+SELECT fine_tune('aug_off', 'train_xrays', crop_scale => 0);
+SELECT fine_tune('aug_off', 'train_xrays', rotation => 'NaN');
+SELECT fine_tune('aug_off', 'train_xrays', flip => NULL);
+SELECT train('aug_off', 'train_xrays', freeze => 'none', brightness => -0.1);
+SELECT train('aug_off', 'train_xrays', freeze => 'none', contrast => 'Infinity');
+SELECT train('aug_off', 'train_xrays', freeze => 'none', rotation => 181);
+SELECT train('aug_off', 'train_xrays', freeze => 'none', crop_scale => NULL);
+\set VERBOSITY default
+SELECT count(*) AS runs_of_aug_off FROM runs WHERE model_id = (SELECT model_id FROM models WHERE name = 'aug_off');
+
 -- from scratch (no pretrained weights) with the same head init
 SELECT create_model('scratch_net', 'resnet18', ARRAY['normal', 'pneumonia'], pretrained => false) > 0 AS created;
 SELECT parent_id IS NULL AS no_parent, source FROM models WHERE name = 'scratch_net';
