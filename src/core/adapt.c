@@ -27,6 +27,7 @@ mt_adapt_init(mt_adapt *a, int cores)
 	a->dir = 1;
 	a->next_probe = -1.0;		/* set by the first measured call */
 	a->interval = MT_ADAPT_PROBE_MIN;
+	a->call = -1.0;
 	a->probes = 0;
 	a->moves = 0;
 }
@@ -51,6 +52,13 @@ mt_adapt_begin(mt_adapt *a, double now)
 	return a->cand[j];
 }
 
+/* The shortest probe interval: MT_ADAPT_PROBE_MIN, or four calls when they are long. */
+static double
+min_interval(const mt_adapt *a)
+{
+	return 4 * a->call > MT_ADAPT_PROBE_MIN ? 4 * a->call : MT_ADAPT_PROBE_MIN;
+}
+
 void
 mt_adapt_end(mt_adapt *a, double seconds, int images, double now)
 {
@@ -71,12 +79,13 @@ mt_adapt_end(mt_adapt *a, double seconds, int images, double now)
 	{
 		before = a->cost[i];
 		a->cost[i] = before < 0 ? per : 0.75 * before + 0.25 * per;
+		a->call = a->call < 0 ? seconds : 0.75 * a->call + 0.25 * seconds;
 		if (a->next_probe < 0)
 			a->next_probe = now + a->interval;
 		/* suddenly much slower (another backend started): look around now */
 		if (before > 0 && per > 2.0 * before)
 		{
-			a->interval = MT_ADAPT_PROBE_MIN;
+			a->interval = min_interval(a);
 			a->next_probe = now;
 		}
 		return;
@@ -87,7 +96,7 @@ mt_adapt_end(mt_adapt *a, double seconds, int images, double now)
 	{
 		a->cur = i;
 		a->moves++;
-		a->interval = MT_ADAPT_PROBE_MIN;	/* and on in the same direction */
+		a->interval = min_interval(a);	/* and on in the same direction */
 	}
 	else
 	{
@@ -96,10 +105,15 @@ mt_adapt_end(mt_adapt *a, double seconds, int images, double now)
 		/* with a neighbour on each side, each is still probed as often */
 		if (a->cur > 0 && a->cur < a->n - 1)
 			cap /= 2;
+		/* a long call (a batch) is probed less often: a probe's cost stays ~2% */
+		if (cap < 50 * a->call)
+			cap = 50 * a->call;
 		a->dir = -a->dir;
 		a->interval *= 2.0;
 		if (a->interval > cap)
 			a->interval = cap;
+		if (a->interval < min_interval(a))
+			a->interval = min_interval(a);
 	}
 	a->next_probe = now + a->interval;
 }

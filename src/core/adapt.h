@@ -13,8 +13,11 @@
  * ..., 1), and moves when that was faster.  Probes come quickly after a
  * move or a sudden slowdown and back off (doubling the interval) while the
  * count in use stays the faster, so a steady state pays for about one
- * probe call a second (to each side when the count has two neighbours).  The first call at a count is not a
- * measurement: it makes that count's oneDNN primitives.
+ * probe call a second (to each side when the count has two neighbours),
+ * or one every 50 calls when calls are long (batches): a probe at a
+ * slower count then costs about 2% of the time, not more.  The first
+ * call at a count is not a measurement: it makes that count's oneDNN
+ * primitives.
  *
  * Only scoring adapts (its results are the same bits at any count:
  * test_threads checks it); training keeps its count, so a seeded run
@@ -40,6 +43,7 @@ typedef struct mt_adapt
 	int			dir;			/* next probe: +1 fewer threads, -1 more */
 	double		next_probe;		/* time of the next probe */
 	double		interval;		/* the probe interval now */
+	double		call;			/* smoothed seconds a call at cur; < 0: none yet */
 	long		probes,			/* counters, for tests and reports */
 				moves;
 } mt_adapt;

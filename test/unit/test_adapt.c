@@ -44,6 +44,15 @@ one_best(int k, int busy)
 	return k == 1 ? 2.5e-3 : 2.8e-3;
 }
 
+/* batches of 16 on two cores: calls of 100 ms and more */
+static double
+two_cores_batch(int k, int busy)
+{
+	if (!busy)
+		return k == 2 ? 6.0e-3 : 11.0e-3;
+	return k == 2 ? 30.0e-3 : 11.5e-3;
+}
+
 static uint32_t rng = 12345;
 
 /* +-10% noise, deterministic */
@@ -61,7 +70,7 @@ noisy(double t)
  * count after `settle` seconds.
  */
 static double
-phase(mt_adapt *a, cost_fn f, int cores, int busy, double *now, double len,
+phase(mt_adapt *a, cost_fn f, int cores, int busy, int images, double *now, double len,
 	  double settle, int warmed[], double *share)
 {
 	double		t_start = *now,
@@ -80,7 +89,7 @@ phase(mt_adapt *a, cost_fn f, int cores, int busy, double *now, double len,
 	while (*now - t_start < len)
 	{
 		int			k = mt_adapt_begin(a, *now);
-		double		t = noisy(f(k, busy));
+		double		t = noisy(f(k, busy)) * images;
 
 		if (!warmed[k])
 		{
@@ -88,9 +97,9 @@ phase(mt_adapt *a, cost_fn f, int cores, int busy, double *now, double len,
 			t += 0.020;
 		}
 		*now += t;
-		mt_adapt_end(a, t, 1, *now);
-		*now += 0.2e-3;			/* decoding the next image */
-		ideal += best + 0.2e-3;
+		mt_adapt_end(a, t, images, *now);
+		*now += 0.2e-3 * images;	/* decoding the next images */
+		ideal += (best + 0.2e-3) * images;
 		if (*now - t_start > settle)
 		{
 			calls++;
@@ -102,7 +111,7 @@ phase(mt_adapt *a, cost_fn f, int cores, int busy, double *now, double len,
 }
 
 static void
-scenario(const char *name, cost_fn f, int cores)
+scenario(const char *name, cost_fn f, int cores, int images, double len, double settle)
 {
 	mt_adapt	a;
 	int			warmed[1025] = {0};
@@ -115,9 +124,9 @@ scenario(const char *name, cost_fn f, int cores)
 	{
 		long		probes = a.probes;
 
-		ratio = phase(&a, f, cores, busy, &now, 8.0, 1.5, warmed, &share);
-		printf("  %s, %s: %.3f x the best count's time, %.1f%% of calls at the best count after 1.5 s, %ld probes\n",
-			   name, busy ? "busy" : "alone", ratio, 100.0 * share, a.probes - probes);
+		ratio = phase(&a, f, cores, busy, images, &now, len, settle, warmed, &share);
+		printf("  %s, %s: %.3f x the best count's time, %.1f%% of calls at the best count after %.1f s, %ld probes\n",
+			   name, busy ? "busy" : "alone", ratio, 100.0 * share, settle, a.probes - probes);
 		CHECK(share >= 0.95, "%s %s: only %.1f%% of calls at the best count", name,
 			  busy ? "busy" : "alone", 100.0 * share);
 		/* the warm-up calls (20 ms each) and the settling are in the time too */
@@ -162,8 +171,10 @@ main(void)
 	CHECK(a.cand[a.cur] == 2 && a.moves == 0, "warm-up calls moved the count (%d threads, %ld moves)",
 		  a.cand[a.cur], a.moves);
 
-	scenario("2 cores", two_cores, 2);
-	scenario("16 cores", sixteen_cores, 16);
-	scenario("2 cores, 1 thread best", one_best, 2);
+	scenario("2 cores", two_cores, 2, 1, 8.0, 1.5);
+	scenario("16 cores", sixteen_cores, 16, 1, 8.0, 1.5);
+	scenario("2 cores, 1 thread best", one_best, 2, 1, 8.0, 1.5);
+	/* batches: calls of 0.1-0.5 s, so probes come every 50 calls at most */
+	scenario("2 cores, batches of 16", two_cores_batch, 2, 16, 120.0, 15.0);
 	return TEST_SUMMARY("adapt");
 }
