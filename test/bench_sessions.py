@@ -14,7 +14,8 @@ Prints each session's seconds a pass, the machine's images/s, the ratio of
 each setting's figures to the default's measured in the same run, and what
 the default chose (runtime_info's last_scoring_threads, probes and moves).
 Options: --sessions N (default 2), --passes N (default 2), --limit N
-(first N images), --keep-db.
+(first N images), --batch N (score with medtl.predict_batch over the table's
+images in batches of N instead), --keep-db.
 """
 import argparse
 import os
@@ -35,8 +36,15 @@ def psql(sql, db=DB):
     return _psql(sql, db)
 
 
-def session_script(setting, passes, ready, go):
-    q = "SELECT count(medtl.predict('m', image)) FROM xrays;\n"
+def query(batch):
+    if batch:
+        return ("SELECT count(*) FROM medtl.predict_batch('m', ARRAY(SELECT image FROM xrays ORDER BY id), %d);\n"
+                % batch)
+    return "SELECT count(medtl.predict('m', image)) FROM xrays;\n"
+
+
+def session_script(setting, passes, ready, go, batch):
+    q = query(batch)
     return ("SET max_parallel_workers_per_gather = 0;\nSET medtl.threads = %d;\n" % setting + q +
             "\\! touch %s\n" % ready +
             "\\! while [ ! -e %s ]; do sleep 0.005; done\n" % go +
@@ -46,7 +54,7 @@ def session_script(setting, passes, ready, go):
             "medtl.runtime_info()::json->>'scoring_thread_moves';\n")
 
 
-def run_sessions(k, setting, passes, tmp):
+def run_sessions(k, setting, passes, tmp, batch):
     """k sessions at once; returns [(seconds per pass, [passes]), ...] and their choices."""
     go = os.path.join(tmp, "go")
     if os.path.exists(go):
@@ -58,7 +66,7 @@ def run_sessions(k, setting, passes, tmp):
             os.unlink(ready)
         p = subprocess.Popen([PSQL, "-X", "-At", "-q", "-v", "ON_ERROR_STOP=1", "-d", DB, "-f", "-"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        p.stdin.write(session_script(setting, passes, ready, go))
+        p.stdin.write(session_script(setting, passes, ready, go, batch))
         p.stdin.close()
         procs.append((p, ready))
     deadline = time.time() + 600
@@ -84,6 +92,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=0,
+                    help="score with medtl.predict_batch in batches of N instead of predict per row")
     ap.add_argument("--keep-db", action="store_true")
     args = ap.parse_args()
     cores = os.cpu_count()
@@ -112,8 +122,10 @@ def main():
         psql("CREATE TABLE xrays (id int PRIMARY KEY, image bytea NOT NULL);\n"
              "INSERT INTO xrays SELECT id, medtl.read_server_file(path) FROM (VALUES %s) v(id, path);\n"
              "ANALYZE xrays;" % ",".join("(%d, %s)" % (i, sql_lit(os.path.abspath(p))) for i, p in enumerate(paths)))
-        print("%d images; %d cores; %d sessions at once, %d timed passes each; load average %.1f"
-              % (n, cores, args.sessions, args.passes, os.getloadavg()[0]))
+        print("%d images; %d cores; %d sessions at once, %d timed passes each; %s; load average %.1f"
+              % (n, cores, args.sessions, args.passes,
+                 "predict_batch, batches of %d" % args.batch if args.batch else "predict per row",
+                 os.getloadavg()[0]))
         settings = [(0, "medtl.threads = 0 (default: adaptive)"),
                     (cores, "medtl.threads = %d (every core, fixed)" % cores),
                     (1, "medtl.threads = 1 (fixed)")]
@@ -121,8 +133,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             os.chmod(tmp, 0o777)
             for s, name in settings:
-                alone = run_sessions(1, s, args.passes, tmp)
-                together = run_sessions(args.sessions, s, args.passes, tmp)
+                alone = run_sessions(1, s, args.passes, tmp, args.batch)
+                together = run_sessions(args.sessions, s, args.passes, tmp, args.batch)
                 a = min(alone[0][0])
                 t = [min(x[0]) for x in together]
                 res[s] = (a, t)
