@@ -604,7 +604,10 @@ wino_shape(const mt_conv_desc *d, int n, int training)
 		d->dh == 1 && d->dw == 1 && d->cin % 16 == 0 && d->cout % 16 == 0;
 }
 
-/* Reorder weights from (src, src_md) into buf, laid out as dst_md. */
+/*
+ * Reorder a tensor (weights or activations) from (src, src_md) into buf,
+ * laid out as dst_md.
+ */
 static int
 reorder_to(const dnnl_memory_desc_t *src_md, const float *src,
 		   const dnnl_memory_desc_t *dst_md, float *buf, mt_err *err)
@@ -620,13 +623,13 @@ reorder_to(const dnnl_memory_desc_t *src_md, const float *src,
 		(st = p_dnnl_primitive_create(&reorder, rpd)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&from, src_md, engine, (void *) src)) != dnnl_success ||
 		(st = p_dnnl_memory_create(&to, dst_md, engine, buf)) != dnnl_success)
-		rc = fail(err, "reorder weights", st);
+		rc = fail(err, "reorder a tensor between layouts", st);
 	else
 	{
 		dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
 
 		if ((st = execute(reorder, 2, args)) != dnnl_success)
-			rc = fail(err, "reorder weights", st);
+			rc = fail(err, "reorder a tensor between layouts", st);
 	}
 	if (to)
 		p_dnnl_memory_destroy(to);
