@@ -959,10 +959,10 @@ RETURNS jsonb
 COMMENT ON FUNCTION medtl._train_run(bigint, text, text, text, text, text, text, int, int, int, float8, text, float8, float8, text, int, int, float8, text, boolean, float8, float8, float8, float8, text, real[], float8, float8, float8, text, int, bigint, boolean, text, text, float8, float8, float8)
     IS 'One phase of a training run (called by medtl.train and medtl.fine_tune); for a segmentation model label_column is the mask column and segmentation_loss the loss.';
 
-CREATE FUNCTION medtl._check_augment(rotation float8, brightness float8, contrast float8, crop_scale float8)
+CREATE FUNCTION medtl._check_augment(flip boolean, rotation float8, brightness float8, contrast float8, crop_scale float8)
 RETURNS void
     AS 'MODULE_PATHNAME', 'medtl_check_augment' LANGUAGE C IMMUTABLE;
-COMMENT ON FUNCTION medtl._check_augment(float8, float8, float8, float8) IS 'Raise unless the augmentation options are in range (rotation 0..180 degrees, brightness and contrast 0..1, crop_scale above 0 and at most 1).';
+COMMENT ON FUNCTION medtl._check_augment(boolean, float8, float8, float8, float8) IS 'Raise unless the augmentation options are given and in range (rotation 0..180 degrees, brightness and contrast 0..1, crop_scale above 0 and at most 1).';
 
 -- Check the training options shared by train() and fine_tune(); raise on nonsense.
 CREATE FUNCTION medtl._check_train_options(
@@ -1251,11 +1251,7 @@ BEGIN
     PERFORM medtl._check_head_lr_scale(head_lr_scale);
     PERFORM medtl._check_warmup(warmup_epochs, epochs);
     IF augment THEN
-        IF flip IS NULL THEN
-            RAISE EXCEPTION 'flip, rotation, brightness, contrast and crop_scale must not be NULL'
-                USING ERRCODE = 'null_value_not_allowed';
-        END IF;
-        PERFORM medtl._check_augment(rotation, brightness, contrast, crop_scale);
+        PERFORM medtl._check_augment(flip, rotation, brightness, contrast, crop_scale);
     END IF;
     mid := medtl._lock_model_for_training(model);
     -- batch size: 32, or 16 for a source of fewer than 1000 rows, so that a

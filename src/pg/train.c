@@ -761,16 +761,28 @@ class_weights(const TrainArgs *a, const MedtlDataset *ds, const Split *s, int k)
 }
 
 /*
- * medtl._train_run(run_id, model, source, ...) -> jsonb: one phase of a
- * training run.  Arguments are resolved by medtl.train(); see there.
- */
-/*
- * The augmentation's ranges (train and fine_tune): NaN, infinities and
- * values outside them would make NaN pixels or crops of no area.
+ * The augmentation options flip, rotation, brightness, contrast and
+ * crop_scale as arguments first .. first + 4 (train and fine_tune): NULL,
+ * NaN, infinities and values outside their ranges would make NaN pixels or
+ * crops of no area.
  */
 static void
-check_augment_options(double rotation, double brightness, double contrast, double crop_scale)
+check_augment_args(FunctionCallInfo fcinfo, int first)
 {
+	double		rotation,
+				brightness,
+				contrast,
+				crop_scale;
+
+	for (int i = first; i < first + 5; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("flip, rotation, brightness, contrast and crop_scale must not be NULL")));
+	rotation = PG_GETARG_FLOAT8(first + 1);
+	brightness = PG_GETARG_FLOAT8(first + 2);
+	contrast = PG_GETARG_FLOAT8(first + 3);
+	crop_scale = PG_GETARG_FLOAT8(first + 4);
 	if (!(rotation >= 0 && rotation <= 180))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -792,20 +804,22 @@ check_augment_options(double rotation, double brightness, double contrast, doubl
 						crop_scale)));
 }
 
-/* medtl._check_augment(rotation, brightness, contrast, crop_scale): fine_tune checks before its phases. */
+/*
+ * medtl._check_augment(flip, rotation, brightness, contrast, crop_scale):
+ * fine_tune checks its options before its phases.
+ */
 PG_FUNCTION_INFO_V1(medtl_check_augment);
 Datum
 medtl_check_augment(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("flip, rotation, brightness, contrast and crop_scale must not be NULL")));
-	check_augment_options(PG_GETARG_FLOAT8(0), PG_GETARG_FLOAT8(1), PG_GETARG_FLOAT8(2),
-						  PG_GETARG_FLOAT8(3));
+	check_augment_args(fcinfo, 0);
 	PG_RETURN_VOID();
 }
 
+/*
+ * medtl._train_run(run_id, model, source, ...) -> jsonb: one phase of a
+ * training run.  Arguments are resolved by medtl.train(); see there.
+ */
 PG_FUNCTION_INFO_V1(medtl_train_run);
 Datum
 medtl_train_run(PG_FUNCTION_ARGS)
@@ -846,11 +860,8 @@ medtl_train_run(PG_FUNCTION_ARGS)
 				 errmsg("medtl._train_run was declared with %d arguments, the medtl library expects 38",
 						PG_NARGS()),
 				 errhint("The installed SQL objects do not match the medtl library; update the extension (ALTER EXTENSION medtl UPDATE, or drop and re-create it).")));
-	/* the options a user gives train by name, named in the message */
-	if (PG_ARGISNULL(19) || PG_ARGISNULL(20) || PG_ARGISNULL(21) || PG_ARGISNULL(22) || PG_ARGISNULL(23))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("flip, rotation, brightness, contrast and crop_scale must not be NULL")));
+	/* the options a user gives train by name, named in the messages */
+	check_augment_args(fcinfo, 19);
 	for (int i = 0; i < PG_NARGS(); i++)
 		if (PG_ARGISNULL(i) && i != 5 && i != 6 && i != 25 && i != 29 && i != 30 && i != 34)
 			ereport(ERROR,
@@ -882,8 +893,6 @@ medtl_train_run(PG_FUNCTION_ARGS)
 	a.gamma = PG_GETARG_FLOAT8(17);
 	a.freeze = text_arg(fcinfo, 18);
 	a.aug.hflip = PG_GETARG_BOOL(19);
-	check_augment_options(PG_GETARG_FLOAT8(20), PG_GETARG_FLOAT8(21), PG_GETARG_FLOAT8(22),
-						  PG_GETARG_FLOAT8(23));
 	a.aug.rotate_deg = (float) PG_GETARG_FLOAT8(20);
 	a.aug.brightness = (float) PG_GETARG_FLOAT8(21);
 	a.aug.contrast = (float) PG_GETARG_FLOAT8(22);
