@@ -18,6 +18,7 @@ Options: --sessions N (default 2), --passes N (default 2), --limit N
 images in batches of N instead), --keep-db.
 """
 import argparse
+import csv
 import os
 import re
 import subprocess
@@ -102,11 +103,8 @@ def main():
     with open(os.path.join(mdir, "labels.txt"), encoding="utf-8") as f:
         labels = [l.rstrip("\n") for l in f]
     ddir = os.path.join(shared, "data", "chest_xray")
-    with open(os.path.join(ddir, "manifest.csv"), encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    head = lines[0].split(",")
-    paths = [os.path.join(ddir, r[head.index("path")]) for r in (l.split(",") for l in lines[1:])
-             if r[head.index("split")] == "test"]
+    with open(os.path.join(ddir, "manifest.csv"), newline="", encoding="utf-8") as f:
+        paths = [os.path.join(ddir, r["path"]) for r in csv.DictReader(f) if r["split"] == "test"]
     if args.limit:
         paths = paths[:args.limit]
     n = len(paths)

@@ -20,8 +20,7 @@ mt_adapt_init(mt_adapt *a, int cores)
 			break;
 		c /= 2;
 	}
-	if (a->cand[a->n - 1] != 1)
-		a->cand[a->n - 1] = 1;
+	a->cand[a->n - 1] = 1;		/* past MT_ADAPT_MAX halvings: end at 1 */
 	a->cur = 0;
 	a->inflight = 0;
 	a->dir = 1;
@@ -90,9 +89,12 @@ mt_adapt_end(mt_adapt *a, double seconds, int images, double now)
 		}
 		return;
 	}
-	/* a probe: its one fresh figure against the count in use */
+	/*
+	 * a probe (only after a measured call at cur, so cost[cur] is set): its
+	 * one fresh figure against the count in use
+	 */
 	a->cost[i] = per;
-	if (a->cost[a->cur] < 0 || per < 0.95 * a->cost[a->cur])
+	if (per < 0.95 * a->cost[a->cur])
 	{
 		a->cur = i;
 		a->moves++;

@@ -582,14 +582,18 @@ medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *featu
 	instr_time	t0,
 				t1;
 
+	bool		cpu_scoring = dev == NULL && !mm->cpu_only;
+
 	/* scoring on the CPU under medtl.threads = 0: the count that is faster now */
-	if (dev == NULL && !mm->cpu_only && medtl_threads_adapt())
+	if (cpu_scoring && medtl_threads_adapt())
 	{
-		if (mm->adapt_cores != mt_cpu_count())
+		int			cores = mt_cpu_count();
+
+		if (mm->adapt_cores != cores)
 		{
-			mm->adapt_cores = mt_cpu_count();
-			mt_adapt_init(&mm->adapt[0], mm->adapt_cores);
-			mt_adapt_init(&mm->adapt[1], mm->adapt_cores);
+			mm->adapt_cores = cores;
+			mt_adapt_init(&mm->adapt[0], cores);
+			mt_adapt_init(&mm->adapt[1], cores);
 		}
 		ad = &mm->adapt[n > 1];
 		probes = ad->probes;
@@ -641,7 +645,7 @@ medtl_forward(MedtlModel *mm, const float *x, int n, float *logits, float *featu
 					 INSTR_TIME_GET_DOUBLE(t1));
 		medtl_note_scoring_threads(threads, ad->probes - probes, ad->moves - moves);
 	}
-	else if (dev == NULL && !mm->cpu_only && rc == MT_OK)
+	else if (cpu_scoring && rc == MT_OK)
 		medtl_note_scoring_threads(0, 0, 0);
 	if (rc != MT_OK && dev != NULL && (rc == MT_ERR_NOMEM || rc == MT_ERR_LIMIT))
 		ereport(ERROR,
